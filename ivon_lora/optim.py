@@ -1,0 +1,759 @@
+"""IVON: the Improved Variational Online Newton optimizer, in the shape of a ``torch.optim`` optimizer.
+
+Implemented from the equations of Shen et al. (2024), https://arxiv.org/abs/2402.17641. Pure torch: this
+module imports nothing else, so the optimizer can be used without any Hugging Face package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+__all__ = ["IVON", "ivon"]
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_hyperparameters(
+    *,
+    lr: float,
+    ess: float,
+    hess_init: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    mean_weight_decay: float | None,
+    mc_samples: int,
+    clip_radius: float,
+    rescale_lr: bool,
+    seed: int | None = None,
+    foreach: bool | None = None,
+) -> None:
+    # Written as `not (valid)` so that NaN, which fails every comparison, is rejected too.
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid lr value: {lr}")
+    if not 0.0 < ess:
+        raise ValueError(f"Invalid ess value: {ess}")
+    if not 0.0 < hess_init:
+        raise ValueError(f"Invalid hess_init value: {hess_init}")
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"Invalid beta1 value: {beta1}")
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"Invalid beta2 value: {beta2}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if mean_weight_decay is not None and not 0.0 <= mean_weight_decay:
+        raise ValueError(f"Invalid mean_weight_decay value: {mean_weight_decay}")
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"Invalid mc_samples value: {mc_samples}")
+    if not 0.0 < clip_radius:
+        raise ValueError(f"Invalid clip_radius value: {clip_radius}")
+    if not isinstance(rescale_lr, bool):
+        raise ValueError(f"Invalid rescale_lr value: {rescale_lr}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"Invalid seed value: {seed}")
+    if foreach is not None and not isinstance(foreach, bool):
+        raise ValueError(f"Invalid foreach value: {foreach}")
+
+
+def _derive_seed(seed: int, device_ordinal: int) -> int:
+    """The seed of the generator of the optimizer's ``device_ordinal``-th device (in parameter order)."""
+    if device_ordinal == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}/{device_ordinal}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+@dataclass
+class _Bucket:
+    """The parameters of one param group that share a device and a dtype, with their transient buffers.
+
+    Each buffer is one flat tensor, so that the noise is drawn by one call, plus per-parameter views
+    shaped like the parameters. The buffers are allocated on first use and reused: fresh allocations of
+    this size cost page faults on CPU and allocator traffic on GPU.
+    """
+
+    group_index: int
+    params: list[Tensor]
+    noise: Tensor | None = None  # eps of the current sample
+    backup: Tensor | None = None  # the means while the parameters hold a sample; scratch otherwise
+    grad_sum: Tensor | None = None  # sum over the recorded samples of g
+    nxg_sum: Tensor | None = None  # sum over the recorded samples of eps * g
+    views: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    def allocate(self) -> None:
+        if self.noise is not None:
+            return
+        p0 = self.params[0]
+        numel = sum(p.numel() for p in self.params)
+        for name in ("noise", "backup", "grad_sum", "nxg_sum"):
+            flat = torch.empty(numel, dtype=p0.dtype, device=p0.device)
+            setattr(self, name, flat)
+            self.views[name] = [
+                view.view_as(p) for view, p in zip(flat.split([p.numel() for p in self.params]), self.params)
+            ]
+
+    def swap_noise_and_nxg_sum(self) -> None:
+        self.noise, self.nxg_sum = self.nxg_sum, self.noise
+        self.views["noise"], self.views["nxg_sum"] = self.views["nxg_sum"], self.views["noise"]
+
+
+class IVON(Optimizer):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        ess: float,
+        hess_init: float = 1.0,
+        beta1: float = 0.9,
+        beta2: float = 0.99999,
+        weight_decay: float = 1e-4,
+        mean_weight_decay: float | None = None,
+        mc_samples: int = 1,
+        clip_radius: float = float("inf"),
+        rescale_lr: bool = True,
+        seed: int | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        _check_hyperparameters(
+            lr=lr,
+            ess=ess,
+            hess_init=hess_init,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            mean_weight_decay=mean_weight_decay,
+            mc_samples=mc_samples,
+            clip_radius=clip_radius,
+            rescale_lr=rescale_lr,
+            seed=seed,
+            foreach=foreach,
+        )
+        defaults = dict(
+            lr=lr,
+            ess=ess,
+            hess_init=hess_init,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            mean_weight_decay=mean_weight_decay,
+            mc_samples=mc_samples,
+            clip_radius=clip_radius,
+            rescale_lr=rescale_lr,
+            foreach=foreach,
+        )
+        # Only the generators' seed is optimizer-wide; every hyperparameter above can be set per group.
+        # torch.initial_seed() reads the global seed without drawing from the global generator.
+        self._seed = torch.initial_seed() if seed is None else seed
+        self._init_transient_attributes()
+        super().__init__(params, defaults)
+        self._register_hooks()
+
+    def _init_transient_attributes(self) -> None:
+        self._generators: dict[str, torch.Generator] = {}
+        self._buckets: list[_Bucket] | None = None
+        self._num_pending_samples = 0
+        self._sampling = False
+
+    def _register_hooks(self) -> None:
+        self.register_state_dict_post_hook(IVON._save_generator_states)
+        self.register_load_state_dict_pre_hook(IVON._load_generator_states)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_seed"] = self._seed
+        state["_generator_states"] = {key: gen.get_state() for key, gen in self._generators.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator_states = state.pop("_generator_states", {})
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("mean_weight_decay", None)
+            group.setdefault("foreach", None)
+        # load_state_dict() also lands here, with only the state and the param groups: the attributes that
+        # __getstate__ leaves out are rebuilt only when unpickling.
+        if "_generators" not in self.__dict__:
+            self.__dict__.setdefault("_seed", torch.initial_seed())
+            self._init_transient_attributes()
+            self._register_hooks()
+            self._set_generator_states(generator_states)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        group_index = len(self.param_groups)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for index, p in enumerate(params):
+            if isinstance(p, Tensor) and p.dtype not in _SUPPORTED_DTYPES:
+                raise ValueError(
+                    f"IVON supports float32 and float64 parameters, but parameter {index} of param group "
+                    f"{group_index} is {p.dtype}. IVON keeps the posterior mean in the parameters, and its "
+                    "updates (about 1e-5 relative) vanish in half precision. Keep the trainable (e.g. LoRA) "
+                    "parameters in float32 and run the compute under autocast (e.g. bfloat16)."
+                )
+        hyperparameters = {**self.defaults, **param_group}
+        _check_hyperparameters(**{k: v for k, v in hyperparameters.items() if k != "params"})
+        super().add_param_group(param_group)
+        self._buckets = None
+
+    # ----------------------------------------------------------------------------------------- state
+
+    def _param_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.state[p]
+        if len(state) == 0:
+            # `step` is a CPU scalar tensor as in torch.optim: the debiasing reads it on the host.
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["hess"] = torch.full_like(p, group["hess_init"], memory_format=torch.preserve_format)
+        return state
+
+    def _get_buckets(self) -> list[_Bucket]:
+        if self._buckets is None:
+            self._buckets = []
+            for group_index, group in enumerate(self.param_groups):
+                by_device_and_dtype: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+                for p in group["params"]:
+                    by_device_and_dtype.setdefault((p.device, p.dtype), []).append(p)
+                self._buckets += [_Bucket(group_index, params) for params in by_device_and_dtype.values()]
+        return self._buckets
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            devices = list(dict.fromkeys(str(p.device) for g in self.param_groups for p in g["params"]))
+            generator = torch.Generator(device=device)
+            generator.manual_seed(_derive_seed(self._seed, devices.index(key)))
+            self._generators[key] = generator
+        return self._generators[key]
+
+    @staticmethod
+    def _save_generator_states(optimizer: IVON, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict["ivon"] = {
+            "seed": optimizer._seed,
+            "generator_states": {key: gen.get_state() for key, gen in optimizer._generators.items()},
+        }
+        return state_dict
+
+    @staticmethod
+    def _load_generator_states(optimizer: IVON, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("ivon", None)
+        if saved is not None:
+            optimizer._seed = int(saved["seed"])
+            optimizer._generators = {}
+            optimizer._set_generator_states(saved["generator_states"])
+        # Samples recorded before loading belong to the old trajectory.
+        optimizer._num_pending_samples = 0
+        return state_dict
+
+    def _set_generator_states(self, states: dict[str, Tensor]) -> None:
+        for key, generator_state in states.items():
+            # Loaders such as Accelerate move optimizer state to the accelerator; set_state needs a CPU tensor.
+            self._generator(torch.device(key)).set_state(generator_state.cpu())
+
+    # -------------------------------------------------------------------------------------- sampling
+
+    @property
+    def num_pending_samples(self) -> int:
+        """Samples recorded by ``sampled_params(train=True)`` since the last ``step()``."""
+        return self._num_pending_samples
+
+    @torch.no_grad()
+    def posterior_variance(self) -> list[Tensor]:
+        """The posterior variances ``1 / (ess * (hess + weight_decay))``, one tensor per parameter.
+
+        In the order of the parameters in ``param_groups``, each with its group's ``ess`` and ``weight_decay``.
+        """
+        variances = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                hess = self._param_state(p, group)["hess"]
+                variances.append((hess + group["weight_decay"]).mul_(group["ess"]).reciprocal_())
+        return variances
+
+    def _sample_noise(self, params: list[Tensor], noise: Tensor, std: float) -> None:
+        """Fill ``noise`` with independent N(0, std^2) draws from the optimizer's own generator.
+
+        ``noise`` is a flat tensor holding the noise of ``params`` one after the other. This is the only place
+        the optimizer draws random numbers: tests replace it to replay another implementation's noise.
+        """
+        noise.normal_(0.0, std, generator=self._generator(noise.device))
+
+    def _uses_foreach(self, bucket: _Bucket) -> bool:
+        foreach = self.param_groups[bucket.group_index]["foreach"]
+        return _default_foreach(bucket.params) if foreach is None else foreach
+
+    @contextmanager
+    def sampled_params(self, train: bool = False) -> Iterator[None]:
+        """Hold a sample ``theta = m + eps``, ``eps ~ N(0, 1 / (ess * (hess + weight_decay)))``, in the params.
+
+        The parameters are perturbed in place (same storage), and the means are restored bitwise when the
+        context exits, whether or not its body raised.
+
+        With ``train=True``, run the forward and backward pass inside the context: at exit, the gradient
+        ``g = p.grad`` (``None`` counts as zeros) is recorded together with ``eps * g``, and ``p.grad`` is set
+        to ``None`` so that the next sample's backward does not add onto it. The next ``step()`` uses the
+        mean over all samples recorded since the previous step (MC samples, micro-batches of gradient
+        accumulation). Because the gradient is read at exit, anything that modifies it, such as gradient
+        clipping, must run inside the context. If the body raises, nothing is recorded and ``p.grad`` is left
+        as it is.
+
+        With ``train=False`` (evaluation with posterior samples) nothing is recorded.
+        """
+        if self._sampling:
+            raise RuntimeError(
+                "IVON.sampled_params() is already active: the parameters already hold a sample. "
+                "Exit the outer context before entering another one."
+            )
+        self._sampling = True
+        try:
+            buckets = self._get_buckets()
+            self._perturb(buckets)
+            try:
+                yield
+                if train:
+                    self._record(buckets)
+            finally:
+                self._restore(buckets)
+        finally:
+            self._sampling = False
+
+    # The foreach path works operation by operation on whole buckets: one noise draw and few kernel launches
+    # per bucket, what accelerators want. The for-loop path runs all operations on one parameter before
+    # the next, so on CPU the parameter's slices of the buffers stay in cache between operations.
+
+    @torch.no_grad()
+    def _perturb(self, buckets: list[_Bucket]) -> None:
+        for bucket in buckets:
+            group = self.param_groups[bucket.group_index]
+            bucket.allocate()
+            hessians = [self._param_state(p, group)["hess"] for p in bucket.params]
+            # eps = z / sqrt(ess * (h + wd)): the 1/sqrt(ess) is folded into the draw, and the backup buffer
+            # is scratch for 1/sqrt(h + wd) until it receives the means.
+            std, weight_decay = 1.0 / math.sqrt(group["ess"]), group["weight_decay"]
+            noise, backup = bucket.views["noise"], bucket.views["backup"]
+            # One draw per bucket in both paths, so that the noise does not depend on the implementation.
+            self._sample_noise(bucket.params, bucket.noise, std)
+            if self._uses_foreach(bucket):
+                torch._foreach_copy_(backup, hessians)
+                if weight_decay != 0:
+                    bucket.backup.add_(weight_decay)
+                bucket.backup.rsqrt_()
+                bucket.noise.mul_(bucket.backup)
+                torch._foreach_copy_(backup, bucket.params)
+                torch._foreach_add_(bucket.params, noise)
+                continue
+            for p, hess, p_noise, p_backup in zip(bucket.params, hessians, noise, backup):
+                torch.add(hess, weight_decay, out=p_backup).rsqrt_()
+                p_noise.mul_(p_backup)
+                p_backup.copy_(p)
+                p.add_(p_noise)
+
+    @torch.no_grad()
+    def _restore(self, buckets: list[_Bucket]) -> None:
+        for bucket in buckets:
+            if self._uses_foreach(bucket):
+                torch._foreach_copy_(bucket.params, bucket.views["backup"])
+            else:
+                for p, p_backup in zip(bucket.params, bucket.views["backup"]):
+                    p.copy_(p_backup)
+
+    @torch.no_grad()
+    def _record(self, buckets: list[_Bucket]) -> None:
+        if any(p.grad is not None and p.grad.is_sparse for bucket in buckets for p in bucket.params):
+            raise RuntimeError("IVON does not support sparse gradients.")
+        first_sample = self._num_pending_samples == 0
+        for bucket in buckets:
+            with_grad = [i for i, p in enumerate(bucket.params) if p.grad is not None]
+            grads = [bucket.params[i].grad for i in with_grad]
+            grad_sums = [bucket.views["grad_sum"][i] for i in with_grad]
+            noise = [bucket.views["noise"][i] for i in with_grad]
+            nxg_sums = [bucket.views["nxg_sum"][i] for i in with_grad]
+            if first_sample and len(with_grad) < len(bucket.params):
+                # A parameter without a gradient contributes zeros to both sums.
+                bucket.grad_sum.zero_()
+                for i, p in enumerate(bucket.params):
+                    if p.grad is None:
+                        bucket.views["noise"][i].zero_()
+            if not grads:
+                pass
+            elif self._uses_foreach(bucket) and first_sample:
+                torch._foreach_copy_(grad_sums, grads)
+                torch._foreach_mul_(noise, grads)
+            elif self._uses_foreach(bucket):
+                torch._foreach_add_(grad_sums, grads)
+                torch._foreach_addcmul_(nxg_sums, noise, grads)
+            elif first_sample:
+                for grad, grad_sum, p_noise in zip(grads, grad_sums, noise):
+                    grad_sum.copy_(grad)
+                    p_noise.mul_(grad)
+            else:
+                for grad, grad_sum, p_noise, nxg_sum in zip(grads, grad_sums, noise, nxg_sums):
+                    grad_sum.add_(grad)
+                    nxg_sum.addcmul_(p_noise, grad)
+            if first_sample:
+                # eps is not needed after this sample: the noise buffer, now holding eps * g, becomes the nxg
+                # accumulator, and the old accumulator becomes the next sample's noise buffer.
+                bucket.swap_noise_and_nxg_sum()
+            for p in bucket.params:
+                p.grad = None
+        self._num_pending_samples += 1
+
+    # ------------------------------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update the means and the Hessian estimate from the samples recorded since the last step.
+
+        Args:
+            closure (Callable, optional): computes the loss AND calls ``backward()`` on it, without zeroing
+                any gradient. It is run ``mc_samples`` times (the value of the first param group), each time
+                inside ``sampled_params(train=True)``, and the mean of its returned losses is returned.
+                Without a closure, the samples must have been recorded with ``sampled_params(train=True)``.
+        """
+        if self._sampling:
+            raise RuntimeError(
+                "IVON.step() was called inside sampled_params(): the parameters hold a sample, not the "
+                "means. Call step() after the context has exited."
+            )
+        loss = None
+        if closure is not None:
+            losses = []
+            for _ in range(self.param_groups[0]["mc_samples"]):
+                with torch.enable_grad(), self.sampled_params(train=True):
+                    losses.append(closure())
+            loss = sum(losses) / len(losses)
+        if self._num_pending_samples == 0:
+            raise RuntimeError(
+                "IVON.step() found no recorded sample. Run the forward and backward pass inside "
+                "`with optimizer.sampled_params(train=True):` before calling step(), or pass a closure."
+            )
+
+        buckets = self._get_buckets()
+        for group_index, group in enumerate(self.param_groups):
+            params, grad_sums, nxg_sums, momentums, hessians, state_steps = [], [], [], [], [], []
+            for bucket in buckets:
+                if bucket.group_index != group_index:
+                    continue
+                params += bucket.params
+                grad_sums += bucket.views["grad_sum"]
+                nxg_sums += bucket.views["nxg_sum"]
+                for p in bucket.params:
+                    state = self._param_state(p, group)
+                    momentums.append(state["momentum"])
+                    hessians.append(state["hess"])
+                    state_steps.append(state["step"])
+            ivon(
+                params,
+                grad_sums,
+                nxg_sums,
+                momentums,
+                hessians,
+                state_steps,
+                foreach=group["foreach"],
+                num_samples=self._num_pending_samples,
+                lr=group["lr"],
+                ess=group["ess"],
+                hess_init=group["hess_init"],
+                beta1=group["beta1"],
+                beta2=group["beta2"],
+                weight_decay=group["weight_decay"],
+                mean_weight_decay=group["mean_weight_decay"],
+                clip_radius=group["clip_radius"],
+                rescale_lr=group["rescale_lr"],
+            )
+        self._num_pending_samples = 0
+        return loss
+
+
+IVON.__doc__ = r"""Implements IVON, the Improved Variational Online Newton optimizer.
+
+    IVON learns a diagonal Gaussian posterior :math:`q = \mathcal{N}(m, \mathrm{diag}(\sigma^2))` over the
+    parameters. The parameters hold the mean :math:`m`; the optimizer state holds a momentum :math:`\bar g`
+    and a diagonal Hessian estimate :math:`h`, which sets the variance
+    :math:`\sigma^2 = 1 / (\lambda (h + \delta))`.
+
+    .. math::
+       \begin{aligned}
+            &\rule{110mm}{0.4pt}                                                                 \\
+            &\textbf{input}      : \gamma \text{ (lr)}, \lambda \text{ (ess)}, h_0 \text{ (hess\_init)},
+                \beta_1, \beta_2, \delta \text{ (weight\_decay)},                                \\
+            &\hspace{13mm} \delta_m \text{ (mean\_weight\_decay, default } \delta \text{)},
+                \xi \text{ (clip\_radius)}, S \text{ (samples per step)}, m_0 \text{ (params)},
+                f(\theta) \text{ (objective)}                                                    \\
+            &\textbf{initialize} : \bar g_0 \leftarrow 0, \: h \leftarrow h_0, \:
+                \gamma' \leftarrow \gamma (h_0 + \delta) \text{ if rescale\_lr else } \gamma    \\[-1.ex]
+            &\rule{110mm}{0.4pt}                                                                 \\
+            &\textbf{for} \: t=1 \: \textbf{to} \: \ldots \: \textbf{do}                         \\
+            &\hspace{5mm}\textbf{for} \: s=1 \: \textbf{to} \: S \: \textbf{do}
+                \hspace{5mm} \text{(one sampled\_params(train=True) context each)}               \\
+            &\hspace{10mm}\epsilon_s \sim \mathcal{N}\big(0, 1/(\lambda (h_{t-1} + \delta))\big)    \\
+            &\hspace{10mm}g_s \leftarrow \nabla_\theta f(\theta) \big|_{\theta = m_{t-1} + \epsilon_s} \\
+            &\hspace{5mm}\hat g_t \leftarrow \frac{1}{S} \sum_s g_s, \quad
+                \hat h_t \leftarrow \lambda (h_{t-1} + \delta) \frac{1}{S} \sum_s \epsilon_s g_s \\
+            &\hspace{5mm}\bar g_t \leftarrow \beta_1 \bar g_{t-1} + (1 - \beta_1) \hat g_t          \\
+            &\hspace{5mm}h_t \leftarrow \beta_2 h_{t-1} + (1 - \beta_2) \hat h_t
+                + \tfrac{1}{2} (1 - \beta_2)^2 (h_{t-1} - \hat h_t)^2 / (h_{t-1} + \delta)      \\
+            &\hspace{5mm}d_t \leftarrow \bar g_t / (1 - \beta_1^t) + \delta_m m_{t-1}             \\
+            &\hspace{5mm}m_t \leftarrow m_{t-1} - \gamma' \,
+                \mathrm{clip}\big(d_t / (h_t + \delta), -\xi, \xi\big)                          \\
+            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
+            &\bf{return} \: m_t, \: \sigma_t^2 = 1 / (\lambda (h_t + \delta))           \\[-1.ex]
+            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
+       \end{aligned}
+
+    All operations are element-wise. :math:`\hat h_t` is the reparameterization ("price") estimate of the
+    diagonal Hessian: :math:`\mathbb{E}[\epsilon g] = \sigma^2 \nabla^2 f`. For details see `Variational
+    Learning is Effective for Large Deep Networks`_ (Shen et al., 2024).
+
+    Usage::
+
+        optimizer = IVON(model.parameters(), lr=0.1, ess=len(train_set))
+        for inputs, targets in loader:
+            for _ in range(mc_samples):
+                with optimizer.sampled_params(train=True):
+                    loss_fn(model(inputs), targets).backward()
+            optimizer.step()
+
+    Args:
+        params (iterable): iterable of parameters or named_parameters to optimize, or of dicts defining
+            parameter groups. float32 or float64 only: the means and the state are kept in the
+            parameters' dtype (see the note on precision).
+        lr (float): learning rate :math:`\gamma`.
+        ess (float): effective sample size :math:`\lambda`, usually the size of the training set. It sets
+            the width (temperature) of the posterior, not the scale of the curvature.
+        hess_init (float, optional): initial Hessian estimate :math:`h_0` (default: 1.0).
+        beta1 (float, optional): momentum coefficient, in [0, 1) (default: 0.9).
+        beta2 (float, optional): Hessian averaging coefficient, in [0, 1) (default: 0.99999).
+        weight_decay (float, optional): prior precision :math:`\delta`, in the variance and, unless
+            ``mean_weight_decay`` is set, in the mean update (default: 1e-4).
+        mean_weight_decay (float, optional): if set, replaces ``weight_decay`` in the mean update only
+            (:math:`\delta_m`, "decoupled" weight decay); the variance keeps :math:`h + \delta` (default: None).
+        mc_samples (int, optional): samples per step taken by ``step(closure)``; without a closure, the step
+            uses however many samples were recorded (default: 1).
+        clip_radius (float, optional): element-wise bound :math:`\xi` on the preconditioned update,
+            ``inf`` for none (default: inf).
+        rescale_lr (bool, optional): multiply the learning rate by :math:`h_0 + \delta`, which makes the
+            first steps about ``lr`` times the gradient (default: True).
+        seed (int, optional): seed of the optimizer's own noise generators. ``None`` derives it from
+            ``torch.initial_seed()``, which does not draw from the global generator (default: None).
+        foreach (bool, optional): whether the foreach (multi-tensor) implementation is used, for the
+            sampling as well as the step. If unspecified (None), it is used when no parameter is on CPU: on
+            accelerators it batches the kernel launches, while on CPU the for-loop, which keeps each tensor
+            in cache through all its operations, is faster (default: None).
+
+    .. note:: **Noise generators.** The noise never comes from the global RNG, so sampling for evaluation
+        does not shift the training data order or dropout masks. There is one ``torch.Generator`` per
+        device, seeded from ``seed`` and the device's position among the optimizer's devices (the first
+        device uses ``seed`` itself). So data-parallel ranks (one device each) draw the same noise from the
+        same ``seed`` and different noise from different seeds, while a model spread over several devices
+        in one process gets independent noise per device. The generator states are in the ``state_dict``.
+
+    .. note:: **Gradients are read at context exit.** ``sampled_params(train=True)`` records ``p.grad`` when
+        it exits and then sets it to ``None``. Clip (or otherwise modify) gradients inside the context;
+        never zero them between samples yourself, and never let them sum across samples or micro-batches:
+        each sample is recorded separately and the step averages them.
+
+    .. note:: **Precision.** The mean updates are about 1e-5 relative to the weights and ``beta2`` is
+        0.99999: in float16/bfloat16 both round away and IVON silently stops learning, so such parameters
+        are rejected. Keep the trainable parameters in float32 and use autocast for the compute. Do not use
+        a ``GradScaler``: the scaled gradients would be recorded.
+
+    .. note:: **beta2 < 1.** With ``beta2 = 1`` the Hessian estimate would never leave ``hess_init``: the
+        posterior variance would be fixed by hand rather than learned, which is not IVON, so it is rejected.
+
+    .. note:: **Checkpoints.** ``state_dict()`` holds ``step``, ``momentum`` and ``hess`` per parameter and
+        the generator states, so a resumed run continues the same trajectory bitwise. Samples recorded but
+        not yet used by ``step()`` are not saved, and ``load_state_dict()`` discards them.
+
+    .. _Variational Learning is Effective for Large Deep Networks:
+        https://arxiv.org/abs/2402.17641
+    """
+
+
+def _default_foreach(tensors: list[Tensor]) -> bool:
+    # On accelerators the foreach ops batch the kernel launches. On CPU they are a C++ loop running each
+    # operation over every tensor before the next operation: with LoRA-sized tensors the for-loop, which
+    # runs every operation on one tensor while it is in cache, is faster (scripts/bench_optimizer.py).
+    return not torch.jit.is_scripting() and all(
+        type(t) in (Tensor, torch.nn.Parameter) and t.device.type != "cpu" for t in tensors
+    )
+
+
+def ivon(
+    params: list[Tensor],
+    grad_sums: list[Tensor],
+    nxg_sums: list[Tensor],
+    momentums: list[Tensor],
+    hessians: list[Tensor],
+    state_steps: list[Tensor],
+    foreach: bool | None = None,
+    *,
+    num_samples: int,
+    lr: float,
+    ess: float,
+    hess_init: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    mean_weight_decay: float | None,
+    clip_radius: float,
+    rescale_lr: bool,
+) -> None:
+    r"""Functional API that performs the IVON update of the means, momentums and Hessian estimates.
+
+    See :class:`IVON` for the algorithm. ``grad_sums`` and ``nxg_sums`` hold the sums over ``num_samples``
+    samples of ``g`` and ``eps * g``; they are used as scratch space and hold unspecified values afterwards.
+    ``state_steps`` are scalar tensors, incremented here.
+    """
+    if num_samples < 1:
+        raise ValueError(f"Invalid num_samples value: {num_samples}")
+    if foreach is None:
+        foreach = _default_foreach(params)
+    func = _multi_tensor_ivon if foreach else _single_tensor_ivon
+    func(
+        params,
+        grad_sums,
+        nxg_sums,
+        momentums,
+        hessians,
+        state_steps,
+        num_samples=num_samples,
+        lr=lr * (hess_init + weight_decay) if rescale_lr else lr,
+        ess=ess,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        mean_weight_decay=weight_decay if mean_weight_decay is None else mean_weight_decay,
+        clip_radius=clip_radius,
+    )
+
+
+# The two kernels run the same sequence of in-place operations, so that they agree bitwise on CPU. The Hessian
+# update is step 5 of the algorithm rearranged around u = h_hat - h, which needs no temporary:
+#     h_new = beta2 * h + (1 - beta2) * h_hat + (1 - beta2)^2 / 2 * (h - h_hat)^2 / (h + wd)
+#           = h + (1 - beta2) * u + (1 - beta2)^2 / 2 * u * (u / (h + wd)).
+# The buffers of the sums serve as scratch: `grad_sum` holds g, then h + wd, then u / (h + wd), then h_new + wd;
+# `nxg_sum` holds u, then the preconditioned update.
+
+
+def _single_tensor_ivon(
+    params: list[Tensor],
+    grad_sums: list[Tensor],
+    nxg_sums: list[Tensor],
+    momentums: list[Tensor],
+    hessians: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    num_samples: int,
+    lr: float,
+    ess: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    mean_weight_decay: float,
+    clip_radius: float,
+) -> None:
+    for param, scratch, update, momentum, hess, step in zip(
+        params, grad_sums, nxg_sums, momentums, hessians, state_steps, strict=True
+    ):
+        step += 1
+        bias_correction1 = 1 - beta1 ** step.item()
+
+        if num_samples != 1:
+            scratch.div_(num_samples)
+        momentum.lerp_(scratch, 1 - beta1)
+
+        scratch.copy_(hess)
+        if weight_decay != 0:
+            scratch.add_(weight_decay)
+        update.mul_(scratch).mul_(ess / num_samples).sub_(hess)
+        scratch.reciprocal_().mul_(update)
+        hess.addcmul_(scratch, update, value=0.5 * (1 - beta2) ** 2)
+        hess.add_(update, alpha=1 - beta2)
+
+        scratch.copy_(hess)
+        if weight_decay != 0:
+            scratch.add_(weight_decay)
+        update.zero_()
+        update.addcdiv_(momentum, scratch, value=1 / bias_correction1)
+        if mean_weight_decay != 0:
+            update.addcdiv_(param, scratch, value=mean_weight_decay)
+        if clip_radius != math.inf:
+            update.clamp_(-clip_radius, clip_radius)
+        param.add_(update, alpha=-lr)
+
+
+def _group_by_device_and_dtype(*tensor_lists: list[Tensor]) -> list[tuple[list[Tensor], ...]]:
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = {}
+    for tensors in zip(*tensor_lists, strict=True):
+        key = (tensors[0].device, tensors[0].dtype)
+        group = groups.setdefault(key, tuple([] for _ in tensor_lists))
+        for tensor, same_kind in zip(tensors, group):
+            same_kind.append(tensor)
+    return list(groups.values())
+
+
+def _multi_tensor_ivon(
+    params: list[Tensor],
+    grad_sums: list[Tensor],
+    nxg_sums: list[Tensor],
+    momentums: list[Tensor],
+    hessians: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    num_samples: int,
+    lr: float,
+    ess: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    mean_weight_decay: float,
+    clip_radius: float,
+) -> None:
+    if len(params) == 0:
+        return
+    for param, scratch, update, momentum, hess, steps in _group_by_device_and_dtype(
+        params, grad_sums, nxg_sums, momentums, hessians, state_steps
+    ):
+        torch._foreach_add_(steps, 1.0)
+        inv_bias_corrections1 = [1 / (1 - beta1 ** step.item()) for step in steps]
+
+        if num_samples != 1:
+            torch._foreach_div_(scratch, num_samples)
+        torch._foreach_lerp_(momentum, scratch, 1 - beta1)
+
+        torch._foreach_copy_(scratch, hess)
+        if weight_decay != 0:
+            torch._foreach_add_(scratch, weight_decay)
+        torch._foreach_mul_(update, scratch)
+        torch._foreach_mul_(update, ess / num_samples)
+        torch._foreach_sub_(update, hess)
+        torch._foreach_reciprocal_(scratch)
+        torch._foreach_mul_(scratch, update)
+        torch._foreach_addcmul_(hess, scratch, update, value=0.5 * (1 - beta2) ** 2)
+        torch._foreach_add_(hess, update, alpha=1 - beta2)
+
+        torch._foreach_copy_(scratch, hess)
+        if weight_decay != 0:
+            torch._foreach_add_(scratch, weight_decay)
+        torch._foreach_zero_(update)
+        torch._foreach_addcdiv_(update, momentum, scratch, inv_bias_corrections1)
+        if mean_weight_decay != 0:
+            torch._foreach_addcdiv_(update, param, scratch, value=mean_weight_decay)
+        if clip_radius != math.inf:
+            torch._foreach_clamp_min_(update, -clip_radius)
+            torch._foreach_clamp_max_(update, clip_radius)
+        torch._foreach_add_(param, update, alpha=-lr)

@@ -1,0 +1,221 @@
+"""Recipes: a flat YAML mapping (plus key=value overrides) resolved into typed argument dataclasses.
+
+Keys follow `TrainingArguments` and the usual finetuning-toolkit names. Everything a recipe can get wrong
+(unknown key, wrong type, missing file, an output_dir holding a previous result) is reported here, naming the
+key, before any model or dataset loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from .trainer import IVONTrainingArguments
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run as written."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "Hub id or local dir of the base model, or builtin:tiny-llama / builtin:tiny-qwen2."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "Base weights: auto, float32, bfloat16 or float16."})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
+    lora_target: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Module names to adapt, or ['all-linear']."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="synthetic", metadata={"help": "Task name (see ivon_lora.tasks)."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="validation", metadata={"help": "Split reported after training."})
+    train_file: str | None = field(default=None, metadata={"help": "Local json/jsonl/parquet/csv train records."})
+    eval_file: str | None = field(default=None, metadata={"help": "Local json/jsonl/parquet/csv eval records."})
+    max_length: int = field(default=320, metadata={"help": "Max prompt tokens (longer prompts lose their start)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train records."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N eval records."})
+
+
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
+    eval_mc_samples: int = field(default=10, metadata={"help": "Posterior samples S of the final evaluation."})
+    ece_bins: list[int] = field(default_factory=lambda: [10, 15], metadata={"help": "ECE bin counts to report."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, IVONTrainingArguments)
+
+
+@dataclass
+class Recipe:
+    model: ModelArguments
+    data: DataArguments
+    run: RunArguments
+    training: IVONTrainingArguments
+    source: str | None = None
+
+    def resolved(self) -> dict:
+        """Every key of every argument class with its resolved value: a recipe that reproduces this run."""
+        resolved = {}
+        for arguments in (self.model, self.data, self.run):
+            resolved.update(dataclasses.asdict(arguments))
+        # TrainingArguments.to_dict turns enums and nested configs into plain values.
+        init_keys = {f.name for f in dataclasses.fields(self.training) if f.init}
+        resolved.update({k: v for k, v in self.training.to_dict().items() if k in init_keys})
+        return yaml.safe_load(yaml.safe_dump(resolved, default_flow_style=False))  # plain YAML types only
+
+
+def _accepts(value, annotation) -> tuple[bool, object]:
+    """Whether `value` fits `annotation` (after coercing YAML's string spellings of floats such as 3e-2)."""
+    origin = typing.get_origin(annotation)
+    if annotation is typing.Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            ok, coerced = _accepts(value, option)
+            if ok:
+                return True, coerced
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value
+    if annotation is str:
+        return isinstance(value, str), value
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return value in {m.value for m in annotation} or isinstance(value, annotation), value
+    if origin is list or annotation is list:
+        if isinstance(value, str):  # a single item where a list is expected, e.g. lora_target=all-linear
+            value = [value]
+        if not isinstance(value, list):
+            return False, value
+        (item_type,) = typing.get_args(annotation) or (typing.Any,)
+        items = [_accepts(v, item_type) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict or annotation is dict:
+        return isinstance(value, (dict, str)), value
+    return True, value  # annotations this checker does not know are left to the dataclass
+
+
+def _field_types() -> dict[str, tuple[type, typing.Any]]:
+    types_by_key = {}
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                types_by_key[f.name] = (cls, hints[f.name])
+    return types_by_key
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    values = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"Override {item!r} is not of the form key=value")
+        values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return values
+
+
+def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
+    """Read `path` (YAML), apply `overrides` (key=value), validate every key and value, check the files."""
+    values = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise RecipeError(f"Recipe file {path!r} does not exist")
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of key: value, got {type(loaded).__name__}")
+        values.update(loaded)
+    values.update(parse_overrides(list(overrides)))
+    where = f" in {path}" if path else ""
+
+    types_by_key = _field_types()
+    unknown = [key for key in values if key not in types_by_key]
+    if unknown:
+        messages = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, types_by_key, n=1)
+            messages.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise RecipeError(
+            f"Unknown recipe key(s){where}: {', '.join(messages)}. Keys are TrainingArguments fields plus "
+            "ivon-lora's model/data/run keys; `ivon-lora train --help-keys` lists them."
+        )
+    per_class: dict[type, dict] = {cls: {} for cls in ARGUMENT_CLASSES}
+    for key, value in values.items():
+        cls, annotation = types_by_key[key]
+        ok, coerced = _accepts(value, annotation)
+        if not ok:
+            raise RecipeError(f"Recipe key {key!r}{where}: {value!r} is not a valid {_type_name(annotation)}")
+        per_class[cls][key] = coerced
+    if "model_name_or_path" not in values:
+        raise RecipeError(f"Recipe{where} has no model_name_or_path")
+    if "output_dir" not in values:
+        raise RecipeError(f"Recipe{where} has no output_dir")
+
+    try:
+        model, data, run, training = (cls(**per_class[cls]) for cls in ARGUMENT_CLASSES)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"Invalid recipe{where}: {error}") from error
+    recipe = Recipe(model, data, run, training, source=path)
+    _check_files(recipe)
+    return recipe
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _check_files(recipe: Recipe) -> None:
+    for key in ("train_file", "eval_file"):
+        path = getattr(recipe.data, key)
+        if path is not None and not os.path.isfile(path):
+            raise RecipeError(f"Recipe key {key!r}: file {path!r} does not exist")
+    output_dir = recipe.training.output_dir
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
+        if recipe.training.resume_from_checkpoint is None:
+            raise RecipeError(
+                f"output_dir {output_dir!r} exists and is not empty: choose another output_dir, "
+                "or set overwrite_output_dir=true to write into it, or resume_from_checkpoint=... to resume."
+            )
+
+
+def describe_keys() -> str:
+    lines = []
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        own = {f.name for f in dataclasses.fields(cls)} - (
+            {f.name for f in dataclasses.fields(cls.__mro__[1])} if cls is IVONTrainingArguments else set()
+        )
+        lines.append(f"# {cls.__name__}" + (" (also every TrainingArguments field)" if own != set() and cls is IVONTrainingArguments else ""))
+        for f in dataclasses.fields(cls):
+            if f.name in own or cls is not IVONTrainingArguments:
+                lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
