@@ -21,15 +21,17 @@ FORMAT_VERSION = 1
 
 
 def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
-    """The trainable parameters keyed as their tensors are saved: PEFT adapter keys, or plain parameter names."""
-    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    """The adapter's parameters keyed as they are saved: PEFT adapter keys, else trainable parameter names.
+
+    For a PEFT model the adapter is found by PEFT's own key filter (adapter name dropped), so a model loaded
+    for inference, whose adapter does not require grad, binds too.
+    """
     if hasattr(model, "peft_config"):
         from peft.utils import get_peft_model_state_dict
 
-        # PEFT's own renaming (adapter name dropped) maps the parameters to their saved keys.
-        by_key = get_peft_model_state_dict(model, state_dict=named, save_embedding_layers=False)
-        return {key: p for key, p in by_key.items() if p.requires_grad}
-    return named
+        named = dict(model.named_parameters())
+        return get_peft_model_state_dict(model, state_dict=named, save_embedding_layers=False)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _atomic_write(path: str, write) -> None:

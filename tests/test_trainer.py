@@ -1,0 +1,202 @@
+"""IVONTrainer / IVONTrainerMixin on a tiny Llama with LoRA: gradient accumulation, clipping, saving."""
+
+import json
+import os
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer
+
+from ivon_lora import IVON, IVONTrainer, IVONTrainerMixin, IVONTrainingArguments, Posterior
+from ivon_lora.modeling import BUILTIN_MODELS, apply_lora, build_tiny_model
+from ivon_lora.objective import ChoiceCollator, ChoiceLossMixin
+from ivon_lora.recipe import ModelArguments
+
+
+class ChoiceIVONTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
+    pass
+
+
+def _model(tokenizer):
+    torch.manual_seed(0)  # LoRA's A matrices are initialised from the global RNG
+    model_args = ModelArguments("builtin:tiny-llama", lora_rank=4, lora_dropout=0.0, lora_target=["q_proj", "v_proj"])
+    return apply_lora(build_tiny_model(BUILTIN_MODELS["builtin:tiny-llama"], tokenizer, seed=0), model_args)
+
+
+def _dataset(examples):
+    return datasets.Dataset.from_list([{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold} for e in examples])
+
+
+def _args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        learning_rate=0.05,
+        ivon_ess=1e6,
+        ivon_hess_init=1e-3,
+        ivon_clip_radius=float("inf"),
+        weight_decay=1e-4,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=7,
+    )
+    values.update(overrides)
+    return IVONTrainingArguments(**values)
+
+
+def _trainer(tmp_path, tokenizer, examples, trainer_class=ChoiceIVONTrainer, **overrides):
+    return trainer_class(
+        model=_model(tokenizer),
+        args=_args(tmp_path, **overrides),
+        train_dataset=_dataset(examples),
+        data_collator=ChoiceCollator(tokenizer),
+        processing_class=tokenizer,
+    )
+
+
+def _fixed_noise(monkeypatch):
+    """Every posterior sample gets the same noise, so runs with different sample counts can be compared."""
+
+    def sample_noise(self, params, noise, std):
+        noise.normal_(0.0, std, generator=torch.Generator().manual_seed(123))
+
+    monkeypatch.setattr(IVON, "_sample_noise", sample_noise)
+
+
+def _adapter(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, llama_tokenizer, synthetic_examples, monkeypatch):
+    _fixed_noise(monkeypatch)
+    examples = synthetic_examples["train"]
+    full = _trainer(tmp_path / "full", llama_tokenizer, examples, per_device_train_batch_size=8)
+    full.train()
+    accumulated = _trainer(
+        tmp_path / "ga", llama_tokenizer, examples, per_device_train_batch_size=2, gradient_accumulation_steps=4
+    )
+    accumulated.train()
+    start = _adapter(_trainer(tmp_path / "init", llama_tokenizer, examples))
+    full_params, accumulated_params = _adapter(full), _adapter(accumulated)
+    for name, value in full_params.items():
+        assert not torch.equal(value, start[name]) or "lora_B" not in name, f"{name} did not move"
+        # float32 summation order differs (4 means of 2 vs 1 mean of 8); a 1/GA scaling bug would be off by 4x.
+        torch.testing.assert_close(accumulated_params[name], value, rtol=1e-5, atol=1e-6 * value.abs().max(), msg=name)
+    full_ivon, accumulated_ivon = full.ivon_optimizer, accumulated.ivon_optimizer
+    for p_full, p_acc in zip(full_ivon.param_groups[0]["params"], accumulated_ivon.param_groups[0]["params"]):
+        torch.testing.assert_close(accumulated_ivon.state[p_acc]["hess"], full_ivon.state[p_full]["hess"], rtol=1e-5, atol=0)
+
+
+def test_max_grad_norm_clips_each_sample_inside_the_sampling_context(tmp_path, llama_tokenizer, synthetic_examples):
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], max_steps=1, max_grad_norm=1e-4)
+    trainer.train()
+    ivon = trainer.ivon_optimizer
+    beta1 = ivon.param_groups[0]["beta1"]
+    # After one step the momentum is (1 - beta1) * g, with g the recorded (clipped) gradient.
+    recorded = torch.cat([ivon.state[p]["momentum"].flatten() for p in ivon.param_groups[0]["params"]]) / (1 - beta1)
+    assert 0 < recorded.norm() <= 1e-4 * (1 + 1e-4)
+
+
+def test_train_mc_samples_runs_one_forward_backward_per_sample(tmp_path, llama_tokenizer, synthetic_examples):
+    calls = []
+
+    class CountingTrainer(ChoiceIVONTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            calls.append(len(inputs["labels"]))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer = _trainer(
+        tmp_path, llama_tokenizer, synthetic_examples["train"], CountingTrainer,
+        train_mc_samples=3, gradient_accumulation_steps=2, per_device_train_batch_size=4,
+    )  # fmt: skip
+    trainer.train()
+    assert calls == [4] * (2 * 3 * 2)  # steps x accumulation x samples
+    assert all(int(trainer.ivon_optimizer.state[p]["step"]) == 2 for p in trainer.ivon_optimizer.param_groups[0]["params"])
+    assert trainer.ivon_optimizer.num_pending_samples == 0
+
+
+def test_mixin_gives_ivon_to_a_user_trainer_with_its_own_compute_loss(tmp_path, llama_tokenizer, synthetic_examples):
+    """A user's Trainer subclass (own compute_loss, no ivon-lora code in it) gains IVON by inheritance."""
+    from ivon_lora.objective import choice_logits
+
+    class UserTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            logits = choice_logits(model, inputs)
+            return torch.nn.functional.cross_entropy(logits, inputs["labels"], label_smoothing=0.1)
+
+    class UserIVONTrainer(IVONTrainerMixin, UserTrainer):
+        pass
+
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], UserIVONTrainer, max_steps=3)
+    before = _adapter(trainer)
+    trainer.train()
+    assert isinstance(trainer.ivon_optimizer, IVON)
+    assert int(trainer.ivon_optimizer.state[trainer.ivon_optimizer.param_groups[0]["params"][0]]["step"]) == 3
+    assert any(not torch.equal(before[n], p) for n, p in _adapter(trainer).items())
+
+
+def test_baseline_optimizer_through_the_same_trainer(tmp_path, llama_tokenizer, synthetic_examples):
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], optim="adamw_torch", learning_rate=1e-3)
+    trainer.train()
+    assert trainer.ivon_optimizer is None
+    assert "AdamW" in type(trainer.optimizer.optimizer).__name__
+
+
+def test_fp16_is_refused_with_ivon(tmp_path):
+    with pytest.raises(ValueError, match="fp16=True cannot be used with optim='ivon'"):
+        IVONTrainingArguments(output_dir=str(tmp_path), fp16=True)
+
+
+def test_invalid_train_mc_samples(tmp_path):
+    with pytest.raises(ValueError, match="Invalid train_mc_samples value: 0"):
+        IVONTrainingArguments(output_dir=str(tmp_path), train_mc_samples=0)
+
+
+def test_default_args_and_ess_default_to_the_train_set_size(llama_tokenizer, synthetic_examples, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = IVONTrainer(
+        model=_model(llama_tokenizer),
+        train_dataset=_dataset(synthetic_examples["train"]),
+        data_collator=ChoiceCollator(llama_tokenizer),
+    )
+    trainer.create_optimizer()
+    assert trainer.args.optim == "ivon" and trainer.args.learning_rate == 0.03
+    assert trainer.ivon_optimizer.param_groups[0]["ess"] == len(synthetic_examples["train"])
+
+
+def test_posterior_is_saved_next_to_the_adapter_at_checkpoints_and_at_the_end(
+    tmp_path, llama_tokenizer, synthetic_examples
+):
+    from peft import PeftModel
+
+    trainer = _trainer(
+        tmp_path, llama_tokenizer, synthetic_examples["train"], max_steps=4, save_strategy="steps", save_steps=2
+    )
+    trainer.train()
+    trainer.save_model()
+    ivon = trainer.ivon_optimizer
+    expected_variance = ivon.posterior_variance()
+    for directory in (tmp_path / "checkpoint-2", tmp_path / "checkpoint-4", tmp_path):
+        adapter = load_file(directory / "adapter_model.safetensors")
+        variance = load_file(directory / "posterior.safetensors")
+        assert set(variance) == set(adapter)
+        assert all(variance[k].shape == adapter[k].shape for k in adapter)
+        config = json.loads((directory / "posterior_config.json").read_text())
+        assert config["ess"] == 1e6 and config["weight_decay"] == 1e-4
+        assert config["step"] == int(directory.name.split("-")[-1]) if "checkpoint" in directory.name else 4
+    # The final posterior equals the optimizer's, under the adapter's keys; it loads onto a fresh PEFT model.
+    posterior = Posterior.load(str(tmp_path))
+    reloaded = PeftModel.from_pretrained(build_tiny_model(BUILTIN_MODELS["builtin:tiny-llama"], llama_tokenizer), str(tmp_path))
+    pairs = posterior.bind(reloaded)
+    assert len(pairs) == len(expected_variance)
+    by_shape_sum = sorted(float(v.sum()) for _, v in pairs)
+    assert by_shape_sum == pytest.approx(sorted(float(v.sum()) for v in expected_variance), rel=1e-6)
+    assert os.path.isfile(tmp_path / "checkpoint-2" / "optimizer.pt")
