@@ -25,8 +25,10 @@ def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, num_bins
     _check(probs, gold)
     confidence, prediction = probs.max(dim=1)
     correct = (prediction == gold).double()
-    # Bin b holds confidences in (b/num_bins, (b+1)/num_bins]; a confidence of exactly 0 joins the first bin.
-    bins = (torch.ceil(confidence.double() * num_bins).long() - 1).clamp(0, num_bins - 1)
+    # Bin b holds confidences in (b/num_bins, (b+1)/num_bins]. A float32 0.6 is 0.60000002: the tolerance keeps
+    # values that are on an edge up to float32 rounding in the lower bin, as exact arithmetic would.
+    edge_tolerance = 1e-6
+    bins = (torch.ceil(confidence.double() * num_bins - edge_tolerance).long() - 1).clamp(0, num_bins - 1)
     count = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(correct))
     conf_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, confidence.double())
     correct_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, correct)

@@ -46,8 +46,10 @@ def synthetic_records(split: str, num_examples: int | None = None, seed: int = 0
         word = rng.choice(CATEGORIES[categories[gold]])
         first, second = rng.sample(DISTRACTORS, 2)
         question = rng.choice(QUESTION_TEMPLATES).format(word=word, d1=first, d2=second)
-        if rng.random() < label_noise:
-            gold = rng.choice([i for i in range(len(categories)) if i != gold])
+        # Both draws happen whatever the noise level, so the questions do not depend on it.
+        flip, wrong = rng.random() < label_noise, rng.choice([i for i in range(len(categories)) if i != gold])
+        if flip:
+            gold = wrong
         records.append(
             {
                 "id": f"synthetic-{split}-{index}",
