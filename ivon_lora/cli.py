@@ -43,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from .recipe import RecipeError
+    from .tasks import RecordError
 
     options = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         return options.main(options)
-    except RecipeError as error:
+    except (RecipeError, RecordError) as error:
         print(f"ivon-lora {options.command}: {error}", file=sys.stderr)
         return 2

@@ -39,6 +39,14 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
+    def __post_init__(self):
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
 
 @dataclass
 class DataArguments:
@@ -194,6 +202,16 @@ def _type_name(annotation) -> str:
 
 
 def _check_files(recipe: Recipe) -> None:
+    from .tasks import get_task
+
+    try:
+        task = get_task(recipe.data.dataset)
+    except KeyError as error:
+        raise RecipeError(f"Recipe key 'dataset': {error.args[0]}") from None
+    for key in ("train_split", "eval_split"):
+        split = getattr(recipe.data, key)
+        if split not in task.splits:
+            raise RecipeError(f"Recipe key {key!r}: task {task.name!r} has no split {split!r} ({', '.join(task.splits)})")
     for key in ("train_file", "eval_file"):
         path = getattr(recipe.data, key)
         if path is not None and not os.path.isfile(path):
@@ -208,14 +226,16 @@ def _check_files(recipe: Recipe) -> None:
 
 
 def describe_keys() -> str:
+    """Every recipe key with its type and help; for TrainingArguments, only what IVONTrainingArguments adds."""
+    from transformers import TrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)} - {"optim", "learning_rate"}
     lines = []
     for cls in ARGUMENT_CLASSES:
         hints = typing.get_type_hints(cls)
-        own = {f.name for f in dataclasses.fields(cls)} - (
-            {f.name for f in dataclasses.fields(cls.__mro__[1])} if cls is IVONTrainingArguments else set()
-        )
-        lines.append(f"# {cls.__name__}" + (" (also every TrainingArguments field)" if own != set() and cls is IVONTrainingArguments else ""))
+        lines.append(f"# {cls.__name__}")
         for f in dataclasses.fields(cls):
-            if f.name in own or cls is not IVONTrainingArguments:
+            if f.init and not (cls is IVONTrainingArguments and f.name in inherited):
                 lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}")
+    lines.append("# ...and every other transformers.TrainingArguments field (output_dir, max_steps, bf16, seed, ...)")
     return "\n".join(lines)

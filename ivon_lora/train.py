@@ -67,17 +67,16 @@ def run_train(recipe: Recipe) -> dict:
     from .tasks import load_examples
 
     model_args, data_args, run_args, args = recipe.model, recipe.data, recipe.run, recipe.training
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, RECIPE_NAME), "w") as f:
-        yaml.safe_dump(recipe.resolved(), f, sort_keys=True)
-
-    # Data and tokenizer first: a bad record fails before the model loads.
+    # Data and tokenizer first: a bad record fails before the model loads and before output_dir is written.
     train_examples = load_examples(data_args.dataset, data_args.train_split, data_args.train_file, data_args.max_train_samples)
     eval_examples = load_examples(data_args.dataset, data_args.eval_split, data_args.eval_file, data_args.max_eval_samples)
     tokenizer = load_tokenizer(model_args)
     collator = ChoiceCollator(tokenizer, data_args.max_length)
     collator(_as_rows(train_examples[:1] + eval_examples[:1]))  # resolves the answer tokens, or fails now
     logger.info("%s: %d train / %d eval examples", data_args.dataset, len(train_examples), len(eval_examples))
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, RECIPE_NAME), "w") as f:
+        yaml.safe_dump(recipe.resolved(), f, sort_keys=True)
 
     set_seed(args.seed)
     model = apply_lora(load_base_model(model_args, tokenizer, seed=args.seed), model_args)
@@ -101,13 +100,13 @@ def run_train(recipe: Recipe) -> dict:
 
     # The reported numbers come from the saved artifact, so they are what a user reloading it gets.
     posterior = Posterior.load(args.output_dir) if trainer.ivon_optimizer is not None else None
-    model.eval()
+    num_samples = run_args.eval_mc_samples if posterior is not None else 0
     metrics = evaluate_predictive(
         trainer.accelerator.unwrap_model(trainer.model),
         tokenizer,
         eval_examples,
         posterior=posterior,
-        num_samples=run_args.eval_mc_samples if posterior is not None else 0,
+        num_samples=num_samples,
         batch_size=args.per_device_eval_batch_size,
         max_length=data_args.max_length,
         seed=run_args.eval_seed,
@@ -120,7 +119,7 @@ def run_train(recipe: Recipe) -> dict:
         "protocol": {
             "scoring": "last-position logits of the answer tokens, K-way softmax",
             "predictive": "mean of S sample probability vectors",
-            "num_samples": metrics.get("by_num_samples", [{}])[-1].get("samples", 0),
+            "num_samples": num_samples,
             "ece": "equal-width bins on the max probability, (lo, hi]",
             "ece_bins": list(run_args.ece_bins),
             "brier": "sum over classes",

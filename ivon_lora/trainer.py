@@ -88,6 +88,10 @@ class IVONTrainerMixin:
     Needs `IVONTrainingArguments`; with `args.optim != 'ivon'` every hook falls through to the base class.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._ivon_grad_norms: list[torch.Tensor] = []  # pre-clip norms of the current step's samples
+
     def _uses_ivon(self) -> bool:
         return getattr(self.args, "use_ivon", False)
 
@@ -105,6 +109,13 @@ class IVONTrainerMixin:
             if not params:
                 raise ValueError("The model has no trainable parameters for IVON (did LoRA wrapping fail?)")
             args = self.args
+            if args.world_size > 1:
+                # Per-rank noise with DDP-averaged gradients underestimates the Hessian by the world size, and
+                # per-micro-batch recording under `no_sync` lets ranks drift (ivon-notes §2).
+                raise NotImplementedError(
+                    f"optim='ivon' with {args.world_size} data-parallel processes is not supported yet: IVON needs "
+                    "its own gradient synchronisation. Train on one process, or use a transformers optimizer."
+                )
             ess = args.ivon_ess if args.ivon_ess is not None else len(self.train_dataset)
             self.optimizer = IVON(
                 params,
@@ -130,23 +141,17 @@ class IVONTrainerMixin:
         # Each sample's loss is its own micro-batch mean: IVON averages the recorded samples in step().
         scaled_for_ga = self.loss_is_scaled_for_ga
         self.loss_is_scaled_for_ga = True
+        max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
         losses = []
         try:
             for _ in range(self.args.train_mc_samples):
                 with ivon.sampled_params(train=True):
                     losses.append(super().training_step(model, inputs, None))
-                    max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
                     self._ivon_grad_norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).detach())
         finally:
             self.loss_is_scaled_for_ga = scaled_for_ga
         # The Trainer sums the returned losses over the accumulation steps for logging.
         return torch.stack(losses).mean() / self.current_gradient_accumulation_steps
-
-    @property
-    def _ivon_grad_norms(self) -> list[torch.Tensor]:
-        if "_ivon_grad_norm_buffer" not in self.__dict__:
-            self._ivon_grad_norm_buffer = []
-        return self._ivon_grad_norm_buffer
 
     def _clip_grad_norm(self, model):
         if not self._uses_ivon():

@@ -31,6 +31,7 @@ def _refuse_model_loading(monkeypatch):
         (["train_file=/nonexistent/train.jsonl"], r"Recipe key 'train_file': file '/nonexistent/train.jsonl' does not exist"),
         (["fp16=true"], r"fp16=True cannot be used with optim='ivon'"),
         (["oops"], r"Override 'oops' is not of the form key=value"),
+        (["dtype=bf16"], r"dtype must be auto, float32, bfloat16 or float16, got 'bf16'"),
     ],
 )
 def test_recipe_errors_name_the_key_before_any_model_loads(overrides, message, tmp_path, monkeypatch, capsys):
@@ -106,3 +107,27 @@ def test_demo_recipe_learns_the_task(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["mean"]["accuracy"] > 0.6
     assert metrics["sampled"]["accuracy"] > 0.6
+
+
+def test_unknown_dataset_and_split_are_recipe_errors(tmp_path):
+    with pytest.raises(RecipeError, match="Recipe key 'dataset': Unknown task 'arc_eazy'. Did you mean 'arc_easy'"):
+        load_recipe(DEMO, [f"output_dir={tmp_path}", "dataset=arc_eazy"])
+    with pytest.raises(RecipeError, match="Recipe key 'eval_split': task 'synthetic' has no split 'dev'"):
+        load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_split=dev"])
+
+
+def test_a_bad_record_fails_before_the_model_loads_and_leaves_no_output_dir(tmp_path, monkeypatch, capsys):
+    _refuse_model_loading(monkeypatch)
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(json.dumps({"id": "x", "question": "Why?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}}))
+    out = tmp_path / "run"
+    assert cli.main(["train", DEMO, f"output_dir={out}", f"train_file={bad}"]) == 2
+    error = capsys.readouterr().err
+    assert "Task 'synthetic', split 'train'" in error and "row 0: missing field(s) ['answerKey']" in error
+    assert not out.exists()
+
+
+def test_help_keys_lists_the_ivon_and_recipe_keys(capsys):
+    assert cli.main(["train", "--help-keys"]) == 0
+    listing = capsys.readouterr().out
+    assert "ivon_ess (float | None)" in listing and "lora_target" in listing and "eval_mc_samples" in listing
