@@ -76,6 +76,8 @@ def run_train(recipe: Recipe) -> dict:
     logger.info("%s: %d train / %d eval examples", data_args.dataset, len(train_examples), len(eval_examples))
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, RECIPE_NAME), "w") as f:
+        versions = ", ".join(f"{name} {version}" for name, version in environment().items())
+        f.write(f"# Resolved recipe of this run ({versions}).\n")
         yaml.safe_dump(recipe.resolved(), f, sort_keys=True)
 
     set_seed(args.seed)

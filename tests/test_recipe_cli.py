@@ -85,6 +85,7 @@ def test_train_writes_adapter_posterior_metrics_and_recipe(optim, tmp_path, llam
     assert report["metrics"]["num_examples"] == 32
     assert report["protocol"]["ece_bins"] == [10, 15]
     assert {"torch", "transformers", "peft"} <= set(report["environment"])
+    assert (out / "recipe.yaml").read_text().startswith("# Resolved recipe of this run (ivon-lora 0.1.0, torch ")
     resolved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert resolved["max_steps"] == 4 and resolved["optim"] == optim
     base = modeling.build_tiny_model(modeling.BUILTIN_MODELS["builtin:tiny-llama"], llama_tokenizer, seed=42)

@@ -200,3 +200,14 @@ def test_posterior_is_saved_next_to_the_adapter_at_checkpoints_and_at_the_end(
     by_shape_sum = sorted(float(v.sum()) for _, v in pairs)
     assert by_shape_sum == pytest.approx(sorted(float(v.sum()) for v in expected_variance), rel=1e-6)
     assert os.path.isfile(tmp_path / "checkpoint-2" / "optimizer.pt")
+
+
+def test_bf16_autocast_trains_with_float32_adapter_and_state(tmp_path, llama_tokenizer, synthetic_examples):
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], bf16=True)
+    before = _adapter(trainer)
+    trainer.train()
+    ivon = trainer.ivon_optimizer
+    for p in ivon.param_groups[0]["params"]:
+        assert p.dtype == torch.float32
+        assert ivon.state[p]["hess"].dtype == torch.float32 and ivon.state[p]["momentum"].dtype == torch.float32
+    assert any(not torch.equal(before[n], p) for n, p in _adapter(trainer).items())
