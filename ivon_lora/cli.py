@@ -34,10 +34,68 @@ def train_main(options) -> int:
     return 0
 
 
+def _number_in(low: float, high: float, low_inclusive: bool = True):
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (low <= value if low_inclusive else low < value) or value > high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {'[' if low_inclusive else '('}{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _add_prune_parser(subparsers) -> None:
+    from .posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
+
+    parser = subparsers.add_parser(
+        "prune",
+        help="Prune the lowest signal-to-noise adapter entries of a run's posterior (test time).",
+        description="Write a pruned copy of RUN_DIR's adapter and posterior to --out (PEFT and Posterior load it).",
+    )
+    parser.add_argument("run_dir", help="run or checkpoint dir trained with optim=ivon")
+    parser.add_argument("--fraction", type=_number_in(0.0, 1.0), required=True, help="fraction of adapter entries to prune, 0-1")
+    parser.add_argument("--scope", choices=PRUNE_SCOPES, default="global", help="rank entries globally or per matrix")
+    parser.add_argument("--mode", choices=PRUNE_MODES, default="zero", help="zero: mean and variance 0; denoise: variance 0")
+    parser.add_argument("--criterion", choices=PRUNE_CRITERIA, default="snr", help="|m|/sqrt(v), |m| or 1/sqrt(v)")
+    parser.add_argument("--temperature", type=_number_in(0.0, float("inf"), low_inclusive=False), default=1.0, help="also divide the variance by this")
+    parser.add_argument("--out", required=True, help="output dir (must not exist or be empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.set_defaults(main=prune_main)
+
+
+def prune_main(options) -> int:
+    from .run import prune_run
+
+    prune_run(options.run_dir, options.out, options.fraction, options.scope, options.mode, options.criterion,
+              options.temperature, options.overwrite)  # fmt: skip
+    return 0
+
+
+def _add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="Merge a run's (optionally pruned) posterior-mean adapter into the base model for deployment.",
+        description="Save RUN_DIR's base model with the adapter merged, its posterior and a model card to --out.",
+    )
+    parser.add_argument("run_dir", help="run, checkpoint or pruned dir")
+    parser.add_argument("--out", required=True, help="output dir (must not exist or be empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.set_defaults(main=export_main)
+
+
+def export_main(options) -> int:
+    from .run import export_run
+
+    export_run(options.run_dir, options.out, options.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ivon-lora", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(subparsers)
+    _add_prune_parser(subparsers)
+    _add_export_parser(subparsers)
     return parser
 
 
@@ -49,6 +107,6 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         return options.main(options)
-    except (RecipeError, RecordError) as error:
+    except (RecipeError, RecordError, FileNotFoundError, FileExistsError) as error:
         print(f"ivon-lora {options.command}: {error}", file=sys.stderr)
         return 2

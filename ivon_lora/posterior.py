@@ -1,12 +1,15 @@
-"""The posterior artifact: the variance of every adapter weight, saved next to the PEFT adapter (its mean).
+"""The posterior artifact: a diagonal Gaussian over the adapter weights, saved next to the PEFT adapter.
 
-Files (names defined once here): `posterior.safetensors` holds one variance tensor per adapter tensor, under the
-same key as in `adapter_model.safetensors`; `posterior_config.json` holds ess, the prior precision, the step and
-the optimizer's hyperparameters. The pair loads without the optimizer or the Trainer.
+Files (names defined once here): the mean is the PEFT adapter itself (`adapter_model.safetensors`);
+`posterior.safetensors` holds one variance tensor per adapter tensor, under the same key; `posterior_config.json`
+holds ess, the prior precision, the step, the optimizer's hyperparameters, the adapter's shape settings and any
+test-time transformation (pruning, temperature). The set loads without the optimizer, the Trainer or the base
+model: pruning and temperature are operations on these tensors alone.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -15,9 +18,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # PEFT's file name
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # PEFT's file name
 POSTERIOR_WEIGHTS_NAME = "posterior.safetensors"
 POSTERIOR_CONFIG_NAME = "posterior_config.json"
 FORMAT_VERSION = 1
+# Adapter settings that must agree between adapter_config.json and the posterior saved with it.
+ADAPTER_KEYS = ("r", "lora_alpha", "target_modules")
+
+PRUNE_SCOPES = ("global", "matrix")
+PRUNE_MODES = ("zero", "denoise")
+PRUNE_CRITERIA = ("snr", "magnitude", "variance")
 
 
 def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
@@ -34,9 +45,15 @@ def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _adapter_settings(config: dict) -> dict:
+    settings = {key: config.get(key) for key in ADAPTER_KEYS}
+    if isinstance(settings["target_modules"], (list, set, tuple)):
+        settings["target_modules"] = sorted(settings["target_modules"])
+    return settings
+
+
 def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-" + os.path.basename(path))
     os.close(fd)
     try:
         write(tmp)
@@ -48,42 +65,88 @@ def _atomic_write(path: str, write) -> None:
 
 @dataclass
 class Posterior:
-    """A diagonal Gaussian N(mean, diag(variance)) over adapter weights; the means live in the model."""
+    """N(mean, diag(variance)) over the adapter tensors, keyed as in `adapter_model.safetensors`."""
 
+    mean: dict[str, torch.Tensor]
     variance: dict[str, torch.Tensor]
     config: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        missing, unexpected = sorted(set(self.mean) - set(self.variance)), sorted(set(self.variance) - set(self.mean))
+        if missing or unexpected:
+            raise ValueError(
+                f"Adapter and posterior tensors differ: no variance for {missing[:5]}, no adapter tensor for "
+                f"{unexpected[:5]}"
+            )
+        for key, mean in self.mean.items():
+            if mean.shape != self.variance[key].shape:
+                raise ValueError(f"{key}: adapter shape {tuple(mean.shape)} != posterior {tuple(self.variance[key].shape)}")
+
+    # ------------------------------------------------------------------ creation, files
+
     @classmethod
     def from_optimizer(cls, optimizer, model) -> Posterior:
-        """The posterior held by an `IVON` optimizer over `model`'s trainable parameters."""
+        """The posterior held by an `IVON` optimizer over `model`'s adapter (means from the model)."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
         variance_by_param = dict(zip(params, optimizer.posterior_variance()))
-        variance = {}
+        mean, variance = {}, {}
         for key, p in adapter_parameters(model).items():
             if p not in variance_by_param:
-                raise ValueError(f"Trainable parameter {key} is not optimized by IVON")
+                raise ValueError(f"Adapter parameter {key} is not optimized by IVON")
+            mean[key] = p.detach().float().cpu().clone()
             variance[key] = variance_by_param[p].detach().float().cpu().contiguous()
         group = optimizer.param_groups[0]
         step = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
-        hyperparameters = {k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float, bool))}
         config = {
             "format_version": FORMAT_VERSION,
+            "optimizer": "IVON",
             "ess": group["ess"],
             "weight_decay": group["weight_decay"],
             "step": step,
-            "optimizer": "IVON",
-            "hyperparameters": hyperparameters,
+            "hyperparameters": {k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float, bool))},
         }
-        return cls(variance, config)
+        if hasattr(model, "peft_config"):
+            config["adapter"] = _adapter_settings(model.peft_config["default"].to_dict())
+        return cls(mean, variance, config)
 
-    def save(self, directory: str) -> None:
+    @classmethod
+    def load(cls, directory: str) -> Posterior:
+        """Read the adapter (mean) and the posterior files of a run or checkpoint dir, checking they belong together."""
+        from safetensors.torch import load_file
+
+        paths = {n: os.path.join(directory, n) for n in (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME)}
+        for name, path in paths.items():
+            if not os.path.isfile(path):
+                what = "adapter" if name == ADAPTER_WEIGHTS_NAME else "posterior (was it trained with optim=ivon?)"
+                raise FileNotFoundError(f"No {what} in {directory!r}: {name} is missing")
+        with open(paths[POSTERIOR_CONFIG_NAME]) as f:
+            config = json.load(f)
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{paths[POSTERIOR_CONFIG_NAME]}: unsupported format_version {config.get('format_version')}")
+        adapter_config_path = os.path.join(directory, ADAPTER_CONFIG_NAME)
+        if "adapter" in config and os.path.isfile(adapter_config_path):
+            with open(adapter_config_path) as f:
+                adapter = _adapter_settings(json.load(f))
+            if adapter != config["adapter"]:
+                raise ValueError(
+                    f"{directory}: the adapter ({adapter}) and the posterior ({config['adapter']}) come from "
+                    "different LoRA settings"
+                )
+        try:
+            return cls(load_file(paths[ADAPTER_WEIGHTS_NAME]), load_file(paths[POSTERIOR_WEIGHTS_NAME]), config)
+        except ValueError as error:
+            raise ValueError(f"{directory}: {error}") from error
+
+    def save(self, directory: str, include_mean: bool = False) -> None:
+        """Write the posterior files (and, with `include_mean`, the adapter weights), each atomically."""
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
-        metadata = {"format": "pt", "format_version": str(FORMAT_VERSION)}
-        _atomic_write(
-            os.path.join(directory, POSTERIOR_WEIGHTS_NAME), lambda p: save_file(self.variance, p, metadata=metadata)
-        )
+        metadata = {"format": "pt"}
+        files = [(POSTERIOR_WEIGHTS_NAME, self.variance)] + ([(ADAPTER_WEIGHTS_NAME, self.mean)] if include_mean else [])
+        for name, tensors in files:
+            tensors = {k: v.contiguous() for k, v in tensors.items()}
+            _atomic_write(os.path.join(directory, name), lambda path, t=tensors: save_file(t, path, metadata=metadata))
 
         def write_config(path):
             with open(path, "w") as f:
@@ -91,47 +154,107 @@ class Posterior:
 
         _atomic_write(os.path.join(directory, POSTERIOR_CONFIG_NAME), write_config)
 
-    @classmethod
-    def load(cls, directory: str) -> Posterior:
-        from safetensors.torch import load_file
+    # ------------------------------------------------------------------ test-time transformations
 
-        weights, config_path = (os.path.join(directory, n) for n in (POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME))
-        for path in (weights, config_path):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"No posterior in {directory!r}: {os.path.basename(path)} is missing")
-        with open(config_path) as f:
-            config = json.load(f)
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: unsupported format_version {config.get('format_version')}")
-        return cls(load_file(weights), config)
+    def with_temperature(self, temperature: float) -> Posterior:
+        """The posterior with variance / temperature (temperature > 1 narrows it, < 1 widens it)."""
+        if not temperature > 0:
+            raise ValueError(f"Invalid temperature value: {temperature} (must be > 0)")
+        config = copy.deepcopy(self.config)
+        config["temperature"] = config.get("temperature", 1.0) * temperature
+        return Posterior(dict(self.mean), {k: v / temperature for k, v in self.variance.items()}, config)
 
-    def bind(self, model) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-        """(parameter, variance) pairs for `model`; names or shapes that do not match are an error."""
+    def prune_scores(self, criterion: str = "snr") -> dict[str, torch.Tensor]:
+        """Per-entry scores; the lowest are pruned first. snr = |m| / sqrt(v); magnitude = |m|; variance = 1/sqrt(v)."""
+        if criterion not in PRUNE_CRITERIA:
+            raise ValueError(f"Invalid criterion value: {criterion!r} (choose from {', '.join(PRUNE_CRITERIA)})")
+        scores = {}
+        for key, mean in self.mean.items():
+            std = self.variance[key].double().sqrt()
+            magnitude = mean.double().abs()
+            # An entry that is already certain (v = 0) ranks last: it has no noise to remove.
+            inverse_std = torch.where(std > 0, 1.0 / std, torch.full_like(std, float("inf")))
+            scores[key] = {"snr": magnitude * inverse_std, "magnitude": magnitude, "variance": inverse_std}[criterion]
+        return scores
+
+    def prune(self, fraction: float, scope: str = "global", mode: str = "zero", criterion: str = "snr") -> Posterior:
+        """Prune the `fraction` of adapter entries with the lowest score (see `prune_scores`).
+
+        scope "global" ranks all entries together, "matrix" prunes `fraction` of each tensor. Mode "zero" sets the
+        pruned entries' mean and variance to 0; "denoise" sets only their variance to 0. Ties are broken by
+        position, so the result is deterministic.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"Invalid fraction value: {fraction} (must be in [0, 1])")
+        if scope not in PRUNE_SCOPES:
+            raise ValueError(f"Invalid scope value: {scope!r} (choose from {', '.join(PRUNE_SCOPES)})")
+        if mode not in PRUNE_MODES:
+            raise ValueError(f"Invalid mode value: {mode!r} (choose from {', '.join(PRUNE_MODES)})")
+        scores = self.prune_scores(criterion)
+        keys = sorted(scores)
+        if scope == "global":
+            flat = torch.cat([scores[k].flatten() for k in keys])
+            masks = _split_like(_lowest(flat, round(fraction * flat.numel())), [scores[k] for k in keys])
+        else:
+            masks = [_lowest(scores[k].flatten(), round(fraction * scores[k].numel())).view_as(scores[k]) for k in keys]
+        mean, variance = dict(self.mean), dict(self.variance)
+        for key, pruned in zip(keys, masks):
+            variance[key] = variance[key].masked_fill(pruned, 0.0)
+            if mode == "zero":
+                mean[key] = mean[key].masked_fill(pruned, 0.0)
+        config = copy.deepcopy(self.config)
+        num_pruned = int(sum(int(m.sum()) for m in masks))
+        config.setdefault("pruning", []).append(
+            {"fraction": fraction, "scope": scope, "mode": mode, "criterion": criterion, "num_pruned": num_pruned,
+             "num_entries": sum(s.numel() for s in scores.values())}
+        )  # fmt: skip
+        return Posterior(mean, variance, config)
+
+    # ------------------------------------------------------------------ applying to a model
+
+    def bind(self, model) -> list[tuple[str, torch.nn.Parameter]]:
+        """(key, parameter) pairs of `model`'s adapter; names or shapes that differ from the posterior are an error."""
         params = adapter_parameters(model)
-        missing, unexpected = sorted(set(params) - set(self.variance)), sorted(set(self.variance) - set(params))
+        missing, unexpected = sorted(set(params) - set(self.mean)), sorted(set(self.mean) - set(params))
         if missing or unexpected:
             raise ValueError(
                 f"Posterior does not match the model's adapter: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        pairs = []
         for key, p in params.items():
-            if p.shape != self.variance[key].shape:
-                raise ValueError(f"{key}: posterior shape {tuple(self.variance[key].shape)} != {tuple(p.shape)}")
-            pairs.append((p, self.variance[key].to(p.device, p.dtype)))
-        return pairs
+            if p.shape != self.mean[key].shape:
+                raise ValueError(f"{key}: posterior shape {tuple(self.mean[key].shape)} != model {tuple(p.shape)}")
+        return sorted(params.items())
+
+    @torch.no_grad()
+    def apply_mean(self, model) -> None:
+        """Load the posterior mean into `model`'s adapter (e.g. after pruning)."""
+        for key, p in self.bind(model):
+            p.copy_(self.mean[key])
 
     @contextmanager
     def sample(self, model, generator: torch.Generator | None = None):
-        """Apply one sample theta = mean + sqrt(variance) * z to `model`'s adapter, restoring the mean after."""
+        """Hold one sample mean + sqrt(variance) * z in `model`'s adapter; its previous weights return after."""
         pairs = self.bind(model)
-        means = [p.detach().clone() for p, _ in pairs]
+        previous = [p.detach().clone() for _, p in pairs]
         try:
             with torch.no_grad():
-                for p, variance in pairs:
-                    z = torch.randn(p.shape, generator=generator, dtype=p.dtype)
-                    p.add_(z.to(p.device) * variance.sqrt())
+                for key, p in pairs:
+                    z = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+                    p.copy_(self.mean[key] + self.variance[key].sqrt() * z)
             yield model
         finally:
             with torch.no_grad():
-                for (p, _), mean in zip(pairs, means):
-                    p.copy_(mean)
+                for (_, p), value in zip(pairs, previous):
+                    p.copy_(value)
+
+
+def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the `count` lowest entries of a 1-D tensor (ties broken by position)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    if count > 0:
+        mask[torch.sort(scores, stable=True).indices[:count]] = True
+    return mask
+
+
+def _split_like(flat_mask: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [chunk.view_as(t) for chunk, t in zip(flat_mask.split([t.numel() for t in like]), like)]

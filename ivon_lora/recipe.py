@@ -151,8 +151,11 @@ def parse_overrides(overrides: list[str]) -> dict:
     return values
 
 
-def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
-    """Read `path` (YAML), apply `overrides` (key=value), validate every key and value, check the files."""
+def load_recipe(path: str | None, overrides: list[str] = (), check_output_dir: bool = True) -> Recipe:
+    """Read `path` (YAML), apply `overrides` (key=value), validate every key and value, check the files.
+
+    With `check_output_dir`, a non-empty output_dir is an error unless overwriting or resuming is asked for.
+    """
     values = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -193,7 +196,7 @@ def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
     except (ValueError, TypeError) as error:
         raise RecipeError(f"Invalid recipe{where}: {error}") from error
     recipe = Recipe(model, data, run, training, source=path)
-    _check_files(recipe)
+    _check_files(recipe, check_output_dir)
     return recipe
 
 
@@ -201,7 +204,7 @@ def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _check_files(recipe: Recipe) -> None:
+def _check_files(recipe: Recipe, check_output_dir: bool) -> None:
     from .tasks import get_task
 
     try:
@@ -217,7 +220,7 @@ def _check_files(recipe: Recipe) -> None:
         if path is not None and not os.path.isfile(path):
             raise RecipeError(f"Recipe key {key!r}: file {path!r} does not exist")
     output_dir = recipe.training.output_dir
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
+    if check_output_dir and os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
         if recipe.training.resume_from_checkpoint is None:
             raise RecipeError(
                 f"output_dir {output_dir!r} exists and is not empty: choose another output_dir, "

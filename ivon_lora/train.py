@@ -11,11 +11,10 @@ from dataclasses import asdict
 import yaml
 
 from .recipe import Recipe
+from .run import METRICS_NAME, RECIPE_NAME
 
 logger = logging.getLogger(__name__)
 
-RECIPE_NAME = "recipe.yaml"
-METRICS_NAME = "metrics.json"
 
 
 def environment() -> dict:

@@ -197,8 +197,10 @@ def test_posterior_is_saved_next_to_the_adapter_at_checkpoints_and_at_the_end(
     reloaded = PeftModel.from_pretrained(build_tiny_model(BUILTIN_MODELS["builtin:tiny-llama"], llama_tokenizer), str(tmp_path))
     pairs = posterior.bind(reloaded)
     assert len(pairs) == len(expected_variance)
-    by_shape_sum = sorted(float(v.sum()) for _, v in pairs)
-    assert by_shape_sum == pytest.approx(sorted(float(v.sum()) for v in expected_variance), rel=1e-6)
+    saved = [posterior.variance[key] for key, _ in pairs]
+    assert sorted(float(v.sum()) for v in saved) == pytest.approx(sorted(float(v.sum()) for v in expected_variance), rel=1e-6)
+    for key, p in pairs:
+        assert torch.equal(posterior.mean[key], p.detach()), f"{key}: the posterior mean is the saved adapter"
     assert os.path.isfile(tmp_path / "checkpoint-2" / "optimizer.pt")
 
 

@@ -43,6 +43,8 @@ def evaluate_predictive(
     """
     if any(e.gold < 0 for e in examples):
         raise ValueError("Every evaluation example needs a gold label")
+    if posterior is not None:
+        posterior.apply_mean(model)  # "mean" is the posterior's mean, e.g. after pruning
     collator = ChoiceCollator(tokenizer, max_length)
     rows = [{"prompt": e.prompt, "answers": e.answers, "gold": e.gold} for e in examples]
     batches = [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
