@@ -109,10 +109,8 @@ def load_base_model(model_args, tokenizer, seed: int = 0):
     """The base causal LM: built in (random weights fixed by `seed`) or `from_pretrained`."""
     name = model_args.model_name_or_path
     if name in BUILTIN_MODELS:
-        model = build_tiny_model(BUILTIN_MODELS[name], tokenizer, seed=seed)
-        # PEFT records the model's name_or_path as the adapter's base_model_name_or_path.
-        model.config.name_or_path = model.name_or_path = name
-        return model
+        # Left unnamed: PEFT would look a named base up on the Hub at every save. The run's recipe names it.
+        return build_tiny_model(BUILTIN_MODELS[name], tokenizer, seed=seed)
     if name.startswith(BUILTIN_PREFIX):
         raise ValueError(f"Unknown built-in model {name!r}; available: {', '.join(BUILTIN_MODELS)}")
     from transformers import AutoModelForCausalLM

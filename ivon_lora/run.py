@@ -120,7 +120,7 @@ def prune_run(directory: str, out: str, fraction: float, scope: str = "global", 
 
 
 def model_card(run: Run, metrics: dict | None) -> str:
-    base = run.model.peft_config["default"].base_model_name_or_path
+    base = run.recipe.model.model_name_or_path if run.recipe else run.model.peft_config["default"].base_model_name_or_path
     lines = [
         "---",
         "library_name: transformers",
