@@ -155,7 +155,12 @@ def model_card(run: Run, metrics: dict | None) -> str:
     if run.recipe is not None:
         import yaml
 
-        lines += ["", "## Recipe", "", "```yaml", yaml.safe_dump(run.recipe.resolved(), sort_keys=True).strip(), "```"]
+        resolved = run.recipe.resolved()
+        defaults = load_recipe(None, ["model_name_or_path=_", "output_dir=_"], check_output_dir=False).resolved()
+        changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k == "model_name_or_path"}
+        changed.pop("output_dir", None)
+        lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
+                  yaml.safe_dump(changed, sort_keys=True).strip(), "```"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -180,4 +180,4 @@ def test_export_merges_the_mean_and_keeps_the_posterior_and_a_model_card(run_dir
     )  # fmt: skip
     Posterior.load(str(out / "posterior"))
     card = (out / "README.md").read_text()
-    assert "base_model: builtin:tiny-llama" in card and "| posterior mean |" in card and "## Recipe" in card
+    assert "base_model: builtin:tiny-llama" in card and "| posterior mean |" in card and "## Recipe (keys that differ from the defaults)" in card and "ivon_ess: 1000000000.0" in card
