@@ -90,13 +90,63 @@ def export_main(options) -> int:
     return 0
 
 
+def _add_eval_parser(subparsers) -> None:
+    from .evaluation.sweep import DEFAULT_PRUNE_FRACTIONS, SELECTION_CRITERIA
+    from .posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="Evaluate a run at the posterior mean and over posterior samples, optionally sweeping pruning/temperature.",
+        description="Writes eval.json, eval.md and (sweeps) tradeoff.png to --out (default RUN_DIR/eval-SPLIT).",
+    )
+    parser.add_argument("run_dir", help="run, checkpoint or pruned dir")
+    parser.add_argument("--task", help="task name (default: the run's dataset)")
+    parser.add_argument("--split", help="reported split (default: the run's eval_split)")
+    parser.add_argument("--file", help="local json/jsonl/parquet/csv records of --split")
+    parser.add_argument("--samples", type=int, default=10, help="posterior samples S (default 10)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--limit", type=int, help="evaluate only the first N records of each split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
+    parser.add_argument("--ece-bins", type=int, nargs="+", default=[10, 15])
+    parser.add_argument("--prune-fractions", type=_number_in(0.0, 1.0), nargs="+", default=[0.0])
+    parser.add_argument("--temperatures", type=_number_in(0.0, float("inf"), low_inclusive=False), nargs="+",
+                        default=[1.0])  # fmt: skip
+    parser.add_argument("--sweep", action="store_true",
+                        help=f"sweep the fractions {', '.join(map(str, DEFAULT_PRUNE_FRACTIONS))}")  # fmt: skip
+    parser.add_argument("--prune-scope", choices=PRUNE_SCOPES, default="global")
+    parser.add_argument("--prune-mode", choices=PRUNE_MODES, default="zero")
+    parser.add_argument("--prune-criterion", choices=PRUNE_CRITERIA, default="snr")
+    parser.add_argument("--select-split", help="held-out split a sweep chooses on (never the reported split)")
+    parser.add_argument("--select-file", help="local records of --select-split")
+    parser.add_argument("--select-by", choices=list(SELECTION_CRITERIA), default="nll",
+                        help="criterion of the choice, on the sampled predictive (default nll)")  # fmt: skip
+    parser.add_argument("--out", help="output dir (must not exist or be empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.set_defaults(main=eval_main)
+
+
+def eval_main(options) -> int:
+    from .evaluate import run_eval
+    from .evaluation.sweep import DEFAULT_PRUNE_FRACTIONS
+
+    if options.sweep:
+        options.prune_fractions = list(DEFAULT_PRUNE_FRACTIONS)
+    run_eval(options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ivon-lora", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(subparsers)
+    _add_eval_parser(subparsers)
     _add_prune_parser(subparsers)
     _add_export_parser(subparsers)
     return parser
+
+
+class UsageError(ValueError):
+    """Options that cannot be run together; reported without a traceback."""
 
 
 def main(argv=None) -> int:
@@ -107,6 +157,6 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         return options.main(options)
-    except (RecipeError, RecordError, FileNotFoundError, FileExistsError) as error:
+    except (RecipeError, RecordError, FileNotFoundError, FileExistsError, UsageError) as error:
         print(f"ivon-lora {options.command}: {error}", file=sys.stderr)
         return 2
