@@ -34,6 +34,11 @@ def train_main(options) -> int:
     return 0
 
 
+def _add_output_arguments(parser, required: bool = True) -> None:
+    parser.add_argument("--out", required=required, help="output dir (must not exist or be empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
 def _number_in(low: float, high: float, low_inclusive: bool = True):
     def parse(text: str) -> float:
         value = float(text)
@@ -58,8 +63,7 @@ def _add_prune_parser(subparsers) -> None:
     parser.add_argument("--mode", choices=PRUNE_MODES, default="zero", help="zero: mean and variance 0; denoise: variance 0")
     parser.add_argument("--criterion", choices=PRUNE_CRITERIA, default="snr", help="|m|/sqrt(v), |m| or 1/sqrt(v)")
     parser.add_argument("--temperature", type=_number_in(0.0, float("inf"), low_inclusive=False), default=1.0, help="also divide the variance by this")
-    parser.add_argument("--out", required=True, help="output dir (must not exist or be empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_output_arguments(parser)
     parser.set_defaults(main=prune_main)
 
 
@@ -78,8 +82,7 @@ def _add_export_parser(subparsers) -> None:
         description="Save RUN_DIR's base model with the adapter merged, its posterior and a model card to --out.",
     )
     parser.add_argument("run_dir", help="run, checkpoint or pruned dir")
-    parser.add_argument("--out", required=True, help="output dir (must not exist or be empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_output_arguments(parser)
     parser.set_defaults(main=export_main)
 
 
@@ -120,8 +123,7 @@ def _add_eval_parser(subparsers) -> None:
     parser.add_argument("--select-file", help="local records of --select-split")
     parser.add_argument("--select-by", choices=list(SELECTION_CRITERIA), default="nll",
                         help="criterion of the choice, on the sampled predictive (default nll)")  # fmt: skip
-    parser.add_argument("--out", help="output dir (must not exist or be empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_output_arguments(parser, required=False)
     parser.set_defaults(main=eval_main)
 
 

@@ -6,7 +6,8 @@ import logging
 import os
 
 from .cli import UsageError
-from .evaluation.predict import evaluate_predictive
+from .evaluation.metrics import MARKDOWN_HEADER, markdown_cells
+from .evaluation.predict import evaluate_predictive, protocol
 from .evaluation.sweep import plot_tradeoff, predictive_metrics, sweep_posterior
 from .posterior import POSTERIOR_WEIGHTS_NAME
 from .recipe import load_recipe
@@ -22,8 +23,7 @@ TRADEOFF_PLOT_NAME = "tradeoff.png"
 
 
 def _table(result: dict) -> str:
-    lines = ["| fraction | temperature | split | predictive | accuracy | NLL | ECE-10 | ECE-15 | Brier |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [f"| fraction | temperature | split | predictive | {MARKDOWN_HEADER} |", "|---" * 9 + "|"]
     for index, config in enumerate(result["configs"]):
         mark = " (chosen)" if index == result.get("chosen") else ""
         for role in ("select", "report"):
@@ -34,8 +34,7 @@ def _table(result: dict) -> str:
                     continue
                 lines.append(
                     f"| {config['fraction']:g}{mark} | {config['temperature']:g} | {result['splits'][role]} | {name} | "
-                    f"{100 * m['accuracy']:.1f} | {m['nll']:.3f} | {100 * m.get('ece_10', float('nan')):.1f} | "
-                    f"{100 * m.get('ece_15', float('nan')):.1f} | {m['brier']:.3f} |"
+                    f"{markdown_cells(m)} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -90,15 +89,9 @@ def run_eval(options) -> dict:
         splits={"report": split, **({"select": options.select_split} if sweeping else {})},
         run_dir=os.path.abspath(options.run_dir),
         protocol={
-            "scoring": "last-position logits of the answer tokens, K-way softmax",
-            "predictive": "mean of S sample probability vectors",
-            "num_samples": evaluate_options["num_samples"],
-            "ece": "equal-width bins on the max probability, (lo, hi]",
-            "ece_bins": list(options.ece_bins),
-            "brier": "sum over classes",
+            **protocol(evaluate_options["num_samples"], options.ece_bins),
             "selection": f"{options.select_by} of the sampled predictive on the select split" if sweeping else None,
             "pruning": dict(scope=options.prune_scope, mode=options.prune_mode, criterion=options.prune_criterion),
-            "units": "fractions (x100 for papers' tables)",
         },
         environment=environment(),
     )

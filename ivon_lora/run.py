@@ -120,6 +120,8 @@ def prune_run(directory: str, out: str, fraction: float, scope: str = "global", 
 
 
 def model_card(run: Run, metrics: dict | None) -> str:
+    from .evaluation.metrics import MARKDOWN_HEADER, markdown_cells
+
     base = run.recipe.model.model_name_or_path if run.recipe else run.model.peft_config["default"].base_model_name_or_path
     lines = [
         "---",
@@ -145,11 +147,10 @@ def model_card(run: Run, metrics: dict | None) -> str:
     if metrics is not None:
         m = metrics["metrics"]
         lines += ["", f"## Metrics ({metrics['task']}, split {metrics['split']}, {m['num_examples']} examples)", "",
-                  "| predictive | accuracy | NLL | ECE (10 bins) | Brier |", "|---|---|---|---|---|"]  # fmt: skip
+                  f"| predictive | {MARKDOWN_HEADER} |", "|---" * 6 + "|"]  # fmt: skip
         rows = [("posterior mean", m["mean"])] + ([(f"{m['sampled']['samples']} samples", m["sampled"])] if "sampled" in m else [])
         for name, values in rows:
-            lines.append(f"| {name} | {100 * values['accuracy']:.1f} | {values['nll']:.3f} | "
-                         f"{100 * values.get('ece_10', float('nan')):.1f} | {values['brier']:.3f} |")  # fmt: skip
+            lines.append(f"| {name} | {markdown_cells(values)} |")
         lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in metrics["protocol"].items()) + "."]
         lines += ["", "Measured with " + ", ".join(f"{k} {v}" for k, v in metrics["environment"].items()) + "."]
     if run.recipe is not None:

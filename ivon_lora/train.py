@@ -59,6 +59,7 @@ def run_train(recipe: Recipe) -> dict:
     from transformers import set_seed
 
     from .evaluation import evaluate_predictive
+    from .evaluation.predict import protocol
     from .evaluation.metrics import calibration_metrics
     from .modeling import apply_lora, load_base_model, load_tokenizer
     from .objective import ChoiceCollator
@@ -117,15 +118,7 @@ def run_train(recipe: Recipe) -> dict:
         "task": data_args.dataset,
         "split": data_args.eval_split,
         "optimizer": args.optim,
-        "protocol": {
-            "scoring": "last-position logits of the answer tokens, K-way softmax",
-            "predictive": "mean of S sample probability vectors",
-            "num_samples": num_samples,
-            "ece": "equal-width bins on the max probability, (lo, hi]",
-            "ece_bins": list(run_args.ece_bins),
-            "brier": "sum over classes",
-            "units": "fractions (x100 for papers' tables)",
-        },
+        "protocol": protocol(num_samples, run_args.ece_bins),
         "metrics": metrics,
         "train": train_result.metrics,
         "environment": environment(),

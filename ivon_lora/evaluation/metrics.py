@@ -55,3 +55,15 @@ def calibration_metrics(probs: torch.Tensor, gold: torch.Tensor, ece_bins=DEFAUL
     for num_bins in ece_bins:
         metrics[f"ece_{num_bins}"] = expected_calibration_error(probs, gold, num_bins)
     return metrics
+
+
+MARKDOWN_HEADER = "accuracy | NLL | ECE-10 | ECE-15 | Brier"
+
+
+def markdown_cells(metrics: dict) -> str:
+    """The cells of `MARKDOWN_HEADER` for one predictive, in the papers' units (x100 for accuracy and ECE)."""
+    nan = float("nan")
+    return (
+        f"{100 * metrics['accuracy']:.1f} | {metrics['nll']:.3f} | {100 * metrics.get('ece_10', nan):.1f} | "
+        f"{100 * metrics.get('ece_15', nan):.1f} | {metrics['brier']:.3f}"
+    )

@@ -12,6 +12,19 @@ from .metrics import DEFAULT_ECE_BINS, calibration_metrics
 logger = logging.getLogger(__name__)
 
 
+def protocol(num_samples: int, ece_bins) -> dict:
+    """How the numbers of `evaluate_predictive` were made, for every result file."""
+    return {
+        "scoring": "last-position logits of the answer tokens, K-way softmax",
+        "predictive": "mean of S sample probability vectors",
+        "num_samples": num_samples,
+        "ece": "equal-width bins on the max probability, (lo, hi]",
+        "ece_bins": list(ece_bins),
+        "brier": "sum over classes",
+        "units": "fractions (x100 for papers' tables)",
+    }
+
+
 @torch.no_grad()
 def predict_probs(model, batches) -> torch.Tensor:
     """N x K_max float64 probabilities of pre-collated batches, in order (padding choices get probability 0)."""
