@@ -62,29 +62,40 @@ def sweep_posterior(
 
 
 def plot_tradeoff(sweep: dict, path: str, ece_key: str = "ece_10") -> None:
-    """Accuracy against ECE for every configuration on both splits, the chosen one circled, as a PNG."""
+    """Accuracy against ECE of every configuration, one panel per split, the chosen one circled, as a PNG.
+
+    Colour is the pruning fraction and the marker the temperature, so overlapping points stay readable.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4.5), dpi=120)
-    for role, marker in (("select", "o"), ("report", "s")):
-        points = [predictive_metrics(c[role]) for c in sweep["configs"]]
-        xs, ys = [100 * p[ece_key] for p in points], [100 * p["accuracy"] for p in points]
-        axes.plot(xs, ys, marker=marker, linestyle="-", alpha=0.8, label=f"{role} split")
-        for config, x, y in zip(sweep["configs"], xs, ys):
-            axes.annotate(f"{config['fraction']:g}/{config['temperature']:g}", (x, y), fontsize=7,
-                          textcoords="offset points", xytext=(4, 3))  # fmt: skip
-        chosen = points[sweep["chosen"]]
-        axes.scatter([100 * chosen[ece_key]], [100 * chosen["accuracy"]], s=220, facecolors="none",
-                     edgecolors="black", linewidths=1.5)  # fmt: skip
-    axes.set_xlabel(f"ECE ({ece_key.split('_')[1]} bins, %)")
-    axes.set_ylabel("accuracy (%)")
-    axes.set_title(f"Pruning fraction / temperature (circled: chosen by {sweep['select_by']} on the select split)",
-                   fontsize=8)  # fmt: skip
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
+    configs = sweep["configs"]
+    fractions = [c["fraction"] for c in configs]
+    temperatures = sorted({c["temperature"] for c in configs})
+    markers = dict(zip(temperatures, "osD^v<>p*h"))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
+    for axis, role in zip(axes, ("select", "report")):
+        points = [predictive_metrics(c[role]) for c in configs]
+        for temperature in temperatures:
+            chosen = [i for i, c in enumerate(configs) if c["temperature"] == temperature]
+            scatter = axis.scatter(
+                [100 * points[i][ece_key] for i in chosen], [100 * points[i]["accuracy"] for i in chosen],
+                c=[fractions[i] for i in chosen], cmap="viridis", vmin=0, vmax=max(max(fractions), 1e-9),
+                marker=markers[temperature], s=50, label=f"temperature {temperature:g}", edgecolors="black",
+                linewidths=0.4,
+            )  # fmt: skip
+        best = points[sweep["chosen"]]
+        axis.scatter([100 * best[ece_key]], [100 * best["accuracy"]], s=260, facecolors="none", edgecolors="red",
+                     linewidths=1.5, label="chosen")  # fmt: skip
+        axis.set_title(f"{role} split", fontsize=9)
+        axis.set_xlabel(f"ECE ({ece_key.split('_')[1]} bins, %)")
+        axis.set_ylabel("accuracy (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.colorbar(scatter, ax=list(axes), label="pruning fraction")
+    figure.suptitle(f"Posterior pruning / temperature sweep (chosen by {sweep['select_by']} on the select split)",
+                    fontsize=9)  # fmt: skip
     figure.savefig(path)
     plt.close(figure)
