@@ -1,0 +1,22 @@
+"""The README's Quickstart and CI stay in step: .ci/run runs the README's test command verbatim."""
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quickstart_commands():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    quickstart = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    blocks = quickstart.split("```bash\n")[1:]
+    return [block.split("```", 1)[0].strip() for block in blocks]
+
+
+def test_quickstart_has_the_demo_and_the_test_command_and_ci_runs_the_latter():
+    demo, tests = _quickstart_commands()
+    assert demo.startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 &&")
+    assert demo.endswith("ivon-lora train recipes/demo.yaml")
+    assert tests.endswith("pytest -q")
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert tests in f.read().splitlines()
