@@ -29,7 +29,6 @@ def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, num_bins
     # values that are on an edge up to float32 rounding in the lower bin, as exact arithmetic would.
     edge_tolerance = 1e-6
     bins = (torch.ceil(confidence.double() * num_bins - edge_tolerance).long() - 1).clamp(0, num_bins - 1)
-    count = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(correct))
     conf_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, confidence.double())
     correct_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, correct)
     return float((conf_sum - correct_sum).abs().sum() / len(gold))
