@@ -61,6 +61,7 @@ def run_eval(options) -> dict:
     report_examples = load_examples(task, split, options.file, options.limit)
     select_examples = load_examples(task, options.select_split, options.select_file, options.limit) if sweeping else None
 
+    prune_options = dict(scope=options.prune_scope, mode=options.prune_mode, criterion=options.prune_criterion)
     run = load_run(options.run_dir)
     evaluate_options = dict(
         num_samples=options.samples if run.posterior is not None else 0,
@@ -73,17 +74,13 @@ def run_eval(options) -> dict:
         result = sweep_posterior(
             run.model, run.tokenizer, run.posterior, select_examples, report_examples,
             fractions=options.prune_fractions, temperatures=options.temperatures,
-            prune_options=dict(scope=options.prune_scope, mode=options.prune_mode, criterion=options.prune_criterion),
-            select_by=options.select_by, **evaluate_options,
+            prune_options=prune_options, select_by=options.select_by, **evaluate_options,
         )  # fmt: skip
     else:
-        posterior = run.posterior.with_temperature(options.temperatures[0]) if options.temperatures != [1.0] else run.posterior
-        if options.prune_fractions != [0.0]:
-            posterior = posterior.prune(options.prune_fractions[0], scope=options.prune_scope, mode=options.prune_mode,
-                                        criterion=options.prune_criterion)  # fmt: skip
+        fraction, temperature = options.prune_fractions[0], options.temperatures[0]
+        posterior = None if run.posterior is None else run.posterior.at_test_time(fraction, temperature, **prune_options)
         metrics = evaluate_predictive(run.model, run.tokenizer, report_examples, posterior=posterior, **evaluate_options)
-        result = {"configs": [{"fraction": options.prune_fractions[0], "temperature": options.temperatures[0],
-                               "report": metrics}]}  # fmt: skip
+        result = {"configs": [{"fraction": fraction, "temperature": temperature, "report": metrics}]}
     result.update(
         task=task,
         splits={"report": split, **({"select": options.select_split} if sweeping else {})},
@@ -91,7 +88,7 @@ def run_eval(options) -> dict:
         protocol={
             **protocol(evaluate_options["num_samples"], options.ece_bins),
             "selection": f"{options.select_by} of the sampled predictive on the select split" if sweeping else None,
-            "pruning": dict(scope=options.prune_scope, mode=options.prune_mode, criterion=options.prune_criterion),
+            "pruning": prune_options,
         },
         environment=environment(),
     )

@@ -210,6 +210,11 @@ class Posterior:
         )  # fmt: skip
         return Posterior(mean, variance, config)
 
+    def at_test_time(self, fraction: float = 0.0, temperature: float = 1.0, **prune_options) -> Posterior:
+        """Pruned by `fraction` (see `prune`; recorded even at 0), then with variance / `temperature`."""
+        pruned = self.prune(fraction, **prune_options)
+        return pruned if temperature == 1.0 else pruned.with_temperature(temperature)
+
     # ------------------------------------------------------------------ applying to a model
 
     def bind(self, model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -107,9 +107,7 @@ def prune_run(directory: str, out: str, fraction: float, scope: str = "global", 
               criterion: str = "snr", temperature: float = 1.0, overwrite: bool = False) -> Posterior:  # fmt: skip
     """Write a pruned (and optionally tempered) copy of a run's adapter + posterior to `out`; no model needed."""
     check_new_output_dir(out, overwrite)
-    posterior = Posterior.load(directory).prune(fraction, scope=scope, mode=mode, criterion=criterion)
-    if temperature != 1.0:
-        posterior = posterior.with_temperature(temperature)
+    posterior = Posterior.load(directory).at_test_time(fraction, temperature, scope=scope, mode=mode, criterion=criterion)
     with staged_output_dir(out) as staging:
         copy_run_files(directory, staging)
         posterior.save(staging, include_mean=True)

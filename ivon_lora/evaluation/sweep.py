@@ -42,9 +42,7 @@ def sweep_posterior(
     configs = []
     try:
         for fraction, temperature in itertools.product(fractions, temperatures):
-            candidate = posterior.prune(fraction, **prune_options) if fraction > 0 else posterior
-            if temperature != 1.0:
-                candidate = candidate.with_temperature(temperature)
+            candidate = posterior.at_test_time(fraction, temperature, **prune_options)
             scores = {
                 role: evaluate_predictive(model, tokenizer, examples, posterior=candidate, **evaluate_options)
                 for role, examples in (("select", select_examples), ("report", report_examples))
