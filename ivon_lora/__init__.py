@@ -1,8 +1,16 @@
 """ivon-lora: variational LoRA finetuning with IVON for the Hugging Face Trainer."""
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .choice import ChoiceTrainer
+    from .optim import IVON, ivon
+    from .posterior import Posterior
+    from .rundir import Run, load_run
+    from .trainer import IVONTrainer, IVONTrainerMixin, IVONTrainingArguments
 
 # Imported on first use: `from ivon_lora import IVON` must not pay for importing transformers.
 _LAZY = {
@@ -11,10 +19,13 @@ _LAZY = {
     "IVONTrainer": ".trainer",
     "IVONTrainerMixin": ".trainer",
     "IVONTrainingArguments": ".trainer",
+    "ChoiceTrainer": ".choice",
     "Posterior": ".posterior",
+    "Run": ".rundir",
+    "load_run": ".rundir",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name):

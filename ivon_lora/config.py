@@ -1,8 +1,11 @@
-"""Recipes: a flat YAML mapping (plus key=value overrides) resolved into typed argument dataclasses.
+"""Typed configs of every command: a flat YAML mapping (plus key=value overrides) -> argument dataclasses.
 
-Keys follow `TrainingArguments` and the usual finetuning-toolkit names. Everything a recipe can get wrong
-(unknown key, wrong type, missing file, an output_dir holding a previous result) is reported here, naming the
-key, before any model or dataset loads.
+`ivon-lora train` reads a recipe (`ModelArguments`, `DataArguments`, `RunArguments`, `IVONTrainingArguments`);
+eval, prune and export read `EvalConfig`, `PruneConfig`, `ExportConfig` the same way, from a YAML file, key=value
+overrides and their flags. A small pre-pass (`check_values`) reports unknown keys with a "did you mean" and
+wrong types naming the key, and accepts YAML's string spellings of floats (`1e6`); HfArgumentParser's
+`parse_dict` then builds the dataclasses. Everything a config can get wrong (unknown key, wrong type, missing
+file, an output_dir holding a previous result) is reported here, naming the key, before any model or data loads.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .choice.prompts import PROMPT_FORMATS
+from .errors import RecipeError
+from .evaluation.metrics import DEFAULT_ECE_BINS
+from .posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
 from .trainer import IVONTrainingArguments
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be run as written."""
 
 
 @dataclass
@@ -51,8 +54,8 @@ class ModelArguments:
     def __post_init__(self):
         if self.quantization_bit not in (None, 4, 8):
             raise ValueError(f"quantization_bit must be 4, 8 or null, got {self.quantization_bit!r}")
-        if self.prompt_format not in ("plain", "chat"):
-            raise ValueError(f"prompt_format must be plain or chat, got {self.prompt_format!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be {' or '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.lora_rank < 1:
@@ -84,7 +87,7 @@ class RunArguments:
         default="ivon-lora", metadata={"help": "Evaluation protocol preset: ivon-lora or blob (see README)."}
     )
     eval_mc_samples: int = field(default=10, metadata={"help": "Posterior samples S of the final evaluation."})
-    ece_bins: list[int] = field(default_factory=lambda: [10, 15], metadata={"help": "ECE bin counts to report."})
+    ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts to report."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
 
 
@@ -151,9 +154,9 @@ def _accepts(value, annotation) -> tuple[bool, object]:
     return True, value  # annotations this checker does not know are left to the dataclass
 
 
-def _field_types() -> dict[str, tuple[type, typing.Any]]:
+def _field_types(classes) -> dict[str, tuple[type, typing.Any]]:
     types_by_key = {}
-    for cls in ARGUMENT_CLASSES:
+    for cls in classes:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
@@ -171,50 +174,65 @@ def parse_overrides(overrides: list[str]) -> dict:
     return values
 
 
-def load_recipe(path: str | None, overrides: list[str] = (), check_output_dir: bool = True) -> Recipe:
-    """Read `path` (YAML), apply `overrides` (key=value), validate every key and value, check the files.
+def read_yaml(path: str, what: str = "recipe") -> dict:
+    """The mapping of a YAML config file; an error naming the file if it is missing or not a mapping."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"{what.capitalize()} file {path!r} does not exist")
+    with open(path) as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, dict):
+        raise RecipeError(f"{path}: a {what} is a mapping of key: value, got {type(loaded).__name__}")
+    return loaded
 
-    With `check_output_dir`, a non-empty output_dir is an error unless overwriting or resuming is asked for.
-    """
-    values = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise RecipeError(f"Recipe file {path!r} does not exist")
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise RecipeError(f"{path}: a recipe is a mapping of key: value, got {type(loaded).__name__}")
-        values.update(loaded)
-    values.update(parse_overrides(list(overrides)))
-    where = f" in {path}" if path else ""
 
-    types_by_key = _field_types()
+def check_values(values: dict, classes, where: str = "", kind: str = "recipe", help_hint: str = "") -> dict:
+    """The pre-pass before HfArgumentParser: every key known (else "did you mean"), every value of its field's
+    type (YAML's "1e6" strings coerced to float, a single item to a one-item list). Returns the coerced values."""
+    types_by_key = _field_types(classes)
     unknown = [key for key in values if key not in types_by_key]
     if unknown:
         messages = []
         for key in unknown:
             close = difflib.get_close_matches(key, types_by_key, n=1)
             messages.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise RecipeError(
-            f"Unknown recipe key(s){where}: {', '.join(messages)}. Keys are TrainingArguments fields plus "
-            "ivon-lora's model/data/run keys; `ivon-lora train --help-keys` lists them."
-        )
-    per_class: dict[type, dict] = {cls: {} for cls in ARGUMENT_CLASSES}
+        raise RecipeError(f"Unknown {kind} key(s){where}: {', '.join(messages)}.{help_hint}")
+    coerced_values = {}
     for key, value in values.items():
-        cls, annotation = types_by_key[key]
+        _, annotation = types_by_key[key]
         ok, coerced = _accepts(value, annotation)
         if not ok:
-            raise RecipeError(f"Recipe key {key!r}{where}: {value!r} is not a valid {_type_name(annotation)}")
-        per_class[cls][key] = coerced
+            raise RecipeError(f"{kind.capitalize()} key {key!r}{where}: {value!r} is not a valid {_type_name(annotation)}")
+        coerced_values[key] = coerced
+    return coerced_values
+
+
+def parse_values(values: dict, classes, where: str = "", kind: str = "recipe") -> tuple:
+    """The dataclasses of `classes` from checked `values` (HfArgumentParser.parse_dict); their own validation
+    errors (`__post_init__`) become a RecipeError naming the config."""
+    from transformers import HfArgumentParser
+
+    try:
+        return tuple(HfArgumentParser(classes).parse_dict(values))
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"Invalid {kind}{where}: {error}") from error
+
+
+def load_recipe(path: str | None, overrides: list[str] = (), check_output_dir: bool = True) -> Recipe:
+    """Read `path` (YAML), apply `overrides` (key=value), validate every key and value, check the files.
+
+    With `check_output_dir`, a non-empty output_dir is an error unless overwriting or resuming is asked for.
+    """
+    values = read_yaml(path) if path is not None else {}
+    values.update(parse_overrides(list(overrides)))
+    where = f" in {path}" if path else ""
+    values = check_values(values, ARGUMENT_CLASSES, where, help_hint=(
+        " Keys are TrainingArguments fields plus ivon-lora's model/data/run keys; `ivon-lora train --help-keys` "
+        "lists them."))  # fmt: skip
     if "model_name_or_path" not in values:
         raise RecipeError(f"Recipe{where} has no model_name_or_path")
     if "output_dir" not in values:
         raise RecipeError(f"Recipe{where} has no output_dir")
-
-    try:
-        model, data, run, training = (cls(**per_class[cls]) for cls in ARGUMENT_CLASSES)
-    except (ValueError, TypeError) as error:
-        raise RecipeError(f"Invalid recipe{where}: {error}") from error
+    model, data, run, training = parse_values(values, ARGUMENT_CLASSES, where)
     recipe = Recipe(model, data, run, training, source=path)
     _check_files(recipe, check_output_dir)
     return recipe
@@ -268,3 +286,116 @@ def describe_keys() -> str:
                 lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}")
     lines.append("# ...and every other transformers.TrainingArguments field (output_dir, max_steps, bf16, seed, ...)")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# eval, prune and export: one dataclass each, filled from a YAML file, key=value overrides and the command's flags.
+
+def _require_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _require_in(key: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
+    if not (low <= value if low_inclusive else low < value) or value > high:
+        raise ValueError(f"{key} {value} is not in {'[' if low_inclusive else '('}{low}, {high}]")
+
+
+@dataclass
+class OutputArguments:
+    out: str | None = field(default=None, metadata={"help": "output dir (must not exist or be empty)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty out"})
+
+
+@dataclass
+class PruneConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run or checkpoint dir trained with optim=ivon"})
+    fraction: float | None = field(default=None, metadata={"help": "fraction of adapter entries to prune, 0-1"})
+    scope: str = field(default="global", metadata={"help": "rank entries globally or per matrix"})
+    mode: str = field(default="zero", metadata={"help": "zero: mean and variance 0; denoise: variance 0"})
+    criterion: str = field(default="snr", metadata={"help": "|m|/sqrt(v), |m| or 1/sqrt(v)"})
+    temperature: float = field(default=1.0, metadata={"help": "also divide the variance by this"})
+
+    def __post_init__(self):
+        for key in ("run_dir", "fraction", "out"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{key} is required")
+        _require_in("fraction", self.fraction, 0.0, 1.0)
+        _require_in("temperature", self.temperature, 0.0, float("inf"), low_inclusive=False)
+        _require_choice("scope", self.scope, PRUNE_SCOPES)
+        _require_choice("mode", self.mode, PRUNE_MODES)
+        _require_choice("criterion", self.criterion, PRUNE_CRITERIA)
+
+
+@dataclass
+class ExportConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run, checkpoint or pruned dir"})
+
+    def __post_init__(self):
+        for key in ("run_dir", "out"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{key} is required")
+
+
+@dataclass
+class EvalConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run, checkpoint or pruned dir"})
+    task: list[str] | None = field(default=None, metadata={
+        "help": "task name(s), e.g. arc_challenge mmlu:college_physics (default: the run's dataset)"})
+    split: str | None = field(default=None, metadata={
+        "help": "reported split (default: the run's eval_split, else the protocol's)"})
+    file: str | None = field(default=None, metadata={
+        "help": "local json/jsonl/parquet/csv records (file or dir) of the split, one task"})
+    protocol: str | None = field(default=None, metadata={
+        "help": "protocol preset: ivon-lora or blob (default: the run's recipe)"})
+    samples: int | None = field(default=None, metadata={"help": "posterior samples S (default: the protocol's, 10)"})
+    batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
+    seed: int = field(default=0, metadata={"help": "seed of the samples"})
+    ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts"})
+    baseline: str | None = field(default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"})
+    mc_dropout_samples: int = field(default=0, metadata={
+        "help": "MC-dropout samples for runs without a posterior (default 0: weights only)"})
+    prune_fractions: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "pruning fractions, 0-1"})
+    temperatures: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "posterior temperatures, > 0"})
+    sweep: bool = field(default=False, metadata={"help": "sweep the default pruning fractions"})
+    prune_scope: str = field(default="global", metadata={"help": "rank entries globally or per matrix"})
+    prune_mode: str = field(default="zero", metadata={"help": "zero: mean and variance 0; denoise: variance 0"})
+    prune_criterion: str = field(default="snr", metadata={"help": "|m|/sqrt(v), |m| or 1/sqrt(v)"})
+    select_split: str | None = field(default=None, metadata={
+        "help": "held-out split a sweep chooses on (never the reported split)"})
+    select_file: str | None = field(default=None, metadata={"help": "local records of the select split"})
+    select_by: str = field(default="nll", metadata={
+        "help": "criterion of the choice, on the sampled predictive (default nll)"})
+
+    def __post_init__(self):
+        from .evaluation.sweep import DEFAULT_PRUNE_FRACTIONS, selection_criteria
+
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+        if self.sweep:
+            self.prune_fractions = list(DEFAULT_PRUNE_FRACTIONS)
+        for fraction in self.prune_fractions:
+            _require_in("prune_fractions", fraction, 0.0, 1.0)
+        for temperature in self.temperatures:
+            _require_in("temperatures", temperature, 0.0, float("inf"), low_inclusive=False)
+        _require_choice("prune_scope", self.prune_scope, PRUNE_SCOPES)
+        _require_choice("prune_mode", self.prune_mode, PRUNE_MODES)
+        _require_choice("prune_criterion", self.prune_criterion, PRUNE_CRITERIA)
+        _require_choice("select_by", self.select_by, list(selection_criteria()))
+
+    @property
+    def sweeping(self) -> bool:
+        return len(self.prune_fractions) * len(self.temperatures) > 1 or self.select_split is not None
+
+
+def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):
+    """`cls` (EvalConfig, PruneConfig, ExportConfig) from a YAML file, then key=value overrides, then flags."""
+    values = read_yaml(path, "config") if path is not None else {}
+    values.update(parse_overrides(list(overrides)))
+    values.update(flags or {})
+    where = f" in {path}" if path else ""
+    values = check_values(values, (cls,), where, kind="config",
+                          help_hint=f" `ivon-lora {command} --help` lists the keys (flags with - as _).")  # fmt: skip
+    (config,) = parse_values(values, (cls,), where, kind="config")
+    return config

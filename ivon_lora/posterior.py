@@ -1,6 +1,6 @@
 """The posterior artifact: a diagonal Gaussian over the adapter weights, saved next to the PEFT adapter.
 
-Files (names defined once here): the mean is the PEFT adapter itself (`adapter_model.safetensors`);
+Files (names in `ivon_lora.artifacts`): the mean is the PEFT adapter itself (`adapter_model.safetensors`);
 `posterior.safetensors` holds one variance tensor per adapter tensor, under the same key; `posterior_config.json`
 holds ess, the prior precision, the step, the optimizer's hyperparameters, the adapter's shape settings and any
 test-time transformation (pruning, temperature). The set loads without the optimizer, the Trainer or the base
@@ -12,17 +12,23 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # PEFT's file name
-ADAPTER_CONFIG_NAME = "adapter_config.json"  # PEFT's file name
-POSTERIOR_WEIGHTS_NAME = "posterior.safetensors"
-POSTERIOR_CONFIG_NAME = "posterior_config.json"
-FORMAT_VERSION = 1
+from ._version import __version__
+from .artifacts import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    COMPATIBLE_FORMAT_VERSIONS,
+    FORMAT_VERSION,
+    POSTERIOR_CONFIG_NAME,
+    POSTERIOR_WEIGHTS_NAME,
+    atomic_write,
+)
+
 # Adapter settings that must agree between adapter_config.json and the posterior saved with it.
 ADAPTER_KEYS = ("r", "lora_alpha", "target_modules")
 
@@ -41,8 +47,15 @@ def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
         from peft.utils import get_peft_model_state_dict
 
         named = dict(model.named_parameters())
-        return get_peft_model_state_dict(model, state_dict=named, save_embedding_layers=False)
+        return get_peft_model_state_dict(model, state_dict=named, adapter_name=adapter_name(model),
+                                         save_embedding_layers=False)  # fmt: skip
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def adapter_name(model) -> str:
+    """The name of a PEFT model's active adapter ("default" unless the user named it)."""
+    name = getattr(model, "active_adapter", "default")
+    return name if isinstance(name, str) else name[0]
 
 
 def _adapter_settings(config: dict) -> dict:
@@ -50,17 +63,6 @@ def _adapter_settings(config: dict) -> dict:
     if isinstance(settings["target_modules"], (list, set, tuple)):
         settings["target_modules"] = sorted(settings["target_modules"])
     return settings
-
-
-def _atomic_write(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-" + os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @dataclass
@@ -95,18 +97,37 @@ class Posterior:
                 raise ValueError(f"Adapter parameter {key} is not optimized by IVON")
             mean[key] = p.detach().float().cpu().clone()
             variance[key] = variance_by_param[p].detach().float().cpu().contiguous()
-        group = optimizer.param_groups[0]
         step = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
+        # Each param group has its own ess, prior precision and hyperparameters: record every group, with the
+        # adapter keys it holds; the top-level ess / weight_decay are those shared by all groups (None if not).
+        key_of = {p: key for key, p in adapter_parameters(model).items()}
+        groups = []
+        for group in optimizer.param_groups:
+            groups.append({
+                "keys": sorted(key_of[p] for p in group["params"] if p in key_of),
+                "ess": group["ess"],
+                "weight_decay": group["weight_decay"],
+                "hyperparameters": {k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float, bool))},
+            })  # fmt: skip
+
+        def shared(name):
+            values = {g[name] for g in groups}
+            return values.pop() if len(values) == 1 else None
+
         config = {
             "format_version": FORMAT_VERSION,
+            "library": {"name": "ivon-lora", "version": __version__},
             "optimizer": "IVON",
-            "ess": group["ess"],
-            "weight_decay": group["weight_decay"],
+            "ess": shared("ess"),
+            "weight_decay": shared("weight_decay"),
             "step": step,
-            "hyperparameters": {k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float, bool))},
+            "hyperparameters": groups[0]["hyperparameters"],
+            "param_groups": groups,
         }
         if hasattr(model, "peft_config"):
-            config["adapter"] = _adapter_settings(model.peft_config["default"].to_dict())
+            name = adapter_name(model)
+            config["adapter_name"] = name
+            config["adapter"] = _adapter_settings(model.peft_config[name].to_dict())
         return cls(mean, variance, config)
 
     @classmethod
@@ -121,8 +142,19 @@ class Posterior:
                 raise FileNotFoundError(f"No {what} in {directory!r}: {name} is missing")
         with open(paths[POSTERIOR_CONFIG_NAME]) as f:
             config = json.load(f)
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{paths[POSTERIOR_CONFIG_NAME]}: unsupported format_version {config.get('format_version')}")
+        version = config.get("format_version")
+        if version not in COMPATIBLE_FORMAT_VERSIONS:
+            raise ValueError(
+                f"{paths[POSTERIOR_CONFIG_NAME]}: unsupported format_version {version!r}; this ivon-lora "
+                f"({__version__}) reads versions {', '.join(map(str, COMPATIBLE_FORMAT_VERSIONS))}. Upgrade ivon-lora "
+                "to read it."
+            )
+        if version != FORMAT_VERSION:
+            warnings.warn(
+                f"{paths[POSTERIOR_CONFIG_NAME]} has the older format_version {version} (current: {FORMAT_VERSION}); "
+                "it loads, but records less (no per-group ess / weight decay, library version or adapter name).",
+                stacklevel=2,
+            )
         adapter_config_path = os.path.join(directory, ADAPTER_CONFIG_NAME)
         if "adapter" in config and os.path.isfile(adapter_config_path):
             with open(adapter_config_path) as f:
@@ -146,13 +178,13 @@ class Posterior:
         files = [(POSTERIOR_WEIGHTS_NAME, self.variance)] + ([(ADAPTER_WEIGHTS_NAME, self.mean)] if include_mean else [])
         for name, tensors in files:
             tensors = {k: v.contiguous() for k, v in tensors.items()}
-            _atomic_write(os.path.join(directory, name), lambda path, t=tensors: save_file(t, path, metadata=metadata))
+            atomic_write(os.path.join(directory, name), lambda path, t=tensors: save_file(t, path, metadata=metadata))
 
         def write_config(path):
             with open(path, "w") as f:
                 json.dump(self.config, f, indent=2, sort_keys=True)
 
-        _atomic_write(os.path.join(directory, POSTERIOR_CONFIG_NAME), write_config)
+        atomic_write(os.path.join(directory, POSTERIOR_CONFIG_NAME), write_config)
 
     # ------------------------------------------------------------------ test-time transformations
 

@@ -1,4 +1,9 @@
-"""A finished run or checkpoint dir, loaded back: base model + PEFT adapter, tokenizer, posterior, recipe."""
+"""Run dirs: a finished run or checkpoint dir loaded back (base model + PEFT adapter, tokenizer, posterior,
+recipe), the files a derived dir copies, and the package versions every result records (`environment()`).
+
+The file names are in `ivon_lora.artifacts`, with the writers (atomic file, staged output dir) that every
+command uses: there, in the leaf, because the posterior, which this module loads, writes atomically too.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .posterior import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME, Posterior
-from .recipe import Recipe, load_recipe
+from .artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME, RECIPE_NAME, RESULT_FILES, TOKENIZER_CONFIG_NAME
+from .config import ModelArguments, Recipe, load_recipe
+from .posterior import Posterior
 
 logger = logging.getLogger(__name__)
-
-RECIPE_NAME = "recipe.yaml"
-METRICS_NAME = "metrics.json"
-PREDICTIONS_NAME = "predictions.jsonl"  # per-example probabilities of the final evaluation
-MODEL_CARD_NAME = "README.md"
-# Files of a run dir that describe one particular adapter and posterior, so a derived dir must not copy them.
-RESULT_FILES = (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME,
-                MODEL_CARD_NAME)  # fmt: skip
 
 
 @dataclass
@@ -47,8 +43,8 @@ def load_run(directory: str) -> Run:
     """Rebuild the base model the run was trained on, load its adapter and (IVON runs) its posterior."""
     from peft import PeftModel
 
-    from .modeling import BUILTIN_MODELS, load_base_model, load_tokenizer
-    from .recipe import ModelArguments
+    from .builtin import BUILTIN_MODELS
+    from .modeling import load_base_model, load_tokenizer
 
     if not os.path.isfile(os.path.join(directory, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{directory!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
@@ -60,7 +56,7 @@ def load_run(directory: str) -> Run:
         with open(os.path.join(directory, ADAPTER_CONFIG_NAME)) as f:
             model_args, seed = ModelArguments(json.load(f)["base_model_name_or_path"]), 0
     # The tokenizer saved with the run is the one it was trained with.
-    saved_tokenizer = os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
+    saved_tokenizer = os.path.isfile(os.path.join(directory, TOKENIZER_CONFIG_NAME))
     if saved_tokenizer and model_args.model_name_or_path not in BUILTIN_MODELS:
         from transformers import AutoTokenizer
 
@@ -74,27 +70,6 @@ def load_run(directory: str) -> Run:
     return Run(directory, model, tokenizer, posterior, recipe, model_args)
 
 
-def check_new_output_dir(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
-        raise FileExistsError(f"{path!r} exists and is not empty: choose another --out, or pass --overwrite")
-
-
-@contextmanager
-def staged_output_dir(path: str):
-    """Yield a temporary sibling dir that replaces `path` only if the block succeeds."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.incomplete-")
-    try:
-        yield staging
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    finally:
-        if os.path.isdir(staging):
-            shutil.rmtree(staging)
-
-
 def copy_run_files(source: str, destination: str) -> None:
     """Copy the adapter config, tokenizer and recipe of a run dir; not its weights, posterior or results."""
     for name in os.listdir(source):
@@ -106,81 +81,14 @@ def copy_run_files(source: str, destination: str) -> None:
         shutil.copy2(recipe, os.path.join(destination, RECIPE_NAME))
 
 
-def prune_run(directory: str, out: str, fraction: float, scope: str = "global", mode: str = "zero",
-              criterion: str = "snr", temperature: float = 1.0, overwrite: bool = False) -> Posterior:  # fmt: skip
-    """Write a pruned (and optionally tempered) copy of a run's adapter + posterior to `out`; no model needed."""
-    check_new_output_dir(out, overwrite)
-    posterior = Posterior.load(directory).at_test_time(fraction, temperature, scope=scope, mode=mode, criterion=criterion)
-    with staged_output_dir(out) as staging:
-        copy_run_files(directory, staging)
-        posterior.save(staging, include_mean=True)
-    pruning = posterior.config["pruning"][-1]
-    logger.info("pruned %d of %d adapter entries (%s, %s, %s) -> %s", pruning["num_pruned"], pruning["num_entries"],
-                scope, mode, criterion, out)  # fmt: skip
-    return posterior
+def environment() -> dict:
+    """Versions of the packages a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
 
-
-def model_card(run: Run, metrics: dict | None) -> str:
-    from .evaluation.report import SUMMARY_COLUMNS, predictives, table_cells
-
-    base = run.model_args.model_name_or_path
-    lines = [
-        "---",
-        "library_name: transformers",
-        f"base_model: {base}",
-        "tags: [ivon-lora, lora, ivon, variational]",
-        "---",
-        f"# {os.path.basename(os.path.abspath(run.directory))} (merged)",
-        "",
-        f"The posterior mean of an IVON-trained LoRA adapter on `{base}`, merged into the base weights. The full",
-        "posterior (adapter + per-weight variance) is in `posterior/`: load it with `ivon_lora.Posterior.load` to",
-        "sample, prune or evaluate with posterior averaging.",
-    ]
-    if run.posterior is not None:
-        config = run.posterior.config
-        lines += ["", "## Posterior", "", f"- optimizer steps: {config.get('step')}; ess: {config.get('ess')}; "
-                  f"prior precision: {config.get('weight_decay')}"]  # fmt: skip
-        for pruning in config.get("pruning", []):
-            lines.append(f"- pruned {pruning['num_pruned']} of {pruning['num_entries']} entries "
-                         f"({pruning['scope']}, {pruning['mode']}, by {pruning['criterion']})")  # fmt: skip
-        if "temperature" in config:
-            lines.append(f"- test-time temperature: {config['temperature']}")
-    if metrics is not None:
-        m = metrics["metrics"]
-        lines += ["", f"## Metrics ({metrics['task']}, split {metrics['split']}, {m['num_examples']} examples)", "",
-                  f"| predictive | {' | '.join(SUMMARY_COLUMNS)} |", "|---" * (1 + len(SUMMARY_COLUMNS)) + "|"]  # fmt: skip
-        for name, values in predictives(m):
-            name = "posterior mean" if name == "mean" else name
-            lines.append(f"| {name} | {' | '.join(table_cells(values, SUMMARY_COLUMNS))} |")
-        lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in metrics["protocol"].items()) + "."]
-        lines += ["", "Measured with " + ", ".join(f"{k} {v}" for k, v in metrics["environment"].items()) + "."]
-    if run.recipe is not None:
-        import yaml
-
-        resolved = run.recipe.resolved()
-        defaults = load_recipe(None, ["model_name_or_path=_", "output_dir=_"], check_output_dir=False).resolved()
-        changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k == "model_name_or_path"}
-        changed.pop("output_dir", None)
-        lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
-                  yaml.safe_dump(changed, sort_keys=True).strip(), "```"]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def export_run(directory: str, out: str, overwrite: bool = False) -> None:
-    """Merge the adapter's (posterior) mean into the base model and save it with its posterior and a model card."""
-    check_new_output_dir(out, overwrite)
-    run = load_run(directory)
-    metrics_path = os.path.join(directory, METRICS_NAME)
-    metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else None
-    card = model_card(run, metrics)
-    with staged_output_dir(out) as staging:
-        posterior_dir = os.path.join(staging, "posterior")
-        os.makedirs(posterior_dir)
-        for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME):
-            if os.path.isfile(os.path.join(directory, name)):
-                shutil.copy2(os.path.join(directory, name), os.path.join(posterior_dir, name))
-        run.model.merge_and_unload().save_pretrained(staging, safe_serialization=True)
-        run.tokenizer.save_pretrained(staging)
-        with open(os.path.join(staging, MODEL_CARD_NAME), "w") as f:
-            f.write(card)
-    logger.info("exported the merged model to %s", out)
+    versions = {}
+    for package in ("ivon-lora", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions

@@ -58,9 +58,9 @@ from ivon_lora.evaluation.batched import predict_sampled_probs
 from ivon_lora.evaluation.metrics import calibration_metrics
 from ivon_lora.evaluation.predict import evaluate_predictive
 from ivon_lora.modeling import apply_lora
-from ivon_lora.objective import ChoiceCollator, ChoiceExample, choice_logits
+from ivon_lora.choice import ChoiceCollator, ChoiceExample, choice_logits
 from ivon_lora.posterior import Posterior, adapter_parameters
-from ivon_lora.recipe import ModelArguments
+from ivon_lora.config import ModelArguments
 
 ECE_BINS = (10, 15)
 ANSWERS = (" A", " B", " C", " D")

@@ -19,11 +19,12 @@ import datasets
 import torch
 import transformers
 
-from ivon_lora.modeling import BUILTIN_MODELS, apply_lora, build_tiny_model, build_tokenizer
-from ivon_lora.objective import ChoiceCollator
-from ivon_lora.recipe import load_recipe
+from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model, build_tokenizer
+from ivon_lora.modeling import apply_lora
+from ivon_lora.choice import ChoiceCollator
+from ivon_lora.config import load_recipe
 from ivon_lora.tasks import load_examples
-from ivon_lora.train import _as_rows, choice_trainer_class
+from ivon_lora.choice import ChoiceTrainer, choice_rows
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "demo.yaml")
 
@@ -34,7 +35,7 @@ def seconds_per_step(optim: str, steps: int, batch_size: int, tokenizer, rows, o
     recipe = load_recipe(DEMO, overrides + (["learning_rate=0.003"] if optim != "ivon" else []))
     torch.manual_seed(0)
     model = apply_lora(build_tiny_model(BUILTIN_MODELS[recipe.model.model_name_or_path], tokenizer), recipe.model)
-    trainer = choice_trainer_class()(
+    trainer = ChoiceTrainer(
         model=model,
         args=recipe.training,
         train_dataset=datasets.Dataset.from_list(rows),
@@ -55,7 +56,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
 
     tokenizer = build_tokenizer(BUILTIN_MODELS["builtin:tiny-llama"])
-    rows = _as_rows(load_examples("synthetic", "train"))
+    rows = choice_rows(load_examples("synthetic", "train"))
     times = {"ivon": [], "adamw_torch": []}
     with tempfile.TemporaryDirectory() as output_dir:
         for repeat in range(options.repeats + 1):

@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-from ivon_lora.modeling import BUILTIN_MODELS, build_tokenizer
+from ivon_lora.builtin import BUILTIN_MODELS, build_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")

@@ -201,7 +201,7 @@ def hf_fixtures():
         build_tiny_model,
         build_tokenizer,
     )
-    from ivon_lora.recipe import ModelArguments
+    from ivon_lora.config import ModelArguments
     from ivon_lora.tasks import load_examples
 
     tokenizer = build_tokenizer(BUILTIN_MODELS["builtin:tiny-llama"])
@@ -220,13 +220,9 @@ def hf_fixtures():
 
 
 def hf_trainer(out, tokenizer, dataset, model, trainer_class=None, optimizer=None, **overrides):
-    from transformers import Trainer
 
-    from ivon_lora.objective import ChoiceCollator, ChoiceLossMixin
-    from ivon_lora.trainer import IVONTrainerMixin, IVONTrainingArguments
-
-    class ChoiceIVONTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
-        pass
+    from ivon_lora.choice import ChoiceCollator, ChoiceTrainer
+    from ivon_lora.trainer import IVONTrainingArguments
 
     values = {
         "output_dir": out, "max_steps": 4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
@@ -236,7 +232,7 @@ def hf_trainer(out, tokenizer, dataset, model, trainer_class=None, optimizer=Non
         "disable_tqdm": True, "seed": 7,
     }  # fmt: skip
     values.update(overrides)
-    return ChoiceIVONTrainer(
+    return ChoiceTrainer(
         model=model,
         args=IVONTrainingArguments(**values),
         train_dataset=dataset,

@@ -6,8 +6,8 @@ from family_tokenizers import FAMILIES
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ivon_lora.modeling import BUILTIN_MODELS, build_tiny_model
-from ivon_lora.objective import (
+from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model
+from ivon_lora.choice import (
     ChoiceCollator,
     ChoiceExample,
     answer_token_ids,
@@ -15,7 +15,7 @@ from ivon_lora.objective import (
     format_examples,
     resolve_answers,
 )
-from ivon_lora.recipe import ModelArguments, RecipeError
+from ivon_lora.config import ModelArguments, RecipeError
 
 PROMPT = "Select one of the choices that answers the following question: Why? Choices: A. x B. y Answer:"
 

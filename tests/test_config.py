@@ -9,7 +9,7 @@ from peft import PeftModel
 
 from ivon_lora import cli, modeling
 from ivon_lora.posterior import Posterior
-from ivon_lora.recipe import RecipeError, load_recipe
+from ivon_lora.config import RecipeError, load_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
@@ -126,3 +126,29 @@ def test_help_keys_lists_the_ivon_and_recipe_keys(capsys):
     assert cli.main(["train", "--help-keys"]) == 0
     listing = capsys.readouterr().out
     assert "ivon_ess (float | None)" in listing and "lora_target" in listing and "eval_mc_samples" in listing
+
+
+def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run_dir, tmp_path, capsys):
+    config = tmp_path / "prune.yaml"
+    config.write_text(f"run_dir: {run_dir}\nfraction: 0.5\nscope: matrix\nout: {tmp_path / 'p'}\n")
+    assert cli.main(["prune", str(config), "mode=denoise"]) == 0
+    pruning = json.loads((tmp_path / "p" / "posterior_config.json").read_text())["pruning"][-1]
+    assert (pruning["fraction"], pruning["scope"], pruning["mode"]) == (0.5, "matrix", "denoise")
+    assert cli.main(["prune", str(config), "--fraction", "0.25", "--out", str(tmp_path / "q")]) == 0
+    assert json.loads((tmp_path / "q" / "posterior_config.json").read_text())["pruning"][-1]["fraction"] == 0.25
+
+    (tmp_path / "bad.yaml").write_text(f"run_dir: {run_dir}\nfractoin: 0.5\nout: {tmp_path / 'r'}\n")
+    assert cli.main(["prune", str(tmp_path / "bad.yaml")]) == 2
+    assert "Unknown config key(s) in " in (error := capsys.readouterr().err) and "(did you mean 'fraction'?)" in error
+    assert cli.main(["prune", run_dir, "fraction=1e-1", "scope=rows", f"out={tmp_path / 'r'}"]) == 2
+    assert "scope must be one of global, matrix, got 'rows'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+    (tmp_path / "eval.yaml").write_text(f"run_dir: {run_dir}\nsplit: test\nlimit: 8\nsamples: 1\n")
+    assert cli.main(["eval", str(tmp_path / "eval.yaml"), f"out={tmp_path / 'e'}", "--seed", "3"]) == 0
+    report = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert report["tasks"]["synthetic"]["num_examples"] == 8 and report["protocol"]["num_samples"] == 1
+
+    (tmp_path / "export.yaml").write_text(f"run_dir: {tmp_path / 'p'}\n")
+    assert cli.main(["export", str(tmp_path / "export.yaml"), "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "README.md").is_file() and (tmp_path / "x" / "posterior" / "posterior.safetensors").is_file()

@@ -9,7 +9,7 @@ import torch
 from ivon_lora import cli
 from ivon_lora.evaluation import load_calibration_metric, predict
 from ivon_lora.evaluation.metrics import calibration_metrics, reliability_bins, selective_prediction
-from ivon_lora.run import load_run
+from ivon_lora.rundir import load_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -176,3 +176,54 @@ def test_eval_reports_ivon_and_a_baseline_side_by_side(run_dir, adamw_run_dir, t
         assert len(rows) == 40 and len({r["id"] for r in rows}) == 40
     assert (out / "reliability-synthetic.png").read_bytes()[:8] == PNG
     assert (out / "selective-synthetic.png").read_bytes()[:8] == PNG
+
+
+def test_a_registered_metric_reaches_eval_json_eval_md_and_the_plots(run_dir, tmp_path, monkeypatch):
+    """Adding a metric is one registry entry: it is computed, reported in every table and drawn in the plots."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    from ivon_lora.evaluation import metrics
+
+    drawn = []
+    savefig = Figure.savefig
+
+    def recording_savefig(figure, *args, **kwargs):
+        drawn.extend(text.get_text() for text in figure.findobj(Text))
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    mean_confidence = metrics.Metric("mean_confidence", higher_is_better=False, percent=True,
+                                     compute=lambda probs, gold: float(probs.max(dim=1).values.mean()))  # fmt: skip
+    monkeypatch.setitem(metrics.METRICS, "mean_confidence", mean_confidence)
+    out = tmp_path / "report"
+    args = ["eval", run_dir, "--split", "test", "--limit", "16", "--samples", "2", "--out", str(out),
+            "--select-split", "validation", "--prune-fractions", "0", "0.5"]  # fmt: skip
+    assert cli.main(args) == 0
+    result = json.loads((out / "eval.json").read_text())
+    runs = result["tasks"]["synthetic"]["runs"]["ivon"]
+    expected = float(torch.tensor([row["mean"] for row in map(json.loads, (out / "predictions-synthetic-ivon.jsonl")
+                                                             .read_text().splitlines())]).max(dim=1).values.mean())  # fmt: skip
+    assert runs["mean"]["mean_confidence"] == pytest.approx(expected)
+    assert "mean_confidence" in runs["sampled"] and "mean_confidence" in runs["by_num_samples"][0]
+    table, sweep_table = (out / "eval.md").read_text().split("\n\n")[:2]
+    assert "mean_confidence" in table.splitlines()[0] and "mean_confidence" in sweep_table.splitlines()[0]
+    assert f"| {100 * runs['mean']['mean_confidence']:.1f} |" in table
+    assert sum("mean_confidence" in text for text in drawn) >= 3  # reliability panels and the trade-off plot
+
+
+def test_the_tradeoff_plot_shows_the_protocols_headline_ece(run_dir, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    labels = []
+    savefig = Figure.savefig
+
+    def recording_savefig(figure, *args, **kwargs):
+        labels.extend(axis.get_xlabel() for axis in figure.axes)
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    args = ["eval", run_dir, "--split", "test", "--select-split", "validation", "--limit", "8", "--samples", "1",
+            "--prune-fractions", "0", "0.5", "--protocol", "blob", "--out", str(tmp_path / "blob")]  # fmt: skip
+    assert cli.main(args) == 0
+    assert "ECE (15 bins, %)" in labels and "ECE (10 bins, %)" not in labels

@@ -6,27 +6,20 @@ import pytest
 import torch
 from family_tokenizers import FAMILIES
 from peft import PeftModel
-from transformers import Trainer
 
 from ivon_lora import modeling
-from ivon_lora.modeling import (
-    BUILTIN_MODELS,
-    BuiltinModel,
-    apply_lora,
-    build_tiny_model,
-    load_base_model,
-    load_tokenizer,
-)
-from ivon_lora.objective import (
+from ivon_lora.builtin import BUILTIN_MODELS, BuiltinModel, build_tiny_model, build_tokenizer
+from ivon_lora.modeling import apply_lora, load_base_model, load_tokenizer
+from ivon_lora.choice import (
     ChoiceCollator,
     ChoiceExample,
-    ChoiceLossMixin,
+    ChoiceTrainer,
     choice_logits,
     format_examples,
 )
 from ivon_lora.posterior import Posterior
-from ivon_lora.recipe import ModelArguments, RecipeError
-from ivon_lora.trainer import IVONTrainerMixin, IVONTrainingArguments
+from ivon_lora.config import ModelArguments, RecipeError
+from ivon_lora.trainer import IVONTrainingArguments
 
 # QLoRA needs the optional bitsandbytes (the `quant` extra); the tokenizer tests below do not.
 needs_bitsandbytes = pytest.mark.skipif(
@@ -46,16 +39,12 @@ def saved_base(tmp_path_factory):
 
     def save(name):
         directory = tmp_path_factory.mktemp(name.split(":")[1])
-        tokenizer = modeling.build_tokenizer(BUILTIN_MODELS[name])
+        tokenizer = build_tokenizer(BUILTIN_MODELS[name])
         build_tiny_model(BUILTIN_MODELS[name], tokenizer, seed=3).save_pretrained(directory)
         tokenizer.save_pretrained(directory)
         return str(directory)
 
     return {"llama": save("builtin:tiny-llama"), "qwen2": save("builtin:tiny-qwen2")}
-
-
-class ChoiceTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
-    pass
 
 
 def _train(model, tokenizer, examples, output_dir, **overrides):

@@ -446,8 +446,36 @@ def test_process_group_without_data_parallel_is_rejected():
 
 
 def test_rank_zero_draws_the_noise_of_a_single_process_and_other_ranks_their_own():
-    from ivon_lora.optim import _derive_seed
+    from ivon_lora.optim._rng import derive_seed as _derive_seed
 
     assert _derive_seed(7, 0, rank=0) == 7 and _derive_seed(7, 1, rank=0) == _derive_seed(7, 1)
     seeds = {_derive_seed(7, device, rank) for device in range(2) for rank in range(4)}
     assert len(seeds) == 8
+
+
+def test_param_groups_may_carry_other_keys_also_after_load_state_dict():
+    """torch.optim's contract: a group dict may hold keys of the caller's (e.g. a name), and load_state_dict()
+    adds `differentiable` to `defaults`; neither may make add_param_group raise."""
+    a, b, c = (torch.nn.Parameter(torch.randn(3)) for _ in range(3))
+    optimizer = IVON([{"params": [a], "name": "lora_A"}], lr=0.1, ess=10.0)
+    optimizer.add_param_group({"params": [b], "name": "lora_B", "ess": 20.0})
+    assert [g["name"] for g in optimizer.param_groups] == ["lora_A", "lora_B"]
+    with optimizer.sampled_params(train=True):
+        (a.sum() + b.sum()).backward()
+    optimizer.step()
+    optimizer.load_state_dict(optimizer.state_dict())
+    optimizer.add_param_group({"params": [c], "name": "head"})
+    assert optimizer.param_groups[2]["ess"] == 10.0
+    with pytest.raises(ValueError, match="Invalid ess value: -1.0"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "ess": -1.0, "name": "x"})
+
+
+def test_mc_samples_is_one_value_for_all_groups():
+    """A sample perturbs every group at once: a per-group mc_samples was silently ignored (group 0's ruled)."""
+    a, b = (torch.nn.Parameter(torch.randn(3)) for _ in range(2))
+    with pytest.raises(ValueError, match=r"Invalid mc_samples values per param group: \[1, 3\]"):
+        IVON([{"params": [a]}, {"params": [b], "mc_samples": 3}], lr=0.1, ess=10.0)
+    optimizer = IVON([{"params": [a]}, {"params": [b]}], lr=0.1, ess=10.0, mc_samples=2)
+    optimizer.param_groups[1]["mc_samples"] = 4  # e.g. set by a scheduler-like hook after construction
+    with pytest.raises(ValueError, match=r"per param group: \[2, 4\]"):
+        optimizer.step(lambda: (a.sum() + b.sum()).backward())

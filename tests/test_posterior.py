@@ -10,9 +10,9 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from ivon_lora import cli
-from ivon_lora.objective import ChoiceCollator, choice_logits
+from ivon_lora.choice import ChoiceCollator, choice_logits
 from ivon_lora.posterior import Posterior
-from ivon_lora.run import load_run
+from ivon_lora.rundir import load_run
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +169,54 @@ def test_export_merges_the_mean_and_keeps_the_posterior_and_a_model_card(run_dir
     Posterior.load(str(out / "posterior"))
     card = (out / "README.md").read_text()
     assert "base_model: builtin:tiny-llama" in card and "| posterior mean |" in card and "## Recipe (keys that differ from the defaults)" in card and "ivon_ess: 1000000000.0" in card
+
+
+def _two_group_ivon_over_a_named_adapter(adapter_name):
+    from peft import LoraConfig, get_peft_model
+
+    from ivon_lora import IVON
+
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["0", "1"]), adapter_name=adapter_name)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    first = [p for n, p in named.items() if ".0." in n]
+    second = [p for n, p in named.items() if ".1." in n]
+    optimizer = IVON([{"params": first, "ess": 100.0, "weight_decay": 1e-3}, {"params": second, "ess": 400.0}],
+                     lr=0.1, ess=10.0, weight_decay=1e-4)  # fmt: skip
+    return model, optimizer
+
+
+def test_the_artifact_records_every_group_the_library_version_and_any_adapter_name(tmp_path):
+    from ivon_lora import __version__
+
+    model, optimizer = _two_group_ivon_over_a_named_adapter("mine")
+    posterior = Posterior.from_optimizer(optimizer, model)
+    config = posterior.config
+    assert config["library"] == {"name": "ivon-lora", "version": __version__} and config["format_version"] == 2
+    assert config["adapter_name"] == "mine" and config["adapter"]["r"] == 2
+    groups = config["param_groups"]
+    assert [(g["ess"], g["weight_decay"]) for g in groups] == [(100.0, 1e-3), (400.0, 1e-4)]
+    assert config["ess"] is None and config["weight_decay"] is None  # not shared by the groups
+    assert all(".0." in key for key in groups[0]["keys"]) and all(".1." in key for key in groups[1]["keys"])
+    # Each group's variance is that of its own ess and prior precision (h = hess_init = 1 before any step).
+    for group in groups:
+        for key in group["keys"]:
+            expected = 1 / (group["ess"] * (1.0 + group["weight_decay"]))
+            torch.testing.assert_close(posterior.variance[key], torch.full_like(posterior.variance[key], expected))
+    posterior.save(str(tmp_path), include_mean=True)
+    assert Posterior.load(str(tmp_path)).config == config
+
+
+def test_an_older_compatible_format_loads_with_a_warning_and_an_unknown_one_is_refused(run_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    config = json.loads((old / "posterior_config.json").read_text())
+    config["format_version"] = 1
+    (old / "posterior_config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="older format_version 1"):
+        loaded = Posterior.load(str(old))
+    assert loaded.mean.keys() == Posterior.load(run_dir).mean.keys()
+    config["format_version"] = 99
+    (old / "posterior_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unsupported format_version 99.*Upgrade ivon-lora"):
+        Posterior.load(str(old))

@@ -20,3 +20,18 @@ def test_quickstart_has_the_demo_and_the_test_command_and_ci_runs_the_latter():
     assert tests.endswith("pytest -q")
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         assert tests in f.read().splitlines()
+
+
+def test_the_readmes_python_imports_resolve():
+    """Every `from ivon_lora... import ...` of the README's Python snippets names something that exists."""
+    import importlib
+    import re
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = [block.split("```", 1)[0] for block in f.read().split("```python\n")[1:]]
+    imports = [m for block in blocks for m in re.findall(r"^from (ivon_lora[\w.]*) import (.+)$", block, re.M)]
+    assert len(imports) >= 4
+    for module, names in imports:
+        imported = importlib.import_module(module)
+        for name in names.split(","):
+            assert hasattr(imported, name.strip()), f"{module}.{name.strip()}"

@@ -10,17 +10,10 @@ import torch
 import yaml
 from family_tokenizers import FAMILIES
 
-from ivon_lora.modeling import (
-    BUILTIN_MODELS,
-    BuiltinModel,
-    apply_lora,
-    build_tiny_model,
-    load_base_model,
-    load_tokenizer,
-    quantization_config,
-)
-from ivon_lora.objective import ChoiceCollator, choice_logits, format_examples
-from ivon_lora.recipe import load_recipe
+from ivon_lora.builtin import BUILTIN_MODELS, BuiltinModel, build_tiny_model
+from ivon_lora.modeling import apply_lora, load_base_model, load_tokenizer, quantization_config
+from ivon_lora.choice import ChoiceCollator, choice_logits, format_examples
+from ivon_lora.config import load_recipe
 from ivon_lora.tasks import load_examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

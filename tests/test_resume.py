@@ -6,7 +6,8 @@ import os
 import pytest
 from safetensors.torch import load_file
 
-from ivon_lora import cli, train
+from ivon_lora import cli
+from ivon_lora.commands import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
@@ -23,7 +24,7 @@ class Killed(Exception):
 def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path, monkeypatch):
     assert cli.main(["train", DEMO, f"output_dir={tmp_path / 'straight'}", *SETTINGS]) == 0
 
-    trainer_class = train.choice_trainer_class
+    trainer_class = train.trainer_class
 
     def killed_after_the_first_checkpoint():
         class KilledTrainer(trainer_class()):
@@ -34,11 +35,11 @@ def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path, monkeypa
 
         return KilledTrainer
 
-    monkeypatch.setattr(train, "choice_trainer_class", killed_after_the_first_checkpoint)
+    monkeypatch.setattr(train, "trainer_class", killed_after_the_first_checkpoint)
     with pytest.raises(Killed):
         cli.main(["train", DEMO, f"output_dir={tmp_path / 'resumed'}", *SETTINGS])
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    monkeypatch.setattr(train, "choice_trainer_class", trainer_class)
+    monkeypatch.setattr(train, "trainer_class", trainer_class)
 
     checkpoint = tmp_path / "resumed" / "checkpoint-3"
     args = ["train", DEMO, f"output_dir={tmp_path / 'resumed'}", f"resume_from_checkpoint={checkpoint}", *SETTINGS]

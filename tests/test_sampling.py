@@ -9,10 +9,11 @@ from ivon_lora.evaluation.batched import (
     predict_sampled_probs,
     sampled_choice_probs,
 )
-from ivon_lora.modeling import BUILTIN_MODELS, apply_lora, build_tiny_model
-from ivon_lora.objective import ChoiceCollator, choice_logits
+from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model
+from ivon_lora.modeling import apply_lora
+from ivon_lora.choice import ChoiceCollator, choice_logits
 from ivon_lora.posterior import Posterior, adapter_parameters
-from ivon_lora.recipe import ModelArguments
+from ivon_lora.config import ModelArguments
 
 
 def _lora_model(tokenizer):

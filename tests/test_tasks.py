@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ivon_lora.objective import answer_token_ids
+from ivon_lora.choice import answer_token_ids
 from ivon_lora.tasks import (
     MC_TEMPLATE,
     PROTOCOLS,

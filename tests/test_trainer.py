@@ -10,13 +10,10 @@ from safetensors.torch import load_file
 from transformers import Trainer
 
 from ivon_lora import IVON, IVONTrainer, IVONTrainerMixin, IVONTrainingArguments, Posterior
-from ivon_lora.modeling import BUILTIN_MODELS, apply_lora, build_tiny_model
-from ivon_lora.objective import ChoiceCollator, ChoiceLossMixin
-from ivon_lora.recipe import ModelArguments
-
-
-class ChoiceIVONTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
-    pass
+from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model
+from ivon_lora.modeling import apply_lora
+from ivon_lora.choice import ChoiceCollator, ChoiceTrainer
+from ivon_lora.config import ModelArguments
 
 
 def _model(tokenizer):
@@ -52,7 +49,7 @@ def _args(tmp_path, **overrides):
     return IVONTrainingArguments(**values)
 
 
-def _trainer(tmp_path, tokenizer, examples, trainer_class=ChoiceIVONTrainer, **overrides):
+def _trainer(tmp_path, tokenizer, examples, trainer_class=ChoiceTrainer, **overrides):
     return trainer_class(
         model=_model(tokenizer),
         args=_args(tmp_path, **overrides),
@@ -108,7 +105,7 @@ def test_max_grad_norm_clips_each_sample_inside_the_sampling_context(tmp_path, l
 def test_train_mc_samples_runs_one_forward_backward_per_sample(tmp_path, llama_tokenizer, synthetic_examples):
     calls = []
 
-    class CountingTrainer(ChoiceIVONTrainer):
+    class CountingTrainer(ChoiceTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             calls.append(len(inputs["labels"]))
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -125,7 +122,7 @@ def test_train_mc_samples_runs_one_forward_backward_per_sample(tmp_path, llama_t
 
 def test_mixin_gives_ivon_to_a_user_trainer_with_its_own_compute_loss(tmp_path, llama_tokenizer, synthetic_examples):
     """A user's Trainer subclass (own compute_loss, no ivon-lora code in it) gains IVON by inheritance."""
-    from ivon_lora.objective import choice_logits
+    from ivon_lora.choice import choice_logits
 
     class UserTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -223,7 +220,7 @@ def test_every_micro_batch_runs_under_no_sync_and_ivon_does_not_sync_on_one_proc
 
     depth, inside = [0], []
 
-    class RecordingTrainer(ChoiceIVONTrainer):
+    class RecordingTrainer(ChoiceTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inside.append(depth[0] > 0)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -273,3 +270,46 @@ def test_evaluation_adds_the_sampled_predictive_and_leaves_the_noise_stream(tmp_
     for key in ("accuracy", "nll", "brier", "ece_10"):
         assert metrics[f"eval_sampled_{key}"] == pytest.approx(expected["sampled"][key], abs=1e-6)
     assert metrics["eval_sampled_nll"] != pytest.approx(metrics["eval_nll"], abs=1e-9)
+
+
+def test_the_mixin_refuses_a_config_without_the_ivon_fields_and_takes_one_that_inherits_them(
+    tmp_path, llama_tokenizer, synthetic_examples
+):
+    """A plain TrainingArguments (or e.g. TRL's SFTConfig) has no optim='ivon': training would silently be AdamW."""
+    from dataclasses import dataclass, field
+
+    from transformers import TrainingArguments
+
+    plain = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(TypeError, match="ChoiceTrainer needs IVONTrainingArguments, got TrainingArguments.*inherits both"):
+        ChoiceTrainer(model=_model(llama_tokenizer), args=plain, train_dataset=_dataset(synthetic_examples["train"]))
+
+    @dataclass
+    class OtherConfig(TrainingArguments):
+        other_field: int = field(default=3)
+
+    @dataclass
+    class IVONOtherConfig(IVONTrainingArguments, OtherConfig):
+        pass
+
+    args = IVONOtherConfig(output_dir=str(tmp_path), max_steps=1, ivon_ess=100.0, report_to="none", use_cpu=True,
+                           remove_unused_columns=False, save_strategy="no", disable_tqdm=True)  # fmt: skip
+    trainer = ChoiceTrainer(model=_model(llama_tokenizer), args=args, train_dataset=_dataset(synthetic_examples["train"]),
+                            data_collator=ChoiceCollator(llama_tokenizer))  # fmt: skip
+    trainer.train()
+    assert isinstance(trainer.ivon_optimizer, IVON) and trainer.args.other_field == 3
+
+
+def test_an_iterable_dataset_needs_ivon_ess(tmp_path, llama_tokenizer, synthetic_examples):
+    rows = [{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold} for e in synthetic_examples["train"]]
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(rows)
+
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], ivon_ess=None)
+    trainer.train_dataset = Stream()
+    with pytest.raises(ValueError, match="ivon_ess is not set.*Stream\\) has no length. Set ivon_ess"):
+        trainer.create_optimizer()
+    trainer.args.ivon_ess = 64.0
+    assert trainer.create_optimizer().param_groups[0]["ess"] == 64.0

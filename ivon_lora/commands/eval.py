@@ -9,27 +9,69 @@ probabilities), reliability-TASK.png, selective-TASK.png and, for sweeps, tradeo
 
 from __future__ import annotations
 
+import argparse
 import functools
 import gc
 import logging
 import os
 
-from .cli import UsageError
-from .evaluation.predict import predict, protocol
-from .evaluation.report import markdown_table, sweep_table, write_task_files
-from .evaluation.sweep import plot_tradeoff, sweep_posterior
-from .objective import format_examples
-from .posterior import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME
-from .recipe import load_recipe
-from .run import check_new_output_dir, find_recipe, load_run, staged_output_dir
-from .tasks import get_protocol, get_task, load_split
-from .train import environment, write_json_atomic
+from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "eval.json"
-TABLE_NAME = "eval.md"
-TRADEOFF_PLOT_NAME = "tradeoff.png"
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    from ..evaluation.metrics import DEFAULT_ECE_BINS
+    from ..evaluation.sweep import DEFAULT_PRUNE_FRACTIONS, selection_criteria
+    from ..posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="Evaluate a run (and a baseline) at the mean and over samples on one or more tasks, optionally "
+             "sweeping pruning/temperature.",
+        description="Writes eval.json, eval.md, per-example predictions-TASK-RUN.jsonl, reliability-TASK.png, "
+                    "selective-TASK.png and (sweeps) tradeoff.png to --out (default RUN_DIR/eval-SPLIT). Options "
+                    "also come from a YAML CONFIG and key=value (keys: the flags with _ for -).",
+    )  # fmt: skip
+    add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir")
+    parser.add_argument("--task", nargs="+", help="task name(s), e.g. arc_challenge mmlu:college_physics "
+                        "(default: the run's dataset)")  # fmt: skip
+    parser.add_argument("--split", help="reported split (default: the run's eval_split, else the protocol's)")
+    parser.add_argument("--file", help="local json/jsonl/parquet/csv records (file or dir) of --split, one --task")
+    parser.add_argument("--protocol", help="protocol preset: ivon-lora or blob (default: the run's recipe)")
+    parser.add_argument("--samples", type=int, help="posterior samples S (default: the protocol's, 10)")
+    parser.add_argument("--batch-size", type=int, help="default 32")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N records of each split")
+    parser.add_argument("--seed", type=int, help="seed of the samples (default 0)")
+    parser.add_argument("--ece-bins", type=int, nargs="+", help=f"default {' '.join(map(str, DEFAULT_ECE_BINS))}")
+    parser.add_argument("--baseline", help="a second run dir (e.g. AdamW) evaluated side by side")
+    parser.add_argument("--mc-dropout-samples", type=int,
+                        help="MC-dropout samples for runs without a posterior (default 0: weights only)")  # fmt: skip
+    parser.add_argument("--prune-fractions", type=number_in(0.0, 1.0), nargs="+", help="default 0")
+    parser.add_argument("--temperatures", type=number_in(0.0, float("inf"), low_inclusive=False), nargs="+",
+                        help="default 1")  # fmt: skip
+    parser.add_argument("--sweep", action="store_true", default=argparse.SUPPRESS,
+                        help=f"sweep the fractions {', '.join(map(str, DEFAULT_PRUNE_FRACTIONS))}")  # fmt: skip
+    parser.add_argument("--prune-scope", choices=PRUNE_SCOPES, help="default global")
+    parser.add_argument("--prune-mode", choices=PRUNE_MODES, help="default zero")
+    parser.add_argument("--prune-criterion", choices=PRUNE_CRITERIA, help="default snr")
+    parser.add_argument("--select-split", help="held-out split a sweep chooses on (never the reported split)")
+    parser.add_argument("--select-file", help="local records of --select-split")
+    parser.add_argument("--select-by", choices=list(selection_criteria()),
+                        help="criterion of the choice, on the sampled predictive (default nll)")  # fmt: skip
+    add_output_arguments(parser)
+    return parser
+
+
+def config_from(options: argparse.Namespace):
+    from ..config import EvalConfig
+
+    return config_from_options(options, EvalConfig, "eval")
+
+
+def main(config) -> int:
+    run_eval(config)
+    return 0
 
 
 def _optimizer_name(recipe) -> str:
@@ -45,6 +87,10 @@ def _run_label(run_dir: str, recipe, has_posterior: bool) -> str:
 
 def _describe_run(run_dir: str, taken: set) -> dict:
     """What a run dir is, checked before any model loads: label, recipe, whether it has a posterior."""
+    from ..artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME
+    from ..config import load_recipe
+    from ..rundir import find_recipe
+
     if not os.path.isfile(os.path.join(run_dir, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(run_dir)
@@ -57,7 +103,26 @@ def _describe_run(run_dir: str, taken: set) -> dict:
 
 
 def run_eval(options) -> dict:
-    sweeping = len(options.prune_fractions) * len(options.temperatures) > 1 or options.select_split is not None
+    """Evaluate `options` (an `ivon_lora.config.EvalConfig`); returns what eval.json holds."""
+    from ..artifacts import (
+        REPORT_NAME,
+        TABLE_NAME,
+        TRADEOFF_PLOT_NAME,
+        check_new_output_dir,
+        staged_output_dir,
+        write_json_atomic,
+    )
+    from ..choice import format_examples
+    from ..errors import UsageError
+    from ..evaluation.metrics import headline_metric
+    from ..evaluation.plots import plot_tradeoff
+    from ..evaluation.predict import predict, protocol
+    from ..evaluation.report import markdown_table, sweep_table, write_task_files
+    from ..evaluation.sweep import sweep_posterior
+    from ..rundir import environment, load_run
+    from ..tasks import get_protocol, get_task, load_split
+
+    sweeping = options.sweeping
     if sweeping and options.select_split is None:
         raise UsageError("A sweep chooses its configuration on a held-out split: pass --select-split")
 
@@ -153,11 +218,11 @@ def run_eval(options) -> dict:
                 staging, task, predictions[task], result["tasks"][task]["runs"], preset.ece_bins
             )
         write_json_atomic(os.path.join(staging, REPORT_NAME), result)
-        table = markdown_table(result["tasks"])
+        table = markdown_table(result["tasks"], ece_bins)
         with open(os.path.join(staging, TABLE_NAME), "w") as f:
-            f.write(table + (f"\n{sweep_table(result['sweep'])}\n" if sweeping else ""))
+            f.write(table + (f"\n{sweep_table(result['sweep'], ece_bins)}\n" if sweeping else ""))
         if sweeping:
-            plot_tradeoff(result["sweep"], os.path.join(staging, TRADEOFF_PLOT_NAME))
+            plot_tradeoff(result["sweep"], os.path.join(staging, TRADEOFF_PLOT_NAME), headline_metric(preset))
     for line in table.splitlines():
         logger.info("%s", line)
     logger.info("wrote %s", out)

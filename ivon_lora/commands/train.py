@@ -2,73 +2,64 @@
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
-import tempfile
-
-import yaml
-
-from .recipe import Recipe
-from .run import METRICS_NAME, PREDICTIONS_NAME, RECIPE_NAME
 
 logger = logging.getLogger(__name__)
 
 
-
-def environment() -> dict:
-    """Versions of the packages a result depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("ivon-lora", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="Finetune a LoRA adapter with IVON (or a baseline optimizer) from a YAML recipe.",
+        description="Train from RECIPE (YAML); key=value arguments override recipe keys.",
+    )
+    parser.add_argument("recipe", nargs="?", help="YAML recipe file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe key overrides")
+    parser.add_argument("--help-keys", action="store_true", help="list every recipe key and exit")
+    return parser
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+def config_from(options: argparse.Namespace):
+    """The recipe (`ivon_lora.config.Recipe`); None after printing the keys for --help-keys."""
+    from ..config import describe_keys, load_recipe
+
+    if options.help_keys:
+        print(describe_keys())
+        return None
+    if options.recipe is None:
+        raise SystemExit("ivon-lora train: a RECIPE.yaml is required (see recipes/demo.yaml)")
+    return load_recipe(options.recipe, options.overrides)
 
 
-def choice_trainer_class():
-    from transformers import Trainer
-
-    from .objective import ChoiceLossMixin
-    from .trainer import IVONTrainerMixin
-
-    class ChoiceTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
-        """The multiple-choice objective, trained with IVON or (optim != 'ivon') a transformers optimizer."""
+def trainer_class():
+    """The Trainer class `main` trains with (a seam for tests that interrupt a run)."""
+    from ..choice import ChoiceTrainer
 
     return ChoiceTrainer
 
 
-def _as_rows(examples) -> list[dict]:
-    return [{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold} for e in examples]
+def main(recipe) -> int:
+    run_train(recipe)
+    return 0
 
 
-def run_train(recipe: Recipe) -> dict:
+def run_train(recipe) -> dict:
     import datasets
     import torch
+    import yaml
     from transformers import set_seed
 
-    from .evaluation.metrics import calibration_metrics
-    from .evaluation.predict import predict, protocol
-    from .evaluation.report import write_jsonl
-    from .modeling import (
-        apply_lora,
-        check_quantization_support,
-        load_base_model,
-        load_tokenizer,
-    )
-    from .objective import ChoiceCollator, format_examples
-    from .posterior import Posterior
-    from .tasks import get_protocol, load_split
+    from ..artifacts import METRICS_NAME, PREDICTIONS_NAME, RECIPE_NAME, write_json_atomic
+    from ..choice import ChoiceCollator, choice_rows, format_examples
+    from ..evaluation.metrics import calibration_metrics
+    from ..evaluation.predict import predict, protocol
+    from ..evaluation.report import write_jsonl
+    from ..modeling import apply_lora, check_quantization_support, load_base_model, load_tokenizer
+    from ..posterior import Posterior
+    from ..rundir import environment
+    from ..tasks import get_protocol, load_split
 
     model_args, data_args, run_args, args = recipe.model, recipe.data, recipe.run, recipe.training
     # Data and tokenizer first: a bad record fails before the model loads and before output_dir is written.
@@ -84,7 +75,7 @@ def run_train(recipe: Recipe) -> dict:
     train_examples = format_examples(train_examples, tokenizer, model_args)
     eval_examples = format_examples(eval_examples, tokenizer, model_args)
     collator = ChoiceCollator(tokenizer, data_args.max_length)
-    collator(_as_rows(train_examples[:1] + eval_examples[:1]))  # resolves the answer tokens, or fails now
+    collator(choice_rows(train_examples[:1] + eval_examples[:1]))  # resolves the answer tokens, or fails now
     logger.info("%s: %d train / %d eval examples", data_args.dataset, len(train_examples), len(eval_examples))
     if args.process_index == 0:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -101,11 +92,11 @@ def run_train(recipe: Recipe) -> dict:
         logits = torch.as_tensor(prediction.predictions).double()
         return calibration_metrics(torch.softmax(logits, dim=-1), torch.as_tensor(prediction.label_ids))
 
-    trainer = choice_trainer_class()(
+    trainer = trainer_class()(
         model=model,
         args=args,
-        train_dataset=datasets.Dataset.from_list(_as_rows(train_examples)),
-        eval_dataset=datasets.Dataset.from_list(_as_rows(eval_examples)),
+        train_dataset=datasets.Dataset.from_list(choice_rows(train_examples)),
+        eval_dataset=datasets.Dataset.from_list(choice_rows(eval_examples)),
         data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
@@ -145,16 +136,15 @@ def run_train(recipe: Recipe) -> dict:
     if args.process_index == 0:
         write_jsonl(os.path.join(args.output_dir, PREDICTIONS_NAME), predictions.rows())
         write_json_atomic(os.path.join(args.output_dir, METRICS_NAME), report)
-        _log_summary(metrics)
+        _log_summary(metrics, ece_bins)
     return report
 
 
-def _log_summary(metrics: dict) -> None:
+def _log_summary(metrics: dict, ece_bins) -> None:
+    from ..evaluation.plots import summary_line
+
     rows = [("mean", metrics["mean"])]
     if "sampled" in metrics:
         rows.append((f"{metrics['sampled']['samples']} samples", metrics["sampled"]))
     for name, m in rows:
-        logger.info(
-            "%-10s accuracy %.1f  nll %.3f  ece_10 %.1f  brier %.3f",
-            name, 100 * m["accuracy"], m["nll"], 100 * m.get("ece_10", float("nan")), m["brier"],
-        )  # fmt: skip
+        logger.info("%-10s %s", name, summary_line(m, ece_bins))

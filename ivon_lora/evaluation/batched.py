@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..objective import choice_logits
+from ..choice.logits import choice_logits
 from ..posterior import PosteriorSampler, SampleStack
 
 

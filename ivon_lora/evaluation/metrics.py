@@ -1,4 +1,11 @@
-"""Classification and calibration metrics of a predictive distribution (N x K probabilities, N gold indices).
+"""Classification and calibration metrics of a predictive distribution (N x K probabilities, N gold indices),
+and the metric registry that every table, plot and summary reads.
+
+`METRICS` holds one `Metric` per reported quantity: its name, how it is aggregated over the examples, whether
+higher is better, whether it is shown in percent, whether it is one of the papers' summary columns. ECE is a
+family, one column per bin count (`ece_10`, `ece_15`); a protocol preset's headline ECE is
+`headline_metric(preset)`. Adding a metric is one `register_metric(Metric(...))`: `calibration_metrics` computes
+it, and eval.json, eval.md, train's metrics.json, the model card, the sweep table and the plots show it.
 
 All values are fractions (multiply by 100 for the papers' tables). ECE uses equal-width bins over the
 confidence (the max probability), each bin (lo, hi], weighted by its share of examples; Brier is the squared
@@ -7,11 +14,12 @@ error summed over the K classes (not divided by K), averaged over examples (ivon
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 DEFAULT_ECE_BINS = (10, 15)
-
-
 DEFAULT_RISK_LEVELS = (0.01, 0.05, 0.1)
 
 
@@ -47,19 +55,103 @@ def brier_score(probs: torch.Tensor, gold: torch.Tensor) -> float:
     return float(((probs.double() - onehot) ** 2).sum(dim=1).mean())
 
 
+def accuracy(probs: torch.Tensor, gold: torch.Tensor) -> float:
+    return float((probs.argmax(dim=1) == gold).double().mean())
+
+
+def negative_log_likelihood(probs: torch.Tensor, gold: torch.Tensor) -> float:
+    gold_prob = probs.double().gather(1, gold[:, None]).squeeze(1)
+    # A zero probability on the gold class would make NLL infinite; the floor keeps it finite and visible.
+    return float(-gold_prob.clamp_min(1e-12).log().mean())
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported quantity of a predictive distribution.
+
+    `compute(probs N x K float64, gold N)` aggregates it over the examples (for a `per_bins` family,
+    `compute(probs, gold, num_bins)`, one column `{name}_{bins}` per bin count); a metric without `compute`
+    is read from the predictive's result by `read` (selective prediction's AURC and coverage). `percent`: shown
+    x100; `summary`: one of the papers' columns (model cards, sweep tables, plot titles).
+    """
+
+    name: str
+    higher_is_better: bool
+    percent: bool
+    compute: Callable[..., float] | None = None
+    read: Callable[[dict], float | None] | None = None
+    summary: bool = True
+    per_bins: bool = False
+    description: str = ""
+
+    def columns(self, ece_bins=DEFAULT_ECE_BINS) -> list[str]:
+        return [f"{self.name}_{b}" for b in ece_bins] if self.per_bins else [self.name]
+
+    def value(self, metrics: dict, column: str) -> float | None:
+        """This metric's `column` in one predictive's result dict; None if it was not computed."""
+        return self.read(metrics) if self.read is not None else metrics.get(column)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add `metric` to the registry (its name must be new); every report shows it from then on."""
+    if metric.name in METRICS:
+        raise ValueError(f"A metric named {metric.name!r} is already registered")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def metric_of(column: str) -> Metric:
+    """The registered metric a result column belongs to (`ece_15` -> the ECE family)."""
+    if column in METRICS:
+        return METRICS[column]
+    family, _, bins = column.rpartition("_")
+    if bins.isdigit() and family in METRICS and METRICS[family].per_bins:
+        return METRICS[family]
+    raise KeyError(f"Unknown metric {column!r}; registered: {', '.join(METRICS)}")
+
+
+def metric_value(metrics: dict, column: str) -> float | None:
+    return metric_of(column).value(metrics, column)
+
+
+def table_columns(ece_bins=DEFAULT_ECE_BINS, summary_only: bool = False) -> list[str]:
+    """Every registered column in registry order, the ECE family expanded over `ece_bins`."""
+    return [c for m in METRICS.values() if m.summary or not summary_only for c in m.columns(ece_bins)]
+
+
+def computed_columns(ece_bins=DEFAULT_ECE_BINS) -> dict[str, bool]:
+    """column -> higher_is_better of the metrics `calibration_metrics` computes (a sweep chooses by one)."""
+    return {c: m.higher_is_better for m in METRICS.values() if m.compute is not None for c in m.columns(ece_bins)}
+
+
+def headline_metric(preset) -> str:
+    """The ECE column a protocol preset reports as its headline (e.g. ece_15 under `blob`)."""
+    return f"ece_{preset.ece_bins}"
+
+
+def format_metric(column: str, value: float | None) -> str:
+    """A table cell: percent metrics x100 with one decimal, the others with three; "-" when not computed."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if metric_of(column).percent else f"{value:.3f}"
+
+
 def calibration_metrics(probs: torch.Tensor, gold: torch.Tensor, ece_bins=DEFAULT_ECE_BINS) -> dict[str, float]:
-    """accuracy, nll, brier and one `ece_<bins>` per entry of `ece_bins`."""
+    """Every registered metric with a `compute`: accuracy, nll, brier and one `ece_<bins>` per entry of `ece_bins`."""
     _check(probs, gold)
     probs = probs.double()
-    gold_prob = probs.gather(1, gold[:, None]).squeeze(1)
-    metrics = {
-        "accuracy": float((probs.argmax(dim=1) == gold).double().mean()),
-        # A zero probability on the gold class would make NLL infinite; the floor keeps it finite and visible.
-        "nll": float(-gold_prob.clamp_min(1e-12).log().mean()),
-        "brier": brier_score(probs, gold),
-    }
-    for num_bins in ece_bins:
-        metrics[f"ece_{num_bins}"] = expected_calibration_error(probs, gold, num_bins)
+    metrics = {}
+    for metric in METRICS.values():
+        if metric.compute is None:
+            continue
+        if metric.per_bins:
+            for num_bins in ece_bins:
+                metrics[f"{metric.name}_{num_bins}"] = metric.compute(probs, gold, num_bins)
+        else:
+            metrics[metric.name] = metric.compute(probs, gold)
     return metrics
 
 
@@ -117,3 +209,23 @@ def selective_prediction(
         "coverage_at_risk": at_risk,
         "curve": {"coverage": coverage[keep].tolist(), "accuracy": accuracy[keep].tolist()},
     }
+
+
+def _selective(metrics: dict) -> dict:
+    return metrics.get("selective", {})
+
+
+for _metric in (
+    Metric("accuracy", higher_is_better=True, percent=True, compute=accuracy, description="argmax = gold"),
+    Metric("nll", higher_is_better=False, percent=False, compute=negative_log_likelihood,
+           description="mean -log p(gold)"),  # fmt: skip
+    Metric("ece", higher_is_better=False, percent=True, compute=expected_calibration_error, per_bins=True,
+           description="equal-width bins on the max probability, (lo, hi]"),  # fmt: skip
+    Metric("brier", higher_is_better=False, percent=False, compute=brier_score, description="sum over classes"),
+    Metric("aurc", higher_is_better=False, percent=True, read=lambda m: _selective(m).get("aurc"), summary=False,
+           description="area under the risk-coverage curve"),  # fmt: skip
+    Metric("coverage@5%", higher_is_better=True, percent=True, summary=False,
+           read=lambda m: _selective(m).get("coverage_at_risk", {}).get("0.05"),
+           description="largest coverage with selective risk <= 5%"),  # fmt: skip
+):
+    register_metric(_metric)

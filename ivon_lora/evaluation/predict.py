@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..objective import ChoiceCollator, ChoiceExample, choice_logits
+from ..choice.collator import ChoiceCollator
+from ..choice.example import ChoiceExample
+from ..choice.logits import choice_logits
 from .metrics import (
     DEFAULT_ECE_BINS,
     DEFAULT_RISK_LEVELS,

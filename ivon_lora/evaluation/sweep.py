@@ -5,13 +5,17 @@ from __future__ import annotations
 import itertools
 import logging
 
+from .metrics import DEFAULT_ECE_BINS, computed_columns
 from .predict import evaluate_predictive
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRUNE_FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
-# Criterion -> whether larger is better.
-SELECTION_CRITERIA = {"accuracy": True, "nll": False, "brier": False, "ece_10": False, "ece_15": False}
+
+
+def selection_criteria(ece_bins=DEFAULT_ECE_BINS) -> dict[str, bool]:
+    """What a sweep can choose by (criterion -> whether larger is better): every computed registered metric."""
+    return computed_columns(sorted(set(ece_bins) | set(DEFAULT_ECE_BINS)))
 
 
 def predictive_metrics(result: dict) -> dict:
@@ -36,8 +40,9 @@ def sweep_posterior(
     Returns {"configs": [{fraction, temperature, select: metrics, report: metrics}], "chosen": index,
     "select_by": criterion}. The model's adapter holds the unchanged posterior mean afterwards.
     """
-    if select_by not in SELECTION_CRITERIA:
-        raise ValueError(f"Invalid select_by value: {select_by!r} (choose from {', '.join(SELECTION_CRITERIA)})")
+    criteria = selection_criteria(evaluate_options.get("ece_bins", DEFAULT_ECE_BINS))
+    if select_by not in criteria:
+        raise ValueError(f"Invalid select_by value: {select_by!r} (choose from {', '.join(criteria)})")
     prune_options = prune_options or {}
     configs = []
     try:
@@ -55,45 +60,7 @@ def sweep_posterior(
     finally:
         posterior.apply_mean(model)
     values = [predictive_metrics(c["select"])[select_by] for c in configs]
-    best = max(values) if SELECTION_CRITERIA[select_by] else min(values)
+    best = max(values) if criteria[select_by] else min(values)
     return {"configs": configs, "chosen": values.index(best), "select_by": select_by}
 
 
-def plot_tradeoff(sweep: dict, path: str, ece_key: str = "ece_10") -> None:
-    """Accuracy against ECE of every configuration, one panel per split, the chosen one circled, as a PNG.
-
-    Colour is the pruning fraction and the marker the temperature, so overlapping points stay readable.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    configs = sweep["configs"]
-    fractions = [c["fraction"] for c in configs]
-    temperatures = sorted({c["temperature"] for c in configs})
-    markers = dict(zip(temperatures, "osD^v<>p*h"))
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
-    for axis, role in zip(axes, ("select", "report")):
-        points = [predictive_metrics(c[role]) for c in configs]
-        for temperature in temperatures:
-            chosen = [i for i, c in enumerate(configs) if c["temperature"] == temperature]
-            scatter = axis.scatter(
-                [100 * points[i][ece_key] for i in chosen], [100 * points[i]["accuracy"] for i in chosen],
-                c=[fractions[i] for i in chosen], cmap="viridis", vmin=0, vmax=max(max(fractions), 1e-9),
-                marker=markers[temperature], s=50, label=f"temperature {temperature:g}", edgecolors="black",
-                linewidths=0.4,
-            )  # fmt: skip
-        best = points[sweep["chosen"]]
-        axis.scatter([100 * best[ece_key]], [100 * best["accuracy"]], s=260, facecolors="none", edgecolors="red",
-                     linewidths=1.5, label="chosen")  # fmt: skip
-        axis.set_title(f"{role} split", fontsize=9)
-        axis.set_xlabel(f"ECE ({ece_key.split('_')[1]} bins, %)")
-        axis.set_ylabel("accuracy (%)")
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.colorbar(scatter, ax=list(axes), label="pruning fraction")
-    figure.suptitle(f"Posterior pruning / temperature sweep (chosen by {sweep['select_by']} on the select split)",
-                    fontsize=9)  # fmt: skip
-    figure.savefig(path)
-    plt.close(figure)

@@ -19,22 +19,27 @@ gradients (DDP syncs only the last micro-batch, which makes shared-noise IVON dr
 accumulation). Mixing the two (per-rank noise AND DDP-averaged gradients) underestimates the Hessian by W,
 since ``E[eps_r * mean_r' g_r'] = E[eps * g] / W``; ``step()`` warns when it sees gradients that are already
 identical across ranks.
+
+Layout: like ``torch/optim/adam.py``, this one module holds the class, its functional form ``ivon()`` and the
+two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested), and the class
+docstring carries the algorithm; that is why it runs over 400 lines. The data-parallel averaging is in
+``_distributed.py`` and the noise generators' seeds and checkpointed states in ``_rng.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
+
+from ._distributed import DataParallel, all_reduce_samples, resolve_data_parallel
+from ._rng import derive_seed, load_generator_states, save_generator_states, set_generator_states
 
 __all__ = ["IVON", "ivon"]
 
@@ -86,25 +91,16 @@ def _check_hyperparameters(
         raise ValueError(f"Invalid data_parallel value: {data_parallel}")
 
 
-def _derive_seed(seed: int, device_ordinal: int, rank: int = 0) -> int:
-    """The seed of the generator of the optimizer's ``device_ordinal``-th device (in parameter order).
-
-    ``rank`` is the data-parallel rank; rank 0 (and a single process) uses the seeds of a single process.
-    """
-    if device_ordinal == 0 and rank == 0:
-        return seed
-    key = f"{seed}/{device_ordinal}" if rank == 0 else f"{seed}/{device_ordinal}/rank{rank}"
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+# The keys of a param group that _check_hyperparameters validates (all of `defaults` that IVON itself sets).
+_GROUP_HYPERPARAMETERS = ("lr", "ess", "hess_init", "beta1", "beta2", "weight_decay", "mean_weight_decay",
+                          "mc_samples", "clip_radius", "rescale_lr", "foreach")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _DataParallel:
-    """The process group over which IVON averages its recorded samples, and this process's place in it."""
-
-    group: Any  # a torch.distributed ProcessGroup; None is the default group
-    rank: int
-    world_size: int
+def _per_group_mc_samples_message(values: list) -> str:
+    return (
+        f"Invalid mc_samples values per param group: {values}. A sample perturbs every group at once, so "
+        "mc_samples is the same for all groups: set it once, in IVON(..., mc_samples=...)."
+    )
 
 
 _UNRESOLVED = object()
@@ -207,7 +203,7 @@ class IVON(Optimizer):
             rescale_lr=rescale_lr,
             foreach=foreach,
         )
-        # Only the generators' seed is optimizer-wide; every hyperparameter above can be set per group.
+        # Only the generators' seed and mc_samples are optimizer-wide; every other hyperparameter can be set per group.
         # torch.initial_seed() reads the global seed without drawing from the global generator.
         self._seed = torch.initial_seed() if seed is None else seed
         self._data_parallel = data_parallel
@@ -221,7 +217,7 @@ class IVON(Optimizer):
         self._buckets: list[_Bucket] | None = None
         self._num_pending_samples = 0
         self._sampling = False
-        self._dp: _DataParallel | None | object = _UNRESOLVED
+        self._dp: DataParallel | None | object = _UNRESOLVED
         self._num_draws = 0  # sampled_params() contexts entered: tells whether the snapshot below is current
         # Data parallel: every rank's generator states (by rank, in device order) as of the last step(), with
         # the _num_draws they belong to. Gathered by step()'s all-reduce, so that rank 0's state_dict() holds
@@ -230,8 +226,8 @@ class IVON(Optimizer):
         self._warned_presynced_grads = False
 
     def _register_hooks(self) -> None:
-        self.register_state_dict_post_hook(IVON._save_generator_states)
-        self.register_load_state_dict_pre_hook(IVON._load_generator_states)
+        self.register_state_dict_post_hook(save_generator_states)
+        self.register_load_state_dict_pre_hook(load_generator_states)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -254,7 +250,7 @@ class IVON(Optimizer):
             self.__dict__.setdefault("_process_group", None)
             self._init_transient_attributes()
             self._register_hooks()
-            self._set_generator_states(generator_states)
+            set_generator_states(self, generator_states)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group_index = len(self.param_groups)
@@ -268,8 +264,13 @@ class IVON(Optimizer):
                     "updates (about 1e-5 relative) vanish in half precision. Keep the trainable (e.g. LoRA) "
                     "parameters in float32 and run the compute under autocast (e.g. bfloat16)."
                 )
+        # Only IVON's own hyperparameters are checked: a group may carry other keys (e.g. a "name"), as in
+        # torch.optim, and torch itself adds keys such as `differentiable` to `defaults` in load_state_dict().
         hyperparameters = {**self.defaults, **param_group}
-        _check_hyperparameters(**{k: v for k, v in hyperparameters.items() if k != "params"})
+        _check_hyperparameters(**{k: hyperparameters[k] for k in _GROUP_HYPERPARAMETERS if k in hyperparameters})
+        if self.param_groups and hyperparameters.get("mc_samples") != self.param_groups[0]["mc_samples"]:
+            raise ValueError(_per_group_mc_samples_message([*(g["mc_samples"] for g in self.param_groups),
+                                                            hyperparameters.get("mc_samples")]))  # fmt: skip
         super().add_param_group(param_group)
         self._buckets = None
 
@@ -303,193 +304,23 @@ class IVON(Optimizer):
         if key not in self._generators:
             dp = self._data_parallel_state()
             generator = torch.Generator(device=device)
-            generator.manual_seed(_derive_seed(self._seed, self._devices().index(key), dp.rank if dp else 0))
+            generator.manual_seed(derive_seed(self._seed, self._devices().index(key), dp.rank if dp else 0))
             self._generators[key] = generator
         return self._generators[key]
 
-    @staticmethod
-    def _save_generator_states(optimizer: IVON, state_dict: dict[str, Any]) -> dict[str, Any]:
-        saved = {
-            "seed": optimizer._seed,
-            "generator_states": {key: gen.get_state() for key, gen in optimizer._generators.items()},
-        }
-        dp = optimizer._data_parallel_state()
-        if dp is not None:
-            # The Trainer (like most code) saves the optimizer from rank 0 only, so this must not need a
-            # collective: the other ranks' states come from the last step()'s all-reduce.
-            saved["world_size"] = dp.world_size
-            gathered = optimizer._rank_generator_states
-            if optimizer._num_draws != (gathered[0] if gathered is not None else 0):
-                warnings.warn(
-                    "IVON drew noise since its last step() (e.g. sampled_params(train=False) for evaluation): the "
-                    "state_dict holds every rank's generator state as of that step, so a run resumed from it draws "
-                    "other (equally valid) noise than this one. Save right after step() for a bitwise resume.",
-                    stacklevel=2,
-                )
-            if gathered is not None:
-                saved["generator_states_by_rank"] = [[s.cpu() for s in states] for states in gathered[1]]
-        state_dict["ivon"] = saved
-        return state_dict
-
-    @staticmethod
-    def _load_generator_states(optimizer: IVON, state_dict: dict[str, Any]) -> dict[str, Any]:
-        state_dict = dict(state_dict)
-        saved = state_dict.pop("ivon", None)
-        if saved is not None:
-            optimizer._seed = int(saved["seed"])
-            optimizer._generators = {}
-            optimizer._rank_generator_states = None
-            optimizer._num_draws = 0
-            dp = optimizer._data_parallel_state()
-            if dp is None:
-                optimizer._set_generator_states(saved["generator_states"])
-            else:
-                optimizer._set_rank_generator_states(saved, dp)
-        # Samples recorded before loading belong to the old trajectory.
-        optimizer._num_pending_samples = 0
-        return state_dict
-
-    def _set_generator_states(self, states: dict[str, Tensor]) -> None:
-        for key, generator_state in states.items():
-            # Loaders such as Accelerate move optimizer state to the accelerator; set_state needs a CPU tensor.
-            self._generator(torch.device(key)).set_state(generator_state.cpu())
-
-    def _set_rank_generator_states(self, saved: dict[str, Any], dp: _DataParallel) -> None:
-        """Give this rank its own saved generator states; a rank with none saved starts its own fresh stream.
-
-        A checkpoint of a single process (or of a data-parallel run before its first step) has only rank 0's
-        states: rank 0 continues them and the other ranks' streams, derived from (seed, rank), were never used.
-        """
-        by_rank = saved.get("generator_states_by_rank")
-        saved_world_size = saved.get("world_size", 1)
-        if saved_world_size != dp.world_size:
-            warnings.warn(
-                f"IVON state saved by {saved_world_size} data-parallel process(es) is loaded by {dp.world_size}: "
-                f"ranks below {min(saved_world_size, dp.world_size)} continue their saved noise streams and the "
-                "others start fresh ones. The noise stays independent across ranks, but the run is not a bitwise "
-                "continuation of the saved one.",
-                stacklevel=3,
-            )
-        if by_rank is None:
-            if dp.rank == 0:
-                self._set_generator_states(saved["generator_states"])
-            return
-        if dp.rank < len(by_rank):
-            devices, states = self._devices(), by_rank[dp.rank]
-            if len(states) != len(devices):
-                raise ValueError(
-                    f"The IVON state has generator states for {len(states)} device(s) per rank, but this optimizer's "
-                    f"parameters are on {len(devices)}: {devices}. Load it into the same model placement."
-                )
-            for key, generator_state in zip(devices, states):
-                self._generator(torch.device(key)).set_state(generator_state.cpu())
-        if len(by_rank) == dp.world_size:
-            # Keep them, so that a state_dict() taken before the next step() saves them again.
-            self._rank_generator_states = (0, by_rank)
-
     # ------------------------------------------------------------------------------- data parallelism
 
-    def _data_parallel_state(self) -> _DataParallel | None:
+    def _data_parallel_state(self) -> DataParallel | None:
         """The data-parallel group IVON averages over, or None; resolved once, at first use."""
         if self._dp is _UNRESOLVED:
-            self._dp = self._resolve_data_parallel()
+            self._dp = resolve_data_parallel(self._data_parallel, self._process_group)
         return self._dp
-
-    def _resolve_data_parallel(self) -> _DataParallel | None:
-        if self._data_parallel is False:
-            return None
-        if not (dist.is_available() and dist.is_initialized()):
-            if self._data_parallel or self._process_group is not None:
-                raise RuntimeError(
-                    "IVON(data_parallel=True) needs torch.distributed to be initialized before its first use: launch "
-                    "the processes with torchrun (or accelerate launch) and call torch.distributed."
-                    "init_process_group() first, or leave data_parallel=None to synchronise only when it is."
-                )
-            return None
-        group = self._process_group
-        world_size = dist.get_world_size(group)
-        return _DataParallel(group, dist.get_rank(group), world_size) if world_size > 1 else None
 
     @property
     def data_parallel_world_size(self) -> int:
         """How many data-parallel processes ``step()`` averages the recorded samples over (1: none)."""
         dp = self._data_parallel_state()
         return dp.world_size if dp is not None else 1
-
-    @torch.no_grad()
-    def _all_reduce_samples(self, buckets: list[_Bucket], dp: _DataParallel) -> int:
-        """Sum the recorded ``g`` and ``eps * g`` over the ranks; return the number of samples of all ranks.
-
-        One all-reduce per bucket, of one flat buffer ``[grad_sum | nxg_sum | rows]`` (as DDP buckets its
-        gradients). The first bucket of each device appends one row per rank, zero except this rank's own:
-        (sample count, checksum of grad_sum, the device's generator state). Summed, the rows are an all-gather
-        for free: every rank learns every rank's count (so that all raise together if they differ), whether the
-        gradients were already identical (averaged twice), and the generator states that rank 0's state_dict()
-        saves. Small integers and bytes are exact in float32/float64, and a sum with zeros is exact.
-        """
-        count = self._num_pending_samples
-        first_bucket = {}
-        for index, bucket in enumerate(buckets):
-            first_bucket.setdefault(str(bucket.device), index)
-        works, rows_by_device = [], {}
-        for index, bucket in enumerate(buckets):
-            bucket.allocate()
-            if count == 0:  # nothing recorded here: join the collective anyway, so that no rank hangs
-                bucket.grad_sum.zero_()
-                bucket.nxg_sum.zero_()
-            numel = bucket.grad_sum.numel()
-            generator_state = None
-            if first_bucket[str(bucket.device)] == index:
-                generator_state = self._generator(bucket.device).get_state()
-            width = 2 + generator_state.numel() if generator_state is not None else 0
-            buffer = bucket.sync_buffer(2 * numel + dp.world_size * width)
-            buffer[:numel].copy_(bucket.grad_sum)
-            buffer[numel : 2 * numel].copy_(bucket.nxg_sum)
-            if generator_state is not None:
-                rows = buffer[2 * numel :].view(dp.world_size, width)
-                rows.zero_()
-                rows[dp.rank, 0] = count
-                rows[dp.rank, 1] = bucket.grad_sum.sum()
-                rows[dp.rank, 2:].copy_(generator_state)
-                rows_by_device[str(bucket.device)] = rows
-            works.append(dist.all_reduce(buffer, group=dp.group, async_op=True))
-        for work in works:
-            work.wait()
-        for bucket in buckets:
-            numel = bucket.grad_sum.numel()
-            bucket.grad_sum.copy_(bucket.sync[:numel])
-            bucket.nxg_sum.copy_(bucket.sync[numel : 2 * numel])
-
-        first_rows = next(iter(rows_by_device.values()))
-        counts, checksums = first_rows[:, 0].tolist(), first_rows[:, 1].tolist()
-        if len(set(counts)) > 1:
-            self._num_pending_samples = 0  # the sums are now a mix of the ranks' samples: discard them
-            raise RuntimeError(
-                f"IVON.step(): the data-parallel ranks recorded different numbers of samples since the last step "
-                f"({dict(enumerate(int(c) for c in counts))} by rank). Every rank must run the same number of "
-                "sampled_params(train=True) contexts (MC samples x accumulation steps) before each step()."
-            )
-        if counts[0] == 0:
-            raise RuntimeError(
-                "IVON.step() found no recorded sample. Run the forward and backward pass inside "
-                "`with optimizer.sampled_params(train=True):` before calling step(), or pass a closure."
-            )
-        if len(set(checksums)) == 1 and checksums[0] != 0 and not self._warned_presynced_grads:
-            self._warned_presynced_grads = True
-            warnings.warn(
-                f"IVON.step(): the recorded gradients are identical on all {dp.world_size} ranks although every rank "
-                "draws its own noise: were they already averaged across ranks, e.g. by DistributedDataParallel? IVON "
-                "averages g and eps*g itself; averaging g before would underestimate the Hessian by the world size. "
-                "Run the backward passes under `model.no_sync()` (or without DDP), or build IVON with "
-                "data_parallel=False and the same seed on every rank to let DDP average one shared sample instead.",
-                stacklevel=3,
-            )
-        devices = self._devices()
-        gathered = [
-            [rows_by_device[key][rank, 2:].to(torch.uint8) for key in devices] for rank in range(dp.world_size)
-        ]
-        self._rank_generator_states = (self._num_draws, gathered)
-        return int(sum(counts))
 
     # -------------------------------------------------------------------------------------- sampling
 
@@ -648,7 +479,7 @@ class IVON(Optimizer):
 
         Args:
             closure (Callable, optional): computes the loss AND calls ``backward()`` on it, without zeroing
-                any gradient. It is run ``mc_samples`` times (the value of the first param group), each time
+                any gradient. It is run ``mc_samples`` times (the same in every param group), each time
                 inside ``sampled_params(train=True)``, and the mean of its returned losses is returned.
                 Without a closure, the samples must have been recorded with ``sampled_params(train=True)``.
         """
@@ -660,7 +491,10 @@ class IVON(Optimizer):
         loss = None
         if closure is not None:
             losses = []
-            for _ in range(self.param_groups[0]["mc_samples"]):
+            mc_samples = [group["mc_samples"] for group in self.param_groups]
+            if len(set(mc_samples)) > 1:
+                raise ValueError(_per_group_mc_samples_message(mc_samples))
+            for _ in range(mc_samples[0]):
                 with torch.enable_grad(), self.sampled_params(train=True):
                     losses.append(closure())
             loss = sum(losses) / len(losses)
@@ -668,7 +502,7 @@ class IVON(Optimizer):
         dp = self._data_parallel_state()
         if dp is not None:
             # Every rank joins the all-reduce, even one without samples: the error is raised on all of them.
-            num_samples = self._all_reduce_samples(buckets, dp)
+            num_samples = all_reduce_samples(self, buckets, dp)
         elif self._num_pending_samples == 0:
             raise RuntimeError(
                 "IVON.step() found no recorded sample. Run the forward and backward pass inside "

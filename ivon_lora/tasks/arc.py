@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import (
     LETTERS,
     TRAIN_VALIDATION_TEST,

@@ -1,4 +1,4 @@
-"""What every task module shares: the `Task` record, the multiple-choice frame, record validation and errors."""
+"""What every task module shares: the `Task` record, the multiple-choice frame, record validation (errors: `ivon_lora.errors`)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,13 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
+from ..errors import RecordError, TaskDataError
 
 LETTERS = "ABCDEFGH"
 MC_TEMPLATE = "Select one of the choices that answers the following question: {question} Choices: {choices} Answer:"
 TRAIN_VALIDATION = {"train": "train", "validation": "validation"}
 TRAIN_VALIDATION_TEST = {"train": "train", "validation": "validation", "test": "test"}
-
-
-class TaskDataError(ValueError):
-    """Data that a task cannot use: a malformed record, or local data files of an unusable kind."""
-
-
-class RecordError(TaskDataError):
-    """A record that does not fit its task's schema."""
 
 
 @dataclass(frozen=True)

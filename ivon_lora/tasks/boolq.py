@@ -5,7 +5,7 @@ Prompt as in IVON-LoRA / Laplace-LoRA (ivon-notes §3); the answers are " False"
 
 from __future__ import annotations
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import RecordError, Task, require
 
 BOOLQ_TEMPLATE = "Answer the question with only True or False: {question} Context: {passage}"

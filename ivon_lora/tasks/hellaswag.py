@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import (
     TRAIN_VALIDATION_TEST,
     RecordError,

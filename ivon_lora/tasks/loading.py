@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import RecordError, Task, TaskDataError
 from .protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .registry import get_task

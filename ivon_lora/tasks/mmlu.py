@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import RecordError, Task, label_index, mc_example, require, unknown_name
 
 MMLU_SUBJECTS = (

@@ -6,7 +6,7 @@ read from the Hub's auto-converted parquet branch (config "default"). Presented 
 
 from __future__ import annotations
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import TRAIN_VALIDATION_TEST, Task, label_index, mc_example, require
 
 

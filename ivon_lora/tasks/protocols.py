@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import LETTERS, RecordError, Task, unknown_name
 
 # The tasks whose questions have a varying number of choices, which the 4-choice subset concerns.

@@ -6,7 +6,7 @@ auto-converted parquet branch (config "default"). The question is "{context} {qu
 
 from __future__ import annotations
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import Task, label_index, mc_example, require
 
 

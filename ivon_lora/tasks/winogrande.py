@@ -7,7 +7,7 @@ instead; the notes' protocol is followed here.)
 
 from __future__ import annotations
 
-from ..objective import ChoiceExample
+from ..choice.example import ChoiceExample
 from .base import TRAIN_VALIDATION_TEST, Task, label_index, mc_example, require
 
 OPTION_LABELS = ("1", "2")

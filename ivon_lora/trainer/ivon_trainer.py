@@ -1,4 +1,4 @@
-"""IVON for the Hugging Face Trainer: `IVONTrainingArguments`, `IVONTrainerMixin` and `IVONTrainer`.
+"""IVON for the Hugging Face Trainer: `IVONTrainerMixin` and `IVONTrainer` (any objective; see `ivon_lora.choice`).
 
 What changes compared with the Trainer's usual step (ivon-notes §1-§2):
 
@@ -23,80 +23,25 @@ the last micro-batch and keep optimizer state per shard, none of which IVON supp
 
 With `optim` set to any transformers optimizer name (e.g. `adamw_torch`), the Trainer behaves as usual, so
 the same code and recipes train the baselines.
+
+The mixin knows no objective: the evaluation with posterior samples (`ivon_eval_mc_samples`) runs the Trainer's
+evaluation loop once per sample (`posterior_sample_outputs`) and leaves combining the outputs into a predictive
+to the objective's `sampled_evaluation_metrics` hook (the multiple-choice one: `ivon_lora.choice.ChoiceTrainer`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sized
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers import Trainer
+from transformers.trainer_utils import EvalLoopOutput
 from transformers.training_args import ParallelMode
 
-from .optim import IVON
-from .posterior import Posterior
-
-IVON_OPTIM = "ivon"
-
-
-@dataclass
-class IVONTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus IVON's hyperparameters. `weight_decay` is IVON's prior precision."""
-
-    optim: str = field(
-        default=IVON_OPTIM,
-        metadata={"help": "'ivon' (IVON over the trainable parameters) or a transformers optimizer, e.g. adamw_torch."},
-    )
-    learning_rate: float = field(
-        default=0.03, metadata={"help": "Initial learning rate (IVON-LoRA uses 0.03; AdamW baselines ~5e-5)."}
-    )
-    ivon_ess: float | None = field(
-        default=None,
-        metadata={"help": "Effective sample size (lambda): sets the posterior width. Default: the train set size."},
-    )
-    ivon_hess_init: float = field(default=1e-3, metadata={"help": "Initial Hessian estimate h0."})
-    ivon_beta1: float = field(default=0.9, metadata={"help": "Gradient momentum coefficient."})
-    ivon_beta2: float = field(default=0.99999, metadata={"help": "Hessian estimate averaging coefficient."})
-    ivon_clip_radius: float = field(
-        default=1e-3, metadata={"help": "Element-wise clip of the preconditioned update (inf: no clipping)."}
-    )
-    ivon_rescale_lr: bool = field(default=False, metadata={"help": "Multiply the lr by (hess_init + weight_decay)."})
-    ivon_mean_weight_decay: float | None = field(
-        default=None,
-        metadata={"help": "Weight decay on the mean update only; None: the prior precision `weight_decay`."},
-    )
-    ivon_seed: int | None = field(
-        default=None,
-        metadata={"help": "Seed of IVON's noise generators (data-parallel ranks derive their own); None: `seed`."},
-    )
-    ivon_eval_mc_samples: int = field(
-        default=0,
-        metadata={"help": "Posterior samples averaged in each Trainer evaluation (eval_steps); 0: the mean only."},
-    )
-    train_mc_samples: int = field(
-        default=1, metadata={"help": "Posterior samples (forward+backward passes) per micro-batch."}
-    )
-
-    def __post_init__(self):
-        self.use_ivon = self.optim == IVON_OPTIM
-        if self.use_ivon:
-            if self.fp16:
-                raise ValueError(
-                    "fp16=True cannot be used with optim='ivon': the fp16 GradScaler's scaled gradients would enter "
-                    "IVON's Hessian estimate. Use bf16=True (autocast) or full precision."
-                )
-            if self.ivon_eval_mc_samples < 0:
-                raise ValueError(f"Invalid ivon_eval_mc_samples value: {self.ivon_eval_mc_samples} (must be >= 0)")
-            if self.train_mc_samples < 1:
-                raise ValueError(f"Invalid train_mc_samples value: {self.train_mc_samples} (must be >= 1)")
-            # TrainingArguments only knows the transformers optimizers: validate the rest as for AdamW.
-            self.optim = "adamw_torch"
-            super().__post_init__()
-            self.optim = IVON_OPTIM
-        else:
-            super().__post_init__()
-
+from ..optim import IVON
+from ..posterior import Posterior
+from .config import IVONTrainingArguments
 
 def _unwrap_optimizer(optimizer):
     # Accelerate wraps the optimizer in `AcceleratedOptimizer`; the raw one is `.optimizer`.
@@ -106,11 +51,22 @@ def _unwrap_optimizer(optimizer):
 class IVONTrainerMixin:
     """Gives any `transformers.Trainer` subclass IVON: `class MyTrainer(IVONTrainerMixin, MyBaseTrainer)`.
 
-    Needs `IVONTrainingArguments`; with `args.optim != 'ivon'` every hook falls through to the base class.
+    Needs `IVONTrainingArguments` (or a config class inheriting it, e.g. `class MyConfig(IVONTrainingArguments,
+    SFTConfig)`); `args=None` gives IVON's defaults. With `args.optim != 'ivon'` every hook falls through to the
+    base class.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, args=None, *more, **kwargs):
+        if args is None:
+            args = IVONTrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, IVONTrainingArguments):
+            # A plain TrainingArguments has no `optim='ivon'`: the Trainer would silently train with AdamW.
+            raise TypeError(
+                f"{type(self).__name__} needs IVONTrainingArguments, got {type(args).__name__}. Pass "
+                "ivon_lora.IVONTrainingArguments, or, to keep another config's fields (e.g. TRL's SFTConfig), a class "
+                f"that inherits both: class IVON{type(args).__name__}(IVONTrainingArguments, {type(args).__name__})."
+            )
+        super().__init__(model, args, *more, **kwargs)
         self._ivon_grad_norms: list[torch.Tensor] = []  # pre-clip norms of the current step's samples
 
     def _uses_ivon(self) -> bool:
@@ -139,7 +95,7 @@ class IVONTrainerMixin:
             if not params:
                 raise ValueError("The model has no trainable parameters for IVON (did LoRA wrapping fail?)")
             args = self.args
-            ess = args.ivon_ess if args.ivon_ess is not None else len(self.train_dataset)
+            ess = args.ivon_ess if args.ivon_ess is not None else self._train_set_size()
             self.optimizer = IVON(
                 params,
                 lr=args.learning_rate,
@@ -158,6 +114,16 @@ class IVONTrainerMixin:
             )
         self._check_ivon_synchronises(self.optimizer)
         return self.optimizer
+
+    def _train_set_size(self) -> int:
+        """ivon_ess's default: the number of training examples, which a dataset without a length cannot give."""
+        if not isinstance(self.train_dataset, Sized):
+            raise ValueError(
+                f"ivon_ess is not set, and its default, the train set size, is unknown: the train dataset "
+                f"({type(self.train_dataset).__name__}) has no length. Set ivon_ess to the number of training "
+                "examples (the effective sample size: it sets the posterior's width)."
+            )
+        return len(self.train_dataset)
 
     def _data_parallel_world_size(self) -> int:
         return self.args.world_size if self.args.parallel_mode == ParallelMode.DISTRIBUTED else 1
@@ -237,44 +203,51 @@ class IVONTrainerMixin:
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The usual evaluation (at the posterior mean), plus, with `ivon_eval_mc_samples` = S > 0 and
-        `compute_metrics`, the metrics of the mean of S posterior-sample probability vectors as
-        `{prefix}_sampled_*`.
-
-        The samples come from a generator of their own, seeded by `seed`, so evaluating never moves the
-        optimizer's noise stream (training and resume stay as without evaluation), and every rank of a
-        data-parallel run draws the same sample for its shard.
+        `compute_metrics`, the objective's metrics of the S-sample predictive as `{prefix}_sampled_*`
+        (`sampled_evaluation_metrics`).
         """
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         num_samples = getattr(self.args, "ivon_eval_mc_samples", 0)
         if self.ivon_optimizer is None or num_samples == 0 or self.compute_metrics is None:
             return metrics
-        sampled = self._sampled_eval_metrics(eval_dataset, num_samples, ignore_keys, metric_key_prefix)
+        # The objective's hook (not defined here, so that a mixin of either order finds the objective's):
+        # sampled_evaluation_metrics(eval_dataset, num_samples, ignore_keys, metric_key_prefix) -> metrics of the
+        # predictive averaged over the samples, from `posterior_sample_outputs`.
+        hook = getattr(self, "sampled_evaluation_metrics", None)
+        if hook is None:
+            raise NotImplementedError(
+                f"ivon_eval_mc_samples={num_samples} needs an objective that says how posterior samples combine into "
+                f"a predictive: {type(self).__name__} defines no sampled_evaluation_metrics (the multiple-choice "
+                "objective's ivon_lora.choice.ChoiceTrainer does). Set ivon_eval_mc_samples=0 to evaluate at the mean."
+            )
+        sampled = hook(eval_dataset, num_samples, ignore_keys, metric_key_prefix)
+        sampled = {f"{metric_key_prefix}_sampled_{k}": v for k, v in sampled.items()}
         self.log(sampled)
         return {**metrics, **sampled}
 
-    def _sampled_eval_metrics(self, eval_dataset, num_samples, ignore_keys, metric_key_prefix) -> dict:
+    def posterior_sample_outputs(self, eval_dataset, num_samples: int, ignore_keys=None,
+                                 metric_key_prefix: str = "eval") -> Iterator[EvalLoopOutput]:  # fmt: skip
+        """The evaluation loop's output (predictions, label_ids) under each of `num_samples` posterior samples.
+
+        The samples come from a generator of their own, seeded by `seed`, so evaluating never moves the
+        optimizer's noise stream (training and resume stay as without evaluation), and every rank of a
+        data-parallel run draws the same sample for its shard. `compute_metrics` is not called per sample.
+        """
         model = self.accelerator.unwrap_model(self.model)
         # Bound once: mean and std stay cached on the adapter's device between samples.
         sampler = Posterior.from_optimizer(self.ivon_optimizer, model).sampler(
             model, generator=torch.Generator().manual_seed(self.args.seed)
         )
         dataloader = self.get_eval_dataloader(eval_dataset)
-        compute_metrics, self.compute_metrics = self.compute_metrics, None  # only the averaged predictive is scored
-        probs_sum = labels = None
+        compute_metrics, self.compute_metrics = self.compute_metrics, None
         try:
             for _ in range(num_samples):
                 with sampler.sample():
                     output = self.evaluation_loop(dataloader, description="Posterior sample", prediction_loss_only=False,
                                                   ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)  # fmt: skip
-                logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-                probs = torch.softmax(torch.as_tensor(logits).double(), dim=-1)
-                probs_sum = probs if probs_sum is None else probs_sum + probs
-                labels = output.label_ids
+                yield output
         finally:
             self.compute_metrics = compute_metrics
-        # Log-probabilities are logits whose softmax is the averaged predictive itself.
-        prediction = EvalPrediction(predictions=(probs_sum / num_samples).log().numpy(), label_ids=labels)
-        return {f"{metric_key_prefix}_sampled_{k}": v for k, v in compute_metrics(prediction).items()}
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
@@ -288,10 +261,3 @@ class IVONTrainerMixin:
 
 class IVONTrainer(IVONTrainerMixin, Trainer):
     """`transformers.Trainer` training with IVON (see `IVONTrainerMixin`); `args` defaults to IVON defaults."""
-
-    def __init__(self, model=None, args: IVONTrainingArguments | None = None, **kwargs):
-        if args is None:
-            args = IVONTrainingArguments(output_dir="trainer_output")
-        if not isinstance(args, IVONTrainingArguments):
-            raise TypeError(f"IVONTrainer needs IVONTrainingArguments, got {type(args).__name__}")
-        super().__init__(model=model, args=args, **kwargs)

@@ -1,0 +1,20 @@
+"""K-way logits of a multiple-choice batch: the answer tokens' logits at the last prompt position.
+
+A question is scored by the logits of its K answer tokens at the last prompt position (ivon-notes §3): one
+forward pass per question, the LM head evaluated at that single position (`logits_to_keep=1`), never over the
+whole sequence. Training minimises the cross-entropy of the K-way softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def choice_logits(model, batch) -> torch.Tensor:
+    """B x K_max float32 logits of the answer tokens at the last position; absent choices are -inf."""
+    outputs = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1, use_cache=False
+    )
+    last = outputs.logits[:, -1, :]
+    logits = last.gather(1, batch["choice_token_ids"]).float()
+    return logits.masked_fill(~batch["choice_mask"], float("-inf"))

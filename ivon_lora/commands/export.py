@@ -1,0 +1,120 @@
+"""`ivon-lora export`: the posterior-mean adapter merged into the base model, with its posterior and a model card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+
+from ..artifacts import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    EXPORT_POSTERIOR_DIR,
+    METRICS_NAME,
+    MODEL_CARD_NAME,
+    POSTERIOR_CONFIG_NAME,
+    POSTERIOR_WEIGHTS_NAME,
+    check_new_output_dir,
+    staged_output_dir,
+)
+from ._options import add_config_arguments, add_output_arguments, config_from_options
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export",
+        help="Merge a run's (optionally pruned) posterior-mean adapter into the base model for deployment.",
+        description="Save RUN_DIR's base model with the adapter merged, its posterior and a model card to --out. "
+                    "Options also come from a YAML CONFIG and key=value (keys: the flags with _ for -).",
+    )
+    add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir")
+    add_output_arguments(parser)
+    return parser
+
+
+def config_from(options: argparse.Namespace):
+    from ..config import ExportConfig
+
+    return config_from_options(options, ExportConfig, "export")
+
+
+def main(config) -> int:
+    """Export as `config` (an `ivon_lora.config.ExportConfig`) says."""
+    export_run(config.run_dir, config.out, config.overwrite)
+    return 0
+
+
+def model_card(run, metrics: dict | None) -> str:
+    """The model card (README.md) of an exported `ivon_lora.rundir.Run`."""
+    from ..config import load_recipe
+    from ..evaluation.metrics import table_columns
+    from ..evaluation.report import predictives, table_cells
+
+    base = run.model_args.model_name_or_path
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"base_model: {base}",
+        "tags: [ivon-lora, lora, ivon, variational]",
+        "---",
+        f"# {os.path.basename(os.path.abspath(run.directory))} (merged)",
+        "",
+        f"The posterior mean of an IVON-trained LoRA adapter on `{base}`, merged into the base weights. The full",
+        "posterior (adapter + per-weight variance) is in `posterior/`: load it with `ivon_lora.Posterior.load` to",
+        "sample, prune or evaluate with posterior averaging.",
+    ]
+    if run.posterior is not None:
+        config = run.posterior.config
+        lines += ["", "## Posterior", "", f"- optimizer steps: {config.get('step')}; ess: {config.get('ess')}; "
+                  f"prior precision: {config.get('weight_decay')}"]  # fmt: skip
+        for pruning in config.get("pruning", []):
+            lines.append(f"- pruned {pruning['num_pruned']} of {pruning['num_entries']} entries "
+                         f"({pruning['scope']}, {pruning['mode']}, by {pruning['criterion']})")  # fmt: skip
+        if "temperature" in config:
+            lines.append(f"- test-time temperature: {config['temperature']}")
+    if metrics is not None:
+        m = metrics["metrics"]
+        columns = table_columns(metrics["protocol"].get("ece_bins", ()), summary_only=True)
+        lines += ["", f"## Metrics ({metrics['task']}, split {metrics['split']}, {m['num_examples']} examples)", "",
+                  f"| predictive | {' | '.join(columns)} |", "|---" * (1 + len(columns)) + "|"]  # fmt: skip
+        for name, values in predictives(m):
+            name = "posterior mean" if name == "mean" else name
+            lines.append(f"| {name} | {' | '.join(table_cells(values, columns))} |")
+        lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in metrics["protocol"].items()) + "."]
+        lines += ["", "Measured with " + ", ".join(f"{k} {v}" for k, v in metrics["environment"].items()) + "."]
+    if run.recipe is not None:
+        import yaml
+
+        resolved = run.recipe.resolved()
+        defaults = load_recipe(None, ["model_name_or_path=_", "output_dir=_"], check_output_dir=False).resolved()
+        changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k == "model_name_or_path"}
+        changed.pop("output_dir", None)
+        lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
+                  yaml.safe_dump(changed, sort_keys=True).strip(), "```"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def export_run(directory: str, out: str, overwrite: bool = False) -> None:
+    """Merge the adapter's (posterior) mean into the base model and save it with its posterior and a model card."""
+    from ..rundir import load_run
+
+    check_new_output_dir(out, overwrite)
+    run = load_run(directory)
+    metrics_path = os.path.join(directory, METRICS_NAME)
+    metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else None
+    card = model_card(run, metrics)
+    with staged_output_dir(out) as staging:
+        posterior_dir = os.path.join(staging, EXPORT_POSTERIOR_DIR)
+        os.makedirs(posterior_dir)
+        for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME):
+            if os.path.isfile(os.path.join(directory, name)):
+                shutil.copy2(os.path.join(directory, name), os.path.join(posterior_dir, name))
+        run.model.merge_and_unload().save_pretrained(staging, safe_serialization=True)
+        run.tokenizer.save_pretrained(staging)
+        with open(os.path.join(staging, MODEL_CARD_NAME), "w") as f:
+            f.write(card)
+    logger.info("exported the merged model to %s", out)

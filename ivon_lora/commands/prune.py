@@ -1,0 +1,59 @@
+"""`ivon-lora prune`: a pruned (and optionally tempered) copy of a run's adapter + posterior; no model loads."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..artifacts import check_new_output_dir, staged_output_dir
+from ..posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES, Posterior
+from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "prune",
+        help="Prune the lowest signal-to-noise adapter entries of a run's posterior (test time).",
+        description="Write a pruned copy of RUN_DIR's adapter and posterior to --out (PEFT and Posterior load it). "
+                    "Options also come from a YAML CONFIG and key=value (keys: the flags with _ for -).",
+    )
+    add_config_arguments(parser, "RUN_DIR", "run or checkpoint dir trained with optim=ivon")
+    parser.add_argument("--fraction", type=number_in(0.0, 1.0), help="fraction of adapter entries to prune, 0-1 (required)")
+    parser.add_argument("--scope", choices=PRUNE_SCOPES, help="rank entries globally or per matrix (default global)")
+    parser.add_argument("--mode", choices=PRUNE_MODES, help="zero: mean and variance 0; denoise: variance 0 (default zero)")
+    parser.add_argument("--criterion", choices=PRUNE_CRITERIA, help="|m|/sqrt(v), |m| or 1/sqrt(v) (default snr)")
+    parser.add_argument("--temperature", type=number_in(0.0, float("inf"), low_inclusive=False),
+                        help="also divide the variance by this (default 1)")  # fmt: skip
+    add_output_arguments(parser)
+    return parser
+
+
+def config_from(options: argparse.Namespace):
+    from ..config import PruneConfig
+
+    return config_from_options(options, PruneConfig, "prune")
+
+
+def main(config) -> int:
+    """Prune as `config` (an `ivon_lora.config.PruneConfig`) says."""
+    prune_run(config.run_dir, config.out, config.fraction, config.scope, config.mode, config.criterion,
+              config.temperature, config.overwrite)  # fmt: skip
+    return 0
+
+
+def prune_run(directory: str, out: str, fraction: float, scope: str = "global", mode: str = "zero",
+              criterion: str = "snr", temperature: float = 1.0, overwrite: bool = False) -> Posterior:  # fmt: skip
+    """Write a pruned (and optionally tempered) copy of a run's adapter + posterior to `out`; no model needed."""
+    from ..rundir import copy_run_files
+
+    check_new_output_dir(out, overwrite)
+    posterior = Posterior.load(directory).at_test_time(fraction, temperature, scope=scope, mode=mode, criterion=criterion)
+    with staged_output_dir(out) as staging:
+        copy_run_files(directory, staging)
+        posterior.save(staging, include_mean=True)
+    pruning = posterior.config["pruning"][-1]
+    logger.info("pruned %d of %d adapter entries (%s, %s, %s) -> %s", pruning["num_pruned"], pruning["num_entries"],
+                scope, mode, criterion, out)  # fmt: skip
+    return posterior

@@ -1,0 +1,27 @@
+"""Every user-facing error type of ivon-lora (a leaf module: it imports nothing from the package).
+
+The CLI reports these as one line (`ivon-lora CMD: message`, exit status 2) instead of a traceback; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RecipeError(ValueError):
+    """A recipe or command config that cannot be run as written (unknown key, wrong type, missing file, ...)."""
+
+
+class UsageError(ValueError):
+    """Command options that cannot be run together."""
+
+
+class TaskDataError(ValueError):
+    """Data that a task cannot use: a malformed record, or local data files of an unusable kind."""
+
+
+class RecordError(TaskDataError):
+    """A record that does not fit its task's schema."""
+
+
+# What a command reports as one line; FileNotFoundError / FileExistsError name the path that is missing or in the way.
+USER_ERRORS = (RecipeError, UsageError, TaskDataError, FileNotFoundError, FileExistsError)

@@ -1,0 +1,67 @@
+"""`IVONTrainingArguments`: `TrainingArguments` plus IVON's hyperparameters (each field with its help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+IVON_OPTIM = "ivon"
+
+
+@dataclass
+class IVONTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus IVON's hyperparameters. `weight_decay` is IVON's prior precision."""
+
+    optim: str = field(
+        default=IVON_OPTIM,
+        metadata={"help": "'ivon' (IVON over the trainable parameters) or a transformers optimizer, e.g. adamw_torch."},
+    )
+    learning_rate: float = field(
+        default=0.03, metadata={"help": "Initial learning rate (IVON-LoRA uses 0.03; AdamW baselines ~5e-5)."}
+    )
+    ivon_ess: float | None = field(
+        default=None,
+        metadata={"help": "Effective sample size (lambda): sets the posterior width. Default: the train set size."},
+    )
+    ivon_hess_init: float = field(default=1e-3, metadata={"help": "Initial Hessian estimate h0."})
+    ivon_beta1: float = field(default=0.9, metadata={"help": "Gradient momentum coefficient."})
+    ivon_beta2: float = field(default=0.99999, metadata={"help": "Hessian estimate averaging coefficient."})
+    ivon_clip_radius: float = field(
+        default=1e-3, metadata={"help": "Element-wise clip of the preconditioned update (inf: no clipping)."}
+    )
+    ivon_rescale_lr: bool = field(default=False, metadata={"help": "Multiply the lr by (hess_init + weight_decay)."})
+    ivon_mean_weight_decay: float | None = field(
+        default=None,
+        metadata={"help": "Weight decay on the mean update only; None: the prior precision `weight_decay`."},
+    )
+    ivon_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of IVON's noise generators (data-parallel ranks derive their own); None: `seed`."},
+    )
+    ivon_eval_mc_samples: int = field(
+        default=0,
+        metadata={"help": "Posterior samples averaged in each Trainer evaluation (eval_steps); 0: the mean only."},
+    )
+    train_mc_samples: int = field(
+        default=1, metadata={"help": "Posterior samples (forward+backward passes) per micro-batch."}
+    )
+
+    def __post_init__(self):
+        self.use_ivon = self.optim == IVON_OPTIM
+        if self.use_ivon:
+            if self.fp16:
+                raise ValueError(
+                    "fp16=True cannot be used with optim='ivon': the fp16 GradScaler's scaled gradients would enter "
+                    "IVON's Hessian estimate. Use bf16=True (autocast) or full precision."
+                )
+            if self.ivon_eval_mc_samples < 0:
+                raise ValueError(f"Invalid ivon_eval_mc_samples value: {self.ivon_eval_mc_samples} (must be >= 0)")
+            if self.train_mc_samples < 1:
+                raise ValueError(f"Invalid train_mc_samples value: {self.train_mc_samples} (must be >= 1)")
+            # TrainingArguments only knows the transformers optimizers: validate the rest as for AdamW.
+            self.optim = "adamw_torch"
+            super().__post_init__()
+            self.optim = IVON_OPTIM
+        else:
+            super().__post_init__()
