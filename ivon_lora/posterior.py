@@ -91,8 +91,9 @@ class Posterior:
         """The posterior held by an `IVON` optimizer over `model`'s adapter (means from the model)."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
         variance_by_param = dict(zip(params, optimizer.posterior_variance()))
+        adapter = adapter_parameters(model)
         mean, variance = {}, {}
-        for key, p in adapter_parameters(model).items():
+        for key, p in adapter.items():
             if p not in variance_by_param:
                 raise ValueError(f"Adapter parameter {key} is not optimized by IVON")
             mean[key] = p.detach().float().cpu().clone()
@@ -100,7 +101,7 @@ class Posterior:
         step = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
         # Each param group has its own ess, prior precision and hyperparameters: record every group, with the
         # adapter keys it holds; the top-level ess / weight_decay are those shared by all groups (None if not).
-        key_of = {p: key for key, p in adapter_parameters(model).items()}
+        key_of = {p: key for key, p in adapter.items()}
         groups = []
         for group in optimizer.param_groups:
             groups.append({
