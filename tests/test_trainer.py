@@ -157,16 +157,31 @@ def test_invalid_train_mc_samples(tmp_path):
         IVONTrainingArguments(output_dir=str(tmp_path), train_mc_samples=0)
 
 
-def test_default_args_and_ess_default_to_the_train_set_size(llama_tokenizer, synthetic_examples, tmp_path, monkeypatch):
+def test_default_args_and_the_default_ess(llama_tokenizer, synthetic_examples, tmp_path, monkeypatch, caplog):
+    """The default ess is the train set size, raised so that the initial std is at most IVON-LoRA's 0.032."""
     monkeypatch.chdir(tmp_path)
-    trainer = IVONTrainer(
-        model=_model(llama_tokenizer),
-        train_dataset=_dataset(synthetic_examples["train"]),
-        data_collator=ChoiceCollator(llama_tokenizer),
-    )
-    trainer.create_optimizer()
+
+    def ess(**args):
+        trainer = IVONTrainer(
+            model=_model(llama_tokenizer),
+            args=IVONTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **args),
+            train_dataset=_dataset(synthetic_examples["train"]),
+            data_collator=ChoiceCollator(llama_tokenizer),
+        )
+        trainer.create_optimizer()
+        return trainer.ivon_optimizer.param_groups[0]["ess"]
+
+    trainer = IVONTrainer(model=_model(llama_tokenizer), train_dataset=_dataset(synthetic_examples["train"]),
+                          data_collator=ChoiceCollator(llama_tokenizer))  # fmt: skip
     assert trainer.args.optim == "ivon" and trainer.args.learning_rate == 0.03
-    assert trainer.ivon_optimizer.param_groups[0]["ess"] == len(synthetic_examples["train"])
+    # 64 examples at hess_init 1e-3 would give a std of 1/sqrt(0.064) = 4: raised to std 0.032.
+    assert ess() == pytest.approx(1 / (0.032**2 * 1e-3))
+    assert (ess() * 1e-3) ** -0.5 == pytest.approx(0.032)
+    # Where the train set size already gives a narrow enough posterior, it is the default.
+    assert ess(ivon_hess_init=1e4) == len(synthetic_examples["train"])
+    with caplog.at_level("WARNING"):
+        assert ess(ivon_ess=100.0) == 100.0  # an explicit ess is kept, with a warning saying why it is risky
+    assert "initial posterior std of 3.2" in caplog.text and "raise ivon_ess" in caplog.text
 
 
 def test_posterior_is_saved_next_to_the_adapter_at_checkpoints_and_at_the_end(

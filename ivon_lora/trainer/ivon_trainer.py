@@ -31,6 +31,7 @@ to the objective's `sampled_evaluation_metrics` hook (the multiple-choice one: `
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sized
 
 import torch
@@ -41,7 +42,10 @@ from transformers.training_args import ParallelMode
 
 from ..optim import IVON
 from ..posterior import Posterior
-from .config import IVONTrainingArguments
+from .config import DEFAULT_INITIAL_STD, WIDE_INITIAL_STD, IVONTrainingArguments, default_ess
+
+logger = logging.getLogger(__name__)
+
 
 def _unwrap_optimizer(optimizer):
     # Accelerate wraps the optimizer in `AcceleratedOptimizer`; the raw one is `.optimizer`.
@@ -95,7 +99,18 @@ class IVONTrainerMixin:
             if not params:
                 raise ValueError("The model has no trainable parameters for IVON (did LoRA wrapping fail?)")
             args = self.args
-            ess = args.ivon_ess if args.ivon_ess is not None else self._train_set_size()
+            if args.ivon_ess is not None:
+                ess = args.ivon_ess
+            else:
+                ess = default_ess(self._train_set_size(), args.ivon_hess_init, args.weight_decay)
+            initial_std = (ess * (args.ivon_hess_init + args.weight_decay)) ** -0.5
+            if initial_std > WIDE_INITIAL_STD:
+                logger.warning(
+                    "ivon_ess=%g with ivon_hess_init=%g gives an initial posterior std of %.2g: LoRA weights sampled "
+                    "that wide usually swamp the pretrained model, the gradients explode and training fails. "
+                    "IVON-LoRA starts at %.3g (ess 1e6, hess_init 1e-3); raise ivon_ess or ivon_hess_init.",
+                    ess, args.ivon_hess_init, initial_std, DEFAULT_INITIAL_STD,
+                )  # fmt: skip
             self.optimizer = IVON(
                 params,
                 lr=args.learning_rate,
@@ -116,7 +131,7 @@ class IVONTrainerMixin:
         return self.optimizer
 
     def _train_set_size(self) -> int:
-        """ivon_ess's default: the number of training examples, which a dataset without a length cannot give."""
+        """The number of training examples (ivon_ess's default), which a dataset without a length cannot give."""
         if not isinstance(self.train_dataset, Sized):
             raise ValueError(
                 f"ivon_ess is not set, and its default, the train set size, is unknown: the train dataset "
