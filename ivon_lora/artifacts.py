@@ -6,6 +6,7 @@ A run dir (or a checkpoint-N inside it, or a pruned copy) is a PEFT adapter dir 
     posterior.safetensors, posterior_config.json     per-weight variance under the adapter's keys, and metadata
     recipe.yaml                                      the resolved recipe (train writes it; a checkpoint reads its parent's)
     metrics.json, predictions.jsonl                  the final evaluation of `ivon-lora train`
+    diagnostics.json, diagnostics.png                posterior diagnostics (`ivon-lora train`, `ivon-lora inspect`)
     README.md                                        the model card of `ivon-lora export`
     eval.json, eval.md, tradeoff.png, ...            `ivon-lora eval`'s output dir
 
@@ -37,6 +38,8 @@ RECIPE_NAME = "recipe.yaml"
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.jsonl"  # per-example probabilities of train's final evaluation
 MODEL_CARD_NAME = "README.md"
+DIAGNOSTICS_NAME = "diagnostics.json"  # posterior diagnostics (train's end, `ivon-lora inspect --out`)
+DIAGNOSTICS_PLOT_NAME = "diagnostics.png"
 EXPORT_POSTERIOR_DIR = "posterior"  # export: the adapter and posterior files beside the merged model
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 
@@ -64,7 +67,7 @@ def selective_plot_name(task: str) -> str:
 
 # Files of a run dir that describe one particular adapter and posterior, so a derived dir must not copy them.
 RESULT_FILES = (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME,
-                MODEL_CARD_NAME)  # fmt: skip
+                MODEL_CARD_NAME, DIAGNOSTICS_NAME, DIAGNOSTICS_PLOT_NAME)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

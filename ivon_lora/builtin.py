@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-BUILTIN_PREFIX = "builtin:"
-
 
 @dataclass(frozen=True)
 class BuiltinModel:

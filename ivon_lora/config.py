@@ -30,7 +30,11 @@ from .trainer import IVONTrainingArguments
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        metadata={"help": "Hub id or local dir of the base model, or builtin:tiny-llama / builtin:tiny-qwen2."}
+        metadata={"help": "Hub id or local dir of the base model, or builtin:tiny-llama / builtin:tiny-qwen2 (random "
+                          "demo models) / builtin:smollm2-135m (SmolLM2-135M-Instruct from the package index)."}
+    )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "A GGUF file in model_name_or_path (local dir or Hub id) to load, dequantized."}
     )
     dtype: str = field(default="auto", metadata={"help": "Base weights: auto, float32, bfloat16 or float16."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
@@ -58,6 +62,17 @@ class ModelArguments:
             raise ValueError(f"prompt_format must be {' or '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.model_name_or_path.startswith("builtin:"):
+            from .builtin import BUILTIN_MODELS
+            from .packaged import PACKAGED_MODELS
+
+            if self.model_name_or_path not in {**BUILTIN_MODELS, **PACKAGED_MODELS}:
+                available = ", ".join([*BUILTIN_MODELS, *PACKAGED_MODELS])
+                raise ValueError(
+                    f"model_name_or_path: unknown built-in model {self.model_name_or_path!r}; available: {available}"
+                )
+        if self.gguf_file is not None and self.quantization_bit is not None:
+            raise ValueError("gguf_file and quantization_bit cannot be combined: a GGUF base loads dequantized")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -289,7 +304,7 @@ def describe_keys() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# eval, prune and export: one dataclass each, filled from a YAML file, key=value overrides and the command's flags.
+# eval, prune, export and inspect: one dataclass each, filled from a YAML file, key=value overrides and the command's flags.
 
 def _require_choice(key: str, value, choices) -> None:
     if value not in choices:
@@ -367,6 +382,10 @@ class EvalConfig(OutputArguments):
     select_file: str | None = field(default=None, metadata={"help": "local records of the select split"})
     select_by: str = field(default="nll", metadata={
         "help": "criterion of the choice, on the sampled predictive (default nll)"})
+    ensemble: list[str] | None = field(default=None, metadata={
+        "help": "two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble"})
+    temperature_scaling: bool = field(default=False, metadata={
+        "help": "add each run temperature-scaled: one T fitted by NLL on select_split"})
 
     def __post_init__(self):
         from .evaluation.sweep import DEFAULT_PRUNE_FRACTIONS, selection_criteria
@@ -383,14 +402,29 @@ class EvalConfig(OutputArguments):
         _require_choice("prune_mode", self.prune_mode, PRUNE_MODES)
         _require_choice("prune_criterion", self.prune_criterion, PRUNE_CRITERIA)
         _require_choice("select_by", self.select_by, list(selection_criteria()))
+        if self.ensemble is not None and len(self.ensemble) < 2:
+            raise ValueError("ensemble needs at least 2 run dirs")
 
     @property
     def sweeping(self) -> bool:
-        return len(self.prune_fractions) * len(self.temperatures) > 1 or self.select_split is not None
+        # A select_split alone asks for a (one-configuration) sweep, unless it is temperature scaling's split.
+        several = len(self.prune_fractions) * len(self.temperatures) > 1
+        return several or (self.select_split is not None and not self.temperature_scaling)
+
+
+@dataclass
+class InspectConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run, checkpoint or pruned dir trained with optim=ivon"})
+    predictions: str | None = field(default=None, metadata={
+        "help": "per-example predictions jsonl (default: the run dir's predictions.jsonl)"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
 
 
 def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):
-    """`cls` (EvalConfig, PruneConfig, ExportConfig) from a YAML file, then key=value overrides, then flags."""
+    """`cls` (EvalConfig, PruneConfig, ExportConfig, InspectConfig) from a YAML file, then key=value overrides, then flags."""
     values = read_yaml(path, "config") if path is not None else {}
     values.update(parse_overrides(list(overrides)))
     values.update(flags or {})

@@ -23,5 +23,9 @@ class RecordError(TaskDataError):
     """A record that does not fit its task's schema."""
 
 
+class PackagedModelError(RuntimeError):
+    """A model from the package index (builtin:smollm2-135m) that cannot be fetched or converted here."""
+
+
 # What a command reports as one line; FileNotFoundError / FileExistsError name the path that is missing or in the way.
-USER_ERRORS = (RecipeError, UsageError, TaskDataError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (RecipeError, UsageError, TaskDataError, PackagedModelError, FileNotFoundError, FileExistsError)

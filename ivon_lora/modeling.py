@@ -10,7 +10,7 @@ import tempfile
 
 import torch
 
-from .builtin import BUILTIN_MODELS, BUILTIN_PREFIX, build_tiny_model, build_tokenizer
+from .builtin import BUILTIN_MODELS, build_tiny_model, build_tokenizer
 from .errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -26,8 +26,9 @@ def load_tokenizer(model_args):
         return build_tokenizer(BUILTIN_MODELS[model_args.model_name_or_path])
     from transformers import AutoTokenizer
 
+    kwargs = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        model_path(model_args), trust_remote_code=model_args.trust_remote_code, **kwargs
     )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -149,8 +150,22 @@ def prepare_quantized_model(model):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def model_path(model_args) -> str:
+    """What `from_pretrained` loads: the Hub id or local dir, or the cached dir of a packaged model."""
+    from .packaged import PACKAGED_MODELS, ensure_packaged_model
+
+    name = model_args.model_name_or_path
+    return ensure_packaged_model(name) if name in PACKAGED_MODELS else name
+
+
 def _from_pretrained(path: str, model_args):
     from transformers import AutoModelForCausalLM
+
+    if model_args.gguf_file:
+        from .packaged import load_gguf_model
+
+        dtype = None if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+        return load_gguf_model(path, model_args.gguf_file, dtype)
 
     quantization = quantization_config(model_args)
     if model_args.dtype != "auto":
@@ -183,9 +198,7 @@ def load_base_model(model_args, tokenizer, seed: int = 0):
         # Not named after the deleted temporary dir, for the same reason as above.
         model.name_or_path = model.config.name_or_path = ""
         return model
-    if name.startswith(BUILTIN_PREFIX):
-        raise ValueError(f"Unknown built-in model {name!r}; available: {', '.join(BUILTIN_MODELS)}")
-    return _from_pretrained(name, model_args)
+    return _from_pretrained(model_path(model_args), model_args)
 
 
 def apply_lora(model, model_args):

@@ -227,3 +227,39 @@ def test_the_tradeoff_plot_shows_the_protocols_headline_ece(run_dir, tmp_path, m
             "--prune-fractions", "0", "0.5", "--protocol", "blob", "--out", str(tmp_path / "blob")]  # fmt: skip
     assert cli.main(args) == 0
     assert "ECE (15 bins, %)" in labels and "ECE (10 bins, %)" not in labels
+def test_eval_ensemble_and_temperature_scaling(run_dir, adamw_run_dir, tmp_path):
+    from ivon_lora.evaluation.baselines import fit_temperature
+
+    out = tmp_path / "baselines"
+    args = ["eval", run_dir, "--ensemble", adamw_run_dir, run_dir, "--temperature-scaling", "--select-split",
+            "validation", "--split", "test", "--samples", "2", "--limit", "24", "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    report = json.loads((out / "eval.json").read_text())
+    runs = report["tasks"]["synthetic"]["runs"]
+    assert set(runs) == {"ivon", "ensemble", "ivon + TS", "ensemble + TS"}
+    # The ensemble of an AdamW run and the IVON run's mean averages their per-example probabilities.
+    rows = {name: [json.loads(line) for line in (out / f"predictions-synthetic-{name}.jsonl").read_text().splitlines()]
+            for name in ("ivon", "ensemble")}  # fmt: skip
+    for ivon_row, ensemble_row in zip(rows["ivon"], rows["ensemble"]):
+        assert ensemble_row["samples"][1] == pytest.approx(ivon_row["mean"])
+    assert runs["ensemble"]["sampled"]["samples"] == 2 and "| ensemble | ensemble M=2 |" in (out / "eval.md").read_text()
+    # Temperature scaling: T fitted on the selection split's mean predictions, accuracy unchanged on the reported one.
+    select = cli.main(["eval", run_dir, "--split", "validation", "--samples", "0", "--limit", "24", "--out",
+                       str(tmp_path / "select")])  # fmt: skip
+    assert select == 0
+    select_rows = [json.loads(line) for line in (tmp_path / "select" / "predictions-synthetic-ivon.jsonl").read_text().splitlines()]
+    probs = torch.tensor([r["mean"] for r in select_rows], dtype=torch.float64)
+    gold = torch.tensor([r["gold"] for r in select_rows])
+    temperature = report["runs"]["ivon + TS"]["temperature_scaling"]["temperature"]
+    assert temperature == pytest.approx(fit_temperature(probs, gold), rel=1e-6)
+    assert runs["ivon + TS"]["mean"]["accuracy"] == runs["ivon"]["mean"]["accuracy"]
+    assert "temperature_scaling" in report["protocol"]
+
+
+def test_eval_baseline_options_are_checked_before_loading(run_dir, tmp_path, capsys):
+    base = ["eval", run_dir, "--split", "test", "--out", str(tmp_path / "x")]
+    assert cli.main(base + ["--temperature-scaling"]) == 2
+    assert "pass --select-split" in capsys.readouterr().err
+    assert cli.main(base + ["--ensemble", run_dir]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -5,4 +5,4 @@ Command modules import the heavy packages (transformers, peft, torch models) ins
 the parser (`ivon-lora --help`) imports none of them.
 """
 
-COMMANDS = ("train", "eval", "prune", "export")
+COMMANDS = ("train", "eval", "prune", "export", "inspect")

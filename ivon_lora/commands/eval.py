@@ -55,7 +55,12 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--prune-scope", choices=PRUNE_SCOPES, help="default global")
     parser.add_argument("--prune-mode", choices=PRUNE_MODES, help="default zero")
     parser.add_argument("--prune-criterion", choices=PRUNE_CRITERIA, help="default snr")
-    parser.add_argument("--select-split", help="held-out split a sweep chooses on (never the reported split)")
+    parser.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
+                        help="two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble")
+    parser.add_argument("--temperature-scaling", action="store_true", default=argparse.SUPPRESS,
+                        help="add each run temperature-scaled: one T fitted by NLL on --select-split")
+    parser.add_argument("--select-split", help="held-out split that sweeps and temperature scaling fit on (never the "
+                        "reported split)")
     parser.add_argument("--select-file", help="local records of --select-split")
     parser.add_argument("--select-by", choices=list(selection_criteria()),
                         help="criterion of the choice, on the sampled predictive (default nll)")  # fmt: skip
@@ -116,7 +121,8 @@ def run_eval(options) -> dict:
     from ..errors import UsageError
     from ..evaluation.metrics import headline_metric
     from ..evaluation.plots import plot_tradeoff
-    from ..evaluation.predict import predict, protocol
+    from ..evaluation.baselines import ensemble, fit_temperature, temper
+    from ..evaluation.predict import Predictions, predict, protocol
     from ..evaluation.report import markdown_table, sweep_table, write_task_files
     from ..evaluation.sweep import sweep_posterior
     from ..rundir import environment, load_run
@@ -125,30 +131,33 @@ def run_eval(options) -> dict:
     sweeping = options.sweeping
     if sweeping and options.select_split is None:
         raise UsageError("A sweep chooses its configuration on a held-out split: pass --select-split")
+    if options.temperature_scaling and options.select_split is None:
+        raise UsageError("--temperature-scaling fits its temperature on a held-out split: pass --select-split")
 
     # Everything that can be wrong with the options is checked before a model loads.
     main = _describe_run(options.run_dir, set())
     baseline = _describe_run(options.baseline, {main["label"]}) if options.baseline else None
+    members = [_describe_run(member, set()) for member in options.ensemble or []]
     recipe = main["recipe"]
     preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
     tasks = options.task or ([recipe.data.dataset] if recipe else None)
     if not tasks:
         raise UsageError(f"{options.run_dir} has no recipe.yaml naming its task: pass --task")
-    if (options.file or sweeping) and len(tasks) > 1:
-        raise UsageError("--file and sweeps take a single --task")
+    if (options.file or options.select_split) and len(tasks) > 1:
+        raise UsageError("--file, sweeps and temperature scaling take a single --task")
     split = options.split or (recipe.data.eval_split if recipe and tasks == [recipe.data.dataset] else preset.report_split)
     num_samples = preset.num_samples if options.samples is None else options.samples
     ece_bins = sorted(set(options.ece_bins) | {preset.ece_bins})
     out = options.out or os.path.join(options.run_dir, f"eval-{split}")
     check_new_output_dir(out, options.overwrite)
-    if sweeping and options.select_split == split:
+    if options.select_split == split:
         raise UsageError(f"--select-split {split!r} is the reported split: choose on a different one")
     if not main["has_posterior"] and (sweeping or options.prune_fractions != [0.0] or options.temperatures != [1.0]):
         raise UsageError(f"{options.run_dir} has no posterior (not an IVON run): pruning and temperature need one")
     loaded = {task: load_split(task, split, options.file, options.limit, protocol=preset) for task in tasks}
     select_split = (
         load_split(tasks[0], options.select_split, options.select_file, options.limit, protocol=preset)
-        if sweeping else None
+        if options.select_split else None
     )  # fmt: skip
 
     prune_options = {"scope": options.prune_scope, "mode": options.prune_mode, "criterion": options.prune_criterion}
@@ -156,14 +165,28 @@ def run_eval(options) -> dict:
     result = {"tasks": {task: {"split": split, "num_examples": len(part.examples), "task": get_task(task).as_dict(),
                                "data": part.as_dict()} for task, part in loaded.items()}}  # fmt: skip
     predictions = {task: {} for task in tasks}
+    held_out = {}  # run label -> its predictions at the weights on the selection split (temperature scaling)
+    member_predictions = {task: [] for task in tasks}
     runs = {}
-    for described in (main, baseline):
+    for described, is_member in [(main, False), (baseline, False), *((m, True) for m in members)]:
         if described is None:
             continue
         run = load_run(described["dir"])
         max_length = run.recipe.data.max_length if run.recipe else None
         # The prompts as this run's model was trained on them (chat template or plain, answer spelling).
         formatted = functools.partial(format_examples, tokenizer=run.tokenizer, model_args=run.model_args)
+        if is_member:  # scored at its weights only; combined after the loop
+            for task, part in loaded.items():
+                logger.info("ensemble member %s: %s %s", described["dir"], task, split)
+                member_predictions[task].append(predict(run.model, run.tokenizer, formatted(part.examples),
+                                                        num_samples=0, max_length=max_length, **evaluate_options))  # fmt: skip
+            if options.temperature_scaling:
+                held_out.setdefault("ensemble", []).append(predict(
+                    run.model, run.tokenizer, formatted(select_split.examples), num_samples=0, max_length=max_length,
+                    **evaluate_options))  # fmt: skip
+            del run
+            gc.collect()
+            continue
 
         posterior, samples_of = run.posterior, "posterior"
         if posterior is None:
@@ -201,14 +224,40 @@ def run_eval(options) -> dict:
                 max_length=max_length, sample_kind=samples_of, **evaluate_options,
             )  # fmt: skip
             result["tasks"][task].setdefault("runs", {})[label] = predictions[task][label].metrics(ece_bins)
+        if options.temperature_scaling:
+            held_out[label] = predict(run.model, run.tokenizer, formatted(select_split.examples), posterior=posterior,
+                                      num_samples=0, max_length=max_length, **evaluate_options)  # fmt: skip
         del run
         gc.collect()
+
+    if members:
+        runs["ensemble"] = {"dirs": [m["dir"] for m in members], "samples": "ensemble", "num_samples": len(members)}
+        for task in tasks:
+            predictions[task]["ensemble"] = ensemble(member_predictions[task])
+            result["tasks"][task]["runs"]["ensemble"] = predictions[task]["ensemble"].metrics(ece_bins)
+        if options.temperature_scaling:
+            held_out["ensemble"] = ensemble(held_out["ensemble"])
+    for label, selection in held_out.items():
+        # An ensemble is scaled as a whole (its averaged predictive is what it reports); a run at its weights.
+        task = tasks[0]
+        select_probs = selection.predictive() if label == "ensemble" else selection.mean
+        temperature = fit_temperature(select_probs, selection.gold)
+        source = predictions[task][label]
+        probs = source.predictive() if label == "ensemble" else source.mean
+        scaled = f"{label} + TS"
+        predictions[task][scaled] = Predictions(source.ids, source.gold, source.num_choices, temper(probs, temperature))
+        result["tasks"][task]["runs"][scaled] = predictions[task][scaled].metrics(ece_bins)
+        runs[scaled] = {"temperature_scaling": {"temperature": temperature, "fitted_on": options.select_split,
+                                                "of": label, "criterion": "nll"}}  # fmt: skip
 
     result.update(
         runs=runs,
         protocol={
             **protocol(preset, num_samples, ece_bins),
             "selection": f"{options.select_by} of the sampled predictive on {options.select_split!r}" if sweeping else None,
+            "temperature_scaling": (f"one temperature per run fitted by NLL on {options.select_split!r} (at the "
+                                    "weights; an ensemble's averaged predictive), applied to the reported split"
+                                    if options.temperature_scaling else None),
         },
         environment=environment(),
     )

@@ -133,10 +133,23 @@ def run_train(recipe) -> dict:
         "environment": environment(),
         "recipe": recipe.resolved(),
     }
+    diagnostics = None
+    if posterior is not None:
+        from ..diagnostics import diagnose
+
+        diagnostics = diagnose(posterior, predictions.mean, predictions.samples)
+        report["diagnostics"] = {"predictive": diagnostics.get("predictive"), "warnings": diagnostics["warnings"],
+                                 "hess_at_init_share": diagnostics["posterior"]["hess_at_init_share"]}  # fmt: skip
     if args.process_index == 0:
         write_jsonl(os.path.join(args.output_dir, PREDICTIONS_NAME), predictions.rows())
         write_json_atomic(os.path.join(args.output_dir, METRICS_NAME), report)
         _log_summary(metrics, ece_bins)
+        if diagnostics is not None:
+            from ..diagnostics import summary_lines, write_diagnostics
+
+            write_diagnostics(args.output_dir, diagnostics, f"{data_args.dataset} ({os.path.basename(args.output_dir)})")
+            for line in summary_lines(diagnostics):
+                (logger.warning if line.startswith("WARNING") else logger.info)("%s", line.removeprefix("WARNING "))
     return report
 
 

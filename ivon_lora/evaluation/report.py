@@ -20,12 +20,14 @@ def write_jsonl(path: str, rows) -> None:
 
 
 def predictives(run_metrics: dict) -> list[tuple[str, dict]]:
-    """(name, metrics) of each predictive of one run's result: "mean", then "S samples" / "MC dropout xS"."""
-    items = [("mean", run_metrics["mean"])]
+    """(name, metrics) of each predictive of one run's result: the weights ("mean"; an ensemble's first member), then
+    the averaged predictive ("samples S=", "MC dropout S=", "ensemble M=")."""
+    kind = run_metrics.get("sample_kind")
+    items = [("member 1" if kind == "ensemble" else "mean", run_metrics["mean"])]
     if "sampled" in run_metrics:
         s = run_metrics["sampled"]["samples"]
-        kind = "MC dropout" if run_metrics.get("sample_kind") == "mc_dropout" else "samples"
-        items.append((f"{kind} S={s}", run_metrics["sampled"]))
+        name = {"mc_dropout": f"MC dropout S={s}", "ensemble": f"ensemble M={s}"}.get(kind, f"samples S={s}")
+        items.append((name, run_metrics["sampled"]))
     return items
 
 
@@ -70,8 +72,8 @@ def write_task_files(directory: str, task: str, predictions_by_run: dict, metric
         file_name = predictions_file_name(task, run_name)
         write_jsonl(os.path.join(directory, file_name), predictions.rows())
         files[f"predictions_{run_name}"] = file_name
-        for label, metrics in predictives(metrics_by_run[run_name]):
-            probs = predictions.mean if label == "mean" else predictions.predictive()
+        for index, (label, metrics) in enumerate(predictives(metrics_by_run[run_name])):
+            probs = predictions.mean if index == 0 else predictions.predictive()
             reliability.append((f"{run_name} {label}", probs, predictions.gold, metrics))
             selective.append((f"{run_name} {label}", metrics["selective"]))
     files["reliability"] = reliability_plot_name(task)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from . import arc, boolq, commonsense_qa, hellaswag, piqa, siqa, synthetic, winogrande
+from . import arc, boolq, commonsense_qa, hellaswag, piqa, siqa, synthetic, winogrande, wordfacts
 from .base import Task, unknown_name
 from .mmlu import MMLU_CONFIGS, mmlu_subject, mmlu_task
 
 TASKS: dict[str, Task] = {
     task.name: task
-    for module in (synthetic, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
+    for module in (synthetic, wordfacts, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
     for task in module.TASKS
 }
 

