@@ -20,11 +20,15 @@ The writers at the end (one atomic file writer, one staged output dir) are every
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft.utils.constants.CONFIG_NAME
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft.utils.constants.SAFETENSORS_WEIGHTS_NAME
@@ -71,8 +75,21 @@ RESULT_FILES = (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_N
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Writing into a run dir: one file atomically, or a whole output dir staged and renamed into place. Here, in the
+# Writing into a run dir: one file atomically, or a whole output dir staged and swapped into place. Here, in the
 # leaf, because both the posterior (which rundir.py loads) and the commands write; a reader never sees half a file.
+
+FILE_MODE = 0o644  # result files and dirs are readable by everyone, like any file a user writes (not mkstemp's 0600)
+DIR_MODE = 0o755
+STAGING_TAG = "incomplete"  # .NAME.incomplete-XXXX: a result being written
+REPLACED_TAG = "replaced"  # .NAME.replaced-XXXX: the previous result, renamed aside while the new one moves in
+# Test-only fault injection: IVON_LORA_TEST_KILL_AT=<point> makes the process SIGKILL itself at that point of a
+# staged write (points: "staged", "aside", "swapped"), so tests can check what a kill -9 leaves behind.
+KILL_AT_ENV = "IVON_LORA_TEST_KILL_AT"
+
+
+def fault_point(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -81,6 +98,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -100,17 +118,60 @@ def check_new_output_dir(path: str, overwrite: bool) -> None:
         raise FileExistsError(f"{path!r} exists and is not empty: choose another --out, or pass --overwrite")
 
 
+def _leftovers(path: str, tag: str) -> list[str]:
+    parent, base = os.path.split(os.path.abspath(path))
+    prefix = f".{base}.{tag}-"
+    return sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix)) if os.path.isdir(parent) else []
+
+
+def recover_output_dir(path: str) -> None:
+    """Undo what a killed staged write left around `path`: a half-written staging dir is deleted; a previous
+    result renamed aside comes back if nothing replaced it, and is deleted if the new one is in place."""
+    for staging in _leftovers(path, STAGING_TAG):
+        logger.warning("removing %s, left by an interrupted run", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in _leftovers(path, REPLACED_TAG):
+        if os.path.lexists(path):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            logger.warning("restoring %s from %s: the run that replaced it was interrupted", path, old)
+            os.replace(old, path)
+
+
+def _set_result_modes(directory: str) -> None:
+    for root, dirs, files in os.walk(directory):
+        os.chmod(root, DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), FILE_MODE)
+
+
 @contextmanager
 def staged_output_dir(path: str):
-    """Yield a temporary sibling dir that replaces `path` only if the block succeeds."""
+    """Yield a temporary sibling dir that replaces `path` only if the block succeeds.
+
+    The swap: the old `path` is renamed aside, the staged dir renamed in, the old one deleted. A kill at any point
+    leaves the complete old result or the complete new one (at `path`, or for the instant between the two renames,
+    renamed aside); the next staged write into `path`, or `recover_output_dir`, restores or cleans it up.
+    """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.incomplete-")
+    recover_output_dir(path)
+    base = os.path.basename(os.path.abspath(path))
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{base}.{STAGING_TAG}-")
     try:
         yield staging
-        if os.path.isdir(path):
-            shutil.rmtree(path)
+        _set_result_modes(staging)
+        fault_point("staged")
+        old = None
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.{REPLACED_TAG}-")  # a fresh name...
+            os.rmdir(old)
+            os.replace(path, old)  # ...that the old result takes
+            fault_point("aside")
         os.replace(staging, path)
+        fault_point("swapped")
+        if old is not None:
+            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)

@@ -1,15 +1,22 @@
 """`ivon-lora` command line: each command (`ivon_lora.commands`) is a parser builder, a typed config and a `main`;
-this module only dispatches."""
+this module only dispatches, and holds the error contract: a user error (`ivon_lora.errors.USER_ERRORS`) exits 2
+with one line and no traceback (`--debug` or IVON_LORA_DEBUG=1 adds it); anything else is a bug: exit 1 with the
+traceback."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from importlib import import_module
 
 from .commands import COMMANDS
 from .errors import USER_ERRORS
+
+
+DEBUG_ENV = "IVON_LORA_DEBUG"
 
 
 def _command(name: str):
@@ -18,6 +25,7 @@ def _command(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ivon-lora", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of user errors too (or {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         _command(name).make_parser(subparsers)
@@ -32,5 +40,8 @@ def main(argv=None) -> int:
         config = command.config_from(options)
         return 0 if config is None else command.main(config)
     except USER_ERRORS as error:
-        print(f"ivon-lora {options.command}: {error}", file=sys.stderr)
+        if options.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        print(f"ivon-lora {options.command}: {message}", file=sys.stderr)
         return 2

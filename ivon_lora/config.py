@@ -232,10 +232,12 @@ def parse_values(values: dict, classes, where: str = "", kind: str = "recipe") -
         raise RecipeError(f"Invalid {kind}{where}: {error}") from error
 
 
-def load_recipe(path: str | None, overrides: list[str] = (), check_output_dir: bool = True) -> Recipe:
+def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool = True) -> Recipe:
     """Read `path` (YAML), apply `overrides` (key=value), validate every key and value, check the files.
 
-    With `check_output_dir`, a non-empty output_dir is an error unless overwriting or resuming is asked for.
+    `for_training`: the recipe of a run about to train: its data files must exist, and a non-empty output_dir is
+    an error unless overwriting or resuming is asked for. False for the saved recipe of a finished run, which is
+    read wherever the run dir now is: its relative data paths may not resolve from here, and nothing reads them.
     """
     values = read_yaml(path) if path is not None else {}
     values.update(parse_overrides(list(overrides)))
@@ -249,7 +251,9 @@ def load_recipe(path: str | None, overrides: list[str] = (), check_output_dir: b
         raise RecipeError(f"Recipe{where} has no output_dir")
     model, data, run, training = parse_values(values, ARGUMENT_CLASSES, where)
     recipe = Recipe(model, data, run, training, source=path)
-    _check_files(recipe, check_output_dir)
+    _check_names(recipe)
+    if for_training:
+        _check_files(recipe)
     return recipe
 
 
@@ -257,7 +261,7 @@ def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _check_files(recipe: Recipe, check_output_dir: bool) -> None:
+def _check_names(recipe: Recipe) -> None:
     from .tasks import get_protocol, get_task
 
     try:
@@ -272,14 +276,16 @@ def _check_files(recipe: Recipe, check_output_dir: bool) -> None:
         split = getattr(recipe.data, key)
         if split not in task.splits:
             raise RecipeError(f"Recipe key {key!r}: task {task.name!r} has no split {split!r} ({', '.join(task.splits)})")
+
+
+def _check_files(recipe: Recipe) -> None:
     for key in ("train_file", "eval_file"):
         path = getattr(recipe.data, key)
         if path is not None and not os.path.exists(path):
             raise RecipeError(f"Recipe key {key!r}: file {path!r} does not exist")
     output_dir = recipe.training.output_dir
     # Under a multi-process launch only the main process checks: the others would see its first files.
-    check_output_dir = check_output_dir and int(os.environ.get("RANK", "0")) == 0
-    if check_output_dir and os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
+    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
         if recipe.training.resume_from_checkpoint is None:
             raise RecipeError(
                 f"output_dir {output_dir!r} exists and is not empty: choose another output_dir, "

@@ -49,7 +49,7 @@ def load_run(directory: str) -> Run:
     if not os.path.isfile(os.path.join(directory, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{directory!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(directory)
-    recipe = load_recipe(recipe_path, check_output_dir=False) if recipe_path else None
+    recipe = load_recipe(recipe_path, for_training=False) if recipe_path else None
     if recipe is not None:
         model_args, seed = recipe.model, recipe.training.seed
     else:

@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 
-from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
+from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options, number_in
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _describe_run(run_dir: str, taken: set) -> dict:
     if not os.path.isfile(os.path.join(run_dir, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(run_dir)
-    recipe = load_recipe(recipe_path, check_output_dir=False) if recipe_path else None
+    recipe = load_recipe(recipe_path, for_training=False) if recipe_path else None
     has_posterior = os.path.isfile(os.path.join(run_dir, POSTERIOR_WEIGHTS_NAME))
     label = _run_label(run_dir, recipe, has_posterior)
     if label in taken:
@@ -148,7 +148,10 @@ def run_eval(options) -> dict:
     split = options.split or (recipe.data.eval_split if recipe and tasks == [recipe.data.dataset] else preset.report_split)
     num_samples = preset.num_samples if options.samples is None else options.samples
     ece_bins = sorted(set(options.ece_bins) | {preset.ece_bins})
-    out = options.out or os.path.join(options.run_dir, f"eval-{split}")
+    out = options.out or os.path.join(options.run_dir, f"eval-{split}")  # the one output inside an input: its own
+    inputs = {"run dir": options.run_dir, "baseline": options.baseline,
+              **{f"ensemble member {i + 1}": member for i, member in enumerate(options.ensemble or [])}}
+    check_out_apart(out, inputs if options.out else {k: v for k, v in inputs.items() if k != "run dir"})
     check_new_output_dir(out, options.overwrite)
     if options.select_split == split:
         raise UsageError(f"--select-split {split!r} is the reported split: choose on a different one")

@@ -19,7 +19,7 @@ from ..artifacts import (
     check_new_output_dir,
     staged_output_dir,
 )
-from ._options import add_config_arguments, add_output_arguments, config_from_options
+from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def model_card(run, metrics: dict | None) -> str:
         import yaml
 
         resolved = run.recipe.resolved()
-        defaults = load_recipe(None, ["model_name_or_path=_", "output_dir=_"], check_output_dir=False).resolved()
+        defaults = load_recipe(None, ["model_name_or_path=_", "output_dir=_"], for_training=False).resolved()
         changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k == "model_name_or_path"}
         changed.pop("output_dir", None)
         lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
@@ -102,6 +102,7 @@ def export_run(directory: str, out: str, overwrite: bool = False) -> None:
     """Merge the adapter's (posterior) mean into the base model and save it with its posterior and a model card."""
     from ..rundir import load_run
 
+    check_out_apart(out, {"run dir": directory})
     check_new_output_dir(out, overwrite)
     run = load_run(directory)
     metrics_path = os.path.join(directory, METRICS_NAME)

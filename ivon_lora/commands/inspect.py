@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._options import add_config_arguments, add_output_arguments, config_from_options
+from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options
 
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ def inspect_run(directory: str, predictions: str | None = None, out: str | None 
     from ..posterior import Posterior
 
     if out is not None:
+        check_out_apart(out, {"run dir": directory})
         check_new_output_dir(out, overwrite)
     path = predictions or os.path.join(directory, PREDICTIONS_NAME)
     if predictions is not None and not os.path.isfile(predictions):

@@ -7,7 +7,7 @@ import logging
 
 from ..artifacts import check_new_output_dir, staged_output_dir
 from ..posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES, Posterior
-from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
+from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options, number_in
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def prune_run(directory: str, out: str, fraction: float, scope: str = "global", 
     """Write a pruned (and optionally tempered) copy of a run's adapter + posterior to `out`; no model needed."""
     from ..rundir import copy_run_files
 
+    check_out_apart(out, {"run dir": directory})
     check_new_output_dir(out, overwrite)
     posterior = Posterior.load(directory).at_test_time(fraction, temperature, scope=scope, mode=mode, criterion=criterion)
     with staged_output_dir(out) as staging:

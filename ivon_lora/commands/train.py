@@ -29,7 +29,9 @@ def config_from(options: argparse.Namespace):
         print(describe_keys())
         return None
     if options.recipe is None:
-        raise SystemExit("ivon-lora train: a RECIPE.yaml is required (see recipes/demo.yaml)")
+        from ..errors import UsageError
+
+        raise UsageError("a RECIPE.yaml is required (see recipes/demo.yaml)")
     return load_recipe(options.recipe, options.overrides)
 
 
