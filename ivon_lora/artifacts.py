@@ -14,7 +14,8 @@ PEFT's two names equal `peft.utils.constants.CONFIG_NAME` / `SAFETENSORS_WEIGHTS
 holds them equal). They are not imported from peft: importing peft imports bitsandbytes when it is installed,
 which costs seconds and prints kernel warnings on machines that never asked for a quantized base.
 
-The writers at the end (one atomic file writer, one staged output dir) are every write into a run dir.
+The readers at the end check what they read and name the file in their errors; the writers (one atomic file
+writer, one staged output dir) are every write into a run dir.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import signal
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
+
+from .errors import RunDirError
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,66 @@ def selective_plot_name(task: str) -> str:
 # Files of a run dir that describe one particular adapter and posterior, so a derived dir must not copy them.
 RESULT_FILES = (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME,
                 MODEL_CARD_NAME, DIAGNOSTICS_NAME, DIAGNOSTICS_PLOT_NAME)  # fmt: skip
+
+
+# What `overwrite_output_dir=true` removes before training, so that a run dir never mixes files of two runs:
+# every file above, the Trainer's checkpoint-N dirs and its training_args.bin, eval's default eval-SPLIT dirs.
+RUN_FILES = (*RESULT_FILES, ADAPTER_CONFIG_NAME, RECIPE_NAME, "training_args.bin")
+RUN_DIR_PREFIXES = ("checkpoint-", "eval-")
+
+
+def remove_run_artifacts(directory: str) -> list[str]:
+    """Delete what a previous run left in `directory` (see RUN_FILES); returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        path = os.path.join(directory, name)
+        if name in RUN_FILES and os.path.isfile(path):
+            os.remove(path)
+        elif name.startswith(RUN_DIR_PREFIXES) and os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a run dir: a missing file is a FileNotFoundError, a damaged one a RunDirError, each naming the file.
+
+
+def _require_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing")
+
+
+def read_json(path: str) -> dict:
+    """The JSON object in `path`."""
+    _require_file(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunDirError(f"{path}: not valid JSON ({error}); the file is damaged: restore or re-create it") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_tensors(path: str) -> dict:
+    """The tensors of a safetensors file, each finite."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _require_file(path)
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RunDirError(f"{path}: not a readable safetensors file ({error}); it is truncated or damaged: restore "
+                          "it or re-create the run") from None  # fmt: skip
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise RunDirError(f"{path}: tensor {key} holds NaN or inf values: the run it comes from diverged")
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -77,6 +77,8 @@ class ModelArguments:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target or not all(self.lora_target):
+            raise ValueError(f"lora_target must name at least one module (or all-linear), got {self.lora_target!r}")
 
 
 @dataclass
@@ -94,6 +96,12 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train records."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N eval records."})
 
+    def __post_init__(self):
+        _require_at_least("max_length", self.max_length, 1)
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key) is not None:
+                _require_at_least(key, getattr(self, key), 1)
+
 
 @dataclass
 class RunArguments:
@@ -104,6 +112,11 @@ class RunArguments:
     eval_mc_samples: int = field(default=10, metadata={"help": "Posterior samples S of the final evaluation."})
     ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts to report."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
+
+    def __post_init__(self):
+        _require_at_least("eval_mc_samples", self.eval_mc_samples, 0)
+        for bins in self.ece_bins:
+            _require_at_least("ece_bins", bins, 1)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, IVONTrainingArguments)
@@ -189,12 +202,28 @@ def parse_overrides(overrides: list[str]) -> dict:
     return values
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str, what: str = "recipe") -> dict:
     """The mapping of a YAML config file; an error naming the file if it is missing or not a mapping."""
     if not os.path.isfile(path):
         raise RecipeError(f"{what.capitalize()} file {path!r} does not exist")
-    with open(path) as f:
-        loaded = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(loaded, dict):
         raise RecipeError(f"{path}: a {what} is a mapping of key: value, got {type(loaded).__name__}")
     return loaded
@@ -283,6 +312,7 @@ def _check_files(recipe: Recipe) -> None:
         path = getattr(recipe.data, key)
         if path is not None and not os.path.exists(path):
             raise RecipeError(f"Recipe key {key!r}: file {path!r} does not exist")
+    _check_resume_checkpoint(recipe.training.resume_from_checkpoint)
     output_dir = recipe.training.output_dir
     # Under a multi-process launch only the main process checks: the others would see its first files.
     if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
@@ -291,6 +321,22 @@ def _check_files(recipe: Recipe) -> None:
                 f"output_dir {output_dir!r} exists and is not empty: choose another output_dir, "
                 "or set overwrite_output_dir=true to write into it, or resume_from_checkpoint=... to resume."
             )
+
+
+def _check_resume_checkpoint(checkpoint) -> None:
+    """A checkpoint to resume from must be a complete checkpoint-N dir of the Trainer (its save finished)."""
+    from .artifacts import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+    if checkpoint is None or isinstance(checkpoint, bool):
+        return
+    if not os.path.isdir(checkpoint):
+        raise RecipeError(f"Recipe key 'resume_from_checkpoint': {checkpoint!r} does not exist (a checkpoint-N dir of "
+                          "the run's output_dir)")  # fmt: skip
+    missing = [name for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "trainer_state.json")
+               if not os.path.isfile(os.path.join(checkpoint, name))]  # fmt: skip
+    if missing:
+        raise RecipeError(f"Recipe key 'resume_from_checkpoint': {checkpoint!r} is not a complete checkpoint "
+                          f"({', '.join(missing)} missing; a run killed while saving it?): resume from an earlier one")
 
 
 def describe_keys() -> str:
@@ -311,6 +357,11 @@ def describe_keys() -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # eval, prune, export and inspect: one dataclass each, filled from a YAML file, key=value overrides and the command's flags.
+
+def _require_at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{key} must be >= {low}, got {value}")
+
 
 def _require_choice(key: str, value, choices) -> None:
     if value not in choices:
@@ -398,6 +449,13 @@ class EvalConfig(OutputArguments):
 
         if self.run_dir is None:
             raise ValueError("run_dir is required")
+        _require_at_least("batch_size", self.batch_size, 1)
+        _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
+        for key in ("samples", "limit"):
+            if getattr(self, key) is not None:
+                _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)
+        for bins in self.ece_bins:
+            _require_at_least("ece_bins", bins, 1)
         if self.sweep:
             self.prune_fractions = list(DEFAULT_PRUNE_FRACTIONS)
         for fraction in self.prune_fractions:

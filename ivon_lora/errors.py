@@ -23,9 +23,18 @@ class RecordError(TaskDataError):
     """A record that does not fit its task's schema."""
 
 
+class RunDirError(ValueError):
+    """A file of a run dir that is damaged or does not belong with the others (the message names the file)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A non-finite loss, gradient or weight during training (the message names the step and the last checkpoint)."""
+
+
 class PackagedModelError(RuntimeError):
     """A model from the package index (builtin:smollm2-135m) that cannot be fetched or converted here."""
 
 
 # What a command reports as one line; FileNotFoundError / FileExistsError name the path that is missing or in the way.
-USER_ERRORS = (RecipeError, UsageError, TaskDataError, PackagedModelError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (RecipeError, UsageError, TaskDataError, RunDirError, TrainingDivergedError, PackagedModelError,
+               FileNotFoundError, FileExistsError)

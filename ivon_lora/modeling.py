@@ -6,7 +6,9 @@ bitsandbytes is imported only when a recipe asks for a quantized base (`quantiza
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from contextlib import contextmanager
 
 import torch
 
@@ -27,9 +29,10 @@ def load_tokenizer(model_args):
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path(model_args), trust_remote_code=model_args.trust_remote_code, **kwargs
-    )
+    with _naming_the_model(model_args):
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_path(model_args), trust_remote_code=model_args.trust_remote_code, **kwargs
+        )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -150,6 +153,56 @@ def prepare_quantized_model(model):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+@contextmanager
+def _naming_the_model(model_args):
+    """A model id that neither is a local dir nor loads from the Hub (a typo, no network): one line naming the key."""
+    try:
+        yield
+    except OSError as error:
+        name = model_args.model_name_or_path
+        if os.path.isdir(name):
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RecipeError(
+            f"Recipe key 'model_name_or_path': {name!r} is not a local dir and did not load from the Hugging Face Hub "
+            f"({reason}). Pass a local model dir or a built-in (builtin:tiny-llama); with a downloaded copy in the "
+            "cache, set HF_HUB_OFFLINE=1 to skip the network."
+        ) from None
+
+
+def base_module_names(model_args, tokenizer) -> list[str] | None:
+    """The module names of the base model, from its config alone (built on the meta device: no weights load);
+    None for a GGUF base, whose config comes with its weights."""
+    if model_args.gguf_file:
+        return None
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name = model_args.model_name_or_path
+    with torch.device("meta"):
+        if name in BUILTIN_MODELS:
+            model = build_tiny_model(BUILTIN_MODELS[name], tokenizer)
+        else:
+            with _naming_the_model(model_args):
+                config = AutoConfig.from_pretrained(model_path(model_args), trust_remote_code=model_args.trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
+    return [module_name for module_name, _ in model.named_modules()]
+
+
+def check_lora_targets(model_args, tokenizer) -> None:
+    """Every `lora_target` names a module of the base (PEFT's rule: the full name or its last components)."""
+    targets = model_args.lora_target
+    names = None if targets == ["all-linear"] else base_module_names(model_args, tokenizer)
+    if names is None:
+        return
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+        raise RecipeError(
+            f"Recipe key 'lora_target': {', '.join(map(repr, unmatched))} match no module of "
+            f"{model_args.model_name_or_path!r}; its modules are named {', '.join(leaves)} (or use all-linear)"
+        )
+
+
 def model_path(model_args) -> str:
     """What `from_pretrained` loads: the Hub id or local dir, or the cached dir of a packaged model."""
     from .packaged import PACKAGED_MODELS, ensure_packaged_model
@@ -172,9 +225,10 @@ def _from_pretrained(path: str, model_args):
         dtype = getattr(torch, model_args.dtype)
     else:
         dtype = compute_dtype(model_args) if quantization is not None else "auto"
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, quantization_config=quantization, trust_remote_code=model_args.trust_remote_code
-    )
+    with _naming_the_model(model_args):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, quantization_config=quantization, trust_remote_code=model_args.trust_remote_code
+        )
     return prepare_quantized_model(model) if quantization is not None else model
 
 

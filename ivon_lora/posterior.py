@@ -10,6 +10,7 @@ model: pruning and temperature are operations on these tensors alone.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import warnings
@@ -27,10 +28,15 @@ from .artifacts import (
     POSTERIOR_CONFIG_NAME,
     POSTERIOR_WEIGHTS_NAME,
     atomic_write,
+    read_json,
+    read_tensors,
 )
+from .errors import RunDirError
 
 # Adapter settings that must agree between adapter_config.json and the posterior saved with it.
 ADAPTER_KEYS = ("r", "lora_alpha", "target_modules")
+# posterior_config.json's record of the adapter it was saved with (`adapter_hash`).
+ADAPTER_HASH_KEY = "adapter_sha256"
 
 PRUNE_SCOPES = ("global", "matrix")
 PRUNE_MODES = ("zero", "denoise")
@@ -56,6 +62,16 @@ def adapter_name(model) -> str:
     """The name of a PEFT model's active adapter ("default" unless the user named it)."""
     name = getattr(model, "active_adapter", "default")
     return name if isinstance(name, str) else name[0]
+
+
+def adapter_hash(mean: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the adapter tensors (names, shapes, float32 values): ties a posterior to its adapter."""
+    digest = hashlib.sha256()
+    for key in sorted(mean):
+        tensor = mean[key].detach().float().cpu().contiguous()
+        digest.update(f"{key}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _adapter_settings(config: dict) -> dict:
@@ -133,19 +149,17 @@ class Posterior:
 
     @classmethod
     def load(cls, directory: str) -> Posterior:
-        """Read the adapter (mean) and the posterior files of a run or checkpoint dir, checking they belong together."""
-        from safetensors.torch import load_file
-
+        """Read the adapter (mean) and the posterior files of a run or checkpoint dir, checking they belong together:
+        same LoRA settings, the adapter the posterior was saved with (its hash), finite values, variances >= 0."""
         paths = {n: os.path.join(directory, n) for n in (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME)}
         for name, path in paths.items():
             if not os.path.isfile(path):
                 what = "adapter" if name == ADAPTER_WEIGHTS_NAME else "posterior (was it trained with optim=ivon?)"
                 raise FileNotFoundError(f"No {what} in {directory!r}: {name} is missing")
-        with open(paths[POSTERIOR_CONFIG_NAME]) as f:
-            config = json.load(f)
+        config = read_json(paths[POSTERIOR_CONFIG_NAME])
         version = config.get("format_version")
         if version not in COMPATIBLE_FORMAT_VERSIONS:
-            raise ValueError(
+            raise RunDirError(
                 f"{paths[POSTERIOR_CONFIG_NAME]}: unsupported format_version {version!r}; this ivon-lora "
                 f"({__version__}) reads versions {', '.join(map(str, COMPATIBLE_FORMAT_VERSIONS))}. Upgrade ivon-lora "
                 "to read it."
@@ -158,23 +172,36 @@ class Posterior:
             )
         adapter_config_path = os.path.join(directory, ADAPTER_CONFIG_NAME)
         if "adapter" in config and os.path.isfile(adapter_config_path):
-            with open(adapter_config_path) as f:
-                adapter = _adapter_settings(json.load(f))
+            adapter = _adapter_settings(read_json(adapter_config_path))
             if adapter != config["adapter"]:
-                raise ValueError(
+                raise RunDirError(
                     f"{directory}: the adapter ({adapter}) and the posterior ({config['adapter']}) come from "
                     "different LoRA settings"
                 )
+        mean, variance = read_tensors(paths[ADAPTER_WEIGHTS_NAME]), read_tensors(paths[POSTERIOR_WEIGHTS_NAME])
+        recorded = config.get(ADAPTER_HASH_KEY)
+        if recorded is not None and recorded != adapter_hash(mean):
+            raise RunDirError(
+                f"{paths[ADAPTER_WEIGHTS_NAME]} is not the adapter the posterior in {directory} was saved with "
+                f"({POSTERIOR_CONFIG_NAME} records another {ADAPTER_HASH_KEY}): the dir mixes files of two runs; "
+                "retrain into an empty output_dir"
+            )
+        negative = [key for key, v in variance.items() if bool((v < 0).any())]
+        if negative:
+            raise RunDirError(f"{paths[POSTERIOR_WEIGHTS_NAME]}: negative variances in {negative[:3]}")
         try:
-            return cls(load_file(paths[ADAPTER_WEIGHTS_NAME]), load_file(paths[POSTERIOR_WEIGHTS_NAME]), config)
+            return cls(mean, variance, config)
         except ValueError as error:
-            raise ValueError(f"{directory}: {error}") from error
+            raise RunDirError(f"{directory}: {error}") from error
 
     def save(self, directory: str, include_mean: bool = False) -> None:
         """Write the posterior files (and, with `include_mean`, the adapter weights), each atomically."""
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
+        if not all(bool(t.isfinite().all()) for t in [*self.mean.values(), *self.variance.values()]):
+            raise FloatingPointError(f"Not saving a posterior with NaN or inf values into {directory}")
+        config = {**self.config, ADAPTER_HASH_KEY: adapter_hash(self.mean)}  # loading checks the adapter beside it
         metadata = {"format": "pt"}
         files = [(POSTERIOR_WEIGHTS_NAME, self.variance)] + ([(ADAPTER_WEIGHTS_NAME, self.mean)] if include_mean else [])
         for name, tensors in files:
@@ -183,7 +210,7 @@ class Posterior:
 
         def write_config(path):
             with open(path, "w") as f:
-                json.dump(self.config, f, indent=2, sort_keys=True)
+                json.dump(config, f, indent=2, sort_keys=True)
 
         atomic_write(os.path.join(directory, POSTERIOR_CONFIG_NAME), write_config)
 

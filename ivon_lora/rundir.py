@@ -7,13 +7,21 @@ command uses: there, in the leaf, because the posterior, which this module loads
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 
-from .artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME, RECIPE_NAME, RESULT_FILES, TOKENIZER_CONFIG_NAME
+from .artifacts import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    POSTERIOR_WEIGHTS_NAME,
+    RECIPE_NAME,
+    RESULT_FILES,
+    TOKENIZER_CONFIG_NAME,
+    read_json,
+    read_tensors,
+)
 from .config import ModelArguments, Recipe, load_recipe
 from .posterior import Posterior
 
@@ -50,11 +58,12 @@ def load_run(directory: str) -> Run:
         raise FileNotFoundError(f"{directory!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(directory)
     recipe = load_recipe(recipe_path, for_training=False) if recipe_path else None
+    adapter_config = read_json(os.path.join(directory, ADAPTER_CONFIG_NAME))
+    read_tensors(os.path.join(directory, ADAPTER_WEIGHTS_NAME))  # present and whole, before any model loads
     if recipe is not None:
         model_args, seed = recipe.model, recipe.training.seed
     else:
-        with open(os.path.join(directory, ADAPTER_CONFIG_NAME)) as f:
-            model_args, seed = ModelArguments(json.load(f)["base_model_name_or_path"]), 0
+        model_args, seed = ModelArguments(adapter_config["base_model_name_or_path"]), 0
     # The tokenizer saved with the run is the one it was trained with.
     saved_tokenizer = os.path.isfile(os.path.join(directory, TOKENIZER_CONFIG_NAME))
     if saved_tokenizer and model_args.model_name_or_path not in BUILTIN_MODELS:

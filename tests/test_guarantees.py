@@ -5,6 +5,7 @@ Subprocess tests where the guarantee is about exit codes, files on disk or kills
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -115,3 +116,213 @@ def test_out_equal_to_inside_or_containing_an_input_run_is_refused(where, run_di
         assert cli.main(argv) == 2, argv
         assert "outside every input run dir" in capsys.readouterr().err
     assert sorted(os.listdir(run_dir)) == before
+
+
+# ------------------------------------------------------------------ validate everything first, write nothing
+
+DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
+SHORT = ["max_steps=4", "max_train_samples=32", "max_eval_samples=16", "eval_mc_samples=2", "disable_tqdm=true",
+         "lora_rank=2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("learning_rate=-1", "learning_rate"), ("ivon_ess=0", "ivon_ess"), ("ivon_beta2=1.5", "ivon_beta2"),
+     ("ivon_hess_init=0", "ivon_hess_init"), ("lora_target=[]", "lora_target"), ("lora_target=[q_prj]", "lora_target"),
+     ("eval_mc_samples=-1", "eval_mc_samples"), ("max_steps=0", "max_steps"), ("max_length=0", "max_length"),
+     ("resume_from_checkpoint=nowhere/checkpoint-3", "resume_from_checkpoint")],
+)  # fmt: skip
+def test_a_bad_recipe_value_names_its_key_and_writes_nothing(override, key, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", DEMO, f"output_dir={out}", override]) == 2
+    assert key in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_duplicate_yaml_key_is_an_error_naming_it(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: builtin:tiny-llama\noutput_dir: {tmp_path / 'run'}\nlearning_rate: 0.1\n"
+                      "learning_rate: 0.2\n")  # fmt: skip
+    assert cli.main(["train", str(recipe)]) == 2
+    assert "duplicate key 'learning_rate'" in capsys.readouterr().err
+    recipe.write_text("model_name_or_path: [unclosed\n")
+    assert cli.main(["train", str(recipe)]) == 2
+    assert f"{recipe}: not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--samples", "-3"), ("--batch-size", "0"), ("--limit", "0")])
+def test_eval_option_ranges_are_checked(flag, value, run_dir, tmp_path, capsys):
+    assert cli.main(["eval", run_dir, flag, value, "--out", str(tmp_path / "out")]) == 2
+    assert flag.removeprefix("--").replace("-", "_") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_eval_task_is_one_line(run_dir, tmp_path, capsys):
+    assert cli.main(["eval", run_dir, "--task", "nonsense", "--out", str(tmp_path / "out")]) == 2
+    assert "Unknown task 'nonsense'" in capsys.readouterr().err
+
+
+def test_a_failed_resume_leaves_the_finished_run_untouched(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = {name: (run / name).read_bytes() for name in os.listdir(run) if (run / name).is_file()}
+    argv = ["train", str(run / "recipe.yaml"), f"output_dir={run}", "learning_rate=0.5",
+            f"resume_from_checkpoint={run}/checkpoint-99"]  # fmt: skip
+    assert cli.main(argv) == 2 and "resume_from_checkpoint" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in os.listdir(run) if (run / name).is_file()} == before
+
+
+def test_mc_dropout_of_a_baseline_without_dropout_fails_before_any_evaluation(run_dir, tmp_path, capsys):
+    baseline = tmp_path / "baseline"
+    shutil.copytree(run_dir, baseline)
+    for name in ("posterior.safetensors", "posterior_config.json"):
+        (baseline / name).unlink()
+    config = json.loads((baseline / "adapter_config.json").read_text())
+    (baseline / "adapter_config.json").write_text(json.dumps({**config, "lora_dropout": 0.0}))
+    argv = ["eval", run_dir, "--baseline", str(baseline), "--mc-dropout-samples", "2", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    assert str(baseline) in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ every file read is checked
+
+
+def _eval_file(run_dir, path, capsys, task="synthetic"):
+    assert cli.main(["eval", run_dir, "--task", task, "--split", "validation" if task == "synthetic" else "test",
+                     "--file", str(path), "--out", str(path) + ".out"]) == 2  # fmt: skip
+    return capsys.readouterr().err
+
+
+MMLU_ROW = {"question": "q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 1}
+
+
+@pytest.mark.parametrize(
+    "content, task, message",
+    [(b"", "synthetic", "the file is empty"),
+     (b'{"question": "q"}\n{"question": \n', "synthetic", "line 2: not valid JSON"),
+     (b'{"question": "caf\xe9"}\n', "synthetic", "not UTF-8 text"),
+     (json.dumps({**MMLU_ROW, "choices": ["a", "b"]}).encode(), "mmlu:anatomy", "row 0: 2 choices, but every"),
+     (json.dumps({**MMLU_ROW, "subject": "virology"}).encode(), "mmlu:anatomy", "row 0: subject 'virology' is not"),
+     (json.dumps({"subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 1}).encode(), "mmlu:anatomy",
+      "row 0: missing field")],
+)  # fmt: skip
+def test_a_bad_data_file_is_named_with_its_row_and_what_is_wrong(content, task, message, run_dir, tmp_path, capsys):
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(content)
+    err = _eval_file(run_dir, path, capsys, task)
+    assert message in err and "records.jsonl" in err, err
+
+
+def _damaged_copy(run_dir, tmp_path, name, damage):
+    run = tmp_path / "damaged"
+    shutil.copytree(run_dir, run)
+    damage(run / name)
+    return run
+
+
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [("adapter_model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100]), "not a readable safetensors file"),
+     ("adapter_model.safetensors", lambda p: p.unlink(), "adapter_model.safetensors is missing"),
+     ("posterior_config.json", lambda p: p.write_text("{"), "not valid JSON"),
+     ("adapter_config.json", lambda p: p.write_text("{,"), "not valid JSON")],
+)  # fmt: skip
+def test_a_damaged_run_dir_file_is_named(name, damage, message, run_dir, tmp_path, capsys):
+    run = _damaged_copy(run_dir, tmp_path, name, damage)
+    for argv in (["prune", str(run), "--fraction", "0.1", "--out", str(tmp_path / "p")],
+                 ["eval", str(run), "--out", str(tmp_path / "e")]):  # fmt: skip
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and name in err, err
+
+
+def test_a_non_finite_or_negative_posterior_is_refused(run_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ivon_lora import Posterior
+    from ivon_lora.errors import RunDirError
+
+    for bad, message in ((float("nan"), "NaN or inf"), (-1.0, "negative variances")):
+        run = tmp_path / f"bad{bad}"
+        shutil.copytree(run_dir, run)
+        variance = load_file(run / "posterior.safetensors")
+        key = sorted(variance)[0]
+        variance[key] = torch.full_like(variance[key], bad)
+        save_file(variance, run / "posterior.safetensors")
+        with pytest.raises(RunDirError, match=message):
+            Posterior.load(str(run))
+
+
+def test_a_model_id_that_is_not_a_local_dir_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    assert cli.main(["train", DEMO, f"output_dir={out}", "model_name_or_path=no-such-org/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "model_name_or_path" in err and "no-such-org/no-such-model" in err and "HF_HUB_OFFLINE=1" in err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ overwrite means overwrite; divergence
+
+
+def test_overwrite_output_dir_removes_the_previous_runs_artifacts(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "checkpoint-99").mkdir()
+    (run / "eval-validation").mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert cli.main(["train", DEMO, f"output_dir={run}", "optim=adamw_torch", "overwrite_output_dir=true", *SHORT]) == 0
+    names = set(os.listdir(run))
+    assert not names & {"posterior.safetensors", "posterior_config.json", "diagnostics.json", "checkpoint-99",
+                        "eval-validation"}  # fmt: skip
+    assert "notes.txt" in names and json.loads((run / "metrics.json").read_text())["optimizer"] == "adamw_torch"
+
+
+def test_a_posterior_beside_another_adapter_is_refused(run_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "mixed"
+    shutil.copytree(run_dir, run)
+    adapter = load_file(run / "adapter_model.safetensors")
+    save_file({key: value + 1 for key, value in adapter.items()}, run / "adapter_model.safetensors")
+    assert cli.main(["prune", str(run), "--fraction", "0.1", "--out", str(tmp_path / "p")]) == 2
+    assert "mixes files of two runs" in capsys.readouterr().err
+
+
+def test_divergence_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", DEMO, f"output_dir={out}", "learning_rate=1e6", "ivon_clip_radius=inf", "max_steps=20",
+            "save_strategy=steps", "save_steps=1", "max_train_samples=64", "disable_tqdm=true", "lora_rank=2"]  # fmt: skip
+    status, stderr = ivon_lora(*argv)
+    assert status == 2 and "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "Training diverged at step" in last and "last good checkpoint" in last, last
+    assert not (out / "adapter_model.safetensors").exists() and not (out / "posterior.safetensors").exists()
+    from ivon_lora import Posterior
+
+    for checkpoint in sorted(p for p in out.iterdir() if p.name.startswith("checkpoint-")):
+        Posterior.load(str(checkpoint))  # every checkpoint kept is finite (RunDirError otherwise)
+
+
+# ------------------------------------------------------------------ relocatable run dirs
+
+
+def test_a_run_trained_on_a_relative_file_is_evaluated_from_elsewhere_after_a_copy(tmp_path):
+    from ivon_lora.tasks import get_task
+
+    work = tmp_path / "work"
+    work.mkdir()
+    task = get_task("synthetic")
+    raw = task.generator(task.splits["train"])[:32]  # the records a local file of the task holds
+    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raw))
+    status, stderr = ivon_lora("train", DEMO, "output_dir=run", "train_file=train.jsonl", *SHORT, cwd=work)
+    assert status == 0, stderr
+    shutil.copytree(work / "run", tmp_path / "moved")
+    shutil.rmtree(work)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    status, stderr = ivon_lora("eval", str(tmp_path / "moved"), "--limit", "8", "--samples", "2",
+                               "--out", str(tmp_path / "e"), cwd=elsewhere)  # fmt: skip
+    assert status == 0, stderr
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["tasks"]["synthetic"]["num_examples"] == 8

@@ -113,7 +113,7 @@ def test_the_optimizer_imports_no_hugging_face_package():
 
 def test_errors_and_artifacts_are_leaves():
     edges, _ = _graph()
-    assert edges["ivon_lora.errors"] == set() and edges["ivon_lora.artifacts"] == set()
+    assert edges["ivon_lora.errors"] == set() and edges["ivon_lora.artifacts"] == {"ivon_lora.errors"}
 
 
 def test_artifact_names_are_pefts():

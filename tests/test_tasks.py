@@ -257,7 +257,7 @@ def test_a_bad_record_names_task_split_and_row(tmp_path):
      ("piqa", {"sol2": ""}, r"missing field\(s\) \['sol2'\]"),
      ("winogrande_xl", {"answer": "3"}, r"answer '3' is not one of the labels \['1', '2'\]"),
      ("hellaswag", {"label": "4"}, r"label '4' is not one of the labels"),
-     ("mmlu:anatomy", {"answer": 4}, r"answer 4 is not one of the labels"),
+     ("mmlu:college_chemistry", {"answer": 4}, r"answer 4 is not one of the labels"),
      ("arc_challenge", {"choices": {"text": ["a", "b"], "label": ["A"]}}, r"choices must hold 2-8 texts")],
 )  # fmt: skip
 def test_missing_fields_and_invalid_labels_name_task_split_and_row(tmp_path, name, change, message):

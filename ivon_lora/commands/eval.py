@@ -92,7 +92,7 @@ def _run_label(run_dir: str, recipe, has_posterior: bool) -> str:
 
 def _describe_run(run_dir: str, taken: set) -> dict:
     """What a run dir is, checked before any model loads: label, recipe, whether it has a posterior."""
-    from ..artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME
+    from ..artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME, read_json
     from ..config import load_recipe
     from ..rundir import find_recipe
 
@@ -104,7 +104,9 @@ def _describe_run(run_dir: str, taken: set) -> dict:
     label = _run_label(run_dir, recipe, has_posterior)
     if label in taken:
         label = f"{label} (baseline)"
-    return {"dir": os.path.abspath(run_dir), "label": label, "recipe": recipe, "has_posterior": has_posterior}
+    dropout = read_json(os.path.join(run_dir, ADAPTER_CONFIG_NAME)).get("lora_dropout") or 0.0
+    return {"dir": os.path.abspath(run_dir), "label": label, "recipe": recipe, "has_posterior": has_posterior,
+            "dropout": dropout}  # fmt: skip
 
 
 def run_eval(options) -> dict:
@@ -138,11 +140,20 @@ def run_eval(options) -> dict:
     main = _describe_run(options.run_dir, set())
     baseline = _describe_run(options.baseline, {main["label"]}) if options.baseline else None
     members = [_describe_run(member, set()) for member in options.ensemble or []]
+    for described in (main, baseline):
+        if described and not described["has_posterior"] and options.mc_dropout_samples and not described["dropout"]:
+            raise UsageError(f"--mc-dropout-samples: {described['dir']} has no dropout (lora_dropout 0) to sample: "
+                             "evaluate it without MC dropout (--mc-dropout-samples 0)")  # fmt: skip
     recipe = main["recipe"]
     preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
     tasks = options.task or ([recipe.data.dataset] if recipe else None)
     if not tasks:
         raise UsageError(f"{options.run_dir} has no recipe.yaml naming its task: pass --task")
+    for task in tasks:
+        try:
+            get_task(task)
+        except KeyError as error:
+            raise UsageError(f"--task: {error.args[0]}") from None
     if (options.file or options.select_split) and len(tasks) > 1:
         raise UsageError("--file, sweeps and temperature scaling take a single --task")
     split = options.split or (recipe.data.eval_split if recipe and tasks == [recipe.data.dataset] else preset.report_split)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from ..artifacts import (
     POSTERIOR_CONFIG_NAME,
     POSTERIOR_WEIGHTS_NAME,
     check_new_output_dir,
+    read_json,
     staged_output_dir,
 )
 from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options
@@ -106,7 +106,7 @@ def export_run(directory: str, out: str, overwrite: bool = False) -> None:
     check_new_output_dir(out, overwrite)
     run = load_run(directory)
     metrics_path = os.path.join(directory, METRICS_NAME)
-    metrics = json.load(open(metrics_path)) if os.path.isfile(metrics_path) else None
+    metrics = read_json(metrics_path) if os.path.isfile(metrics_path) else None
     card = model_card(run, metrics)
     with staged_output_dir(out) as staging:
         posterior_dir = os.path.join(staging, EXPORT_POSTERIOR_DIR)

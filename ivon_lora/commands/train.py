@@ -53,12 +53,19 @@ def run_train(recipe) -> dict:
     import yaml
     from transformers import set_seed
 
-    from ..artifacts import METRICS_NAME, PREDICTIONS_NAME, RECIPE_NAME, write_json_atomic
+    from ..artifacts import (
+        METRICS_NAME,
+        PREDICTIONS_NAME,
+        RECIPE_NAME,
+        atomic_write,
+        remove_run_artifacts,
+        write_json_atomic,
+    )
     from ..choice import ChoiceCollator, choice_rows, format_examples
     from ..evaluation.metrics import calibration_metrics
     from ..evaluation.predict import predict, protocol
     from ..evaluation.report import write_jsonl
-    from ..modeling import apply_lora, check_quantization_support, load_base_model, load_tokenizer
+    from ..modeling import apply_lora, check_lora_targets, check_quantization_support, load_base_model, load_tokenizer
     from ..posterior import Posterior
     from ..rundir import environment
     from ..tasks import get_protocol, load_split
@@ -79,16 +86,26 @@ def run_train(recipe) -> dict:
     collator = ChoiceCollator(tokenizer, data_args.max_length)
     collator(choice_rows(train_examples[:1] + eval_examples[:1]))  # resolves the answer tokens, or fails now
     logger.info("%s: %d train / %d eval examples", data_args.dataset, len(train_examples), len(eval_examples))
-    if args.process_index == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, RECIPE_NAME), "w") as f:
-            versions = ", ".join(f"{name} {version}" for name, version in environment().items())
-            f.write(f"# Resolved recipe of this run ({versions}).\n")
-            yaml.safe_dump(recipe.resolved(), f, sort_keys=True)
+    check_lora_targets(model_args, tokenizer)  # from the model's config: before its weights load
 
     set_seed(args.seed)
     model = apply_lora(load_base_model(model_args, tokenizer, seed=args.seed), model_args)
     model.print_trainable_parameters()
+    # Written only now that everything has been checked and loaded: a run that fails validation writes nothing.
+    if args.process_index == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+        if run_args.overwrite_output_dir and args.resume_from_checkpoint is None:
+            removed = remove_run_artifacts(args.output_dir)
+            if removed:
+                logger.info("overwrite_output_dir: removed the previous run's %s", ", ".join(removed))
+        versions = ", ".join(f"{name} {version}" for name, version in environment().items())
+        recipe_text = f"# Resolved recipe of this run ({versions}).\n" + yaml.safe_dump(recipe.resolved(), sort_keys=True)
+
+        def write_recipe(path):
+            with open(path, "w") as f:
+                f.write(recipe_text)
+
+        atomic_write(os.path.join(args.output_dir, RECIPE_NAME), write_recipe)
 
     def compute_metrics(prediction):
         logits = torch.as_tensor(prediction.predictions).double()

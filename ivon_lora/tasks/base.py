@@ -42,6 +42,9 @@ class Task:
     hub_revision: str | None = None
     # Records made by code instead of loaded (the synthetic task): split name -> records.
     generator: Callable[[str], list[dict]] | None = None
+    # Choices every record must have (None: any number): a 2-choice row in a 4-choice task is an error, not a
+    # question scored 2-way under the task's name.
+    num_choices: int | None = None
 
     def source(self, data_files=None) -> str:
         """Where this task's records come from, for messages and reports."""

@@ -9,7 +9,7 @@ from .arc import arc_example
 from .base import TRAIN_VALIDATION_TEST, Task
 
 TASKS = (
-    Task("commonsense_qa", arc_example, "tau/commonsense_qa", None, TRAIN_VALIDATION_TEST, family="commonsense_qa",
+    Task("commonsense_qa", arc_example, "tau/commonsense_qa", None, TRAIN_VALIDATION_TEST, family="commonsense_qa", num_choices=5,
          unlabelled_splits=frozenset({"test"}), id_field="id",
          description="CommonsenseQA: ConceptNet-based questions, 5 choices (test split unlabelled)."),
 )  # fmt: skip

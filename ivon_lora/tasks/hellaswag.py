@@ -39,7 +39,7 @@ def hellaswag_example(record: dict) -> ChoiceExample:
 
 
 TASKS = (
-    Task("hellaswag", hellaswag_example, "Rowan/hellaswag", None, TRAIN_VALIDATION_TEST, family="hellaswag",
+    Task("hellaswag", hellaswag_example, "Rowan/hellaswag", None, TRAIN_VALIDATION_TEST, family="hellaswag", num_choices=4,
          unlabelled_splits=frozenset({"test"}),
          description="HellaSwag: pick the most plausible of 4 endings (test split unlabelled)."),
 )  # fmt: skip

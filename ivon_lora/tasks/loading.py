@@ -12,6 +12,7 @@ Order of operations, chosen so that ids and `limit` mean the same thing under ev
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -119,9 +120,10 @@ def load_records(task: Task, split: str, data_files: str | os.PathLike | None = 
         raise ValueError(f"Task {task.name!r} has no split {split!r}; available: {', '.join(task.splits)}")
     if data_files is not None:
         builder, files = resolve_data_files(data_files)
-        import datasets
-
-        return list(datasets.load_dataset(builder, data_files=files, split="train"))
+        records = []
+        for file in files:
+            records += _read_json_records(file) if builder == "json" else _read_table_records(builder, file)
+        return records
     if task.generator is not None:
         return task.generator(task.splits[split])
     import datasets
@@ -130,6 +132,43 @@ def load_records(task: Task, split: str, data_files: str | os.PathLike | None = 
         task.hub_path, task.hub_config, split=task.splits[split], revision=task.hub_revision
     )
     return list(dataset)
+
+
+def _read_json_records(path: str) -> list:
+    """The records of a .json (one array of objects, or JSON lines) or .jsonl file; errors name the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as error:
+        raise TaskDataError(f"{path}: not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+    if not text.strip():
+        raise TaskDataError(f"{path}: the file is empty: it holds no records")
+    if path.lower().endswith(".json"):
+        try:
+            value = json.loads(text)
+            return value if isinstance(value, list) else [value]
+        except json.JSONDecodeError:
+            pass  # JSON lines in a .json file, as `datasets` reads them
+    records = []
+    for line_number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise TaskDataError(f"{path}, line {line_number}: not valid JSON ({error.msg}, column {error.colno})") from None
+    return records
+
+
+def _read_table_records(builder: str, path: str) -> list:
+    import datasets
+
+    try:
+        records = list(datasets.load_dataset(builder, data_files=[path], split="train"))
+    except Exception as error:  # noqa: BLE001 - whatever the reader raises, the user is told which file
+        raise TaskDataError(f"{path}: not a readable {builder} file ({type(error).__name__}: {error})") from None
+    if not records:
+        raise TaskDataError(f"{path}: the file holds no records")
+    return records
 
 
 def load_split(
@@ -192,7 +231,11 @@ def load_examples(
 
 def _example(task: Task, split: str, row: int, record: dict) -> ChoiceExample:
     """`record` as an example with its id, checked to carry a label unless its split may be unlabelled."""
+    if not isinstance(record, dict):
+        raise RecordError(f"a record is a JSON object of fields, got {type(record).__name__}")
     example = task.build_example(record)
+    if task.num_choices is not None and len(example.answers) != task.num_choices:
+        raise RecordError(f"{len(example.answers)} choices, but every {task.name} question has {task.num_choices}")
     if example.gold == -1 and split not in task.unlabelled_splits:
         allowed = (
             f"only {', '.join(sorted(task.unlabelled_splits))} may be" if task.unlabelled_splits else "none may be"

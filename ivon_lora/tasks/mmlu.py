@@ -8,7 +8,7 @@ exists only in config "all" and is not offered here.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 
 from ..choice.example import ChoiceExample
 from .base import RecordError, Task, label_index, mc_example, require, unknown_name
@@ -32,8 +32,10 @@ MMLU_SPLITS = {"test": "test", "validation": "validation", "dev": "dev"}
 NAME_PREFIXES = ("mmlu:", "mmlu_")
 
 
-def mmlu_example(record: dict) -> ChoiceExample:
+def mmlu_example(record: dict, subject: str = "all") -> ChoiceExample:
     require(record, "question", "choices")
+    if subject != "all" and record.get("subject") not in (None, "", subject):
+        raise RecordError(f"subject {record['subject']!r} is not the task's subject {subject!r}")
     choices = record["choices"]
     if not isinstance(choices, (list, tuple)):
         raise RecordError(f"choices must be a list of texts, got {choices!r}")
@@ -55,6 +57,7 @@ def mmlu_task(subject: str) -> Task:
     if subject not in MMLU_CONFIGS:
         raise unknown_name("MMLU subject", subject, MMLU_CONFIGS)
     return Task(
-        f"mmlu_{subject}", mmlu_example, "cais/mmlu", subject, MMLU_SPLITS, family="mmlu",
+        f"mmlu_{subject}", partial(mmlu_example, subject=subject), "cais/mmlu", subject, MMLU_SPLITS, family="mmlu",
+        num_choices=4,
         description=f"MMLU {subject.replace('_', ' ')}: 4-choice exam questions (OOD evaluation; no train split).",
     )  # fmt: skip

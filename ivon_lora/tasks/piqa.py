@@ -16,7 +16,7 @@ def piqa_example(record: dict) -> ChoiceExample:
 
 
 TASKS = (
-    Task("piqa", piqa_example, "ybisk/piqa", "default", TRAIN_VALIDATION_TEST, family="piqa",
+    Task("piqa", piqa_example, "ybisk/piqa", "default", TRAIN_VALIDATION_TEST, family="piqa", num_choices=2,
          unlabelled_splits=frozenset({"test"}), hub_revision="refs/convert/parquet",
          description="PIQA physical commonsense: pick the better of 2 solutions (test split unlabelled)."),
 )  # fmt: skip

@@ -18,6 +18,6 @@ def siqa_example(record: dict) -> ChoiceExample:
 
 
 TASKS = (
-    Task("siqa", siqa_example, "allenai/social_i_qa", "default", family="siqa", hub_revision="refs/convert/parquet",
+    Task("siqa", siqa_example, "allenai/social_i_qa", "default", family="siqa", num_choices=3, hub_revision="refs/convert/parquet",
          description="Social IQa: social-situation commonsense questions, 3 choices."),
 )  # fmt: skip

@@ -22,7 +22,7 @@ def winogrande_example(record: dict) -> ChoiceExample:
 
 TASKS = tuple(
     Task(f"winogrande_{size}", winogrande_example, "allenai/winogrande", f"winogrande_{size}",
-         TRAIN_VALIDATION_TEST, family="winogrande", unlabelled_splits=frozenset({"test"}),
+         TRAIN_VALIDATION_TEST, family="winogrande", num_choices=2, unlabelled_splits=frozenset({"test"}),
          description=f"WinoGrande ({size}) pronoun resolution, 2 options (test split unlabelled).")
     for size in SIZES
 )  # fmt: skip

@@ -6,11 +6,18 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..optim.ivon import _check_hyperparameters
+
 IVON_OPTIM = "ivon"
 # The widest initial posterior std the default ess allows: 1/sqrt(ess * hess_init) of the IVON-LoRA paper (ess 1e6,
 # hess_init 1e-3). The train set size alone (the Bayesian choice) gives 1.4 for 500 examples at hess_init 1e-3:
 # samples that wide replace the pretrained function with noise, the gradients explode and the mean never learns.
 DEFAULT_INITIAL_STD = 0.032
+# IVON's argument names -> the fields of IVONTrainingArguments that set them (errors name the field).
+IVON_ARGUMENT_FIELDS = {"lr": "learning_rate", "ess": "ivon_ess", "hess_init": "ivon_hess_init", "beta1": "ivon_beta1",
+                        "beta2": "ivon_beta2", "weight_decay": "weight_decay", "clip_radius": "ivon_clip_radius",
+                        "mean_weight_decay": "ivon_mean_weight_decay", "mc_samples": "train_mc_samples",
+                        "rescale_lr": "ivon_rescale_lr", "seed": "ivon_seed"}  # fmt: skip
 # A user-chosen ess whose initial std is above this gets a warning, with the reason.
 WIDE_INITIAL_STD = 0.1
 
@@ -62,6 +69,10 @@ class IVONTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         self.use_ivon = self.optim == IVON_OPTIM
+        if not self.learning_rate >= 0:  # every optimizer; `not >=` rejects NaN too
+            raise ValueError(f"Invalid learning_rate value: {self.learning_rate} (must be >= 0)")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"Invalid max_steps value: {self.max_steps} (must be > 0, or -1 for num_train_epochs)")
         if self.use_ivon:
             if self.fp16:
                 raise ValueError(
@@ -70,11 +81,21 @@ class IVONTrainingArguments(TrainingArguments):
                 )
             if self.ivon_eval_mc_samples < 0:
                 raise ValueError(f"Invalid ivon_eval_mc_samples value: {self.ivon_eval_mc_samples} (must be >= 0)")
-            if self.train_mc_samples < 1:
-                raise ValueError(f"Invalid train_mc_samples value: {self.train_mc_samples} (must be >= 1)")
+            self._check_ivon_hyperparameters()
             # TrainingArguments only knows the transformers optimizers: validate the rest as for AdamW.
             self.optim = "adamw_torch"
             super().__post_init__()
             self.optim = IVON_OPTIM
         else:
             super().__post_init__()
+
+    def _check_ivon_hyperparameters(self) -> None:
+        """IVON's own validation (one home for its rules), before any model loads, naming the recipe keys."""
+        values = {argument: getattr(self, name) for argument, name in IVON_ARGUMENT_FIELDS.items()}
+        values["ess"] = 1.0 if self.ivon_ess is None else self.ivon_ess  # None: derived from the train set, later
+        values["seed"] = self.seed if self.ivon_seed is None else self.ivon_seed
+        try:
+            _check_hyperparameters(**values)
+        except ValueError as error:
+            bad = str(error).split()[1]  # "Invalid <argument> value: ..."
+            raise ValueError(f"Invalid {IVON_ARGUMENT_FIELDS.get(bad, bad)} value: {values.get(bad)!r}") from None

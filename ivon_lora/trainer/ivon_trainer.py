@@ -32,14 +32,16 @@ to the objective's `sampled_evaluation_metrics` hook (the multiple-choice one: `
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sized
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import Trainer
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from transformers.training_args import ParallelMode
 
+from ..errors import TrainingDivergedError
 from ..optim import IVON
 from ..posterior import Posterior
 from .config import DEFAULT_INITIAL_STD, WIDE_INITIAL_STD, IVONTrainingArguments, default_ess
@@ -178,9 +180,38 @@ class IVONTrainerMixin:
             "with data_parallel=None (the default) or True, after torch.distributed is initialized."
         )
 
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        """The error that stops a diverged run: which step, what went non-finite, what survives, what to change."""
+        step = self.state.global_step + 1
+        output_dir = self.args.output_dir
+        last = get_last_checkpoint(output_dir) if output_dir and os.path.isdir(output_dir) else None
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        return TrainingDivergedError(
+            f"Training diverged at step {step}: {what} is NaN or inf; {kept}, and no final adapter or posterior was "
+            "written. Lower learning_rate (or, for IVON, keep ivon_clip_radius finite, e.g. 1e-3) and retrain."
+        )
+
+    def _check_finite(self, losses, grad_norms) -> None:
+        if not bool(torch.isfinite(torch.stack([loss.detach().float() for loss in losses])).all()):
+            raise self._diverged("the training loss")
+        if grad_norms and not bool(torch.isfinite(torch.stack(grad_norms)).all()):
+            raise self._diverged("the gradient")
+
+    def _check_finite_weights(self) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if not all(bool(p.isfinite().all()) for p in model.parameters() if p.requires_grad):
+            raise self._diverged("a trained weight")
+
+    def _save_checkpoint(self, model, trial):
+        self._check_finite_weights()  # a checkpoint of NaN weights would be the one a resume picks
+        return super()._save_checkpoint(model, trial)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self._uses_ivon():
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            self._check_finite([loss], [torch.stack([g.norm() for g in grads]).norm()] if grads else [])
+            return loss
         ivon = self.ivon_optimizer
         self._check_ivon_synchronises(ivon, model)
         params = [p for group in ivon.param_groups for p in group["params"]]
@@ -199,6 +230,7 @@ class IVONTrainerMixin:
                         self._ivon_grad_norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).detach())
         finally:
             self.loss_is_scaled_for_ga = scaled_for_ga
+        self._check_finite(losses, self._ivon_grad_norms[-len(losses):])
         # The Trainer sums the returned losses over the accumulation steps for logging.
         return torch.stack(losses).mean() / self.current_gradient_accumulation_steps
 
@@ -265,6 +297,7 @@ class IVONTrainerMixin:
             self.compute_metrics = compute_metrics
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        self._check_finite_weights()
         super().save_model(output_dir, _internal_call)
         ivon = self.ivon_optimizer
         # Only the saving process writes; the posterior is read from local state (identical on every rank, no
