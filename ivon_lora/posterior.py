@@ -179,7 +179,7 @@ class Posterior:
                     "different LoRA settings"
                 )
         mean, variance = read_tensors(paths[ADAPTER_WEIGHTS_NAME]), read_tensors(paths[POSTERIOR_WEIGHTS_NAME])
-        recorded = config.get(ADAPTER_HASH_KEY)
+        recorded = config.pop(ADAPTER_HASH_KEY, None)  # a record of the files, not of the posterior
         if recorded is not None and recorded != adapter_hash(mean):
             raise RunDirError(
                 f"{paths[ADAPTER_WEIGHTS_NAME]} is not the adapter the posterior in {directory} was saved with "

@@ -5,6 +5,7 @@ Subprocess tests where the guarantee is about exit codes, files on disk or kills
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -326,3 +327,99 @@ def test_a_run_trained_on_a_relative_file_is_evaluated_from_elsewhere_after_a_co
                                "--out", str(tmp_path / "e"), cwd=elsewhere)  # fmt: skip
     assert status == 0, stderr
     assert json.loads((tmp_path / "e" / "eval.json").read_text())["tasks"]["synthetic"]["num_examples"] == 8
+
+
+# ------------------------------------------------------------------ truncation is visible
+
+
+def test_a_long_prompt_loses_its_middle_not_its_frame_or_answer_cue(llama_tokenizer):
+    from ivon_lora.choice import ChoiceExample
+    from ivon_lora.choice.collator import ChoiceCollator, shorten
+
+    assert shorten(list(range(10)), 8) == [0, 1, 4, 5, 6, 7, 8, 9] and shorten([1, 2], 8) == [1, 2]
+    prompt = "Instruction: pick one. Question: " + "blah " * 200 + "Choices: A. x B. y Answer:"
+    example = ChoiceExample(id="0", prompt=prompt, answers=(" A", " B"), gold=0)
+    batch = ChoiceCollator(llama_tokenizer, max_length=120)([{"prompt": prompt, "answers": example.answers, "gold": 0}])
+    text = llama_tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert batch["input_ids"].shape[1] == 120
+    assert text.startswith("Instruction: pick one.") and text.endswith("Choices: A. x B. y Answer:")
+
+
+def test_truncated_prompts_are_counted_per_split_in_the_report(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", DEMO, f"output_dir={out}", "max_length=16", *SHORT]) == 0
+    data = json.loads((out / "metrics.json").read_text())["data"]
+    assert data["train"]["truncated"] == 32 and data["eval"]["truncated"] == 16  # every synthetic prompt is longer
+
+
+# ------------------------------------------------------------------ reports a reader can trust
+
+
+def _ties(num_classes: int, count: int):
+    import torch
+
+    return torch.full((count, num_classes), 1.0 / num_classes, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_blob_ece_bins_exactly_as_torchmetrics_including_ties(dtype):
+    import torch
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from ivon_lora.evaluation.metrics import expected_calibration_error
+    from ivon_lora.tasks import get_protocol
+
+    generator = torch.Generator().manual_seed(0)
+    cases = [(_ties(2, 40), 15), (_ties(3, 30), 15), (_ties(4, 20), 10),  # ties on a bin edge
+             (torch.eye(3, dtype=torch.float64).repeat(5, 1), 10),  # confidence exactly 1
+             (torch.softmax(3 * torch.randn(500, 4, generator=generator, dtype=torch.float64), dim=-1), 15)]  # fmt: skip
+    edges = get_protocol("blob").ece_edges
+    for probs, bins in cases:
+        probs = probs.to(getattr(torch, dtype))
+        gold = torch.randint(0, probs.shape[1], (len(probs),), generator=generator)
+        expected = float(multiclass_calibration_error(probs, gold, num_classes=probs.shape[1], n_bins=bins, norm="l1"))
+        assert expected_calibration_error(probs, gold, bins, edges) == pytest.approx(expected, abs=1e-6)
+    # The ivon-lora preset's (lo, hi] differs on exact ties: a 3-way tie at 1/3 with 15 bins sits on an edge.
+    probs, gold = _ties(3, 30), torch.zeros(30, dtype=torch.long)
+    gold[:20] = 1
+    right = expected_calibration_error(probs, gold, 15, get_protocol("ivon-lora").ece_edges)
+    left = expected_calibration_error(probs, gold, 15, edges)
+    assert right == pytest.approx(left)  # one bin either way: equal; the bins differ
+    from ivon_lora.evaluation.metrics import reliability_bins
+
+    assert [b["count"] for b in reliability_bins(probs, gold, 15, "right")][4] == 30
+    assert [b["count"] for b in reliability_bins(probs, gold, 15, "left")][5] == 30
+
+
+def test_the_reliability_diagram_draws_accuracy_confidence_counts_and_marks_empty_and_small_bins():
+    import torch
+    from matplotlib.patches import Rectangle
+
+    from ivon_lora.evaluation.plots import reliability_figure
+
+    # 100 examples at confidence 0.65, 90% right (underconfident); 4 at 0.95, all wrong; the rest of the bins empty.
+    probs = torch.tensor([[0.65, 0.35]] * 100 + [[0.95, 0.05]] * 4, dtype=torch.float64)
+    gold = torch.tensor([0] * 90 + [1] * 10 + [1] * 4)
+    figure = reliability_figure("t", [("run", probs, gold, {})], num_bins=10)
+    axis = figure.axes[0]
+    bars = {round(p.get_x() + p.get_width() / 2, 3): p for p in axis.patches if isinstance(p, Rectangle)}
+    assert bars[0.65].get_height() == pytest.approx(0.9)  # the bar is the accuracy, not the confidence
+    assert bars[0.95].get_height() == pytest.approx(0.0) and bars[0.95].get_hatch() == "///"  # 4 examples: small
+    lines = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in axis.lines]
+    assert ((0.6, 0.7), (0.65, 0.65)) in [(tuple(round(x, 3) for x in xs), tuple(round(y, 3) for y in ys))
+                                          for xs, ys in lines]  # the confidence tick  # fmt: skip
+    texts = [text.get_text() for text in axis.texts]
+    assert "100" in texts and "4" in texts and texts.count("empty") == 8
+    assert axis.get_xlabel().startswith("confidence") and axis.get_ylabel()
+
+
+def test_every_report_records_the_presets_deviations_and_bin_edges(run_dir, tmp_path):
+    out = tmp_path / "e"
+    assert cli.main(["eval", run_dir, "--limit", "8", "--samples", "2", "--protocol", "blob", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["protocol"]["preset"]["deviations"] and report["protocol"]["ece"].endswith("(torchmetrics)")
+    assert report["tasks"]["synthetic"]["truncated"]
+    table = (out / "eval.md").read_text()
+    assert "Deviation from the paper" in table and "[lo, hi)" in table
+    metrics = json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())
+    assert "deviations" in metrics["protocol"]["preset"] and "truncated" in metrics["data"]["eval"]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .answers import answer_token_ids, ending_key
+
+logger = logging.getLogger(__name__)
 
 
 class ChoiceCollator:
     """Tokenizes a batch of `ChoiceExample` dicts with left padding so that position -1 is every prompt's end.
 
     The batch holds `input_ids`, `attention_mask`, `choice_token_ids` and `choice_mask` (B x K_max, since tasks
-    with different K may be mixed) and `labels` (the gold indices). Prompts longer than `max_length` lose their
-    beginning, never their end.
+    with different K may be mixed) and `labels` (the gold indices). A prompt longer than `max_length` loses its
+    middle (`shorten`): its start (the instruction frame) and its end (choices and answer cue) survive.
     """
 
     def __init__(self, tokenizer, max_length: int | None = None):
@@ -27,23 +31,39 @@ class ChoiceCollator:
         return self._answer_ids[key]
 
     def __call__(self, examples) -> dict[str, torch.Tensor]:
-        tokenizer = self.tokenizer
-        side = tokenizer.truncation_side
-        tokenizer.truncation_side = "left"
-        try:
-            batch = tokenizer(
-                [e["prompt"] for e in examples],
-                padding=True,
-                padding_side="left",
-                truncation=self.max_length is not None,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        finally:
-            tokenizer.truncation_side = side
+        ids = [shorten(row, self.max_length) for row in self.tokenizer([e["prompt"] for e in examples])["input_ids"]]
+        width = max(len(row) for row in ids)
+        pad = self.tokenizer.pad_token_id
+        batch = {
+            "input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in ids]),
+            "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids]),
+        }
         choice_ids = [self._choice_ids(e["prompt"], tuple(e["answers"])) for e in examples]
         num_choices = max(len(ids) for ids in choice_ids)
         batch["choice_token_ids"] = torch.tensor([ids + [0] * (num_choices - len(ids)) for ids in choice_ids])
         batch["choice_mask"] = torch.tensor([[k < len(ids) for k in range(num_choices)] for ids in choice_ids])
         batch["labels"] = torch.tensor([e["gold"] for e in examples])
-        return dict(batch)
+        return batch
+
+
+def shorten(ids: list[int], max_length: int | None) -> list[int]:
+    """`ids` cut to `max_length` tokens by dropping the middle: the first quarter of the budget is kept (the
+    instruction frame and the start of the question), the rest from the end (the question's end, the choices,
+    "Answer:"). Cutting from the left, as tokenizers do, would drop the question and keep only the choices."""
+    if max_length is None or len(ids) <= max_length:
+        return ids
+    head = max_length // 4
+    return ids[:head] + ids[len(ids) - (max_length - head):]
+
+
+def count_truncated(tokenizer, examples, max_length: int | None, what: str) -> int:
+    """How many of `examples` (ChoiceExamples) have prompts longer than `max_length` tokens, so lose their middle;
+    logged as a warning naming `what` (e.g. "synthetic validation") when there are any."""
+    if max_length is None or not examples:
+        return 0
+    count = sum(len(ids) > max_length for ids in tokenizer([e.prompt for e in examples])["input_ids"])
+    if count:
+        logger.warning("%s: %d of %d prompts are longer than max_length=%d tokens and lose their middle (the "
+                       "instruction and the answer cue are kept); raise max_length to keep them whole",
+                       what, count, len(examples), max_length)  # fmt: skip
+    return count

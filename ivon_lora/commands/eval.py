@@ -120,12 +120,13 @@ def run_eval(options) -> dict:
         write_json_atomic,
     )
     from ..choice import format_examples
+    from ..choice.collator import count_truncated
     from ..errors import UsageError
     from ..evaluation.metrics import headline_metric
     from ..evaluation.plots import plot_tradeoff
     from ..evaluation.baselines import ensemble, fit_temperature, temper
     from ..evaluation.predict import Predictions, predict, protocol
-    from ..evaluation.report import markdown_table, sweep_table, write_task_files
+    from ..evaluation.report import markdown_table, report_notes, sweep_table, write_task_files
     from ..evaluation.sweep import sweep_posterior
     from ..rundir import environment, load_run
     from ..tasks import get_protocol, get_task, load_split
@@ -214,6 +215,7 @@ def run_eval(options) -> dict:
                     formatted(loaded[tasks[0]].examples),
                     fractions=options.prune_fractions, temperatures=options.temperatures, prune_options=prune_options,
                     select_by=options.select_by, num_samples=num_samples, max_length=max_length, ece_bins=ece_bins,
+                    ece_edges=preset.ece_edges,
                     **evaluate_options,
                 )  # fmt: skip
                 result["sweep"] = sweep
@@ -237,7 +239,10 @@ def run_eval(options) -> dict:
                 run.model, run.tokenizer, formatted(part.examples), posterior=posterior, num_samples=described_samples,
                 max_length=max_length, sample_kind=samples_of, **evaluate_options,
             )  # fmt: skip
-            result["tasks"][task].setdefault("runs", {})[label] = predictions[task][label].metrics(ece_bins)
+            result["tasks"][task].setdefault("runs", {})[label] = predictions[task][label].metrics(ece_bins, ece_edges=preset.ece_edges)
+            # Prompts cut to the run's max_length (their middle): per run, as chat templates differ in length.
+            result["tasks"][task].setdefault("truncated", {})[label] = count_truncated(
+                run.tokenizer, formatted(part.examples), max_length, f"{label}: {task} {split}")
         if options.temperature_scaling:
             held_out[label] = predict(run.model, run.tokenizer, formatted(select_split.examples), posterior=posterior,
                                       num_samples=0, max_length=max_length, **evaluate_options)  # fmt: skip
@@ -248,7 +253,7 @@ def run_eval(options) -> dict:
         runs["ensemble"] = {"dirs": [m["dir"] for m in members], "samples": "ensemble", "num_samples": len(members)}
         for task in tasks:
             predictions[task]["ensemble"] = ensemble(member_predictions[task])
-            result["tasks"][task]["runs"]["ensemble"] = predictions[task]["ensemble"].metrics(ece_bins)
+            result["tasks"][task]["runs"]["ensemble"] = predictions[task]["ensemble"].metrics(ece_bins, ece_edges=preset.ece_edges)
         if options.temperature_scaling:
             held_out["ensemble"] = ensemble(held_out["ensemble"])
     for label, selection in held_out.items():
@@ -260,7 +265,7 @@ def run_eval(options) -> dict:
         probs = source.predictive() if label == "ensemble" else source.mean
         scaled = f"{label} + TS"
         predictions[task][scaled] = Predictions(source.ids, source.gold, source.num_choices, temper(probs, temperature))
-        result["tasks"][task]["runs"][scaled] = predictions[task][scaled].metrics(ece_bins)
+        result["tasks"][task]["runs"][scaled] = predictions[task][scaled].metrics(ece_bins, ece_edges=preset.ece_edges)
         runs[scaled] = {"temperature_scaling": {"temperature": temperature, "fitted_on": options.select_split,
                                                 "of": label, "criterion": "nll"}}  # fmt: skip
 
@@ -278,12 +283,13 @@ def run_eval(options) -> dict:
     with staged_output_dir(out) as staging:
         for task in tasks:
             result["tasks"][task]["files"] = write_task_files(
-                staging, task, predictions[task], result["tasks"][task]["runs"], preset.ece_bins
+                staging, task, predictions[task], result["tasks"][task]["runs"], preset.ece_bins, preset.ece_edges
             )
         write_json_atomic(os.path.join(staging, REPORT_NAME), result)
         table = markdown_table(result["tasks"], ece_bins)
         with open(os.path.join(staging, TABLE_NAME), "w") as f:
             f.write(table + (f"\n{sweep_table(result['sweep'], ece_bins)}\n" if sweeping else ""))
+            f.write("\n" + report_notes(preset, result["tasks"]))
         if sweeping:
             plot_tradeoff(result["sweep"], os.path.join(staging, TRADEOFF_PLOT_NAME), headline_metric(preset))
     for line in table.splitlines():

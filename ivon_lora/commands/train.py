@@ -62,6 +62,7 @@ def run_train(recipe) -> dict:
         write_json_atomic,
     )
     from ..choice import ChoiceCollator, choice_rows, format_examples
+    from ..choice.collator import count_truncated
     from ..evaluation.metrics import calibration_metrics
     from ..evaluation.predict import predict, protocol
     from ..evaluation.report import write_jsonl
@@ -84,6 +85,8 @@ def run_train(recipe) -> dict:
     train_examples = format_examples(train_examples, tokenizer, model_args)
     eval_examples = format_examples(eval_examples, tokenizer, model_args)
     collator = ChoiceCollator(tokenizer, data_args.max_length)
+    truncated = {key: count_truncated(tokenizer, examples, data_args.max_length, f"{data_args.dataset} {split.split}")
+                 for key, examples, split in (("train", train_examples, train_split), ("eval", eval_examples, eval_split))}
     collator(choice_rows(train_examples[:1] + eval_examples[:1]))  # resolves the answer tokens, or fails now
     logger.info("%s: %d train / %d eval examples", data_args.dataset, len(train_examples), len(eval_examples))
     check_lora_targets(model_args, tokenizer)  # from the model's config: before its weights load
@@ -109,7 +112,8 @@ def run_train(recipe) -> dict:
 
     def compute_metrics(prediction):
         logits = torch.as_tensor(prediction.predictions).double()
-        return calibration_metrics(torch.softmax(logits, dim=-1), torch.as_tensor(prediction.label_ids))
+        return calibration_metrics(torch.softmax(logits, dim=-1), torch.as_tensor(prediction.label_ids),
+                                   ece_edges=preset.ece_edges)  # fmt: skip
 
     trainer = trainer_class()(
         model=model,
@@ -140,13 +144,14 @@ def run_train(recipe) -> dict:
         seed=run_args.eval_seed,
     )
     ece_bins = sorted(set(run_args.ece_bins) | {preset.ece_bins})  # the protocol's headline ECE is always there
-    metrics = predictions.metrics(ece_bins)
+    metrics = predictions.metrics(ece_bins, ece_edges=preset.ece_edges)
     report = {
         "task": data_args.dataset,
         "split": data_args.eval_split,
         "optimizer": args.optim,
         "protocol": protocol(preset, num_samples, ece_bins),
-        "data": {"train": train_split.as_dict(), "eval": eval_split.as_dict()},
+        "data": {"train": {**train_split.as_dict(), "truncated": truncated["train"]},
+                 "eval": {**eval_split.as_dict(), "truncated": truncated["eval"]}},
         "metrics": metrics,
         "train": train_result.metrics,
         "environment": environment(),

@@ -8,7 +8,10 @@ family, one column per bin count (`ece_10`, `ece_15`); a protocol preset's headl
 it, and eval.json, eval.md, train's metrics.json, the model card, the sweep table and the plots show it.
 
 All values are fractions (multiply by 100 for the papers' tables). ECE uses equal-width bins over the
-confidence (the max probability), each bin (lo, hi], weighted by its share of examples; Brier is the squared
+confidence (the max probability), weighted by each bin's share of examples. Where a confidence on a bin edge goes
+is the protocol's `ece_edges` (`BIN_EDGES`): "right", bins (lo, hi] (IVON-LoRA's notes; the default), or "left",
+bins [lo, hi) as torchmetrics (and so BLoB) bins, where a confidence of exactly 1 is a bin of its own. Exact ties
+(a 2-way tie at 0.5, a 3-way tie at 1/3 under 15 bins, common in bf16) change bins between the two. Brier is the squared
 error summed over the K classes (not divided by K), averaged over examples (ivon-notes §3).
 """
 
@@ -21,6 +24,8 @@ import torch
 
 DEFAULT_ECE_BINS = (10, 15)
 DEFAULT_RISK_LEVELS = (0.01, 0.05, 0.1)
+# Where a confidence on a bin edge goes: ece_edges name -> the bins it makes (recorded in every report).
+BIN_EDGES = {"right": "(lo, hi]", "left": "[lo, hi), a confidence of 1 in a bin of its own (torchmetrics)"}
 
 
 def _check(probs: torch.Tensor, gold: torch.Tensor) -> None:
@@ -32,20 +37,31 @@ def _check(probs: torch.Tensor, gold: torch.Tensor) -> None:
         raise ValueError("Gold indices must lie in [0, K)")
 
 
-def _bin_index(confidence: torch.Tensor, num_bins: int) -> torch.Tensor:
-    # Bin b holds confidences in (b/num_bins, (b+1)/num_bins]. A float32 0.6 is 0.60000002: the tolerance keeps
-    # values that are on an edge up to float32 rounding in the lower bin, as exact arithmetic would.
+def _num_bin_slots(num_bins: int, edges: str) -> int:
+    if edges not in BIN_EDGES:
+        raise ValueError(f"Invalid ece_edges value: {edges!r} (choose from {', '.join(BIN_EDGES)})")
+    return num_bins + 1 if edges == "left" else num_bins
+
+
+def _bin_index(confidence: torch.Tensor, num_bins: int, edges: str = "right") -> torch.Tensor:
+    # "right": bin b holds (b/n, (b+1)/n]; "left": [b/n, (b+1)/n), and bin n holds exactly 1 (torchmetrics).
+    # A float32 0.6 is 0.60000002: the tolerance puts values that are on an edge up to float32 rounding where exact
+    # arithmetic would (torchmetrics compares in the input's dtype, where such a value equals its edge).
     edge_tolerance = 1e-6
-    return (torch.ceil(confidence.double() * num_bins - edge_tolerance).long() - 1).clamp(0, num_bins - 1)
+    scaled = confidence.double() * num_bins
+    if _num_bin_slots(num_bins, edges) > num_bins:
+        return torch.floor(scaled + edge_tolerance).long().clamp(0, num_bins)
+    return (torch.ceil(scaled - edge_tolerance).long() - 1).clamp(0, num_bins - 1)
 
 
-def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10) -> float:
+def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10, edges: str = "right") -> float:
     _check(probs, gold)
     confidence, prediction = probs.max(dim=1)
     correct = (prediction == gold).double()
-    bins = _bin_index(confidence, num_bins)
-    conf_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, confidence.double())
-    correct_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, bins, correct)
+    bins = _bin_index(confidence, num_bins, edges)
+    slots = _num_bin_slots(num_bins, edges)
+    conf_sum = torch.zeros(slots, dtype=torch.float64).index_add_(0, bins, confidence.double())
+    correct_sum = torch.zeros(slots, dtype=torch.float64).index_add_(0, bins, correct)
     return float((conf_sum - correct_sum).abs().sum() / len(gold))
 
 
@@ -70,7 +86,7 @@ class Metric:
     """One reported quantity of a predictive distribution.
 
     `compute(probs N x K float64, gold N)` aggregates it over the examples (for a `per_bins` family,
-    `compute(probs, gold, num_bins)`, one column `{name}_{bins}` per bin count); a metric without `compute`
+    `compute(probs, gold, num_bins, edges)`, one column `{name}_{bins}` per bin count); a metric without `compute`
     is read from the predictive's result by `read` (selective prediction's AURC and coverage). `percent`: shown
     x100; `summary`: one of the papers' columns (model cards, sweep tables, plot titles).
     """
@@ -139,8 +155,10 @@ def format_metric(column: str, value: float | None) -> str:
     return f"{100 * value:.1f}" if metric_of(column).percent else f"{value:.3f}"
 
 
-def calibration_metrics(probs: torch.Tensor, gold: torch.Tensor, ece_bins=DEFAULT_ECE_BINS) -> dict[str, float]:
-    """Every registered metric with a `compute`: accuracy, nll, brier and one `ece_<bins>` per entry of `ece_bins`."""
+def calibration_metrics(probs: torch.Tensor, gold: torch.Tensor, ece_bins=DEFAULT_ECE_BINS,
+                        ece_edges: str = "right") -> dict[str, float]:  # fmt: skip
+    """Every registered metric with a `compute`: accuracy, nll, brier and one `ece_<bins>` per entry of `ece_bins`
+    (bin edges: `ece_edges`, see `BIN_EDGES`)."""
     _check(probs, gold)
     probs = probs.double()
     metrics = {}
@@ -149,24 +167,25 @@ def calibration_metrics(probs: torch.Tensor, gold: torch.Tensor, ece_bins=DEFAUL
             continue
         if metric.per_bins:
             for num_bins in ece_bins:
-                metrics[f"{metric.name}_{num_bins}"] = metric.compute(probs, gold, num_bins)
+                metrics[f"{metric.name}_{num_bins}"] = metric.compute(probs, gold, num_bins, ece_edges)
         else:
             metrics[metric.name] = metric.compute(probs, gold)
     return metrics
 
 
-def reliability_bins(probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10) -> list[dict]:
-    """Per ECE bin: its (lo, hi] range, example count, mean confidence and accuracy (None when empty)."""
+def reliability_bins(probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10, edges: str = "right") -> list[dict]:
+    """Per ECE bin: its range (lo, hi], or [lo, hi) and [1, 1] with `edges` "left"), example count, mean
+    confidence and accuracy (None when empty)."""
     _check(probs, gold)
     confidence, prediction = probs.double().max(dim=1)
     correct = (prediction == gold).double()
-    bins = _bin_index(confidence, num_bins)
+    bins = _bin_index(confidence, num_bins, edges)
     rows = []
-    for b in range(num_bins):
+    for b in range(_num_bin_slots(num_bins, edges)):
         members = bins == b
         count = int(members.sum())
         rows.append({
-            "lo": b / num_bins, "hi": (b + 1) / num_bins, "count": count,
+            "lo": min(b / num_bins, 1.0), "hi": min((b + 1) / num_bins, 1.0), "count": count,
             "confidence": float(confidence[members].mean()) if count else None,
             "accuracy": float(correct[members].mean()) if count else None,
         })  # fmt: skip
@@ -220,7 +239,7 @@ for _metric in (
     Metric("nll", higher_is_better=False, percent=False, compute=negative_log_likelihood,
            description="mean -log p(gold)"),  # fmt: skip
     Metric("ece", higher_is_better=False, percent=True, compute=expected_calibration_error, per_bins=True,
-           description="equal-width bins on the max probability, (lo, hi]"),  # fmt: skip
+           description="equal-width bins on the max probability (edges: the protocol's ece_edges)"),  # fmt: skip
     Metric("brier", higher_is_better=False, percent=False, compute=brier_score, description="sum over classes"),
     Metric("aurc", higher_is_better=False, percent=True, read=lambda m: _selective(m).get("aurc"), summary=False,
            description="area under the risk-coverage curve"),  # fmt: skip

@@ -8,7 +8,14 @@ carry the registry's summary metrics of each predictive (`ivon_lora.evaluation.m
 
 from __future__ import annotations
 
-from .metrics import expected_calibration_error, format_metric, metric_value, reliability_bins, table_columns
+from .metrics import (
+    BIN_EDGES,
+    expected_calibration_error,
+    format_metric,
+    metric_value,
+    reliability_bins,
+    table_columns,
+)
 
 
 def _figure(**options):
@@ -24,38 +31,66 @@ def summary_line(metrics: dict, ece_bins) -> str:
                       if metric_value(metrics, column) is not None)  # fmt: skip
 
 
-def plot_reliability(task: str, curves: list[tuple[str, object, object]], path: str, num_bins: int = 10) -> None:
-    """Reliability diagram, one panel per predictive: per-bin accuracy against confidence, with the gap and counts.
+# A bin with fewer examples than this share of the panel's (or than SMALL_BIN_MIN) is drawn hatched: its accuracy
+# is too noisy to read as a calibration gap.
+SMALL_BIN_SHARE = 0.02
+SMALL_BIN_MIN = 10
 
-    `curves` holds (label, probs N x K, gold N, metrics of that predictive).
+
+def reliability_figure(task: str, curves: list[tuple[str, object, object, dict]], num_bins: int = 10,
+                       edges: str = "right"):  # fmt: skip
+    """Reliability diagram, one panel per predictive (`curves`: label, probs N x K, gold N, its metrics).
+
+    Per bin: a bar up to the bin's accuracy, a black tick at its mean confidence, a red line for the gap between
+    them, the example count above it; small bins hatched, empty bins marked "empty". With `edges` "left"
+    (torchmetrics' [lo, hi)), the bin of confidence exactly 1 is the narrow bar at 1.
     """
-    figure = _figure(figsize=(3.3 * len(curves), 3.9), dpi=120)
+    figure = _figure(figsize=(3.4 * len(curves), 4.0), dpi=120)
     axes = figure.subplots(1, len(curves), squeeze=False)
+    width = 1.0 / num_bins
     for axis, (label, probs, gold, metrics) in zip(axes[0], curves):
-        bins = reliability_bins(probs, gold, num_bins)
-        centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
-        accuracy = [b["accuracy"] or 0.0 for b in bins]
-        confidence = [b["confidence"] if b["count"] else c for b, c in zip(bins, centers)]
-        width = 1.0 / num_bins
-        axis.bar(centers, accuracy, width=width, edgecolor="black", linewidth=0.5, color="#4c72b0", label="accuracy")
-        axis.bar(centers, [c - a if b["count"] else 0 for c, a, b in zip(confidence, accuracy, bins)], bottom=accuracy,
-                 width=width, color="#dd8452", alpha=0.5, edgecolor="#dd8452", label="gap")  # fmt: skip
+        bins = reliability_bins(probs, gold, num_bins, edges)
+        small = max(SMALL_BIN_MIN, SMALL_BIN_SHARE * len(gold))
+        for b in bins:
+            exact_one = b["lo"] == b["hi"]
+            center, bar_width = (1.0, 0.3 * width) if exact_one else ((b["lo"] + b["hi"]) / 2, width)
+            if not b["count"]:
+                axis.text(center, 0.02, "empty", rotation=90, ha="center", va="bottom", fontsize=5, color="gray")
+                continue
+            is_small = b["count"] < small
+            axis.bar(center, b["accuracy"], width=bar_width, color="#4c72b0", alpha=0.45 if is_small else 1.0,
+                     hatch="///" if is_small else None, edgecolor="black", linewidth=0.5)  # fmt: skip
+            axis.plot([center, center], [b["accuracy"], b["confidence"]], color="#c44e52", linewidth=1.5)
+            axis.plot([center - bar_width / 2, center + bar_width / 2], [b["confidence"]] * 2, color="black",
+                      linewidth=1.5)  # fmt: skip
+            axis.text(center, min(max(b["accuracy"], b["confidence"]) + 0.02, 0.97), str(b["count"]),
+                      ha="center", va="bottom", fontsize=5)  # fmt: skip
         axis.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
-        ece = expected_calibration_error(probs, gold, num_bins)
+        ece = expected_calibration_error(probs, gold, num_bins, edges)
         summary = summary_line(metrics, [num_bins]).replace(" | ", "\n", 2).replace(" | ", "; ")
         axis.set_title(f"{label}\nECE-{num_bins} {100 * ece:.1f}%\n{summary}", fontsize=6)
-        axis.set_xlim(0, 1)
-        axis.set_ylim(0, 1)
-        axis.set_xlabel("confidence")
-        twin = axis.twinx()
-        twin.plot(centers, [b["count"] / len(gold) for b in bins], "k.:", linewidth=0.8, markersize=3)
-        twin.set_ylim(0, 1)
-        twin.tick_params(labelsize=6)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=6, loc="upper left")
-    figure.suptitle(f"{task}: reliability (bars) and share of examples per bin (dotted, right axis)", fontsize=8)
+        axis.set_xlim(0, 1 + (0.2 * width if edges == "left" else 0))
+        axis.set_ylim(0, 1.05)
+        axis.set_xlabel(f"confidence (max probability), {num_bins} bins {BIN_EDGES[edges].split(',')[0]}", fontsize=7)
+        axis.set_ylabel("accuracy in the bin", fontsize=7)
+        axis.tick_params(labelsize=6)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    legend = [Patch(color="#4c72b0", label="accuracy"), Line2D([], [], color="black", label="mean confidence"),
+              Line2D([], [], color="#c44e52", label="gap"),
+              Patch(facecolor="#4c72b0", alpha=0.45, hatch="///", label="small bin (noisy)"),
+              Line2D([], [], color="gray", linestyle="--", label="calibrated")]  # fmt: skip
+    axes[0][0].legend(handles=legend, fontsize=5, loc="upper left")
+    figure.suptitle(f"{task}: reliability; numbers above bars are examples per bin", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
+    return figure
+
+
+def plot_reliability(task: str, curves: list[tuple[str, object, object, dict]], path: str, num_bins: int = 10,
+                     edges: str = "right") -> None:  # fmt: skip
+    """Write `reliability_figure` to `path`."""
+    reliability_figure(task, curves, num_bins, edges).savefig(path)
 
 
 def plot_selective(task: str, curves: list[tuple[str, dict]], path: str) -> None:

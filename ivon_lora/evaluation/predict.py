@@ -17,6 +17,7 @@ from ..choice.collator import ChoiceCollator
 from ..choice.example import ChoiceExample
 from ..choice.logits import choice_logits
 from .metrics import (
+    BIN_EDGES,
     DEFAULT_ECE_BINS,
     DEFAULT_RISK_LEVELS,
     calibration_metrics,
@@ -37,7 +38,7 @@ def protocol(preset, num_samples: int, ece_bins) -> dict:
         "predictive": "mean of S sample probability vectors",
         "samples": "posterior" if num_samples else None,
         "num_samples": num_samples,
-        "ece": "equal-width bins on the max probability, (lo, hi]",
+        "ece": f"equal-width bins on the max probability, {BIN_EDGES[preset.ece_edges]}",
         "ece_bins": list(ece_bins),
         "brier": "sum over classes",
         "selective": "accept from the most confident down; coverage at risk = largest coverage with 1 - accuracy <= r",
@@ -60,13 +61,13 @@ class Predictions:
         """The mean of the first `num_samples` sample probability vectors (all when None)."""
         return self.samples[:num_samples].mean(dim=0)
 
-    def metrics(self, ece_bins=DEFAULT_ECE_BINS, risk_levels=DEFAULT_RISK_LEVELS) -> dict:
+    def metrics(self, ece_bins=DEFAULT_ECE_BINS, risk_levels=DEFAULT_RISK_LEVELS, ece_edges: str = "right") -> dict:
         """{"num_examples", "mean", and with samples "sampled" (all S) and "by_num_samples" (s = 1..S)}.
 
         Each predictive also gets `selective`: AURC and coverage at each risk level.
         """
         def scored(probs):
-            return {**calibration_metrics(probs, self.gold, ece_bins),
+            return {**calibration_metrics(probs, self.gold, ece_bins, ece_edges),
                     "selective": selective_prediction(probs, self.gold, risk_levels)}  # fmt: skip
 
         result = {"num_examples": len(self.ids), "mean": scored(self.mean)}
@@ -76,7 +77,7 @@ class Predictions:
         by_num_samples = []
         for s in range(1, len(self.samples) + 1):
             running += self.samples[s - 1]
-            by_num_samples.append({"samples": s, **calibration_metrics(running / s, self.gold, ece_bins)})
+            by_num_samples.append({"samples": s, **calibration_metrics(running / s, self.gold, ece_bins, ece_edges)})
         result["sampled"] = {**by_num_samples[-1], "selective": selective_prediction(running / len(self.samples),
                                                                                      self.gold, risk_levels)}  # fmt: skip
         result["sample_kind"] = self.sample_kind
@@ -224,10 +225,11 @@ def _gather(shard: list[int], mean: torch.Tensor, samples: torch.Tensor | None, 
 
 
 def evaluate_predictive(
-    model, tokenizer, examples: list[ChoiceExample], posterior=None, ece_bins=DEFAULT_ECE_BINS, **predict_options
+    model, tokenizer, examples: list[ChoiceExample], posterior=None, ece_bins=DEFAULT_ECE_BINS, ece_edges="right",
+    **predict_options,
 ) -> dict:
     """Metrics at the posterior mean ("mean") and of the average of 1..S sampled predictive distributions.
 
     `predict_options` are those of `predict` (num_samples, batch_size, max_length, seed, sample_kind).
     """
-    return predict(model, tokenizer, examples, posterior, **predict_options).metrics(ece_bins)
+    return predict(model, tokenizer, examples, posterior, **predict_options).metrics(ece_bins, ece_edges=ece_edges)

@@ -10,7 +10,7 @@ import json
 import os
 
 from ..artifacts import predictions_file_name, reliability_plot_name, selective_plot_name
-from .metrics import DEFAULT_ECE_BINS, format_metric, metric_value, table_columns
+from .metrics import BIN_EDGES, DEFAULT_ECE_BINS, format_metric, metric_value, table_columns
 from .plots import plot_reliability, plot_selective
 
 
@@ -49,6 +49,18 @@ def markdown_table(tasks: dict, ece_bins=DEFAULT_ECE_BINS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_notes(preset, tasks: dict) -> str:
+    """What a reader of eval.md must know besides the numbers: the ECE bin edges, every deviation of the protocol
+    preset from its paper, and the prompts cut to max_length per task and run."""
+    lines = [f"Protocol {preset.name}: ECE bins {BIN_EDGES[preset.ece_edges]}."]
+    lines += [f"- Deviation from the paper: {deviation}." for deviation in preset.deviations]
+    for task, entry in tasks.items():
+        for run, count in entry.get("truncated", {}).items():
+            lines.append(f"- {task}, {run}: {count} of {entry['num_examples']} prompts longer than max_length "
+                         "(cut in the middle).")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def sweep_table(sweep: dict, ece_bins=DEFAULT_ECE_BINS) -> str:
     """Every pruning fraction x temperature of a sweep on both splits, the chosen one marked."""
     columns = table_columns(ece_bins, summary_only=True)
@@ -64,7 +76,8 @@ def sweep_table(sweep: dict, ece_bins=DEFAULT_ECE_BINS) -> str:
     return "\n".join(lines)
 
 
-def write_task_files(directory: str, task: str, predictions_by_run: dict, metrics_by_run: dict, num_bins: int) -> dict:
+def write_task_files(directory: str, task: str, predictions_by_run: dict, metrics_by_run: dict, num_bins: int,
+                     ece_edges: str = "right") -> dict:  # fmt: skip
     """Per-example jsonl per run, the reliability diagram and the selective-prediction plot; returns their names."""
     files = {}
     reliability, selective = [], []
@@ -77,7 +90,7 @@ def write_task_files(directory: str, task: str, predictions_by_run: dict, metric
             reliability.append((f"{run_name} {label}", probs, predictions.gold, metrics))
             selective.append((f"{run_name} {label}", metrics["selective"]))
     files["reliability"] = reliability_plot_name(task)
-    plot_reliability(task, reliability, os.path.join(directory, files["reliability"]), num_bins)
+    plot_reliability(task, reliability, os.path.join(directory, files["reliability"]), num_bins, ece_edges)
     files["selective"] = selective_plot_name(task)
     plot_selective(task, selective, os.path.join(directory, files["selective"]))
     return files

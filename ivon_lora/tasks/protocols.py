@@ -56,6 +56,11 @@ class Protocol:
     # ARC: score every question over the first N letters (None: as many letters as the question has choices).
     arc_answer_letters: int | None = None
     reference: str = ""
+    # Where a confidence on an ECE bin edge goes: "right", bins (lo, hi]; "left", [lo, hi) as torchmetrics
+    # (ivon_lora.evaluation.metrics.BIN_EDGES).
+    ece_edges: str = "right"
+    # Every way this preset's numbers are made differently from its paper's (written into every report).
+    deviations: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.ece_bins < 1:
@@ -66,6 +71,8 @@ class Protocol:
             raise ValueError(f"Invalid keep_num_choices value: {self.keep_num_choices}")
         if self.arc_answer_letters is not None and not 2 <= self.arc_answer_letters <= len(LETTERS):
             raise ValueError(f"Invalid arc_answer_letters value: {self.arc_answer_letters}")
+        if self.ece_edges not in ("right", "left"):
+            raise ValueError(f"Invalid ece_edges value: {self.ece_edges!r}")
 
     def filters(self, task: Task) -> tuple[ExampleFilter, ...]:
         """The filters this protocol applies to `task`'s examples (none for most tasks)."""
@@ -105,6 +112,13 @@ PROTOCOLS: dict[str, Protocol] = {
             ece_bins=10,
             keep_num_choices=4,
             reference="Cong et al., arXiv 2411.04421 (IVON-LoRA); Yang et al., Laplace-LoRA",
+            deviations=(
+                "WinoGrande options are numbered as the dataset numbers them (Choices: 1. .. 2. .., answers 1/2, "
+                "as ivon-notes 3 reads the paper); Laplace-LoRA's public code letters them A/B, so WinoGrande numbers "
+                "may not be comparable with the paper's",
+                "prompts longer than max_length lose their middle (the instruction and the answer cue are kept), "
+                "which the paper's code may not do; the count of cut prompts is in each report",
+            ),
         ),
         Protocol(
             "blob",
@@ -113,6 +127,13 @@ PROTOCOLS: dict[str, Protocol] = {
             ece_bins=15,
             arc_answer_letters=5,
             reference="Wang et al., BLoB (github.com/Wang-ML-Lab/bayesian-peft)",
+            ece_edges="left",
+            deviations=(
+                "prompts are this toolkit's IVON-LoRA frame for every task; BLoB's code builds its prompts itself, and "
+                "they are not reproduced here",
+                "prompts longer than max_length lose their middle (the instruction and the answer cue are kept), "
+                "which the paper's code may not do; the count of cut prompts is in each report",
+            ),
         ),
     )
 }
