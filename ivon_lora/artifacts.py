@@ -238,3 +238,55 @@ def staged_output_dir(path: str):
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)
+
+
+# The final artifacts of `ivon-lora train` go into a run dir that also holds its checkpoints, so they are staged
+# inside it: written whole into .final.incomplete, marked complete by one rename to .final.complete, then moved in
+# file by file, metrics.json last. A kill while staging leaves the previous files untouched (the staging dir is
+# removed by the next write); a kill while moving is rolled forward by `recover_final_files`, which the next train
+# and every load of the run dir call. The adapter and posterior are tied by a hash, so no load pairs files of two runs.
+FINAL_STAGING_NAME = ".final.incomplete"
+FINAL_COMPLETE_NAME = ".final.complete"
+
+
+def _move_final_files(complete: str, directory: str) -> None:
+    names = sorted(os.listdir(complete), key=lambda name: name == METRICS_NAME)  # metrics.json last: the run is done
+    for index, name in enumerate(names):
+        os.replace(os.path.join(complete, name), os.path.join(directory, name))
+        if index == 0:
+            fault_point("moving")
+    os.rmdir(complete)
+
+
+def recover_final_files(directory: str, drop_incomplete: bool = False) -> None:
+    """Finish what a killed `staged_final_files` left in `directory`: move a complete staged set in; with
+    `drop_incomplete` (the next train into it, not a reader: a run may be writing it now), delete an incomplete one."""
+    complete = os.path.join(directory, FINAL_COMPLETE_NAME)
+    if os.path.isdir(complete):
+        logger.warning("completing the final files of %s, whose run was interrupted while moving them in", directory)
+        _move_final_files(complete, directory)
+    staging = os.path.join(directory, FINAL_STAGING_NAME)
+    if drop_incomplete and os.path.isdir(staging):
+        shutil.rmtree(staging)
+
+
+@contextmanager
+def staged_final_files(directory: str, write: bool = True):
+    """Yield `directory`/.final.incomplete, whose files replace their namesakes in `directory` when the block
+    succeeds (see above). `write=False` (the non-saving ranks of a multi-process run) only yields the path."""
+    staging = os.path.join(directory, FINAL_STAGING_NAME)
+    if not write:
+        yield staging
+        return
+    recover_final_files(directory, drop_incomplete=True)
+    os.makedirs(staging)
+    try:
+        yield staging
+        _set_result_modes(staging)
+        complete = os.path.join(directory, FINAL_COMPLETE_NAME)
+        os.replace(staging, complete)
+        fault_point("staged")
+        _move_final_files(complete, directory)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging)

@@ -92,7 +92,7 @@ class DataArguments:
     eval_file: str | None = field(
         default=None, metadata={"help": "Local json/jsonl/parquet/csv eval records (a file or a dir of them)."}
     )
-    max_length: int = field(default=320, metadata={"help": "Max prompt tokens (longer prompts lose their start)."})
+    max_length: int = field(default=320, metadata={"help": "Max prompt tokens (longer prompts lose their middle; the count is reported)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train records."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N eval records."})
 

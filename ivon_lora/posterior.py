@@ -30,6 +30,7 @@ from .artifacts import (
     atomic_write,
     read_json,
     read_tensors,
+    recover_final_files,
 )
 from .errors import RunDirError
 
@@ -151,6 +152,7 @@ class Posterior:
     def load(cls, directory: str) -> Posterior:
         """Read the adapter (mean) and the posterior files of a run or checkpoint dir, checking they belong together:
         same LoRA settings, the adapter the posterior was saved with (its hash), finite values, variances >= 0."""
+        recover_final_files(directory)  # a train killed while moving its final files in: finish the move
         paths = {n: os.path.join(directory, n) for n in (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME)}
         for name, path in paths.items():
             if not os.path.isfile(path):

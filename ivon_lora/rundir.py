@@ -21,6 +21,7 @@ from .artifacts import (
     TOKENIZER_CONFIG_NAME,
     read_json,
     read_tensors,
+    recover_final_files,
 )
 from .config import ModelArguments, Recipe, load_recipe
 from .posterior import Posterior
@@ -54,6 +55,7 @@ def load_run(directory: str) -> Run:
     from .builtin import BUILTIN_MODELS
     from .modeling import load_base_model, load_tokenizer
 
+    recover_final_files(directory)  # a train killed while moving its final files in: finish the move
     if not os.path.isfile(os.path.join(directory, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{directory!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(directory)

@@ -423,3 +423,16 @@ def test_every_report_records_the_presets_deviations_and_bin_edges(run_dir, tmp_
     assert "Deviation from the paper" in table and "[lo, hi)" in table
     metrics = json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())
     assert "deviations" in metrics["protocol"]["preset"] and "truncated" in metrics["data"]["eval"]
+
+
+@pytest.mark.parametrize("point", ["staged", "moving"])
+def test_a_train_killed_while_committing_its_final_files_is_completed_on_the_next_load(point, tmp_path):
+    from ivon_lora import Posterior
+
+    out = tmp_path / "run"
+    status, _ = ivon_lora("train", DEMO, f"output_dir={out}", *SHORT, env={KILL_AT_ENV: point})
+    assert status == -9
+    assert not (out / "metrics.json").exists()  # not finished: metrics.json is the last file in
+    Posterior.load(str(out))  # rolls the complete staged set forward
+    assert (out / "metrics.json").is_file() and (out / "diagnostics.json").is_file()
+    assert [n for n in os.listdir(out) if n.startswith(".")] == []

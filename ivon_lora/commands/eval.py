@@ -92,10 +92,13 @@ def _run_label(run_dir: str, recipe, has_posterior: bool) -> str:
 
 def _describe_run(run_dir: str, taken: set) -> dict:
     """What a run dir is, checked before any model loads: label, recipe, whether it has a posterior."""
-    from ..artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME, read_json
+    from ..artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME, read_json, recover_final_files
     from ..config import load_recipe
     from ..rundir import find_recipe
 
+    recover_final_files(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"Run dir {run_dir!r} does not exist")
     if not os.path.isfile(os.path.join(run_dir, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(run_dir)

@@ -53,21 +53,11 @@ def run_train(recipe) -> dict:
     import yaml
     from transformers import set_seed
 
-    from ..artifacts import (
-        METRICS_NAME,
-        PREDICTIONS_NAME,
-        RECIPE_NAME,
-        atomic_write,
-        remove_run_artifacts,
-        write_json_atomic,
-    )
+    from ..artifacts import RECIPE_NAME, atomic_write, remove_run_artifacts, staged_final_files
     from ..choice import ChoiceCollator, choice_rows, format_examples
     from ..choice.collator import count_truncated
     from ..evaluation.metrics import calibration_metrics
-    from ..evaluation.predict import predict, protocol
-    from ..evaluation.report import write_jsonl
     from ..modeling import apply_lora, check_lora_targets, check_quantization_support, load_base_model, load_tokenizer
-    from ..posterior import Posterior
     from ..rundir import environment
     from ..tasks import get_protocol, load_split
 
@@ -125,13 +115,30 @@ def run_train(recipe) -> dict:
         compute_metrics=compute_metrics,
     )
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model()  # adapter, tokenizer and (IVON) posterior
+    # The final files are staged whole and then moved in (see artifacts.staged_final_files): a kill never leaves
+    # half of them beside the previous run's.
+    with staged_final_files(args.output_dir, write=args.process_index == 0) as final_dir:
+        report = _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_examples, tokenizer,
+                         truncated, train_result)  # fmt: skip
+    return report
 
+
+def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_examples, tokenizer, truncated,
+            train_result) -> dict:  # fmt: skip
+    """Save the adapter and posterior into `final_dir`, score them, write metrics, predictions and diagnostics."""
+    from ..artifacts import METRICS_NAME, PREDICTIONS_NAME, write_json_atomic
+    from ..evaluation.predict import predict, protocol
+    from ..evaluation.report import write_jsonl
+    from ..posterior import Posterior
+    from ..rundir import environment
+
+    data_args, run_args, args = recipe.data, recipe.run, recipe.training
+    trainer.save_model(final_dir)  # adapter, tokenizer and (IVON) posterior
     trainer.accelerator.wait_for_everyone()  # every rank reads what the main process saved
 
     # The reported numbers come from the saved artifact, so they are what a user reloading it gets. Every rank
     # scores its shard of the examples; all of them receive the gathered probabilities.
-    posterior = Posterior.load(args.output_dir) if trainer.ivon_optimizer is not None else None
+    posterior = Posterior.load(final_dir) if trainer.ivon_optimizer is not None else None
     num_samples = run_args.eval_mc_samples if posterior is not None else 0
     predictions = predict(
         trainer.accelerator.unwrap_model(trainer.model),
@@ -165,13 +172,13 @@ def run_train(recipe) -> dict:
         report["diagnostics"] = {"predictive": diagnostics.get("predictive"), "warnings": diagnostics["warnings"],
                                  "hess_at_init_share": diagnostics["posterior"]["hess_at_init_share"]}  # fmt: skip
     if args.process_index == 0:
-        write_jsonl(os.path.join(args.output_dir, PREDICTIONS_NAME), predictions.rows())
-        write_json_atomic(os.path.join(args.output_dir, METRICS_NAME), report)
+        write_jsonl(os.path.join(final_dir, PREDICTIONS_NAME), predictions.rows())
+        write_json_atomic(os.path.join(final_dir, METRICS_NAME), report)
         _log_summary(metrics, ece_bins)
         if diagnostics is not None:
             from ..diagnostics import summary_lines, write_diagnostics
 
-            write_diagnostics(args.output_dir, diagnostics, f"{data_args.dataset} ({os.path.basename(args.output_dir)})")
+            write_diagnostics(final_dir, diagnostics, f"{data_args.dataset} ({os.path.basename(args.output_dir)})")
             for line in summary_lines(diagnostics):
                 (logger.warning if line.startswith("WARNING") else logger.info)("%s", line.removeprefix("WARNING "))
     return report
