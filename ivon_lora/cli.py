@@ -8,12 +8,12 @@ import logging
 import sys
 from importlib import import_module
 
-from .commands import COMMANDS
+from .commands import COMMANDS, module_name
 from .errors import USER_ERRORS
 
 
 def _command(name: str):
-    return import_module(f".commands.{name}", __package__)
+    return import_module(f".commands.{module_name(name)}", __package__)
 
 
 def build_parser() -> argparse.ArgumentParser:

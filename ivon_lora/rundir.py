@@ -1,5 +1,6 @@
 """Run dirs: a finished run or checkpoint dir loaded back (base model + PEFT adapter, tokenizer, posterior,
-recipe), the files a derived dir copies, and the package versions every result records (`environment()`).
+recipe), what a run dir is before it loads (`describe_run`), the files a derived dir copies, and the package
+versions every result records (`environment()`).
 
 The file names are in `ivon_lora.artifacts`, with the writers (atomic file, staged output dir) that every
 command uses: there, in the leaf, because the posterior, which this module loads, writes atomically too.
@@ -37,6 +38,31 @@ def find_recipe(directory: str) -> str | None:
         if os.path.isfile(path):
             return path
     return None
+
+
+def optimizer_name(recipe: Recipe) -> str:
+    optim = recipe.training.optim
+    return getattr(optim, "value", optim)  # transformers' optimizer names are enum members
+
+
+def describe_run(run_dir: str, taken: set) -> dict:
+    """What a run dir is, checked before any model loads: {"dir", "label", "recipe", "has_posterior"}.
+
+    The label names the run in reports: its optimizer (from the recipe), else "ivon" for a dir with a posterior,
+    else the dir's name; a label already in `taken` gets " (baseline)" appended.
+    """
+    if not os.path.isfile(os.path.join(run_dir, ADAPTER_CONFIG_NAME)):
+        raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
+    recipe_path = find_recipe(run_dir)
+    recipe = load_recipe(recipe_path, check_output_dir=False) if recipe_path else None
+    has_posterior = os.path.isfile(os.path.join(run_dir, POSTERIOR_WEIGHTS_NAME))
+    if recipe is not None:
+        label = optimizer_name(recipe)
+    else:
+        label = "ivon" if has_posterior else os.path.basename(os.path.normpath(run_dir))
+    if label in taken:
+        label = f"{label} (baseline)"
+    return {"dir": os.path.abspath(run_dir), "label": label, "recipe": recipe, "has_posterior": has_posterior}
 
 
 def load_run(directory: str) -> Run:
