@@ -12,7 +12,7 @@ import sys
 import traceback
 from importlib import import_module
 
-from .commands import COMMANDS
+from .commands import COMMANDS, module_name
 from .errors import USER_ERRORS
 
 
@@ -20,7 +20,7 @@ DEBUG_ENV = "IVON_LORA_DEBUG"
 
 
 def _command(name: str):
-    return import_module(f".commands.{name}", __package__)
+    return import_module(f".commands.{module_name(name)}", __package__)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -443,6 +443,11 @@ class EvalConfig(OutputArguments):
         "help": "two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble"})
     temperature_scaling: bool = field(default=False, metadata={
         "help": "add each run temperature-scaled: one T fitted by NLL on select_split"})
+    lm_eval_tasks: list[str] | None = field(default=None, metadata={
+        "help": "instead of task: lm-evaluation-harness multiple-choice tasks (a list, or comma-separated as lm-eval "
+                "takes them), scored by lm-eval; needs ivon-lora[lm-eval]"})
+    lm_eval_include_path: str | None = field(default=None, metadata={
+        "help": "a dir of local lm-eval task YAMLs (lm-eval's --include_path)"})
 
     def __post_init__(self):
         from .evaluation.sweep import DEFAULT_PRUNE_FRACTIONS, selection_criteria
@@ -456,6 +461,10 @@ class EvalConfig(OutputArguments):
                 _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)
         for bins in self.ece_bins:
             _require_at_least("ece_bins", bins, 1)
+        if self.lm_eval_tasks is not None:
+            self.lm_eval_tasks = [name.strip() for item in self.lm_eval_tasks for name in item.split(",") if name.strip()]
+            if not self.lm_eval_tasks:
+                raise ValueError("lm_eval_tasks names no task: pass e.g. arc_easy,hellaswag")
         if self.sweep:
             self.prune_fractions = list(DEFAULT_PRUNE_FRACTIONS)
         for fraction in self.prune_fractions:

@@ -149,41 +149,42 @@ def warnings_for(diagnostics: dict) -> list[str]:
 
 
 def plot_diagnostics(diagnostics: dict, path: str, title: str = "") -> None:
-    """Three panels: posterior std and SNR per adapter tensor (median and 5-95% range, in log scale), and the share of
-    Hessian entries still at hess_init."""
+    """Three panels over the adapter tensors in model order: posterior std and SNR (median and 5-95% range, log scale),
+    and the share of Hessian entries still at hess_init; the predictive's statistics in the title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     matrices = diagnostics["posterior"]["matrices"]
     keys = [k for k, m in matrices.items() if m["std"] is not None]
     x = list(range(len(keys)))
-    figure = Figure(figsize=(11, 3.4), dpi=110)
+    colors = ["#4c72b0" if "lora_A" in k else "#dd8452" for k in keys]
+    figure = Figure(figsize=(13, 4.4), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
-    for axis, stat, label in ((axes[0], "std", "posterior std"), (axes[1], "snr", "SNR |mean| / std")):
-        med = [matrices[k][stat]["q50"] for k in keys]
-        low = [matrices[k][stat]["q05"] for k in keys]
-        high = [matrices[k][stat]["q95"] for k in keys]
-        colors = ["#4c72b0" if "lora_A" in k else "#dd8452" for k in keys]
-        axis.vlines(x, low, high, colors=colors, linewidth=0.8)
-        axis.scatter(x, med, c=colors, s=6)
+    for axis, stat, label in ((axes[0], "std", "posterior std"), (axes[1], "snr", "signal-to-noise |mean| / std")):
+        axis.vlines(x, [matrices[k][stat]["q05"] for k in keys], [matrices[k][stat]["q95"] for k in keys],
+                    colors=colors, linewidth=0.8)  # fmt: skip
+        axis.scatter(x, [matrices[k][stat]["q50"] for k in keys], c=colors, s=6)
         axis.set_yscale("log")
-        axis.set_xlabel("adapter tensor (model order; blue lora_A, orange lora_B)")
-        axis.set_ylabel(f"{label} (median, 5-95%)")
+        axis.set_xlabel("adapter tensor (model order)")
+        axis.set_ylabel(f"{label}: median, 5-95% range")
         axis.set_title(label, fontsize=9)
     share = [matrices[k].get("hess_at_init_share", math.nan) for k in keys]
-    axes[2].plot(x, [100 * s for s in share], ".", markersize=3, color="#55a868")
+    axes[2].scatter(x, [100 * s for s in share], c=colors, s=6)
     axes[2].set_ylim(-5, 105)
     axes[2].set_xlabel("adapter tensor (model order)")
     axes[2].set_ylabel(f"% of entries within {100 * HESS_INIT_TOLERANCE:.0f}% of hess_init")
+    axes[2].set_title("Hessian still at its initial value (100%: width not learned)", fontsize=9)
+    axes[0].legend(handles=[Line2D([], [], color="#4c72b0", marker="o", linestyle="", label="lora_A"),
+                            Line2D([], [], color="#dd8452", marker="o", linestyle="", label="lora_B")],
+                   fontsize=8, loc="best")  # fmt: skip
     predictive = diagnostics.get("predictive")
-    subtitle = "Hessian at its initial value"
+    heading = title or "posterior diagnostics"
     if predictive is not None:
-        subtitle += (f"\n(samples change {100 * predictive['flip_rate']:.1f}% of answers, "
-                     f"mean KL {predictive['mean_kl']:.1e})")  # fmt: skip
-    axes[2].set_title(subtitle, fontsize=9)
-    figure.suptitle(title or "posterior diagnostics", fontsize=10)
-    figure.tight_layout()
+        heading += (f": each posterior sample changes {100 * predictive['flip_rate']:.1f}% of the answers, "
+                    f"mean KL(mean || sample) {predictive['mean_kl']:.1e} nats ({predictive['num_examples']} examples)")
+    figure.suptitle(heading, fontsize=10)
     figure.savefig(path)
 
 

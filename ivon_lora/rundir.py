@@ -1,5 +1,6 @@
 """Run dirs: a finished run or checkpoint dir loaded back (base model + PEFT adapter, tokenizer, posterior,
-recipe), the files a derived dir copies, and the package versions every result records (`environment()`).
+recipe), what a run dir is before it loads (`describe_run`), the files a derived dir copies, and the package
+versions every result records (`environment()`).
 
 The file names are in `ivon_lora.artifacts`, with the writers (atomic file, staged output dir) that every
 command uses: there, in the leaf, because the posterior, which this module loads, writes atomically too.
@@ -24,6 +25,7 @@ from .artifacts import (
     recover_final_files,
 )
 from .config import ModelArguments, Recipe, load_recipe
+from .errors import UsageError
 from .posterior import Posterior
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,37 @@ def find_recipe(directory: str) -> str | None:
         if os.path.isfile(path):
             return path
     return None
+
+
+def optimizer_name(recipe: Recipe) -> str:
+    optim = recipe.training.optim
+    return getattr(optim, "value", optim)  # transformers' optimizer names are enum members
+
+
+def describe_run(run_dir: str, taken: set) -> dict:
+    """What a run dir is, checked before any model loads: {"dir", "label", "recipe", "has_posterior", "dropout"}.
+
+    The label names the run in reports: its optimizer (from the recipe), else "ivon" for a dir with a posterior,
+    else the dir's name; a label already in `taken` gets " (baseline)" appended. `dropout` is the adapter's
+    lora_dropout (MC dropout needs one).
+    """
+    recover_final_files(run_dir)  # a train killed while moving its final files in: finish the move
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"Run dir {run_dir!r} does not exist")
+    if not os.path.isfile(os.path.join(run_dir, ADAPTER_CONFIG_NAME)):
+        raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
+    recipe_path = find_recipe(run_dir)
+    recipe = load_recipe(recipe_path, for_training=False) if recipe_path else None
+    dropout = read_json(os.path.join(run_dir, ADAPTER_CONFIG_NAME)).get("lora_dropout") or 0.0
+    has_posterior = os.path.isfile(os.path.join(run_dir, POSTERIOR_WEIGHTS_NAME))
+    if recipe is not None:
+        label = optimizer_name(recipe)
+    else:
+        label = "ivon" if has_posterior else os.path.basename(os.path.normpath(run_dir))
+    if label in taken:
+        label = f"{label} (baseline)"
+    return {"dir": os.path.abspath(run_dir), "label": label, "recipe": recipe, "has_posterior": has_posterior,
+            "dropout": dropout}  # fmt: skip
 
 
 def load_run(directory: str) -> Run:
@@ -90,6 +123,21 @@ def copy_run_files(source: str, destination: str) -> None:
     recipe = find_recipe(source)
     if recipe and not os.path.isfile(os.path.join(destination, RECIPE_NAME)):
         shutil.copy2(recipe, os.path.join(destination, RECIPE_NAME))
+
+
+def check_out_apart(out: str, inputs: dict[str, str | None]) -> None:
+    """Refuse an output dir that is, is inside, or contains an input run dir (`inputs`: what -> dir): replacing it
+    would delete the input (or, inside it, part of a run another command reads)."""
+    target = os.path.realpath(out)
+    for what, directory in inputs.items():
+        if directory is None:
+            continue
+        source = os.path.realpath(directory)
+        relation = ("is" if target == source else "is inside" if target.startswith(source + os.sep)
+                    else "contains" if source.startswith(target + os.sep) else None)  # fmt: skip
+        if relation:
+            raise UsageError(f"--out {out!r} {relation} the {what} {directory!r}, which it would replace: choose an "
+                             "--out outside every input run dir")
 
 
 def environment() -> dict:

@@ -400,3 +400,30 @@ def test_synthetic_examples_use_the_shared_frame():
     example = load_examples("synthetic", "validation", limit=1)[0]
     assert example.id == "synthetic-validation-0"
     assert example.prompt.startswith(MC_TEMPLATE.split("{")[0]) and example.answers == (" A", " B", " C", " D")
+
+
+def test_wordfacts_is_deterministic_balanced_and_noisy_in_train_only():
+    from ivon_lora.tasks.wordfacts import CATEGORIES, SPLIT_SIZES, wordfacts_records
+
+    assert wordfacts_records("train") == wordfacts_records("train")
+    assert {split: len(wordfacts_records(split)) for split in SPLIT_SIZES} == {"train": 256, "validation": 200, "test": 300}
+    for split in ("train", "validation", "test"):
+        clean, noisy = wordfacts_records(split, 2000, label_noise=0.0), wordfacts_records(split, 2000)
+        assert [r["question"] for r in clean] == [r["question"] for r in noisy]  # noise does not move the questions
+        flipped = sum(a["answer"] != b["answer"] for a, b in zip(clean, noisy)) / 2000
+        assert (0.12 < flipped < 0.18) if split == "train" else flipped == 0
+        # Clean labels are the truth: the question names the word's own category exactly when the answer is True.
+        for record in clean:
+            category = record["question"].split()[-1]
+            word = next(w for w in record["question"].split() if any(w in words for _, words in CATEGORIES.values()))
+            assert record["answer"] == (word in CATEGORIES[category][1])
+            assert record["passage"] == CATEGORIES[category][0]
+        assert 0.45 < sum(r["answer"] for r in clean) / 2000 < 0.55
+
+
+def test_wordfacts_examples_score_true_false_after_a_short_prompt(llama_tokenizer, qwen_tokenizer):
+    example = load_examples("wordfacts", "test", limit=1)[0]
+    assert example.id == "wordfacts-test-0" and example.answers == (" False", " True")
+    assert example.prompt.startswith("True or False: ") and example.prompt.endswith("? Answer:")
+    for tokenizer in (llama_tokenizer, qwen_tokenizer):
+        assert len(set(answer_token_ids(tokenizer, example.prompt, example.answers))) == 2

@@ -1,8 +1,15 @@
 """One module per command of `ivon-lora`; each has `make_parser(subparsers)`, `config_from(options)` (the typed
-config: a recipe for train, an `ivon_lora.config` dataclass for the others) and `main(config)`.
+config: a recipe for train, an `ivon_lora.config` dataclass for the others; lm-eval's own arguments for `lm-eval`,
+which passes them on to lm-evaluation-harness's command line) and `main(config)`. A command's module is its name
+with `_` for `-`.
 
 Command modules import the heavy packages (transformers, peft, torch models) inside their functions, so building
 the parser (`ivon-lora --help`) imports none of them.
 """
 
-COMMANDS = ("train", "eval", "prune", "export", "inspect")
+COMMANDS = ("train", "eval", "prune", "export", "inspect", "lm-eval")
+
+
+def module_name(command: str) -> str:
+    """The module of a command (`lm-eval` -> `lm_eval`)."""
+    return command.replace("-", "_")

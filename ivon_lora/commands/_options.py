@@ -8,7 +8,6 @@ override the YAML config's value.
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str) -> None:
@@ -55,19 +54,3 @@ def config_from_options(options: argparse.Namespace, config_class, command: str)
                   if key not in ("inputs", "command", "debug") and value is not None})  # fmt: skip
     return load_command_config(config_class, command, path, overrides, flags)
 
-
-def check_out_apart(out: str, inputs: dict[str, str | None]) -> None:
-    """Refuse an output dir that is, is inside, or contains an input run dir (`inputs`: what -> dir): replacing it
-    would delete the input (or, inside it, part of a run another command reads)."""
-    from ..errors import UsageError
-
-    target = os.path.realpath(out)
-    for what, directory in inputs.items():
-        if directory is None:
-            continue
-        source = os.path.realpath(directory)
-        relation = ("is" if target == source else "is inside" if target.startswith(source + os.sep)
-                    else "contains" if source.startswith(target + os.sep) else None)  # fmt: skip
-        if relation:
-            raise UsageError(f"--out {out!r} {relation} the {what} {directory!r}, which it would replace: choose an "
-                             "--out outside every input run dir")

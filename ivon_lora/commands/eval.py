@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 
-from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options, number_in
+from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--select-file", help="local records of --select-split")
     parser.add_argument("--select-by", choices=list(selection_criteria()),
                         help="criterion of the choice, on the sampled predictive (default nll)")  # fmt: skip
+    parser.add_argument("--lm-eval-tasks", nargs="+", help="instead of --task: lm-evaluation-harness multiple-choice "
+                        "tasks (e.g. arc_easy,hellaswag), scored by lm-eval; needs ivon-lora[lm-eval]")  # fmt: skip
+    parser.add_argument("--lm-eval-include-path", help="a dir of local lm-eval task YAMLs (lm-eval's --include_path)")
     add_output_arguments(parser)
     return parser
 
@@ -75,41 +78,13 @@ def config_from(options: argparse.Namespace):
 
 
 def main(config) -> int:
+    if config.lm_eval_tasks:
+        from ..integrations.lm_eval_report import run_lm_eval_report
+
+        run_lm_eval_report(config)
+        return 0
     run_eval(config)
     return 0
-
-
-def _optimizer_name(recipe) -> str:
-    optim = recipe.training.optim
-    return getattr(optim, "value", optim)  # transformers' optimizer names are enum members
-
-
-def _run_label(run_dir: str, recipe, has_posterior: bool) -> str:
-    if recipe is not None:
-        return _optimizer_name(recipe)
-    return "ivon" if has_posterior else os.path.basename(os.path.normpath(run_dir))
-
-
-def _describe_run(run_dir: str, taken: set) -> dict:
-    """What a run dir is, checked before any model loads: label, recipe, whether it has a posterior."""
-    from ..artifacts import ADAPTER_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME, read_json, recover_final_files
-    from ..config import load_recipe
-    from ..rundir import find_recipe
-
-    recover_final_files(run_dir)
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"Run dir {run_dir!r} does not exist")
-    if not os.path.isfile(os.path.join(run_dir, ADAPTER_CONFIG_NAME)):
-        raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
-    recipe_path = find_recipe(run_dir)
-    recipe = load_recipe(recipe_path, for_training=False) if recipe_path else None
-    has_posterior = os.path.isfile(os.path.join(run_dir, POSTERIOR_WEIGHTS_NAME))
-    label = _run_label(run_dir, recipe, has_posterior)
-    if label in taken:
-        label = f"{label} (baseline)"
-    dropout = read_json(os.path.join(run_dir, ADAPTER_CONFIG_NAME)).get("lora_dropout") or 0.0
-    return {"dir": os.path.abspath(run_dir), "label": label, "recipe": recipe, "has_posterior": has_posterior,
-            "dropout": dropout}  # fmt: skip
 
 
 def run_eval(options) -> dict:
@@ -131,7 +106,7 @@ def run_eval(options) -> dict:
     from ..evaluation.predict import Predictions, predict, protocol
     from ..evaluation.report import markdown_table, report_notes, sweep_table, write_task_files
     from ..evaluation.sweep import sweep_posterior
-    from ..rundir import environment, load_run
+    from ..rundir import check_out_apart, describe_run, environment, load_run, optimizer_name
     from ..tasks import get_protocol, get_task, load_split
 
     sweeping = options.sweeping
@@ -141,9 +116,9 @@ def run_eval(options) -> dict:
         raise UsageError("--temperature-scaling fits its temperature on a held-out split: pass --select-split")
 
     # Everything that can be wrong with the options is checked before a model loads.
-    main = _describe_run(options.run_dir, set())
-    baseline = _describe_run(options.baseline, {main["label"]}) if options.baseline else None
-    members = [_describe_run(member, set()) for member in options.ensemble or []]
+    main = describe_run(options.run_dir, set())
+    baseline = describe_run(options.baseline, {main["label"]}) if options.baseline else None
+    members = [describe_run(member, set()) for member in options.ensemble or []]
     for described in (main, baseline):
         if described and not described["has_posterior"] and options.mc_dropout_samples and not described["dropout"]:
             raise UsageError(f"--mc-dropout-samples: {described['dir']} has no dropout (lora_dropout 0) to sample: "
@@ -230,7 +205,7 @@ def run_eval(options) -> dict:
         label = described["label"]
         runs[label] = {
             "dir": described["dir"],
-            "optimizer": _optimizer_name(run.recipe) if run.recipe else None,
+            "optimizer": optimizer_name(run.recipe) if run.recipe else None,
             "samples": samples_of if described_samples else None,
             "num_samples": described_samples,
             **({"pruning": {"fraction": fraction, "temperature": temperature, **prune_options}}

@@ -19,7 +19,7 @@ from ..artifacts import (
     read_json,
     staged_output_dir,
 )
-from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options
+from ._options import add_config_arguments, add_output_arguments, config_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def model_card(run, metrics: dict | None) -> str:
 
 def export_run(directory: str, out: str, overwrite: bool = False) -> None:
     """Merge the adapter's (posterior) mean into the base model and save it with its posterior and a model card."""
-    from ..rundir import load_run
+    from ..rundir import check_out_apart, load_run
 
     check_out_apart(out, {"run dir": directory})
     check_new_output_dir(out, overwrite)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options
+from ._options import add_config_arguments, add_output_arguments, config_from_options
 
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,6 +42,7 @@ def inspect_run(directory: str, predictions: str | None = None, out: str | None 
     from ..artifacts import PREDICTIONS_NAME, check_new_output_dir, staged_output_dir
     from ..diagnostics import diagnose, read_predictions, summary_lines, write_diagnostics
     from ..posterior import Posterior
+    from ..rundir import check_out_apart
 
     if out is not None:
         check_out_apart(out, {"run dir": directory})

@@ -7,7 +7,7 @@ import logging
 
 from ..artifacts import check_new_output_dir, staged_output_dir
 from ..posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES, Posterior
-from ._options import add_config_arguments, add_output_arguments, check_out_apart, config_from_options, number_in
+from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def main(config) -> int:
 def prune_run(directory: str, out: str, fraction: float, scope: str = "global", mode: str = "zero",
               criterion: str = "snr", temperature: float = 1.0, overwrite: bool = False) -> Posterior:  # fmt: skip
     """Write a pruned (and optionally tempered) copy of a run's adapter + posterior to `out`; no model needed."""
-    from ..rundir import copy_run_files
+    from ..rundir import check_out_apart, copy_run_files
 
     check_out_apart(out, {"run dir": directory})
     check_new_output_dir(out, overwrite)

@@ -80,17 +80,24 @@ def write_task_files(directory: str, task: str, predictions_by_run: dict, metric
                      ece_edges: str = "right") -> dict:  # fmt: skip
     """Per-example jsonl per run, the reliability diagram and the selective-prediction plot; returns their names."""
     files = {}
-    reliability, selective = [], []
+    curves = []
     for run_name, predictions in predictions_by_run.items():
         file_name = predictions_file_name(task, run_name)
         write_jsonl(os.path.join(directory, file_name), predictions.rows())
         files[f"predictions_{run_name}"] = file_name
         for index, (label, metrics) in enumerate(predictives(metrics_by_run[run_name])):
             probs = predictions.mean if index == 0 else predictions.predictive()
-            reliability.append((f"{run_name} {label}", probs, predictions.gold, metrics))
-            selective.append((f"{run_name} {label}", metrics["selective"]))
-    files["reliability"] = reliability_plot_name(task)
-    plot_reliability(task, reliability, os.path.join(directory, files["reliability"]), num_bins, ece_edges)
-    files["selective"] = selective_plot_name(task)
+            curves.append((f"{run_name} {label}", probs, predictions.gold, metrics))
+    return {**files, **write_task_plots(directory, task, curves, num_bins, ece_edges)}
+
+
+def write_task_plots(directory: str, task: str, curves: list[tuple], num_bins: int, ece_edges: str = "right") -> dict:
+    """The reliability diagram and the selective-prediction plot of one task; returns their names.
+
+    `curves` holds (label, probs N x K, gold N, metrics) per predictive, the metrics with their `selective` result.
+    """
+    files = {"reliability": reliability_plot_name(task), "selective": selective_plot_name(task)}
+    plot_reliability(task, curves, os.path.join(directory, files["reliability"]), num_bins, ece_edges)
+    selective = [(label, metrics["selective"]) for label, _, _, metrics in curves]
     plot_selective(task, selective, os.path.join(directory, files["selective"]))
     return files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ LETTERS = "ABCDEFGH"
 MC_TEMPLATE = "Select one of the choices that answers the following question: {question} Choices: {choices} Answer:"
 TRAIN_VALIDATION = {"train": "train", "validation": "validation"}
 TRAIN_VALIDATION_TEST = {"train": "train", "validation": "validation", "test": "test"}
+# Generated tasks: distinct random streams per split, so that the splits never share a generator state.
+_SPLIT_STREAM_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,12 @@ def mc_example(question: str, texts: Sequence[str], gold: int, labels: Sequence[
         answers=tuple(f" {label}" for label in used),
         gold=gold,
     )
+
+
+def split_random(task: str, split: str, split_sizes: Mapping[str, int], seed: int, label_noise: float) -> random.Random:
+    """The random stream of a generated task's `split`, after checking the split and the label-noise level."""
+    if split not in split_sizes:
+        raise ValueError(f"Unknown {task} split {split!r}; available: {', '.join(split_sizes)}")
+    if not 0.0 <= label_noise < 1.0:
+        raise ValueError(f"Invalid label_noise value: {label_noise} (must be in [0, 1))")
+    return random.Random(seed + _SPLIT_STREAM_OFFSETS[split])

@@ -9,10 +9,8 @@ the noise is visibly overconfident.
 
 from __future__ import annotations
 
-import random
-
 from .arc import arc_example
-from .base import TRAIN_VALIDATION_TEST, Task
+from .base import TRAIN_VALIDATION_TEST, Task, split_random
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "animal": ("dog", "cat", "horse", "tiger", "rabbit", "mouse", "sheep", "goat", "wolf", "bear"),
@@ -31,17 +29,11 @@ QUESTION_TEMPLATES = (
 )
 LABELS = ("A", "B", "C", "D")
 SPLIT_SIZES = {"train": 4000, "validation": 500, "test": 1000}
-# Distinct streams per split, so that the splits never share a generator state.
-_SPLIT_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
 
 
 def synthetic_records(split: str, num_examples: int | None = None, seed: int = 0, label_noise: float = 0.15):
     """The `split` of the synthetic task as a list of ARC-schema records (id, question, choices, answerKey)."""
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"Unknown synthetic split {split!r}; available: {', '.join(SPLIT_SIZES)}")
-    if not 0.0 <= label_noise < 1.0:
-        raise ValueError(f"Invalid label_noise value: {label_noise} (must be in [0, 1))")
-    rng = random.Random(seed + _SPLIT_OFFSETS[split])
+    rng = split_random("synthetic", split, SPLIT_SIZES, seed, label_noise)
     categories = list(CATEGORIES)
     records = []
     for index in range(SPLIT_SIZES[split] if num_examples is None else num_examples):

@@ -14,10 +14,8 @@ words need pretrained knowledge.
 
 from __future__ import annotations
 
-import random
-
 from ..choice.example import ChoiceExample
-from .base import Task, require
+from .base import TRAIN_VALIDATION_TEST, Task, require, split_random
 from .boolq import ANSWERS
 
 CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -71,7 +69,6 @@ TEMPLATES = (
 )
 SPLIT_SIZES = {"train": 256, "validation": 200, "test": 300}
 LABEL_NOISE = 0.15  # train split only
-_SPLIT_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
 
 
 def _article(word: str) -> str:
@@ -83,11 +80,7 @@ def _article(word: str) -> str:
 def wordfacts_records(split: str, num_examples: int | None = None, seed: int = 0,
                       label_noise: float = LABEL_NOISE) -> list[dict]:  # fmt: skip
     """The `split` as BoolQ-schema records (id, question, passage, answer); labels flipped in train only."""
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"Unknown wordfacts split {split!r}; available: {', '.join(SPLIT_SIZES)}")
-    if not 0.0 <= label_noise < 1.0:
-        raise ValueError(f"Invalid label_noise value: {label_noise} (must be in [0, 1))")
-    rng = random.Random(seed + _SPLIT_OFFSETS[split])
+    rng = split_random("wordfacts", split, SPLIT_SIZES, seed, label_noise)
     names = list(CATEGORIES)
     records = []
     for index in range(SPLIT_SIZES[split] if num_examples is None else num_examples):
@@ -104,7 +97,8 @@ def wordfacts_records(split: str, num_examples: int | None = None, seed: int = 0
                 "question": " ".join(template.format(article=_article(word), word=word, category=category,
                                                          category_article=_article(category)).split()),
                 "passage": CATEGORIES[category][0],
-                "answer": true != (flip and split == "train"),
+                # Membership, not the draw: a word in two lists (orange) is true of both categories.
+                "answer": (word in CATEGORIES[category][1]) != (flip and split == "train"),
             }
         )
     return records
@@ -114,12 +108,13 @@ def wordfacts_example(record: dict) -> ChoiceExample:
     """The statement as a short True/False prompt (the passage, the category's definition, is not shown)."""
     require(record, "question")
     answer = record.get("answer")
-    return ChoiceExample(id="", prompt=PROMPT.format(question=record["question"][:1].upper() + record["question"][1:]), answers=ANSWERS,
+    question = record["question"][:1].upper() + record["question"][1:]
+    return ChoiceExample(id="", prompt=PROMPT.format(question=question), answers=ANSWERS,
                          gold=-1 if answer is None else int(answer))  # fmt: skip
 
 
 TASKS = (
-    Task("wordfacts", wordfacts_example, splits={"train": "train", "validation": "validation", "test": "test"},
+    Task("wordfacts", wordfacts_example, splits=TRAIN_VALIDATION_TEST,
          family="boolq", id_field="id", generator=wordfacts_records,
          description="Built-in offline true/false statements about English words (BoolQ schema), "
                      "256 train questions with 15% flipped labels; for real pretrained models."),
