@@ -279,7 +279,7 @@ def staged_final_files(directory: str, write: bool = True):
         yield staging
         return
     recover_final_files(directory, drop_incomplete=True)
-    os.makedirs(staging)
+    os.makedirs(staging, exist_ok=True)
     try:
         yield staging
         _set_result_modes(staging)
