@@ -244,7 +244,8 @@ def load_base_model(model_args, tokenizer, seed: int = 0):
         model = build_tiny_model(BUILTIN_MODELS[name], tokenizer, seed=seed)
         if model_args.quantization_bit is None:
             # Left unnamed: PEFT would look a named base up on the Hub at every save. The run's recipe names it.
-            return model
+            # Built in float32; the recipe's dtype applies as it would to a Hub model's weights.
+            return model if model_args.dtype in ("auto", "float32") else model.to(getattr(torch, model_args.dtype))
         # ignore_cleanup_errors: where open files cannot be deleted (Windows), memory-mapped weights keep theirs.
         with tempfile.TemporaryDirectory(prefix="ivon-lora-builtin-", ignore_cleanup_errors=True) as directory:
             model.save_pretrained(directory)

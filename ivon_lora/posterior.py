@@ -5,6 +5,9 @@ Files (names in `ivon_lora.artifacts`): the mean is the PEFT adapter itself (`ad
 holds ess, the prior precision, the step, the optimizer's hyperparameters, the adapter's shape settings and any
 test-time transformation (pruning, temperature). The set loads without the optimizer, the Trainer or the base
 model: pruning and temperature are operations on these tensors alone.
+
+Longer than this project's ~400-line guide on purpose: the artifact, its checks on load, its test-time transforms
+and its sampler all work on the same key-to-parameter binding, which would otherwise be split across modules.
 """
 
 from __future__ import annotations

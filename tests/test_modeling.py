@@ -259,3 +259,16 @@ def test_padded_batch_scores_equal_single_prompt_scores(family, prompt_format, f
         for row, logits in zip(rows, batched):
             single = choice_logits(model, collator([row]))[0]
             torch.testing.assert_close(logits[: len(single)], single, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16", "float16"])
+def test_builtin_models_take_the_recipes_dtype_and_keep_fp32_adapters(dtype, llama_tokenizer):
+    from ivon_lora.config import ModelArguments
+    from ivon_lora.modeling import apply_lora, load_base_model
+
+    model_args = ModelArguments("builtin:tiny-llama", dtype=dtype)
+    base = load_base_model(model_args, llama_tokenizer)
+    expected = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+    assert {p.dtype for p in base.parameters()} == {expected}
+    adapted = apply_lora(base, model_args)
+    assert {p.dtype for p in adapted.parameters() if p.requires_grad} == {torch.float32}
