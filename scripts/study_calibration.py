@@ -10,7 +10,8 @@ and test splits). Recipes: recipes/smollm2/wordfacts-{adamw,ivon}.yaml.
    runs of the same length, and keeps the configuration with the lowest validation NLL of its own predictive
    (AdamW: at its weights; IVON: the S-sample predictive). The IVON pruning fraction x test-time temperature is
    then chosen the same way on seed 0's validation split and used for every seed.
-2. Final (each seed): train AdamW and IVON with the chosen settings; score validation and test at the weights,
+2. Final (each seed; seed 0's runs are the chosen selection runs themselves): train AdamW and IVON with the chosen
+   settings; score validation and test at the weights,
    with S posterior samples (IVON) and S MC-dropout samples (AdamW, lora_dropout 0.1).
 3. Report (test split only, mean +- std over seeds): AdamW, AdamW + temperature scaling (T fitted on validation),
    MC dropout, deep ensemble of the AdamW seeds, IVON at the mean, IVON S samples, IVON pruned + tempered.
@@ -192,8 +193,7 @@ def summarise(final_result: dict) -> dict:
         values = {c: [seed["methods"][method][c] for seed in final_result["per_seed"]] for c in COLUMNS}
         table[method] = {c: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
                          for c, v in values.items()}  # fmt: skip
-        insert_after = "MC dropout (S=%d)" % NUM_SAMPLES
-        if method == insert_after:
+        if method == f"MC dropout (S={NUM_SAMPLES})":  # the ensemble's row goes after the other AdamW baselines
             table[f"Deep ensemble (M={len(final_result['per_seed'])} AdamW seeds)"] = {
                 c: {"mean": final_result["ensemble"][c], "std": None} for c in COLUMNS}
     return table
