@@ -100,9 +100,9 @@ def run_eval(options) -> dict:
     from ..choice import format_examples
     from ..choice.collator import count_truncated
     from ..errors import UsageError
+    from ..evaluation.baselines import ensemble, fit_temperature, temper
     from ..evaluation.metrics import headline_metric
     from ..evaluation.plots import plot_tradeoff
-    from ..evaluation.baselines import ensemble, fit_temperature, temper
     from ..evaluation.predict import Predictions, predict, protocol
     from ..evaluation.report import markdown_table, report_notes, sweep_table, write_task_files
     from ..evaluation.sweep import sweep_posterior
