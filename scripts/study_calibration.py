@@ -98,7 +98,8 @@ def score(run_dir: str, split: str, num_samples: int, cache: str, fraction: floa
         write_jsonl(cache + ".tmp", predictions.rows())
         os.replace(cache + ".tmp", cache)
     mean, samples = read_predictions(cache)
-    return Predictions(ids, gold, [2] * len(ids), mean, samples, "sampled" if samples is not None else None)
+    num_choices = [len(e.answers) for e in loaded.examples]
+    return Predictions(ids, gold, num_choices, mean, samples, "sampled" if samples is not None else None)
 
 
 def metrics_of(probs: torch.Tensor, gold: torch.Tensor) -> dict:

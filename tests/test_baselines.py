@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ivon_lora.evaluation.baselines import ensemble, fit_temperature, temper
+from ivon_lora.evaluation.baselines import ensemble, fit_temperature, temper, temperature_scaled
 from ivon_lora.evaluation.metrics import calibration_metrics
 from ivon_lora.evaluation.predict import Predictions
 
@@ -76,3 +76,13 @@ def test_ensemble_is_the_mean_of_its_members():
     shuffled = Predictions(members[1].ids[::-1], members[1].gold, members[1].num_choices, members[1].mean)
     with pytest.raises(ValueError, match="same examples"):
         ensemble([members[0], shuffled])
+
+
+def test_temperature_scaling_scales_a_run_at_its_weights_and_an_ensemble_as_a_whole():
+    probs, gold = random_predictions(0, n=20)
+    samples = torch.stack([random_predictions(s, n=20)[0] for s in (1, 2)])
+    run = Predictions([str(i) for i in range(20)], gold, [4] * 20, probs, samples, "posterior")
+    scaled = temperature_scaled(run, 2.0)
+    assert torch.allclose(scaled.mean, temper(probs, 2.0)) and scaled.samples is None
+    members = ensemble([Predictions(run.ids, gold, run.num_choices, p) for p in (probs, samples[0])])
+    assert torch.allclose(temperature_scaled(members, 2.0).mean, temper((probs + samples[0]) / 2, 2.0))

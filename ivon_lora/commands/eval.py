@@ -100,10 +100,10 @@ def run_eval(options) -> dict:
     from ..choice import format_examples
     from ..choice.collator import count_truncated
     from ..errors import UsageError
-    from ..evaluation.baselines import ensemble, fit_temperature, temper
+    from ..evaluation.baselines import ensemble, fit_temperature, scaled_probs, temperature_scaled
     from ..evaluation.metrics import headline_metric
     from ..evaluation.plots import plot_tradeoff
-    from ..evaluation.predict import Predictions, predict, protocol
+    from ..evaluation.predict import predict, protocol
     from ..evaluation.report import markdown_table, report_notes, sweep_table, write_task_files
     from ..evaluation.sweep import sweep_posterior
     from ..rundir import check_out_apart, describe_run, environment, load_run, optimizer_name
@@ -235,14 +235,10 @@ def run_eval(options) -> dict:
         if options.temperature_scaling:
             held_out["ensemble"] = ensemble(held_out["ensemble"])
     for label, selection in held_out.items():
-        # An ensemble is scaled as a whole (its averaged predictive is what it reports); a run at its weights.
         task = tasks[0]
-        select_probs = selection.predictive() if label == "ensemble" else selection.mean
-        temperature = fit_temperature(select_probs, selection.gold)
-        source = predictions[task][label]
-        probs = source.predictive() if label == "ensemble" else source.mean
+        temperature = fit_temperature(scaled_probs(selection), selection.gold)
         scaled = f"{label} + TS"
-        predictions[task][scaled] = Predictions(source.ids, source.gold, source.num_choices, temper(probs, temperature))
+        predictions[task][scaled] = temperature_scaled(predictions[task][label], temperature)
         result["tasks"][task]["runs"][scaled] = predictions[task][scaled].metrics(ece_bins, ece_edges=preset.ece_edges)
         runs[scaled] = {"temperature_scaling": {"temperature": temperature, "fitted_on": options.select_split,
                                                 "of": label, "criterion": "nll"}}  # fmt: skip

@@ -53,9 +53,16 @@ def fit_temperature(probs: torch.Tensor, gold: torch.Tensor, bounds=TEMPERATURE_
     return 1.0 / ((low + high) / 2.0)
 
 
+def scaled_probs(predictions: Predictions) -> torch.Tensor:
+    """What temperature scaling scales: a run's probabilities at its weights (the posterior mean for IVON), an
+    ensemble's averaged predictive (the ensemble is scaled as a whole)."""
+    return predictions.predictive() if predictions.sample_kind == "ensemble" else predictions.mean
+
+
 def temperature_scaled(predictions: Predictions, temperature: float) -> Predictions:
-    """The predictions at the weights (`mean`) tempered by T; samples are dropped (T is fitted on the mean)."""
-    return Predictions(predictions.ids, predictions.gold, predictions.num_choices, temper(predictions.mean, temperature))
+    """`scaled_probs(predictions)` tempered by T, as predictions at the weights (no samples)."""
+    return Predictions(predictions.ids, predictions.gold, predictions.num_choices,
+                       temper(scaled_probs(predictions), temperature))  # fmt: skip
 
 
 def ensemble(members: list[Predictions]) -> Predictions:
