@@ -35,8 +35,11 @@ class ChoiceLossMixin:
     def sampled_evaluation_metrics(self, eval_dataset, num_samples: int, ignore_keys, metric_key_prefix) -> dict:
         """`compute_metrics` of the mean of the S posterior samples' K-way probability vectors.
 
-        Only K answer logits per example reach the host, so the float64 softmax there is cheap.
+        Only K answer logits per example reach the host, so the float64 softmax there is cheap. Without
+        `compute_metrics` there is nothing to report: {}.
         """
+        if self.compute_metrics is None:
+            return {}
         probs_sum = labels = None
         for output in self.posterior_sample_outputs(eval_dataset, num_samples, ignore_keys, metric_key_prefix):
             logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions

@@ -5,8 +5,14 @@ What changes compared with the Trainer's usual step (ivon-notes §1-§2):
 * every micro-batch is one fresh posterior sample: its forward and backward run inside
   `IVON.sampled_params(train=True)`, which records that sample's gradient and clears `.grad`, so gradient
   accumulation averages per-sample gradients instead of summing them into one;
-* the micro-batch loss is its own mean (not divided by the accumulation steps): IVON averages the recorded
-  samples itself, which is what makes 4 x batch 2 equal 1 x batch 8;
+* IVON averages the recorded samples itself, so each sample's gradient must be that micro-batch's share of the
+  full batch's gradient times the number of micro-batches. For a loss that is a per-micro-batch mean (one target
+  per example: the multiple-choice objective, `loss_is_scaled_for_ga = False`) that is the mean itself, not divided
+  by the accumulation steps. For a token-level loss that the Trainer normalises by the accumulated batch's token
+  count (`num_items_in_batch`: causal-LM / SFT losses, counted over every rank with
+  `average_tokens_across_devices`), the gradient is multiplied by the number of micro-batches: each sample then
+  weighs by its own number of loss tokens. Either way 4 x batch 2 equals 1 x batch 8 (on sequences of different
+  lengths for the token-level loss), for the mean gradient and the Hessian estimate;
 * `max_grad_norm` clips each sample's gradient inside the sampling context, where IVON reads it (clipping after
   the context, where the Trainer does it, would have no effect);
 * fp16 mixed precision is refused: the GradScaler's scaled gradients would be recorded as they are.
@@ -215,7 +221,12 @@ class IVONTrainerMixin:
         ivon = self.ivon_optimizer
         self._check_ivon_synchronises(ivon, model)
         params = [p for group in ivon.param_groups for p in group["params"]]
-        # Each sample's loss is its own micro-batch mean: IVON averages the recorded samples in step().
+        token_weighted = self._loss_is_normalised_by_batch_items(num_items_in_batch)
+        # A token-level loss arrives as (this micro-batch's loss tokens) / (the accumulated batch's, all ranks);
+        # IVON divides the sum of the recorded samples by their number, so each sample's gradient is multiplied by
+        # the number of micro-batches here: the average is then the full batch's token-level gradient.
+        grad_scale = float(self.current_gradient_accumulation_steps) if token_weighted else 1.0
+        # The Trainer must not divide the loss by the accumulation steps: IVON averages the samples in step().
         scaled_for_ga = self.loss_is_scaled_for_ga
         self.loss_is_scaled_for_ga = True
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
@@ -226,13 +237,31 @@ class IVONTrainerMixin:
             with self.accelerator.no_sync(model):
                 for _ in range(self.args.train_mc_samples):
                     with ivon.sampled_params(train=True):
-                        losses.append(super().training_step(model, inputs, None))
+                        losses.append(super().training_step(model, inputs, num_items_in_batch if token_weighted else None))
+                        if grad_scale != 1.0:
+                            torch._foreach_mul_([p.grad for p in params if p.grad is not None], grad_scale)
                         self._ivon_grad_norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).detach())
         finally:
             self.loss_is_scaled_for_ga = scaled_for_ga
         self._check_finite(losses, self._ivon_grad_norms[-len(losses):])
-        # The Trainer sums the returned losses over the accumulation steps for logging.
-        return torch.stack(losses).mean() / self.current_gradient_accumulation_steps
+        # The Trainer sums the returned losses over the accumulation steps for logging: a token-level loss is
+        # already this micro-batch's share of the accumulated batch's, a per-micro-batch mean is not.
+        loss = torch.stack(losses).mean()
+        return loss if token_weighted else loss / self.current_gradient_accumulation_steps
+
+    def _loss_is_normalised_by_batch_items(self, num_items_in_batch) -> bool:
+        """Whether the objective's loss is normalised by the accumulated batch's item count (the Trainer's rule).
+
+        An objective that sets `loss_is_scaled_for_ga` says so itself (the multiple-choice one: False, a
+        per-micro-batch mean); otherwise, as in `Trainer.training_step`, the loss is normalised by
+        `num_items_in_batch` when the model takes loss kwargs (causal LMs, TRL's SFT loss) or a
+        `compute_loss_func` is given.
+        """
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga) and num_items_in_batch is not None
+        if num_items_in_batch is None:
+            return False
+        return bool(self.model_accepts_loss_kwargs) or self.compute_loss_func is not None
 
     def _clip_grad_norm(self, model):
         if not self._uses_ivon():
@@ -249,13 +278,12 @@ class IVONTrainerMixin:
         return mean_norm
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """The usual evaluation (at the posterior mean), plus, with `ivon_eval_mc_samples` = S > 0 and
-        `compute_metrics`, the objective's metrics of the S-sample predictive as `{prefix}_sampled_*`
-        (`sampled_evaluation_metrics`).
+        """The usual evaluation (at the posterior mean), plus, with `ivon_eval_mc_samples` = S > 0, the objective's
+        metrics of the S-sample predictive as `{prefix}_sampled_*` (`sampled_evaluation_metrics`).
         """
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         num_samples = getattr(self.args, "ivon_eval_mc_samples", 0)
-        if self.ivon_optimizer is None or num_samples == 0 or self.compute_metrics is None:
+        if self.ivon_optimizer is None or num_samples == 0:
             return metrics
         # The objective's hook (not defined here, so that a mixin of either order finds the objective's):
         # sampled_evaluation_metrics(eval_dataset, num_samples, ignore_keys, metric_key_prefix) -> metrics of the
@@ -269,7 +297,8 @@ class IVONTrainerMixin:
             )
         sampled = hook(eval_dataset, num_samples, ignore_keys, metric_key_prefix)
         sampled = {f"{metric_key_prefix}_sampled_{k}": v for k, v in sampled.items()}
-        self.log(sampled)
+        if sampled:
+            self.log(sampled)
         return {**metrics, **sampled}
 
     def posterior_sample_outputs(self, eval_dataset, num_samples: int, ignore_keys=None,

@@ -1,0 +1,103 @@
+"""IVON in TRL's `SFTTrainer`: `IVONSFTConfig` and `IVONSFTTrainer`.
+
+Everything TRL's SFT does keeps working (conversational `messages` and prompt-completion datasets, the tokenizer's
+chat template, completion-only and assistant-only loss, packing, `max_length`): the trainer is TRL's, with
+`IVONTrainerMixin` in front of it. What IVON changes:
+
+* gradient accumulation and data parallelism are exact for the token-level loss: TRL normalises each micro-batch's
+  summed token loss by the accumulated batch's token count (`num_items_in_batch`), and the mixin weighs each
+  posterior sample's recorded gradient by it (see `ivon_lora.trainer.ivon_trainer`);
+* a packed row (`packing=True`) is, for IVON, one micro-batch's worth of tokens like any other: the loss and the
+  weighting count tokens, not rows, so packing changes neither;
+* with `ivon_eval_mc_samples` = S > 0 each evaluation also reports the validation loss and perplexity of the
+  S-sample posterior predictive (`eval_sampled_loss`, `eval_sampled_perplexity`, and `eval_sampled_expected_loss`,
+  a single sample's), next to TRL's `eval_loss` at the posterior mean (`ivon_lora.sft.likelihood`).
+
+`ivon_ess` for a token-level likelihood: the loss is a mean over target tokens, so the likelihood IVON's posterior
+weighs against the prior is the per-token log-likelihood times ess; ess = the number of target tokens in the
+train set is the Bayesian choice. The default stays the number of training sequences, raised so the initial
+posterior std is at most 0.032, as for every objective: the token count is not known before the dataset is
+tokenized (and, with packing, not per row), and the floor, not the count, sets the width of LoRA posteriors in
+practice (ess 1e6 > tokens of most SFT sets; README "What ivon_ess means for SFT").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..posterior import Posterior
+from ..trainer import IVONTrainerMixin, IVONTrainingArguments
+from .likelihood import predictive_loss_metrics, sequence_log_likelihoods
+
+try:
+    from trl import SFTConfig, SFTTrainer
+except ImportError as error:  # pragma: no cover - exercised without the extra installed
+    raise ImportError(
+        'IVONSFTTrainer and IVONSFTConfig need TRL: pip install "ivon-lora[sft]" (trl>=1.16)'
+    ) from error
+
+
+@dataclass
+class IVONSFTConfig(IVONTrainingArguments, SFTConfig):
+    """TRL's `SFTConfig` plus IVON's hyperparameters (`IVONTrainingArguments`); `optim` defaults to 'ivon'."""
+
+
+class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
+    """TRL's `SFTTrainer` training with IVON (or, with `optim` != 'ivon', the optimizer named), see the module doc."""
+
+    def sampled_evaluation_metrics(self, eval_dataset, num_samples: int, ignore_keys, metric_key_prefix) -> dict:
+        """Validation loss and perplexity of the `num_samples`-sample posterior predictive (sequence-level average).
+
+        The samples come from a generator of their own seeded by `seed`, as in `posterior_sample_outputs`: evaluating
+        never moves the optimizer's noise stream.
+        """
+        dataloader = self.get_eval_dataloader(self._prepared_eval_dataset(eval_dataset))
+        model = self.accelerator.unwrap_model(self.model)
+        sampler = Posterior.from_optimizer(self.ivon_optimizer, model).sampler(
+            model, generator=torch.Generator().manual_seed(self.args.seed)
+        )
+        was_training = self.model.training
+        self.model.eval()
+        sample_log_likelihoods, counts = [], None
+        try:
+            for _ in range(num_samples):
+                with sampler.sample():
+                    log_likelihoods, token_counts = self._document_log_likelihoods(dataloader)
+                sample_log_likelihoods.append(log_likelihoods)
+                counts = token_counts
+        finally:
+            self.model.train(was_training)
+        return predictive_loss_metrics(torch.stack(sample_log_likelihoods), counts)
+
+    def _document_log_likelihoods(self, dataloader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every evaluation document's summed target log-likelihood and token count, gathered over the ranks."""
+        log_likelihoods, counts = [], []
+        for batch in dataloader:
+            batch = self._prepare_inputs(batch)
+            if "attention_mask" not in batch and self.accelerator.num_processes > 1:
+                # gather_for_metrics drops the padded repeats of the last batch by row, which a packed row of
+                # several documents would miscount.
+                raise ValueError(
+                    "ivon_eval_mc_samples > 0 under data parallelism needs unpacked evaluation rows: set "
+                    "eval_packing=False (and padding_free=False)."
+                )
+            with self.compute_loss_context_manager():
+                sums, tokens = sequence_log_likelihoods(self.model, batch)
+            log_likelihoods.append(self.accelerator.gather_for_metrics(sums))
+            counts.append(self.accelerator.gather_for_metrics(tokens))
+        return torch.cat(log_likelihoods).cpu(), torch.cat(counts).cpu()
+
+    def _prepared_eval_dataset(self, eval_dataset):
+        """The evaluation dataset as `SFTTrainer.evaluate` tokenizes it (a name picks one prepared at init)."""
+        if eval_dataset is None:
+            return self.eval_dataset
+        if isinstance(eval_dataset, str):
+            return self.eval_dataset[eval_dataset]
+        if self._skip_prepare_dataset:
+            return eval_dataset
+        packing = self.args.packing if self.args.eval_packing is None else self.args.eval_packing
+        # Idempotent: a dataset that is already tokenized is returned as is.
+        return self._prepare_dataset(eval_dataset, self.processing_class, self.args, packing, self._formatting_func,
+                                     "eval")  # fmt: skip
