@@ -106,8 +106,45 @@ class DataArguments:
                 _require_at_least(key, getattr(self, key), 1)
 
 
+OBJECTIVES = ("choice", "sft")
+
+
+@dataclass
+class SFTDataArguments:
+    """The data of `objective: sft` (the sequence length is SFTConfig's `max_length`)."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "A built-in SFT dataset (wordqa) or a Hub dataset id (e.g. HuggingFaceH4/ultrachat_200k); "
+                          "None with train_file/eval_file."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's config name."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on (e.g. train_sft)."})
+    eval_split: str = field(default="validation", metadata={"help": "Split whose loss and perplexity are reported."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local json/jsonl/parquet train rows (messages, prompt/completion or alpaca)."}
+    )
+    eval_file: str | None = field(
+        default=None, metadata={"help": "Local json/jsonl/parquet eval rows (messages, prompt/completion or alpaca)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N eval rows."})
+
+    def __post_init__(self):
+        if self.dataset is None and self.train_file is None:
+            raise ValueError("an sft recipe needs dataset (a built-in name or a Hub id) or train_file")
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key) is not None:
+                _require_at_least(key, getattr(self, key), 1)
+
+
 @dataclass
 class RunArguments:
+    objective: str = field(
+        default="choice",
+        metadata={"help": "choice: the K answer letters' cross-entropy (multiple-choice tasks); sft: causal-LM loss on "
+                          "instruction/chat data through TRL (needs ivon-lora[sft]; keys: SFTDataArguments, SFTConfig)."},
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
     protocol: str = field(
         default="ivon-lora", metadata={"help": "Evaluation protocol preset: ivon-lora or blob (see README)."}
@@ -117,6 +154,7 @@ class RunArguments:
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
 
     def __post_init__(self):
+        _require_choice("objective", self.objective, OBJECTIVES)
         _require_at_least("eval_mc_samples", self.eval_mc_samples, 0)
         for bins in self.ece_bins:
             _require_at_least("ece_bins", bins, 1)
@@ -125,13 +163,28 @@ class RunArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, IVONTrainingArguments)
 
 
+def argument_classes(objective: str = "choice") -> tuple:
+    """The recipe's argument classes for `objective`; sft's need TRL (its SFTConfig fields are recipe keys)."""
+    if objective != "sft":
+        return ARGUMENT_CLASSES
+    try:
+        from .sft import IVONSFTConfig
+    except ImportError as error:
+        raise RecipeError(f"objective: sft needs TRL: {error}") from None
+    return ModelArguments, SFTDataArguments, RunArguments, IVONSFTConfig
+
+
 @dataclass
 class Recipe:
     model: ModelArguments
-    data: DataArguments
+    data: DataArguments | SFTDataArguments
     run: RunArguments
-    training: IVONTrainingArguments
+    training: IVONTrainingArguments  # IVONSFTConfig for objective: sft
     source: str | None = None
+
+    @property
+    def objective(self) -> str:
+        return self.run.objective
 
     def resolved(self) -> dict:
         """Every key of every argument class with its resolved value: a recipe that reproduces this run."""
@@ -256,10 +309,11 @@ def check_values(values: dict, classes, where: str = "", kind: str = "recipe", h
 def parse_values(values: dict, classes, where: str = "", kind: str = "recipe") -> tuple:
     """The dataclasses of `classes` from checked `values` (HfArgumentParser.parse_dict); their own validation
     errors (`__post_init__`) become a RecipeError naming the config."""
-    from transformers import HfArgumentParser
-
+    # As HfArgumentParser.parse_dict, except that a key two classes share (trust_remote_code of ModelArguments and
+    # SFTConfig, say) goes to both: its argparse parser refuses such classes.
     try:
-        return tuple(HfArgumentParser(classes).parse_dict(values))
+        return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
+                     for cls in classes)  # fmt: skip
     except (ValueError, TypeError) as error:
         raise RecipeError(f"Invalid {kind}{where}: {error}") from error
 
@@ -274,14 +328,18 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     values = read_yaml(path) if path is not None else {}
     values.update(parse_overrides(list(overrides)))
     where = f" in {path}" if path else ""
-    values = check_values(values, ARGUMENT_CLASSES, where, help_hint=(
+    objective = values.get("objective", "choice")
+    if objective not in OBJECTIVES:
+        raise RecipeError(f"Recipe key 'objective'{where}: {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    classes = argument_classes(objective)
+    values = check_values(values, classes, where, help_hint=(
         " Keys are TrainingArguments fields plus ivon-lora's model/data/run keys; `ivon-lora train --help-keys` "
         "lists them."))  # fmt: skip
     if "model_name_or_path" not in values:
         raise RecipeError(f"Recipe{where} has no model_name_or_path")
     if "output_dir" not in values:
         raise RecipeError(f"Recipe{where} has no output_dir")
-    model, data, run, training = parse_values(values, ARGUMENT_CLASSES, where)
+    model, data, run, training = parse_values(values, classes, where)
     recipe = Recipe(model, data, run, training, source=path)
     _check_names(recipe)
     if for_training:
@@ -295,6 +353,9 @@ def _type_name(annotation) -> str:
 
 def _check_names(recipe: Recipe) -> None:
     from .tasks import get_protocol, get_task
+
+    if recipe.objective == "sft":
+        return  # a Hub id can only be checked by loading it: load_sft_split does, before the model loads
 
     try:
         task = get_task(recipe.data.dataset)
@@ -348,13 +409,14 @@ def describe_keys() -> str:
 
     inherited = {f.name for f in dataclasses.fields(TrainingArguments)} - {"optim", "learning_rate"}
     lines = []
-    for cls in ARGUMENT_CLASSES:
+    for cls in (*ARGUMENT_CLASSES, SFTDataArguments):
         hints = typing.get_type_hints(cls)
-        lines.append(f"# {cls.__name__}")
+        lines.append(f"# {cls.__name__}" + (" (objective: sft, in place of DataArguments)" if cls is SFTDataArguments else ""))
         for f in dataclasses.fields(cls):
             if f.init and not (cls is IVONTrainingArguments and f.name in inherited):
                 lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}")
-    lines.append("# ...and every other transformers.TrainingArguments field (output_dir, max_steps, bf16, seed, ...)")
+    lines.append("# ...and every other transformers.TrainingArguments field (output_dir, max_steps, bf16, seed, ...);")
+    lines.append("# with objective: sft, every trl.SFTConfig field too (max_length, packing, assistant_only_loss, ...)")
     return "\n".join(lines)
 
 

@@ -74,3 +74,40 @@ def predictive_loss_metrics(sample_log_likelihoods: torch.Tensor, token_counts: 
     expected_loss = float(-sample_log_likelihoods.sum(dim=1).mean() / tokens)
     return {"loss": loss, "perplexity": math.exp(loss), "expected_loss": expected_loss, "samples": num_samples,
             "tokens": int(tokens)}  # fmt: skip
+
+
+def predictive_losses(model, batches, posterior=None, num_samples: int = 0, seed: int = 0, gather=None,
+                      at_mean: bool = True) -> dict:  # fmt: skip
+    """Validation loss and perplexity at the posterior mean ("mean") and of the `num_samples`-sample predictive
+    ("sampled", with a posterior): what `ivon-lora train` and `ivon-lora eval` report for an SFT run.
+
+    `batches`: the evaluation batches on the model's device (a re-iterable: it is read once per sample);
+    `gather`: under data parallelism, gathers a tensor of every rank's documents (e.g. accelerator.gather_for_metrics).
+    Posterior samples come from a generator seeded by `seed`: the same seed gives the same samples. `at_mean=False`
+    skips the pass at the mean (the Trainer's evaluation has scored it already).
+    """
+    gather = gather or (lambda tensor: tensor)
+
+    def all_documents():
+        sums, counts = zip(*((gather(s), gather(c)) for s, c in (sequence_log_likelihoods(model, b) for b in batches)))
+        return torch.cat(sums).cpu(), torch.cat(counts).cpu()
+
+    was_training = model.training
+    model.eval()
+    try:
+        result, counts = {}, None
+        if at_mean:
+            mean_log_likelihoods, counts = all_documents()
+            mean = predictive_loss_metrics(mean_log_likelihoods.unsqueeze(0), counts)
+            result["mean"] = {key: mean[key] for key in ("loss", "perplexity", "tokens")} | {"documents": len(counts)}
+        if posterior is not None and num_samples > 0:
+            sampler = posterior.sampler(model, generator=torch.Generator().manual_seed(seed))
+            per_sample = []
+            for _ in range(num_samples):
+                with sampler.sample():
+                    log_likelihoods, counts = all_documents()
+                per_sample.append(log_likelihoods)
+            result["sampled"] = predictive_loss_metrics(torch.stack(per_sample), counts) | {"documents": len(counts)}
+    finally:
+        model.train(was_training)
+    return result

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..posterior import Posterior
 from ..trainer import IVONTrainerMixin, IVONTrainingArguments
-from .likelihood import predictive_loss_metrics, sequence_log_likelihoods
+from .likelihood import predictive_losses
 
 try:
     from trl import SFTConfig, SFTTrainer
@@ -55,39 +53,10 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
         """
         dataloader = self.get_eval_dataloader(self._prepared_eval_dataset(eval_dataset))
         model = self.accelerator.unwrap_model(self.model)
-        sampler = Posterior.from_optimizer(self.ivon_optimizer, model).sampler(
-            model, generator=torch.Generator().manual_seed(self.args.seed)
-        )
-        was_training = self.model.training
-        self.model.eval()
-        sample_log_likelihoods, counts = [], None
-        try:
-            for _ in range(num_samples):
-                with sampler.sample():
-                    log_likelihoods, token_counts = self._document_log_likelihoods(dataloader)
-                sample_log_likelihoods.append(log_likelihoods)
-                counts = token_counts
-        finally:
-            self.model.train(was_training)
-        return predictive_loss_metrics(torch.stack(sample_log_likelihoods), counts)
-
-    def _document_log_likelihoods(self, dataloader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every evaluation document's summed target log-likelihood and token count, gathered over the ranks."""
-        log_likelihoods, counts = [], []
-        for batch in dataloader:
-            batch = self._prepare_inputs(batch)
-            if "attention_mask" not in batch and self.accelerator.num_processes > 1:
-                # gather_for_metrics drops the padded repeats of the last batch by row, which a packed row of
-                # several documents would miscount.
-                raise ValueError(
-                    "ivon_eval_mc_samples > 0 under data parallelism needs unpacked evaluation rows: set "
-                    "eval_packing=False (and padding_free=False)."
-                )
-            with self.compute_loss_context_manager():
-                sums, tokens = sequence_log_likelihoods(self.model, batch)
-            log_likelihoods.append(self.accelerator.gather_for_metrics(sums))
-            counts.append(self.accelerator.gather_for_metrics(tokens))
-        return torch.cat(log_likelihoods).cpu(), torch.cat(counts).cpu()
+        posterior = Posterior.from_optimizer(self.ivon_optimizer, model)
+        result = predictive_losses(model, _PreparedBatches(self, dataloader), posterior, num_samples, self.args.seed,
+                                   gather=self.accelerator.gather_for_metrics, at_mean=False)  # fmt: skip
+        return result["sampled"]
 
     def _prepared_eval_dataset(self, eval_dataset):
         """The evaluation dataset as `SFTTrainer.evaluate` tokenizes it (a name picks one prepared at init)."""
@@ -101,3 +70,22 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
         # Idempotent: a dataset that is already tokenized is returned as is.
         return self._prepare_dataset(eval_dataset, self.processing_class, self.args, packing, self._formatting_func,
                                      "eval")  # fmt: skip
+
+
+class _PreparedBatches:
+    """The evaluation dataloader's batches on the model's device, under the Trainer's autocast; re-iterable."""
+
+    def __init__(self, trainer, dataloader):
+        self.trainer, self.dataloader = trainer, dataloader
+
+    def __iter__(self):
+        for batch in self.dataloader:
+            if "attention_mask" not in batch and self.trainer.accelerator.num_processes > 1:
+                # gather_for_metrics drops the padded repeats of the last batch by row, which a packed row of
+                # several documents would miscount.
+                raise ValueError(
+                    "ivon_eval_mc_samples > 0 under data parallelism needs unpacked evaluation rows: set "
+                    "eval_packing=False (and padding_free=False)."
+                )
+            with self.trainer.compute_loss_context_manager():
+                yield self.trainer._prepare_inputs(batch)
