@@ -8,6 +8,17 @@ from dataclasses import dataclass
 import torch
 
 
+# A minimal chat template for the built-in tokenizers (no special tokens, so their vocabulary and the tiny models built
+# on it do not change). The assistant's turns are marked {% generation %}, so TRL's assistant_only_loss works.
+BUILTIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ 'Assistant: ' }}{% generation %}{{ message['content'] + eos_token }}"
+    "{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ message['role'] | capitalize + ': ' + message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+
 @dataclass(frozen=True)
 class BuiltinModel:
     """A tiny randomly initialised model built from a config, with a tokenizer trained locally."""
@@ -64,6 +75,7 @@ def build_tokenizer(spec: BuiltinModel):
         eos_token="<|eos|>",
         pad_token="<|pad|>",
         padding_side="left",
+        chat_template=BUILTIN_CHAT_TEMPLATE,
     )
 
 

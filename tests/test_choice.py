@@ -1,5 +1,7 @@
 """Answer-token resolution across tokenizer conventions, the left-padding collator and K-way logits."""
 
+import copy
+
 import pytest
 import torch
 from family_tokenizers import FAMILIES
@@ -146,5 +148,7 @@ def test_chat_template_kwargs_reach_the_template_qwen3_thinking():
 
 def test_chat_format_without_a_chat_template_is_a_recipe_error(qwen_tokenizer):
     example = ChoiceExample("x", CHAT_PROMPT, (" A", " B"), 0)
+    tokenizer = copy.deepcopy(qwen_tokenizer)
+    tokenizer.chat_template = None
     with pytest.raises(RecipeError, match="Recipe key 'prompt_format': chat needs a tokenizer with a chat template"):
-        format_examples([example], qwen_tokenizer, _args("chat"))
+        format_examples([example], tokenizer, _args("chat"))

@@ -219,3 +219,17 @@ def test_packing_and_token_weighting_train(tmp_path, qwen25):
     trainer.train()
     assert trainer.state.global_step == 2
     assert all(math.isfinite(h.sum().item()) for h in _hessians(trainer))
+
+
+def test_default_ess_counts_the_target_tokens_packed_or_not(tmp_path, qwen25):
+    """ivon_ess's default is the train set's number of target tokens (the token-level likelihood's terms)."""
+    rows = _prompt_completions(16)
+    plain = _trainer(tmp_path / "plain", qwen25, rows, family="builtin:tiny-qwen2", ivon_ess=None, max_steps=1,
+                     max_length=4096)
+    targets = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in plain.get_train_dataloader())
+    assert plain.likelihood_size() == targets
+    packed = _trainer(tmp_path / "packed", qwen25, rows, family="builtin:tiny-qwen2", ivon_ess=None, packing=True,
+                      max_length=4096)  # fmt: skip
+    assert packed.likelihood_size() == targets
+    plain.train()  # ess = max(targets, the floor that keeps the initial std at most 0.032)
+    assert plain.ivon_optimizer.param_groups[0]["ess"] == max(targets, 1 / (0.032**2 * (1e-3 + 1e-4)))

@@ -124,6 +124,10 @@ def run_eval(options) -> dict:
             raise UsageError(f"--mc-dropout-samples: {described['dir']} has no dropout (lora_dropout 0) to sample: "
                              "evaluate it without MC dropout (--mc-dropout-samples 0)")  # fmt: skip
     recipe = main["recipe"]
+    if recipe is not None and recipe.objective == "sft" and not options.task:
+        from ..evaluation.sft import run_sft_eval
+
+        return run_sft_eval(options, [described for described in (main, baseline) if described])
     preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
     tasks = options.task or ([recipe.data.dataset] if recipe else None)
     if not tasks:
@@ -165,7 +169,8 @@ def run_eval(options) -> dict:
         if described is None:
             continue
         run = load_run(described["dir"])
-        max_length = run.recipe.data.max_length if run.recipe else None
+        # An SFT run's recipe has no prompt max_length (its SFTConfig max_length is the sequence's): none then.
+        max_length = getattr(run.recipe.data, "max_length", None) if run.recipe else None
         # The prompts as this run's model was trained on them (chat template or plain, answer spelling).
         formatted = functools.partial(format_examples, tokenizer=run.tokenizer, model_args=run.model_args)
         if is_member:  # scored at its weights only; combined after the loop

@@ -35,8 +35,12 @@ def config_from(options: argparse.Namespace):
     return load_recipe(options.recipe, options.overrides)
 
 
-def trainer_class():
-    """The Trainer class `main` trains with (a seam for tests that interrupt a run)."""
+def trainer_class(objective: str = "choice"):
+    """The Trainer class `main` trains `objective` with (a seam for tests that interrupt a run)."""
+    if objective == "sft":
+        from ..sft import IVONSFTTrainer
+
+        return IVONSFTTrainer
     from ..choice import ChoiceTrainer
 
     return ChoiceTrainer
@@ -48,17 +52,60 @@ def main(recipe) -> int:
 
 
 def run_train(recipe) -> dict:
-    import datasets
-    import torch
-    import yaml
+    """Train `recipe`; returns what metrics.json holds."""
+    if recipe.objective == "sft":
+        return _run_sft(recipe)
+    return _run_choice(recipe)
+
+
+def _load_model(recipe, tokenizer):
     from transformers import set_seed
 
-    from ..artifacts import RECIPE_NAME, atomic_write, remove_run_artifacts, staged_final_files
+    from ..modeling import apply_lora, load_base_model
+
+    set_seed(recipe.training.seed)
+    model = apply_lora(load_base_model(recipe.model, tokenizer, seed=recipe.training.seed), recipe.model)
+    model.print_trainable_parameters()
+    return model
+
+
+def _start_output_dir(recipe) -> None:
+    """Create output_dir (clearing a previous run's artifacts with overwrite_output_dir) and write the recipe.
+
+    Called only once everything has been checked and loaded: a run that fails validation writes nothing.
+    """
+    import yaml
+
+    from ..artifacts import RECIPE_NAME, atomic_write, remove_run_artifacts
+    from ..rundir import environment
+
+    args = recipe.training
+    if args.process_index != 0:
+        return
+    os.makedirs(args.output_dir, exist_ok=True)
+    if recipe.run.overwrite_output_dir and args.resume_from_checkpoint is None:
+        removed = remove_run_artifacts(args.output_dir)
+        if removed:
+            logger.info("overwrite_output_dir: removed the previous run's %s", ", ".join(removed))
+    versions = ", ".join(f"{name} {version}" for name, version in environment().items())
+    recipe_text = f"# Resolved recipe of this run ({versions}).\n" + yaml.safe_dump(recipe.resolved(), sort_keys=True)
+
+    def write_recipe(path):
+        with open(path, "w") as f:
+            f.write(recipe_text)
+
+    atomic_write(os.path.join(args.output_dir, RECIPE_NAME), write_recipe)
+
+
+def _run_choice(recipe) -> dict:
+    import datasets
+    import torch
+
+    from ..artifacts import staged_final_files
     from ..choice import ChoiceCollator, choice_rows, format_examples
     from ..choice.collator import count_truncated
     from ..evaluation.metrics import calibration_metrics
-    from ..modeling import apply_lora, check_lora_targets, check_quantization_support, load_base_model, load_tokenizer
-    from ..rundir import environment
+    from ..modeling import check_lora_targets, check_quantization_support, load_tokenizer
     from ..tasks import get_protocol, load_split
 
     model_args, data_args, run_args, args = recipe.model, recipe.data, recipe.run, recipe.training
@@ -81,31 +128,15 @@ def run_train(recipe) -> dict:
     logger.info("%s: %d train / %d eval examples", data_args.dataset, len(train_examples), len(eval_examples))
     check_lora_targets(model_args, tokenizer)  # from the model's config: before its weights load
 
-    set_seed(args.seed)
-    model = apply_lora(load_base_model(model_args, tokenizer, seed=args.seed), model_args)
-    model.print_trainable_parameters()
-    # Written only now that everything has been checked and loaded: a run that fails validation writes nothing.
-    if args.process_index == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        if run_args.overwrite_output_dir and args.resume_from_checkpoint is None:
-            removed = remove_run_artifacts(args.output_dir)
-            if removed:
-                logger.info("overwrite_output_dir: removed the previous run's %s", ", ".join(removed))
-        versions = ", ".join(f"{name} {version}" for name, version in environment().items())
-        recipe_text = f"# Resolved recipe of this run ({versions}).\n" + yaml.safe_dump(recipe.resolved(), sort_keys=True)
-
-        def write_recipe(path):
-            with open(path, "w") as f:
-                f.write(recipe_text)
-
-        atomic_write(os.path.join(args.output_dir, RECIPE_NAME), write_recipe)
+    model = _load_model(recipe, tokenizer)
+    _start_output_dir(recipe)
 
     def compute_metrics(prediction):
         logits = torch.as_tensor(prediction.predictions).double()
         return calibration_metrics(torch.softmax(logits, dim=-1), torch.as_tensor(prediction.label_ids),
                                    ece_edges=preset.ece_edges)  # fmt: skip
 
-    trainer = trainer_class()(
+    trainer = trainer_class(recipe.objective)(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(choice_rows(train_examples)),
@@ -181,6 +212,79 @@ def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_ex
             write_diagnostics(final_dir, diagnostics, f"{data_args.dataset} ({os.path.basename(args.output_dir)})")
             for line in summary_lines(diagnostics):
                 (logger.warning if line.startswith("WARNING") else logger.info)("%s", line.removeprefix("WARNING "))
+    return report
+
+
+def _run_sft(recipe) -> dict:
+    """objective: sft: rows -> TRL's SFT with IVON -> adapter, posterior, validation loss/perplexity at the mean and
+    of the S-sample predictive (metrics.json), diagnostics."""
+    from ..artifacts import METRICS_NAME, staged_final_files, write_json_atomic
+    from ..modeling import check_lora_targets, check_quantization_support, load_tokenizer
+    from ..posterior import Posterior
+    from ..rundir import environment
+    from ..sft.data import check_chat_template, load_sft_split
+    from ..sft.likelihood import predictive_losses
+
+    model_args, data_args, run_args, args = recipe.model, recipe.data, recipe.run, recipe.training
+    # Data and tokenizer first: a bad row fails before the model loads and before output_dir is written.
+    train_split = load_sft_split(data_args.dataset, data_args.train_split, data_args.train_file,
+                                 config_name=data_args.dataset_config, max_samples=data_args.max_train_samples)
+    eval_split = load_sft_split(data_args.dataset, data_args.eval_split, data_args.eval_file,
+                                config_name=data_args.dataset_config, max_samples=data_args.max_eval_samples)
+    check_quantization_support(model_args)
+    tokenizer = load_tokenizer(model_args)
+    for split in (train_split, eval_split):
+        check_chat_template(split, tokenizer, model_args.model_name_or_path)
+    logger.info("%s: %d train / %d eval rows", train_split.source, len(train_split.dataset), len(eval_split.dataset))
+    check_lora_targets(model_args, tokenizer)
+
+    model = _load_model(recipe, tokenizer)
+    _start_output_dir(recipe)
+    trainer = trainer_class("sft")(
+        model=model, args=args, train_dataset=train_split.dataset, eval_dataset=eval_split.dataset,
+        processing_class=tokenizer,
+    )  # fmt: skip
+    train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    with staged_final_files(args.output_dir, write=args.process_index == 0) as final_dir:
+        trainer.save_model(final_dir)  # adapter, tokenizer and (IVON) posterior
+        trainer.accelerator.wait_for_everyone()
+        # Scored from the saved artifact, as a user reloading it gets it.
+        posterior = Posterior.load(final_dir) if trainer.ivon_optimizer is not None else None
+        num_samples = run_args.eval_mc_samples if posterior is not None else 0
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        batches = [trainer._prepare_inputs(batch) for batch in trainer.get_eval_dataloader()]
+        metrics = predictive_losses(model, batches, posterior, num_samples, run_args.eval_seed,
+                                    gather=trainer.accelerator.gather_for_metrics)  # fmt: skip
+        report = {
+            "objective": "sft",
+            "dataset": eval_split.source,
+            "split": eval_split.split,
+            "optimizer": args.optim,
+            "protocol": {"unit": "sequence", "num_samples": num_samples, "seed": run_args.eval_seed,
+                         "loss": "nats per target token of the predictive; sampled: -log mean_s p_s(y|x), summed over "
+                                 "documents, over the target tokens"},  # fmt: skip
+            "data": {"train": train_split.as_dict(), "eval": eval_split.as_dict()},
+            "metrics": metrics,
+            "train": train_result.metrics,
+            "environment": environment(),
+            "recipe": recipe.resolved(),
+        }
+        if posterior is not None:
+            from ..diagnostics import diagnose, summary_lines, write_diagnostics
+
+            diagnostics = diagnose(posterior)
+            report["diagnostics"] = {"warnings": diagnostics["warnings"],
+                                     "hess_at_init_share": diagnostics["posterior"]["hess_at_init_share"]}  # fmt: skip
+        if args.process_index == 0:
+            write_json_atomic(os.path.join(final_dir, METRICS_NAME), report)
+            for name, values in metrics.items():
+                extra = f" (expected over samples {values['expected_loss']:.4f})" if name == "sampled" else ""
+                label = f"{values['samples']} samples" if name == "sampled" else name
+                logger.info("%-10s loss %.4f perplexity %.3f%s", label, values["loss"], values["perplexity"], extra)
+            if posterior is not None:
+                write_diagnostics(final_dir, diagnostics, f"{eval_split.source} ({os.path.basename(args.output_dir)})")
+                for line in summary_lines(diagnostics):
+                    (logger.warning if line.startswith("WARNING") else logger.info)("%s", line.removeprefix("WARNING "))
     return report
 
 

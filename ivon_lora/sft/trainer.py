@@ -13,16 +13,18 @@ chat template, completion-only and assistant-only loss, packing, `max_length`): 
   S-sample posterior predictive (`eval_sampled_loss`, `eval_sampled_perplexity`, and `eval_sampled_expected_loss`,
   a single sample's), next to TRL's `eval_loss` at the posterior mean (`ivon_lora.sft.likelihood`).
 
-`ivon_ess` for a token-level likelihood: the loss is a mean over target tokens, so the likelihood IVON's posterior
-weighs against the prior is the per-token log-likelihood times ess; ess = the number of target tokens in the
-train set is the Bayesian choice. The default stays the number of training sequences, raised so the initial
-posterior std is at most 0.032, as for every objective: the token count is not known before the dataset is
-tokenized (and, with packing, not per row), and the floor, not the count, sets the width of LoRA posteriors in
-practice (ess 1e6 > tokens of most SFT sets; README "What ivon_ess means for SFT").
+`ivon_ess` for a token-level likelihood: the loss is the mean over target tokens, so the log-likelihood IVON's
+posterior weighs against the prior is ess x that mean, and the exact Bayesian posterior has ess = the number of
+target tokens in the train set (every token is one term of the likelihood; counting sequences would temper the
+posterior by the mean target length). The default is that count, taken from the tokenized train set (labels
+other than -100, as the loss counts them), raised like every objective's so that the initial posterior std is at
+most 0.032 (README "What ivon_ess means for SFT").
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sized
 from dataclasses import dataclass
 
 from ..posterior import Posterior
@@ -44,6 +46,23 @@ class IVONSFTConfig(IVONTrainingArguments, SFTConfig):
 
 class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
     """TRL's `SFTTrainer` training with IVON (or, with `optim` != 'ivon', the optimizer named), see the module doc."""
+
+    def likelihood_size(self) -> int:
+        """The number of target tokens in the tokenized train set: the terms the token-level loss averages over."""
+        dataset = self.train_dataset
+        if not isinstance(dataset, Sized) or "labels" not in (dataset.column_names or []):
+            return super().likelihood_size()  # no length: its error; no labels (skip_prepare_dataset): rows
+        # A causal LM predicts position t + 1 at t: the first position of a document is never a target (a packed
+        # row holds several documents, `seq_lengths` long).
+        if "seq_lengths" in dataset.column_names:
+            rows = zip(dataset["labels"], dataset["seq_lengths"])
+        else:
+            rows = ((labels, [len(labels)]) for labels in dataset["labels"])
+        total = 0
+        for labels, lengths in rows:
+            starts = set(itertools.accumulate([0, *lengths[:-1]]))
+            total += sum(1 for t, label in enumerate(labels) if label != -100 and t not in starts)
+        return total
 
     def sampled_evaluation_metrics(self, eval_dataset, num_samples: int, ignore_keys, metric_key_prefix) -> dict:
         """Validation loss and perplexity of the `num_samples`-sample posterior predictive (sequence-level average).

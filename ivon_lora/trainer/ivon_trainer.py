@@ -110,7 +110,7 @@ class IVONTrainerMixin:
             if args.ivon_ess is not None:
                 ess = args.ivon_ess
             else:
-                ess = default_ess(self._train_set_size(), args.ivon_hess_init, args.weight_decay)
+                ess = default_ess(self.likelihood_size(), args.ivon_hess_init, args.weight_decay)
             initial_std = (ess * (args.ivon_hess_init + args.weight_decay)) ** -0.5
             if initial_std > WIDE_INITIAL_STD:
                 logger.warning(
@@ -138,8 +138,9 @@ class IVONTrainerMixin:
         self._check_ivon_synchronises(self.optimizer)
         return self.optimizer
 
-    def _train_set_size(self) -> int:
-        """The number of training examples (ivon_ess's default), which a dataset without a length cannot give."""
+    def likelihood_size(self) -> int:
+        """How many terms the training loss averages over (ivon_ess's default, before its floor): the number of
+        training examples here; an objective whose loss averages over something else (tokens) overrides it."""
         if not isinstance(self.train_dataset, Sized):
             raise ValueError(
                 f"ivon_ess is not set, and its default, the train set size, is unknown: the train dataset "
