@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .optim import IVON, ivon
     from .posterior import Posterior
     from .rundir import Run, load_run
+    from .sft import IVONSFTConfig, IVONSFTTrainer
     from .trainer import IVONTrainer, IVONTrainerMixin, IVONTrainingArguments
 
 # Imported on first use: `from ivon_lora import IVON` must not pay for importing transformers.
@@ -20,6 +21,8 @@ _LAZY = {
     "IVONTrainerMixin": ".trainer",
     "IVONTrainingArguments": ".trainer",
     "ChoiceTrainer": ".choice",
+    "IVONSFTConfig": ".sft",
+    "IVONSFTTrainer": ".sft",
     "Posterior": ".posterior",
     "Run": ".rundir",
     "load_run": ".rundir",

@@ -23,9 +23,10 @@ most 0.032 (README "What ivon_ess means for SFT").
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sized
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..posterior import Posterior
 from ..trainer import IVONTrainerMixin, IVONTrainingArguments
@@ -52,17 +53,7 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
         dataset = self.train_dataset
         if not isinstance(dataset, Sized) or "labels" not in (dataset.column_names or []):
             return super().likelihood_size()  # no length: its error; no labels (skip_prepare_dataset): rows
-        # A causal LM predicts position t + 1 at t: the first position of a document is never a target (a packed
-        # row holds several documents, `seq_lengths` long).
-        if "seq_lengths" in dataset.column_names:
-            rows = zip(dataset["labels"], dataset["seq_lengths"])
-        else:
-            rows = ((labels, [len(labels)]) for labels in dataset["labels"])
-        total = 0
-        for labels, lengths in rows:
-            starts = set(itertools.accumulate([0, *lengths[:-1]]))
-            total += sum(1 for t, label in enumerate(labels) if label != -100 and t not in starts)
-        return total
+        return target_token_count(dataset)
 
     def sampled_evaluation_metrics(self, eval_dataset, num_samples: int, ignore_keys, metric_key_prefix) -> dict:
         """Validation loss and perplexity of the `num_samples`-sample posterior predictive (sequence-level average).
@@ -108,3 +99,20 @@ class _PreparedBatches:
                 )
             with self.trainer.compute_loss_context_manager():
                 yield self.trainer._prepare_inputs(batch)
+
+
+def target_token_count(dataset) -> int:
+    """Labels other than -100 in a tokenized SFT dataset, without the first position of each document (a causal LM
+    predicts position t + 1 at t, so a document's first token is never a target; a packed row holds several
+    documents, `seq_lengths` long). Counted in Arrow/numpy: an SFT set has up to ~1e9 tokens."""
+    table = dataset.with_format("arrow")[:]  # honours any select/shuffle indices
+    labels = table.column("labels").combine_chunks()
+    is_target = labels.flatten().to_numpy(zero_copy_only=False) != -100
+    if "seq_lengths" in table.column_names:
+        lengths = table.column("seq_lengths").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    else:
+        starts = labels.offsets.to_numpy()[:-1]
+    starts = starts[starts < len(is_target)]
+    is_target[starts] = False
+    return int(is_target.sum())
