@@ -122,7 +122,7 @@ def load_records(task: Task, split: str, data_files: str | os.PathLike | None = 
         builder, files = resolve_data_files(data_files)
         records = []
         for file in files:
-            records += _read_json_records(file) if builder == "json" else _read_table_records(builder, file)
+            records += read_data_file(builder, file)
         return records
     if task.generator is not None:
         return task.generator(task.splits[split])
@@ -132,6 +132,11 @@ def load_records(task: Task, split: str, data_files: str | os.PathLike | None = 
         task.hub_path, task.hub_config, split=task.splits[split], revision=task.hub_revision
     )
     return list(dataset)
+
+
+def read_data_file(builder: str, path: str) -> list:
+    """The records of one data file of `resolve_data_files`, as read (not validated); errors name the file."""
+    return _read_json_records(path) if builder == "json" else _read_table_records(builder, path)
 
 
 def _read_json_records(path: str) -> list:
