@@ -1,4 +1,8 @@
-"""What every task module shares: the `Task` record, the multiple-choice frame, record validation (errors: `ivon_lora.errors`)."""
+"""What every task module shares: the `Task` record, the multiple-choice frame, record validation (errors: `ivon_lora.errors`).
+
+Tasks come in two kinds, each task's `kind`: multiple-choice `Task`s (answers scored as K choices) and
+`GenerativeTask`s (`generative.py`: free-form answers judged against references). Commands dispatch on `kind`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import difflib
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..choice.example import ChoiceExample
 from ..errors import RecordError, TaskDataError
@@ -16,10 +21,38 @@ TRAIN_VALIDATION = {"train": "train", "validation": "validation"}
 TRAIN_VALIDATION_TEST = {"train": "train", "validation": "validation", "test": "test"}
 # Generated tasks: distinct random streams per split, so that the splits never share a generator state.
 _SPLIT_STREAM_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
+# The two kinds of task (`Task.kind`, `GenerativeTask.kind`).
+MULTIPLE_CHOICE = "multiple_choice"
+GENERATIVE = "generative"
+
+
+class RecordSource:
+    """Where a task's records live, for either kind: `name`, `hub_path`, `hub_config`, `hub_revision`, `generator`,
+    `version` and `kind` are the dataclass's fields."""
+
+    def source(self, data_files=None) -> str:
+        """Where this task's records come from, for messages and reports."""
+        if data_files is not None:
+            return str(data_files)
+        if self.generator is not None:
+            return "generator"
+        where = ":".join(part for part in (self.hub_path, self.hub_config) if part)
+        return f"{where}@{self.hub_revision}" if self.hub_revision else where
+
+    def as_dict(self) -> dict:
+        """The identity of the task for result files (what the numbers were computed on)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "version": self.version,
+            "hub_path": self.hub_path,
+            "hub_config": self.hub_config,
+            "hub_revision": self.hub_revision,
+        }
 
 
 @dataclass(frozen=True)
-class Task:
+class Task(RecordSource):
     """One task as data: where its records live, which splits exist, and how a record becomes a `ChoiceExample`.
 
     `build_example` turns one raw record into a `ChoiceExample` with an empty id (the loader assigns ids) and
@@ -48,25 +81,7 @@ class Task:
     # Choices every record must have (None: any number): a 2-choice row in a 4-choice task is an error, not a
     # question scored 2-way under the task's name.
     num_choices: int | None = None
-
-    def source(self, data_files=None) -> str:
-        """Where this task's records come from, for messages and reports."""
-        if data_files is not None:
-            return str(data_files)
-        if self.generator is not None:
-            return "generator"
-        where = ":".join(part for part in (self.hub_path, self.hub_config) if part)
-        return f"{where}@{self.hub_revision}" if self.hub_revision else where
-
-    def as_dict(self) -> dict:
-        """The identity of the task for result files (what the numbers were computed on)."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "hub_path": self.hub_path,
-            "hub_config": self.hub_config,
-            "hub_revision": self.hub_revision,
-        }
+    kind: ClassVar[str] = MULTIPLE_CHOICE
 
 
 def unknown_name(kind: str, name: str, available: Iterable[str], listing: str | None = None) -> KeyError:
