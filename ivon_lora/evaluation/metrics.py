@@ -37,6 +37,13 @@ def _check(probs: torch.Tensor, gold: torch.Tensor) -> None:
         raise ValueError("Gold indices must lie in [0, K)")
 
 
+def check_scores(confidence: torch.Tensor, correct: torch.Tensor) -> None:
+    """N confidences (one per answer) and N correctness values, N > 0."""
+    if confidence.ndim != 1 or correct.shape != confidence.shape or len(confidence) == 0:
+        raise ValueError(f"Expected N confidences and N correctness values, got {tuple(confidence.shape)} and "
+                         f"{tuple(correct.shape)}")  # fmt: skip
+
+
 def _num_bin_slots(num_bins: int, edges: str) -> int:
     if edges not in BIN_EDGES:
         raise ValueError(f"Invalid ece_edges value: {edges!r} (choose from {', '.join(BIN_EDGES)})")
@@ -220,9 +227,7 @@ def risk_coverage(
     risk (1 - accuracy) is at most r (0 when even the most confident group is riskier). The curve is thinned
     to at most `max_curve_points` evenly spaced thresholds (always keeping full coverage) for the report.
     """
-    if confidence.ndim != 1 or correct.shape != confidence.shape or len(confidence) == 0:
-        raise ValueError(f"Expected N confidences and N correctness values, got {tuple(confidence.shape)} and "
-                         f"{tuple(correct.shape)}")  # fmt: skip
+    check_scores(confidence, correct)
     confidence, correct = confidence.double(), correct.double()
     order = torch.sort(confidence, descending=True, stable=True).indices
     confidence, correct = confidence[order], correct[order]

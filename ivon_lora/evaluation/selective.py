@@ -31,14 +31,19 @@ import math
 
 import torch
 
-from .metrics import DEFAULT_ECE_BINS, DEFAULT_RISK_LEVELS, Metric, binary_calibration_error, risk_coverage
+from .metrics import (
+    DEFAULT_ECE_BINS,
+    DEFAULT_RISK_LEVELS,
+    Metric,
+    binary_calibration_error,
+    check_scores,
+    risk_coverage,
+)
 
 
 def _check(confidence, correct) -> tuple[torch.Tensor, torch.Tensor]:
     confidence, correct = torch.as_tensor(confidence).double(), torch.as_tensor(correct)
-    if confidence.ndim != 1 or correct.shape != confidence.shape or len(confidence) == 0:
-        raise ValueError(f"Expected N confidences and N correctness values, got {tuple(confidence.shape)} and "
-                         f"{tuple(correct.shape)}")  # fmt: skip
+    check_scores(confidence, correct)
     if torch.isnan(confidence).any():
         first = int(torch.nonzero(torch.isnan(confidence))[0])
         raise ValueError(f"Confidence of answer {first} is NaN: it cannot be ranked")

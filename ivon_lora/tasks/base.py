@@ -26,9 +26,28 @@ MULTIPLE_CHOICE = "multiple_choice"
 GENERATIVE = "generative"
 
 
+@dataclass(frozen=True)
 class RecordSource:
-    """Where a task's records live, for either kind: `name`, `hub_path`, `hub_config`, `hub_revision`, `generator`,
-    `version` and `kind` are the dataclass's fields."""
+    """What tasks of either kind share: where the records live, which splits exist, how a record becomes an example.
+
+    `build_example` turns one raw record into an example with an empty id (the loader assigns ids).
+    """
+
+    name: str
+    build_example: Callable[[dict], object]
+    hub_path: str | None = None
+    hub_config: str | None = None
+    # Our split name -> the Hub's split name.
+    splits: Mapping[str, str] = field(default_factory=lambda: dict(TRAIN_VALIDATION))
+    version: int = 1
+    description: str = ""
+    # The record field holding a stable, split-unique id; without one, ids are f"{split}-{row}".
+    id_field: str | None = None
+    # A Hub revision, for datasets whose default branch only holds a loading script (datasets >= 4 refuses
+    # scripts; the Hub's auto-converted parquet branch holds the same rows).
+    hub_revision: str | None = None
+    # Records made by code instead of loaded (the synthetic task): split name -> records.
+    generator: Callable[[str], list[dict]] | None = None
 
     def source(self, data_files=None) -> str:
         """Where this task's records come from, for messages and reports."""
@@ -53,31 +72,17 @@ class RecordSource:
 
 @dataclass(frozen=True)
 class Task(RecordSource):
-    """One task as data: where its records live, which splits exist, and how a record becomes a `ChoiceExample`.
+    """One multiple-choice task as data: a `RecordSource` whose `build_example` makes `ChoiceExample`s.
 
-    `build_example` turns one raw record into a `ChoiceExample` with an empty id (the loader assigns ids) and
-    gold -1 where the record carries no label. `unlabelled_splits` names the splits whose Hub rows have an
-    empty label (e.g. WinoGrande's test split); anywhere else a missing label is an error. `family` groups the
-    tasks that a protocol preset treats alike (e.g. "arc": the answer letters of the BLoB protocol).
+    `build_example` gives gold -1 where the record carries no label. `unlabelled_splits` names the splits whose
+    Hub rows have an empty label (e.g. WinoGrande's test split); anywhere else a missing label is an error.
+    `family` groups the tasks that a protocol preset treats alike (e.g. "arc": the answer letters of the BLoB
+    protocol).
     """
 
-    name: str
     build_example: Callable[[dict], ChoiceExample]
-    hub_path: str | None = None
-    hub_config: str | None = None
-    # Our split name -> the Hub's split name.
-    splits: Mapping[str, str] = field(default_factory=lambda: dict(TRAIN_VALIDATION))
-    version: int = 1
-    description: str = ""
     family: str = ""
     unlabelled_splits: frozenset[str] = frozenset()
-    # The record field holding a stable, split-unique id; without one, ids are f"{split}-{row}".
-    id_field: str | None = None
-    # A Hub revision, for datasets whose default branch only holds a loading script (datasets >= 4 refuses
-    # scripts; the Hub's auto-converted parquet branch holds the same rows).
-    hub_revision: str | None = None
-    # Records made by code instead of loaded (the synthetic task): split name -> records.
-    generator: Callable[[str], list[dict]] | None = None
     # Choices every record must have (None: any number): a 2-choice row in a 4-choice task is an error, not a
     # question scored 2-way under the task's name.
     num_choices: int | None = None

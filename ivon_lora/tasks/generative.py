@@ -8,11 +8,11 @@ reference answer, in every split: an example without one could not be judged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import GENERATIVE, TRAIN_VALIDATION, RecordError, RecordSource, require
+from .base import GENERATIVE, RecordError, RecordSource, require
 from .judges import JUDGES, Judge
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
@@ -35,16 +35,10 @@ class GenerativeExample:
 
 @dataclass(frozen=True)
 class GenerativeTask(RecordSource):
-    """One generative task as data (see the module doc); `build_example` returns an example with an empty id."""
+    """One generative task as data (see the module doc): a `RecordSource` whose `build_example` makes
+    `GenerativeExample`s, with its judges and decoding settings."""
 
-    name: str
     build_example: Callable[[dict], GenerativeExample]
-    hub_path: str | None = None
-    hub_config: str | None = None
-    # Our split name -> the Hub's split name.
-    splits: Mapping[str, str] = field(default_factory=lambda: dict(TRAIN_VALIDATION))
-    version: int = 1
-    description: str = ""
     # Decides correctness (score 1) and which generated answers mean the same (semantic agreement, entropy).
     judge: Judge = JUDGES["exact_match"]
     # Every judge whose score the per-example report shows, the correctness judge among them.
@@ -52,9 +46,6 @@ class GenerativeTask(RecordSource):
     # Decoding: the most new tokens, and the strings that end an answer (cut off, not part of it).
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n",)
-    id_field: str | None = None
-    hub_revision: str | None = None
-    generator: Callable[[str], list[dict]] | None = None
     kind: ClassVar[str] = GENERATIVE
 
     def __post_init__(self):

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from ..choice.example import ChoiceExample
-from .base import GENERATIVE, MULTIPLE_CHOICE, RecordError, Task, TaskDataError
+from .base import GENERATIVE, MULTIPLE_CHOICE, RecordError, RecordSource, Task, TaskDataError
 from .generative import GenerativeExample, GenerativeTask
 from .protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .registry import get_task
@@ -120,7 +120,7 @@ def resolve_data_files(path: str | os.PathLike) -> tuple[str, list[str]]:
     return DATA_FILE_BUILDERS[extension], files
 
 
-def load_records(task: Task | GenerativeTask, split: str, data_files: str | os.PathLike | None = None) -> list[dict]:
+def load_records(task: RecordSource, split: str, data_files: str | os.PathLike | None = None) -> list[dict]:
     """The raw records of `task`'s `split`: from `data_files` if given, else the generator or the Hub."""
     if split not in task.splits:
         raise ValueError(f"Task {task.name!r} has no split {split!r}; available: {', '.join(task.splits)}")
@@ -268,7 +268,7 @@ def _check_limit(limit: int | None) -> None:
 
 
 @contextmanager
-def _at_row(task: Task | GenerativeTask, split: str, source: str, row: int):
+def _at_row(task: RecordSource, split: str, source: str, row: int):
     """Re-raise a record's error as one line naming the task, split, source and row."""
     try:
         yield
@@ -287,7 +287,7 @@ def _check_new_id(example_id: str, row: int, first_row_of_id: dict[str, int]) ->
     first_row_of_id[example_id] = row
 
 
-def _with_id(task: Task | GenerativeTask, split: str, row: int, record: dict, example):
+def _with_id(task: RecordSource, split: str, row: int, record: dict, example):
     """`example` with its id: the record's id field, else f"{split}-{row}"."""
     record_id = record.get(task.id_field) if task.id_field else None
     return replace(example, id=f"{split}-{row}" if record_id in (None, "") else str(record_id))
