@@ -37,6 +37,13 @@ def _check(probs: torch.Tensor, gold: torch.Tensor) -> None:
         raise ValueError("Gold indices must lie in [0, K)")
 
 
+def check_scores(confidence: torch.Tensor, correct: torch.Tensor) -> None:
+    """N confidences (one per answer) and N correctness values, N > 0."""
+    if confidence.ndim != 1 or correct.shape != confidence.shape or len(confidence) == 0:
+        raise ValueError(f"Expected N confidences and N correctness values, got {tuple(confidence.shape)} and "
+                         f"{tuple(correct.shape)}")  # fmt: skip
+
+
 def _num_bin_slots(num_bins: int, edges: str) -> int:
     if edges not in BIN_EDGES:
         raise ValueError(f"Invalid ece_edges value: {edges!r} (choose from {', '.join(BIN_EDGES)})")
@@ -57,12 +64,19 @@ def _bin_index(confidence: torch.Tensor, num_bins: int, edges: str = "right") ->
 def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10, edges: str = "right") -> float:
     _check(probs, gold)
     confidence, prediction = probs.max(dim=1)
-    correct = (prediction == gold).double()
+    return binary_calibration_error(confidence, prediction == gold, num_bins, edges)
+
+
+def binary_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, num_bins: int = 10,
+                             edges: str = "right") -> float:  # fmt: skip
+    """ECE of N confidences in [0, 1] that their answers are right against N correctness values (0/1): the ECE
+    of a K-way predictive is this over its max probabilities and argmax hits."""
+    confidence, correct = confidence.double(), correct.double()
     bins = _bin_index(confidence, num_bins, edges)
     slots = _num_bin_slots(num_bins, edges)
-    conf_sum = torch.zeros(slots, dtype=torch.float64).index_add_(0, bins, confidence.double())
+    conf_sum = torch.zeros(slots, dtype=torch.float64).index_add_(0, bins, confidence)
     correct_sum = torch.zeros(slots, dtype=torch.float64).index_add_(0, bins, correct)
-    return float((conf_sum - correct_sum).abs().sum() / len(gold))
+    return float((conf_sum - correct_sum).abs().sum() / len(correct))
 
 
 def brier_score(probs: torch.Tensor, gold: torch.Tensor) -> float:
@@ -195,7 +209,17 @@ def reliability_bins(probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10
 def selective_prediction(
     probs: torch.Tensor, gold: torch.Tensor, risk_levels=DEFAULT_RISK_LEVELS, max_curve_points: int = 200
 ) -> dict:
-    """Accuracy-coverage trade-off of abstaining below a confidence threshold (selective classification).
+    """Accuracy-coverage trade-off of abstaining below the max probability (selective classification): the
+    `risk_coverage` of the max probabilities and argmax hits."""
+    _check(probs, gold)
+    confidence, prediction = probs.double().max(dim=1)
+    return risk_coverage(confidence, prediction == gold, risk_levels, max_curve_points)
+
+
+def risk_coverage(
+    confidence: torch.Tensor, correct: torch.Tensor, risk_levels=DEFAULT_RISK_LEVELS, max_curve_points: int = 200
+) -> dict:
+    """Accuracy-coverage trade-off of abstaining below a confidence threshold (N confidences, N 0/1 hits).
 
     Examples are accepted from the most confident down; a threshold cannot separate equal confidences, so
     ties enter together. Returns the curve (coverage, accuracy at every distinct threshold), the area under the
@@ -203,9 +227,8 @@ def selective_prediction(
     risk (1 - accuracy) is at most r (0 when even the most confident group is riskier). The curve is thinned
     to at most `max_curve_points` evenly spaced thresholds (always keeping full coverage) for the report.
     """
-    _check(probs, gold)
-    confidence, prediction = probs.double().max(dim=1)
-    correct = (prediction == gold).double()
+    check_scores(confidence, correct)
+    confidence, correct = confidence.double(), correct.double()
     order = torch.sort(confidence, descending=True, stable=True).indices
     confidence, correct = confidence[order], correct[order]
     n = len(correct)

@@ -1,5 +1,9 @@
 """Task registry: each task is data (where its records live, which splits, how a record becomes a prompt).
 
+Two kinds (`task.kind`): multiple-choice tasks (`Task`, examples `ChoiceExample`, loaded by `load_split`) and
+generative tasks (`GenerativeTask`, examples `GenerativeExample` with reference answers and a correctness judge
+from `judges`, loaded by `load_generative_split`).
+
 Records load from the Hugging Face Hub with `datasets.load_dataset`, or from local json/jsonl/parquet/csv files
 (a file or a directory of them) in the same schema (`data_files`), or, for the built-in synthetic task, from a
 deterministic generator. One module per suite family holds its builder and `TASKS`; `protocols` holds the
@@ -18,15 +22,21 @@ evaluation presets (which questions are kept, what they are scored over); `loadi
 | commonsense_qa | tau/commonsense_qa | train, validation, test* | 5 choices |
 | mmlu_<subject> | cais/mmlu (<subject>) | test, validation, dev | OOD sets, 4 choices |
 | synthetic | generator | train, validation, test | offline demo |
+| triviaqa (generative) | mandarjoshi/trivia_qa (rc.nocontext) | train, validation | exact match, any alias |
+| nq_open (generative) | google-research-datasets/nq_open (nq_open) | train, validation | exact match, any answer |
+| gsm8k (generative) | openai/gsm8k (main) | train, test | numeric match of the final number |
 
 (*) unlabelled on the Hub: its examples have gold -1, which evaluation refuses.
 """
 
 from .arc import arc_example
-from .base import LETTERS, MC_TEMPLATE, RecordError, Task, TaskDataError
+from .base import GENERATIVE, LETTERS, MC_TEMPLATE, MULTIPLE_CHOICE, RecordError, Task, TaskDataError
+from .generative import GenerativeExample, GenerativeTask
+from .judges import JUDGES, Judge, get_judge
 from .loading import (
     LoadedSplit,
     load_examples,
+    load_generative_split,
     load_records,
     load_split,
     resolve_data_files,
@@ -37,20 +47,28 @@ from .registry import TASKS, get_task, task_names
 
 __all__ = [
     "DEFAULT_PROTOCOL",
+    "GENERATIVE",
+    "JUDGES",
     "LETTERS",
     "MC_TEMPLATE",
     "MMLU_SUBJECTS",
+    "MULTIPLE_CHOICE",
     "PROTOCOLS",
     "TASKS",
+    "GenerativeExample",
+    "GenerativeTask",
+    "Judge",
     "LoadedSplit",
     "Protocol",
     "RecordError",
     "Task",
     "TaskDataError",
     "arc_example",
+    "get_judge",
     "get_protocol",
     "get_task",
     "load_examples",
+    "load_generative_split",
     "load_records",
     "load_split",
     "resolve_data_files",

@@ -1,4 +1,8 @@
-"""What every task module shares: the `Task` record, the multiple-choice frame, record validation (errors: `ivon_lora.errors`)."""
+"""What every task module shares: the `Task` record, the multiple-choice frame, record validation (errors: `ivon_lora.errors`).
+
+Tasks come in two kinds, each task's `kind`: multiple-choice `Task`s (answers scored as K choices) and
+`GenerativeTask`s (`generative.py`: free-form answers judged against references). Commands dispatch on `kind`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import difflib
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..choice.example import ChoiceExample
 from ..errors import RecordError, TaskDataError
@@ -16,28 +21,26 @@ TRAIN_VALIDATION = {"train": "train", "validation": "validation"}
 TRAIN_VALIDATION_TEST = {"train": "train", "validation": "validation", "test": "test"}
 # Generated tasks: distinct random streams per split, so that the splits never share a generator state.
 _SPLIT_STREAM_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
+# The two kinds of task (`Task.kind`, `GenerativeTask.kind`).
+MULTIPLE_CHOICE = "multiple_choice"
+GENERATIVE = "generative"
 
 
 @dataclass(frozen=True)
-class Task:
-    """One task as data: where its records live, which splits exist, and how a record becomes a `ChoiceExample`.
+class RecordSource:
+    """What tasks of either kind share: where the records live, which splits exist, how a record becomes an example.
 
-    `build_example` turns one raw record into a `ChoiceExample` with an empty id (the loader assigns ids) and
-    gold -1 where the record carries no label. `unlabelled_splits` names the splits whose Hub rows have an
-    empty label (e.g. WinoGrande's test split); anywhere else a missing label is an error. `family` groups the
-    tasks that a protocol preset treats alike (e.g. "arc": the answer letters of the BLoB protocol).
+    `build_example` turns one raw record into an example with an empty id (the loader assigns ids).
     """
 
     name: str
-    build_example: Callable[[dict], ChoiceExample]
+    build_example: Callable[[dict], object]
     hub_path: str | None = None
     hub_config: str | None = None
     # Our split name -> the Hub's split name.
     splits: Mapping[str, str] = field(default_factory=lambda: dict(TRAIN_VALIDATION))
     version: int = 1
     description: str = ""
-    family: str = ""
-    unlabelled_splits: frozenset[str] = frozenset()
     # The record field holding a stable, split-unique id; without one, ids are f"{split}-{row}".
     id_field: str | None = None
     # A Hub revision, for datasets whose default branch only holds a loading script (datasets >= 4 refuses
@@ -45,9 +48,6 @@ class Task:
     hub_revision: str | None = None
     # Records made by code instead of loaded (the synthetic task): split name -> records.
     generator: Callable[[str], list[dict]] | None = None
-    # Choices every record must have (None: any number): a 2-choice row in a 4-choice task is an error, not a
-    # question scored 2-way under the task's name.
-    num_choices: int | None = None
 
     def source(self, data_files=None) -> str:
         """Where this task's records come from, for messages and reports."""
@@ -62,11 +62,31 @@ class Task:
         """The identity of the task for result files (what the numbers were computed on)."""
         return {
             "name": self.name,
+            "kind": self.kind,
             "version": self.version,
             "hub_path": self.hub_path,
             "hub_config": self.hub_config,
             "hub_revision": self.hub_revision,
         }
+
+
+@dataclass(frozen=True)
+class Task(RecordSource):
+    """One multiple-choice task as data: a `RecordSource` whose `build_example` makes `ChoiceExample`s.
+
+    `build_example` gives gold -1 where the record carries no label. `unlabelled_splits` names the splits whose
+    Hub rows have an empty label (e.g. WinoGrande's test split); anywhere else a missing label is an error.
+    `family` groups the tasks that a protocol preset treats alike (e.g. "arc": the answer letters of the BLoB
+    protocol).
+    """
+
+    build_example: Callable[[dict], ChoiceExample]
+    family: str = ""
+    unlabelled_splits: frozenset[str] = frozenset()
+    # Choices every record must have (None: any number): a 2-choice row in a 4-choice task is an error, not a
+    # question scored 2-way under the task's name.
+    num_choices: int | None = None
+    kind: ClassVar[str] = MULTIPLE_CHOICE
 
 
 def unknown_name(kind: str, name: str, available: Iterable[str], listing: str | None = None) -> KeyError:

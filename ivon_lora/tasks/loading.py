@@ -8,6 +8,9 @@ Order of operations, chosen so that ids and `limit` mean the same thing under ev
    in the source, and must be unique within the split;
 4. apply the protocol's documented filters (e.g. ARC's 4-choice subset) and its answer set; every filter's
    drop count is logged and kept in the returned `LoadedSplit`.
+
+`load_split` loads multiple-choice tasks and `load_generative_split` generative ones (steps 1-3: protocols filter
+and re-letter choices, which free-form answers do not have); each refuses the other kind by name.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from ..choice.example import ChoiceExample
-from .base import RecordError, Task, TaskDataError
+from .base import GENERATIVE, MULTIPLE_CHOICE, RecordError, RecordSource, Task, TaskDataError
+from .generative import GenerativeExample, GenerativeTask
 from .protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .registry import get_task
 
@@ -36,8 +41,9 @@ class LoadedSplit:
     task: str
     split: str
     source: str
-    protocol: str
-    examples: list[ChoiceExample]
+    # The protocol preset that filtered a multiple-choice split (None for a generative split: nothing filters it).
+    protocol: str | None
+    examples: list[ChoiceExample] | list[GenerativeExample]
     # Rows in the source, and the `limit` applied to them (None: all rows read).
     num_rows: int
     limit: int | None
@@ -114,7 +120,7 @@ def resolve_data_files(path: str | os.PathLike) -> tuple[str, list[str]]:
     return DATA_FILE_BUILDERS[extension], files
 
 
-def load_records(task: Task, split: str, data_files: str | os.PathLike | None = None) -> list[dict]:
+def load_records(task: RecordSource, split: str, data_files: str | os.PathLike | None = None) -> list[dict]:
     """The raw records of `task`'s `split`: from `data_files` if given, else the generator or the Hub."""
     if split not in task.splits:
         raise ValueError(f"Task {task.name!r} has no split {split!r}; available: {', '.join(task.splits)}")
@@ -183,11 +189,11 @@ def load_split(
     limit: int | None = None,
     protocol: str | Protocol = DEFAULT_PROTOCOL,
 ) -> LoadedSplit:
-    """The examples of `task`'s `split` under `protocol`, with what its filters dropped (see the module doc)."""
-    task = get_task(task) if isinstance(task, str) else task
+    """The examples of multiple-choice `task`'s `split` under `protocol`, with what its filters dropped (see the
+    module doc)."""
+    task = _task_of_kind(task, MULTIPLE_CHOICE)
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
-    if limit is not None and limit < 0:
-        raise ValueError(f"Invalid limit value: {limit}")
+    _check_limit(limit)
     records = load_records(task, split, data_files)
     source = task.source(data_files)
     filters = protocol.filters(task)
@@ -195,15 +201,11 @@ def load_split(
     examples: list[ChoiceExample] = []
     first_row_of_id: dict[str, int] = {}
     for row, record in enumerate(records[:limit]):
-        try:
+        with _at_row(task, split, source, row):
             example = _example(task, split, row, record)
-            if example.id in first_row_of_id:
-                raise RecordError(f"id {example.id!r} repeats the id of row {first_row_of_id[example.id]}")
-            first_row_of_id[example.id] = row
+            _check_new_id(example.id, row, first_row_of_id)
             rejected_by = next((f.name for f in filters if not f.keep(example)), None)
             kept = protocol.answer_set(task, example) if rejected_by is None else None
-        except (RecordError, KeyError, TypeError) as error:
-            raise RecordError(f"Task {task.name!r}, split {split!r} ({source}), row {row}: {error}") from error
         if kept is None:
             dropped[rejected_by] += 1
         else:
@@ -223,6 +225,28 @@ def load_split(
     return loaded
 
 
+def load_generative_split(
+    task: str | GenerativeTask, split: str, data_files: str | os.PathLike | None = None, limit: int | None = None
+) -> LoadedSplit:
+    """The `GenerativeExample`s of generative `task`'s `split` (the first `limit` records; nothing is filtered)."""
+    task = _task_of_kind(task, GENERATIVE)
+    _check_limit(limit)
+    records = load_records(task, split, data_files)
+    source = task.source(data_files)
+    examples: list[GenerativeExample] = []
+    first_row_of_id: dict[str, int] = {}
+    for row, record in enumerate(records[:limit]):
+        with _at_row(task, split, source, row):
+            _check_record(record)
+            example = _with_id(task, split, row, record, task.build_example(record))
+            _check_new_id(example.id, row, first_row_of_id)
+        examples.append(example)
+    loaded = LoadedSplit(task=task.name, split=split, source=source, protocol=None, examples=examples,
+                         num_rows=len(records), limit=limit, dropped={}, num_unlabelled=0)  # fmt: skip
+    logger.info(loaded.summary())
+    return loaded
+
+
 def load_examples(
     task_name: str | Task,
     split: str,
@@ -234,10 +258,49 @@ def load_examples(
     return load_split(task_name, split, data_files, limit, protocol).examples
 
 
-def _example(task: Task, split: str, row: int, record: dict) -> ChoiceExample:
-    """`record` as an example with its id, checked to carry a label unless its split may be unlabelled."""
+def _task_of_kind(task: str | Task | GenerativeTask, kind: str) -> Task | GenerativeTask:
+    task = get_task(task) if isinstance(task, str) else task
+    if task.kind != kind:
+        loader = "load_generative_split" if task.kind == GENERATIVE else "load_split"
+        raise TaskDataError(f"Task {task.name!r} is a {task.kind.replace('_', '-')} task, not a "
+                            f"{kind.replace('_', '-')} one: load it with {loader}")  # fmt: skip
+    return task
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 0:
+        raise ValueError(f"Invalid limit value: {limit}")
+
+
+@contextmanager
+def _at_row(task: RecordSource, split: str, source: str, row: int):
+    """Re-raise a record's error as one line naming the task, split, source and row."""
+    try:
+        yield
+    except (RecordError, KeyError, TypeError) as error:
+        raise RecordError(f"Task {task.name!r}, split {split!r} ({source}), row {row}: {error}") from error
+
+
+def _check_record(record) -> None:
     if not isinstance(record, dict):
         raise RecordError(f"a record is a JSON object of fields, got {type(record).__name__}")
+
+
+def _check_new_id(example_id: str, row: int, first_row_of_id: dict[str, int]) -> None:
+    if example_id in first_row_of_id:
+        raise RecordError(f"id {example_id!r} repeats the id of row {first_row_of_id[example_id]}")
+    first_row_of_id[example_id] = row
+
+
+def _with_id(task: RecordSource, split: str, row: int, record: dict, example):
+    """`example` with its id: the record's id field, else f"{split}-{row}"."""
+    record_id = record.get(task.id_field) if task.id_field else None
+    return replace(example, id=f"{split}-{row}" if record_id in (None, "") else str(record_id))
+
+
+def _example(task: Task, split: str, row: int, record: dict) -> ChoiceExample:
+    """`record` as an example with its id, checked to carry a label unless its split may be unlabelled."""
+    _check_record(record)
     example = task.build_example(record)
     if task.num_choices is not None and len(example.answers) != task.num_choices:
         raise RecordError(f"{len(example.answers)} choices, but every {task.name} question has {task.num_choices}")
@@ -246,5 +309,4 @@ def _example(task: Task, split: str, row: int, record: dict) -> ChoiceExample:
             f"only {', '.join(sorted(task.unlabelled_splits))} may be" if task.unlabelled_splits else "none may be"
         )
         raise RecordError(f"the record has no label, but split {split!r} must be labelled ({allowed})")
-    record_id = record.get(task.id_field) if task.id_field else None
-    return replace(example, id=f"{split}-{row}" if record_id in (None, "") else str(record_id))
+    return _with_id(task, split, row, record, example)

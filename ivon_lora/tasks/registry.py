@@ -1,15 +1,19 @@
-"""The task registry: every suite module's `TASKS`, plus MMLU subjects made on demand."""
+"""The task registry: every suite module's `TASKS` (both kinds: see `Task.kind`), plus MMLU subjects made on demand."""
 
 from __future__ import annotations
 
-from . import arc, boolq, commonsense_qa, hellaswag, piqa, siqa, synthetic, winogrande, wordfacts
+from . import arc, boolq, commonsense_qa, gsm8k, hellaswag, open_qa, piqa, siqa, synthetic, winogrande, wordfacts
 from .base import Task, unknown_name
+from .generative import GenerativeTask
 from .mmlu import MMLU_CONFIGS, mmlu_subject, mmlu_task
 
-TASKS: dict[str, Task] = {
-    task.name: task
-    for module in (synthetic, wordfacts, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
-    for task in module.TASKS
+MULTIPLE_CHOICE_MODULES = (synthetic, wordfacts, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
+# The built-in offline generative task `wordqa` (ivon_lora/tasks/wordqa.py, rows {"id", "question", "answers"},
+# built by `partial(generative.qa_example, answers_key="answers")`) registers by joining this tuple.
+GENERATIVE_MODULES = (open_qa, gsm8k)
+
+TASKS: dict[str, Task | GenerativeTask] = {
+    task.name: task for module in (*MULTIPLE_CHOICE_MODULES, *GENERATIVE_MODULES) for task in module.TASKS
 }
 
 
@@ -18,8 +22,8 @@ def task_names(include_mmlu: bool = True) -> list[str]:
     return sorted(TASKS) + ([f"mmlu_{config}" for config in MMLU_CONFIGS] if include_mmlu else [])
 
 
-def get_task(name: str) -> Task:
-    """The task called `name`; MMLU subjects as `mmlu_<subject>` or `mmlu:<subject>`."""
+def get_task(name: str) -> Task | GenerativeTask:
+    """The task called `name` (its `kind` says which); MMLU subjects as `mmlu_<subject>` or `mmlu:<subject>`."""
     if name in TASKS:
         return TASKS[name]
     subject = mmlu_subject(name)
