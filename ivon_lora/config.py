@@ -194,6 +194,11 @@ class Recipe:
         # TrainingArguments.to_dict turns enums and nested configs into plain values.
         init_keys = {f.name for f in dataclasses.fields(self.training) if f.init}
         resolved.update({k: v for k, v in self.training.to_dict().items() if k in init_keys})
+        # to_dict masks every *_token field as "<NAME>": a reloaded recipe would take the mask for the value. Write
+        # SFTConfig's eos_token / pad_token as they are, and never a secret (hub_token: from the environment).
+        for key in resolved:
+            if key.endswith("_token") and key in init_keys:
+                resolved[key] = None if key == "hub_token" else getattr(self.training, key)
         return yaml.safe_load(yaml.safe_dump(resolved, default_flow_style=False))  # plain YAML types only
 
 

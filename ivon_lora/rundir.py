@@ -145,7 +145,7 @@ def environment() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for package in ("ivon-lora", "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes"):
+    for package in ("ivon-lora", "torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:

@@ -207,10 +207,10 @@ def test_wordqa_is_deterministic_split_by_word_and_accepts_every_category():
     assert len({record["id"] for rows in records.values() for record in rows}) == 249
 
     split = load_sft_split("wordqa", "train", max_samples=2)
-    assert (split.source, split.format) == ("builtin:wordqa", "messages")
+    assert (split.source, split.format) == ("builtin:wordqa", "prompt-completion")
     assert split.dataset.to_list() == [
-        {"messages": [{"role": "user", "content": record["question"]},
-                      {"role": "assistant", "content": record["answers"][0]}]}
+        {"prompt": [{"role": "user", "content": record["question"]}],
+         "completion": [{"role": "assistant", "content": record["answers"][0]}]}
         for record in records["train"][:2]
     ]  # fmt: skip
 
@@ -243,17 +243,28 @@ def _learnt_text(tokenizer, row) -> str:
     return tokenizer.decode([token for token, label in zip(row["input_ids"], row["labels"]) if label != -100])
 
 
-def test_trl_learns_only_the_assistant_turn_of_wordqa_messages(tmp_path):
+def test_trl_learns_only_the_assistant_turn_of_messages(tmp_path):
     from family_tokenizers import qwen_tokenizer
 
     tokenizer = qwen_tokenizer(thinking=False)
     tokenizer.chat_template = CHATML_TRAINING_TEMPLATE
-    split = load_sft_split("wordqa", "train", max_samples=4)
+    split = load_sft_split(None, "train", write(tmp_path / "t.jsonl", ROWS["messages"]))
     prepared = _prepared(tmp_path, tokenizer, split, assistant_only_loss=True)
-    assert len(prepared) == 4
+    assert len(prepared) == len(ROWS["messages"])
     for row, source in zip(prepared, split.dataset):
         assert _learnt_text(tokenizer, row) == source["messages"][-1]["content"] + "<|im_end|>"
         assert row["input_ids"] == tokenizer.apply_chat_template(source["messages"], tokenize=True)["input_ids"]
+
+
+def test_trl_learns_only_the_answer_of_wordqa(tmp_path):
+    """wordqa's prompt-completion rows: TRL learns the answer and its end of turn, with any chat template."""
+    from family_tokenizers import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer(thinking=False)
+    split = load_sft_split("wordqa", "train", max_samples=4)
+    prepared = _prepared(tmp_path, tokenizer, split, max_length=128)  # Qwen2.5's default system prompt included
+    for row, source in zip(prepared, split.dataset):
+        assert _learnt_text(tokenizer, row) == source["completion"][-1]["content"] + "<|im_end|>\n"
 
 
 @pytest.mark.parametrize("name", ["alpaca", "prompt-completion"])

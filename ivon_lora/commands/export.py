@@ -76,7 +76,15 @@ def model_card(run, metrics: dict | None) -> str:
                          f"({pruning['scope']}, {pruning['mode']}, by {pruning['criterion']})")  # fmt: skip
         if "temperature" in config:
             lines.append(f"- test-time temperature: {config['temperature']}")
-    if metrics is not None:
+    if metrics is not None and metrics.get("objective") == "sft":
+        from ..evaluation.sft import sft_table
+
+        data = metrics["data"]["eval"]
+        lines += ["", f"## Validation loss ({metrics['dataset']}, split {metrics['split']}, {data['rows']} rows)", "",
+                  sft_table({"this run": {"metrics": metrics["metrics"], "posterior": run.posterior is not None}})]  # fmt: skip
+        lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in metrics["protocol"].items()) + "."]
+        lines += ["", "Measured with " + ", ".join(f"{k} {v}" for k, v in metrics["environment"].items()) + "."]
+    elif metrics is not None:
         m = metrics["metrics"]
         columns = table_columns(metrics["protocol"].get("ece_bins", ()), summary_only=True)
         lines += ["", f"## Metrics ({metrics['task']}, split {metrics['split']}, {m['num_examples']} examples)", "",
@@ -90,8 +98,10 @@ def model_card(run, metrics: dict | None) -> str:
         import yaml
 
         resolved = run.recipe.resolved()
-        defaults = load_recipe(None, ["model_name_or_path=_", "output_dir=_"], for_training=False).resolved()
-        changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k == "model_name_or_path"}
+        required = ["model_name_or_path=_", "output_dir=_", f"objective={run.recipe.objective}"]
+        required += ["dataset=_"] if run.recipe.objective == "sft" else []
+        defaults = load_recipe(None, required, for_training=False).resolved()
+        changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k in ("model_name_or_path", "objective")}
         changed.pop("output_dir", None)
         lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
                   yaml.safe_dump(changed, sort_keys=True).strip(), "```"]  # fmt: skip

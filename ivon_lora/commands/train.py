@@ -234,7 +234,7 @@ def _run_sft(recipe) -> dict:
     check_quantization_support(model_args)
     tokenizer = load_tokenizer(model_args)
     for split in (train_split, eval_split):
-        check_chat_template(split, tokenizer, model_args.model_name_or_path)
+        check_chat_template(split, tokenizer, model_args.model_name_or_path, args.chat_template_path)
     logger.info("%s: %d train / %d eval rows", train_split.source, len(train_split.dataset), len(eval_split.dataset))
     check_lora_targets(model_args, tokenizer)
 

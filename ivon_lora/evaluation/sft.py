@@ -26,7 +26,9 @@ def sft_batches(run, split, batch_size: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         args = dataclasses.replace(run.recipe.training, output_dir=scratch, per_device_eval_batch_size=batch_size,
                                    report_to="none", eval_strategy="no", save_strategy="no")  # fmt: skip
-        trainer = SFTTrainer(model=run.model, args=args, eval_dataset=split.dataset, processing_class=run.tokenizer)
+        # SFTTrainer insists on a train set; one row of the split is tokenized and never used.
+        trainer = SFTTrainer(model=run.model, args=args, train_dataset=split.dataset.select(range(1)),
+                             eval_dataset=split.dataset, processing_class=run.tokenizer)  # fmt: skip
         return [trainer._prepare_inputs(batch) for batch in trainer.get_eval_dataloader()]
 
 
@@ -78,7 +80,7 @@ def run_sft_eval(options, described: list[dict]) -> dict:
         metrics = predictive_losses(run.model, batches, posterior, num_samples if posterior is not None else 0,
                                     options.seed)  # fmt: skip
         result["runs"][run_description["label"]] = {
-            "dir": run_description["dir"], "optimizer": optimizer_name(run.recipe),
+            "dir": run_description["dir"], "optimizer": optimizer_name(run.recipe), "posterior": posterior is not None,
             **({"pruning": {"fraction": fraction, "temperature": temperature}} if posterior is not None else {}),
             "metrics": metrics,
         }  # fmt: skip
@@ -101,11 +103,12 @@ def run_sft_eval(options, described: list[dict]) -> dict:
 
 
 def sft_table(runs: dict) -> str:
+    """A markdown table of SFT runs (label -> {"metrics": {"mean", "sampled"?}, "posterior": bool})."""
     lines = ["| run | predictive | loss | perplexity | expected loss of one sample |", "|---|---|---|---|---|"]
     for label, run in runs.items():
         for name, values in run["metrics"].items():
             predictive = f"{values['samples']} posterior samples" if name == "sampled" else "posterior mean"
-            if "pruning" not in run:
+            if not run["posterior"]:
                 predictive = "weights"
             expected = f"{values['expected_loss']:.4f}" if "expected_loss" in values else ""
             lines.append(f"| {label} | {predictive} | {values['loss']:.4f} | {values['perplexity']:.3f} | {expected} |")

@@ -74,10 +74,12 @@ class BuiltinSFTDataset:
 
 
 def wordqa_chat_rows(split: str) -> list[dict]:
-    """wordqa's questions as chats: the question (which asks for one word), then its first accepted answer."""
+    """wordqa's questions as conversational prompt-completion rows: the user's question (which asks for one word),
+    then the assistant's first accepted answer. Prompt-completion, not messages, so that TRL learns the answer
+    only (completion_only_loss) with any chat template, including those without {% generation %} markers."""
     return [
-        {"messages": [{"role": "user", "content": record["question"]},
-                      {"role": "assistant", "content": record["answers"][0]}]}
+        {"prompt": [{"role": "user", "content": record["question"]}],
+         "completion": [{"role": "assistant", "content": record["answers"][0]}]}
         for record in wordqa_records(split)
     ]  # fmt: skip
 
@@ -320,3 +322,20 @@ def to_trl_row(record: dict, data_format: str) -> dict:
 
 def _plain_messages(messages: list[dict]) -> list[dict]:
     return [{"role": message["role"], "content": message["content"]} for message in messages]
+
+
+def is_conversational(split: SFTSplit) -> bool:
+    """Whether the rows are chat messages (rendered with a chat template) rather than plain strings."""
+    if split.format != "prompt-completion":
+        return True  # messages, and alpaca converted to messages
+    return len(split.dataset) > 0 and isinstance(split.dataset[0]["prompt"], list)
+
+
+def check_chat_template(split: SFTSplit, tokenizer, model_name: str, chat_template_path: str | None = None) -> None:
+    """Conversational rows need a chat template: the tokenizer's, or the recipe's chat_template_path (TRL's key)."""
+    if is_conversational(split) and not chat_template_path and not getattr(tokenizer, "chat_template", None):
+        raise TaskDataError(
+            f"{split.summary()}: the rows are chat messages, but the tokenizer of {model_name!r} has no chat template: "
+            "use a chat/instruct model, set chat_template_path (a template file or a model with one), or write "
+            "the rows as plain prompt/completion strings"
+        )
