@@ -7,6 +7,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .choice import ChoiceTrainer
+    from .generation import Generation, generate
     from .optim import IVON, ivon
     from .posterior import Posterior
     from .rundir import Run, load_run
@@ -20,6 +21,8 @@ _LAZY = {
     "IVONTrainerMixin": ".trainer",
     "IVONTrainingArguments": ".trainer",
     "ChoiceTrainer": ".choice",
+    "Generation": ".generation",
+    "generate": ".generation",
     "Posterior": ".posterior",
     "Run": ".rundir",
     "load_run": ".rundir",
