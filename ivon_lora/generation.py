@@ -112,12 +112,16 @@ def _holding_mean(model, posterior):
                 p.copy_(before)
 
 
-def _eos_ids(model, generate_kwargs: dict) -> set[int]:
-    config = generate_kwargs.get("generation_config") or model.generation_config
-    eos = generate_kwargs.get("eos_token_id", config.eos_token_id)
-    if eos is None:
-        return set()
-    return {int(eos)} if isinstance(eos, int) else {int(i) for i in eos}
+def _stop_ids(model, tokenizer, generate_kwargs: dict) -> list[int]:
+    """The tokens that end an answer: `eos_token_id` if passed, else the model's generation config's EOS ids and the
+    tokenizer's EOS (for a chat tokenizer its end-of-turn token, which a base model's generation config may lack)."""
+    if "eos_token_id" in generate_kwargs:
+        eos, tokenizer_eos = generate_kwargs["eos_token_id"], None
+    else:
+        eos = (generate_kwargs.get("generation_config") or model.generation_config).eos_token_id
+        tokenizer_eos = tokenizer.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return sorted({int(i) for i in [*ids, tokenizer_eos] if i is not None})
 
 
 def generate(
@@ -168,8 +172,9 @@ def generate(
     # Similar lengths share a batch (less padding); a stable sort, so equal lengths keep their order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    options = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad_id, **generate_kwargs}
-    eos_ids = _eos_ids(model, options)
+    stop_ids = _stop_ids(model, tokenizer, generate_kwargs)
+    options = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad_id,
+               "eos_token_id": stop_ids or None, **generate_kwargs}  # fmt: skip
     device = next(model.parameters()).device
 
     def answers(pass_index: int) -> list[str]:
@@ -184,7 +189,7 @@ def generate(
             generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                        **options)[:, width:].tolist()  # fmt: skip
             for i, tokens in zip(batch, generated):
-                end = next((j for j, token in enumerate(tokens) if token in eos_ids), len(tokens))
+                end = next((j for j, token in enumerate(tokens) if token in stop_ids), len(tokens))
                 out[i] = tokenizer.decode(tokens[:end], skip_special_tokens=True)
         return out
 

@@ -171,6 +171,25 @@ def test_the_chat_template_is_applied_as_apply_chat_template_tokenizes_it(run, m
         generate(run.model, run.tokenizer, PROMPTS, chat=True)
 
 
+def test_an_answer_ends_at_the_tokenizers_eos_or_the_stop_tokens_passed(run):
+    """A chat tokenizer's EOS is its end-of-turn token, which a base model's generation config may not list."""
+    from ivon_lora.builtin import BUILTIN_MODELS, build_tokenizer
+
+    ids = run.tokenizer(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        tokens = run.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                    pad_token_id=run.tokenizer.pad_token_id)[0, len(ids) :].tolist()  # fmt: skip
+    stop = tokens[2]
+    expected = run.tokenizer.decode(tokens[: tokens.index(stop)])
+    assert len(set(tokens)) > 1 and run.tokenizer.eos_token_id not in tokens
+    tokenizer = build_tokenizer(BUILTIN_MODELS["builtin:tiny-llama"])
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stop)
+    assert run.model.generation_config.eos_token_id != stop
+    (by_tokenizer,) = generate(run.model, tokenizer, PROMPTS[:1], max_new_tokens=MAX_NEW_TOKENS)
+    (by_option,) = generate(run.model, run.tokenizer, PROMPTS[:1], max_new_tokens=MAX_NEW_TOKENS, eos_token_id=[stop])
+    assert by_tokenizer.mean == by_option.mean == expected
+
+
 @pytest.mark.parametrize(
     "prompts, options, error, message",
     [
