@@ -4,8 +4,8 @@
 `num_samples` = S > 0, once more per posterior sample: the S adapters are drawn one after another with
 `Posterior.sampler` from a CPU generator seeded by `seed`, so sample k is the same adapter whatever the prompts,
 the batch size or the device. Decoding is greedy unless `generate_kwargs` ask otherwise (they go to
-`model.generate`); with greedy decoding an answer does not depend on the batch it was decoded in (beyond float rounding: prompts are
-left-padded, and padding is masked).
+`model.generate`); with greedy decoding an answer does not depend on the batch it was decoded in (beyond float
+rounding: prompts are left-padded, and padding is masked).
 
 Objective-agnostic: it reads a model, a tokenizer and a `Posterior`, whatever trained them.
 """
@@ -195,7 +195,8 @@ def generate(
 
     was_training = model.training
     model.eval()
-    devices = [device] if device.type == "cuda" else []
+    # manual_seed seeds every CUDA device: fork them all, so the caller's RNG states come back.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad(), _holding_mean(model, posterior):
             mean = answers(0)
