@@ -7,6 +7,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .choice import ChoiceTrainer
+    from .generation import Generation, generate
     from .optim import IVON, ivon
     from .posterior import Posterior
     from .rundir import Run, load_run
@@ -23,6 +24,8 @@ _LAZY = {
     "ChoiceTrainer": ".choice",
     "IVONSFTConfig": ".sft",
     "IVONSFTTrainer": ".sft",
+    "Generation": ".generation",
+    "generate": ".generation",
     "Posterior": ".posterior",
     "Run": ".rundir",
     "load_run": ".rundir",

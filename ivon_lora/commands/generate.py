@@ -1,0 +1,173 @@
+"""`ivon-lora generate`: a run's answers to prompts, from the posterior mean and from S posterior samples.
+
+Works on any run dir `load_run` loads (multiple-choice or SFT). Prints each prompt with the mean's answer and each
+sample's; with --out, writes them as JSON lines: a header line {"header": {run dir, options, versions}}, then one
+line per prompt {"index", "prompt", "mean", "samples"}. Prompts come from --prompt and --prompts-file (.jsonl: one
+object per line with "prompt" (text) or "messages" (chat messages); any other file: one prompt per non-blank line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+
+from ._options import add_config_arguments, config_from_options
+
+JSON_LINES_SUFFIXES = (".jsonl",)
+
+
+@dataclass
+class GenerateConfig:
+    """The options of `ivon-lora generate` (from a YAML file, key=value and flags, like eval's)."""
+
+    run_dir: str | None = field(default=None, metadata={"help": "run or checkpoint dir"})
+    prompt: list[str] | None = field(default=None, metadata={"help": "prompt texts"})
+    prompts_file: str | None = field(default=None, metadata={
+        "help": ".jsonl with a 'prompt' or 'messages' per line, or a text file with one prompt per line"})
+    samples: int = field(default=0, metadata={"help": "posterior samples S (default 0: the mean's answer only)"})
+    seed: int = field(default=0, metadata={"help": "seed of the posterior samples"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
+    batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
+    system: str | None = field(default=None, metadata={"help": "system message (needs a chat template)"})
+    no_chat: bool = field(default=False, metadata={"help": "plain prompts even if the tokenizer has a chat template"})
+    out: str | None = field(default=None, metadata={"help": "jsonl file of the answers (must not exist)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing out file"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+        for key, low in (("samples", 0), ("max_new_tokens", 1), ("batch_size", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
+
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "generate",
+        help="Answers to prompts from a run's posterior mean and from S posterior samples.",
+        description="Print RUN_DIR's answer to each prompt from the posterior mean (the PEFT adapter) and, with "
+                    "--samples S, from each of S posterior samples; greedy decoding, the tokenizer's chat template "
+                    "when it has one. --out writes them as JSON lines. Options also come from a YAML CONFIG and "
+                    "key=value (keys: the flags with _ for -).",
+    )  # fmt: skip
+    add_config_arguments(parser, "RUN_DIR", "run or checkpoint dir")
+    parser.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
+    parser.add_argument("--prompts-file", metavar="FILE", help=".jsonl with a 'prompt' (text) or 'messages' (chat "
+                        "messages) per line, or a text file with one prompt per non-blank line")  # fmt: skip
+    parser.add_argument("--samples", type=int, help="posterior samples S, one answer each (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of the posterior samples (default 0)")
+    parser.add_argument("--max-new-tokens", type=int, help="default 64")
+    parser.add_argument("--batch-size", type=int, help="default 8")
+    parser.add_argument("--system", metavar="TEXT", help="system message of every prompt (needs a chat template)")
+    parser.add_argument("--no-chat", action="store_true", default=argparse.SUPPRESS,
+                        help="plain prompts even if the tokenizer has a chat template")  # fmt: skip
+    parser.add_argument("--out", metavar="FILE.jsonl", help="write the answers here (with the run, options, versions)")
+    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS, help="replace an existing --out")
+    return parser
+
+
+def config_from(options: argparse.Namespace) -> GenerateConfig:
+    return config_from_options(options, GenerateConfig, "generate")
+
+
+def main(config: GenerateConfig) -> int:
+    run_generate(config)
+    return 0
+
+
+def read_prompts_file(path: str) -> list:
+    """The prompts of a .jsonl ("prompt" text or "messages" list per line) or text file (one per non-blank line)."""
+    from ..errors import UsageError
+    from ..generation import check_prompt
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Prompts file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path}: not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+    if not path.lower().endswith(JSON_LINES_SUFFIXES):
+        return [line for line in lines if line.strip()]
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{where}: not valid JSON ({error.msg}, column {error.colno})") from None
+        if not isinstance(record, dict) or ("prompt" in record) == ("messages" in record):
+            raise UsageError(f"{where}: expected an object with either 'prompt' (text) or 'messages' (a list)")
+        prompt = record.get("prompt", record.get("messages"))
+        if isinstance(prompt, str) != ("prompt" in record):
+            raise UsageError(f"{where}: 'prompt' is a text, 'messages' a list of messages")
+        check_prompt(prompt, where)
+        prompts.append(prompt)
+    return prompts
+
+
+def run_generate(config: GenerateConfig) -> list:
+    """Generate for `config` (see the module doc); returns the `ivon_lora.generation.Generation`s."""
+    from ..artifacts import atomic_write
+    from ..errors import UsageError
+    from ..generation import check_prompt, generate, uses_chat_template
+    from ..rundir import describe_run, environment, load_run
+
+    # Everything that can be wrong with the options is checked before the model loads.
+    described = describe_run(config.run_dir, set())
+    prompts = list(config.prompt or []) + (read_prompts_file(config.prompts_file) if config.prompts_file else [])
+    if not prompts:
+        raise UsageError("No prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    for i, prompt in enumerate(config.prompt or []):
+        check_prompt(prompt, f"--prompt {i + 1}")
+    if config.samples and not described["has_posterior"]:
+        raise UsageError(f"--samples {config.samples}: {config.run_dir} has no posterior (not an IVON run) to sample "
+                         "from: generate from its weights only (--samples 0)")  # fmt: skip
+    if config.no_chat and config.system is not None:
+        raise UsageError("--system needs the chat template, and --no-chat turns it off: drop one of them")
+    if config.no_chat and any(not isinstance(prompt, str) for prompt in prompts):
+        raise UsageError(f"{config.prompts_file}: 'messages' prompts need the chat template, and --no-chat turns it "
+                         "off: drop --no-chat or give 'prompt' texts")  # fmt: skip
+    if config.out is not None:
+        if os.path.isdir(config.out):
+            raise UsageError(f"--out {config.out!r} is a directory: name a .jsonl file")
+        if os.path.exists(config.out) and not config.overwrite:
+            raise FileExistsError(f"{config.out!r} exists: choose another --out, or pass --overwrite")
+
+    run = load_run(config.run_dir)
+    chat = uses_chat_template(run.tokenizer, False if config.no_chat else None)
+    generations = generate(
+        run.model, run.tokenizer, prompts, posterior=run.posterior, num_samples=config.samples, seed=config.seed,
+        max_new_tokens=config.max_new_tokens, chat=chat, system=config.system, batch_size=config.batch_size,
+    )  # fmt: skip
+    for i, generation in enumerate(generations):
+        print(f"[{i + 1}] prompt: {json.dumps(generation.prompt, ensure_ascii=False)}")
+        print(f"  mean: {json.dumps(generation.mean, ensure_ascii=False)}")
+        for k, answer in enumerate(generation.samples):
+            print(f"  sample {k + 1}: {json.dumps(answer, ensure_ascii=False)}")
+    if config.out is not None:
+        header = {
+            "run_dir": described["dir"],
+            "chat_template": chat,
+            "decoding": "greedy",
+            **{key: getattr(config, key) for key in ("seed", "samples", "max_new_tokens", "system")},
+            "posterior": {key: run.posterior.config.get(key) for key in ("step", "ess", "temperature", "pruning")}
+            if run.posterior is not None else None,
+            "environment": environment(),
+        }  # fmt: skip
+        rows = [{"index": i, "prompt": g.prompt, "mean": g.mean, "samples": list(g.samples)}
+                for i, g in enumerate(generations)]  # fmt: skip
+
+        def write(path):
+            with open(path, "w", encoding="utf-8") as f:
+                for row in [{"header": header}, *rows]:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
+        atomic_write(config.out, write)
+        print(f"wrote {config.out}")
+    return generations
