@@ -26,8 +26,8 @@ def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path, monkeypa
 
     trainer_class = train.trainer_class
 
-    def killed_after_the_first_checkpoint():
-        class KilledTrainer(trainer_class()):
+    def killed_after_the_first_checkpoint(objective="choice"):
+        class KilledTrainer(trainer_class(objective)):
             def training_step(self, *args, **kwargs):
                 if self.state.global_step == 4:
                     raise Killed
