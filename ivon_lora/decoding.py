@@ -54,7 +54,7 @@ class Answer:
     finish_reason: str
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare the fields
 class AveragedAnswer(Answer):
     """A posterior-averaged answer with, at each of its T positions (the token chosen there included), what the S
     samples' next-token distributions say about it (float64, on the CPU):
@@ -191,8 +191,7 @@ class _Decoder:
                 if self._contains_stop(text):
                     cut = min(text.index(stop) for stop in self.stop_strings if stop in text)
                     return Answer(text[:cut], tuple(tokens[:end]), "stop_string")
-        tokens = tuple(tokens[: self.max_new_tokens])
-        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True), tokens, "length")
+        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), "length")
 
     @torch.no_grad()
     def decode_batch(self, batch: list[int], copies: int, averaged: bool) -> list:
@@ -216,7 +215,7 @@ class _Decoder:
             cache = getattr(output, cache_key)
             logits = output.logits[:, -1].float()
             if averaged:
-                chosen = self.record(logits, copies, finished[0], records)
+                chosen = self.averaged_step(logits, copies, finished[0], records)
             else:
                 chosen = logits.argmax(-1).view(copies, size).tolist()
             for k in range(streams):
@@ -245,7 +244,7 @@ class _Decoder:
             ))  # fmt: skip
         return answers
 
-    def record(self, logits: torch.Tensor, copies: int, finished: list[bool], records: list[list]) -> list[list[int]]:
+    def averaged_step(self, logits: torch.Tensor, copies: int, finished: list[bool], records: list[list]) -> list[list[int]]:
         """The averaged step: the argmax of the mean of the copies' softmaxes, per prompt; appends to each active
         prompt's `records` its copies' log-probs of that token and their mutual information and pairwise KL."""
         log_probs = torch.log_softmax(logits, dim=-1).view(copies, len(finished), -1)
