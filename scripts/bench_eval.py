@@ -298,30 +298,40 @@ def bench_batched(model, tokenizer, examples, posterior, args, device) -> None:
     print(f"  batched speed-up: {paired_ratio(times, 'sequential', 'batched'):.3f}x (median of paired ratios)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `build`'s model and of where it runs."""
     parser.add_argument("--model", choices=sorted(REAL_MODELS), default="qwen2.5-0.5b", help="Proportions to keep.")
     parser.add_argument("--hidden", type=int, default=128, help="Scaled hidden size.")
     parser.add_argument("--layers", type=int, default=4, help="Scaled number of layers.")
     parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--examples", type=int, default=64)
-    parser.add_argument("--prompt-tokens", type=int, default=100)
-    parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batched", action="store_true", help="Also time S samples in one batched pass.")
-    parser.add_argument("--samples-per-pass", type=int, default=None, help="Batched: samples per forward pass.")
-    args = parser.parse_args()
+
+
+def quiet_device(args) -> torch.device:
+    """The device of --device, with --threads CPU threads and library logging below errors muted."""
     logging.disable(logging.WARNING)
     import transformers
 
     transformers.logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    return torch.device(args.device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batched", action="store_true", help="Also time S samples in one batched pass.")
+    parser.add_argument("--samples-per-pass", type=int, default=None, help="Batched: samples per forward pass.")
+    args = parser.parse_args()
+    device = quiet_device(args)
 
     shape, model, tokenizer, examples, posterior = build(args)
     count = flops(model, shape, args.prompt_tokens, len(ANSWERS))
