@@ -67,15 +67,15 @@ def test_wordqa_is_a_generative_task_accepting_every_category():
 
 
 def test_cut_at_stop_and_the_scored_end_of_an_answer(llama_tokenizer):
-    assert cut_at_stop(" fruit\nQuestion: x", ("\n",)) == (" fruit", True)
-    assert cut_at_stop("12 #### 3 Question: y", ("Question:", "####")) == ("12 ", True)
-    assert cut_at_stop(" fruit", ("\n",)) == (" fruit", False)
+    assert cut_at_stop(" fruit\nQuestion: x", ("\n",)) == (" fruit", "\n")
+    assert cut_at_stop("12 #### 3 Question: y", ("Question:", "####")) == ("12 ", "####")  # the earliest one
+    assert cut_at_stop(" fruit", ("\n",)) == (" fruit", None)
     ids = llama_tokenizer(" fruit", add_special_tokens=False)["input_ids"]
     newline = llama_tokenizer("\n", add_special_tokens=False)["input_ids"]
-    assert answer_tokens(llama_tokenizer, " fruit", "stop", ("\n",)) == ids + newline
-    assert answer_tokens(llama_tokenizer, " fruit", "eos", ("\n",)) == ids + [llama_tokenizer.eos_token_id]
-    assert answer_tokens(llama_tokenizer, " fruit", "length", ("\n",)) == ids
-    assert answer_tokens(llama_tokenizer, "", "eos", ("\n",)) == [llama_tokenizer.eos_token_id]
+    assert answer_tokens(llama_tokenizer, " fruit", "stop", "\n") == ids + newline
+    assert answer_tokens(llama_tokenizer, " fruit", "eos") == ids + [llama_tokenizer.eos_token_id]
+    assert answer_tokens(llama_tokenizer, " fruit", "length") == ids
+    assert answer_tokens(llama_tokenizer, "", "eos") == [llama_tokenizer.eos_token_id]
 
 
 def _plain_log_probs(model, prompt: list[int], answer: list[int]) -> torch.Tensor:
@@ -147,7 +147,8 @@ def test_streamed_disagreement_equals_uncertainty_on_hand_built_distributions():
 def test_scores_a_runs_samples_cannot_give_are_undefined_with_the_reason():
     from ivon_lora.evaluation.generative import TeacherForced
 
-    decoded = [DecodedAnswers(" fruit", "stop", (" Fruit", "tool", " fruit.")), DecodedAnswers("x", "eos", ("y",) * 3)]
+    decoded = [DecodedAnswers(" fruit", "stop", (" Fruit", "tool", " fruit."), "\n"),
+               DecodedAnswers("x", "eos", ("y",) * 3)]
     base = {"token_log_probs": torch.tensor([[-0.5, -1.0], [-2.0, 0.0]]), "mask": torch.tensor([[1, 1], [1, 0]]).bool(),
             "sample_log_likelihoods": torch.zeros(2, 0)}  # fmt: skip
     equivalent = get_task("wordqa").judge.equivalent
@@ -172,7 +173,7 @@ def test_scores_a_runs_samples_cannot_give_are_undefined_with_the_reason():
 def test_evaluate_generative_with_a_given_decoder_judges_and_scores_its_answers(run):
     """The decoder hook: answers fixed by hand (two right, one wrong) are judged, scored and ranked."""
     examples = load_generative_split("wordqa", "validation", limit=3).examples
-    fixed = [DecodedAnswers(" " + examples[0].references[0], "stop", (examples[0].references[0],) * 2),
+    fixed = [DecodedAnswers(" " + examples[0].references[0], "stop", (examples[0].references[0],) * 2, "\n"),
              DecodedAnswers("no idea", "length", ("no idea", "maybe")),
              DecodedAnswers(examples[2].references[-1].upper(), "eos", ("x", "y"))]  # fmt: skip
 
@@ -184,7 +185,7 @@ def test_evaluate_generative_with_a_given_decoder_judges_and_scores_its_answers(
                                      sampling=Sampling("temperature", 2), decode=decode)  # fmt: skip
     assert evaluation.correct == [True, False, True]
     assert evaluation.scores["semantic_agreement"].tolist() == [1.0, 0.5, 0.0]
-    assert evaluation.answer_token_counts[0] == len(answer_tokens(run.tokenizer, fixed[0].chosen, "stop", ("\n",)))
+    assert evaluation.answer_token_counts[0] == len(answer_tokens(run.tokenizer, fixed[0].chosen, "stop", "\n"))
     metrics = evaluation.metrics([10])
     assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["judges"]["token_f1"] == pytest.approx(2 / 3)
     assert metrics["scores"]["semantic_agreement"]["auroc"] == 0.5  # wrong 0.5 sits between the right 1.0 and 0.0
@@ -240,7 +241,7 @@ def test_eval_of_a_choice_run_on_wordqa_with_a_temperature_sampling_baseline(run
     entry = report["tasks"]["wordqa"]
     assert entry["split"] == "validation" and entry["num_examples"] == LIMIT and entry["task"]["kind"] == GENERATIVE
     assert report["runs"]["ivon"]["samples"] == "posterior" and report["runs"]["adamw_torch"]["samples"] == "temperature"
-    assert report["runs"]["ivon"]["prompts"] == "plain task prompt"
+    assert report["runs"]["ivon"]["prompts"] == "plain task prompt (prompt_format: plain)"
     assert {"torch", "transformers"} <= set(report["environment"]) and report["protocol"]["kind"] == "generative"
     assert set(entry["runs"]["ivon"]["scores"]) == set(uncertainty.CONFIDENCE_SCORES)
     assert set(entry["runs"]["adamw_torch"]["undefined_scores"]) == {"bma_log_likelihood", "neg_mutual_information",
@@ -277,7 +278,8 @@ def test_eval_of_sft_runs_on_wordqa_with_an_mc_dropout_baseline(sft_runs, tmp_pa
                      "3", "--limit", str(LIMIT), "--out", str(out)]) == 0  # fmt: skip
     report, rows = _read(out)
     runs = report["tasks"]["wordqa"]["runs"]
-    assert report["runs"]["ivon"]["prompts"].startswith("chat template")  # wordqa SFT rows are chat messages
+    assert report["runs"]["ivon"]["prompts"] == ("chat template (question as the user message) (SFT train data "
+                                                 "builtin:wordqa is chat messages)")  # fmt: skip
     assert (runs["ivon"]["samples"], runs["ivon"]["num_samples"]) == ("posterior", 2)
     assert (runs["adamw_torch"]["samples"], runs["adamw_torch"]["num_samples"]) == ("mc_dropout", 3)
     for label, run_rows in rows.items():

@@ -69,7 +69,7 @@ class Sampling:
 
     def describe(self) -> str:
         if self.kind is None:
-            return "none"
+            return "no samples"
         what = {"posterior": "posterior samples", "mc_dropout": "MC-dropout samples",
                 "temperature": f"temperature-{self.temperature:g} samples at the weights"}[self.kind]  # fmt: skip
         return f"{self.num_samples} {what}"
@@ -109,17 +109,22 @@ def dropout_active(model):
 
 @dataclass(frozen=True)
 class DecodedAnswers:
-    """One question's answers: the chosen one (greedy at the mean), how it ended, and the S sampled ones."""
+    """One question's answers: the chosen one (greedy at the mean), how it ended (and at which stop string), and
+    the S sampled ones."""
 
     chosen: str
     chosen_end: str  # one of ANSWER_ENDS
     samples: tuple[str, ...] = ()
+    chosen_stop: str | None = None  # the stop string that ended the chosen answer (chosen_end "stop")
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to its first stop string, and whether one was found."""
-    cut = min((index for index in (text.find(s) for s in stop if s) if index >= 0), default=-1)
-    return (text, False) if cut < 0 else (text[:cut], True)
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """`text` up to the earliest stop string in it, and that stop string (None: none found)."""
+    found = [(text.find(s), s) for s in stop if s and s in text]
+    if not found:
+        return text, None
+    index, stop_string = min(found)
+    return text[:index], stop_string
 
 
 def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
@@ -150,24 +155,26 @@ def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, po
         logger.info("%s sample %d/%d decoded", sampling.kind, k + 1, sampling.num_samples)
     decoded = []
     for generation, answers in zip(generations, samples):
-        chosen, stopped = cut_at_stop(generation.mean, stop)
-        if stopped:
+        chosen, stop_string = cut_at_stop(generation.mean, stop)
+        if stop_string is not None:
             end = "stop"
         else:
             length = len(tokenizer(generation.mean, add_special_tokens=False)["input_ids"])
             end = "length" if length >= max_new_tokens else "eos"
-        decoded.append(DecodedAnswers(chosen, end, tuple(cut_at_stop(a, stop)[0] for a in answers)))
+        decoded.append(DecodedAnswers(chosen, end, tuple(cut_at_stop(a, stop)[0] for a in answers), stop_string))
     return decoded
 
 
 # ------------------------------------------------------------------------------------------- teacher-forced scoring
 
 
-def answer_tokens(tokenizer, answer: str, end: str, stop: Sequence[str]) -> list[int]:
-    """The tokens scored for an answer: its own, then what ended it (the first stop string's tokens, or EOS)."""
+def answer_tokens(tokenizer, answer: str, end: str, stop_string: str | None = None) -> list[int]:
+    """The tokens scored for an answer: its own, then what ended it (`stop_string`'s tokens, or EOS)."""
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
     if end == "stop":
-        ids = ids + tokenizer(stop[0], add_special_tokens=False)["input_ids"]
+        if not stop_string:
+            raise ValueError("An answer that ended at a stop string needs that stop string")
+        ids = ids + tokenizer(stop_string, add_special_tokens=False)["input_ids"]
     elif end == "eos":
         if tokenizer.eos_token_id is None:
             raise ValueError("The answer ended at an end-of-sequence token, but the tokenizer has no eos_token_id")
@@ -409,14 +416,16 @@ class GenerativeEvaluation:
 
     def rows(self):
         """One dict per example for the per-example jsonl."""
+        from .uncertainty import CONFIDENCE_SCORES
+
         for i, example in enumerate(self.examples):
             decoded = self.decoded[i]
             yield {
                 "id": example.id, "prompt": self.prompts[i], "references": list(example.references),
                 "samples": list(decoded.samples), "chosen": decoded.chosen, "chosen_end": decoded.chosen_end,
                 "answer_tokens": self.answer_token_counts[i],
-                "scores": {name: (float(values[i]) if name in self.scores else None)
-                           for name, values in {**self.scores, **dict.fromkeys(self.undefined)}.items()},
+                "scores": {name: float(self.scores[name][i]) if name in self.scores else None
+                           for name in CONFIDENCE_SCORES},
                 "correct": self.correct[i],
                 "judges": {name: values[i] for name, values in self.judge_scores.items()},
             }  # fmt: skip
@@ -425,7 +434,7 @@ class GenerativeEvaluation:
         """Accuracy, each report judge's mean, and per defined score its selective-generation metrics."""
         return {
             "num_examples": len(self.examples),
-            "accuracy": sum(self.correct) / len(self.correct) if self.correct else math.nan,
+            "accuracy": sum(self.correct) / len(self.correct),
             "judges": {name: sum(values) / len(values) for name, values in self.judge_scores.items()},
             "samples": self.sampling.kind,
             "num_samples": self.sampling.num_samples,
@@ -453,10 +462,10 @@ def evaluate_generative(model, tokenizer, examples: list, task, *, chat: bool, p
                      max_new_tokens=task.max_new_tokens, stop=task.stop, batch_size=batch_size)  # fmt: skip
     # As `generate` tokenizes: a chat-rendered prompt already holds its special tokens.
     prompt_ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
-    answer_ids = [answer_tokens(tokenizer, d.chosen, d.chosen_end, task.stop) for d in decoded]
+    answer_ids = [answer_tokens(tokenizer, d.chosen, d.chosen_end, d.chosen_stop) for d in decoded]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scored = teacher_forced(model, prompt_ids, answer_ids, posterior=posterior, sampling=sampling, seed=seed,
-                            batch_size=batch_size, pad_id=pad_id or 0)  # fmt: skip
+                            batch_size=batch_size, pad_id=pad_id if pad_id is not None else 0)  # fmt: skip
     scores, undefined = confidence_scores(scored, decoded, sampling, task.judge.equivalent)
     return GenerativeEvaluation(
         examples=list(examples), prompts=texts, decoded=decoded, sampling=sampling, scores=scores,
@@ -471,19 +480,27 @@ def evaluate_generative(model, tokenizer, examples: list, task, *, chat: bool, p
 # ---------------------------------------------------------------------------------------------------------- command
 
 
-def renders_chat(recipe, tokenizer_has_template: bool | None = None) -> bool:
-    """Whether a run read its prompts through the chat template: an SFT run on conversational data (its train
-    rows, read once), a choice run with `prompt_format: chat`; a run without recipe reads plain prompts."""
+def prompt_rendering(recipe) -> tuple[bool, str]:
+    """Whether a run read its prompts through the chat template, and how that was decided: an SFT run on
+    conversational data (its train rows, read again), a choice run with `prompt_format: chat`; a run without
+    recipe reads plain prompts. SFT train rows that cannot be read here (e.g. a Hub dataset offline): chat, as most
+    SFT data is, with a warning and the guess in the report."""
     if recipe is None:
-        return False
+        return False, "no recipe"
     if recipe.objective != "sft":
-        return recipe.model.prompt_format == "chat"
+        return recipe.model.prompt_format == "chat", f"prompt_format: {recipe.model.prompt_format}"
+    from ..errors import TaskDataError
     from ..sft.data import is_conversational, load_sft_split
 
     data = recipe.data
-    split = load_sft_split(data.dataset, data.train_split, data.train_file, config_name=data.dataset_config,
-                           max_samples=1)  # fmt: skip
-    return is_conversational(split)
+    try:
+        split = load_sft_split(data.dataset, data.train_split, data.train_file, config_name=data.dataset_config,
+                               max_samples=1)  # fmt: skip
+    except (TaskDataError, FileNotFoundError) as error:
+        logger.warning("cannot read the SFT train data to tell chat from plain prompts (%s): assuming chat", error)
+        return True, f"assumed: the SFT train data was not readable ({' '.join(str(error).split())[:120]})"
+    chat = is_conversational(split)
+    return chat, f"SFT train data {split.source} is {'chat messages' if chat else 'plain strings'}"
 
 
 _CHOICE_ONLY = {"sweeping": "pruning/temperature sweeps", "temperature_scaling": "--temperature-scaling",
@@ -551,7 +568,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
     inputs = {"run dir": options.run_dir, "baseline": options.baseline}
     check_out_apart(out, inputs if options.out else {"baseline": options.baseline})
     check_new_output_dir(out, options.overwrite)
-    chat = {d["label"]: renders_chat(d["recipe"]) for d in described}
+    rendering = {d["label"]: prompt_rendering(d["recipe"]) for d in described}
     loaded = {name: load_generative_split(name, splits[name], options.file, options.limit) for name in tasks}
     for name, part in loaded.items():
         if not part.examples:
@@ -564,6 +581,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
     runs = {}
     for run_description in described:
         label = run_description["label"]
+        chat, why = rendering[label]
         run = load_run(run_description["dir"])
         posterior = run.posterior
         if posterior is not None and (fraction, temperature) != (0.0, 1.0):
@@ -574,7 +592,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
         runs[label] = {
             "dir": run_description["dir"], "objective": run.recipe.objective if run.recipe else None,
             "optimizer": optimizer_name(run.recipe) if run.recipe else None,
-            "prompts": "chat template (question as the user message)" if chat[label] else "plain task prompt",
+            "prompts": f"{'chat template (question as the user message)' if chat else 'plain task prompt'} ({why})",
             "samples": sampling.kind, "num_samples": sampling.num_samples, "sampling": sampling.describe(),
             **({"sampling_temperature": sampling.temperature} if sampling.kind == "temperature" else {}),
             **({"pruning": {"fraction": fraction, "temperature": temperature}} if posterior is not None else {}),
@@ -582,7 +600,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
         for name, part in loaded.items():
             logger.info("%s: %s %s (%d examples, %s)", label, name, splits[name], len(part.examples),
                         sampling.describe())  # fmt: skip
-            evaluation = evaluate_generative(run.model, run.tokenizer, part.examples, tasks[name], chat=chat[label],
+            evaluation = evaluate_generative(run.model, run.tokenizer, part.examples, tasks[name], chat=chat,
                                              posterior=posterior, sampling=sampling, seed=options.seed,
                                              batch_size=options.batch_size)  # fmt: skip
             evaluations[name][label] = evaluation
