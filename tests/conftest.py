@@ -42,3 +42,17 @@ def run_dir(tmp_path_factory):
             "eval_mc_samples=2", "disable_tqdm=true", "lora_target=[q_proj, v_proj]", "lora_rank=4"]  # fmt: skip
     assert cli.main(args) == 0
     return str(out)
+
+
+@pytest.fixture
+def same_noise(monkeypatch):
+    """Every IVON posterior sample gets the same noise, so runs with different sample counts can be compared
+    (gradient accumulation 4 x 2 against 1 x 8)."""
+    import torch
+
+    from ivon_lora.optim import IVON
+
+    def sample_noise(self, params, noise, std):
+        noise.normal_(0.0, std, generator=torch.Generator().manual_seed(123))
+
+    monkeypatch.setattr(IVON, "_sample_noise", sample_noise)

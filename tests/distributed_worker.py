@@ -327,6 +327,51 @@ def sharded_predictions(rank=None, out=None):
     return {"ids": predictions.ids, "mean": predictions.mean, "samples": predictions.samples}
 
 
+# ----------------------------------------------------------------------------------------- token-level losses
+
+
+def sft_token_weighted_run(rank=None, out=None):
+    """One IVON SFT step over 8 conversations of very different lengths, every posterior sample with the same noise:
+    on 2 ranks x 2 micro-batches x 2 conversations, or (in the test process) 1 x 8. Token weighting normalised by
+    the global token count makes both the same update."""
+    import datasets
+
+    from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model, build_tokenizer
+    from ivon_lora.config import ModelArguments
+    from ivon_lora.modeling import apply_lora
+    from ivon_lora.sft import IVONSFTConfig, IVONSFTTrainer
+
+    words = "the cat sat on a mat while dogs ran past seven green trees".split()
+    rows = [{"messages": [{"role": "user", "content": " ".join(words[i:i + 3])},
+                          {"role": "assistant", "content": " ".join(words[: 1 + (5 * i) % 12])}]} for i in range(8)]
+    tokenizer = build_tokenizer(BUILTIN_MODELS["builtin:tiny-llama"])
+    torch.manual_seed(0)
+    model_args = ModelArguments("builtin:tiny-llama", lora_rank=4, lora_dropout=0.0, lora_target=["q_proj", "v_proj"])
+    model = apply_lora(build_tiny_model(BUILTIN_MODELS["builtin:tiny-llama"], tokenizer, seed=0), model_args)
+    distributed = rank is not None
+    args = IVONSFTConfig(
+        output_dir=os.path.join(out, "sft") if out else "unused", max_steps=1, learning_rate=0.05, ivon_ess=1e6,
+        ivon_hess_init=1e-3, ivon_clip_radius=float("inf"), weight_decay=1e-4, max_grad_norm=0.0,
+        lr_scheduler_type="constant", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=7,
+        max_length=64, per_device_train_batch_size=2 if distributed else 8,
+        gradient_accumulation_steps=2 if distributed else 1,
+    )  # fmt: skip
+
+    def same_noise_every_sample(self, params, noise, std):
+        noise.normal_(0.0, std, generator=torch.Generator().manual_seed(123))
+
+    original = IVON._sample_noise
+    IVON._sample_noise = same_noise_every_sample
+    try:
+        trainer = IVONSFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                                 processing_class=tokenizer)  # fmt: skip
+        tokens = [int((b["labels"][:, 1:] != -100).sum()) for b in trainer.get_train_dataloader()]
+        trainer.train()
+    finally:
+        IVON._sample_noise = original
+    return {**trainer_results(trainer), "micro_batch_tokens": tokens}
+
+
 CHECKS = {
     "hessian": lambda rank, out: check_hessian(rank),
     "training_and_resume": check_training_and_resume,
@@ -335,6 +380,7 @@ CHECKS = {
     "hf_trainer": check_hf_trainer,
     "hf_refusals": check_hf_refusals,
     "sharded_predictions": sharded_predictions,
+    "sft_token_weighted": sft_token_weighted_run,
 }
 
 

@@ -198,3 +198,18 @@ def test_evaluation_is_sharded_without_dropping_or_repeating_an_example(launch):
         assert result["ids"] == single["ids"]
         torch.testing.assert_close(result["mean"], single["mean"], atol=1e-6, rtol=0)
         torch.testing.assert_close(result["samples"], single["samples"], atol=1e-6, rtol=0)
+
+
+def test_token_level_loss_is_weighted_by_the_global_token_count(launch):
+    """SFT on 2 ranks x GA 2 x batch 2 equals 1 process x batch 8 (same noise), though the micro-batches hold
+    different numbers of loss tokens: each sample's gradient is weighted by its tokens over all ranks' tokens."""
+    from distributed_worker import sft_token_weighted_run
+
+    ranks = _result(launch, "sft_token_weighted")
+    single = sft_token_weighted_run()
+    assert len(set(ranks[0]["micro_batch_tokens"] + ranks[1]["micro_batch_tokens"])) > 1
+    _assert_equal(ranks[0]["adapter"], ranks[1]["adapter"], "adapter across ranks")
+    for name, value in single["adapter"].items():
+        torch.testing.assert_close(ranks[0]["adapter"][name], value, rtol=1e-4, atol=1e-5 * value.abs().max(), msg=name)
+    for distributed, one in zip(ranks[0]["state"], single["state"]):
+        torch.testing.assert_close(distributed["hess"], one["hess"], rtol=1e-4, atol=0)

@@ -36,3 +36,32 @@ def test_the_readmes_python_imports_resolve():
         imported = importlib.import_module(module)
         for name in names.split(","):
             assert hasattr(imported, name.strip()), f"{module}.{name.strip()}"
+
+
+def test_the_readmes_trl_example_runs(tmp_path, monkeypatch):
+    """The SFT section's TRL example, verbatim but for the Hub ids (a tiny local model and dataset) and its size."""
+    import datasets
+    import torch
+    from family_tokenizers import qwen_tokenizer
+
+    from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        (example,) = [b.split("```", 1)[0] for b in f.read().split("```python\n")[1:] if "IVONSFTTrainer(model=" in b]
+    assert len(example.strip().splitlines()) <= 12
+    tokenizer = qwen_tokenizer(thinking=False)
+    model_dir = str(tmp_path / "qwen")
+    build_tiny_model(BUILTIN_MODELS["builtin:tiny-qwen2"], tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rows = [{"messages": [{"role": "user", "content": f"Say {word}."}, {"role": "assistant", "content": word}]}
+            for word in ("yes", "no", "maybe", "later")]  # fmt: skip
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: datasets.Dataset.from_list(rows))
+    replacements = {'"Qwen/Qwen2.5-0.5B-Instruct"': repr(model_dir), "max_steps=2000": "max_steps=2",
+                    "bf16=True": "use_cpu=True, report_to='none'",
+                    'output_dir="Qwen2.5-0.5B-IVON-SFT"': f"output_dir={str(tmp_path / 'out')!r}"}  # fmt: skip
+    for old, new in replacements.items():
+        assert old in example, old
+        example = example.replace(old, new)
+    torch.manual_seed(0)
+    exec(compile(example, "README.md (TRL example)", "exec"), {})
+    assert {"adapter_model.safetensors", "posterior.safetensors"} <= set(os.listdir(tmp_path / "out"))

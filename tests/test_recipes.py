@@ -25,6 +25,8 @@ RECIPES = sorted(
 # Hub ids checked to exist (model cards on huggingface.co); a recipe naming another id must be checked and added.
 HUB_MODELS = {
     "meta-llama/Llama-2-7b-hf": "llama2",
+    "meta-llama/Llama-3.2-1B-Instruct": "llama3",
+    "Qwen/Qwen2.5-0.5B-Instruct": "qwen2.5",
     "meta-llama/Llama-3.2-1B": "llama3",
     "meta-llama/Llama-3.2-3B": "llama3",
     "meta-llama/Llama-3.1-8B": "llama3",
@@ -66,6 +68,12 @@ RECORDS = {
     "boolq": [{"question": "is the sky blue", "passage": "The sky is blue on a clear day.", "answer": True}],
 }
 
+# SFT datasets: one row in the Hub schema (HuggingFaceH4/ultrachat_200k: prompt, prompt_id, messages).
+SFT_RECORDS = {
+    "HuggingFaceH4/ultrachat_200k": [{"prompt": "Name a fruit.", "prompt_id": "0" * 64, "messages": [
+        {"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A mango."}]}],
+}
+
 
 def _raw(path: str) -> dict:
     with open(os.path.join(ROOT, path)) as f:
@@ -100,11 +108,11 @@ def data_files(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data")
     files = {}
     for task in {_raw(path)["dataset"] for path in RECIPES}:
-        if task in ("synthetic", "wordfacts"):  # generated, no file needed
+        if task in ("synthetic", "wordfacts", "wordqa"):  # generated, no file needed
             continue
-        records = RECORDS.get(task) or RECORDS.get(task.split("_")[0])
+        records = RECORDS.get(task) or RECORDS.get(task.split("_")[0]) or SFT_RECORDS.get(task)
         assert records, f"no sample record for task {task!r}: add one in its schema to RECORDS"
-        files[task] = directory / f"{task}.jsonl"
+        files[task] = directory / f"{task.replace('/', '--')}.jsonl"
         files[task].write_text("".join(json.dumps(r) + "\n" for r in records))
     return files
 
@@ -153,6 +161,8 @@ def test_recipe_validates_and_dry_runs_on_a_stand_in(path, stand_ins, data_files
     if family not in BUILTIN_MODELS:
         overrides.append(f"model_name_or_path={stand_ins[family]}")
     recipe = load_recipe(os.path.join(ROOT, path), overrides)
+    if recipe.objective == "sft":
+        return _dry_run_sft(recipe, data_files.get(recipe.data.dataset), tmp_path)
     model_args, data_args = recipe.model, recipe.data
 
     tokenizer = load_tokenizer(model_args)
@@ -171,3 +181,20 @@ def test_recipe_validates_and_dry_runs_on_a_stand_in(path, stand_ins, data_files
         logits = choice_logits(model, batch)
     assert logits.shape == batch["choice_token_ids"].shape
     assert torch.isfinite(logits[batch["choice_mask"]]).all()
+
+
+def _dry_run_sft(recipe, data_file, tmp_path):
+    """An SFT recipe: its data through TRL's preparation with the stand-in's chat template, two IVON steps."""
+    from ivon_lora.sft import IVONSFTTrainer
+    from ivon_lora.sft.data import check_chat_template, load_sft_split
+
+    data = recipe.data
+    split = load_sft_split(data.dataset, data.train_split, data_file, max_samples=4)
+    tokenizer = load_tokenizer(recipe.model)
+    check_chat_template(split, tokenizer, recipe.model.model_name_or_path)
+    model = apply_lora(load_base_model(recipe.model, tokenizer, seed=0), recipe.model)
+    trainer = IVONSFTTrainer(model=model, args=recipe.training, train_dataset=split.dataset, processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["labels"] != -100).any()
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -9,7 +9,7 @@ import torch
 from family_tokenizers import llama3_tokenizer, qwen_tokenizer
 from trl import SFTConfig
 
-from ivon_lora import IVON, Posterior
+from ivon_lora import Posterior
 from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model
 from ivon_lora.config import ModelArguments
 from ivon_lora.modeling import apply_lora
@@ -77,15 +77,6 @@ def _trainer(tmp_path, tokenizer, rows, eval_rows=None, family="builtin:tiny-lla
     )
 
 
-def _fixed_noise(monkeypatch):
-    """Every posterior sample gets the same noise, so runs with different sample counts can be compared."""
-
-    def sample_noise(self, params, noise, std):
-        noise.normal_(0.0, std, generator=torch.Generator().manual_seed(123))
-
-    monkeypatch.setattr(IVON, "_sample_noise", sample_noise)
-
-
 def _adapter(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
@@ -95,9 +86,8 @@ def _hessians(trainer):
     return [ivon.state[p]["hess"].clone() for p in ivon.param_groups[0]["params"]]
 
 
-def test_gradient_accumulation_weighs_samples_by_their_loss_tokens(tmp_path, llama3, monkeypatch):
+def test_gradient_accumulation_weighs_samples_by_their_loss_tokens(tmp_path, llama3, same_noise, monkeypatch):
     """4 micro-batches x 2 sequences == 1 x 8 on sequences of different lengths, means and Hessian alike."""
-    _fixed_noise(monkeypatch)
     rows = _conversations()
     full = _trainer(tmp_path / "full", llama3, rows, per_device_train_batch_size=8)
     full.train()

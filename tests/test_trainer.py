@@ -59,21 +59,11 @@ def _trainer(tmp_path, tokenizer, examples, trainer_class=ChoiceTrainer, **overr
     )
 
 
-def _fixed_noise(monkeypatch):
-    """Every posterior sample gets the same noise, so runs with different sample counts can be compared."""
-
-    def sample_noise(self, params, noise, std):
-        noise.normal_(0.0, std, generator=torch.Generator().manual_seed(123))
-
-    monkeypatch.setattr(IVON, "_sample_noise", sample_noise)
-
-
 def _adapter(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-def test_gradient_accumulation_equals_the_full_batch(tmp_path, llama_tokenizer, synthetic_examples, monkeypatch):
-    _fixed_noise(monkeypatch)
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, llama_tokenizer, synthetic_examples, same_noise):
     examples = synthetic_examples["train"]
     full = _trainer(tmp_path / "full", llama_tokenizer, examples, per_device_train_batch_size=8)
     full.train()

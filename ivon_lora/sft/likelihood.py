@@ -40,15 +40,18 @@ def sequence_log_likelihoods(model, batch: dict) -> tuple[torch.Tensor, torch.Te
     The targets are `labels` shifted by one (a causal LM predicts position t + 1 at t), -100 excluded; a document
     without target tokens gets log-likelihood 0 and count 0.
     """
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    inputs["use_cache"] = False
-    logits = model(**inputs).logits
     labels = batch["labels"]
-    targets = labels[:, 1:]
+    # Logits only from the first position that predicts a target on (completion-only rows: the last few tokens):
+    # the head's vocabulary-wide projection and softmax are the costly part of scoring.
+    has_target = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+    first = int(has_target[0]) if len(has_target) else labels.shape[1] - 1
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False, logits_to_keep=labels.shape[1] - first).logits
+    targets = labels[:, first + 1 :]
     mask = targets != IGNORE_INDEX
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1).double()
-    docs = document_ids(batch)[:, 1:]
+    docs = document_ids(batch)[:, first + 1 :]
     num_docs = int(document_ids(batch).max()) + 1
     sums = torch.zeros(num_docs, dtype=torch.float64, device=labels.device)
     counts = torch.zeros(num_docs, dtype=torch.long, device=labels.device)
