@@ -24,26 +24,12 @@ from ivon_lora.evaluation.generative import (
     teacher_forced,
 )
 from ivon_lora.evaluation.selective import selective_generation_metrics
-from ivon_lora.posterior import Posterior
 from ivon_lora.tasks import get_task, load_generative_split
 from ivon_lora.tasks.base import GENERATIVE
 from ivon_lora.tasks.wordqa import SPLIT_SIZES, word_categories, wordqa_records
 
 LIMIT = 5
 DEMO_SFT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "demo-sft.yaml")
-
-
-@pytest.fixture(scope="module")
-def run(run_dir):
-    from ivon_lora import load_run
-
-    return load_run(run_dir)
-
-
-@pytest.fixture(scope="module")
-def wide(run):
-    """The run's mean with a variance wide enough that the samples disagree visibly."""
-    return Posterior(run.posterior.mean, {key: torch.full_like(v, 0.02) for key, v in run.posterior.variance.items()})
 
 
 def test_wordqa_is_a_generative_task_accepting_every_category():
@@ -218,18 +204,6 @@ def _read(out) -> tuple[dict, dict]:
     rows = {label: [json.loads(line) for line in (out / f"predictions-wordqa-{label}.jsonl").read_text().splitlines()]
             for label in report["tasks"]["wordqa"]["runs"]}  # fmt: skip
     return report, rows
-
-
-@pytest.fixture(scope="module")
-def adamw_run_dir(tmp_path_factory):
-    """A choice AdamW run without dropout: its samples are temperature samples."""
-    from conftest import DEMO
-
-    out = tmp_path_factory.mktemp("runs") / "adamw"
-    args = ["train", DEMO, f"output_dir={out}", "optim=adamw_torch", "max_steps=2", "max_train_samples=16",
-            "max_eval_samples=8", "disable_tqdm=true", "lora_target=[q_proj, v_proj]", "lora_rank=4"]  # fmt: skip
-    assert cli.main(args) == 0
-    return str(out)
 
 
 def test_eval_of_a_choice_run_on_wordqa_with_a_temperature_sampling_baseline(run_dir, adamw_run_dir, tmp_path):
