@@ -5,6 +5,10 @@ pruning-temperature sweep chosen on a held-out split) on one or more tasks, and 
 (e.g. AdamW: at its weights and with MC-dropout samples) side by side under the same protocol. Output dir:
 eval.json (everything, with protocol and versions), eval.md (table), predictions-TASK-RUN.jsonl (per-example
 probabilities), reliability-TASK.png, selective-TASK.png and, for sweeps, tradeoff.png.
+
+A generative task (`--task wordqa`, triviaqa, nq_open, gsm8k) gets the selective-generation report instead, from any
+run dir, choice or SFT (`ivon_lora.evaluation.generative`): eval.json, eval.md, predictions-TASK-RUN.jsonl (answers,
+scores, correctness per example) and selective-TASK.png.
 """
 
 from __future__ import annotations
