@@ -56,3 +56,34 @@ def same_noise(monkeypatch):
         noise.normal_(0.0, std, generator=torch.Generator().manual_seed(123))
 
     monkeypatch.setattr(IVON, "_sample_noise", sample_noise)
+
+
+@pytest.fixture(scope="session")
+def adamw_run_dir(tmp_path_factory):
+    """A short AdamW run of the demo recipe with LoRA dropout 0.1 (MC dropout), the IVON run's baseline."""
+    from ivon_lora import cli
+
+    out = tmp_path_factory.mktemp("runs") / "adamw"
+    args = ["train", DEMO, f"output_dir={out}", "optim=adamw_torch", "learning_rate=0.003", "max_steps=20",
+            "max_train_samples=256", "max_eval_samples=16", "disable_tqdm=true", "lora_target=[q_proj, v_proj]",
+            "lora_rank=4", "lora_dropout=0.1"]  # fmt: skip
+    assert cli.main(args) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+    """`run_dir` loaded, once per test module (tests may change its adapter in place)."""
+    from ivon_lora import load_run
+
+    return load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def wide(run):
+    """The run's mean with a variance wide enough that samples change answers (the trained one barely does)."""
+    import torch
+
+    from ivon_lora.posterior import Posterior
+
+    return Posterior(run.posterior.mean, {key: torch.full_like(v, 0.02) for key, v in run.posterior.variance.items()})

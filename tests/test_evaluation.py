@@ -145,18 +145,6 @@ def test_eval_refuses_to_choose_on_the_reported_split_or_without_a_choice_split(
     assert not (tmp_path / "x").exists()
 
 
-@pytest.fixture(scope="module")
-def adamw_run_dir(tmp_path_factory):
-    from conftest import DEMO
-
-    out = tmp_path_factory.mktemp("runs") / "adamw"
-    args = ["train", DEMO, f"output_dir={out}", "optim=adamw_torch", "learning_rate=0.003", "max_steps=20",
-            "max_train_samples=256", "max_eval_samples=16", "disable_tqdm=true", "lora_target=[q_proj, v_proj]",
-            "lora_rank=4", "lora_dropout=0.1"]  # fmt: skip
-    assert cli.main(args) == 0
-    return str(out)
-
-
 def test_eval_reports_ivon_and_a_baseline_side_by_side(run_dir, adamw_run_dir, tmp_path):
     out = tmp_path / "report"
     args = ["eval", run_dir, "--baseline", adamw_run_dir, "--mc-dropout-samples", "3", "--samples", "2",

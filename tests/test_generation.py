@@ -14,23 +14,10 @@ from family_tokenizers import LLAMA3_CHAT_TEMPLATE
 from ivon_lora import cli
 from ivon_lora.errors import UsageError
 from ivon_lora.generation import generate
-from ivon_lora.posterior import Posterior, adapter_parameters
+from ivon_lora.posterior import adapter_parameters
 
 PROMPTS = ["Question: which word", "A B C", "hello world, this prompt is longer than the others by far", "x"]
 MAX_NEW_TOKENS = 6
-
-
-@pytest.fixture(scope="module")
-def run(run_dir):
-    from ivon_lora import load_run
-
-    return load_run(run_dir)
-
-
-@pytest.fixture(scope="module")
-def wide(run):
-    """The run's mean with a variance wide enough that samples change answers (the trained one barely does)."""
-    return Posterior(run.posterior.mean, {key: torch.full_like(v, 0.02) for key, v in run.posterior.variance.items()})
 
 
 def reference_answer(model, tokenizer, ids: list[int]) -> str:

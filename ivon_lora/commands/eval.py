@@ -5,6 +5,10 @@ pruning-temperature sweep chosen on a held-out split) on one or more tasks, and 
 (e.g. AdamW: at its weights and with MC-dropout samples) side by side under the same protocol. Output dir:
 eval.json (everything, with protocol and versions), eval.md (table), predictions-TASK-RUN.jsonl (per-example
 probabilities), reliability-TASK.png, selective-TASK.png and, for sweeps, tradeoff.png.
+
+A generative task (`--task wordqa`, triviaqa, nq_open, gsm8k) gets the selective-generation report instead, from any
+run dir, choice or SFT (`ivon_lora.evaluation.generative`): eval.json, eval.md, predictions-TASK-RUN.jsonl (answers,
+scores, correctness per example) and selective-TASK.png.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--baseline", help="a second run dir (e.g. AdamW) evaluated side by side")
     parser.add_argument("--mc-dropout-samples", type=int,
                         help="MC-dropout samples for runs without a posterior (default 0: weights only)")  # fmt: skip
+    parser.add_argument("--sampling-temperature", type=number_in(0.0, float("inf"), low_inclusive=False),
+                        help="generative tasks: temperature of the sampled answers of a run without posterior or "
+                             "MC dropout (default 1)")  # fmt: skip
     parser.add_argument("--prune-fractions", type=number_in(0.0, 1.0), nargs="+", help="default 0")
     parser.add_argument("--temperatures", type=number_in(0.0, float("inf"), low_inclusive=False), nargs="+",
                         help="default 1")  # fmt: skip
@@ -87,6 +94,24 @@ def main(config) -> int:
     return 0
 
 
+def task_kind(names: list[str]) -> str:
+    """The kind of the tasks `names` (one kind per call); an unknown name or mixed kinds is a `UsageError`."""
+    from ..errors import UsageError
+    from ..tasks import get_task
+
+    kinds = {}
+    for name in names:
+        try:
+            kinds.setdefault(get_task(name).kind, []).append(name)
+        except KeyError as error:
+            raise UsageError(f"--task: {error.args[0]}") from None
+    if len(kinds) > 1:
+        raise UsageError("--task mixes " + " and ".join(f"{kind.replace('_', '-')} ({', '.join(tasks)})"
+                                                        for kind, tasks in kinds.items()) + " tasks: evaluate each "
+                         "kind in its own call")  # fmt: skip
+    return next(iter(kinds))
+
+
 def run_eval(options) -> dict:
     """Evaluate `options` (an `ivon_lora.config.EvalConfig`); returns what eval.json holds."""
     from ..artifacts import (
@@ -108,6 +133,7 @@ def run_eval(options) -> dict:
     from ..evaluation.sweep import sweep_posterior
     from ..rundir import check_out_apart, describe_run, environment, load_run, optimizer_name
     from ..tasks import get_protocol, get_task, load_split
+    from ..tasks.base import GENERATIVE
 
     sweeping = options.sweeping
     if sweeping and options.select_split is None:
@@ -124,6 +150,10 @@ def run_eval(options) -> dict:
             raise UsageError(f"--mc-dropout-samples: {described['dir']} has no dropout (lora_dropout 0) to sample: "
                              "evaluate it without MC dropout (--mc-dropout-samples 0)")  # fmt: skip
     recipe = main["recipe"]
+    if options.task and task_kind(options.task) == GENERATIVE:
+        from ..evaluation.generative import run_generative_eval
+
+        return run_generative_eval(options, [described for described in (main, baseline) if described])
     if recipe is not None and recipe.objective == "sft" and not options.task:
         from ..evaluation.sft import run_sft_eval
 
@@ -132,11 +162,7 @@ def run_eval(options) -> dict:
     tasks = options.task or ([recipe.data.dataset] if recipe else None)
     if not tasks:
         raise UsageError(f"{options.run_dir} has no recipe.yaml naming its task: pass --task")
-    for task in tasks:
-        try:
-            get_task(task)
-        except KeyError as error:
-            raise UsageError(f"--task: {error.args[0]}") from None
+    task_kind(tasks)
     if (options.file or options.select_split) and len(tasks) > 1:
         raise UsageError("--file, sweeps and temperature scaling take a single --task")
     split = options.split or (recipe.data.eval_split if recipe and tasks == [recipe.data.dataset] else preset.report_split)

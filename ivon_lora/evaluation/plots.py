@@ -146,3 +146,43 @@ def plot_tradeoff(sweep: dict, path: str, ece_key: str = "ece_10") -> None:
     figure.suptitle(f"Posterior pruning / temperature sweep (chosen by {sweep['select_by']} on the select split)",
                     fontsize=9)  # fmt: skip
     figure.savefig(path)
+
+
+def plot_selective_generation(title: str, runs: dict[str, dict], path: str) -> None:
+    """Selective generation: accuracy of the accepted answers against coverage, one panel per run and one curve per
+    confidence score (abstaining on the least confident answers first), AUROC and PRR in the legend; the run's
+    accuracy (abstaining at random) dashed; the scores its samples leave undefined listed under the panel.
+
+    `runs`: label -> `GenerativeEvaluation.metrics()` ("accuracy", "scores": {name: selective metrics with their
+    "curve"}, "undefined_scores": {name: reason}).
+    """
+    from .uncertainty import CONFIDENCE_SCORES
+
+    colors = {name: f"C{index}" for index, name in enumerate(CONFIDENCE_SCORES)}  # a score's colour in every panel
+    figure = _figure(figsize=(5.2 * len(runs), 4.6), dpi=120)
+    axes = figure.subplots(1, len(runs), squeeze=False)[0]
+    for axis, (label, run) in zip(axes, runs.items()):
+        for name, metrics in run["scores"].items():
+            curve = metrics["curve"]
+            auroc, prr = (f"{100 * metrics[k]:.1f}" if metrics[k] == metrics[k] else "n/a" for k in ("auroc", "prr"))
+            axis.plot([100 * c for c in curve["coverage"]], [100 * a for a in curve["accuracy"]], linewidth=1.2,
+                      color=colors.get(name), marker="o" if len(curve["coverage"]) < 3 else None, markersize=3,
+                      label=f"{name} (AUROC {auroc}, PRR {prr})")  # fmt: skip
+        axis.axhline(100 * run["accuracy"], color="gray", linestyle="--", linewidth=1,
+                     label=f"no abstention: accuracy {100 * run['accuracy']:.1f}")  # fmt: skip
+        samples = f"{run['num_samples']} {run['samples']} samples" if run["samples"] else "no samples"
+        axis.set_title(f"{label} ({samples}, n={run['num_examples']})", fontsize=8)
+        axis.set_xlabel("coverage: share of answers accepted (%)", fontsize=7)
+        axis.set_ylabel("accuracy of the accepted answers (%)", fontsize=7)
+        axis.set_xlim(0, 101)
+        axis.set_ylim(-2, 102)
+        axis.grid(alpha=0.3)
+        axis.tick_params(labelsize=6)
+        axis.legend(fontsize=5, loc="best")
+        if run["undefined_scores"]:
+            axis.text(0.0, -0.14, "undefined: " + "; ".join(f"{n} ({why})" for n, why in run["undefined_scores"].items()),
+                      transform=axis.transAxes, fontsize=5, va="top", wrap=True)  # fmt: skip
+    figure.suptitle(f"{title}: selective generation (answers accepted from the most confident down, per score)",
+                    fontsize=8)  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path)

@@ -101,3 +101,36 @@ def write_task_plots(directory: str, task: str, curves: list[tuple], num_bins: i
     selective = [(label, metrics["selective"]) for label, _, _, metrics in curves]
     plot_selective(task, selective, os.path.join(directory, files["selective"]))
     return files
+
+
+def generation_table(tasks: dict, ece_bins=DEFAULT_ECE_BINS) -> str:
+    """Selective generation (eval.json's "tasks" of generative tasks): one row per task x run x confidence score, a
+    column per `selective.SELECTIVE_METRICS` entry (x100), "n/a" where a metric is undefined, then each run's
+    undefined scores and why."""
+    from .selective import SELECTIVE_METRICS
+
+    columns = [c for metric in SELECTIVE_METRICS.values() for c in metric.columns(ece_bins)]
+    header = ["task", "split", "n", "run", "samples", "score", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = {}  # one line per distinct note (AUROC and PRR are undefined for every score alike)
+    for task, entry in tasks.items():
+        for run_name, run in entry["runs"].items():
+            samples = f"{run['num_samples']} {run['samples']}" if run["samples"] else "none"
+            for score, metrics in run["scores"].items():
+                cells = [_percent(metrics, column) for column in columns]
+                lines.append("| " + " | ".join([task, entry["split"], str(entry["num_examples"]), run_name, samples,
+                                                score, *cells]) + " |")  # fmt: skip
+                for column, why in metrics["undefined"].items():
+                    notes[f"- {task}, {run_name}: {column} n/a: {why}."] = None
+            for score, why in run["undefined_scores"].items():
+                notes[f"- {task}, {run_name}: {score} undefined: {why}."] = None
+    legend = ("Metrics x100 (fractions in eval.json); ece only for scores that are probabilities; accuracy is the "
+              "chosen answers' (the task's judge), the same for every score.")  # fmt: skip
+    return "\n".join(lines) + "\n\n" + legend + "\n" + "".join(line + "\n" for line in notes)
+
+
+def _percent(metrics: dict, column: str) -> str:
+    value = metrics.get(column)
+    if value is None:
+        return "-"  # not computed (no ECE of a score that is no probability)
+    return "n/a" if value != value else f"{100 * value:.1f}"

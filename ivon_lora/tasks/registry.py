@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from . import arc, boolq, commonsense_qa, gsm8k, hellaswag, open_qa, piqa, siqa, synthetic, winogrande, wordfacts
+from . import arc, boolq, commonsense_qa, gsm8k, hellaswag, open_qa, piqa, siqa, synthetic, winogrande, wordfacts, wordqa
 from .base import Task, unknown_name
 from .generative import GenerativeTask
 from .mmlu import MMLU_CONFIGS, mmlu_subject, mmlu_task
 
 MULTIPLE_CHOICE_MODULES = (synthetic, wordfacts, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
-# The built-in offline generative task `wordqa` (ivon_lora/tasks/wordqa.py, rows {"id", "question", "answers"},
-# built by `partial(generative.qa_example, answers_key="answers")`) registers by joining this tuple.
-GENERATIVE_MODULES = (open_qa, gsm8k)
+GENERATIVE_MODULES = (open_qa, gsm8k, wordqa)
 
 TASKS: dict[str, Task | GenerativeTask] = {
     task.name: task for module in (*MULTIPLE_CHOICE_MODULES, *GENERATIVE_MODULES) for task in module.TASKS

@@ -6,15 +6,18 @@ validation and test measure whether a finetune generalises to words it never saw
 A word listed in several categories (orange: fruit and color) accepts every one of them; the first, in
 `CATEGORIES` order, is the reference answer that SFT trains on.
 
-Plain data, no prompt format: records {"id", "question", "answers"}; `ivon_lora.sft.data` turns them into chat
-rows for SFT (builtin:wordqa), and a generative evaluation can score free-form answers against `answers`.
+Records {"id", "question", "answers"}: `ivon_lora.sft.data` turns them into chat rows for SFT (builtin:wordqa),
+and the generative task `wordqa` (`TASKS`) scores free-form answers against every accepted category by normalised
+exact match, with the plain prompt "Question: <question>\nAnswer:" (a chat run reads the question alone as the
+user message), stopping at the first newline after a few tokens (the answer is one word).
 """
 
 from __future__ import annotations
 
 import random
 
-from .base import split_random
+from .base import TRAIN_VALIDATION_TEST, require, split_random
+from .generative import QA_TEMPLATE, GenerativeExample, GenerativeTask, reference_list
 from .wordfacts import CATEGORIES, _article
 
 # 249 distinct words: about 60/20/20, all of them used.
@@ -62,3 +65,21 @@ def wordqa_records(split: str, seed: int = 0) -> list[dict]:
                                                 Subject=subject[:1].upper() + subject[1:])  # fmt: skip
         records.append({"id": f"wordqa-{split}-{index}", "question": question, "answers": list(categories[word])})
     return records
+
+
+def wordqa_example(record: dict) -> GenerativeExample:
+    """A record as a generative example: the question as asked (it ends in its own instruction, so no "?" is
+    added), every accepted category a reference, the first one the learning target."""
+    require(record, "question")
+    references = reference_list(record.get("answers"), "answers")
+    question = record["question"].strip()
+    return GenerativeExample(id="", prompt=QA_TEMPLATE.format(question=question), question=question,
+                             references=references, target=" " + references[0])  # fmt: skip
+
+
+TASKS = (
+    GenerativeTask("wordqa", wordqa_example, splits=TRAIN_VALIDATION_TEST, id_field="id", generator=wordqa_records,
+                   max_new_tokens=8, stop=("\n",),
+                   description="Built-in offline one-word questions about the kind of thing an English word names, "
+                               "split by word; judged by exact match with any accepted category."),
+)  # fmt: skip

@@ -1,0 +1,654 @@
+"""Selective generation on a generative task: each question's chosen answer, its confidence scores, and how well
+each score ranks the correct answers above the wrong ones (`ivon-lora eval RUN --task wordqa`).
+
+For one run (model, tokenizer, posterior or None) and a split of `GenerativeExample`s:
+
+1. Prompts as the run was trained: for a chat run (an SFT run on conversational data, or `prompt_format: chat`)
+   the question is the user message of the tokenizer's chat template (`generation.render_prompts`); otherwise the
+   task's plain prompt ("Question: ...\\nAnswer:").
+2. Decoding (`decode_answers`, the one function a faster decoder replaces): the chosen answer is greedy at the
+   posterior mean (at the weights without a posterior); S sampled answers come from S posterior samples, else MC
+   dropout (a run with LoRA dropout and mc_dropout_samples > 0), else temperature sampling at the weights (the
+   AdamW baseline's samples). Answers are cut at the task's first stop string.
+3. Teacher-forced scoring (`teacher_forced`) of the chosen answer, prompt + answer tokens + what ended it (the stop
+   string's tokens, or the EOS token; nothing when the token budget ran out), at the mean and under each of the
+   S epistemic samples (the same seeded posterior draws as the decoding's; MC-dropout masks seeded per sample).
+   It yields the answer's per-token log-probs and, per answer position, the mutual information and expected
+   pairwise KL of the S next-token distributions, accumulated one sample at a time (`Disagreement`): no
+   [S, T, V] tensor is kept beyond one batch's [T, V] sums.
+4. Every score of `uncertainty.CONFIDENCE_SCORES` (a score that needs what the run's samples do not give is
+   reported as undefined, with the reason), correctness by the task's judge, each report judge's score, and
+   `selective.selective_generation_metrics` per score.
+
+Deterministic for a seed (and batch size: MC-dropout masks depend on the batch they are drawn for).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# What the S sampled answers (and the scoring pass's S distributions) are drawn from.
+SAMPLE_KINDS = ("posterior", "mc_dropout", "temperature")
+# How a decoded answer ended: at a stop string, at an end-of-sequence token, or out of tokens (nothing scored after).
+ANSWER_ENDS = ("stop", "eos", "length")
+# A scoring batch holds at most this many answer positions (the [positions, V] float64 sums of `Disagreement`).
+MAX_SCORED_POSITIONS = 512
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Where a run's S sampled answers come from: `kind` one of `SAMPLE_KINDS` (None: no samples)."""
+
+    kind: str | None
+    num_samples: int
+    temperature: float = 1.0  # of "temperature" sampling
+
+    def __post_init__(self):
+        if self.kind not in (None, *SAMPLE_KINDS):
+            raise ValueError(f"Invalid sampling kind {self.kind!r}; choose from {', '.join(SAMPLE_KINDS)}")
+        if self.num_samples < 0 or (self.kind is None) != (self.num_samples == 0):
+            raise ValueError(f"Invalid sampling: kind {self.kind!r} with {self.num_samples} samples")
+        if not self.temperature > 0:
+            raise ValueError(f"Invalid sampling temperature {self.temperature} (must be > 0)")
+
+    @property
+    def epistemic(self) -> int:
+        """The samples that are models (posterior or dropout), whose distributions the scoring pass reads; 0 for
+        temperature samples, which are answers of one model."""
+        return self.num_samples if self.kind in ("posterior", "mc_dropout") else 0
+
+    def describe(self) -> str:
+        if self.kind is None:
+            return "no samples"
+        what = {"posterior": "posterior samples", "mc_dropout": "MC-dropout samples",
+                "temperature": f"temperature-{self.temperature:g} samples at the weights"}[self.kind]  # fmt: skip
+        return f"{self.num_samples} {what}"
+
+
+def sampling_for(has_posterior: bool, num_samples: int, mc_dropout_samples: int, temperature: float) -> Sampling:
+    """A run's samples: posterior samples, else MC dropout when asked, else temperature sampling at the weights."""
+    if has_posterior:
+        return Sampling("posterior" if num_samples else None, num_samples)
+    if mc_dropout_samples:
+        return Sampling("mc_dropout", mc_dropout_samples)
+    return Sampling("temperature" if num_samples else None, num_samples, temperature)
+
+
+def _sample_seed(seed: int, k: int) -> int:
+    """The seed of sampled answer k of a run without posterior (each sample its own stream)."""
+    return seed * 1_000_003 + k + 1
+
+
+@contextmanager
+def dropout_active(model):
+    """Every dropout module with p > 0 drops even in eval mode (`generate` puts the model in eval mode)."""
+    modules = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    if not modules:
+        raise ValueError("MC-dropout samples need a model with dropout (lora_dropout > 0); this one has none")
+    for module in modules:
+        module.forward = functools.partial(torch.nn.functional.dropout, p=module.p, training=True)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
+# ---------------------------------------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class DecodedAnswers:
+    """One question's answers: the chosen one (greedy at the mean), how it ended (and at which stop string), and
+    the S sampled ones."""
+
+    chosen: str
+    chosen_end: str  # one of ANSWER_ENDS
+    samples: tuple[str, ...] = ()
+    chosen_stop: str | None = None  # the stop string that ended the chosen answer (chosen_end "stop")
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """`text` up to the earliest stop string in it, and that stop string (None: none found)."""
+    found = [(text.find(s), s) for s in stop if s and s in text]
+    if not found:
+        return text, None
+    index, stop_string = min(found)
+    return text[:index], stop_string
+
+
+def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
+                   seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int) -> list[DecodedAnswers]:  # fmt: skip
+    """Each question's chosen answer and S sampled answers (see the module doc), with `generation.generate`.
+
+    `questions` are what `generate` renders: the plain prompts (`chat` False) or the user messages (`chat` True).
+    One call per sample of a run without posterior (its seed `_sample_seed`), one call with S posterior samples
+    otherwise. `generate` returns text cut at an EOS token: an answer without a stop string ended at EOS unless it
+    re-tokenizes to the whole budget. A batched decoder replacing this function returns the same records.
+    """
+    from ..generation import generate
+
+    common = {"chat": chat, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    with_posterior = sampling.kind == "posterior"
+    generations = generate(model, tokenizer, questions, posterior=posterior, seed=seed,
+                           num_samples=sampling.num_samples if with_posterior else 0, **common)  # fmt: skip
+    samples = [list(g.samples) for g in generations]
+    for k in range(0 if with_posterior else sampling.num_samples):
+        if sampling.kind == "mc_dropout":
+            with dropout_active(model):
+                sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), **common)
+        else:  # pure temperature sampling: no top-k / top-p truncation from the model's generation config
+            sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), do_sample=True,
+                               temperature=sampling.temperature, top_k=0, top_p=1.0, **common)  # fmt: skip
+        for answers, generation in zip(samples, sampled):
+            answers.append(generation.mean)
+        logger.info("%s sample %d/%d decoded", sampling.kind, k + 1, sampling.num_samples)
+    decoded = []
+    for generation, answers in zip(generations, samples):
+        chosen, stop_string = cut_at_stop(generation.mean, stop)
+        if stop_string is not None:
+            end = "stop"
+        else:
+            length = len(tokenizer(generation.mean, add_special_tokens=False)["input_ids"])
+            end = "length" if length >= max_new_tokens else "eos"
+        decoded.append(DecodedAnswers(chosen, end, tuple(cut_at_stop(a, stop)[0] for a in answers), stop_string))
+    return decoded
+
+
+# ------------------------------------------------------------------------------------------- teacher-forced scoring
+
+
+def answer_tokens(tokenizer, answer: str, end: str, stop_string: str | None = None) -> list[int]:
+    """The tokens scored for an answer: its own, then what ended it (`stop_string`'s tokens, or EOS)."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+    if end == "stop":
+        if not stop_string:
+            raise ValueError("An answer that ended at a stop string needs that stop string")
+        ids = ids + tokenizer(stop_string, add_special_tokens=False)["input_ids"]
+    elif end == "eos":
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The answer ended at an end-of-sequence token, but the tokenizer has no eos_token_id")
+        ids = ids + [tokenizer.eos_token_id]
+    elif end != "length":
+        raise ValueError(f"Invalid answer end {end!r}; choose from {', '.join(ANSWER_ENDS)}")
+    return ids
+
+
+class Disagreement:
+    """The mutual information and expected pairwise KL of S distributions over V, fed one sample at a time.
+
+    Holds sum_s p_s, sum_s log p_s ([..., V]) and sum_s sum_v p_s log p_s ([...]), from which both follow exactly
+    (the formulas of `uncertainty.mutual_information` / `expected_pairwise_kl`): memory of one distribution, not S.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.sum_probs = self.sum_log_probs = self.sum_negentropy = None
+
+    def add(self, log_probs: torch.Tensor) -> None:
+        """One sample's log-probs [..., V] (a log_softmax over the vocabulary)."""
+        log_probs = log_probs.double()
+        probs = log_probs.exp()
+        negentropy = torch.where(torch.isneginf(log_probs), 0.0, probs * log_probs).sum(-1)
+        if self.count == 0:
+            self.sum_probs, self.sum_log_probs, self.sum_negentropy = probs, log_probs.clone(), negentropy
+        else:
+            self.sum_probs += probs
+            self.sum_log_probs += log_probs
+            self.sum_negentropy += negentropy
+        self.count += 1
+
+    def _check(self) -> int:
+        if self.count < 2:
+            raise ValueError(f"Disagreement needs at least 2 samples, got {self.count}")
+        return self.count
+
+    def mutual_information(self) -> torch.Tensor:
+        """H(mean_s p_s) - mean_s H(p_s), nats; [...]."""
+        count = self._check()
+        mean = self.sum_probs / count
+        entropy_of_mean = -torch.where(mean == 0, 0.0, mean * mean.log()).sum(-1)
+        return entropy_of_mean + self.sum_negentropy / count
+
+    def expected_pairwise_kl(self) -> torch.Tensor:
+        """Mean over ordered pairs s != t of KL(p_s || p_t), nats; [...]."""
+        count = self._check()
+        cross = torch.where(self.sum_probs == 0, 0.0, self.sum_probs * self.sum_log_probs).sum(-1)
+        return (count * self.sum_negentropy - cross) / (count * (count - 1))
+
+
+@dataclass
+class TeacherForced:
+    """The scoring pass over N answers (T: the longest answer's scored tokens, S: the epistemic samples).
+
+    `token_log_probs` [N, T] at the mean, `mask` [N, T] (the answer's positions), `sample_log_likelihoods` [N, S],
+    `mutual_information` / `expected_pairwise_kl` [N, T] per answer position (None with fewer than 2 samples).
+    """
+
+    token_log_probs: torch.Tensor
+    mask: torch.Tensor
+    sample_log_likelihoods: torch.Tensor
+    mutual_information: torch.Tensor | None = None
+    expected_pairwise_kl: torch.Tensor | None = None
+
+
+def _scoring_batches(lengths: list[int], answer_lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices by total length (less padding), at most `batch_size` answers and `MAX_SCORED_POSITIONS` answer
+    positions a batch (at least one answer)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current, positions = [], [], 0
+    for i in order:
+        if current and (len(current) == batch_size or positions + answer_lengths[i] > MAX_SCORED_POSITIONS):
+            batches.append(current)
+            current, positions = [], 0
+        current.append(i)
+        positions += answer_lengths[i]
+    return batches + ([current] if current else [])
+
+
+def _sample_contexts(model, posterior, sampling: Sampling, seed: int, batch_index: int):
+    """One context per epistemic sample, holding sample k in the model: posterior draw k of the generator seeded by
+    `seed` (as `generate` draws them), or dropout masks seeded by (seed, k, batch)."""
+    if sampling.kind == "posterior":
+        sampler = posterior.sampler(model, generator=torch.Generator().manual_seed(seed))
+        for _ in range(sampling.num_samples):
+            yield sampler.sample()
+    elif sampling.kind == "mc_dropout":
+        device = next(model.parameters()).device
+        for k in range(sampling.num_samples):
+            yield _seeded_dropout(model, _sample_seed(seed, k) * 10_007 + batch_index, device)
+
+
+@contextmanager
+def _seeded_dropout(model, seed: int, device):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), dropout_active(model):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def teacher_forced(model, prompts: list[list[int]], answers: list[list[int]], *, posterior=None,
+                   sampling: Sampling = Sampling(None, 0), seed: int = 0, batch_size: int = 16,
+                   pad_id: int = 0) -> TeacherForced:  # fmt: skip
+    """Score answer i (token ids `answers[i]`, at least one) after prompt i (`prompts[i]`, at least one token).
+
+    Sequences are right-padded (the causal mask keeps padding out of every real position); the log-prob of answer
+    token j is read from the logits at the position before it. At the mean: the posterior's mean is written into
+    the adapter (`Posterior.apply_mean`, as `predict` does) when there is a posterior.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"Expected one answer per prompt, got {len(prompts)} prompts and {len(answers)} answers")
+    if any(not p for p in prompts) or any(not a for a in answers):
+        raise ValueError("Every prompt and every scored answer needs at least one token")
+    device = next(model.parameters()).device
+    n, width = len(answers), max((len(a) for a in answers), default=0)
+    num_samples = sampling.epistemic
+    token_log_probs = torch.zeros(n, width, dtype=torch.float64)
+    mask = torch.zeros(n, width, dtype=torch.bool)
+    sample_log_likelihoods = torch.zeros(n, num_samples, dtype=torch.float64)
+    disagreement = {name: torch.zeros(n, width, dtype=torch.float64) for name in ("mi", "epkl")}
+    if posterior is not None:
+        posterior.apply_mean(model)
+    was_training = model.training
+    model.eval()
+    lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
+    try:
+        for batch_index, batch in enumerate(_scoring_batches(lengths, [len(a) for a in answers], batch_size)):
+            longest, answer_width = max(lengths[i] for i in batch), max(len(answers[i]) for i in batch)
+            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros(len(batch), longest, dtype=torch.long)
+            positions = torch.zeros(len(batch), answer_width, dtype=torch.long)
+            targets = torch.zeros(len(batch), answer_width, dtype=torch.long)
+            batch_mask = torch.zeros(len(batch), answer_width, dtype=torch.bool)
+            for row, i in enumerate(batch):
+                sequence = prompts[i] + answers[i]
+                input_ids[row, : len(sequence)] = torch.tensor(sequence)
+                attention_mask[row, : len(sequence)] = 1
+                count = len(answers[i])
+                positions[row, :count] = torch.arange(len(prompts[i]) - 1, len(sequence) - 1)
+                targets[row, :count] = torch.tensor(answers[i])
+                batch_mask[row, :count] = True
+            inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+            rows = torch.arange(len(batch)).unsqueeze(1)
+
+            def answer_log_probs() -> torch.Tensor:  # [B, T, V] float64 at the answer positions
+                logits = model(**inputs).logits.cpu()
+                return torch.log_softmax(logits[rows, positions].double(), dim=-1)
+
+            def answer_token_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+                return torch.where(batch_mask, log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), 0.0)
+
+            index = torch.tensor(batch)
+            token_log_probs[index, :answer_width] = answer_token_log_probs(answer_log_probs())
+            mask[index, :answer_width] = batch_mask
+            accumulated = Disagreement()
+            for k, sample in enumerate(_sample_contexts(model, posterior, sampling, seed, batch_index)):
+                with sample:
+                    log_probs = answer_log_probs()
+                sample_log_likelihoods[index, k] = answer_token_log_probs(log_probs).sum(-1)
+                accumulated.add(log_probs)
+            if num_samples >= 2:
+                disagreement["mi"][index, :answer_width] = torch.where(batch_mask, accumulated.mutual_information(), 0.0)
+                disagreement["epkl"][index, :answer_width] = torch.where(
+                    batch_mask, accumulated.expected_pairwise_kl(), 0.0)  # fmt: skip
+    finally:
+        model.train(was_training)
+    return TeacherForced(token_log_probs, mask, sample_log_likelihoods,
+                         disagreement["mi"] if num_samples >= 2 else None,
+                         disagreement["epkl"] if num_samples >= 2 else None)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- confidence scores
+
+
+def confidence_scores(scored: TeacherForced, decoded: Sequence[DecodedAnswers], sampling: Sampling,
+                      equivalent) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # fmt: skip
+    """Every score of `CONFIDENCE_SCORES` that the run's samples define ([N] float64, higher = more confident),
+    and for each other score why it is undefined."""
+    from . import uncertainty
+
+    scores = {
+        "sequence_log_likelihood": uncertainty.sequence_log_likelihood(scored.token_log_probs, scored.mask),
+        "mean_token_log_likelihood": uncertainty.mean_token_log_likelihood(scored.token_log_probs, scored.mask),
+    }
+    undefined = {}
+    no_models = (f"{sampling.describe()}: needs the distributions of posterior or MC-dropout samples"
+                 if sampling.epistemic == 0 else None)  # fmt: skip
+    if no_models:
+        undefined["bma_log_likelihood"] = no_models
+    else:
+        scores["bma_log_likelihood"] = uncertainty.bma_log_likelihood(scored.sample_log_likelihoods)
+    if scored.mutual_information is None:
+        reason = no_models or f"{sampling.describe()}: disagreement needs at least 2 samples"
+        undefined["neg_mutual_information"] = undefined["neg_expected_pairwise_kl"] = reason
+    else:
+        scores["neg_mutual_information"] = -uncertainty.answer_mean(scored.mutual_information, scored.mask)
+        scores["neg_expected_pairwise_kl"] = -uncertainty.answer_mean(scored.expected_pairwise_kl, scored.mask)
+    if sampling.num_samples == 0:
+        undefined["semantic_agreement"] = undefined["neg_semantic_entropy"] = "no sampled answers (S = 0)"
+    else:
+        scores["semantic_agreement"] = torch.tensor(
+            [uncertainty.semantic_agreement(d.chosen, d.samples, equivalent) for d in decoded], dtype=torch.float64)
+        scores["neg_semantic_entropy"] = -torch.tensor(
+            [uncertainty.semantic_entropy(d.samples, equivalent) for d in decoded], dtype=torch.float64)  # fmt: skip
+    order = list(uncertainty.CONFIDENCE_SCORES)
+    return {n: scores[n] for n in order if n in scores}, {n: undefined[n] for n in order if n in undefined}
+
+
+def score_metrics(name: str, confidence, correct, ece_bins) -> dict:
+    """`selective_generation_metrics` of one score (with its ECE if it is a probability)."""
+    from .selective import selective_generation_metrics
+    from .uncertainty import CONFIDENCE_SCORES
+
+    confidence = torch.as_tensor(confidence, dtype=torch.float64)
+    to_probability = CONFIDENCE_SCORES[name].probability
+    probability = None if to_probability is None else to_probability(confidence).clamp(0.0, 1.0)
+    return selective_generation_metrics(confidence, torch.as_tensor(correct, dtype=torch.float64), probability,
+                                        ece_bins)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class GenerativeEvaluation:
+    """One run on one split: the examples, prompts read, decoded answers, scores and judgements, in example order."""
+
+    examples: list
+    prompts: list[str]
+    decoded: list[DecodedAnswers]
+    sampling: Sampling
+    scores: dict[str, torch.Tensor]
+    undefined: dict[str, str]
+    correct: list[bool]
+    judge_scores: dict[str, list[float]]
+    answer_token_counts: list[int]
+
+    def rows(self):
+        """One dict per example for the per-example jsonl."""
+        from .uncertainty import CONFIDENCE_SCORES
+
+        for i, example in enumerate(self.examples):
+            decoded = self.decoded[i]
+            yield {
+                "id": example.id, "prompt": self.prompts[i], "references": list(example.references),
+                "samples": list(decoded.samples), "chosen": decoded.chosen, "chosen_end": decoded.chosen_end,
+                "answer_tokens": self.answer_token_counts[i],
+                "scores": {name: float(self.scores[name][i]) if name in self.scores else None
+                           for name in CONFIDENCE_SCORES},
+                "correct": self.correct[i],
+                "judges": {name: values[i] for name, values in self.judge_scores.items()},
+            }  # fmt: skip
+
+    def metrics(self, ece_bins) -> dict:
+        """Accuracy, each report judge's mean, and per defined score its selective-generation metrics."""
+        return {
+            "num_examples": len(self.examples),
+            "accuracy": sum(self.correct) / len(self.correct),
+            "judges": {name: sum(values) / len(values) for name, values in self.judge_scores.items()},
+            "samples": self.sampling.kind,
+            "num_samples": self.sampling.num_samples,
+            "scores": {name: score_metrics(name, values, self.correct, ece_bins) for name, values in self.scores.items()},
+            "undefined_scores": dict(self.undefined),
+        }
+
+
+def evaluate_generative(model, tokenizer, examples: list, task, *, chat: bool, posterior=None,
+                        sampling: Sampling = Sampling(None, 0), seed: int = 0, batch_size: int = 16,
+                        decode=decode_answers) -> GenerativeEvaluation:  # fmt: skip
+    """Decode, score and judge `examples` (`GenerativeExample`s of the `GenerativeTask` `task`); see the module doc.
+
+    `decode` has `decode_answers`' signature and returns its records (the hook for a batched decoder).
+    """
+    from ..generation import render_prompts
+
+    if not examples:
+        raise ValueError(f"No examples of {task.name} to evaluate")
+    if posterior is None and sampling.kind == "posterior":
+        raise ValueError("Posterior samples need a posterior")
+    questions = [example.question if chat else example.prompt for example in examples]
+    texts = render_prompts(tokenizer, questions, chat=chat)
+    decoded = decode(model, tokenizer, questions, chat=chat, posterior=posterior, sampling=sampling, seed=seed,
+                     max_new_tokens=task.max_new_tokens, stop=task.stop, batch_size=batch_size)  # fmt: skip
+    # As `generate` tokenizes: a chat-rendered prompt already holds its special tokens.
+    prompt_ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
+    answer_ids = [answer_tokens(tokenizer, d.chosen, d.chosen_end, d.chosen_stop) for d in decoded]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scored = teacher_forced(model, prompt_ids, answer_ids, posterior=posterior, sampling=sampling, seed=seed,
+                            batch_size=batch_size, pad_id=pad_id if pad_id is not None else 0)  # fmt: skip
+    scores, undefined = confidence_scores(scored, decoded, sampling, task.judge.equivalent)
+    return GenerativeEvaluation(
+        examples=list(examples), prompts=texts, decoded=decoded, sampling=sampling, scores=scores,
+        undefined=undefined,
+        correct=[task.judge.correct(d.chosen, e.references) for d, e in zip(decoded, examples)],
+        judge_scores={judge.name: [judge.score(d.chosen, e.references) for d, e in zip(decoded, examples)]
+                      for judge in task.report_judges},
+        answer_token_counts=[len(ids) for ids in answer_ids],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------- command
+
+
+def prompt_rendering(recipe) -> tuple[bool, str]:
+    """Whether a run read its prompts through the chat template, and how that was decided: an SFT run on
+    conversational data (its train rows, read again), a choice run with `prompt_format: chat`; a run without
+    recipe reads plain prompts. SFT train rows that cannot be read here (e.g. a Hub dataset offline): chat, as most
+    SFT data is, with a warning and the guess in the report."""
+    if recipe is None:
+        return False, "no recipe"
+    if recipe.objective != "sft":
+        return recipe.model.prompt_format == "chat", f"prompt_format: {recipe.model.prompt_format}"
+    from ..errors import TaskDataError
+    from ..sft.data import is_conversational, load_sft_split
+
+    data = recipe.data
+    try:
+        split = load_sft_split(data.dataset, data.train_split, data.train_file, config_name=data.dataset_config,
+                               max_samples=1)  # fmt: skip
+    except (TaskDataError, FileNotFoundError) as error:
+        logger.warning("cannot read the SFT train data to tell chat from plain prompts (%s): assuming chat", error)
+        return True, f"assumed: the SFT train data was not readable ({' '.join(str(error).split())[:120]})"
+    chat = is_conversational(split)
+    return chat, f"SFT train data {split.source} is {'chat messages' if chat else 'plain strings'}"
+
+
+_CHOICE_ONLY = {"sweeping": "pruning/temperature sweeps", "temperature_scaling": "--temperature-scaling",
+                "ensemble": "--ensemble", "protocol": "--protocol", "select_split": "--select-split",
+                "select_file": "--select-file"}  # fmt: skip
+
+
+def check_generative_options(options) -> None:
+    from ..errors import UsageError
+
+    for key, flag in _CHOICE_ONLY.items():
+        if getattr(options, key):
+            raise UsageError(f"{flag} is for multiple-choice tasks, not generative ones ({', '.join(options.task)})")
+    if len(options.prune_fractions) > 1 or len(options.temperatures) > 1:
+        raise UsageError("a generative task is evaluated at one pruning fraction and one posterior temperature")
+
+
+def _json_safe(value):
+    """NaN (an undefined metric; its reason is under "undefined") as JSON null; everything else as is."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def run_generative_eval(options, described: list[dict]) -> dict:
+    """`ivon-lora eval` on generative tasks for run dirs `described` (the run, then any baseline, from
+    `rundir.describe_run`): eval.json, eval.md, predictions-TASK-RUN.jsonl and selective-TASK.png."""
+    import gc
+
+    from ..artifacts import (
+        REPORT_NAME,
+        TABLE_NAME,
+        check_new_output_dir,
+        predictions_file_name,
+        selective_plot_name,
+        staged_output_dir,
+        write_json_atomic,
+    )
+    from ..errors import UsageError
+    from ..rundir import check_out_apart, environment, load_run, optimizer_name
+    from ..tasks import get_task, load_generative_split
+    from .plots import plot_selective_generation
+    from .report import generation_table, write_jsonl
+    from .uncertainty import CONFIDENCE_SCORES
+
+    check_generative_options(options)
+    tasks = {name: get_task(name) for name in options.task}
+    if options.file and len(tasks) > 1:
+        raise UsageError("--file takes a single --task")
+    recipe = described[0]["recipe"]
+    splits = {}
+    for name, task in tasks.items():
+        split = options.split or (recipe.data.eval_split if recipe is not None and recipe.data.dataset == name else None)
+        split = split or ("validation" if "validation" in task.splits else "test" if "test" in task.splits else None)
+        if split not in task.splits:
+            raise UsageError(f"--split: task {name!r} has no split {split!r}; available: {', '.join(task.splits)}")
+        splits[name] = split
+    num_samples = options.samples if options.samples is not None else (recipe.run.eval_mc_samples if recipe else 10)
+    first_split = splits[next(iter(tasks))]
+    out = options.out or os.path.join(options.run_dir, f"eval-{first_split}")  # the one output inside an input
+    inputs = {"run dir": options.run_dir, "baseline": options.baseline}
+    check_out_apart(out, inputs if options.out else {"baseline": options.baseline})
+    check_new_output_dir(out, options.overwrite)
+    rendering = {d["label"]: prompt_rendering(d["recipe"]) for d in described}
+    loaded = {name: load_generative_split(name, splits[name], options.file, options.limit) for name in tasks}
+    for name, part in loaded.items():
+        if not part.examples:
+            raise UsageError(f"{part.summary()}: no example to evaluate")
+
+    fraction, temperature = options.prune_fractions[0], options.temperatures[0]
+    result = {"tasks": {name: {"split": splits[name], "num_examples": len(part.examples), "task": tasks[name].as_dict(),
+                               "data": part.as_dict(), "runs": {}} for name, part in loaded.items()}}  # fmt: skip
+    evaluations = {name: {} for name in tasks}
+    runs = {}
+    for run_description in described:
+        label = run_description["label"]
+        chat, why = rendering[label]
+        run = load_run(run_description["dir"])
+        posterior = run.posterior
+        if posterior is not None and (fraction, temperature) != (0.0, 1.0):
+            posterior = posterior.at_test_time(fraction, temperature, scope=options.prune_scope,
+                                               mode=options.prune_mode, criterion=options.prune_criterion)  # fmt: skip
+        sampling = sampling_for(posterior is not None, num_samples, options.mc_dropout_samples,
+                                options.sampling_temperature)  # fmt: skip
+        runs[label] = {
+            "dir": run_description["dir"], "objective": run.recipe.objective if run.recipe else None,
+            "optimizer": optimizer_name(run.recipe) if run.recipe else None,
+            "prompts": f"{'chat template (question as the user message)' if chat else 'plain task prompt'} ({why})",
+            "samples": sampling.kind, "num_samples": sampling.num_samples, "sampling": sampling.describe(),
+            **({"sampling_temperature": sampling.temperature} if sampling.kind == "temperature" else {}),
+            **({"pruning": {"fraction": fraction, "temperature": temperature}} if posterior is not None else {}),
+        }  # fmt: skip
+        for name, part in loaded.items():
+            logger.info("%s: %s %s (%d examples, %s)", label, name, splits[name], len(part.examples),
+                        sampling.describe())  # fmt: skip
+            evaluation = evaluate_generative(run.model, run.tokenizer, part.examples, tasks[name], chat=chat,
+                                             posterior=posterior, sampling=sampling, seed=options.seed,
+                                             batch_size=options.batch_size)  # fmt: skip
+            evaluations[name][label] = evaluation
+            result["tasks"][name]["runs"][label] = evaluation.metrics(options.ece_bins)
+        del run
+        gc.collect()
+
+    result.update(
+        runs=runs,
+        protocol={
+            "kind": "generative",
+            "decoding": "chosen answer: greedy at the posterior mean (at the weights without a posterior), at most "
+                        "the task's max_new_tokens, cut at its first stop string",
+            "samples": "S answers, one per posterior sample (else per MC-dropout mask, else temperature sampling at "
+                       "the weights without top-k/top-p), cut likewise; seeded by the seed",
+            "scoring": "teacher-forced prompt + chosen answer + what ended it (the stop string's tokens or EOS; "
+                       "nothing when the token budget ran out), at the mean and under each posterior / MC-dropout "
+                       "sample (the same posterior draws as the decoding's)",
+            "scores": {name: score.description for name, score in CONFIDENCE_SCORES.items()},
+            "correctness": {name: tasks[name].judge.name for name in tasks},
+            "num_samples": num_samples, "mc_dropout_samples": options.mc_dropout_samples,
+            "sampling_temperature": options.sampling_temperature, "seed": options.seed,
+            "ece": "equal-width bins on the score as a probability, (lo, hi]; only scores that are probabilities",
+            "ece_bins": list(options.ece_bins),
+            "selective": "accept from the most confident down; coverage at risk = largest coverage with "
+                         "1 - accuracy <= r; AUROC and PRR null (reason under undefined) when all answers are "
+                         "correct or all wrong",
+            "units": "fractions (x100 for papers' tables)",
+        },  # fmt: skip
+        environment=environment(),
+    )
+    with staged_output_dir(out) as staging:
+        for name in tasks:
+            files = {}
+            for label, evaluation in evaluations[name].items():
+                files[f"predictions_{label}"] = predictions_file_name(name, label)
+                write_jsonl(os.path.join(staging, files[f"predictions_{label}"]), map(_json_safe, evaluation.rows()))
+            files["selective"] = selective_plot_name(name)
+            plot_selective_generation(f"{name} {splits[name]}", result["tasks"][name]["runs"],
+                                      os.path.join(staging, files["selective"]))  # fmt: skip
+            result["tasks"][name]["files"] = files
+        write_json_atomic(os.path.join(staging, REPORT_NAME), _json_safe(result))
+        table = generation_table(result["tasks"], options.ece_bins)
+        with open(os.path.join(staging, TABLE_NAME), "w") as f:
+            f.write(table)
+            f.write("".join(f"- {label}: {run['prompts']}; sampled answers: {run['sampling']}.\n"
+                            for label, run in runs.items()))  # fmt: skip
+    for line in table.splitlines():
+        logger.info("%s", line)
+    logger.info("wrote %s", out)
+    return result
