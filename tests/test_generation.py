@@ -46,6 +46,14 @@ def assert_adapter_is(model, snapshot):
         assert torch.equal(p, snapshot[key]), key
 
 
+@pytest.fixture(scope="module")
+def run(run):
+    """The shared run with its tokenizer's chat template removed: these tests compare with plain tokenization (the
+    built-in tokenizers have a template, which test_the_chat_template_is_applied_... covers)."""
+    run.tokenizer.chat_template = None
+    return run
+
+
 def test_the_means_answers_are_the_peft_models(run):
     expected = reference_answers(run.model, run.tokenizer)
     assert len(set(expected)) > 1  # the prompts get different answers: a mix-up between prompts would show
@@ -170,6 +178,7 @@ def test_an_answer_ends_at_the_tokenizers_eos_or_the_stop_tokens_passed(run):
     expected = run.tokenizer.decode(tokens[: tokens.index(stop)])
     assert len(set(tokens)) > 1 and run.tokenizer.eos_token_id not in tokens
     tokenizer = build_tokenizer(BUILTIN_MODELS["builtin:tiny-llama"])
+    tokenizer.chat_template = None  # as the module's run (plain prompts)
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stop)
     assert run.model.generation_config.eos_token_id != stop
     (by_tokenizer,) = generate(run.model, tokenizer, PROMPTS[:1], max_new_tokens=MAX_NEW_TOKENS)
@@ -198,7 +207,8 @@ def test_cli_prints_and_writes_the_answers_of_the_python_api(run, run_dir, tmp_p
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text(json.dumps({"prompt": PROMPTS[2]}) + "\n\n" + json.dumps({"prompt": PROMPTS[3]}) + "\n")
     out = tmp_path / "answers.jsonl"
-    args = ["generate", run_dir, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--prompts-file", str(prompts_file),
+    args = ["generate", run_dir, "--no-chat", "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+            "--prompts-file", str(prompts_file),
             "--samples", "2", "--seed", "4", "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(out)]  # fmt: skip
     assert cli.main(args) == 0
     expected = generate(run.model, run.tokenizer, PROMPTS, posterior=run.posterior, num_samples=2, seed=4,
