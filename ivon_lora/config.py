@@ -498,6 +498,9 @@ class EvalConfig(OutputArguments):
     baseline: str | None = field(default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"})
     mc_dropout_samples: int = field(default=0, metadata={
         "help": "MC-dropout samples for runs without a posterior (default 0: weights only)"})
+    decoding: str = field(default="mean", metadata={
+        "help": "generative tasks: the chosen answer greedy at the posterior mean (mean) or posterior-averaged "
+                "(averaged: each token the argmax of the S samples' mean next-token distribution)"})
     sampling_temperature: float = field(default=1.0, metadata={
         "help": "generative tasks: temperature of the S sampled answers of a run without posterior or MC dropout"})
     prune_fractions: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "pruning fractions, 0-1"})
@@ -529,6 +532,7 @@ class EvalConfig(OutputArguments):
         _require_at_least("batch_size", self.batch_size, 1)
         _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
         _require_in("sampling_temperature", self.sampling_temperature, 0.0, float("inf"), low_inclusive=False)
+        _require_choice("decoding", self.decoding, ("mean", "averaged"))
         for key in ("samples", "limit"):
             if getattr(self, key) is not None:
                 _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)

@@ -265,6 +265,24 @@ def test_eval_of_sft_runs_on_wordqa_with_an_mc_dropout_baseline(sft_runs, tmp_pa
     metrics = runs["ivon"]["scores"]["sequence_log_likelihood"]
     assert metrics["auroc"] is None and "every answer is wrong" in metrics["undefined"]["auroc"]
     assert metrics["prr"] is None and metrics["aurc"] == 1.0
+    # Posterior-averaged decoding of the chosen answer: the decoder's own answers, the run's mode recorded.
+    from ivon_lora import load_run
+    from ivon_lora.decoding import decode_averaged
+    from ivon_lora.generation import render_prompts
+    from ivon_lora.tasks import load_generative_split
+
+    averaged = tmp_path / "averaged"
+    assert cli.main(["eval", ivon, "--task", "wordqa", "--samples", "2", "--limit", str(LIMIT), "--decoding",
+                     "averaged", "--out", str(averaged)]) == 0  # fmt: skip
+    report, rows = _read(averaged)
+    assert report["runs"]["ivon"]["decoding"] == "averaged"
+    run = load_run(ivon)
+    task = report["tasks"]["wordqa"]["task"]
+    examples = load_generative_split("wordqa", "validation", limit=LIMIT).examples
+    texts = render_prompts(run.tokenizer, [e.question for e in examples], chat=True)
+    expected = decode_averaged(run.model, run.tokenizer, texts, run.posterior, 2, seed=0, chat=True,
+                               max_new_tokens=task["max_new_tokens"], stop_strings=tuple(task["stop"]))  # fmt: skip
+    assert [row["chosen"] for row in rows["ivon"]] == [answer.text for answer in expected]
 
 
 def test_local_rows_of_a_hub_task_and_bad_input_fail_in_one_line_before_any_model_loads(run_dir, tmp_path, capsys,

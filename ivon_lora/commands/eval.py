@@ -54,6 +54,9 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sampling-temperature", type=number_in(0.0, float("inf"), low_inclusive=False),
                         help="generative tasks: temperature of the sampled answers of a run without posterior or "
                              "MC dropout (default 1)")  # fmt: skip
+    parser.add_argument("--decoding", choices=("mean", "averaged"),
+                        help="generative tasks: the chosen answer greedy at the posterior mean (default) or "
+                             "posterior-averaged (each token the argmax of the S samples' mean distribution)")
     parser.add_argument("--prune-fractions", type=number_in(0.0, 1.0), nargs="+", help="default 0")
     parser.add_argument("--temperatures", type=number_in(0.0, float("inf"), low_inclusive=False), nargs="+",
                         help="default 1")  # fmt: skip
@@ -154,6 +157,8 @@ def run_eval(options) -> dict:
         from ..evaluation.generative import run_generative_eval
 
         return run_generative_eval(options, [described for described in (main, baseline) if described])
+    if options.decoding != "mean":
+        raise UsageError("--decoding is for generative tasks (e.g. --task wordqa)")
     if recipe is not None and recipe.objective == "sft" and not options.task:
         from ..evaluation.sft import run_sft_eval
 

@@ -6,10 +6,11 @@ For one run (model, tokenizer, posterior or None) and a split of `GenerativeExam
 1. Prompts as the run was trained: for a chat run (an SFT run on conversational data, or `prompt_format: chat`)
    the question is the user message of the tokenizer's chat template (`generation.render_prompts`); otherwise the
    task's plain prompt ("Question: ...\\nAnswer:").
-2. Decoding (`decode_answers`, the one function a faster decoder replaces): the chosen answer is greedy at the
-   posterior mean (at the weights without a posterior); S sampled answers come from S posterior samples, else MC
-   dropout (a run with LoRA dropout and mc_dropout_samples > 0), else temperature sampling at the weights (the
-   AdamW baseline's samples). Answers are cut at the task's first stop string.
+2. Decoding (`decode_answers_by_token`, with `ivon_lora.decoding`): the chosen answer is greedy at the posterior
+   mean (at the weights without a posterior), or posterior-averaged (`decoding averaged`); S sampled answers come
+   from S posterior samples (batched: one forward per step for all S), else MC dropout (a run with LoRA dropout and
+   mc_dropout_samples > 0), else temperature sampling at the weights (the AdamW baseline's samples), both with
+   `generation.generate` (`decode_answers`). Answers are cut at the task's first stop string.
 3. Teacher-forced scoring (`teacher_forced`) of the chosen answer, prompt + answer tokens + what ended it (the stop
    string's tokens, or the EOS token; nothing when the token budget ran out), at the mean and under each of the
    S epistemic samples (the same seeded posterior draws as the decoding's; MC-dropout masks seeded per sample).
@@ -116,6 +117,9 @@ class DecodedAnswers:
     chosen_end: str  # one of ANSWER_ENDS
     samples: tuple[str, ...] = ()
     chosen_stop: str | None = None  # the stop string that ended the chosen answer (chosen_end "stop")
+    # The tokens the decoder generated for the chosen answer, up to and including the one that ended it (scored as
+    # they are); None: re-tokenize the text and what ended it (`answer_tokens`).
+    chosen_ids: tuple[int, ...] | None = None
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
@@ -162,6 +166,51 @@ def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, po
             length = len(tokenizer(generation.mean, add_special_tokens=False)["input_ids"])
             end = "length" if length >= max_new_tokens else "eos"
         decoded.append(DecodedAnswers(chosen, end, tuple(cut_at_stop(a, stop)[0] for a in answers), stop_string))
+    return decoded
+
+
+# `decoding.FINISH_REASONS` as `ANSWER_ENDS`.
+_ANSWER_END_OF = {"eos": "eos", "stop_string": "stop", "length": "length"}
+# How the chosen answer is decoded: greedy at the posterior mean, or posterior-averaged (each step's token the
+# argmax of the S samples' mean next-token distribution).
+CHOSEN_DECODINGS = ("mean", "averaged")
+
+
+def decode_answers_by_token(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
+                            seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int,
+                            chosen: str = "mean") -> list[DecodedAnswers]:  # fmt: skip
+    """`decode_answers`' records from `ivon_lora.decoding`: the chosen answer's exact tokens and how it ended, and
+    the S posterior samples' answers decoded in one batched forward per step (the default decoder of `eval`).
+
+    Runs without a posterior draw their samples (MC dropout, temperature) with `decode_answers`.
+    """
+    from ..decoding import decode_averaged, decode_mean, decode_samples
+    from ..generation import render_prompts
+
+    texts = render_prompts(tokenizer, questions, chat=chat)
+    common = {"max_new_tokens": max_new_tokens, "stop_strings": tuple(stop), "batch_size": batch_size, "chat": chat}
+    if chosen == "averaged":
+        if sampling.kind != "posterior":
+            raise ValueError("Posterior-averaged decoding needs posterior samples")
+        answers = decode_averaged(model, tokenizer, texts, posterior, sampling.num_samples, seed=seed, **common)
+    else:
+        answers = decode_mean(model, tokenizer, texts, posterior=posterior, **common)
+    if sampling.kind == "posterior":
+        samples = [tuple(a.text for a in per_sample)
+                   for per_sample in decode_samples(model, tokenizer, texts, posterior, sampling.num_samples,
+                                                    seed=seed, **common)]  # fmt: skip
+    elif sampling.num_samples:
+        samples = [d.samples for d in decode_answers(model, tokenizer, questions, chat=chat, posterior=posterior,
+                                                     sampling=sampling, seed=seed, max_new_tokens=max_new_tokens,
+                                                     stop=stop, batch_size=batch_size)]  # fmt: skip
+    else:
+        samples = [()] * len(texts)
+    decoded = []
+    for answer, sampled in zip(answers, samples):
+        end = _ANSWER_END_OF[answer.finish_reason]
+        stop_string = cut_at_stop(tokenizer.decode(answer.token_ids, skip_special_tokens=True), stop)[1]
+        decoded.append(DecodedAnswers(answer.text, end, sampled, stop_string if end == "stop" else None,
+                                      tuple(answer.token_ids)))  # fmt: skip
     return decoded
 
 
@@ -445,7 +494,7 @@ class GenerativeEvaluation:
 
 def evaluate_generative(model, tokenizer, examples: list, task, *, chat: bool, posterior=None,
                         sampling: Sampling = Sampling(None, 0), seed: int = 0, batch_size: int = 16,
-                        decode=decode_answers) -> GenerativeEvaluation:  # fmt: skip
+                        decode=decode_answers_by_token) -> GenerativeEvaluation:  # fmt: skip
     """Decode, score and judge `examples` (`GenerativeExample`s of the `GenerativeTask` `task`); see the module doc.
 
     `decode` has `decode_answers`' signature and returns its records (the hook for a batched decoder).
@@ -462,7 +511,8 @@ def evaluate_generative(model, tokenizer, examples: list, task, *, chat: bool, p
                      max_new_tokens=task.max_new_tokens, stop=task.stop, batch_size=batch_size)  # fmt: skip
     # As `generate` tokenizes: a chat-rendered prompt already holds its special tokens.
     prompt_ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
-    answer_ids = [answer_tokens(tokenizer, d.chosen, d.chosen_end, d.chosen_stop) for d in decoded]
+    answer_ids = [list(d.chosen_ids) if d.chosen_ids is not None else
+                  answer_tokens(tokenizer, d.chosen, d.chosen_end, d.chosen_stop) for d in decoded]  # fmt: skip
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scored = teacher_forced(model, prompt_ids, answer_ids, posterior=posterior, sampling=sampling, seed=seed,
                             batch_size=batch_size, pad_id=pad_id if pad_id is not None else 0)  # fmt: skip
@@ -589,7 +639,9 @@ def run_generative_eval(options, described: list[dict]) -> dict:
                                                mode=options.prune_mode, criterion=options.prune_criterion)  # fmt: skip
         sampling = sampling_for(posterior is not None, num_samples, options.mc_dropout_samples,
                                 options.sampling_temperature)  # fmt: skip
+        chosen = options.decoding if sampling.kind == "posterior" else "mean"  # averaging needs posterior samples
         runs[label] = {
+            "decoding": chosen,
             "dir": run_description["dir"], "objective": run.recipe.objective if run.recipe else None,
             "optimizer": optimizer_name(run.recipe) if run.recipe else None,
             "prompts": f"{'chat template (question as the user message)' if chat else 'plain task prompt'} ({why})",
@@ -602,7 +654,8 @@ def run_generative_eval(options, described: list[dict]) -> dict:
                         sampling.describe())  # fmt: skip
             evaluation = evaluate_generative(run.model, run.tokenizer, part.examples, tasks[name], chat=chat,
                                              posterior=posterior, sampling=sampling, seed=options.seed,
-                                             batch_size=options.batch_size)  # fmt: skip
+                                             batch_size=options.batch_size,
+                                             decode=functools.partial(decode_answers_by_token, chosen=chosen))
             evaluations[name][label] = evaluation
             result["tasks"][name]["runs"][label] = evaluation.metrics(options.ece_bins)
         del run
@@ -612,8 +665,9 @@ def run_generative_eval(options, described: list[dict]) -> dict:
         runs=runs,
         protocol={
             "kind": "generative",
-            "decoding": "chosen answer: greedy at the posterior mean (at the weights without a posterior), at most "
-                        "the task's max_new_tokens, cut at its first stop string",
+            "decoding": "chosen answer: greedy at the posterior mean (at the weights without a posterior), or with "
+                        "decoding 'averaged' the argmax of the S posterior samples' mean next-token distribution at "
+                        "each step; at most the task's max_new_tokens, cut at its first stop string",
             "samples": "S answers, one per posterior sample (else per MC-dropout mask, else temperature sampling at "
                        "the weights without top-k/top-p), cut likewise; seeded by the seed",
             "scoring": "teacher-forced prompt + chosen answer + what ended it (the stop string's tokens or EOS; "
