@@ -101,7 +101,8 @@ def model_card(run, metrics: dict | None) -> str:
         required = ["model_name_or_path=_", "output_dir=_", f"objective={run.recipe.objective}"]
         required += ["dataset=_"] if run.recipe.objective == "sft" else []
         defaults = load_recipe(None, required, for_training=False).resolved()
-        changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k in ("model_name_or_path", "objective")}
+        always = ("model_name_or_path", "objective")
+        changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k in always}
         changed.pop("output_dir", None)
         lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
                   yaml.safe_dump(changed, sort_keys=True).strip(), "```"]  # fmt: skip

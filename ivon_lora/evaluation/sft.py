@@ -44,7 +44,8 @@ def check_sft_options(options) -> None:
 
 
 def run_sft_eval(options, described: list[dict]) -> dict:
-    """Evaluate SFT run dirs (`described`: the run, then any baseline, from `rundir.describe_run`): eval.json/eval.md."""
+    """Evaluate SFT run dirs (`described`: the run, then any baseline, as `rundir.describe_run` gives them) into
+    eval.json and eval.md."""
     from ..artifacts import REPORT_NAME, TABLE_NAME, check_new_output_dir, staged_output_dir, write_json_atomic
     from ..errors import UsageError
     from ..rundir import check_out_apart, environment, load_run, optimizer_name

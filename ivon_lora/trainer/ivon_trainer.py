@@ -238,7 +238,8 @@ class IVONTrainerMixin:
             with self.accelerator.no_sync(model):
                 for _ in range(self.args.train_mc_samples):
                     with ivon.sampled_params(train=True):
-                        losses.append(super().training_step(model, inputs, num_items_in_batch if token_weighted else None))
+                        items = num_items_in_batch if token_weighted else None
+                        losses.append(super().training_step(model, inputs, items))
                         if grad_scale != 1.0:
                             torch._foreach_mul_([p.grad for p in params if p.grad is not None], grad_scale)
                         self._ivon_grad_norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).detach())
