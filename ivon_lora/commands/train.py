@@ -252,9 +252,8 @@ def _run_sft(recipe) -> dict:
         posterior = Posterior.load(final_dir) if trainer.ivon_optimizer is not None else None
         num_samples = run_args.eval_mc_samples if posterior is not None else 0
         model = trainer.accelerator.unwrap_model(trainer.model)
-        batches = [trainer._prepare_inputs(batch) for batch in trainer.get_eval_dataloader()]
-        metrics = predictive_losses(model, batches, posterior, num_samples, run_args.eval_seed,
-                                    gather=trainer.accelerator.gather_for_metrics)  # fmt: skip
+        metrics = predictive_losses(model, trainer.evaluation_batches(), posterior, num_samples,
+                                    run_args.eval_seed, gather=trainer.accelerator.gather_for_metrics)  # fmt: skip
         report = {
             "objective": "sft",
             "dataset": eval_split.source,

@@ -6,11 +6,11 @@ For one run (model, tokenizer, posterior or None) and a split of `GenerativeExam
 1. Prompts as the run was trained: for a chat run (an SFT run on conversational data, or `prompt_format: chat`)
    the question is the user message of the tokenizer's chat template (`generation.render_prompts`); otherwise the
    task's plain prompt ("Question: ...\\nAnswer:").
-2. Decoding (`decode_answers_by_token`, with `ivon_lora.decoding`): the chosen answer is greedy at the posterior
+2. Decoding (`decode_answers`, with `ivon_lora.decoding`): the chosen answer is greedy at the posterior
    mean (at the weights without a posterior), or posterior-averaged (`decoding averaged`); S sampled answers come
    from S posterior samples (batched: one forward per step for all S), else MC dropout (a run with LoRA dropout and
    mc_dropout_samples > 0), else temperature sampling at the weights (the AdamW baseline's samples), both with
-   `generation.generate` (`decode_answers`). Answers are cut at the task's first stop string.
+   `generation.generate` (`baseline_samples`). Answers are cut at the task's first stop string.
 3. Teacher-forced scoring (`teacher_forced`) of the chosen answer, prompt + answer tokens + what ended it (the stop
    string's tokens, or the EOS token; nothing when the token budget ran out), at the mean and under each of the
    S epistemic samples (the same seeded posterior draws as the decoding's; MC-dropout masks seeded per sample).
@@ -116,9 +116,9 @@ class DecodedAnswers:
     chosen: str
     chosen_end: str  # one of ANSWER_ENDS
     samples: tuple[str, ...] = ()
-    chosen_stop: str | None = None  # the stop string that ended the chosen answer (chosen_end "stop")
+    chosen_stop: str | None = None  # the stop string that ended the chosen answer, where chosen_ids is None
     # The tokens the decoder generated for the chosen answer, up to and including the one that ended it (scored as
-    # they are); None: re-tokenize the text and what ended it (`answer_tokens`).
+    # they are); None: the text is re-tokenized with what ended it (`answer_tokens`: chosen_stop, or EOS).
     chosen_ids: tuple[int, ...] | None = None
 
 
@@ -131,23 +131,18 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
     return text[:index], stop_string
 
 
-def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
-                   seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int) -> list[DecodedAnswers]:  # fmt: skip
-    """Each question's chosen answer and S sampled answers (see the module doc), with `generation.generate`.
+def baseline_samples(model, tokenizer, questions: Sequence[str], *, chat: bool, sampling: Sampling, seed: int,
+                     max_new_tokens: int, stop: Sequence[str], batch_size: int) -> list[tuple[str, ...]]:  # fmt: skip
+    """Each question's S sampled answers for a run without posterior: MC-dropout masks or temperature sampling at
+    the weights, one `generation.generate` call per sample (its seed `_sample_seed`), cut at the first stop string.
 
     `questions` are what `generate` renders: the plain prompts (`chat` False) or the user messages (`chat` True).
-    One call per sample of a run without posterior (its seed `_sample_seed`), one call with S posterior samples
-    otherwise. `generate` returns text cut at an EOS token: an answer without a stop string ended at EOS unless it
-    re-tokenizes to the whole budget. A batched decoder replacing this function returns the same records.
     """
     from ..generation import generate
 
     common = {"chat": chat, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    with_posterior = sampling.kind == "posterior"
-    generations = generate(model, tokenizer, questions, posterior=posterior, seed=seed,
-                           num_samples=sampling.num_samples if with_posterior else 0, **common)  # fmt: skip
-    samples = [list(g.samples) for g in generations]
-    for k in range(0 if with_posterior else sampling.num_samples):
+    samples: list[list[str]] = [[] for _ in questions]
+    for k in range(sampling.num_samples):
         if sampling.kind == "mc_dropout":
             with dropout_active(model):
                 sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), **common)
@@ -155,34 +150,24 @@ def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, po
             sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), do_sample=True,
                                temperature=sampling.temperature, top_k=0, top_p=1.0, **common)  # fmt: skip
         for answers, generation in zip(samples, sampled):
-            answers.append(generation.mean)
+            answers.append(cut_at_stop(generation.mean, stop)[0])
         logger.info("%s sample %d/%d decoded", sampling.kind, k + 1, sampling.num_samples)
-    decoded = []
-    for generation, answers in zip(generations, samples):
-        chosen, stop_string = cut_at_stop(generation.mean, stop)
-        if stop_string is not None:
-            end = "stop"
-        else:
-            length = len(tokenizer(generation.mean, add_special_tokens=False)["input_ids"])
-            end = "length" if length >= max_new_tokens else "eos"
-        decoded.append(DecodedAnswers(chosen, end, tuple(cut_at_stop(a, stop)[0] for a in answers), stop_string))
-    return decoded
+    return [tuple(answers) for answers in samples]
 
 
 # `decoding.FINISH_REASONS` as `ANSWER_ENDS`.
 _ANSWER_END_OF = {"eos": "eos", "stop_string": "stop", "length": "length"}
-# How the chosen answer is decoded: greedy at the posterior mean, or posterior-averaged (each step's token the
-# argmax of the S samples' mean next-token distribution).
-CHOSEN_DECODINGS = ("mean", "averaged")
 
 
-def decode_answers_by_token(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
-                            seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int,
-                            chosen: str = "mean") -> list[DecodedAnswers]:  # fmt: skip
-    """`decode_answers`' records from `ivon_lora.decoding`: the chosen answer's exact tokens and how it ended, and
-    the S posterior samples' answers decoded in one batched forward per step (the default decoder of `eval`).
+def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
+                   seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int,
+                   chosen: str = "mean") -> list[DecodedAnswers]:  # fmt: skip
+    """Each question's chosen answer, with the exact tokens that `ivon_lora.decoding` generated and how it ended
+    (greedy at the mean, or with `chosen="averaged"` posterior-averaged), and its S sampled answers: the posterior
+    samples' decoded in one batched forward per step, a run without posterior's by `baseline_samples`.
 
-    Runs without a posterior draw their samples (MC dropout, temperature) with `decode_answers`.
+    The default decoder of `evaluate_generative`; another decoder with this signature may return records without
+    `chosen_ids`, whose answers are then re-tokenized for scoring.
     """
     from ..decoding import decode_averaged, decode_mean, decode_samples
     from ..generation import render_prompts
@@ -199,19 +184,11 @@ def decode_answers_by_token(model, tokenizer, questions: Sequence[str], *, chat:
         samples = [tuple(a.text for a in per_sample)
                    for per_sample in decode_samples(model, tokenizer, texts, posterior, sampling.num_samples,
                                                     seed=seed, **common)]  # fmt: skip
-    elif sampling.num_samples:
-        samples = [d.samples for d in decode_answers(model, tokenizer, questions, chat=chat, posterior=posterior,
-                                                     sampling=sampling, seed=seed, max_new_tokens=max_new_tokens,
-                                                     stop=stop, batch_size=batch_size)]  # fmt: skip
     else:
-        samples = [()] * len(texts)
-    decoded = []
-    for answer, sampled in zip(answers, samples):
-        end = _ANSWER_END_OF[answer.finish_reason]
-        stop_string = cut_at_stop(tokenizer.decode(answer.token_ids, skip_special_tokens=True), stop)[1]
-        decoded.append(DecodedAnswers(answer.text, end, sampled, stop_string if end == "stop" else None,
-                                      tuple(answer.token_ids)))  # fmt: skip
-    return decoded
+        samples = baseline_samples(model, tokenizer, questions, chat=chat, sampling=sampling, seed=seed,
+                                   max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size)  # fmt: skip
+    return [DecodedAnswers(answer.text, _ANSWER_END_OF[answer.finish_reason], sampled,
+                           chosen_ids=tuple(answer.token_ids)) for answer, sampled in zip(answers, samples)]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- teacher-forced scoring
@@ -494,7 +471,7 @@ class GenerativeEvaluation:
 
 def evaluate_generative(model, tokenizer, examples: list, task, *, chat: bool, posterior=None,
                         sampling: Sampling = Sampling(None, 0), seed: int = 0, batch_size: int = 16,
-                        decode=decode_answers_by_token) -> GenerativeEvaluation:  # fmt: skip
+                        decode=decode_answers) -> GenerativeEvaluation:  # fmt: skip
     """Decode, score and judge `examples` (`GenerativeExample`s of the `GenerativeTask` `task`); see the module doc.
 
     `decode` has `decode_answers`' signature and returns its records (the hook for a batched decoder).
@@ -655,7 +632,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
             evaluation = evaluate_generative(run.model, run.tokenizer, part.examples, tasks[name], chat=chat,
                                              posterior=posterior, sampling=sampling, seed=options.seed,
                                              batch_size=options.batch_size,
-                                             decode=functools.partial(decode_answers_by_token, chosen=chosen))
+                                             decode=functools.partial(decode_answers, chosen=chosen))
             evaluations[name][label] = evaluation
             result["tasks"][name]["runs"][label] = evaluation.metrics(options.ece_bins)
         del run

@@ -20,16 +20,17 @@ _CHOICE_ONLY = {"sweeping": "pruning/temperature sweeps", "temperature_scaling":
 
 
 def sft_batches(run, split, batch_size: int) -> list[dict]:
-    """`split`'s rows as TRL's SFT evaluation batches for `run` (its recipe's SFTConfig), on the model's device."""
-    from trl import SFTTrainer
+    """`split`'s rows as TRL's SFT evaluation batches for `run` (its recipe's SFTConfig), on the model's device, as
+    training evaluated them (`IVONSFTTrainer.evaluation_batches`)."""
+    from ..sft import IVONSFTTrainer
 
     with tempfile.TemporaryDirectory() as scratch:
         args = dataclasses.replace(run.recipe.training, output_dir=scratch, per_device_eval_batch_size=batch_size,
                                    report_to="none", eval_strategy="no", save_strategy="no")  # fmt: skip
         # SFTTrainer insists on a train set; one row of the split is tokenized and never used.
-        trainer = SFTTrainer(model=run.model, args=args, train_dataset=split.dataset.select(range(1)),
-                             eval_dataset=split.dataset, processing_class=run.tokenizer)  # fmt: skip
-        return [trainer._prepare_inputs(batch) for batch in trainer.get_eval_dataloader()]
+        trainer = IVONSFTTrainer(model=run.model, args=args, train_dataset=split.dataset.select(range(1)),
+                                 eval_dataset=split.dataset, processing_class=run.tokenizer)  # fmt: skip
+        return trainer.evaluation_batches()
 
 
 def check_sft_options(options) -> None:

@@ -51,8 +51,9 @@ def sequence_log_likelihoods(model, batch: dict) -> tuple[torch.Tensor, torch.Te
     mask = targets != IGNORE_INDEX
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1).double()
-    docs = document_ids(batch)[:, first + 1 :]
-    num_docs = int(document_ids(batch).max()) + 1
+    documents = document_ids(batch)
+    docs = documents[:, first + 1 :]
+    num_docs = int(documents.max()) + 1
     sums = torch.zeros(num_docs, dtype=torch.float64, device=labels.device)
     counts = torch.zeros(num_docs, dtype=torch.long, device=labels.device)
     sums.index_add_(0, docs[mask], token_log_probs[mask])

@@ -61,12 +61,27 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
         The samples come from a generator of their own seeded by `seed`, as in `posterior_sample_outputs`: evaluating
         never moves the optimizer's noise stream.
         """
-        dataloader = self.get_eval_dataloader(self._prepared_eval_dataset(eval_dataset))
+        batches = self.evaluation_batches(eval_dataset)
         model = self.accelerator.unwrap_model(self.model)
         posterior = Posterior.from_optimizer(self.ivon_optimizer, model)
-        result = predictive_losses(model, _PreparedBatches(self, dataloader), posterior, num_samples, self.args.seed,
-                                   gather=self.accelerator.gather_for_metrics, at_mean=False)  # fmt: skip
+        with self.compute_loss_context_manager():  # the training's autocast
+            result = predictive_losses(model, batches, posterior, num_samples, self.args.seed,
+                                       gather=self.accelerator.gather_for_metrics, at_mean=False)  # fmt: skip
         return result["sampled"]
+
+    def evaluation_batches(self, eval_dataset=None) -> list[dict]:
+        """The evaluation set as this process's collated batches on the model's device, built once and read for
+        every posterior sample (`sft.likelihood.predictive_losses` takes them). `eval_dataset` as in `evaluate`."""
+        batches = [self._prepare_inputs(batch)
+                   for batch in self.get_eval_dataloader(self._prepared_eval_dataset(eval_dataset))]  # fmt: skip
+        if self.accelerator.num_processes > 1 and any("attention_mask" not in batch for batch in batches):
+            # gather_for_metrics drops the padded repeats of the last batch by row, which a packed row of several
+            # documents would miscount.
+            raise ValueError(
+                "Evaluating an SFT run's loss under data parallelism needs unpacked evaluation rows: set "
+                "eval_packing=False (and padding_free=False)."
+            )
+        return batches
 
     def _prepared_eval_dataset(self, eval_dataset):
         """The evaluation dataset as `SFTTrainer.evaluate` tokenizes it (a name picks one prepared at init)."""
@@ -80,25 +95,6 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
         # Idempotent: a dataset that is already tokenized is returned as is.
         return self._prepare_dataset(eval_dataset, self.processing_class, self.args, packing, self._formatting_func,
                                      "eval")  # fmt: skip
-
-
-class _PreparedBatches:
-    """The evaluation dataloader's batches on the model's device, under the Trainer's autocast; re-iterable."""
-
-    def __init__(self, trainer, dataloader):
-        self.trainer, self.dataloader = trainer, dataloader
-
-    def __iter__(self):
-        for batch in self.dataloader:
-            if "attention_mask" not in batch and self.trainer.accelerator.num_processes > 1:
-                # gather_for_metrics drops the padded repeats of the last batch by row, which a packed row of
-                # several documents would miscount.
-                raise ValueError(
-                    "ivon_eval_mc_samples > 0 under data parallelism needs unpacked evaluation rows: set "
-                    "eval_packing=False (and padding_free=False)."
-                )
-            with self.trainer.compute_loss_context_manager():
-                yield self.trainer._prepare_inputs(batch)
 
 
 def target_token_count(dataset) -> int:
