@@ -223,3 +223,35 @@ def test_default_ess_counts_the_target_tokens_packed_or_not(tmp_path, qwen25):
     assert packed.likelihood_size() == targets
     plain.train()  # ess = max(targets, the floor that keeps the initial std at most 0.032)
     assert plain.ivon_optimizer.param_groups[0]["ess"] == max(targets, 1 / (0.032**2 * (1e-3 + 1e-4)))
+
+
+def test_args_none_gives_a_default_ivon_sft_config(tmp_path, llama3, monkeypatch):
+    """As TRL's SFTTrainer builds its SFTConfig; the mixin's IVONTrainingArguments would not convert to one."""
+    monkeypatch.chdir(tmp_path)
+    trainer = IVONSFTTrainer(model=_model(llama3), train_dataset=datasets.Dataset.from_list(_conversations(4)),
+                             processing_class=llama3)  # fmt: skip
+    assert type(trainer.args) is IVONSFTConfig
+    assert (trainer.args.optim, trainer.args.learning_rate) == ("ivon", 0.03)
+
+
+def test_an_adamw_sft_config_keeps_trls_learning_rate(tmp_path):
+    assert IVONSFTConfig(output_dir=str(tmp_path), use_cpu=True, optim="adamw_torch").learning_rate == 2e-5
+
+
+def test_a_dict_of_eval_sets_gets_each_its_own_sampled_loss_once(tmp_path, llama3):
+    rows = _conversations(12)
+    eval_sets = {"short": datasets.Dataset.from_list(rows[:4]), "long": datasets.Dataset.from_list(rows[4:10])}
+    trainer = IVONSFTTrainer(model=_model(llama3), args=_config(tmp_path, max_steps=1, per_device_eval_batch_size=4,
+                                                                ivon_eval_mc_samples=2),
+                             train_dataset=datasets.Dataset.from_list(rows), eval_dataset=eval_sets,
+                             processing_class=llama3)  # fmt: skip
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert not any(key.startswith("eval_sampled") for key in metrics)
+    for name, dataset in eval_sets.items():
+        alone = trainer.evaluate(dataset, metric_key_prefix=f"eval_{name}")
+        assert metrics[f"eval_{name}_sampled_tokens"] == alone[f"eval_{name}_sampled_tokens"]
+        assert metrics[f"eval_{name}_sampled_loss"] == pytest.approx(alone[f"eval_{name}_sampled_loss"], rel=1e-6)
+    assert metrics["eval_short_sampled_tokens"] != metrics["eval_long_sampled_tokens"]
+    with pytest.raises(ValueError, match="2 named evaluation datasets \\(short, long\\)"):
+        trainer.evaluation_batches()

@@ -251,13 +251,17 @@ def test_every_micro_batch_runs_under_no_sync_and_ivon_does_not_sync_on_one_proc
     assert trainer.ivon_optimizer.data_parallel_world_size == 1
 
 
+def _calibration_metrics(prediction):
+    from ivon_lora.evaluation import calibration_metrics
+
+    logits = torch.as_tensor(prediction.predictions).double()
+    return calibration_metrics(torch.softmax(logits, dim=-1), torch.as_tensor(prediction.label_ids), (10,))
+
+
 def test_evaluation_adds_the_sampled_predictive_and_leaves_the_noise_stream(tmp_path, llama_tokenizer, synthetic_examples):
-    from ivon_lora.evaluation import calibration_metrics, evaluate_predictive
+    from ivon_lora.evaluation import evaluate_predictive
 
-    def compute_metrics(prediction):
-        logits = torch.as_tensor(prediction.predictions).double()
-        return calibration_metrics(torch.softmax(logits, dim=-1), torch.as_tensor(prediction.label_ids), (10,))
-
+    compute_metrics = _calibration_metrics
     examples = synthetic_examples["validation"][:24]
     trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], ivon_eval_mc_samples=3,
                        per_device_eval_batch_size=8)  # fmt: skip
@@ -318,3 +322,55 @@ def test_an_iterable_dataset_needs_ivon_ess(tmp_path, llama_tokenizer, synthetic
         trainer.create_optimizer()
     trainer.args.ivon_ess = 64.0
     assert trainer.create_optimizer().param_groups[0]["ess"] == 64.0
+
+
+def test_learning_rate_defaults_to_ivons_only_with_ivon(tmp_path):
+    """Unset, learning_rate is IVON-LoRA's 0.03 with optim='ivon' and TrainingArguments' 5e-5 with any other optimizer
+    (an AdamW baseline without an explicit lr must not train at IVON's)."""
+    assert IVONTrainingArguments(output_dir=str(tmp_path)).learning_rate == 0.03
+    assert IVONTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").learning_rate == 5e-5
+    assert IVONTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch", learning_rate=1e-3).learning_rate == 1e-3
+    assert IVONTrainingArguments(output_dir=str(tmp_path), learning_rate=0.5).learning_rate == 0.5
+
+
+def test_ivon_fields_are_validated_by_ivons_rules_under_their_own_names(tmp_path):
+    """The optimizer's messages name the config's fields (learning_rate, not lr), and `optim` stays 'ivon' even when
+    TrainingArguments' own validation refuses a value."""
+    for field_name, value in (("learning_rate", float("nan")), ("ivon_beta2", 1.0), ("ivon_ess", 0.0),
+                              ("ivon_clip_radius", 0.0), ("weight_decay", -1.0), ("ivon_seed", 1.5)):  # fmt: skip
+        with pytest.raises(ValueError, match=f"Invalid {field_name} value: "):
+            IVONTrainingArguments(output_dir=str(tmp_path), **{field_name: value})
+    args = IVONTrainingArguments(output_dir=str(tmp_path))
+    with pytest.raises(ValueError):
+        args.eval_strategy, args.logging_steps, args.eval_steps = "steps", 0, None
+        args.__post_init__()  # TrainingArguments' own check: steps evaluation needs eval_steps or logging_steps
+    assert args.optim == "ivon" and args.use_ivon
+
+
+def _two_eval_sets(examples):
+    return {"first": _dataset(examples[:8]), "second": _dataset(examples[8:20])}
+
+
+def test_a_dict_of_eval_sets_gets_each_its_own_sampled_metrics_once(tmp_path, llama_tokenizer, synthetic_examples):
+    calls = []
+
+    class CountingTrainer(ChoiceTrainer):
+        def sampled_evaluation_metrics(self, eval_dataset, num_samples, ignore_keys, metric_key_prefix):
+            calls.append(metric_key_prefix)
+            return super().sampled_evaluation_metrics(eval_dataset, num_samples, ignore_keys, metric_key_prefix)
+
+    eval_sets = _two_eval_sets(synthetic_examples["validation"])
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], CountingTrainer, ivon_eval_mc_samples=2,
+                       per_device_eval_batch_size=8, max_steps=1)  # fmt: skip
+    trainer.compute_metrics = _calibration_metrics
+    trainer.train()
+    for passed, held in ((eval_sets, None), (None, eval_sets)):  # passed to evaluate, or the trainer's own
+        calls.clear()
+        trainer.eval_dataset = held
+        metrics = trainer.evaluate(passed)
+        assert calls == ["eval_first", "eval_second"]
+        for name, dataset in eval_sets.items():
+            alone = trainer.evaluate(dataset, metric_key_prefix=f"eval_{name}")
+            for key in ("loss", "sampled_accuracy", "sampled_nll"):
+                assert metrics[f"eval_{name}_{key}"] == pytest.approx(alone[f"eval_{name}_{key}"])
+        assert not any(key.startswith("eval_sampled") for key in metrics)

@@ -61,34 +61,46 @@ def _check_hyperparameters(
     seed: int | None = None,
     foreach: bool | None = None,
     data_parallel: bool | None = None,
+    names: dict[str, str] | None = None,
 ) -> None:
+    """Raise ``ValueError("Invalid <name> value: <value>")`` for the first invalid hyperparameter.
+
+    ``names`` maps an argument to the name the message gives it (a config that sets IVON's arguments through
+    fields of its own, e.g. ``lr`` through ``learning_rate``, names its fields); the value is then shown as repr.
+    """
+
+    def invalid(argument: str, value: Any) -> ValueError:
+        if names is None:
+            return ValueError(f"Invalid {argument} value: {value}")
+        return ValueError(f"Invalid {names.get(argument, argument)} value: {value!r}")
+
     # Written as `not (valid)` so that NaN, which fails every comparison, is rejected too.
     if not 0.0 <= lr:
-        raise ValueError(f"Invalid lr value: {lr}")
+        raise invalid("lr", lr)
     if not 0.0 < ess:
-        raise ValueError(f"Invalid ess value: {ess}")
+        raise invalid("ess", ess)
     if not 0.0 < hess_init:
-        raise ValueError(f"Invalid hess_init value: {hess_init}")
+        raise invalid("hess_init", hess_init)
     if not 0.0 <= beta1 < 1.0:
-        raise ValueError(f"Invalid beta1 value: {beta1}")
+        raise invalid("beta1", beta1)
     if not 0.0 <= beta2 < 1.0:
-        raise ValueError(f"Invalid beta2 value: {beta2}")
+        raise invalid("beta2", beta2)
     if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        raise invalid("weight_decay", weight_decay)
     if mean_weight_decay is not None and not 0.0 <= mean_weight_decay:
-        raise ValueError(f"Invalid mean_weight_decay value: {mean_weight_decay}")
+        raise invalid("mean_weight_decay", mean_weight_decay)
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"Invalid mc_samples value: {mc_samples}")
+        raise invalid("mc_samples", mc_samples)
     if not 0.0 < clip_radius:
-        raise ValueError(f"Invalid clip_radius value: {clip_radius}")
+        raise invalid("clip_radius", clip_radius)
     if not isinstance(rescale_lr, bool):
-        raise ValueError(f"Invalid rescale_lr value: {rescale_lr}")
+        raise invalid("rescale_lr", rescale_lr)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"Invalid seed value: {seed}")
+        raise invalid("seed", seed)
     if foreach is not None and not isinstance(foreach, bool):
-        raise ValueError(f"Invalid foreach value: {foreach}")
+        raise invalid("foreach", foreach)
     if data_parallel is not None and not isinstance(data_parallel, bool):
-        raise ValueError(f"Invalid data_parallel value: {data_parallel}")
+        raise invalid("data_parallel", data_parallel)
 
 
 # The keys of a param group that _check_hyperparameters validates (all of `defaults` that IVON itself sets).

@@ -46,7 +46,10 @@ class IVONSFTConfig(IVONTrainingArguments, SFTConfig):
 
 
 class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
-    """TRL's `SFTTrainer` training with IVON (or, with `optim` != 'ivon', the optimizer named), see the module doc."""
+    """TRL's `SFTTrainer` training with IVON (or, with `optim` != 'ivon', the optimizer named), see the module doc.
+    `args=None` gives `IVONSFTConfig`'s defaults."""
+
+    default_args_class = IVONSFTConfig
 
     def likelihood_size(self) -> int:
         """The number of target tokens in the tokenized train set: the terms the token-level loss averages over."""
@@ -86,9 +89,20 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
     def _prepared_eval_dataset(self, eval_dataset):
         """The evaluation dataset as `SFTTrainer.evaluate` tokenizes it (a name picks one prepared at init)."""
         if eval_dataset is None:
-            return self.eval_dataset
+            eval_dataset = self.eval_dataset
+            if isinstance(eval_dataset, dict):  # TRL's dict of named evaluation sets, each prepared at init
+                raise ValueError(
+                    f"This trainer has {len(eval_dataset)} named evaluation datasets ({', '.join(map(str, eval_dataset))}): "
+                    "pass the one to evaluate, or its name."
+                )
+            return eval_dataset
         if isinstance(eval_dataset, str):
             return self.eval_dataset[eval_dataset]
+        if isinstance(eval_dataset, dict):
+            raise ValueError(
+                f"Pass one evaluation dataset, not a dict of {len(eval_dataset)} ({', '.join(map(str, eval_dataset))}): "
+                "evaluate() evaluates each of them under its own prefix."
+            )
         if self._skip_prepare_dataset:
             return eval_dataset
         packing = self.args.packing if self.args.eval_packing is None else self.args.eval_packing

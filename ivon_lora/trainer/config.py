@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from ..optim.ivon import _check_hyperparameters
 
 IVON_OPTIM = "ivon"
+# IVON's learning rate when `learning_rate` is left unset (IVON-LoRA's); any other optimizer gets its base config's
+# default (TrainingArguments' 5e-5, TRL SFTConfig's 2e-5).
+IVON_DEFAULT_LEARNING_RATE = 0.03
 # The widest initial posterior std the default ess allows: 1/sqrt(ess * hess_init) of the IVON-LoRA paper (ess 1e6,
 # hess_init 1e-3). The train set size alone (the Bayesian choice) gives 1.4 for 500 examples at hess_init 1e-3:
 # samples that wide replace the pretrained function with noise, the gradients explode and the mean never learns.
@@ -35,8 +41,10 @@ class IVONTrainingArguments(TrainingArguments):
         default=IVON_OPTIM,
         metadata={"help": "'ivon' (IVON over the trainable parameters) or a transformers optimizer, e.g. adamw_torch."},
     )
-    learning_rate: float = field(
-        default=0.03, metadata={"help": "Initial learning rate (IVON-LoRA uses 0.03; AdamW baselines ~5e-5)."}
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": f"Initial learning rate. Unset: {IVON_DEFAULT_LEARNING_RATE} (IVON-LoRA's) with optim='ivon', "
+                          "else the base config's default (TrainingArguments' 5e-5, TRL SFTConfig's 2e-5)."},
     )
     ivon_ess: float | None = field(
         default=None,
@@ -69,33 +77,50 @@ class IVONTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         self.use_ivon = self.optim == IVON_OPTIM
+        if self.learning_rate is None:
+            self.learning_rate = IVON_DEFAULT_LEARNING_RATE if self.use_ivon else self._base_default_learning_rate()
         if not self.learning_rate >= 0:  # every optimizer; `not >=` rejects NaN too
             raise ValueError(f"Invalid learning_rate value: {self.learning_rate} (must be >= 0)")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"Invalid max_steps value: {self.max_steps} (must be > 0, or -1 for num_train_epochs)")
-        if self.use_ivon:
-            if self.fp16:
-                raise ValueError(
-                    "fp16=True cannot be used with optim='ivon': the fp16 GradScaler's scaled gradients would enter "
-                    "IVON's Hessian estimate. Use bf16=True (autocast) or full precision."
-                )
-            if self.ivon_eval_mc_samples < 0:
-                raise ValueError(f"Invalid ivon_eval_mc_samples value: {self.ivon_eval_mc_samples} (must be >= 0)")
-            self._check_ivon_hyperparameters()
-            # TrainingArguments only knows the transformers optimizers: validate the rest as for AdamW.
-            self.optim = "adamw_torch"
+        if not self.use_ivon:
             super().__post_init__()
-            self.optim = IVON_OPTIM
-        else:
-            super().__post_init__()
-
-    def _check_ivon_hyperparameters(self) -> None:
-        """IVON's own validation (one home for its rules), before any model loads, naming the recipe keys."""
+            return
+        # IVON's own fields first, by IVON's rules, named as the config names them.
+        if self.fp16:
+            raise ValueError(
+                "fp16=True cannot be used with optim='ivon': the fp16 GradScaler's scaled gradients would enter "
+                "IVON's Hessian estimate. Use bf16=True (autocast) or full precision."
+            )
+        if self.ivon_eval_mc_samples < 0:
+            raise ValueError(f"Invalid ivon_eval_mc_samples value: {self.ivon_eval_mc_samples} (must be >= 0)")
         values = {argument: getattr(self, name) for argument, name in IVON_ARGUMENT_FIELDS.items()}
         values["ess"] = 1.0 if self.ivon_ess is None else self.ivon_ess  # None: derived from the train set, later
         values["seed"] = self.seed if self.ivon_seed is None else self.ivon_seed
-        try:
-            _check_hyperparameters(**values)
-        except ValueError as error:
-            bad = str(error).split()[1]  # "Invalid <argument> value: ..."
-            raise ValueError(f"Invalid {IVON_ARGUMENT_FIELDS.get(bad, bad)} value: {values.get(bad)!r}") from None
+        _check_hyperparameters(**values, names=IVON_ARGUMENT_FIELDS)
+        # Then TrainingArguments' own fields (schedule, batches, precision, ...).
+        with _optim_known_to_transformers(self):
+            super().__post_init__()
+
+    @classmethod
+    def _base_default_learning_rate(cls) -> float:
+        """`learning_rate`'s default in the first base config that is not IVON's (TrainingArguments, SFTConfig...)."""
+        for base in cls.__mro__:
+            if issubclass(base, IVONTrainingArguments) or not dataclasses.is_dataclass(base):
+                continue
+            learning_rate = base.__dataclass_fields__.get("learning_rate")
+            if learning_rate is not None and learning_rate.default is not dataclasses.MISSING:
+                return learning_rate.default
+        return TrainingArguments.learning_rate
+
+
+@contextmanager
+def _optim_known_to_transformers(args: IVONTrainingArguments):
+    """While TrainingArguments validates its fields, `optim` holds a name of its closed `OptimizerNames` enum
+    (which has no 'ivon' and no way to register one); 'ivon' is back afterwards, also when validation raises.
+    Nothing in that validation depends on which optimizer is named: it only converts the name to the enum."""
+    args.optim = OptimizerNames.ADAMW_TORCH
+    try:
+        yield
+    finally:
+        args.optim = IVON_OPTIM

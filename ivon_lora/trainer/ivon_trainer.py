@@ -68,9 +68,13 @@ class IVONTrainerMixin:
     base class.
     """
 
+    # The config `args=None` gives (its defaults); a trainer whose base needs a config of its own (TRL's SFTTrainer
+    # converts any other TrainingArguments into its SFTConfig) names a class inheriting both.
+    default_args_class: type[IVONTrainingArguments] = IVONTrainingArguments
+
     def __init__(self, model=None, args=None, *more, **kwargs):
         if args is None:
-            args = IVONTrainingArguments(output_dir="trainer_output")
+            args = self.default_args_class(output_dir="trainer_output")
         if not isinstance(args, IVONTrainingArguments):
             # A plain TrainingArguments has no `optim='ivon'`: the Trainer would silently train with AdamW.
             raise TypeError(
@@ -284,6 +288,10 @@ class IVONTrainerMixin:
         metrics of the S-sample predictive as `{prefix}_sampled_*` (`sampled_evaluation_metrics`).
         """
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
+            # The Trainer evaluates a dict of datasets by calling `evaluate` once per dataset (with the prefix
+            # `{prefix}_{name}`): each of those calls has added its own sampled metrics already.
+            return metrics
         num_samples = getattr(self.args, "ivon_eval_mc_samples", 0)
         if self.ivon_optimizer is None or num_samples == 0:
             return metrics
