@@ -15,8 +15,10 @@ Two failure modes get a plain warning with the fix:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -197,8 +199,18 @@ def diagnose(posterior, mean: torch.Tensor | None = None, samples: torch.Tensor 
     return result
 
 
-def summary_lines(diagnostics: dict) -> list[str]:
-    """A few lines for logs and the terminal."""
+class SummaryLine(NamedTuple):
+    """One line of the summary and its `logging` level (WARNING for each warning, INFO otherwise)."""
+
+    level: int
+    text: str
+
+    def __str__(self) -> str:  # as the terminal shows it
+        return f"WARNING {self.text}" if self.level >= logging.WARNING else self.text
+
+
+def summary_lines(diagnostics: dict) -> list[SummaryLine]:
+    """A few lines for logs and the terminal, each with its level."""
     posterior = diagnostics["posterior"]
     std, snr, share = posterior["std"], posterior["snr"], posterior["hess_at_init_share"]
     lines = [
@@ -216,8 +228,15 @@ def summary_lines(diagnostics: dict) -> list[str]:
             f"{100 * predictive['flip_rate']:.1f}% of the answers ({100 * predictive['examples_flipped_by_any_sample']:.1f}% "
             f"by at least one sample); mean KL(mean || sample) {predictive['mean_kl']:.2e} nats"
         )
-    lines += [f"WARNING {message}" for message in diagnostics["warnings"]]
-    return lines
+    return [SummaryLine(logging.INFO, line) for line in lines] + [
+        SummaryLine(logging.WARNING, message) for message in diagnostics["warnings"]
+    ]
+
+
+def log_summary(diagnostics: dict, logger: logging.Logger) -> None:
+    """The summary lines into `logger`, each at its level."""
+    for line in summary_lines(diagnostics):
+        logger.log(line.level, "%s", line.text)
 
 
 def write_diagnostics(directory: str, diagnostics: dict, title: str) -> None:

@@ -55,6 +55,23 @@ def test_warnings_name_the_failure_and_the_fix():
     assert [w.split(":")[0] for w in wide["warnings"]] == ["very wide"]
 
 
+def test_summary_lines_carry_their_level_and_log_at_it(caplog):
+    """Warnings travel as a logging level, not as a text prefix a caller parses."""
+    import logging
+
+    from ivon_lora.diagnostics import log_summary, summary_lines
+
+    mean = torch.tensor([[0.9, 0.1], [0.4, 0.6]], dtype=torch.float64)
+    diagnostics = diagnose(posterior_with_hessian(1.0), mean, mean.expand(3, 2, 2))
+    lines = summary_lines(diagnostics)
+    assert [line.text for line in lines if line.level == logging.WARNING] == diagnostics["warnings"]
+    assert all(line.level == logging.INFO for line in lines[: -len(diagnostics["warnings"])])
+    assert str(lines[-1]) == f"WARNING {diagnostics['warnings'][-1]}"  # as `ivon-lora inspect` prints it
+    with caplog.at_level(logging.INFO, logger="test-diagnostics"):
+        log_summary(diagnostics, logging.getLogger("test-diagnostics"))
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(line.level, line.text) for line in lines]
+
+
 def test_predictions_file_round_trip(tmp_path):
     samples = torch.rand(3, 4, 2, dtype=torch.float64)
     predictions = Predictions(["a", "b", "c", "d"], torch.tensor([0, 1, 1, 0]), [2] * 4, torch.rand(4, 2, dtype=torch.float64),

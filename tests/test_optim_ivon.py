@@ -479,3 +479,14 @@ def test_mc_samples_is_one_value_for_all_groups():
     optimizer.param_groups[1]["mc_samples"] = 4  # e.g. set by a scheduler-like hook after construction
     with pytest.raises(ValueError, match=r"per param group: \[2, 4\]"):
         optimizer.step(lambda: (a.sum() + b.sum()).backward())
+
+
+def test_default_foreach_asks_torch_which_devices_have_foreach_kernels(monkeypatch):
+    """As torch.optim: foreach by default only where torch has the kernels (not CPU, not e.g. the meta device)."""
+    import sys
+
+    ivon_module = sys.modules["ivon_lora.optim.ivon"]  # the package's `ivon` attribute is the functional
+    meta, cpu = torch.empty(3, device="meta"), torch.empty(3)
+    assert not ivon_module._default_foreach([cpu]) and not ivon_module._default_foreach([meta])
+    monkeypatch.setattr(ivon_module, "_get_foreach_kernels_supported_devices", lambda: ["meta"])
+    assert ivon_module._default_foreach([meta]) and not ivon_module._default_foreach([meta, cpu])

@@ -374,3 +374,32 @@ def test_a_dict_of_eval_sets_gets_each_its_own_sampled_metrics_once(tmp_path, ll
             for key in ("loss", "sampled_accuracy", "sampled_nll"):
                 assert metrics[f"eval_{name}_{key}"] == pytest.approx(alone[f"eval_{name}_{key}"])
         assert not any(key.startswith("eval_sampled") for key in metrics)
+
+
+@pytest.mark.parametrize("optim", ["ivon", "adamw_torch"])
+def test_divergence_is_checked_once_per_optimizer_step_and_names_the_step(tmp_path, llama_tokenizer, synthetic_examples,
+                                                                          optim, monkeypatch):  # fmt: skip
+    """One host sync per optimizer step (not per micro-batch); a NaN loss in any micro-batch still stops the run."""
+    from ivon_lora.errors import TrainingDivergedError
+
+    syncs = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda value: syncs.append(value.numel()) or isfinite(value))
+    overrides = dict(optim=optim, learning_rate=1e-3, gradient_accumulation_steps=3, per_device_train_batch_size=4,
+                     max_steps=2)  # fmt: skip
+    _trainer(tmp_path / "ok", llama_tokenizer, synthetic_examples["train"], **overrides).train()
+    # Per step: 3 micro-batch losses and the gradient norms (IVON: each sample's; AdamW: the accumulated one).
+    assert syncs == [6, 6] if optim == "ivon" else syncs == [4, 4]
+
+    calls = []
+
+    class NaNTrainer(ChoiceTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            calls.append(None)
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return loss * float("nan") if len(calls) == 5 else loss  # step 2's second micro-batch
+
+    trainer = _trainer(tmp_path / "nan", llama_tokenizer, synthetic_examples["train"], NaNTrainer, **overrides)
+    with pytest.raises(TrainingDivergedError, match="Training diverged at step 2: the training loss is NaN"):
+        trainer.train()
+    assert len(calls) == 6  # the step's micro-batches ran; the step itself was not applied

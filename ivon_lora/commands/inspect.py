@@ -53,7 +53,7 @@ def inspect_run(directory: str, predictions: str | None = None, out: str | None 
     posterior = Posterior.load(directory)
     mean, samples = read_predictions(path) if os.path.isfile(path) else (None, None)
     diagnostics = diagnose(posterior, mean, samples)
-    lines = summary_lines(diagnostics)
+    lines = [str(line) for line in summary_lines(diagnostics)]
     if samples is None:
         lines.append(f"no posterior-sample predictions in {path}: run `ivon-lora eval {directory}` and pass its "
                      "predictions-TASK-ivon.jsonl with --predictions")  # fmt: skip

@@ -207,11 +207,10 @@ def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_ex
         write_json_atomic(os.path.join(final_dir, METRICS_NAME), report)
         _log_summary(metrics, ece_bins)
         if diagnostics is not None:
-            from ..diagnostics import summary_lines, write_diagnostics
+            from ..diagnostics import log_summary, write_diagnostics
 
             write_diagnostics(final_dir, diagnostics, f"{data_args.dataset} ({os.path.basename(args.output_dir)})")
-            for line in summary_lines(diagnostics):
-                (logger.warning if line.startswith("WARNING") else logger.info)("%s", line.removeprefix("WARNING "))
+            log_summary(diagnostics, logger)
     return report
 
 
@@ -269,7 +268,7 @@ def _run_sft(recipe) -> dict:
             "recipe": recipe.resolved(),
         }
         if posterior is not None:
-            from ..diagnostics import diagnose, summary_lines, write_diagnostics
+            from ..diagnostics import diagnose, log_summary, write_diagnostics
 
             diagnostics = diagnose(posterior)
             report["diagnostics"] = {"warnings": diagnostics["warnings"],
@@ -282,8 +281,7 @@ def _run_sft(recipe) -> dict:
                 logger.info("%-10s loss %.4f perplexity %.3f%s", label, values["loss"], values["perplexity"], extra)
             if posterior is not None:
                 write_diagnostics(final_dir, diagnostics, f"{eval_split.source} ({os.path.basename(args.output_dir)})")
-                for line in summary_lines(diagnostics):
-                    (logger.warning if line.startswith("WARNING") else logger.info)("%s", line.removeprefix("WARNING "))
+                log_summary(diagnostics, logger)
     return report
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
+from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
 from ._distributed import DataParallel, all_reduce_samples, resolve_data_parallel
 from ._rng import derive_seed, load_generator_states, save_generator_states, set_generator_states
@@ -697,9 +698,11 @@ IVON.__doc__ = r"""Implements IVON, the Improved Variational Online Newton optim
 def _default_foreach(tensors: list[Tensor]) -> bool:
     # On accelerators the foreach ops batch the kernel launches. On CPU they are a C++ loop running each
     # operation over every tensor before the next operation: with LoRA-sized tensors the for-loop, which
-    # runs every operation on one tensor while it is in cache, is faster (scripts/bench_optimizer.py).
+    # runs every operation on one tensor while it is in cache, is faster (scripts/bench_optimizer.py). Which
+    # devices have foreach kernels is torch's to say, as in torch.optim's own default.
+    supported = _get_foreach_kernels_supported_devices()
     return not torch.jit.is_scripting() and all(
-        type(t) in (Tensor, torch.nn.Parameter) and t.device.type != "cpu" for t in tensors
+        type(t) in (Tensor, torch.nn.Parameter) and t.device.type in supported for t in tensors
     )
 
 

@@ -84,6 +84,7 @@ class IVONTrainerMixin:
             )
         super().__init__(model, args, *more, **kwargs)
         self._ivon_grad_norms: list[torch.Tensor] = []  # pre-clip norms of the current step's samples
+        self._step_losses: list[torch.Tensor] = []  # the current step's micro-batch (and sample) losses, on device
 
     def _uses_ivon(self) -> bool:
         return getattr(self.args, "use_ivon", False)
@@ -202,11 +203,18 @@ class IVONTrainerMixin:
             "written. Lower learning_rate (or, for IVON, keep ivon_clip_radius finite, e.g. 1e-3) and retrain."
         )
 
-    def _check_finite(self, losses, grad_norms) -> None:
-        if not bool(torch.isfinite(torch.stack([loss.detach().float() for loss in losses])).all()):
-            raise self._diverged("the training loss")
-        if grad_norms and not bool(torch.isfinite(torch.stack(grad_norms)).all()):
-            raise self._diverged("the gradient")
+    def _check_finite(self, losses: list[torch.Tensor], grad_norms: list[torch.Tensor]) -> None:
+        """Raise if a loss or a gradient norm of this optimizer step is NaN or inf: one host sync per step (the
+        values stay on the device while the micro-batches run), before the optimizer applies the step."""
+        values = [value.detach().float().reshape(()) for value in (*losses, *grad_norms)]
+        if not values or bool(torch.isfinite(torch.stack([v.to(values[0].device) for v in values])).all()):
+            return
+        loss_finite = all(bool(torch.isfinite(loss)) for loss in losses)
+        raise self._diverged("the training loss" if not loss_finite else "the gradient")
+
+    def _check_step_finite(self, grad_norms: list[torch.Tensor]) -> None:
+        losses, self._step_losses = self._step_losses, []
+        self._check_finite(losses, grad_norms)
 
     def _check_finite_weights(self) -> None:
         model = self.accelerator.unwrap_model(self.model)
@@ -220,8 +228,7 @@ class IVONTrainerMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self._uses_ivon():
             loss = super().training_step(model, inputs, num_items_in_batch)
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            self._check_finite([loss], [torch.stack([g.norm() for g in grads]).norm()] if grads else [])
+            self._step_losses.append(loss.detach())
             return loss
         ivon = self.ivon_optimizer
         self._check_ivon_synchronises(ivon, model)
@@ -249,7 +256,7 @@ class IVONTrainerMixin:
                         self._ivon_grad_norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).detach())
         finally:
             self.loss_is_scaled_for_ga = scaled_for_ga
-        self._check_finite(losses, self._ivon_grad_norms[-len(losses):])
+        self._step_losses += [loss.detach() for loss in losses]
         # The Trainer sums the returned losses over the accumulation steps for logging: a token-level loss is
         # already this micro-batch's share of the accumulated batch's, a per-micro-batch mean is not.
         loss = torch.stack(losses).mean()
@@ -275,10 +282,14 @@ class IVONTrainerMixin:
         return None  # each sample was clipped inside its sampling context
 
     def _get_grad_norm(self, model, grad_norm=None):
+        # Called once per optimizer step, before it: the step's divergence check goes here.
         if not self._uses_ivon():
-            return super()._get_grad_norm(model, grad_norm)
-        # Logged as the mean pre-clip norm of the step's per-sample gradients (of rank 0's samples, under DDP).
+            grad_norm = super()._get_grad_norm(model, grad_norm)
+            self._check_step_finite([torch.as_tensor(grad_norm)] if grad_norm is not None else [])
+            return grad_norm
         norms = self._ivon_grad_norms
+        self._check_step_finite(norms)
+        # Logged as the mean pre-clip norm of the step's per-sample gradients (of rank 0's samples, under DDP).
         mean_norm = torch.stack(norms).mean() if norms else torch.tensor(0.0)
         norms.clear()
         return mean_norm
