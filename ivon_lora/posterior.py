@@ -297,9 +297,28 @@ class Posterior:
 
     @torch.no_grad()
     def apply_mean(self, model) -> None:
-        """Load the posterior mean into `model`'s adapter (e.g. after pruning)."""
+        """Load the posterior mean into `model`'s adapter for good (e.g. to save a pruned adapter); to evaluate at the
+        mean, use `holding_mean`, which gives the model its weights back."""
         for key, p in self.bind(model):
             p.copy_(self.mean[key])
+
+    @contextmanager
+    def holding_mean(self, model):
+        """Hold this posterior's mean (e.g. after pruning) in `model`'s adapter; the weights it held before return on
+        exit, also on error. The contract of every entry point that writes weights into a caller's model (`predict`,
+        `teacher_forced`, the lm-eval model, and `sample` / `PosteriorSampler.sample` for samples): the model is
+        left bitwise as it was."""
+        pairs = self.bind(model)
+        with torch.no_grad():
+            saved = [p.detach().clone() for _, p in pairs]
+            for key, p in pairs:
+                p.copy_(self.mean[key])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for (_, p), value in zip(pairs, saved):
+                    p.copy_(value)
 
     def sampler(self, model, generator: torch.Generator | None = None, seed: int | None = None) -> PosteriorSampler:
         """A `PosteriorSampler` bound to `model`'s adapter: draw many samples cheaply (see there)."""

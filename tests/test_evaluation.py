@@ -251,3 +251,19 @@ def test_eval_baseline_options_are_checked_before_loading(run_dir, tmp_path, cap
     assert cli.main(base + ["--ensemble", run_dir]) == 2
     assert "at least 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _adapter_weights(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+def test_predict_gives_the_model_its_weights_back(loaded_run, synthetic_examples):
+    """predict holds the (pruned) posterior mean and the samples only while it scores: the adapter is bitwise as it
+    was before (here the unpruned mean) afterwards."""
+    run, examples = loaded_run, synthetic_examples["validation"][:6]
+    pruned = run.posterior.at_test_time(0.5)
+    before = _adapter_weights(run.model)
+    at_pruned = predict(run.model, run.tokenizer, examples, pruned, num_samples=2, batch_size=4, seed=1)
+    assert all(torch.equal(p, before[n]) for n, p in _adapter_weights(run.model).items())
+    unpruned = predict(run.model, run.tokenizer, examples, run.posterior, num_samples=0, batch_size=4)
+    assert not torch.equal(at_pruned.mean, unpruned.mean)  # it did score at the pruned mean

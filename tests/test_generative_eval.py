@@ -328,3 +328,15 @@ def test_eval_on_local_triviaqa_and_gsm8k_rows(run_dir, tmp_path):
     runs = json.loads((tmp_path / "g" / "eval.json").read_text())["tasks"]["gsm8k"]["runs"]
     assert runs["ivon"]["judges"] == {"numeric_match": 0.0} or runs["ivon"]["judges"] == {"numeric_match": 1.0}
     assert len(runs["ivon"]["undefined_scores"]) == 5
+
+
+def test_teacher_forced_gives_the_model_its_weights_back(run):
+    model = run.model
+    pruned = run.posterior.at_test_time(0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    prompts, answers = [[5, 9, 11], [7, 3]], [[12, 4], [8]]
+    scored = teacher_forced(model, prompts, answers, posterior=pruned, sampling=Sampling("posterior", 2), seed=3,
+                            pad_id=run.tokenizer.pad_token_id)  # fmt: skip
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
+    unpruned = teacher_forced(model, prompts, answers, posterior=run.posterior, pad_id=run.tokenizer.pad_token_id)
+    assert not torch.equal(scored.token_log_probs, unpruned.token_log_probs)  # it did score at the pruned mean

@@ -292,3 +292,24 @@ def test_the_lm_eval_command_passes_every_argument_on_unchanged():
 
     options = cli.build_parser().parse_args(argv)
     assert options.command == "lm-eval" and lm_eval_command.config_from(options) == argv[1:]
+
+
+def test_every_request_type_gives_the_models_weights_back(loaded_run):
+    """The lm-eval model holds the test-time (here pruned) mean only while it answers requests."""
+    model = loaded_run.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    def unchanged():
+        return all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
+
+    lm = IVONLoRALM(loaded_run, samples=0, prune=0.5, batch_size=2)
+    assert unchanged()
+    pruned = lm.loglikelihood(_instances(REQUESTS))
+    assert unchanged()
+    lm.loglikelihood_rolling(_instances([("the cat sat on a mat",)], "loglikelihood_rolling"))
+    assert unchanged()
+    lm.generate_until(_instances([("Question: What is mango?\nAnswer:", {"max_gen_toks": 2, "until": ["\n"]})],
+                                 "generate_until"))  # fmt: skip
+    assert unchanged()
+    unpruned = IVONLoRALM(loaded_run, samples=0, batch_size=2).loglikelihood(_instances(REQUESTS))
+    assert [ll for ll, _ in pruned] != [ll for ll, _ in unpruned]  # it did score at the pruned mean

@@ -31,7 +31,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -309,8 +309,8 @@ def teacher_forced(model, prompts: list[list[int]], answers: list[list[int]], *,
     """Score answer i (token ids `answers[i]`, at least one) after prompt i (`prompts[i]`, at least one token).
 
     Sequences are right-padded (the causal mask keeps padding out of every real position); the log-prob of answer
-    token j is read from the logits at the position before it. At the mean: the posterior's mean is written into
-    the adapter (`Posterior.apply_mean`, as `predict` does) when there is a posterior.
+    token j is read from the logits at the position before it. At the mean: the posterior's mean is held in the
+    adapter (`Posterior.holding_mean`, as `predict` does) when there is a posterior; the weights return after.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"Expected one answer per prompt, got {len(prompts)} prompts and {len(answers)} answers")
@@ -323,8 +323,9 @@ def teacher_forced(model, prompts: list[list[int]], answers: list[list[int]], *,
     mask = torch.zeros(n, width, dtype=torch.bool)
     sample_log_likelihoods = torch.zeros(n, num_samples, dtype=torch.float64)
     disagreement = {name: torch.zeros(n, width, dtype=torch.float64) for name in ("mi", "epkl")}
+    restore_weights = ExitStack()
     if posterior is not None:
-        posterior.apply_mean(model)
+        restore_weights.enter_context(posterior.holding_mean(model))
     was_training = model.training
     model.eval()
     lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
@@ -369,6 +370,7 @@ def teacher_forced(model, prompts: list[list[int]], answers: list[list[int]], *,
                     batch_mask, accumulated.expected_pairwise_kl(), 0.0)  # fmt: skip
     finally:
         model.train(was_training)
+        restore_weights.close()
     return TeacherForced(token_log_probs, mask, sample_log_likelihoods,
                          disagreement["mi"] if num_samples >= 2 else None,
                          disagreement["epkl"] if num_samples >= 2 else None)  # fmt: skip

@@ -8,6 +8,7 @@ examples r, r + W, ...) and gathered back in order on every rank, so none is dro
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -149,9 +150,6 @@ def predict(
         isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()
     ):
         raise ValueError("MC-dropout samples need a model with dropout (lora_dropout > 0); this one has none")
-    if posterior is not None:
-        posterior.apply_mean(model)  # "mean" is the posterior's mean, e.g. after pruning
-
     rank, world_size = _world()
     shard = list(range(rank, len(examples), world_size))
     collator = ChoiceCollator(tokenizer, max_length)
@@ -173,7 +171,10 @@ def predict(
 
     was_training = model.training
     model.eval()
+    restore_weights = ExitStack()
     try:
+        if posterior is not None:  # "mean" is the posterior's mean, e.g. after pruning; the weights return after
+            restore_weights.enter_context(posterior.holding_mean(model))
         mean = score()
         samples = []
         # Built once: the mean and std stay cached on the adapter's device between samples.
@@ -193,6 +194,7 @@ def predict(
             if rank == 0:
                 logger.info("%s sample %d/%d scored", sample_kind, s + 1, num_samples)
     finally:
+        restore_weights.close()
         model.train(was_training)
         progress.close()
 

@@ -26,10 +26,12 @@ the posterior mean.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import sys
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -88,11 +90,23 @@ def resolve_sampling(samples: int | None, mode: str | None, has_posterior: bool)
     return samples
 
 
+def _at_test_time_mean(method):
+    """`method` of the lm-eval API with the test-time posterior's mean held in the adapter, the weights back after."""
+
+    @functools.wraps(method)
+    def at_mean(self, *args, **kwargs):
+        with self._posterior.holding_mean(self.run.model) if self._posterior is not None else nullcontext():
+            return method(self, *args, **kwargs)
+
+    return at_mean
+
+
 class IVONLoRALM(HFLM):
     """lm-eval's ``hf`` model over an ivon-lora run, scoring with the posterior (see the module docstring).
 
-    `run` is a run dir or an already loaded `ivon_lora.rundir.Run` (its model is moved to `device` and holds the
-    posterior mean afterwards).
+    `run` is a run dir or an already loaded `ivon_lora.rundir.Run` (its model is moved to `device`). Each request
+    type (loglikelihood, loglikelihood_rolling, generate_until) runs with the test-time posterior's mean (e.g. after
+    pruning) held in the adapter and gives the model's weights back after, as every evaluation entry point does.
     """
 
     def __init__(self, run, samples: int | None = None, mode: str | None = None, seed: int = 0, prune: float = 0.0,
@@ -128,8 +142,7 @@ class IVONLoRALM(HFLM):
         if getattr(run.model, "hf_quantizer", None) is None:  # a bitsandbytes base was placed when it loaded
             run.model.to(_resolve_device(device))
         posterior = run.posterior.at_test_time(prune, temperature) if has_posterior else None
-        if posterior is not None:
-            posterior.apply_mean(run.model)  # the "mean" is the test-time posterior's (e.g. after pruning)
+        self._posterior = posterior  # the "mean" is the test-time posterior's (e.g. after pruning)
         super().__init__(pretrained=run.model, tokenizer=run.tokenizer, backend="causal", **kwargs)
         self.run = run
         self.num_samples = num_samples
@@ -172,6 +185,10 @@ class IVONLoRALM(HFLM):
             return scored
         return [(float(log_mean_exp(per_sample)), greedy) for per_sample, greedy in scored]
 
+    loglikelihood = _at_test_time_mean(HFLM.loglikelihood)
+    generate_until = _at_test_time_mean(HFLM.generate_until)
+
+    @_at_test_time_mean
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         if self._sampler is None:
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
