@@ -19,6 +19,7 @@ import enum
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 
 import yaml
@@ -149,13 +150,18 @@ class RunArguments:
     protocol: str = field(
         default="ivon-lora", metadata={"help": "Evaluation protocol preset: ivon-lora or blob (see README)."}
     )
-    eval_mc_samples: int = field(default=10, metadata={"help": "Posterior samples S of the final evaluation."})
+    final_eval_samples: int = field(
+        default=10,
+        metadata={"help": "Posterior samples S of the evaluation after training (the reported eval_split); the "
+                          "Trainer's sampled evaluation during training is ivon_eval_mc_samples. Formerly "
+                          "eval_mc_samples."},
+    )
     ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts to report."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
 
     def __post_init__(self):
         _require_choice("objective", self.objective, OBJECTIVES)
-        _require_at_least("eval_mc_samples", self.eval_mc_samples, 0)
+        _require_at_least("final_eval_samples", self.final_eval_samples, 0)
         for bins in self.ece_bins:
             _require_at_least("ece_bins", bins, 1)
 
@@ -330,9 +336,9 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     an error unless overwriting or resuming is asked for. False for the saved recipe of a finished run, which is
     read wherever the run dir now is: its relative data paths may not resolve from here, and nothing reads them.
     """
-    values = read_yaml(path) if path is not None else {}
-    values.update(parse_overrides(list(overrides)))
     where = f" in {path}" if path else ""
+    values = _renamed_keys(read_yaml(path) if path is not None else {}, where)
+    values.update(_renamed_keys(parse_overrides(list(overrides)), " in the overrides"))
     objective = values.get("objective", "choice")
     if objective not in OBJECTIVES:
         raise RecipeError(f"Recipe key 'objective'{where}: {objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -350,6 +356,23 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     if for_training:
         _check_files(recipe)
     return recipe
+
+
+# Recipe keys renamed: old name -> new name. The old name keeps working, with a FutureWarning naming the new one.
+RENAMED_RECIPE_KEYS = {"eval_mc_samples": "final_eval_samples"}
+
+
+def _renamed_keys(values: dict, where: str) -> dict:
+    values = dict(values)
+    for old, new in RENAMED_RECIPE_KEYS.items():
+        if old not in values:
+            continue
+        if new in values:
+            raise RecipeError(f"Recipe keys {old!r} and {new!r}{where}: {old!r} is the old name of {new!r}; keep only {new!r}")
+        warnings.warn(f"Recipe key {old!r}{where} is deprecated: rename it {new!r} (same meaning)", FutureWarning,
+                      stacklevel=3)  # fmt: skip
+        values[new] = values.pop(old)
+    return values
 
 
 def _type_name(annotation) -> str:

@@ -27,7 +27,7 @@ from ivon_lora.sft.data import load_sft_split
 
 def seconds_per_step(recipe_path: str, optim: str, steps: int, output_dir: str, tokenizer, train_rows) -> float:
     overrides = [f"output_dir={output_dir}", f"optim={optim}", f"max_steps={steps}", "overwrite_output_dir=true",
-                 "disable_tqdm=true", "logging_steps=100000", "eval_mc_samples=0"]  # fmt: skip
+                 "disable_tqdm=true", "logging_steps=100000", "final_eval_samples=0"]  # fmt: skip
     recipe = load_recipe(recipe_path, overrides + (["learning_rate=1e-3"] if optim != "ivon" else []))
     model = apply_lora(load_base_model(recipe.model, tokenizer, seed=0), recipe.model)
     trainer = IVONSFTTrainer(model=model, args=recipe.training, train_dataset=train_rows, processing_class=tokenizer)

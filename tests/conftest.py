@@ -39,7 +39,7 @@ def run_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "ivon"
     args = ["train", DEMO, f"output_dir={out}", "max_steps=30", "max_train_samples=256", "max_eval_samples=32",
-            "eval_mc_samples=2", "disable_tqdm=true", "lora_target=[q_proj, v_proj]", "lora_rank=4"]  # fmt: skip
+            "final_eval_samples=2", "disable_tqdm=true", "lora_target=[q_proj, v_proj]", "lora_rank=4"]  # fmt: skip
     assert cli.main(args) == 0
     return str(out)
 

@@ -67,7 +67,7 @@ def test_missing_recipe_file_and_required_keys(tmp_path):
 @pytest.mark.parametrize("optim", ["ivon", "adamw_torch"])
 def test_train_writes_adapter_posterior_metrics_and_recipe(optim, tmp_path, llama_tokenizer):
     out = tmp_path / optim
-    args = ["train", DEMO, f"output_dir={out}", f"optim={optim}", "max_steps=4", "eval_mc_samples=3",
+    args = ["train", DEMO, f"output_dir={out}", f"optim={optim}", "max_steps=4", "final_eval_samples=3",
             "max_train_samples=64", "max_eval_samples=32", "disable_tqdm=true"]  # fmt: skip
     if optim != "ivon":
         args.append("learning_rate=1e-3")
@@ -125,7 +125,7 @@ def test_a_bad_record_fails_before_the_model_loads_and_leaves_no_output_dir(tmp_
 def test_help_keys_lists_the_ivon_and_recipe_keys(capsys):
     assert cli.main(["train", "--help-keys"]) == 0
     listing = capsys.readouterr().out
-    assert "ivon_ess (float | None)" in listing and "lora_target" in listing and "eval_mc_samples" in listing
+    assert "ivon_ess (float | None)" in listing and "lora_target" in listing and "final_eval_samples" in listing
 
 
 def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run_dir, tmp_path, capsys):
@@ -152,3 +152,17 @@ def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run
     (tmp_path / "export.yaml").write_text(f"run_dir: {tmp_path / 'p'}\n")
     assert cli.main(["export", str(tmp_path / "export.yaml"), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "README.md").is_file() and (tmp_path / "x" / "posterior" / "posterior.safetensors").is_file()
+
+
+def test_the_former_name_of_final_eval_samples_works_with_a_warning_naming_the_new_one(tmp_path):
+    with pytest.warns(FutureWarning, match="'eval_mc_samples'.*deprecated: rename it 'final_eval_samples'"):
+        recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3"])
+    assert recipe.run.final_eval_samples == 3 and "eval_mc_samples" not in recipe.resolved()
+    with pytest.raises(RecipeError, match="keys 'eval_mc_samples' and 'final_eval_samples' in the overrides.*keep only"):
+        load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3", "final_eval_samples=4"])
+
+
+def test_an_adamw_recipe_without_learning_rate_gets_transformers_default(tmp_path):
+    recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", "optim=adamw_torch", "learning_rate=null"])
+    assert recipe.training.learning_rate == 5e-5 and recipe.resolved()["learning_rate"] == 5e-5
+    assert load_recipe(DEMO, [f"output_dir={tmp_path}", "learning_rate=null"]).training.learning_rate == 0.03

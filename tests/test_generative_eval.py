@@ -238,7 +238,7 @@ def test_eval_of_a_choice_run_on_wordqa_with_a_temperature_sampling_baseline(run
 def sft_runs(tmp_path_factory):
     """A tiny IVON SFT run and an AdamW SFT run with LoRA dropout (for MC dropout), 4 steps each."""
     root = tmp_path_factory.mktemp("sft")
-    common = ["max_steps=4", "max_train_samples=32", "max_eval_samples=8", "eval_mc_samples=2", "disable_tqdm=true"]
+    common = ["max_steps=4", "max_train_samples=32", "max_eval_samples=8", "final_eval_samples=2", "disable_tqdm=true"]
     assert cli.main(["train", DEMO_SFT, f"output_dir={root / 'ivon'}", *common]) == 0
     assert cli.main(["train", DEMO_SFT, f"output_dir={root / 'adamw'}", "optim=adamw_torch", "learning_rate=0.001",
                      "lora_dropout=0.1", *common]) == 0  # fmt: skip

@@ -122,7 +122,7 @@ def test_out_equal_to_inside_or_containing_an_input_run_is_refused(where, run_di
 # ------------------------------------------------------------------ validate everything first, write nothing
 
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
-SHORT = ["max_steps=4", "max_train_samples=32", "max_eval_samples=16", "eval_mc_samples=2", "disable_tqdm=true",
+SHORT = ["max_steps=4", "max_train_samples=32", "max_eval_samples=16", "final_eval_samples=2", "disable_tqdm=true",
          "lora_rank=2"]  # fmt: skip
 
 
@@ -130,7 +130,7 @@ SHORT = ["max_steps=4", "max_train_samples=32", "max_eval_samples=16", "eval_mc_
     "override, key",
     [("learning_rate=-1", "learning_rate"), ("ivon_ess=0", "ivon_ess"), ("ivon_beta2=1.5", "ivon_beta2"),
      ("ivon_hess_init=0", "ivon_hess_init"), ("lora_target=[]", "lora_target"), ("lora_target=[q_prj]", "lora_target"),
-     ("eval_mc_samples=-1", "eval_mc_samples"), ("max_steps=0", "max_steps"), ("max_length=0", "max_length"),
+     ("final_eval_samples=-1", "final_eval_samples"), ("max_steps=0", "max_steps"), ("max_length=0", "max_length"),
      ("resume_from_checkpoint=nowhere/checkpoint-3", "resume_from_checkpoint")],
 )  # fmt: skip
 def test_a_bad_recipe_value_names_its_key_and_writes_nothing(override, key, tmp_path, capsys):

@@ -43,7 +43,7 @@ PACKAGED_FAMILIES = {"builtin:smollm2-135m": "qwen2.5"}
 PAPER_PROTOCOL = {
     "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_target": ["q_proj", "v_proj"], "quantization_bit": 8,
     "per_device_train_batch_size": 4, "max_steps": 10000, "lr_scheduler_type": "linear", "warmup_steps": 0,
-    "max_grad_norm": 0.0, "max_length": 320, "weight_decay": 0.0, "eval_mc_samples": 10,
+    "max_grad_norm": 0.0, "max_length": 320, "weight_decay": 0.0, "final_eval_samples": 10,
 }  # fmt: skip
 PAPER_IVON_SHARED = {
     "learning_rate": 0.03, "ivon_clip_radius": 1e-3, "ivon_beta2": 0.99999, "ivon_rescale_lr": False, "train_mc_samples": 1

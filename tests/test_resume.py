@@ -14,7 +14,7 @@ DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
 # Dropout and gradient accumulation make the test also cover the RNG streams and the data order.
 SETTINGS = ["max_steps=6", "save_strategy=steps", "save_steps=3", "per_device_train_batch_size=4",
             "gradient_accumulation_steps=2", "lora_dropout=0.1", "max_train_samples=64", "max_eval_samples=16",
-            "eval_mc_samples=2", "disable_tqdm=true", "logging_steps=1"]  # fmt: skip
+            "final_eval_samples=2", "disable_tqdm=true", "logging_steps=1"]  # fmt: skip
 
 
 class Killed(Exception):

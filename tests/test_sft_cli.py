@@ -19,7 +19,7 @@ DEMO_SFT = os.path.join(ROOT, "recipes", "demo-sft.yaml")
 def sft_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "ivon"
     args = ["train", DEMO_SFT, f"output_dir={out}", "max_steps=6", "max_train_samples=48", "max_eval_samples=12",
-            "eval_mc_samples=3", "disable_tqdm=true"]  # fmt: skip
+            "final_eval_samples=3", "disable_tqdm=true"]  # fmt: skip
     assert cli.main(args) == 0
     return str(out)
 

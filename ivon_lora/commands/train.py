@@ -170,7 +170,7 @@ def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_ex
     # The reported numbers come from the saved artifact, so they are what a user reloading it gets. Every rank
     # scores its shard of the examples; all of them receive the gathered probabilities.
     posterior = Posterior.load(final_dir) if trainer.ivon_optimizer is not None else None
-    num_samples = run_args.eval_mc_samples if posterior is not None else 0
+    num_samples = run_args.final_eval_samples if posterior is not None else 0
     predictions = predict(
         trainer.accelerator.unwrap_model(trainer.model),
         tokenizer,
@@ -249,7 +249,7 @@ def _run_sft(recipe) -> dict:
         trainer.accelerator.wait_for_everyone()
         # Scored from the saved artifact, as a user reloading it gets it.
         posterior = Posterior.load(final_dir) if trainer.ivon_optimizer is not None else None
-        num_samples = run_args.eval_mc_samples if posterior is not None else 0
+        num_samples = run_args.final_eval_samples if posterior is not None else 0
         model = trainer.accelerator.unwrap_model(trainer.model)
         metrics = predictive_losses(model, trainer.evaluation_batches(), posterior, num_samples,
                                     run_args.eval_seed, gather=trainer.accelerator.gather_for_metrics)  # fmt: skip

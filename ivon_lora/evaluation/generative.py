@@ -591,7 +591,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
         if split not in task.splits:
             raise UsageError(f"--split: task {name!r} has no split {split!r}; available: {', '.join(task.splits)}")
         splits[name] = split
-    num_samples = options.samples if options.samples is not None else (recipe.run.eval_mc_samples if recipe else 10)
+    num_samples = options.samples if options.samples is not None else (recipe.run.final_eval_samples if recipe else 10)
     first_split = splits[next(iter(tasks))]
     out = options.out or os.path.join(options.run_dir, f"eval-{first_split}")  # the one output inside an input
     inputs = {"run dir": options.run_dir, "baseline": options.baseline}

@@ -68,7 +68,7 @@ def run_sft_eval(options, described: list[dict]) -> dict:
     check_new_output_dir(out, options.overwrite)
     split = load_sft_split(data.dataset, split_name, data_file, config_name=data.dataset_config,
                            max_samples=options.limit)  # fmt: skip
-    num_samples = recipe.run.eval_mc_samples if options.samples is None else options.samples
+    num_samples = recipe.run.final_eval_samples if options.samples is None else options.samples
     fraction, temperature = options.prune_fractions[0], options.temperatures[0]
     result = {"objective": "sft", "split": split_name, "data": split.as_dict(), "runs": {}}
     for run_description in described:
