@@ -490,3 +490,21 @@ def test_default_foreach_asks_torch_which_devices_have_foreach_kernels(monkeypat
     assert not ivon_module._default_foreach([cpu]) and not ivon_module._default_foreach([meta])
     monkeypatch.setattr(ivon_module, "_get_foreach_kernels_supported_devices", lambda: ["meta"])
     assert ivon_module._default_foreach([meta]) and not ivon_module._default_foreach([meta, cpu])
+
+
+def test_the_noise_and_data_parallel_helpers_use_ivons_sampling_state_not_its_private_members():
+    """_rng and _distributed read and write the SamplingState that IVON owns, never IVON's own attributes."""
+    import ast
+    import os
+
+    from ivon_lora.optim import _distributed, _rng
+
+    for module in (_rng, _distributed):
+        tree = ast.parse(open(module.__file__).read())
+        touched = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                          and isinstance(node.value, ast.Name) and node.value.id in ("optimizer", "ivon", "self")
+                          and node.attr.startswith("_")})  # fmt: skip
+        assert touched == [], f"{os.path.basename(module.__file__)} touches {touched}"
+    optimizer = IVON([torch.nn.Parameter(torch.zeros(3))], lr=0.1, ess=10.0, seed=5)
+    assert isinstance(optimizer._sampling_state, _rng.SamplingState) and optimizer._sampling_state.seed == 5
+    assert set(optimizer.state_dict()["ivon"]) == {"seed", "generator_states"}  # the format is unchanged

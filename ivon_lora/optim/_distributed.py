@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from .ivon import IVON, _Bucket
+    from ._rng import SamplingState
+    from .ivon import _Bucket
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def resolve_data_parallel(data_parallel: bool | None, process_group: Any) -> Dat
 
 
 @torch.no_grad()
-def all_reduce_samples(optimizer: IVON, buckets: list[_Bucket], dp: DataParallel) -> int:
+def all_reduce_samples(state: SamplingState, buckets: list[_Bucket], dp: DataParallel, devices: list[str]) -> int:
     """Sum the recorded ``g`` and ``eps * g`` over the ranks; return the number of samples of all ranks.
 
     One all-reduce per bucket, of one flat buffer ``[grad_sum | nxg_sum | rows]`` (as DDP buckets its
@@ -52,9 +53,10 @@ def all_reduce_samples(optimizer: IVON, buckets: list[_Bucket], dp: DataParallel
     (sample count, checksum of grad_sum, the device's generator state). Summed, the rows are an all-gather
     for free: every rank learns every rank's count (so that all raise together if they differ), whether the
     gradients were already identical (averaged twice), and the generator states that rank 0's state_dict()
-    saves. Small integers and bytes are exact in float32/float64, and a sum with zeros is exact.
+    saves. Small integers and bytes are exact in float32/float64, and a sum with zeros is exact. ``devices``: the
+    optimizer's devices, in order (the generators' seeds depend on it).
     """
-    count = optimizer._num_pending_samples
+    count = state.num_pending_samples
     first_bucket = {}
     for index, bucket in enumerate(buckets):
         first_bucket.setdefault(str(bucket.device), index)
@@ -67,7 +69,7 @@ def all_reduce_samples(optimizer: IVON, buckets: list[_Bucket], dp: DataParallel
         numel = bucket.grad_sum.numel()
         generator_state = None
         if first_bucket[str(bucket.device)] == index:
-            generator_state = optimizer._generator(bucket.device).get_state()
+            generator_state = state.generator(bucket.device, devices, dp.rank).get_state()
         width = 2 + generator_state.numel() if generator_state is not None else 0
         buffer = bucket.sync_buffer(2 * numel + dp.world_size * width)
         buffer[:numel].copy_(bucket.grad_sum)
@@ -90,7 +92,7 @@ def all_reduce_samples(optimizer: IVON, buckets: list[_Bucket], dp: DataParallel
     first_rows = next(iter(rows_by_device.values()))
     counts, checksums = first_rows[:, 0].tolist(), first_rows[:, 1].tolist()
     if len(set(counts)) > 1:
-        optimizer._num_pending_samples = 0  # the sums are now a mix of the ranks' samples: discard them
+        state.num_pending_samples = 0  # the sums are now a mix of the ranks' samples: discard them
         raise RuntimeError(
             f"IVON.step(): the data-parallel ranks recorded different numbers of samples since the last step "
             f"({dict(enumerate(int(c) for c in counts))} by rank). Every rank must run the same number of "
@@ -101,8 +103,8 @@ def all_reduce_samples(optimizer: IVON, buckets: list[_Bucket], dp: DataParallel
             "IVON.step() found no recorded sample. Run the forward and backward pass inside "
             "`with optimizer.sampled_params(train=True):` before calling step(), or pass a closure."
         )
-    if len(set(checksums)) == 1 and checksums[0] != 0 and not optimizer._warned_presynced_grads:
-        optimizer._warned_presynced_grads = True
+    if len(set(checksums)) == 1 and checksums[0] != 0 and not state.warned_presynced_grads:
+        state.warned_presynced_grads = True
         warnings.warn(
             f"IVON.step(): the recorded gradients are identical on all {dp.world_size} ranks although every rank "
             "draws its own noise: were they already averaged across ranks, e.g. by DistributedDataParallel? IVON "
@@ -111,9 +113,8 @@ def all_reduce_samples(optimizer: IVON, buckets: list[_Bucket], dp: DataParallel
             "data_parallel=False and the same seed on every rank to let DDP average one shared sample instead.",
             stacklevel=3,
         )
-    devices = optimizer._devices()
     gathered = [
         [rows_by_device[key][rank, 2:].to(torch.uint8) for key in devices] for rank in range(dp.world_size)
     ]
-    optimizer._rank_generator_states = (optimizer._num_draws, gathered)
+    state.rank_generator_states = (state.num_draws, gathered)
     return int(sum(counts))

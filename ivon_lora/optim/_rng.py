@@ -2,13 +2,16 @@
 
 One ``torch.Generator`` per device, seeded from the optimizer's seed, the device's position among its devices
 and the data-parallel rank. The state_dict hooks here carry every generator (and, under data parallelism, every
-rank's, gathered by ``step()``'s all-reduce) so that a resumed run draws the same noise.
+rank's, gathered by ``step()``'s all-reduce) so that a resumed run draws the same noise. All of it lives in one
+``SamplingState`` that the optimizer owns; the functions here and in ``_distributed.py`` read and write that object,
+never the optimizer's attributes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,7 +19,6 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from ._distributed import DataParallel
-    from .ivon import IVON
 
 
 def derive_seed(seed: int, device_ordinal: int, rank: int = 0) -> int:
@@ -31,23 +33,54 @@ def derive_seed(seed: int, device_ordinal: int, rank: int = 0) -> int:
     return int.from_bytes(digest, "little")
 
 
-def save_generator_states(optimizer: IVON, state_dict: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class SamplingState:
+    """IVON's optimizer-wide sampling state (the per-parameter state is ``step``, ``momentum``, ``hess``)."""
+
+    seed: int
+    generators: dict[str, torch.Generator] = field(default_factory=dict)  # by device, created at first use
+    num_pending_samples: int = 0  # samples recorded by sampled_params(train=True) since the last step()
+    active: bool = False  # a sampled_params() context holds a sample in the parameters
+    num_draws: int = 0  # sampled_params() contexts entered: tells whether rank_generator_states is current
+    # Data parallel: every rank's generator states (by rank, in device order) as of the last step(), with the
+    # num_draws they belong to. Gathered by step()'s all-reduce, so that rank 0's state_dict() holds the generator
+    # states of all ranks without a collective of its own.
+    rank_generator_states: tuple[int, list[list[Tensor]]] | None = None
+    warned_presynced_grads: bool = False
+
+    def generator(self, device: torch.device, devices: list[str], rank: int) -> torch.Generator:
+        """The generator of ``device``, the ``devices.index(device)``-th of the optimizer's devices, on ``rank``."""
+        key = str(device)
+        if key not in self.generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(derive_seed(self.seed, devices.index(key), rank))
+            self.generators[key] = generator
+        return self.generators[key]
+
+    def restart(self, seed: int) -> None:
+        """Forget the generators (and gathered states): the next draws start fresh streams from ``seed``."""
+        self.seed = seed
+        self.generators = {}
+        self.rank_generator_states = None
+        self.num_draws = 0
+
+
+def save_generator_states(state: SamplingState, dp: DataParallel | None, state_dict: dict[str, Any]) -> dict[str, Any]:
     saved = {
-        "seed": optimizer._seed,
-        "generator_states": {key: gen.get_state() for key, gen in optimizer._generators.items()},
+        "seed": state.seed,
+        "generator_states": {key: gen.get_state() for key, gen in state.generators.items()},
     }
-    dp = optimizer._data_parallel_state()
     if dp is not None:
         # The Trainer (like most code) saves the optimizer from rank 0 only, so this must not need a
         # collective: the other ranks' states come from the last step()'s all-reduce.
         saved["world_size"] = dp.world_size
-        gathered = optimizer._rank_generator_states
-        if optimizer._num_draws != (gathered[0] if gathered is not None else 0):
+        gathered = state.rank_generator_states
+        if state.num_draws != (gathered[0] if gathered is not None else 0):
             warnings.warn(
                 "IVON drew noise since its last step() (e.g. sampled_params(train=False) for evaluation): the "
                 "state_dict holds every rank's generator state as of that step, so a run resumed from it draws "
                 "other (equally valid) noise than this one. Save right after step() for a bitwise resume.",
-                stacklevel=2,
+                stacklevel=3,
             )
         if gathered is not None:
             saved["generator_states_by_rank"] = [[s.cpu() for s in states] for states in gathered[1]]
@@ -55,31 +88,28 @@ def save_generator_states(optimizer: IVON, state_dict: dict[str, Any]) -> dict[s
     return state_dict
 
 
-def load_generator_states(optimizer: IVON, state_dict: dict[str, Any]) -> dict[str, Any]:
+def load_generator_states(state: SamplingState, dp: DataParallel | None, devices: list[str],
+                          state_dict: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     state_dict = dict(state_dict)
     saved = state_dict.pop("ivon", None)
     if saved is not None:
-        optimizer._seed = int(saved["seed"])
-        optimizer._generators = {}
-        optimizer._rank_generator_states = None
-        optimizer._num_draws = 0
-        dp = optimizer._data_parallel_state()
+        state.restart(int(saved["seed"]))
         if dp is None:
-            set_generator_states(optimizer, saved["generator_states"])
+            set_generator_states(state, saved["generator_states"], devices, rank=0)
         else:
-            set_rank_generator_states(optimizer, saved, dp)
+            set_rank_generator_states(state, saved, dp, devices)
     # Samples recorded before loading belong to the old trajectory.
-    optimizer._num_pending_samples = 0
+    state.num_pending_samples = 0
     return state_dict
 
 
-def set_generator_states(optimizer: IVON, states: dict[str, Tensor]) -> None:
+def set_generator_states(state: SamplingState, states: dict[str, Tensor], devices: list[str], rank: int) -> None:
     for key, generator_state in states.items():
         # Loaders such as Accelerate move optimizer state to the accelerator; set_state needs a CPU tensor.
-        optimizer._generator(torch.device(key)).set_state(generator_state.cpu())
+        state.generator(torch.device(key), devices, rank).set_state(generator_state.cpu())
 
 
-def set_rank_generator_states(optimizer: IVON, saved: dict[str, Any], dp: DataParallel) -> None:
+def set_rank_generator_states(state: SamplingState, saved: dict[str, Any], dp: DataParallel, devices: list[str]) -> None:
     """Give this rank its own saved generator states; a rank with none saved starts its own fresh stream.
 
     A checkpoint of a single process (or of a data-parallel run before its first step) has only rank 0's
@@ -93,21 +123,21 @@ def set_rank_generator_states(optimizer: IVON, saved: dict[str, Any], dp: DataPa
             f"ranks below {min(saved_world_size, dp.world_size)} continue their saved noise streams and the "
             "others start fresh ones. The noise stays independent across ranks, but the run is not a bitwise "
             "continuation of the saved one.",
-            stacklevel=3,
+            stacklevel=4,
         )
     if by_rank is None:
         if dp.rank == 0:
-            set_generator_states(optimizer, saved["generator_states"])
+            set_generator_states(state, saved["generator_states"], devices, dp.rank)
         return
     if dp.rank < len(by_rank):
-        devices, states = optimizer._devices(), by_rank[dp.rank]
+        states = by_rank[dp.rank]
         if len(states) != len(devices):
             raise ValueError(
                 f"The IVON state has generator states for {len(states)} device(s) per rank, but this optimizer's "
                 f"parameters are on {len(devices)}: {devices}. Load it into the same model placement."
             )
         for key, generator_state in zip(devices, states):
-            optimizer._generator(torch.device(key)).set_state(generator_state.cpu())
+            state.generator(torch.device(key), devices, dp.rank).set_state(generator_state.cpu())
     if len(by_rank) == dp.world_size:
         # Keep them, so that a state_dict() taken before the next step() saves them again.
-        optimizer._rank_generator_states = (0, by_rank)
+        state.rank_generator_states = (0, by_rank)

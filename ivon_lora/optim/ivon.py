@@ -40,7 +40,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
 from ._distributed import DataParallel, all_reduce_samples, resolve_data_parallel
-from ._rng import derive_seed, load_generator_states, save_generator_states, set_generator_states
+from ._rng import SamplingState, load_generator_states, save_generator_states, set_generator_states
 
 __all__ = ["IVON", "ivon"]
 
@@ -218,52 +218,51 @@ class IVON(Optimizer):
         )
         # Only the generators' seed and mc_samples are optimizer-wide; every other hyperparameter can be set per group.
         # torch.initial_seed() reads the global seed without drawing from the global generator.
-        self._seed = torch.initial_seed() if seed is None else seed
         self._data_parallel = data_parallel
         self._process_group = process_group
-        self._init_transient_attributes()
+        self._init_transient_attributes(torch.initial_seed() if seed is None else seed)
         super().__init__(params, defaults)
         self._register_hooks()
 
-    def _init_transient_attributes(self) -> None:
-        self._generators: dict[str, torch.Generator] = {}
+    def _init_transient_attributes(self, seed: int) -> None:
+        # The noise generators, their seed and the sampling flags: one object, which _rng and _distributed use.
+        self._sampling_state = SamplingState(seed)
         self._buckets: list[_Bucket] | None = None
-        self._num_pending_samples = 0
-        self._sampling = False
         self._dp: DataParallel | None | object = _UNRESOLVED
-        self._num_draws = 0  # sampled_params() contexts entered: tells whether the snapshot below is current
-        # Data parallel: every rank's generator states (by rank, in device order) as of the last step(), with
-        # the _num_draws they belong to. Gathered by step()'s all-reduce, so that rank 0's state_dict() holds
-        # the generator states of all ranks without a collective of its own.
-        self._rank_generator_states: tuple[int, list[list[Tensor]]] | None = None
-        self._warned_presynced_grads = False
 
     def _register_hooks(self) -> None:
-        self.register_state_dict_post_hook(save_generator_states)
-        self.register_load_state_dict_pre_hook(load_generator_states)
+        self.register_state_dict_post_hook(IVON._save_sampling_state)
+        self.register_load_state_dict_pre_hook(IVON._load_sampling_state)
+
+    def _save_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return save_generator_states(self._sampling_state, self._data_parallel_state(), state_dict)
+
+    def _load_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return load_generator_states(self._sampling_state, self._data_parallel_state(), self._devices(), state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_seed"] = self._seed
+        state["_seed"] = self._sampling_state.seed
         state["_data_parallel"] = self._data_parallel  # a process group cannot be pickled: None after unpickling
-        state["_generator_states"] = {key: gen.get_state() for key, gen in self._generators.items()}
+        state["_generator_states"] = {key: gen.get_state() for key, gen in self._sampling_state.generators.items()}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         generator_states = state.pop("_generator_states", {})
+        seed = state.pop("_seed", None)
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("mean_weight_decay", None)
             group.setdefault("foreach", None)
         # load_state_dict() also lands here, with only the state and the param groups: the attributes that
         # __getstate__ leaves out are rebuilt only when unpickling.
-        if "_generators" not in self.__dict__:
-            self.__dict__.setdefault("_seed", torch.initial_seed())
+        if "_sampling_state" not in self.__dict__:
             self.__dict__.setdefault("_data_parallel", None)
             self.__dict__.setdefault("_process_group", None)
-            self._init_transient_attributes()
+            self._init_transient_attributes(torch.initial_seed() if seed is None else seed)
             self._register_hooks()
-            set_generator_states(self, generator_states)
+            dp = self._data_parallel_state()
+            set_generator_states(self._sampling_state, generator_states, self._devices(), dp.rank if dp else 0)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group_index = len(self.param_groups)
@@ -313,13 +312,8 @@ class IVON(Optimizer):
         return list(dict.fromkeys(str(p.device) for g in self.param_groups for p in g["params"]))
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            dp = self._data_parallel_state()
-            generator = torch.Generator(device=device)
-            generator.manual_seed(derive_seed(self._seed, self._devices().index(key), dp.rank if dp else 0))
-            self._generators[key] = generator
-        return self._generators[key]
+        dp = self._data_parallel_state()
+        return self._sampling_state.generator(device, self._devices(), dp.rank if dp else 0)
 
     # ------------------------------------------------------------------------------- data parallelism
 
@@ -340,7 +334,7 @@ class IVON(Optimizer):
     @property
     def num_pending_samples(self) -> int:
         """Samples recorded by ``sampled_params(train=True)`` since the last ``step()``."""
-        return self._num_pending_samples
+        return self._sampling_state.num_pending_samples
 
     @torch.no_grad()
     def posterior_variance(self) -> list[Tensor]:
@@ -384,15 +378,16 @@ class IVON(Optimizer):
 
         With ``train=False`` (evaluation with posterior samples) nothing is recorded.
         """
-        if self._sampling:
+        sampling = self._sampling_state
+        if sampling.active:
             raise RuntimeError(
                 "IVON.sampled_params() is already active: the parameters already hold a sample. "
                 "Exit the outer context before entering another one."
             )
-        self._sampling = True
+        sampling.active = True
         try:
             buckets = self._get_buckets()
-            self._num_draws += 1
+            sampling.num_draws += 1
             self._perturb(buckets)
             try:
                 yield
@@ -401,7 +396,7 @@ class IVON(Optimizer):
             finally:
                 self._restore(buckets)
         finally:
-            self._sampling = False
+            sampling.active = False
 
     # The foreach path works operation by operation on whole buckets: one noise draw and few kernel launches
     # per bucket, what accelerators want. The for-loop path runs all operations on one parameter before
@@ -447,7 +442,7 @@ class IVON(Optimizer):
     def _record(self, buckets: list[_Bucket]) -> None:
         if any(p.grad is not None and p.grad.is_sparse for bucket in buckets for p in bucket.params):
             raise RuntimeError("IVON does not support sparse gradients.")
-        first_sample = self._num_pending_samples == 0
+        first_sample = self._sampling_state.num_pending_samples == 0
         for bucket in buckets:
             with_grad = [i for i, p in enumerate(bucket.params) if p.grad is not None]
             grads = [bucket.params[i].grad for i in with_grad]
@@ -482,7 +477,7 @@ class IVON(Optimizer):
                 bucket.swap_noise_and_nxg_sum()
             for p in bucket.params:
                 p.grad = None
-        self._num_pending_samples += 1
+        self._sampling_state.num_pending_samples += 1
 
     # ------------------------------------------------------------------------------------------ step
 
@@ -496,7 +491,7 @@ class IVON(Optimizer):
                 inside ``sampled_params(train=True)``, and the mean of its returned losses is returned.
                 Without a closure, the samples must have been recorded with ``sampled_params(train=True)``.
         """
-        if self._sampling:
+        if self._sampling_state.active:
             raise RuntimeError(
                 "IVON.step() was called inside sampled_params(): the parameters hold a sample, not the "
                 "means. Call step() after the context has exited."
@@ -515,14 +510,14 @@ class IVON(Optimizer):
         dp = self._data_parallel_state()
         if dp is not None:
             # Every rank joins the all-reduce, even one without samples: the error is raised on all of them.
-            num_samples = all_reduce_samples(self, buckets, dp)
-        elif self._num_pending_samples == 0:
+            num_samples = all_reduce_samples(self._sampling_state, buckets, dp, self._devices())
+        elif self._sampling_state.num_pending_samples == 0:
             raise RuntimeError(
                 "IVON.step() found no recorded sample. Run the forward and backward pass inside "
                 "`with optimizer.sampled_params(train=True):` before calling step(), or pass a closure."
             )
         else:
-            num_samples = self._num_pending_samples
+            num_samples = self._sampling_state.num_pending_samples
 
         for group_index, group in enumerate(self.param_groups):
             params, grad_sums, nxg_sums, momentums, hessians, state_steps = [], [], [], [], [], []
@@ -556,7 +551,7 @@ class IVON(Optimizer):
                 clip_radius=group["clip_radius"],
                 rescale_lr=group["rescale_lr"],
             )
-        self._num_pending_samples = 0
+        self._sampling_state.num_pending_samples = 0
         return loss
 
 
