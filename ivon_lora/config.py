@@ -368,7 +368,9 @@ def _renamed_keys(values: dict, where: str) -> dict:
         if old not in values:
             continue
         if new in values:
-            raise RecipeError(f"Recipe keys {old!r} and {new!r}{where}: {old!r} is the old name of {new!r}; keep only {new!r}")
+            raise RecipeError(
+                f"Recipe keys {old!r} and {new!r}{where}: {old!r} is the old name of {new!r}; keep only {new!r}"
+            )
         warnings.warn(f"Recipe key {old!r}{where} is deprecated: rename it {new!r} (same meaning)", FutureWarning,
                       stacklevel=3)  # fmt: skip
         values[new] = values.pop(old)

@@ -95,21 +95,13 @@ def render_prompts(
 
 @contextmanager
 def _holding_mean(model, posterior):
-    """The posterior's mean in the model's adapter (e.g. a pruned mean); the previous weights return after."""
+    """The posterior's mean in the model's adapter (e.g. a pruned mean); the previous weights return after
+    (`Posterior.holding_mean`, the one implementation of that contract)."""
     if posterior is None:
         yield
         return
-    pairs = posterior.bind(model)
-    saved = [p.detach().clone() for _, p in pairs]
-    try:
-        with torch.no_grad():
-            for key, p in pairs:
-                p.copy_(posterior.mean[key])
+    with posterior.holding_mean(model):
         yield
-    finally:
-        with torch.no_grad():
-            for (_, p), before in zip(pairs, saved):
-                p.copy_(before)
 
 
 def _stop_ids(model, tokenizer, generate_kwargs: dict) -> list[int]:

@@ -158,7 +158,7 @@ def test_the_former_name_of_final_eval_samples_works_with_a_warning_naming_the_n
     with pytest.warns(FutureWarning, match="'eval_mc_samples'.*deprecated: rename it 'final_eval_samples'"):
         recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3"])
     assert recipe.run.final_eval_samples == 3 and "eval_mc_samples" not in recipe.resolved()
-    with pytest.raises(RecipeError, match="keys 'eval_mc_samples' and 'final_eval_samples' in the overrides.*keep only"):
+    with pytest.raises(RecipeError, match="'eval_mc_samples' and 'final_eval_samples' in the overrides.*keep only"):
         load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3", "final_eval_samples=4"])
 
 

@@ -329,7 +329,8 @@ def test_learning_rate_defaults_to_ivons_only_with_ivon(tmp_path):
     (an AdamW baseline without an explicit lr must not train at IVON's)."""
     assert IVONTrainingArguments(output_dir=str(tmp_path)).learning_rate == 0.03
     assert IVONTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").learning_rate == 5e-5
-    assert IVONTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch", learning_rate=1e-3).learning_rate == 1e-3
+    adamw = IVONTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch", learning_rate=1e-3)
+    assert adamw.learning_rate == 1e-3
     assert IVONTrainingArguments(output_dir=str(tmp_path), learning_rate=0.5).learning_rate == 0.5
 
 

@@ -109,7 +109,9 @@ def set_generator_states(state: SamplingState, states: dict[str, Tensor], device
         state.generator(torch.device(key), devices, rank).set_state(generator_state.cpu())
 
 
-def set_rank_generator_states(state: SamplingState, saved: dict[str, Any], dp: DataParallel, devices: list[str]) -> None:
+def set_rank_generator_states(
+    state: SamplingState, saved: dict[str, Any], dp: DataParallel, devices: list[str]
+) -> None:
     """Give this rank its own saved generator states; a rank with none saved starts its own fresh stream.
 
     A checkpoint of a single process (or of a data-parallel run before its first step) has only rank 0's

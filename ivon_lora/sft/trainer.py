@@ -91,17 +91,19 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
         if eval_dataset is None:
             eval_dataset = self.eval_dataset
             if isinstance(eval_dataset, dict):  # TRL's dict of named evaluation sets, each prepared at init
+                names = ", ".join(map(str, eval_dataset))
                 raise ValueError(
-                    f"This trainer has {len(eval_dataset)} named evaluation datasets ({', '.join(map(str, eval_dataset))}): "
-                    "pass the one to evaluate, or its name."
+                    f"This trainer has {len(eval_dataset)} named evaluation datasets ({names}): pass the one to "
+                    "evaluate, or its name."
                 )
             return eval_dataset
         if isinstance(eval_dataset, str):
             return self.eval_dataset[eval_dataset]
         if isinstance(eval_dataset, dict):
+            names = ", ".join(map(str, eval_dataset))
             raise ValueError(
-                f"Pass one evaluation dataset, not a dict of {len(eval_dataset)} ({', '.join(map(str, eval_dataset))}): "
-                "evaluate() evaluates each of them under its own prefix."
+                f"Pass one evaluation dataset, not a dict of {len(eval_dataset)} ({names}): evaluate() evaluates each "
+                "of them under its own prefix."
             )
         if self._skip_prepare_dataset:
             return eval_dataset

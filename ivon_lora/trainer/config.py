@@ -43,8 +43,9 @@ class IVONTrainingArguments(TrainingArguments):
     )
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": f"Initial learning rate. Unset: {IVON_DEFAULT_LEARNING_RATE} (IVON-LoRA's) with optim='ivon', "
-                          "else the base config's default (TrainingArguments' 5e-5, TRL SFTConfig's 2e-5)."},
+        metadata={"help": f"Initial learning rate. Unset: {IVON_DEFAULT_LEARNING_RATE} (IVON-LoRA's) with "
+                          "optim='ivon', else the base config's default (TrainingArguments' 5e-5, TRL SFTConfig's "
+                          "2e-5)."},
     )
     ivon_ess: float | None = field(
         default=None,
