@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_ECE_BINS = (10, 15)
+from ..registry import Registry
+from ..vocabulary import DEFAULT_ECE_BINS
+
 DEFAULT_RISK_LEVELS = (0.01, 0.05, 0.1)
 # Where a confidence on a bin edge goes: ece_edges name -> the bins it makes (recorded in every report).
 BIN_EDGES = {"right": "(lo, hi]", "left": "[lo, hi), a confidence of 1 in a bin of its own (torchmetrics)"}
@@ -122,15 +124,12 @@ class Metric:
         return self.read(metrics) if self.read is not None else metrics.get(column)
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(metric: Metric) -> Metric:
     """Add `metric` to the registry (its name must be new); every report shows it from then on."""
-    if metric.name in METRICS:
-        raise ValueError(f"A metric named {metric.name!r} is already registered")
-    METRICS[metric.name] = metric
-    return metric
+    return METRICS.register(metric.name, metric)
 
 
 def metric_of(column: str) -> Metric:

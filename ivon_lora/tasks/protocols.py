@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 from ..choice.example import ChoiceExample
-from .base import LETTERS, RecordError, Task, unknown_name
+from ..registry import Registry
+from .base import LETTERS, RecordError, Task
 
 # The tasks whose questions have a varying number of choices, which the 4-choice subset concerns.
 CHOICE_SUBSET_FAMILIES = frozenset({"arc", "openbookqa"})
@@ -102,8 +103,8 @@ class Protocol:
 
 
 DEFAULT_PROTOCOL = "ivon-lora"
-PROTOCOLS: dict[str, Protocol] = {
-    protocol.name: protocol
+PROTOCOLS: Registry[Protocol] = Registry("protocol", (
+    (protocol.name, protocol)
     for protocol in (
         Protocol(
             "ivon-lora",
@@ -136,10 +137,8 @@ PROTOCOLS: dict[str, Protocol] = {
             ),
         ),
     )
-}
+))
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise unknown_name("protocol", name, PROTOCOLS)
-    return PROTOCOLS[name]
+    return PROTOCOLS.get(name)
