@@ -204,14 +204,6 @@ def test_the_optimizer_imports_no_hugging_face_package():
     assert "torch" in external["ivon_lora.optim.ivon"]
 
 
-def test_artifact_names_are_pefts():
-    from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
-
-    from ivon_lora import artifacts
-
-    assert (artifacts.ADAPTER_CONFIG_NAME, artifacts.ADAPTER_WEIGHTS_NAME) == (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
-
-
 @pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["prune", "--help"]])
 def test_help_imports_no_hugging_face_package_and_no_bitsandbytes(argv):
     """bitsandbytes (pulled in by transformers -> peft) prints kernel warnings at import on some CPUs."""
