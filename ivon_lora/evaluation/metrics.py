@@ -9,10 +9,11 @@ it, and eval.json, eval.md, train's metrics.json, the model card, the sweep tabl
 
 All values are fractions (multiply by 100 for the papers' tables). ECE uses equal-width bins over the
 confidence (the max probability), weighted by each bin's share of examples. Where a confidence on a bin edge goes
-is the protocol's `ece_edges` (`BIN_EDGES`): "right", bins (lo, hi] (IVON-LoRA's notes; the default), or "left",
+is the protocol's `ece_edges` (`BIN_EDGES`): "right", bins (lo, hi] (IVON-LoRA's; the default), or "left",
 bins [lo, hi) as torchmetrics (and so BLoB) bins, where a confidence of exactly 1 is a bin of its own. Exact ties
 (a 2-way tie at 0.5, a 3-way tie at 1/3 under 15 bins, common in bf16) change bins between the two. Brier is the squared
-error summed over the K classes (not divided by K), averaged over examples (ivon-notes §3).
+error summed over the K classes (not divided by K), averaged over examples (as IVON-LoRA reports it, Cong et al.,
+arXiv 2411.04421).
 """
 
 from __future__ import annotations
