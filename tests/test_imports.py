@@ -204,6 +204,7 @@ def test_the_optimizer_imports_no_hugging_face_package():
     assert "torch" in external["ivon_lora.optim.ivon"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["prune", "--help"]])
 def test_help_imports_no_hugging_face_package_and_no_bitsandbytes(argv):
     """bitsandbytes (pulled in by transformers -> peft) prints kernel warnings at import on some CPUs."""

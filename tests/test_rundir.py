@@ -78,6 +78,7 @@ def test_load_run_rebuilds_the_model_adapter_and_posterior(tiny_run):
     assert set(loaded) == set(mean) and all(torch.equal(loaded[key].detach(), value) for key, value in mean.items())
 
 
+@pytest.mark.slow
 def test_loading_a_run_for_inference_imports_no_training_code(tiny_run):
     """`load_run` (and describe_run) read the saved recipe's model, data and run keys; the training arguments, hence
     transformers' Trainer / TrainingArguments and TRL, are imported only when something reads them."""
