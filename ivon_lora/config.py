@@ -2,10 +2,11 @@
 
 `ivon-lora train` reads a recipe (`ModelArguments`, `DataArguments`, `RunArguments`, `IVONTrainingArguments`);
 eval, prune, export, inspect and generate read `EvalConfig`, `PruneConfig`, `ExportConfig`, `InspectConfig`,
-`GenerateConfig` the same way, from a YAML file, key=value overrides and their flags. A small pre-pass (`check_values`) reports unknown keys with a "did you mean" and
-wrong types naming the key, and accepts YAML's string spellings of floats (`1e6`); HfArgumentParser's
-`parse_dict` then builds the dataclasses. Everything a config can get wrong (unknown key, wrong type, missing
-file, an output_dir holding a previous result) is reported here, naming the key, before any model or data loads.
+`GenerateConfig` the same way, from a YAML file, key=value overrides and their flags. A small pre-pass
+(`check_values`) reports unknown keys with a "did you mean" and wrong types naming the key, and accepts YAML's string
+spellings of floats (`1e6`); HfArgumentParser's `parse_dict` then builds the dataclasses. Everything a config can
+get wrong (unknown key, wrong type, missing file, an output_dir holding a previous result) is reported here, naming
+the key, before any model or data loads.
 
 The vocabularies the values are checked against live in the leaf `ivon_lora.vocabulary`, and the training
 arguments (transformers' TrainingArguments) are imported only to build them: this module imports neither the

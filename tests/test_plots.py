@@ -115,7 +115,8 @@ def test_selective_generation_has_a_panel_per_run_and_a_curve_per_score(tmp_path
     first, second = figure.axes
     assert first.get_title() == "ivon (4 posterior samples, n=50)" and second.get_title() == "adamw (no samples, n=50)"
     legend = [text.get_text() for text in first.get_legend().get_texts()]
-    assert [entry.split(" (")[0] for entry in legend] == [*scores, f"no abstention: accuracy {100 * run['accuracy']:.1f}"]
+    no_abstention = f"no abstention: accuracy {100 * run['accuracy']:.1f}"
+    assert [entry.split(" (")[0] for entry in legend] == [*scores, no_abstention]
     assert any("undefined: bma_log_likelihood (no samples)" in text.get_text() for text in first.texts)
 
 
