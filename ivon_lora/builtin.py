@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .registry import Registry
+
 
 # A minimal chat template for the built-in tokenizers (no special tokens, so their vocabulary and the tiny models built
 # on it do not change). The assistant's turns are marked {% generation %}, so TRL's assistant_only_loss works.
@@ -33,10 +35,10 @@ class BuiltinModel:
     vocab_size: int = 640
 
 
-BUILTIN_MODELS = {
+BUILTIN_MODELS: Registry[BuiltinModel] = Registry("built-in model", {
     "builtin:tiny-llama": BuiltinModel("llama", bos=True),
     "builtin:tiny-qwen2": BuiltinModel("qwen2", bos=False),
-}
+})
 
 
 def build_tokenizer(spec: BuiltinModel):

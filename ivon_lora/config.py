@@ -1,11 +1,16 @@
 """Typed configs of every command: a flat YAML mapping (plus key=value overrides) -> argument dataclasses.
 
 `ivon-lora train` reads a recipe (`ModelArguments`, `DataArguments`, `RunArguments`, `IVONTrainingArguments`);
-eval, prune and export read `EvalConfig`, `PruneConfig`, `ExportConfig` the same way, from a YAML file, key=value
-overrides and their flags. A small pre-pass (`check_values`) reports unknown keys with a "did you mean" and
-wrong types naming the key, and accepts YAML's string spellings of floats (`1e6`); HfArgumentParser's
-`parse_dict` then builds the dataclasses. Everything a config can get wrong (unknown key, wrong type, missing
-file, an output_dir holding a previous result) is reported here, naming the key, before any model or data loads.
+eval, prune, export, inspect and generate read `EvalConfig`, `PruneConfig`, `ExportConfig`, `InspectConfig`,
+`GenerateConfig` the same way, from a YAML file, key=value overrides and their flags. A small pre-pass
+(`check_values`) reports unknown keys with a "did you mean" and wrong types naming the key, and accepts YAML's string
+spellings of floats (`1e6`); HfArgumentParser's `parse_dict` then builds the dataclasses. Everything a config can
+get wrong (unknown key, wrong type, missing file, an output_dir holding a previous result) is reported here, naming
+the key, before any model or data loads.
+
+The vocabularies the values are checked against live in the leaf `ivon_lora.vocabulary`, and the training
+arguments (transformers' TrainingArguments) are imported only to build them: this module imports neither the
+evaluation nor the trainer code at import time, and a saved run's recipe parses its training keys only when read.
 
 Longer than this project's ~400-line guide on purpose: the recipe's argument classes and the command configs share
 the one pre-pass that checks keys and values, and a newcomer looking for any key's meaning finds it in this file.
@@ -24,11 +29,21 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .choice.prompts import PROMPT_FORMATS
 from .errors import RecipeError
-from .evaluation.metrics import DEFAULT_ECE_BINS
-from .posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
-from .trainer import IVONTrainingArguments
+from .vocabulary import (
+    DECODING_MODES,
+    DEFAULT_ECE_BINS,
+    DEFAULT_PRUNE_FRACTIONS,
+    DEFAULT_SELECTION_CRITERION,
+    OBJECTIVES,
+    PRUNE_CRITERIA,
+    PRUNE_MODES,
+    PRUNE_SCOPES,
+    selection_criteria,
+)
+
+if typing.TYPE_CHECKING:
+    from .trainer import IVONTrainingArguments
 
 
 @dataclass
@@ -60,6 +75,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        from .choice.prompts import PROMPT_FORMATS
+
         if self.quantization_bit not in (None, 4, 8):
             raise ValueError(f"quantization_bit must be 4, 8 or null, got {self.quantization_bit!r}")
         if self.prompt_format not in PROMPT_FORMATS:
@@ -105,9 +122,6 @@ class DataArguments:
         for key in ("max_train_samples", "max_eval_samples"):
             if getattr(self, key) is not None:
                 _require_at_least(key, getattr(self, key), 1)
-
-
-OBJECTIVES = ("choice", "sft")
 
 
 @dataclass
@@ -166,18 +180,38 @@ class RunArguments:
             _require_at_least("ece_bins", bins, 1)
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, IVONTrainingArguments)
+def _run_classes(objective: str) -> tuple:
+    """The recipe's model, data and run argument classes for `objective` (all but the training arguments)."""
+    return ModelArguments, SFTDataArguments if objective == "sft" else DataArguments, RunArguments
 
 
 def argument_classes(objective: str = "choice") -> tuple:
-    """The recipe's argument classes for `objective`; sft's need TRL (its SFTConfig fields are recipe keys)."""
+    """The recipe's argument classes for `objective`: `_run_classes` and the training arguments, which import
+    transformers' TrainingArguments (IVONTrainingArguments), or for sft TRL's SFTConfig (IVONSFTConfig)."""
     if objective != "sft":
-        return ARGUMENT_CLASSES
+        from .trainer.config import IVONTrainingArguments
+
+        return (*_run_classes(objective), IVONTrainingArguments)
     try:
         from .sft import IVONSFTConfig
     except ImportError as error:
         raise RecipeError(f"objective: sft needs TRL: {error}") from None
-    return ModelArguments, SFTDataArguments, RunArguments, IVONSFTConfig
+    return (*_run_classes(objective), IVONSFTConfig)
+
+
+@dataclass
+class _DeferredTraining:
+    """A saved run's training keys, parsed into its TrainingArguments only when something reads them: loading a run
+    for inference reads the model, data and run keys, and `training_value` reads a saved seed or optim as written."""
+
+    values: dict
+    objective: str
+    where: str
+
+    def parse(self):
+        classes = argument_classes(self.objective)
+        values = check_values(self.values, classes, self.where)
+        return parse_values(values, classes, self.where)[-1]
 
 
 @dataclass
@@ -185,12 +219,27 @@ class Recipe:
     model: ModelArguments
     data: DataArguments | SFTDataArguments
     run: RunArguments
-    training: IVONTrainingArguments  # IVONSFTConfig for objective: sft
+    # IVONTrainingArguments (IVONSFTConfig for objective: sft); a saved run's recipe parses it on first read.
+    _training: IVONTrainingArguments | _DeferredTraining
     source: str | None = None
 
     @property
     def objective(self) -> str:
         return self.run.objective
+
+    @property
+    def training(self) -> IVONTrainingArguments:
+        if isinstance(self._training, _DeferredTraining):
+            self._training = self._training.parse()
+        return self._training
+
+    def training_value(self, key: str):
+        """One training key (seed, optim, ...): as the saved recipe wrote it where it did (no TrainingArguments
+        built), else the parsed training arguments' value (an enum's value for transformers' enums)."""
+        if isinstance(self._training, _DeferredTraining) and key in self._training.values:
+            return self._training.values[key]
+        value = getattr(self.training, key)
+        return getattr(value, "value", value)
 
     def resolved(self) -> dict:
         """Every key of every argument class with its resolved value: a recipe that reproduces this run."""
@@ -335,6 +384,8 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     `for_training`: the recipe of a run about to train: its data files must exist, and a non-empty output_dir is
     an error unless overwriting or resuming is asked for. False for the saved recipe of a finished run, which is
     read wherever the run dir now is: its relative data paths may not resolve from here, and nothing reads them.
+    Its training keys are checked and parsed when first read (`Recipe.training`): loading a run for inference
+    imports neither transformers' TrainingArguments nor TRL.
     """
     where = f" in {path}" if path else ""
     values = _renamed_keys(read_yaml(path) if path is not None else {}, where)
@@ -342,15 +393,24 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     objective = values.get("objective", "choice")
     if objective not in OBJECTIVES:
         raise RecipeError(f"Recipe key 'objective'{where}: {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    classes = argument_classes(objective)
-    values = check_values(values, classes, where, help_hint=(
-        " Keys are TrainingArguments fields plus ivon-lora's model/data/run keys; `ivon-lora train --help-keys` "
-        "lists them."))  # fmt: skip
+    if for_training:
+        classes = argument_classes(objective)
+        values = check_values(values, classes, where, help_hint=(
+            " Keys are TrainingArguments fields plus ivon-lora's model/data/run keys; `ivon-lora train --help-keys` "
+            "lists them."))  # fmt: skip
+    else:
+        classes = _run_classes(objective)
+        run_keys = _field_types(classes)
+        values = {**values, **check_values({k: v for k, v in values.items() if k in run_keys}, classes, where)}
     if "model_name_or_path" not in values:
         raise RecipeError(f"Recipe{where} has no model_name_or_path")
     if "output_dir" not in values:
         raise RecipeError(f"Recipe{where} has no output_dir")
-    model, data, run, training = parse_values(values, classes, where)
+    if for_training:
+        model, data, run, training = parse_values(values, classes, where)
+    else:
+        model, data, run = parse_values(values, classes, where)
+        training = _DeferredTraining(values, objective, where)
     recipe = Recipe(model, data, run, training, source=path)
     _check_names(recipe)
     if for_training:
@@ -437,9 +497,11 @@ def describe_keys() -> str:
     """Every recipe key with its type and help; for TrainingArguments, only what IVONTrainingArguments adds."""
     from transformers import TrainingArguments
 
+    from .trainer.config import IVONTrainingArguments
+
     inherited = {f.name for f in dataclasses.fields(TrainingArguments)} - {"optim", "learning_rate"}
     lines = []
-    for cls in (*ARGUMENT_CLASSES, SFTDataArguments):
+    for cls in (*argument_classes("choice"), SFTDataArguments):
         hints = typing.get_type_hints(cls)
         lines.append(f"# {cls.__name__}" + (" (objective: sft, in place of DataArguments)" if cls is SFTDataArguments else ""))
         for f in dataclasses.fields(cls):
@@ -451,7 +513,7 @@ def describe_keys() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# eval, prune, export and inspect: one dataclass each, filled from a YAML file, key=value overrides and the command's flags.
+# eval, prune, export, inspect and generate: one dataclass each, from a YAML file, key=value overrides and flags.
 
 def _require_at_least(key: str, value: int, low: int) -> None:
     if value < low:
@@ -537,7 +599,7 @@ class EvalConfig(OutputArguments):
     select_split: str | None = field(default=None, metadata={
         "help": "held-out split a sweep chooses on (never the reported split)"})
     select_file: str | None = field(default=None, metadata={"help": "local records of the select split"})
-    select_by: str = field(default="nll", metadata={
+    select_by: str = field(default=DEFAULT_SELECTION_CRITERION, metadata={
         "help": "criterion of the choice, on the sampled predictive (default nll)"})
     ensemble: list[str] | None = field(default=None, metadata={
         "help": "two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble"})
@@ -550,14 +612,12 @@ class EvalConfig(OutputArguments):
         "help": "a dir of local lm-eval task YAMLs (lm-eval's --include_path)"})
 
     def __post_init__(self):
-        from .evaluation.sweep import DEFAULT_PRUNE_FRACTIONS, selection_criteria
-
         if self.run_dir is None:
             raise ValueError("run_dir is required")
         _require_at_least("batch_size", self.batch_size, 1)
         _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
         _require_in("sampling_temperature", self.sampling_temperature, 0.0, float("inf"), low_inclusive=False)
-        _require_choice("decoding", self.decoding, ("mean", "averaged"))
+        _require_choice("decoding", self.decoding, DECODING_MODES)
         for key in ("samples", "limit"):
             if getattr(self, key) is not None:
                 _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)
@@ -598,8 +658,32 @@ class InspectConfig(OutputArguments):
             raise ValueError("run_dir is required")
 
 
+@dataclass
+class GenerateConfig:
+    """The options of `ivon-lora generate` (from a YAML file, key=value and flags, like eval's)."""
+
+    run_dir: str | None = field(default=None, metadata={"help": "run or checkpoint dir"})
+    prompt: list[str] | None = field(default=None, metadata={"help": "prompt texts"})
+    prompts_file: str | None = field(default=None, metadata={
+        "help": ".jsonl with a 'prompt' or 'messages' per line, or a text file with one prompt per line"})
+    samples: int = field(default=0, metadata={"help": "posterior samples S (default 0: the mean's answer only)"})
+    seed: int = field(default=0, metadata={"help": "seed of the posterior samples"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
+    batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
+    system: str | None = field(default=None, metadata={"help": "system message (needs a chat template)"})
+    no_chat: bool = field(default=False, metadata={"help": "plain prompts even if the tokenizer has a chat template"})
+    out: str | None = field(default=None, metadata={"help": "jsonl file of the answers (must not exist)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing out file"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+        for key, low in (("samples", 0), ("max_new_tokens", 1), ("batch_size", 1)):
+            _require_at_least(key, getattr(self, key), low)
+
+
 def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):
-    """`cls` (EvalConfig, PruneConfig, ExportConfig, InspectConfig) from a YAML file, then key=value overrides, then flags."""
+    """`cls` (EvalConfig, PruneConfig, ExportConfig, InspectConfig, GenerateConfig) from a YAML file, then key=value overrides, then flags."""
     values = read_yaml(path, "config") if path is not None else {}
     values.update(parse_overrides(list(overrides)))
     values.update(flags or {})

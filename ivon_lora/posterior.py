@@ -36,15 +36,13 @@ from .artifacts import (
     recover_final_files,
 )
 from .errors import RunDirError
+from .vocabulary import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
 
 # Adapter settings that must agree between adapter_config.json and the posterior saved with it.
 ADAPTER_KEYS = ("r", "lora_alpha", "target_modules")
 # posterior_config.json's record of the adapter it was saved with (`adapter_hash`).
 ADAPTER_HASH_KEY = "adapter_sha256"
 
-PRUNE_SCOPES = ("global", "matrix")
-PRUNE_MODES = ("zero", "denoise")
-PRUNE_CRITERIA = ("snr", "magnitude", "variance")
 
 
 def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:

@@ -51,8 +51,7 @@ def find_recipe(directory: str) -> str | None:
 
 
 def optimizer_name(recipe: Recipe) -> str:
-    optim = recipe.training.optim
-    return getattr(optim, "value", optim)  # transformers' optimizer names are enum members
+    return recipe.training_value("optim")  # as the saved recipe wrote it: no TrainingArguments built
 
 
 def describe_run(run_dir: str, taken: set) -> dict:
@@ -96,7 +95,7 @@ def load_run(directory: str) -> Run:
     adapter_config = read_json(os.path.join(directory, ADAPTER_CONFIG_NAME))
     read_tensors(os.path.join(directory, ADAPTER_WEIGHTS_NAME))  # present and whole, before any model loads
     if recipe is not None:
-        model_args, seed = recipe.model, recipe.training.seed
+        model_args, seed = recipe.model, recipe.training_value("seed")
     else:
         model_args, seed = ModelArguments(adapter_config["base_model_name_or_path"]), 0
     # The tokenizer saved with the run is the one it was trained with.

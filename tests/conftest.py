@@ -13,6 +13,15 @@ from ivon_lora.builtin import BUILTIN_MODELS, build_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
+# Fixtures that train a model end to end (or launch processes that do): a test using one, directly or through
+# another fixture, is marked `slow`, so `pytest -m "not slow"` is the fast subset (see README, Tests).
+TRAINING_FIXTURES = {"run_dir", "adamw_run_dir", "sft_run", "sft_runs", "launch"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

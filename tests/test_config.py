@@ -64,6 +64,7 @@ def test_missing_recipe_file_and_required_keys(tmp_path):
         load_recipe(str(tmp_path / "r.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optim", ["ivon", "adamw_torch"])
 def test_train_writes_adapter_posterior_metrics_and_recipe(optim, tmp_path, llama_tokenizer):
     out = tmp_path / optim
@@ -95,6 +96,7 @@ def test_train_writes_adapter_posterior_metrics_and_recipe(optim, tmp_path, llam
     assert load_recipe(str(out / "recipe.yaml"), [f"output_dir={tmp_path / 'again'}"]).training.optim == optim
 
 
+@pytest.mark.slow
 def test_demo_recipe_learns_the_task(tmp_path):
     """The Quickstart demo itself: well above chance (25%) on the held-out split after the full recipe."""
     out = tmp_path / "demo"

@@ -183,21 +183,21 @@ def test_a_registered_metric_reaches_eval_json_eval_md_and_the_plots(run_dir, tm
     monkeypatch.setattr(Figure, "savefig", recording_savefig)
     mean_confidence = metrics.Metric("mean_confidence", higher_is_better=False, percent=True,
                                      compute=lambda probs, gold: float(probs.max(dim=1).values.mean()))  # fmt: skip
-    monkeypatch.setitem(metrics.METRICS, "mean_confidence", mean_confidence)
-    out = tmp_path / "report"
-    args = ["eval", run_dir, "--split", "test", "--limit", "16", "--samples", "2", "--out", str(out),
-            "--select-split", "validation", "--prune-fractions", "0", "0.5"]  # fmt: skip
-    assert cli.main(args) == 0
-    result = json.loads((out / "eval.json").read_text())
-    runs = result["tasks"]["synthetic"]["runs"]["ivon"]
-    expected = float(torch.tensor([row["mean"] for row in map(json.loads, (out / "predictions-synthetic-ivon.jsonl")
-                                                             .read_text().splitlines())]).max(dim=1).values.mean())  # fmt: skip
-    assert runs["mean"]["mean_confidence"] == pytest.approx(expected)
-    assert "mean_confidence" in runs["sampled"] and "mean_confidence" in runs["by_num_samples"][0]
-    table, sweep_table = (out / "eval.md").read_text().split("\n\n")[:2]
-    assert "mean_confidence" in table.splitlines()[0] and "mean_confidence" in sweep_table.splitlines()[0]
-    assert f"| {100 * runs['mean']['mean_confidence']:.1f} |" in table
-    assert sum("mean_confidence" in text for text in drawn) >= 3  # reliability panels and the trade-off plot
+    with metrics.METRICS.patched("mean_confidence", mean_confidence):  # registered for this test only
+        out = tmp_path / "report"
+        args = ["eval", run_dir, "--split", "test", "--limit", "16", "--samples", "2", "--out", str(out),
+                "--select-split", "validation", "--prune-fractions", "0", "0.5"]  # fmt: skip
+        assert cli.main(args) == 0
+        result = json.loads((out / "eval.json").read_text())
+        runs = result["tasks"]["synthetic"]["runs"]["ivon"]
+        expected = float(torch.tensor([row["mean"] for row in map(json.loads, (out / "predictions-synthetic-ivon.jsonl")
+                                                                 .read_text().splitlines())]).max(dim=1).values.mean())  # fmt: skip
+        assert runs["mean"]["mean_confidence"] == pytest.approx(expected)
+        assert "mean_confidence" in runs["sampled"] and "mean_confidence" in runs["by_num_samples"][0]
+        table, sweep_table = (out / "eval.md").read_text().split("\n\n")[:2]
+        assert "mean_confidence" in table.splitlines()[0] and "mean_confidence" in sweep_table.splitlines()[0]
+        assert f"| {100 * runs['mean']['mean_confidence']:.1f} |" in table
+        assert sum("mean_confidence" in text for text in drawn) >= 3  # reliability panels and the trade-off plot
 
 
 def test_the_tradeoff_plot_shows_the_protocols_headline_ece(run_dir, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from ivon_lora.evaluation.generative import (
 from ivon_lora.evaluation.selective import selective_generation_metrics
 from ivon_lora.tasks import get_task, load_generative_split
 from ivon_lora.tasks.base import GENERATIVE
+from ivon_lora.tasks.judges import numeric_match
 from ivon_lora.tasks.wordqa import SPLIT_SIZES, word_categories, wordqa_records
 
 LIMIT = 5
@@ -326,7 +327,12 @@ def test_eval_on_local_triviaqa_and_gsm8k_rows(run_dir, tmp_path):
     assert cli.main(["eval", run_dir, "--task", "gsm8k", "--file", str(gsm), "--split", "test", "--samples", "0",
                      "--out", str(tmp_path / "g")]) == 0  # fmt: skip
     runs = json.loads((tmp_path / "g" / "eval.json").read_text())["tasks"]["gsm8k"]["runs"]
-    assert runs["ivon"]["judges"] == {"numeric_match": 0.0} or runs["ivon"]["judges"] == {"numeric_match": 1.0}
+    (row,) = map(json.loads, (tmp_path / "g" / "predictions-gsm8k-ivon.jsonl").read_text().splitlines())
+    assert row["references"] == ["2"]  # the number after "####", not the worked solution
+    # The run's score is gsm8k's judge (numeric match, not exact match) on the answer it chose, whatever that is.
+    expected = numeric_match(row["chosen"], ["2"])
+    assert row["judges"] == {"numeric_match": expected} and row["correct"] == (expected == 1.0)
+    assert runs["ivon"]["judges"] == {"numeric_match": expected}
     assert len(runs["ivon"]["undefined_scores"]) == 5
 
 

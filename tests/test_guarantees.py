@@ -29,6 +29,7 @@ def ivon_lora(*argv, env=None, cwd=ROOT, code=None):
 # ------------------------------------------------------------------ one error contract
 
 
+@pytest.mark.slow
 def test_a_user_error_exits_2_with_one_line_and_debug_shows_the_traceback(tmp_path):
     argv = ["prune", str(tmp_path / "no-such-run"), "--fraction", "0.1", "--out", str(tmp_path / "out")]
     status, stderr = ivon_lora(*argv)
@@ -48,6 +49,7 @@ def test_debug_flag_or_env_var_adds_the_traceback(tmp_path, monkeypatch, capsys)
     assert cli.main(argv) == 2 and "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_internal_error_exits_1_with_its_traceback(tmp_path):
     code = ("import sys; from ivon_lora import cli; from ivon_lora.commands import prune; "
             "prune.prune_run = lambda *a, **k: 1 / 0; sys.exit(cli.main(sys.argv[1:]))")  # fmt: skip
@@ -291,6 +293,7 @@ def test_a_posterior_beside_another_adapter_is_refused(run_dir, tmp_path, capsys
     assert "mixes files of two runs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_divergence_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     argv = ["train", DEMO, f"output_dir={out}", "learning_rate=1e6", "ivon_clip_radius=inf", "max_steps=20",
@@ -309,6 +312,7 @@ def test_divergence_stops_training_naming_the_step_and_keeps_the_last_good_check
 # ------------------------------------------------------------------ relocatable run dirs
 
 
+@pytest.mark.slow
 def test_a_run_trained_on_a_relative_file_is_evaluated_from_elsewhere_after_a_copy(tmp_path):
     from ivon_lora.tasks import get_task
 
@@ -345,6 +349,7 @@ def test_a_long_prompt_loses_its_middle_not_its_frame_or_answer_cue(llama_tokeni
     assert text.startswith("Instruction: pick one.") and text.endswith("Choices: A. x B. y Answer:")
 
 
+@pytest.mark.slow
 def test_truncated_prompts_are_counted_per_split_in_the_report(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["train", DEMO, f"output_dir={out}", "max_length=16", *SHORT]) == 0
@@ -425,6 +430,7 @@ def test_every_report_records_the_presets_deviations_and_bin_edges(run_dir, tmp_
     assert "deviations" in metrics["protocol"]["preset"] and "truncated" in metrics["data"]["eval"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["staged", "moving"])
 def test_a_train_killed_while_committing_its_final_files_is_completed_on_the_next_load(point, tmp_path):
     from ivon_lora import Posterior

@@ -1,5 +1,7 @@
-"""The package's shape: no import cycle inside ivon_lora, no Hugging Face import under ivon_lora/optim/, and
-`ivon-lora --help` imports neither transformers nor bitsandbytes (read from the source's AST, lazy imports too)."""
+"""The package's shape: no import cycle inside ivon_lora, between modules or between its packages (top-level
+modules and subpackages); the leaves and the config / run-dir layer import nothing above them; no Hugging Face import
+under ivon_lora/optim/; and `ivon-lora --help` imports neither transformers nor bitsandbytes (read from the source's
+AST, lazy imports too)."""
 
 import ast
 import os
@@ -45,14 +47,31 @@ def _imports(tree: ast.AST):
         stack.extend(ast.iter_child_nodes(node))
 
 
-def _graph():
+def _module_level_imports(tree: ast.AST):
+    """The imports that run at import time: module level, under if/try too, never in a def (nor TYPE_CHECKING)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _graph(eager_only: bool = False):
+    """module -> the package's modules it imports, module -> the outside packages it imports. `eager_only`: only
+    the imports that run when the module is imported (module level, not inside a function)."""
     modules = _modules()
     edges, external = {name: set() for name in modules}, {name: set() for name in modules}
     for name, path in modules.items():
         is_package = path.endswith("__init__.py")
         with open(path) as f:
             tree = ast.parse(f.read(), path)
-        for node in _imports(tree):
+        for node in _module_level_imports(tree) if eager_only else _imports(tree):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -103,6 +122,80 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
+def _unit(module: str) -> str:
+    """The package-level unit a module belongs to: ivon_lora.evaluation.metrics -> ivon_lora.evaluation."""
+    return ".".join(module.split(".")[:2])
+
+
+def _package_graph(edges: dict[str, set]) -> dict[str, set]:
+    """The import graph between units (top-level modules and subpackages), an edge per module-level edge."""
+    units = {_unit(name): set() for name in edges}
+    for name, targets in edges.items():
+        units[_unit(name)].update(_unit(target) for target in targets if _unit(target) != _unit(name))
+    return units
+
+
+def _strongly_connected(edges: dict[str, set]) -> set[frozenset]:
+    """The groups of two or more nodes that all reach each other (every cycle lies inside one)."""
+    reach = {}
+    for start in edges:
+        seen, stack = set(), [start]
+        while stack:
+            for target in edges.get(stack.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    stack.append(target)
+        reach[start] = seen
+    groups = {frozenset({a} | {b for b in reach[a] if a in reach.get(b, ())}) for a in edges}
+    return {group for group in groups if len(group) > 1}
+
+
+# Package-level cycles of today's layout, each with why it still stands. Remove an entry with the change that ends it.
+KNOWN_PACKAGE_CYCLES = {
+    # decoding borrows evaluation.batched's per-sample LoRA and evaluation.uncertainty's disagreement measures, and
+    # evaluation.generative drives decoding: it ends when generation and decoding become one generation/ package and
+    # the per-sample LoRA moves beside the posterior sampler (issue #18, item 3).
+    frozenset({"ivon_lora.decoding", "ivon_lora.evaluation"}),
+}
+# What reads a run dir and acts on it: config and rundir import none of it, not even inside a function.
+CONSUMERS = {"ivon_lora", "ivon_lora.cli", "ivon_lora.commands", "ivon_lora.evaluation", "ivon_lora.integrations",
+             "ivon_lora.generation", "ivon_lora.decoding"}  # fmt: skip
+# Imported by everything, importing nothing of the package (artifacts: errors only).
+LEAVES = {"ivon_lora.errors": set(), "ivon_lora.registry": set(), "ivon_lora.vocabulary": set(),
+          "ivon_lora._version": set(), "ivon_lora.artifacts": {"ivon_lora.errors"}}  # fmt: skip
+
+
+def test_the_package_graph_has_no_cycle_but_the_known_ones():
+    packages = _package_graph(_graph()[0])
+    assert "ivon_lora.evaluation" in packages["ivon_lora.commands"]  # the units are seen
+    assert _strongly_connected(packages) - KNOWN_PACKAGE_CYCLES == set()
+    assert KNOWN_PACKAGE_CYCLES <= _strongly_connected(packages), "a known cycle is gone: remove it from the list"
+
+
+def test_the_package_cycle_finder_finds_one_through_submodules():
+    edges = {"p.config": {"p.evaluation.sweep"}, "p.evaluation.sweep": set(), "p.evaluation.run": {"p.rundir"},
+             "p.rundir": {"p.config"}, "p.leaf": set()}  # fmt: skip
+    assert _cycles(edges) == []  # no module-level cycle
+    assert _strongly_connected(_package_graph(edges)) == {frozenset({"p.config", "p.evaluation", "p.rundir"})}
+
+
+def test_the_leaves_import_nothing_above_them():
+    edges, _ = _graph()
+    for leaf, allowed in LEAVES.items():
+        assert edges[leaf] == allowed, leaf
+
+
+def test_config_and_rundir_import_nothing_above_them():
+    """config validates names against tasks, models and the training arguments, lazily; at import time it reads
+    only the leaves. Neither imports anything that consumes a run (evaluation, generation, commands...)."""
+    packages = _package_graph(_graph()[0])
+    assert packages["ivon_lora.config"] & (CONSUMERS | {"ivon_lora.rundir", "ivon_lora.modeling"}) == set()
+    assert packages["ivon_lora.rundir"] & CONSUMERS == set()
+    eager = _package_graph(_graph(eager_only=True)[0])
+    assert eager["ivon_lora.config"] <= set(LEAVES)
+    assert "ivon_lora.trainer" not in eager["ivon_lora.rundir"] | eager["ivon_lora.config"]
+
+
 def test_the_optimizer_imports_no_hugging_face_package():
     _, external = _graph()
     optim = {name: sorted(imported & HUGGING_FACE) for name, imported in external.items() if name.startswith("ivon_lora.optim")}
@@ -111,19 +204,7 @@ def test_the_optimizer_imports_no_hugging_face_package():
     assert "torch" in external["ivon_lora.optim.ivon"]
 
 
-def test_errors_and_artifacts_are_leaves():
-    edges, _ = _graph()
-    assert edges["ivon_lora.errors"] == set() and edges["ivon_lora.artifacts"] == {"ivon_lora.errors"}
-
-
-def test_artifact_names_are_pefts():
-    from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
-
-    from ivon_lora import artifacts
-
-    assert (artifacts.ADAPTER_CONFIG_NAME, artifacts.ADAPTER_WEIGHTS_NAME) == (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["prune", "--help"]])
 def test_help_imports_no_hugging_face_package_and_no_bitsandbytes(argv):
     """bitsandbytes (pulled in by transformers -> peft) prints kernel warnings at import on some CPUs."""

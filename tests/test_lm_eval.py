@@ -269,6 +269,7 @@ def test_logged_rows_that_are_not_multiple_choice_are_refused():
         logged_choices("t", [{**row, "target": 2}])
 
 
+@pytest.mark.slow
 def test_a_missing_lm_eval_install_names_the_extra():
     code = "import sys; sys.modules['lm_eval'] = None; import ivon_lora.integrations.lm_eval"
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

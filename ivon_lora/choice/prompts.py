@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from ..errors import RecipeError
+from ..registry import Registry
 from .answers import ending_key, resolve_answers
 from .example import ChoiceExample
 
@@ -52,7 +53,9 @@ def render_plain_prompt(tokenizer, prompts: list[str], chat_template_kwargs: dic
 
 
 # prompt_format -> renderer (tokenizer, prompts, chat_template_kwargs) -> the texts the model reads.
-PROMPT_FORMATS: dict[str, Callable[..., list[str]]] = {"plain": render_plain_prompt, "chat": render_chat_prompt}
+PROMPT_FORMATS: Registry[Callable[..., list[str]]] = Registry(
+    "prompt format", {"plain": render_plain_prompt, "chat": render_chat_prompt}
+)
 
 
 def format_examples(examples, tokenizer, model_args) -> list[ChoiceExample]:

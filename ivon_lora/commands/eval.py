@@ -25,9 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
-    from ..evaluation.metrics import DEFAULT_ECE_BINS
-    from ..evaluation.sweep import DEFAULT_PRUNE_FRACTIONS, selection_criteria
-    from ..posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
+    from ..vocabulary import (
+        DEFAULT_ECE_BINS,
+        DEFAULT_PRUNE_FRACTIONS,
+        PRUNE_CRITERIA,
+        PRUNE_MODES,
+        PRUNE_SCOPES,
+        selection_criteria,
+    )
 
     parser = subparsers.add_parser(
         "eval",

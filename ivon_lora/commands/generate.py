@@ -11,36 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
 
+from ..config import GenerateConfig
 from ._options import add_config_arguments, config_from_options
 
 JSON_LINES_SUFFIXES = (".jsonl",)
-
-
-@dataclass
-class GenerateConfig:
-    """The options of `ivon-lora generate` (from a YAML file, key=value and flags, like eval's)."""
-
-    run_dir: str | None = field(default=None, metadata={"help": "run or checkpoint dir"})
-    prompt: list[str] | None = field(default=None, metadata={"help": "prompt texts"})
-    prompts_file: str | None = field(default=None, metadata={
-        "help": ".jsonl with a 'prompt' or 'messages' per line, or a text file with one prompt per line"})
-    samples: int = field(default=0, metadata={"help": "posterior samples S (default 0: the mean's answer only)"})
-    seed: int = field(default=0, metadata={"help": "seed of the posterior samples"})
-    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
-    batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
-    system: str | None = field(default=None, metadata={"help": "system message (needs a chat template)"})
-    no_chat: bool = field(default=False, metadata={"help": "plain prompts even if the tokenizer has a chat template"})
-    out: str | None = field(default=None, metadata={"help": "jsonl file of the answers (must not exist)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing out file"})
-
-    def __post_init__(self):
-        if self.run_dir is None:
-            raise ValueError("run_dir is required")
-        for key, low in (("samples", 0), ("max_new_tokens", 1), ("batch_size", 1)):
-            if getattr(self, key) < low:
-                raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
 
 
 def make_parser(subparsers) -> argparse.ArgumentParser:

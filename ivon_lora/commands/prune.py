@@ -6,7 +6,8 @@ import argparse
 import logging
 
 from ..artifacts import check_new_output_dir, staged_output_dir
-from ..posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES, Posterior
+from ..posterior import Posterior
+from ..vocabulary import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
 from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
 
 logger = logging.getLogger(__name__)

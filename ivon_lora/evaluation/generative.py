@@ -36,10 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
+# What the S sampled answers (and the scoring pass's S distributions) are drawn from.
+from ..vocabulary import GENERATIVE_SAMPLE_KINDS as SAMPLE_KINDS
+
 logger = logging.getLogger(__name__)
 
-# What the S sampled answers (and the scoring pass's S distributions) are drawn from.
-SAMPLE_KINDS = ("posterior", "mc_dropout", "temperature")
 # How a decoded answer ended: at a stop string, at an end-of-sequence token, or out of tokens (nothing scored after).
 ANSWER_ENDS = ("stop", "eos", "length")
 # A scoring batch holds at most this many answer positions (the [positions, V] float64 sums of `Disagreement`).

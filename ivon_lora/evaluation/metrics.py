@@ -9,10 +9,11 @@ it, and eval.json, eval.md, train's metrics.json, the model card, the sweep tabl
 
 All values are fractions (multiply by 100 for the papers' tables). ECE uses equal-width bins over the
 confidence (the max probability), weighted by each bin's share of examples. Where a confidence on a bin edge goes
-is the protocol's `ece_edges` (`BIN_EDGES`): "right", bins (lo, hi] (IVON-LoRA's notes; the default), or "left",
+is the protocol's `ece_edges` (`BIN_EDGES`): "right", bins (lo, hi] (IVON-LoRA's; the default), or "left",
 bins [lo, hi) as torchmetrics (and so BLoB) bins, where a confidence of exactly 1 is a bin of its own. Exact ties
 (a 2-way tie at 0.5, a 3-way tie at 1/3 under 15 bins, common in bf16) change bins between the two. Brier is the squared
-error summed over the K classes (not divided by K), averaged over examples (ivon-notes §3).
+error summed over the K classes (not divided by K), averaged over examples (as IVON-LoRA reports it, Cong et al.,
+arXiv 2411.04421).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_ECE_BINS = (10, 15)
+from ..registry import Registry
+from ..vocabulary import DEFAULT_ECE_BINS
+
 DEFAULT_RISK_LEVELS = (0.01, 0.05, 0.1)
 # Where a confidence on a bin edge goes: ece_edges name -> the bins it makes (recorded in every report).
 BIN_EDGES = {"right": "(lo, hi]", "left": "[lo, hi), a confidence of 1 in a bin of its own (torchmetrics)"}
@@ -122,15 +125,12 @@ class Metric:
         return self.read(metrics) if self.read is not None else metrics.get(column)
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(metric: Metric) -> Metric:
     """Add `metric` to the registry (its name must be new); every report shows it from then on."""
-    if metric.name in METRICS:
-        raise ValueError(f"A metric named {metric.name!r} is already registered")
-    METRICS[metric.name] = metric
-    return metric
+    return METRICS.register(metric.name, metric)
 
 
 def metric_of(column: str) -> Metric:

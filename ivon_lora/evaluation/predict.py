@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..choice.collator import ChoiceCollator
 from ..choice.example import ChoiceExample
 from ..choice.logits import choice_logits
+from ..vocabulary import CHOICE_SAMPLE_KINDS as SAMPLE_KINDS
 from .metrics import (
     BIN_EDGES,
     DEFAULT_ECE_BINS,
@@ -26,8 +27,6 @@ from .metrics import (
 )
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_KINDS = ("posterior", "mc_dropout")
 
 
 def protocol(preset, num_samples: int, ece_bins) -> dict:

@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from ..registry import Registry
 from .metrics import (
     DEFAULT_ECE_BINS,
     DEFAULT_RISK_LEVELS,
@@ -115,8 +116,8 @@ def coverage_name(level: float) -> str:
     return f"coverage@{100 * level:g}%"
 
 
-SELECTIVE_METRICS: dict[str, Metric] = {
-    metric.name: metric
+SELECTIVE_METRICS: Registry[Metric] = Registry("selective metric", (
+    (metric.name, metric)
     for metric in (
         Metric("accuracy", higher_is_better=True, percent=True,
                compute=lambda confidence, correct: float(correct.mean()),
@@ -134,7 +135,7 @@ SELECTIVE_METRICS: dict[str, Metric] = {
         Metric("ece", higher_is_better=False, percent=True, compute=binary_calibration_error, per_bins=True,
                description="equal-width bins on the score as a probability (probability scores only)"),
     )
-}  # fmt: skip
+))  # fmt: skip
 
 
 def selective_generation_metrics(confidence, correct, probability=None, ece_bins=DEFAULT_ECE_BINS,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import logging
 
+from ..vocabulary import DEFAULT_PRUNE_FRACTIONS
 from .metrics import DEFAULT_ECE_BINS, computed_columns
 from .predict import evaluate_predictive
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PRUNE_FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 def selection_criteria(ece_bins=DEFAULT_ECE_BINS) -> dict[str, bool]:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..registry import Registry
+
 # How far a log-prob distribution may be from summing to one before it is refused (float32 log_softmax is ~1e-6).
 _NORMALISATION_TOLERANCE = 1e-3
 
@@ -174,8 +176,8 @@ class ConfidenceScore:
     probability: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-CONFIDENCE_SCORES: dict[str, ConfidenceScore] = {
-    score.name: score
+CONFIDENCE_SCORES: Registry[ConfidenceScore] = Registry("confidence score", (
+    (score.name, score)
     for score in (
         ConfidenceScore("sequence_log_likelihood", "log p(answer | prompt) at the posterior mean", torch.exp),
         # exp of it is the geometric mean of the token probabilities, not a probability of the answer.
@@ -187,4 +189,4 @@ CONFIDENCE_SCORES: dict[str, ConfidenceScore] = {
                         lambda score: score),  # fmt: skip
         ConfidenceScore("neg_semantic_entropy", "minus the entropy of the samples' answer clusters"),
     )
-}
+))

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import RecordError, TaskDataError
-from ..tasks.base import unknown_name
+from ..registry import Registry
 from ..tasks.loading import read_data_file, resolve_data_files
 from ..tasks.wordqa import SPLIT_SIZES as WORDQA_SPLIT_SIZES
 from ..tasks.wordqa import wordqa_records
@@ -84,14 +84,14 @@ def wordqa_chat_rows(split: str) -> list[dict]:
     ]  # fmt: skip
 
 
-BUILTIN_SFT_DATASETS = {
-    dataset.name: dataset
+BUILTIN_SFT_DATASETS: Registry[BuiltinSFTDataset] = Registry("built-in SFT dataset", (
+    (dataset.name, dataset)
     for dataset in (
         BuiltinSFTDataset("wordqa", tuple(WORDQA_SPLIT_SIZES), wordqa_chat_rows,
                           "One-word answers to 'what kind of thing is a mango' (ivon_lora.tasks.wordqa), split by "
                           "word; for pretrained instruct models."),
     )
-}  # fmt: skip
+))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,10 @@ def _builtin(name: str) -> BuiltinSFTDataset | None:
     if bare in BUILTIN_SFT_DATASETS:
         return BUILTIN_SFT_DATASETS[bare]
     if name.startswith(BUILTIN_PREFIX):
-        raise TaskDataError(unknown_name("built-in SFT dataset", bare, BUILTIN_SFT_DATASETS).args[0])
+        try:
+            BUILTIN_SFT_DATASETS.get(bare)
+        except KeyError as error:
+            raise TaskDataError(error.args[0]) from None
     return None
 
 

@@ -6,9 +6,8 @@ Tasks come in two kinds, each task's `kind`: multiple-choice `Task`s (answers sc
 
 from __future__ import annotations
 
-import difflib
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -87,14 +86,6 @@ class Task(RecordSource):
     # question scored 2-way under the task's name.
     num_choices: int | None = None
     kind: ClassVar[str] = MULTIPLE_CHOICE
-
-
-def unknown_name(kind: str, name: str, available: Iterable[str], listing: str | None = None) -> KeyError:
-    """The registry's lookup error: "Unknown <kind> 'x'. Did you mean 'y'? Available: ..."."""
-    available = sorted(available)
-    close = difflib.get_close_matches(name, available, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return KeyError(f"Unknown {kind} {name!r}.{hint} Available: {listing or ', '.join(available)}")
 
 
 def require(record: dict, *keys: str) -> None:

@@ -1,6 +1,7 @@
 """BoolQ (google/boolq): question, passage, answer (bool). No test split on the Hub.
 
-Prompt as in IVON-LoRA / Laplace-LoRA (ivon-notes §3); the answers are " False" / " True", gold = int(answer).
+Prompt as in IVON-LoRA / Laplace-LoRA (Cong et al., arXiv 2411.04421; Yang et al., Laplace-LoRA); the answers are
+" False" / " True", gold = int(answer).
 """
 
 from __future__ import annotations

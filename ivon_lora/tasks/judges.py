@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .base import unknown_name
+from ..registry import Registry
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
@@ -106,17 +106,15 @@ class Judge:
         return self.correct(first, [second]) and self.correct(second, [first])
 
 
-JUDGES: dict[str, Judge] = {
-    judge.name: judge
+JUDGES: Registry[Judge] = Registry("judge", (
+    (judge.name, judge)
     for judge in (
         Judge("exact_match", exact_match, "SQuAD-normalised answer equals a reference"),
         Judge("token_f1", token_f1, "SQuAD token F1 with the closest reference (correct: F1 = 1)"),
         Judge("numeric_match", numeric_match, "the final number equals the reference's ('#### N', else the last)"),
     )
-}
+))
 
 
 def get_judge(name: str) -> Judge:
-    if name not in JUDGES:
-        raise unknown_name("judge", name, JUDGES)
-    return JUDGES[name]
+    return JUDGES.get(name)

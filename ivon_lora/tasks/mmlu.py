@@ -11,7 +11,8 @@ from __future__ import annotations
 from functools import cache, partial
 
 from ..choice.example import ChoiceExample
-from .base import RecordError, Task, label_index, mc_example, require, unknown_name
+from ..registry import unknown_name
+from .base import RecordError, Task, label_index, mc_example, require
 
 MMLU_SUBJECTS = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",

@@ -1,7 +1,8 @@
 """Protocol presets: how a published table was made, so that our numbers can be set beside it honestly.
 
 A preset fixes which questions are kept, which answers each question is scored over, the reported split, the
-headline ECE bin count and the posterior sampling (ivon-notes §5). Prompts stay those of the tasks.
+headline ECE bin count and the posterior sampling (README, Evaluation: tasks, protocols, reports). Prompts stay
+those of the tasks.
 
 - ``ivon-lora`` (default): IVON-LoRA and Laplace-LoRA. ARC and OpenBookQA keep only their 4-choice questions
   (numeric labels 1-4 are presented as A-D), validation split, ECE with 10 bins, S=10 posterior samples
@@ -25,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 from ..choice.example import ChoiceExample
-from .base import LETTERS, RecordError, Task, unknown_name
+from ..registry import Registry
+from .base import LETTERS, RecordError, Task
 
 # The tasks whose questions have a varying number of choices, which the 4-choice subset concerns.
 CHOICE_SUBSET_FAMILIES = frozenset({"arc", "openbookqa"})
@@ -102,8 +104,8 @@ class Protocol:
 
 
 DEFAULT_PROTOCOL = "ivon-lora"
-PROTOCOLS: dict[str, Protocol] = {
-    protocol.name: protocol
+PROTOCOLS: Registry[Protocol] = Registry("protocol", (
+    (protocol.name, protocol)
     for protocol in (
         Protocol(
             "ivon-lora",
@@ -114,8 +116,8 @@ PROTOCOLS: dict[str, Protocol] = {
             reference="Cong et al., arXiv 2411.04421 (IVON-LoRA); Yang et al., Laplace-LoRA",
             deviations=(
                 "WinoGrande options are numbered as the dataset numbers them (Choices: 1. .. 2. .., answers 1/2, "
-                "as ivon-notes 3 reads the paper); Laplace-LoRA's public code letters them A/B, so WinoGrande numbers "
-                "may not be comparable with the paper's",
+                "as the IVON-LoRA paper describes its prompts); Laplace-LoRA's public code letters them A/B, so "
+                "WinoGrande numbers may not be comparable with the paper's",
                 "prompts longer than max_length lose their middle (the instruction and the answer cue are kept), "
                 "which the paper's code may not do; the count of cut prompts is in each report",
             ),
@@ -136,10 +138,8 @@ PROTOCOLS: dict[str, Protocol] = {
             ),
         ),
     )
-}
+))
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise unknown_name("protocol", name, PROTOCOLS)
-    return PROTOCOLS[name]
+    return PROTOCOLS.get(name)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from ..registry import Registry, unknown_name
 from . import arc, boolq, commonsense_qa, gsm8k, hellaswag, open_qa, piqa, siqa, synthetic, winogrande, wordfacts, wordqa
-from .base import Task, unknown_name
+from .base import Task
 from .generative import GenerativeTask
 from .mmlu import MMLU_CONFIGS, mmlu_subject, mmlu_task
 
 MULTIPLE_CHOICE_MODULES = (synthetic, wordfacts, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
 GENERATIVE_MODULES = (open_qa, gsm8k, wordqa)
 
-TASKS: dict[str, Task | GenerativeTask] = {
-    task.name: task for module in (*MULTIPLE_CHOICE_MODULES, *GENERATIVE_MODULES) for task in module.TASKS
-}
+
+def task_registry(modules) -> Registry[Task | GenerativeTask]:
+    """Every task of the suite `modules` (each with a `TASKS` tuple); two tasks of one name are refused."""
+    return Registry("task", ((task.name, task) for module in modules for task in module.TASKS))
+
+
+TASKS = task_registry((*MULTIPLE_CHOICE_MODULES, *GENERATIVE_MODULES))
 
 
 def task_names(include_mmlu: bool = True) -> list[str]:

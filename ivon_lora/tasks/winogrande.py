@@ -1,8 +1,8 @@
 """WinoGrande: sentence (with a "_" blank), option1, option2, answer "1"/"2" (empty in the Hub's test split).
 
-The IVON-LoRA frame with the two options numbered as the dataset numbers them (ivon-notes §3): "... Choices:
-1. {option1} 2. {option2} Answer:", answers " 1" / " 2". (Laplace-LoRA's public code letters them "A"/"B"
-instead; the notes' protocol is followed here.)
+The IVON-LoRA frame with the two options numbered as the dataset numbers them (as IVON-LoRA describes its prompts,
+Cong et al., arXiv 2411.04421): "... Choices: 1. {option1} 2. {option2} Answer:", answers " 1" / " 2".
+(Laplace-LoRA's public code letters them "A"/"B" instead; the IVON-LoRA paper's description is followed here.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """IVON for the Hugging Face Trainer: `IVONTrainerMixin` and `IVONTrainer` (any objective; see `ivon_lora.choice`).
 
-What changes compared with the Trainer's usual step (ivon-notes §1-§2):
+What changes compared with the Trainer's usual step (IVON: Shen et al., arXiv 2402.17641, Algorithm 1; several
+processes: README, Multi-GPU and multi-node):
 
 * every micro-batch is one fresh posterior sample: its forward and backward run inside
   `IVON.sampled_params(train=True)`, which records that sample's gradient and clears `.grad`, so gradient
@@ -137,7 +138,7 @@ class IVONTrainerMixin:
                 clip_radius=args.ivon_clip_radius,
                 rescale_lr=args.ivon_rescale_lr,
                 seed=args.ivon_seed if args.ivon_seed is not None else args.seed,
-                # Per-rank noise, with g and eps*g averaged over the ranks in step() (ivon-notes §2, "Correct A").
+                # Per-rank noise, with g and eps*g averaged over the ranks in step() (README, Multi-GPU and multi-node).
                 data_parallel=self._data_parallel_world_size() > 1,
             )
         self._check_ivon_synchronises(self.optimizer)

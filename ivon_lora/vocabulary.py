@@ -1,0 +1,45 @@
+"""The words that configs, parsers and the code behind them share: objectives, ECE bin counts, pruning scopes,
+modes, criteria and fractions, sweep selection criteria, sample kinds, decoding modes.
+
+A leaf (it imports nothing from the package), so that `config` and `rundir` validate a value without importing the
+evaluation or trainer code that acts on it; that code imports its vocabulary from here too, so there is one list.
+"""
+
+from __future__ import annotations
+
+# Training objectives (`objective:` of a recipe).
+OBJECTIVES = ("choice", "sft")
+
+# ECE bin counts reported when none are given (the IVON-LoRA protocol's 10 and BLoB's 15).
+DEFAULT_ECE_BINS = (10, 15)
+
+# Test-time pruning of the posterior (`Posterior.prune`): what entries are ranked within, what pruning does to an
+# entry, and the score it ranks by (|m|/sqrt(v), |m|, 1/sqrt(v)).
+PRUNE_SCOPES = ("global", "matrix")
+PRUNE_MODES = ("zero", "denoise")
+PRUNE_CRITERIA = ("snr", "magnitude", "variance")
+# The fractions `eval --sweep` tries.
+DEFAULT_PRUNE_FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+# What a sweep chooses by: the built-in metrics that `calibration_metrics` computes, in the metric registry's order,
+# as (name, higher is better, one column per ECE bin count). `evaluation.sweep.selection_criteria` reads the registry
+# itself; a test holds the two equal for the built-in metrics.
+SELECTION_METRICS = (("accuracy", True, False), ("nll", False, False), ("ece", False, True), ("brier", False, False))
+DEFAULT_SELECTION_CRITERION = "nll"
+
+# Where the S sampled predictions come from: multiple-choice evaluation samples the posterior or dropout masks;
+# generative evaluation also samples answers at a temperature (runs with neither posterior nor dropout).
+CHOICE_SAMPLE_KINDS = ("posterior", "mc_dropout")
+GENERATIVE_SAMPLE_KINDS = ("posterior", "mc_dropout", "temperature")
+# How a generative task's chosen answer is decoded: greedy at the posterior mean, or posterior-averaged.
+DECODING_MODES = ("mean", "averaged")
+
+
+def selection_criteria(ece_bins=DEFAULT_ECE_BINS) -> dict[str, bool]:
+    """What a sweep can choose by, criterion -> whether larger is better, over `ece_bins` and the default bin counts."""
+    bins = sorted(set(ece_bins) | set(DEFAULT_ECE_BINS))
+    return {
+        column: higher_is_better
+        for name, higher_is_better, per_bins in SELECTION_METRICS
+         for column in ([f"{name}_{b}" for b in bins] if per_bins else [name])
+    }
