@@ -13,6 +13,7 @@ import traceback
 from importlib import import_module
 
 from .commands import COMMANDS, module_name
+from .artifacts import release_output_dir
 from .errors import USER_ERRORS
 
 
@@ -45,3 +46,5 @@ def main(argv=None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the message held
         print(f"ivon-lora {options.command}: {message}", file=sys.stderr)
         return 2
+    finally:
+        release_output_dir()  # the output dirs this command claimed (the process's exit would release them too)

@@ -208,7 +208,26 @@ def model_path(model_args) -> str:
     from .packaged import PACKAGED_MODELS, ensure_packaged_model
 
     name = model_args.model_name_or_path
-    return ensure_packaged_model(name) if name in PACKAGED_MODELS else name
+    if name in PACKAGED_MODELS:
+        return ensure_packaged_model(name)
+    if os.path.isdir(name) and not model_args.gguf_file:
+        check_local_model_dir(name)
+    return name
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def check_local_model_dir(path: str) -> None:
+    """A local base model dir holds a config.json and weights; else one line naming model_name_or_path (transformers
+    would fail with a tokenizer-conversion or file-not-found traceback that names neither)."""
+    names = os.listdir(path)
+    missing = [what for what, present in (("config.json", "config.json" in names),
+                                          ("weights (*.safetensors or *.bin)", any(n.endswith(WEIGHT_SUFFIXES) for n in names)))
+               if not present]  # fmt: skip
+    if missing:
+        raise RecipeError(f"Recipe key 'model_name_or_path': the local dir {path!r} holds no {' and no '.join(missing)}: "
+                          "point it at a saved model (save_pretrained's dir), a Hub id, or a builtin: model")
 
 
 def _from_pretrained(path: str, model_args):

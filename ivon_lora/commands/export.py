@@ -19,7 +19,7 @@ from ..artifacts import (
     read_json,
     staged_output_dir,
 )
-from ._options import add_config_arguments, add_output_arguments, config_from_options
+from ._options import add_config_arguments, add_output_arguments, add_trust_remote_code_argument, config_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir")
     add_output_arguments(parser)
+    add_trust_remote_code_argument(parser)
     return parser
 
 
@@ -44,7 +45,7 @@ def config_from(options: argparse.Namespace):
 
 def main(config) -> int:
     """Export as `config` (an `ivon_lora.config.ExportConfig`) says."""
-    export_run(config.run_dir, config.out, config.overwrite)
+    export_run(config.run_dir, config.out, config.overwrite, config.trust_remote_code)
     return 0
 
 
@@ -109,13 +110,13 @@ def model_card(run, metrics: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_run(directory: str, out: str, overwrite: bool = False) -> None:
+def export_run(directory: str, out: str, overwrite: bool = False, trust_remote_code: bool = False) -> None:
     """Merge the adapter's (posterior) mean into the base model and save it with its posterior and a model card."""
     from ..rundir import check_out_apart, load_run
 
     check_out_apart(out, {"run dir": directory})
     check_new_output_dir(out, overwrite)
-    run = load_run(directory)
+    run = load_run(directory, trust_remote_code)
     metrics_path = os.path.join(directory, METRICS_NAME)
     metrics = read_json(metrics_path) if os.path.isfile(metrics_path) else None
     card = model_card(run, metrics)

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ._options import add_config_arguments, config_from_options
+from ._options import TRUST_REMOTE_CODE_HELP, add_config_arguments, add_trust_remote_code_argument, config_from_options
 
 JSON_LINES_SUFFIXES = (".jsonl",)
 
@@ -34,6 +34,7 @@ class GenerateConfig:
     no_chat: bool = field(default=False, metadata={"help": "plain prompts even if the tokenizer has a chat template"})
     out: str | None = field(default=None, metadata={"help": "jsonl file of the answers (must not exist)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing out file"})
+    trust_remote_code: bool = field(default=False, metadata={"help": TRUST_REMOTE_CODE_HELP})
 
     def __post_init__(self):
         if self.run_dir is None:
@@ -65,6 +66,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
                         help="plain prompts even if the tokenizer has a chat template")  # fmt: skip
     parser.add_argument("--out", metavar="FILE.jsonl", help="write the answers here (with the run, options, versions)")
     parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS, help="replace an existing --out")
+    add_trust_remote_code_argument(parser)
     return parser
 
 
@@ -115,10 +117,10 @@ def run_generate(config: GenerateConfig) -> list:
     from ..artifacts import atomic_write
     from ..errors import UsageError
     from ..generation import check_prompt, generate, uses_chat_template
-    from ..rundir import describe_run, environment, load_run
+    from ..rundir import check_out_apart, describe_run, environment, load_run
 
     # Everything that can be wrong with the options is checked before the model loads.
-    described = describe_run(config.run_dir, set())
+    described = describe_run(config.run_dir, set(), trust_remote_code=config.trust_remote_code)
     prompts = list(config.prompt or []) + (read_prompts_file(config.prompts_file) if config.prompts_file else [])
     if not prompts:
         raise UsageError("No prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -133,12 +135,13 @@ def run_generate(config: GenerateConfig) -> list:
         raise UsageError(f"{config.prompts_file}: 'messages' prompts need the chat template, and --no-chat turns it "
                          "off: drop --no-chat or give 'prompt' texts")  # fmt: skip
     if config.out is not None:
+        check_out_apart(config.out, {"run dir": config.run_dir})
         if os.path.isdir(config.out):
             raise UsageError(f"--out {config.out!r} is a directory: name a .jsonl file")
         if os.path.exists(config.out) and not config.overwrite:
             raise FileExistsError(f"{config.out!r} exists: choose another --out, or pass --overwrite")
 
-    run = load_run(config.run_dir)
+    run = load_run(config.run_dir, trust_remote_code=config.trust_remote_code)
     chat = uses_chat_template(run.tokenizer, False if config.no_chat else None)
     generations = generate(
         run.model, run.tokenizer, prompts, posterior=run.posterior, num_samples=config.samples, seed=config.seed,

@@ -253,7 +253,7 @@ def _run_sft(recipe) -> dict:
         num_samples = run_args.eval_mc_samples if posterior is not None else 0
         model = trainer.accelerator.unwrap_model(trainer.model)
         metrics = predictive_losses(model, trainer.evaluation_batches(), posterior, num_samples,
-                                    run_args.eval_seed, gather=trainer.accelerator.gather_for_metrics)  # fmt: skip
+                                    run_args.eval_seed, **trainer.document_gathering())  # fmt: skip
         report = {
             "objective": "sft",
             "dataset": eval_split.source,
