@@ -116,7 +116,8 @@ def run_generate(config: GenerateConfig) -> list:
     """Generate for `config` (see the module doc); returns the `ivon_lora.generation.Generation`s."""
     from ..artifacts import atomic_write
     from ..errors import UsageError
-    from ..generation import check_prompt, generate, uses_chat_template
+    from ..generation import check_prompt, generate, render_prompts, uses_chat_template
+    from ..modeling import check_fits_context
     from ..rundir import check_out_apart, describe_run, environment, load_run
 
     # Everything that can be wrong with the options is checked before the model loads.
@@ -143,6 +144,8 @@ def run_generate(config: GenerateConfig) -> list:
 
     run = load_run(config.run_dir, trust_remote_code=config.trust_remote_code)
     chat = uses_chat_template(run.tokenizer, False if config.no_chat else None)
+    rendered = run.tokenizer(render_prompts(run.tokenizer, prompts, chat, config.system), add_special_tokens=not chat)
+    check_fits_context(run.model, [len(ids) for ids in rendered["input_ids"]], config.max_new_tokens)
     generations = generate(
         run.model, run.tokenizer, prompts, posterior=run.posterior, num_samples=config.samples, seed=config.seed,
         max_new_tokens=config.max_new_tokens, chat=chat, system=config.system, batch_size=config.batch_size,
