@@ -15,6 +15,7 @@ from importlib import import_module
 from .commands import COMMANDS, module_name
 from .artifacts import release_output_dir
 from .errors import USER_ERRORS
+from .model_card import record_invocation
 
 
 DEBUG_ENV = "IVON_LORA_DEBUG"
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     options = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     command = _command(options.command)
+    record_invocation(sys.argv[1:] if argv is None else argv)  # the command line the model cards quote
     try:
         config = command.config_from(options)
         return 0 if config is None else command.main(config)

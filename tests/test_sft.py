@@ -14,7 +14,7 @@ from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model
 from ivon_lora.config import ModelArguments
 from ivon_lora.modeling import apply_lora
 from ivon_lora.sft import IVONSFTConfig, IVONSFTTrainer
-from ivon_lora.sft.likelihood import predictive_loss_metrics, sequence_log_likelihoods
+from ivon_lora.sft.likelihood import predictive_loss_metrics, predictive_losses, sequence_log_likelihoods
 
 WORDS = "the cat sat on a mat while dogs ran past seven green trees near old river banks".split()
 
@@ -223,3 +223,35 @@ def test_default_ess_counts_the_target_tokens_packed_or_not(tmp_path, qwen25):
     assert packed.likelihood_size() == targets
     plain.train()  # ess = max(targets, the floor that keeps the initial std at most 0.032)
     assert plain.ivon_optimizer.param_groups[0]["ess"] == max(targets, 1 / (0.032**2 * (1e-3 + 1e-4)))
+
+
+def test_the_validation_loss_scores_every_document_when_training_ends_on_an_epochs_last_batch(tmp_path, llama3):
+    """10 train rows at batch 4 stop at step 3 on the epoch's last (short) batch: accelerate's gather_for_metrics
+    would still see that loader's remainder (2) and cut every evaluation batch to it."""
+    rows = _conversations(12)
+    trainer = _trainer(tmp_path, llama3, rows[:10], eval_rows=rows, max_steps=3, per_device_train_batch_size=4,
+                       per_device_eval_batch_size=4, ivon_eval_mc_samples=2)  # fmt: skip
+    trainer.train()
+    tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in trainer.get_eval_dataloader())
+    metrics = trainer.evaluate()
+    assert metrics["eval_sampled_documents"] == 12 and metrics["eval_sampled_tokens"] == tokens
+    posterior = Posterior.from_optimizer(trainer.ivon_optimizer, trainer.model)
+    final = predictive_losses(trainer.model, trainer.evaluation_batches(), posterior, 2,
+                              **trainer.document_gathering())  # what `ivon-lora train` reports  # fmt: skip
+    assert final["mean"]["documents"] == final["sampled"]["documents"] == 12 and final["mean"]["tokens"] == tokens
+
+
+@pytest.mark.parametrize("max_grad_norm, equal", [(1e9, True), (1e-3, False)])
+def test_accumulation_equals_one_big_batch_exactly_while_no_sample_is_clipped(max_grad_norm, equal, tmp_path, llama3,
+                                                                               same_noise):  # fmt: skip
+    """The README's statement: 4 x 2 gives the update of 1 x 8 while max_grad_norm clips no sample's gradient
+    (0 or above every per-sample norm); each micro-batch's sample is clipped alone, so a clipping step differs."""
+    rows = _conversations()
+    full = _trainer(tmp_path / "full", llama3, rows, per_device_train_batch_size=8, max_grad_norm=max_grad_norm)
+    full.train()
+    accumulated = _trainer(tmp_path / "ga", llama3, rows, per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                           max_grad_norm=max_grad_norm)  # fmt: skip
+    accumulated.train()
+    same = all(torch.allclose(value, _adapter(full)[name], rtol=1e-4, atol=1e-5 * value.abs().max())
+               for name, value in _adapter(accumulated).items())  # fmt: skip
+    assert same == equal

@@ -55,16 +55,14 @@ def model_card(run, metrics: dict | None) -> str:
     from ..evaluation.metrics import table_columns
     from ..evaluation.report import predictives, table_cells
 
+    from ..model_card import base_model_text, command_line, front_matter
+
     base = run.model_args.model_name_or_path
     lines = [
-        "---",
-        "library_name: transformers",
-        f"base_model: {base}",
-        "tags: [ivon-lora, lora, ivon, variational]",
-        "---",
+        *front_matter(base, "transformers"),
         f"# {os.path.basename(os.path.abspath(run.directory))} (merged)",
         "",
-        f"The posterior mean of an IVON-trained LoRA adapter on `{base}`, merged into the base weights. The full",
+        f"The posterior mean of an IVON-trained LoRA adapter on {base_model_text(base)}, merged into the base weights. The full",
         "posterior (adapter + per-weight variance) is in `posterior/`: load it with `ivon_lora.Posterior.load` to",
         "sample, prune or evaluate with posterior averaging.",
     ]
@@ -107,6 +105,11 @@ def model_card(run, metrics: dict | None) -> str:
         changed.pop("output_dir", None)
         lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
                   yaml.safe_dump(changed, sort_keys=True).strip(), "```"]  # fmt: skip
+    lines += ["", "## Load and sample", "", "```python", "from transformers import AutoModelForCausalLM", "",
+              'model = AutoModelForCausalLM.from_pretrained(".")  # the posterior mean, merged', "",
+              "from ivon_lora import Posterior", "", 'posterior = Posterior.load("posterior")  # adapter + variance: '
+              "sample it on the unmerged base (ivon_lora.load_run on the run dir)", "```",
+              "", "## Made with", "", "```bash", command_line(), "```"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
