@@ -198,7 +198,7 @@ def test_out_equal_to_inside_or_containing_an_input_run_is_refused(where, run_di
                  ["eval", str(tmp_path / "other"), "--task", "synthetic", "--baseline", run_dir, "--out", out, "--overwrite"]):  # fmt: skip
         if argv[1] != run_dir:  # the baseline case needs a main run dir that exists
             os.makedirs(argv[1], exist_ok=True)
-            (tmp_path / "other" / "adapter_config.json").write_text("{}")
+            (tmp_path / "other" / "adapter_config.json").write_text('{"base_model_name_or_path": "builtin:tiny-llama"}')
         assert cli.main(argv) == 2, argv
         assert "outside every input run dir" in capsys.readouterr().err
     assert sorted(os.listdir(run_dir)) == before
