@@ -7,7 +7,7 @@ A run dir (or a checkpoint-N inside it, or a pruned copy) is a PEFT adapter dir 
     recipe.yaml                                      the resolved recipe (train writes it; a checkpoint reads its parent's)
     metrics.json, predictions.jsonl                  the final evaluation of `ivon-lora train`
     diagnostics.json, diagnostics.png                posterior diagnostics (`ivon-lora train`, `ivon-lora inspect`)
-    README.md                                        the model card of `ivon-lora export`
+    README.md                                        the model card (`ivon-lora train`, `ivon-lora export`)
     eval.json, eval.md, tradeoff.png, ...            `ivon-lora eval`'s output dir
 
 PEFT's two names equal `peft.utils.constants.CONFIG_NAME` / `SAFETENSORS_WEIGHTS_NAME` (tests/test_artifacts.py

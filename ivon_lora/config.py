@@ -428,6 +428,10 @@ def _check_files(recipe: Recipe) -> None:
             raise RecipeError(f"Recipe key {key!r}: file {path!r} does not exist")
     _check_resume_checkpoint(recipe.training.resume_from_checkpoint)
     _check_resume_fits(recipe)
+    if os.path.isdir(recipe.model.model_name_or_path) and not recipe.model.gguf_file:
+        from .modeling import check_local_model_dir
+
+        check_local_model_dir(recipe.model.model_name_or_path)  # config and weights, before anything loads
     output_dir = recipe.training.output_dir
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise RecipeError(f"Recipe key 'output_dir': {output_dir!r} is a file, not a dir: choose another output_dir")

@@ -211,7 +211,7 @@ def model_path(model_args) -> str:
     if name in PACKAGED_MODELS:
         return ensure_packaged_model(name)
     if os.path.isdir(name) and not model_args.gguf_file:
-        check_local_model_dir(name)
+        check_local_model_dir(name, need_weights=False)  # a tokenizer-only dir loads a tokenizer
     return name
 
 
@@ -244,10 +244,17 @@ def check_fits_context(model, prompt_lengths: list[int], max_new_tokens: int) ->
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 
-def check_local_model_dir(path: str) -> None:
-    """A local base model dir holds a config.json and weights; else one line naming model_name_or_path (transformers
-    would fail with a tokenizer-conversion or file-not-found traceback that names neither)."""
+def check_local_model_dir(path: str, need_weights: bool = True) -> None:
+    """A local base model dir holds a config.json and weights (`need_weights=False`: a tokenizer or a config at
+    least); else one line naming model_name_or_path (transformers would fail with a tokenizer-conversion or
+    file-not-found traceback that names neither)."""
     names = os.listdir(path)
+    if not need_weights:
+        if not {"config.json", "tokenizer_config.json", "tokenizer.json"} & set(names):
+            raise RecipeError(f"Recipe key 'model_name_or_path': the local dir {path!r} holds no config.json and no "
+                              "tokenizer: point it at a saved model (save_pretrained's dir), a Hub id, or a builtin: "
+                              "model")  # fmt: skip
+        return
     missing = [what for what, present in (("config.json", "config.json" in names),
                                           ("weights (*.safetensors or *.bin)", any(n.endswith(WEIGHT_SUFFIXES) for n in names)))
                if not present]  # fmt: skip

@@ -152,3 +152,14 @@ def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run
     (tmp_path / "export.yaml").write_text(f"run_dir: {tmp_path / 'p'}\n")
     assert cli.main(["export", str(tmp_path / "export.yaml"), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "README.md").is_file() and (tmp_path / "x" / "posterior" / "posterior.safetensors").is_file()
+
+
+def test_ivon_keys_of_the_recipe_file_under_another_optimizer_are_a_warning_naming_them(tmp_path, caplog):
+    """One recipe serves an IVON run and its AdamW baseline (`optim=adamw_torch` on the command line): the file's
+    ivon_* keys are then unused, and said so; typed on the command line they are an error (tests/test_user_errors.py)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ivon_lora.config"):
+        recipe = load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", "optim=adamw_torch"])
+    assert not recipe.training.use_ivon
+    assert "ivon_clip_radius, ivon_ess, ivon_hess_init" in caplog.text and "demo.yaml" in caplog.text

@@ -81,7 +81,7 @@ CASES = {
     "resume-from-another-rank": (lambda r, t: _train(t, f"resume_from_checkpoint={_fake_checkpoint(r, t)}",
                                                      "lora_rank=8"), "holds an adapter of lora_rank 4"),
     "empty-model-dir": (lambda r, t: _train(t, f"model_name_or_path={os.path.dirname(_file(t / 'm' / 'x.txt', ''))}"),
-                        "holds no config.json"),
+                        "holds no config.json and no weights"),
     "model-dir-without-weights": (
         lambda r, t: _train(t, f"model_name_or_path={os.path.dirname(_file(t / 'm' / 'config.json', '{}'))}"),
         "holds no weights"),
@@ -122,6 +122,11 @@ CASES = {
                                     os.path.dirname(_file(t / "p" / "x", "x"))], "exists and is not empty"),
     "out-being-written": (lambda r, t: ["prune", r, "--fraction", "0.1", "--out", _locked(t / "p")],
                           "is being written by ivon-lora process"),
+    "eval-out-being-written": (lambda r, t: ["eval", r, "--out", _locked(t / "e")],
+                               "is being written by ivon-lora process"),
+    "export-remote-code-without-consent": (
+        lambda r, t: ["export", _copy_run(r, t, recipe={"trust_remote_code": True}), "--out", str(t / "x")],
+        "pass --trust-remote-code"),
     "generate-prompt-longer-than-the-context": (lambda r, t: ["generate", r, "--prompt", "word " * 3000],
                                                 "longer than the model's context"),
     "lm-eval-unknown-model-arg": (lambda r, t: ["lm-eval", "--model", "ivon-lora", "--model_args",
