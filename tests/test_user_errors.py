@@ -129,11 +129,20 @@ CASES = {
         "pass --trust-remote-code"),
     "generate-prompt-longer-than-the-context": (lambda r, t: ["generate", r, "--prompt", "word " * 3000],
                                                 "longer than the model's context"),
+    "lm-eval-hub-dataset-unreachable": (lambda r, t: ["lm-eval", "--model", "ivon-lora", "--model_args", f"run={r}",
+                                                      "--tasks", "arc_easy", "--limit", "2"],
+                                        "Dataset 'allenai/ai2_arc' could not be loaded"),
+    "eval-lm-eval-hub-dataset-unreachable": (lambda r, t: ["eval", r, "--lm-eval-tasks", "arc_easy", "--limit", "2",
+                                                           "--out", str(t / "e")],
+                                             "Dataset 'allenai/ai2_arc' could not be loaded"),
     "lm-eval-unknown-model-arg": (lambda r, t: ["lm-eval", "--model", "ivon-lora", "--model_args",
                                                 f"run={r},temprature=2", "--tasks", "arc_easy"],
                                   "Unknown model_args key(s) for model=ivon-lora: 'temprature' (did you mean"),
 }
 
+# Cases that need the model (or lm-eval's, which builds it before loading a task's data) to be found.
+MODEL_LOADS_FIRST = {"generate-prompt-longer-than-the-context", "lm-eval-hub-dataset-unreachable",
+                     "eval-lm-eval-hub-dataset-unreachable"}  # fmt: skip
 _holders = []
 
 
@@ -161,7 +170,7 @@ def no_model_loads(monkeypatch):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_user_error_is_exit_2_with_one_line(case, run_dir, tmp_path, monkeypatch, capsys, request):
-    if case != "generate-prompt-longer-than-the-context":
+    if case not in MODEL_LOADS_FIRST:
         request.getfixturevalue("no_model_loads")
     argv_of, fragment = CASES[case]
     argv = argv_of(run_dir, tmp_path)

@@ -318,5 +318,5 @@ def hub_hint():
 def _dataset_named_in(error: Exception) -> str:
     import re
 
-    named = re.search(r"'([^']+)'", str(error))
+    named = re.search(r"reach '([^']+)'", str(error)) or re.search(r"dataset '([^']+)'", str(error))
     return named.group(1) if named else "of an lm-eval task"
