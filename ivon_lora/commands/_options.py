@@ -29,7 +29,8 @@ TRUST_REMOTE_CODE_HELP = ("run the run's base model's own code, which its recipe
 
 
 def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trust-remote-code", action="store_true", default=argparse.SUPPRESS, help=TRUST_REMOTE_CODE_HELP)
+    parser.add_argument("--trust-remote-code", action="store_true", default=argparse.SUPPRESS,
+                        help=TRUST_REMOTE_CODE_HELP)  # fmt: skip
 
 
 def number_in(low: float, high: float, low_inclusive: bool = True):

@@ -152,9 +152,10 @@ def run_eval(options) -> dict:
         raise UsageError("--temperature-scaling fits its temperature on a held-out split: pass --select-split")
 
     # Everything that can be wrong with the options is checked before a model loads.
-    main = describe_run(options.run_dir, set(), trust_remote_code=options.trust_remote_code)
-    baseline = describe_run(options.baseline, {main["label"]}, trust_remote_code=options.trust_remote_code) if options.baseline else None
-    members = [describe_run(member, set(), trust_remote_code=options.trust_remote_code) for member in options.ensemble or []]
+    trust = options.trust_remote_code  # the user's consent to a run's base-model code (rundir.check_remote_code)
+    main = describe_run(options.run_dir, set(), trust)
+    baseline = describe_run(options.baseline, {main["label"]}, trust) if options.baseline else None
+    members = [describe_run(member, set(), trust) for member in options.ensemble or []]
     for described in (main, baseline):
         if described and not described["has_posterior"] and options.mc_dropout_samples and not described["dropout"]:
             raise UsageError(f"--mc-dropout-samples: {described['dir']} has no dropout (lora_dropout 0) to sample: "
@@ -206,7 +207,7 @@ def run_eval(options) -> dict:
     for described, is_member in [(main, False), (baseline, False), *((m, True) for m in members)]:
         if described is None:
             continue
-        run = load_run(described["dir"], trust_remote_code=options.trust_remote_code)
+        run = load_run(described["dir"], trust)
         # An SFT run's recipe has no prompt max_length (its SFTConfig max_length is the sequence's): none then.
         max_length = getattr(run.recipe.data, "max_length", None) if run.recipe else None
         # The prompts as this run's model was trained on them (chat template or plain, answer spelling).

@@ -54,7 +54,6 @@ def model_card(run, metrics: dict | None) -> str:
     from ..config import load_recipe
     from ..evaluation.metrics import table_columns
     from ..evaluation.report import predictives, table_cells
-
     from ..model_card import base_model_text, command_line, front_matter
 
     base = run.model_args.model_name_or_path
@@ -62,7 +61,8 @@ def model_card(run, metrics: dict | None) -> str:
         *front_matter(base, "transformers"),
         f"# {os.path.basename(os.path.abspath(run.directory))} (merged)",
         "",
-        f"The posterior mean of an IVON-trained LoRA adapter on {base_model_text(base)}, merged into the base weights. The full",
+        f"The posterior mean of an IVON-trained LoRA adapter on {base_model_text(base)}, merged into the base",
+        "weights. The full",
         "posterior (adapter + per-weight variance) is in `posterior/`: load it with `ivon_lora.Posterior.load` to",
         "sample, prune or evaluate with posterior averaging.",
     ]

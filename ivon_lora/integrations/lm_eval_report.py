@@ -89,8 +89,8 @@ def run_lm_eval_report(options) -> dict:
     """Score `options.lm_eval_tasks` (an `ivon_lora.config.EvalConfig`) with lm-eval; returns what eval.json holds."""
     _check_options(options)
     tasks = options.lm_eval_tasks
-    main = describe_run(options.run_dir, set(), trust_remote_code=options.trust_remote_code)
-    baseline = describe_run(options.baseline, {main["label"]}, trust_remote_code=options.trust_remote_code) if options.baseline else None
+    main = describe_run(options.run_dir, set(), options.trust_remote_code)
+    baseline = describe_run(options.baseline, {main["label"]}, options.trust_remote_code) if options.baseline else None
     recipe = main["recipe"]
     preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
     num_samples = preset.num_samples if options.samples is None else options.samples
