@@ -7,7 +7,7 @@ A run dir (or a checkpoint-N inside it, or a pruned copy) is a PEFT adapter dir 
     recipe.yaml                                      the resolved recipe (train writes it; a checkpoint reads its parent's)
     metrics.json, predictions.jsonl                  the final evaluation of `ivon-lora train`
     diagnostics.json, diagnostics.png                posterior diagnostics (`ivon-lora train`, `ivon-lora inspect`)
-    README.md                                        the model card of `ivon-lora export`
+    README.md                                        the model card (`ivon-lora train`, `ivon-lora export`)
     eval.json, eval.md, tradeoff.png, ...            `ivon-lora eval`'s output dir
 
 PEFT's two names equal `peft.utils.constants.CONFIG_NAME` / `SAFETENSORS_WEIGHTS_NAME` (tests/test_artifacts.py
@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from .errors import RunDirError
+from .errors import OutputDirLockedError, RunDirError
 
 logger = logging.getLogger(__name__)
 
@@ -77,23 +77,43 @@ RESULT_FILES = (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_N
                 MODEL_CARD_NAME, DIAGNOSTICS_NAME, DIAGNOSTICS_PLOT_NAME)  # fmt: skip
 
 
-# What `overwrite_output_dir=true` removes before training, so that a run dir never mixes files of two runs:
-# every file above, the Trainer's checkpoint-N dirs and its training_args.bin, eval's default eval-SPLIT dirs.
-RUN_FILES = (*RESULT_FILES, ADAPTER_CONFIG_NAME, RECIPE_NAME, "training_args.bin")
-RUN_DIR_PREFIXES = ("checkpoint-", "eval-")
+# What `overwrite_output_dir=true` removes before training, so that a run dir never mixes files of two runs: every
+# file above, the tokenizer files save_model writes, the Trainer's training_args.bin and checkpoint-N dirs, and eval's
+# default eval-SPLIT dirs (those holding an eval.json). Nothing else: a file the user put beside them stays.
+TOKENIZER_FILES = (TOKENIZER_CONFIG_NAME, "tokenizer.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")  # fmt: skip
+RUN_FILES = (*RESULT_FILES, ADAPTER_CONFIG_NAME, RECIPE_NAME, "training_args.bin", *TOKENIZER_FILES)
+CHECKPOINT_DIR_PATTERN = r"checkpoint-\d+"
+EVAL_DIR_PREFIX = "eval-"
+
+
+def _written_by_a_run(directory: str, name: str) -> bool:
+    import re
+
+    path = os.path.join(directory, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+        return bool(re.fullmatch(CHECKPOINT_DIR_PATTERN, name)) or (
+            name.startswith(EVAL_DIR_PREFIX) and os.path.isfile(os.path.join(path, "eval.json")))
+    return name in RUN_FILES and os.path.isfile(path)
+
+
+def check_overwritable(directory: str) -> None:
+    """`overwrite_output_dir` replaces a previous ivon-lora run (a dir with its recipe.yaml), nothing else: a
+    non-empty dir without one is refused before anything is removed."""
+    if os.path.isdir(directory) and os.listdir(directory) and not os.path.isfile(os.path.join(directory, RECIPE_NAME)):
+        raise FileExistsError(f"output_dir {directory!r} is not an ivon-lora run dir (no {RECIPE_NAME}) and is not "
+                              "empty: overwrite_output_dir only replaces a previous run; choose another output_dir")
 
 
 def remove_run_artifacts(directory: str) -> list[str]:
-    """Delete what a previous run left in `directory` (see RUN_FILES); returns the names removed."""
+    """Delete what a previous run wrote into `directory` (see RUN_FILES); returns the names removed."""
+    check_overwritable(directory)
     removed = []
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        path = os.path.join(directory, name)
-        if name in RUN_FILES and os.path.isfile(path):
-            os.remove(path)
-        elif name.startswith(RUN_DIR_PREFIXES) and os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
+        if not _written_by_a_run(directory, name):
             continue
+        path = os.path.join(directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         removed.append(name)
     return removed
 
@@ -141,8 +161,22 @@ def read_tensors(path: str) -> dict:
 # Writing into a run dir: one file atomically, or a whole output dir staged and swapped into place. Here, in the
 # leaf, because both the posterior (which rundir.py loads) and the commands write; a reader never sees half a file.
 
-FILE_MODE = 0o644  # result files and dirs are readable by everyone, like any file a user writes (not mkstemp's 0600)
-DIR_MODE = 0o755
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a result file: what open() gives under the user's umask (mkstemp's 0600 otherwise)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode of a result dir: what mkdir gives under the user's umask (mkdtemp's 0700 otherwise)."""
+    return 0o777 & ~_umask()
+
+
 STAGING_TAG = "incomplete"  # .NAME.incomplete-XXXX: a result being written
 REPLACED_TAG = "replaced"  # .NAME.replaced-XXXX: the previous result, renamed aside while the new one moves in
 # Test-only fault injection: IVON_LORA_TEST_KILL_AT=<point> makes the process SIGKILL itself at that point of a
@@ -161,7 +195,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -177,8 +211,71 @@ def write_json_atomic(path: str, payload: dict, **dump_options) -> None:
 
 
 def check_new_output_dir(path: str, overwrite: bool) -> None:
+    """Claim `path` for this process (`lock_output_dir`), finish what a killed write left there, then refuse a
+    non-empty `path` unless `overwrite`. The claim ends when `staged_output_dir(path)` has swapped its result in, or
+    the command or process ends."""
+    lock_output_dir(path)
+    recover_output_dir(path)  # a result renamed aside by a killed swap is back before "is it empty?" is asked
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
         raise FileExistsError(f"{path!r} exists and is not empty: choose another --out, or pass --overwrite")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One writer per output dir: an exclusive flock on a sibling file .NAME.lock (a sibling, not a file inside: a staged
+# swap replaces the dir). The kernel drops the lock when its holder exits or dies, so a stale lock file blocks
+# nobody; the holder removes the file on release. Held per process, reentrant, until released.
+
+LOCK_SUFFIX = "lock"
+_held_locks: dict[str, int] = {}  # lock file path -> open file descriptor holding the flock
+
+
+def _lock_path(path: str) -> str:
+    parent, base = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{base}.{LOCK_SUFFIX}")
+
+
+def lock_output_dir(path: str) -> None:
+    """Take the exclusive lock of output dir `path` for this process, or raise `OutputDirLockedError` (one line
+    naming the holder) if another process holds it. A no-op if this process holds it already."""
+    import fcntl
+    import socket
+
+    lock = _lock_path(path)
+    if lock in _held_locks:
+        return
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputDirLockedError(f"{path!r} is being written by {holder}: wait until it has finished, or "
+                                       "choose another output dir") from None  # fmt: skip
+        try:
+            same_file = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:  # else a releasing holder removed the file after we opened it: lock the new one
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"ivon-lora process {os.getpid()} on {socket.gethostname()}".encode())
+    _held_locks[lock] = fd
+
+
+def release_output_dir(path: str | None = None) -> None:
+    """Release this process's lock of output dir `path` (None: every lock it holds) and remove the lock file."""
+    for lock in [_lock_path(path)] if path is not None else list(_held_locks):
+        fd = _held_locks.pop(lock, None)
+        if fd is None:
+            continue
+        try:
+            os.remove(lock)  # while still holding it: a process that opened it before re-locks the new file
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _leftovers(path: str, tag: str) -> list[str]:
@@ -202,10 +299,11 @@ def recover_output_dir(path: str) -> None:
 
 
 def _set_result_modes(directory: str) -> None:
+    files_mode, dirs_mode = file_mode(), dir_mode()
     for root, dirs, files in os.walk(directory):
-        os.chmod(root, DIR_MODE)
+        os.chmod(root, dirs_mode)
         for name in files:
-            os.chmod(os.path.join(root, name), FILE_MODE)
+            os.chmod(os.path.join(root, name), files_mode)
 
 
 @contextmanager
@@ -218,6 +316,7 @@ def staged_output_dir(path: str):
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    lock_output_dir(path)  # before recovering: another writer's staging dir is not a leftover (no-op if claimed)
     recover_output_dir(path)
     base = os.path.basename(os.path.abspath(path))
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{base}.{STAGING_TAG}-")
@@ -238,6 +337,7 @@ def staged_output_dir(path: str):
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)
+        release_output_dir(path)
 
 
 # The final artifacts of `ivon-lora train` go into a run dir that also holds its checkpoints, so they are staged

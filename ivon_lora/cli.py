@@ -13,7 +13,9 @@ import traceback
 from importlib import import_module
 
 from .commands import COMMANDS, module_name
+from .artifacts import release_output_dir
 from .errors import USER_ERRORS
+from .model_card import record_invocation
 
 
 DEBUG_ENV = "IVON_LORA_DEBUG"
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
     options = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     command = _command(options.command)
+    record_invocation(sys.argv[1:] if argv is None else argv)  # the command line the model cards quote
     try:
         config = command.config_from(options)
         return 0 if config is None else command.main(config)
@@ -45,3 +48,5 @@ def main(argv=None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the message held
         print(f"ivon-lora {options.command}: {message}", file=sys.stderr)
         return 2
+    finally:
+        release_output_dir()  # the output dirs this command claimed (the process's exit would release them too)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import logging
 import os
+import re
 import types
 import typing
 import warnings
@@ -44,6 +46,8 @@ from .vocabulary import (
 
 if typing.TYPE_CHECKING:
     from .trainer import IVONTrainingArguments
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -314,8 +318,21 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"Override {item!r} is not of the form key=value")
-        values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or "not valid YAML"
+            raise RecipeError(f"Override {item!r} on the command line: the value is not valid YAML ({problem}); quote "
+                              f"it for a text, e.g. {key.strip()}='\"{text}\"'") from None
     return values
+
+
+COMMAND_LINE = " on the command line"
+
+
+def _where(key: str, where: str, command_line) -> str:
+    """Where a key's value came from: the command line (an override or flag wins over the file) or `where`."""
+    return COMMAND_LINE if key in command_line else where
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -342,12 +359,17 @@ def read_yaml(path: str, what: str = "recipe") -> dict:
         raise RecipeError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(loaded, dict):
         raise RecipeError(f"{path}: a {what} is a mapping of key: value, got {type(loaded).__name__}")
+    for key in loaded:
+        if not isinstance(key, str):
+            raise RecipeError(f"{path}: key {key!r} is not a name: every key of a {what} is a text such as max_steps")
     return loaded
 
 
-def check_values(values: dict, classes, where: str = "", kind: str = "recipe", help_hint: str = "") -> dict:
+def check_values(values: dict, classes, where: str = "", kind: str = "recipe", help_hint: str = "",
+                 command_line=frozenset()) -> dict:  # fmt: skip
     """The pre-pass before HfArgumentParser: every key known (else "did you mean"), every value of its field's
-    type (YAML's "1e6" strings coerced to float, a single item to a one-item list). Returns the coerced values."""
+    type (YAML's "1e6" strings coerced to float, a single item to a one-item list). Returns the coerced values.
+    `where` names the file; keys in `command_line` came from key=value or flags and are reported as such."""
     types_by_key = _field_types(classes)
     unknown = [key for key in values if key not in types_by_key]
     if unknown:
@@ -355,18 +377,20 @@ def check_values(values: dict, classes, where: str = "", kind: str = "recipe", h
         for key in unknown:
             close = difflib.get_close_matches(key, types_by_key, n=1)
             messages.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        where = COMMAND_LINE if all(key in command_line for key in unknown) else where
         raise RecipeError(f"Unknown {kind} key(s){where}: {', '.join(messages)}.{help_hint}")
     coerced_values = {}
     for key, value in values.items():
         _, annotation = types_by_key[key]
         ok, coerced = _accepts(value, annotation)
         if not ok:
-            raise RecipeError(f"{kind.capitalize()} key {key!r}{where}: {value!r} is not a valid {_type_name(annotation)}")
+            raise RecipeError(f"{kind.capitalize()} key {key!r}{_where(key, where, command_line)}: {value!r} is not a "
+                              f"valid {_type_name(annotation)}")  # fmt: skip
         coerced_values[key] = coerced
     return coerced_values
 
 
-def parse_values(values: dict, classes, where: str = "", kind: str = "recipe") -> tuple:
+def parse_values(values: dict, classes, where: str = "", kind: str = "recipe", command_line=frozenset()) -> tuple:
     """The dataclasses of `classes` from checked `values` (HfArgumentParser.parse_dict); their own validation
     errors (`__post_init__`) become a RecipeError naming the config."""
     # As HfArgumentParser.parse_dict, except that a key two classes share (trust_remote_code of ModelArguments and
@@ -375,7 +399,8 @@ def parse_values(values: dict, classes, where: str = "", kind: str = "recipe") -
         return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
                      for cls in classes)  # fmt: skip
     except (ValueError, TypeError) as error:
-        raise RecipeError(f"Invalid {kind}{where}: {error}") from error
+        named = [key for key in command_line if re.search(rf"\b{re.escape(key)}\b", str(error))]
+        raise RecipeError(f"Invalid {kind}{COMMAND_LINE if named else where}: {error}") from error
 
 
 def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool = True) -> Recipe:
@@ -389,7 +414,8 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     """
     where = f" in {path}" if path else ""
     values = _renamed_keys(read_yaml(path) if path is not None else {}, where)
-    values.update(_renamed_keys(parse_overrides(list(overrides)), " in the overrides"))
+    command_line = _renamed_keys(parse_overrides(list(overrides)), COMMAND_LINE)
+    values.update(command_line)
     objective = values.get("objective", "choice")
     if objective not in OBJECTIVES:
         raise RecipeError(f"Recipe key 'objective'{where}: {objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -397,23 +423,25 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
         classes = argument_classes(objective)
         values = check_values(values, classes, where, help_hint=(
             " Keys are TrainingArguments fields plus ivon-lora's model/data/run keys; `ivon-lora train --help-keys` "
-            "lists them."))  # fmt: skip
+            "lists them."), command_line=command_line)  # fmt: skip
     else:
         classes = _run_classes(objective)
         run_keys = _field_types(classes)
-        values = {**values, **check_values({k: v for k, v in values.items() if k in run_keys}, classes, where)}
+        values = {**values, **check_values({k: v for k, v in values.items() if k in run_keys}, classes, where,
+                                           command_line=command_line)}  # fmt: skip
     if "model_name_or_path" not in values:
         raise RecipeError(f"Recipe{where} has no model_name_or_path")
     if "output_dir" not in values:
         raise RecipeError(f"Recipe{where} has no output_dir")
     if for_training:
-        model, data, run, training = parse_values(values, classes, where)
+        model, data, run, training = parse_values(values, classes, where, command_line=command_line)
     else:
-        model, data, run = parse_values(values, classes, where)
+        model, data, run = parse_values(values, classes, where, command_line=command_line)
         training = _DeferredTraining(values, objective, where)
     recipe = Recipe(model, data, run, training, source=path)
     _check_names(recipe)
     if for_training:
+        _check_ivon_keys_unused(recipe, values, command_line, where)
         _check_files(recipe)
     return recipe
 
@@ -435,6 +463,24 @@ def _renamed_keys(values: dict, where: str) -> dict:
                       stacklevel=3)  # fmt: skip
         values[new] = values.pop(old)
     return values
+
+
+def _check_ivon_keys_unused(recipe: Recipe, values: dict, command_line, where: str) -> None:
+    """ivon_* keys set away from their defaults while another optimizer trains: an error when typed on the command
+    line (the user asked for both now), a warning when the file holds them (one recipe usually serves an IVON run
+    and its AdamW baseline, `optim=adamw_torch` on the command line)."""
+    if recipe.training.use_ivon:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(recipe.training) if f.name.startswith("ivon_")}
+    ignored = sorted(key for key in values if key in defaults and values[key] != defaults[key])
+    typed = [key for key in ignored if key in command_line]
+    optim = getattr(recipe.training.optim, "value", recipe.training.optim)
+    if typed:
+        raise RecipeError(f"Recipe key(s) {', '.join(typed)}{COMMAND_LINE}: optim is {optim!r}, which does not read "
+                          "ivon_* keys: drop them, or set optim=ivon")  # fmt: skip
+    if ignored:
+        logger.warning("optim is %r: the recipe's %s%s are not used (they configure optim=ivon only)", optim,
+                       ", ".join(ignored), where)  # fmt: skip
 
 
 def _type_name(annotation) -> str:
@@ -461,15 +507,49 @@ def _check_names(recipe: Recipe) -> None:
             raise RecipeError(f"Recipe key {key!r}: task {task.name!r} has no split {split!r} ({', '.join(task.splits)})")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def check_local_model_dir(path: str, need_weights: bool = True) -> None:
+    """A local base model dir holds a config.json and weights (`need_weights=False`: a tokenizer or a config at
+    least); else one line naming model_name_or_path (transformers would fail with a tokenizer-conversion or
+    file-not-found traceback that names neither)."""
+    names = os.listdir(path)
+    if not need_weights:
+        if not {"config.json", "tokenizer_config.json", "tokenizer.json"} & set(names):
+            raise RecipeError(f"Recipe key 'model_name_or_path': the local dir {path!r} holds no config.json and no "
+                              "tokenizer: point it at a saved model (save_pretrained's dir), a Hub id, or a builtin: "
+                              "model")  # fmt: skip
+        return
+    missing = [what for what, present in (("config.json", "config.json" in names),
+                                          ("weights (*.safetensors or *.bin)", any(n.endswith(WEIGHT_SUFFIXES) for n in names)))
+               if not present]  # fmt: skip
+    if missing:
+        raise RecipeError(f"Recipe key 'model_name_or_path': the local dir {path!r} holds no {' and no '.join(missing)}: "
+                          "point it at a saved model (save_pretrained's dir), a Hub id, or a builtin: model")
+
+
 def _check_files(recipe: Recipe) -> None:
     for key in ("train_file", "eval_file"):
         path = getattr(recipe.data, key)
         if path is not None and not os.path.exists(path):
             raise RecipeError(f"Recipe key {key!r}: file {path!r} does not exist")
     _check_resume_checkpoint(recipe.training.resume_from_checkpoint)
+    _check_resume_fits(recipe)
+    if os.path.isdir(recipe.model.model_name_or_path) and not recipe.model.gguf_file:
+        check_local_model_dir(recipe.model.model_name_or_path)  # config and weights, before anything loads
     output_dir = recipe.training.output_dir
-    # Under a multi-process launch only the main process checks: the others would see its first files.
-    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise RecipeError(f"Recipe key 'output_dir': {output_dir!r} is a file, not a dir: choose another output_dir")
+    # Under a multi-process launch only the main process checks and locks: the others would see its first files.
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from .artifacts import check_overwritable, lock_output_dir
+
+    lock_output_dir(output_dir)  # one train per output_dir at a time, held until the command ends
+    if recipe.run.overwrite_output_dir and recipe.training.resume_from_checkpoint is None:
+        check_overwritable(output_dir)
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not recipe.run.overwrite_output_dir:
         if recipe.training.resume_from_checkpoint is None:
             raise RecipeError(
                 f"output_dir {output_dir!r} exists and is not empty: choose another output_dir, "
@@ -491,6 +571,23 @@ def _check_resume_checkpoint(checkpoint) -> None:
     if missing:
         raise RecipeError(f"Recipe key 'resume_from_checkpoint': {checkpoint!r} is not a complete checkpoint "
                           f"({', '.join(missing)} missing; a run killed while saving it?): resume from an earlier one")
+
+
+def _check_resume_fits(recipe: Recipe) -> None:
+    """The checkpoint to resume from holds an adapter of this recipe's shape (LoRA rank): checked before the model
+    loads and before output_dir is written, where loading it would fail with a size mismatch."""
+    from .artifacts import ADAPTER_CONFIG_NAME, read_json
+
+    checkpoint = recipe.training.resume_from_checkpoint
+    if not isinstance(checkpoint, str):
+        return
+    saved = read_json(os.path.join(checkpoint, ADAPTER_CONFIG_NAME))
+    for key, saved_key in (("lora_rank", "r"), ("lora_alpha", "lora_alpha")):
+        ours = getattr(recipe.model, key)
+        if saved_key in saved and saved[saved_key] != ours:
+            raise RecipeError(f"Recipe key 'resume_from_checkpoint': {checkpoint!r} holds an adapter of {key} "
+                              f"{saved[saved_key]}, this recipe has {key} {ours}: resume with the run's own recipe "
+                              "(its recipe.yaml), or start a new run")  # fmt: skip
 
 
 def describe_keys() -> str:
@@ -559,6 +656,7 @@ class PruneConfig(OutputArguments):
 @dataclass
 class ExportConfig(OutputArguments):
     run_dir: str | None = field(default=None, metadata={"help": "run, checkpoint or pruned dir"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the base model's own code (see --help)"})
 
     def __post_init__(self):
         for key in ("run_dir", "out"):
@@ -610,6 +708,7 @@ class EvalConfig(OutputArguments):
                 "takes them), scored by lm-eval; needs ivon-lora[lm-eval]"})
     lm_eval_include_path: str | None = field(default=None, metadata={
         "help": "a dir of local lm-eval task YAMLs (lm-eval's --include_path)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the base model's own code (see --help)"})
 
     def __post_init__(self):
         if self.run_dir is None:
@@ -674,6 +773,7 @@ class GenerateConfig:
     no_chat: bool = field(default=False, metadata={"help": "plain prompts even if the tokenizer has a chat template"})
     out: str | None = field(default=None, metadata={"help": "jsonl file of the answers (must not exist)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing out file"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the base model's own code (see --help)"})
 
     def __post_init__(self):
         if self.run_dir is None:
@@ -685,10 +785,10 @@ class GenerateConfig:
 def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):
     """`cls` (EvalConfig, PruneConfig, ExportConfig, InspectConfig, GenerateConfig) from a YAML file, then key=value overrides, then flags."""
     values = read_yaml(path, "config") if path is not None else {}
-    values.update(parse_overrides(list(overrides)))
-    values.update(flags or {})
+    command_line = {**parse_overrides(list(overrides)), **(flags or {})}
+    values.update(command_line)
     where = f" in {path}" if path else ""
-    values = check_values(values, (cls,), where, kind="config",
+    values = check_values(values, (cls,), where, kind="config", command_line=command_line,
                           help_hint=f" `ivon-lora {command} --help` lists the keys (flags with - as _).")  # fmt: skip
-    (config,) = parse_values(values, (cls,), where, kind="config")
+    (config,) = parse_values(values, (cls,), where, kind="config", command_line=command_line)
     return config

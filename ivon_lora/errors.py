@@ -27,6 +27,10 @@ class RunDirError(ValueError):
     """A file of a run dir that is damaged or does not belong with the others (the message names the file)."""
 
 
+class OutputDirLockedError(FileExistsError):
+    """An output dir that another ivon-lora process is writing now (the message names it)."""
+
+
 class TrainingDivergedError(RuntimeError):
     """A non-finite loss, gradient or weight during training (the message names the step and the last checkpoint)."""
 

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 import torch
 
 from .builtin import BUILTIN_MODELS, build_tiny_model, build_tokenizer
-from .errors import RecipeError
+from .errors import RecipeError, UsageError
+from .config import check_local_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,37 @@ def model_path(model_args) -> str:
     from .packaged import PACKAGED_MODELS, ensure_packaged_model
 
     name = model_args.model_name_or_path
-    return ensure_packaged_model(name) if name in PACKAGED_MODELS else name
+    if name in PACKAGED_MODELS:
+        return ensure_packaged_model(name)
+    if os.path.isdir(name) and not model_args.gguf_file:
+        check_local_model_dir(name, need_weights=False)  # a tokenizer-only dir loads a tokenizer
+    return name
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model's position encoding covers (its config's), or None if it names none."""
+    config = getattr(model, "config", None)
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(model, prompt_lengths: list[int], max_new_tokens: int) -> None:
+    """Refuse a prompt that, with `max_new_tokens` generated after it, runs past the model's context: past it the
+    positions are untrained and the answer is garbage, with no word from transformers."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for index, length in enumerate(prompt_lengths):
+        if length + max_new_tokens > limit:
+            fix = ("shorten it" if length >= limit else f"shorten it, or lower max_new_tokens to {limit - length}")
+            raise UsageError(f"Prompt {index + 1} is {length} tokens, which with max_new_tokens {max_new_tokens} is "
+                             f"longer than the model's context ({limit} tokens): {fix}")
 
 
 def _from_pretrained(path: str, model_args):

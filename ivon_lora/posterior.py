@@ -273,6 +273,13 @@ class Posterior:
         )  # fmt: skip
         return Posterior(mean, variance, config)
 
+    def evaluation_record(self, fraction: float = 0.0, temperature: float = 1.0, **prune_options) -> dict:
+        """What a report records of an evaluation at `at_test_time(fraction, temperature, ...)`: those settings, and
+        the pruning and temperature the loaded dir already holds (a pruned dir's, from `ivon-lora prune`)."""
+        return {"fraction": fraction, "temperature": temperature, **prune_options,
+                "in_run_dir": {"pruning": list(self.config.get("pruning", [])),
+                               "temperature": self.config.get("temperature", 1.0)}}  # fmt: skip
+
     def at_test_time(self, fraction: float = 0.0, temperature: float = 1.0, **prune_options) -> Posterior:
         """Pruned by `fraction` (see `prune`; recorded even at 0), then with variance / `temperature`."""
         pruned = self.prune(fraction, **prune_options)

@@ -20,12 +20,13 @@ from .artifacts import (
     RECIPE_NAME,
     RESULT_FILES,
     TOKENIZER_CONFIG_NAME,
+    check_new_output_dir,
     read_json,
     read_tensors,
     recover_final_files,
 )
 from .config import ModelArguments, Recipe, load_recipe
-from .errors import UsageError
+from .errors import RunDirError, UsageError
 from .posterior import Posterior
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,27 @@ def optimizer_name(recipe: Recipe) -> str:
     return recipe.training_value("optim")  # as the saved recipe wrote it: no TrainingArguments built
 
 
-def describe_run(run_dir: str, taken: set) -> dict:
+def _base_model_of(run_dir: str, recipe: Recipe | None, adapter_config: dict) -> str:
+    """The base model a run dir's adapter was trained on: its recipe's, else the adapter config's."""
+    if recipe is not None:
+        return recipe.model.model_name_or_path
+    base = adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise RunDirError(f"{run_dir}: no {RECIPE_NAME} here or in the parent dir, and {ADAPTER_CONFIG_NAME} names no "
+                          f"base model: copy the run's {RECIPE_NAME} into it")  # fmt: skip
+    return base
+
+
+def check_remote_code(run_dir: str, recipe: Recipe | None, trust_remote_code: bool) -> None:
+    """A run dir's saved `trust_remote_code: true` is not the user's consent to run its base model's code: as
+    transformers asks it per call, the user passes --trust-remote-code (or trust_remote_code=True) each time."""
+    if recipe is not None and recipe.model.trust_remote_code and not trust_remote_code:
+        raise UsageError(f"{run_dir}: its base model {recipe.model.model_name_or_path!r} runs code of its own "
+                         "(the run's recipe sets trust_remote_code: true): pass --trust-remote-code if you trust that "
+                         "code (lm-eval: trust_remote_code=True in model_args)")  # fmt: skip
+
+
+def describe_run(run_dir: str, taken: set, trust_remote_code: bool = False) -> dict:
     """What a run dir is, checked before any model loads: {"dir", "label", "recipe", "has_posterior", "dropout"}.
 
     The label names the run in reports: its optimizer (from the recipe), else "ivon" for a dir with a posterior,
@@ -68,7 +89,10 @@ def describe_run(run_dir: str, taken: set) -> dict:
         raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(run_dir)
     recipe = load_recipe(recipe_path, for_training=False) if recipe_path else None
-    dropout = read_json(os.path.join(run_dir, ADAPTER_CONFIG_NAME)).get("lora_dropout") or 0.0
+    adapter_config = read_json(os.path.join(run_dir, ADAPTER_CONFIG_NAME))
+    _base_model_of(run_dir, recipe, adapter_config)
+    check_remote_code(run_dir, recipe, trust_remote_code)
+    dropout = adapter_config.get("lora_dropout") or 0.0
     has_posterior = os.path.isfile(os.path.join(run_dir, POSTERIOR_WEIGHTS_NAME))
     if recipe is not None:
         label = optimizer_name(recipe)
@@ -80,8 +104,11 @@ def describe_run(run_dir: str, taken: set) -> dict:
             "dropout": dropout}  # fmt: skip
 
 
-def load_run(directory: str) -> Run:
-    """Rebuild the base model the run was trained on, load its adapter and (IVON runs) its posterior."""
+def load_run(directory: str, trust_remote_code: bool = False) -> Run:
+    """Rebuild the base model the run was trained on, load its adapter and (IVON runs) its posterior.
+
+    `trust_remote_code`: the caller's consent to run the base model's own code, which a run whose recipe sets
+    trust_remote_code needs (`check_remote_code`)."""
     from peft import PeftModel
 
     from .builtin import BUILTIN_MODELS
@@ -94,10 +121,11 @@ def load_run(directory: str) -> Run:
     recipe = load_recipe(recipe_path, for_training=False) if recipe_path else None
     adapter_config = read_json(os.path.join(directory, ADAPTER_CONFIG_NAME))
     read_tensors(os.path.join(directory, ADAPTER_WEIGHTS_NAME))  # present and whole, before any model loads
+    check_remote_code(directory, recipe, trust_remote_code)
     if recipe is not None:
         model_args, seed = recipe.model, recipe.training_value("seed")
     else:
-        model_args, seed = ModelArguments(adapter_config["base_model_name_or_path"]), 0
+        model_args, seed = ModelArguments(_base_model_of(directory, recipe, adapter_config)), 0
     # The tokenizer saved with the run is the one it was trained with.
     saved_tokenizer = os.path.isfile(os.path.join(directory, TOKENIZER_CONFIG_NAME))
     if saved_tokenizer and model_args.model_name_or_path not in BUILTIN_MODELS:
@@ -113,11 +141,22 @@ def load_run(directory: str) -> Run:
     return Run(directory, model, tokenizer, posterior, recipe, model_args)
 
 
+# A checkpoint-N dir's training state: a derived dir (pruned, exported) must not carry it, or resuming from it would
+# restore the unpruned optimizer, schedule and noise.
+TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
+
+
+def _is_trainer_state(name: str) -> bool:
+    return name in TRAINER_STATE_FILES or (name.startswith("rng_state") and name.endswith(".pth"))
+
+
 def copy_run_files(source: str, destination: str) -> None:
-    """Copy the adapter config, tokenizer and recipe of a run dir; not its weights, posterior or results."""
+    """Copy the adapter config, tokenizer and recipe of a run dir; not its weights, posterior, results or a
+    checkpoint's training state."""
     for name in os.listdir(source):
         path = os.path.join(source, name)
-        if os.path.isfile(path) and name not in RESULT_FILES and not name.startswith("."):
+        if (os.path.isfile(path) and name not in RESULT_FILES and not name.startswith(".")
+                and not _is_trainer_state(name)):  # fmt: skip
             shutil.copy2(path, os.path.join(destination, name))
     recipe = find_recipe(source)
     if recipe and not os.path.isfile(os.path.join(destination, RECIPE_NAME)):
@@ -137,6 +176,14 @@ def check_out_apart(out: str, inputs: dict[str, str | None]) -> None:
         if relation:
             raise UsageError(f"--out {out!r} {relation} the {what} {directory!r}, which it would replace: choose an "
                              "--out outside every input run dir")
+
+
+def claim_output_dir(out: str, overwrite: bool, inputs: dict[str, str | None]) -> None:
+    """Every check of a command's output dir, for any command that writes one (then `staged_output_dir(out)`): apart
+    from its input run dirs, locked for this process (a second writer is refused), what a killed write left
+    recovered, and empty unless `overwrite`."""
+    check_out_apart(out, inputs)
+    check_new_output_dir(out, overwrite)
 
 
 def environment() -> dict:

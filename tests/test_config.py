@@ -25,8 +25,8 @@ def _refuse_model_loading(monkeypatch):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["learning_rat=0.1"], r"Unknown recipe key\(s\) in .*demo.yaml: 'learning_rat' \(did you mean 'learning_rate'\?\)"),
-        (["max_steps=ten"], r"Recipe key 'max_steps' in .*demo.yaml: 'ten' is not a valid int"),
+        (["learning_rat=0.1"], r"Unknown recipe key\(s\) on the command line: 'learning_rat' \(did you mean 'learning_rate'\?\)"),
+        (["max_steps=ten"], r"Recipe key 'max_steps' on the command line: 'ten' is not a valid int"),
         (["lora_rank=2.5"], r"Recipe key 'lora_rank'.*2.5 is not a valid int"),
         (["train_file=/nonexistent/train.jsonl"], r"Recipe key 'train_file': file '/nonexistent/train.jsonl' does not exist"),
         (["fp16=true"], r"fp16=True cannot be used with optim='ivon'"),
@@ -160,7 +160,7 @@ def test_the_former_name_of_final_eval_samples_works_with_a_warning_naming_the_n
     with pytest.warns(FutureWarning, match="'eval_mc_samples'.*deprecated: rename it 'final_eval_samples'"):
         recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3"])
     assert recipe.run.final_eval_samples == 3 and "eval_mc_samples" not in recipe.resolved()
-    with pytest.raises(RecipeError, match="'eval_mc_samples' and 'final_eval_samples' in the overrides.*keep only"):
+    with pytest.raises(RecipeError, match="'eval_mc_samples' and 'final_eval_samples' on the command line.*keep only"):
         load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3", "final_eval_samples=4"])
 
 
@@ -168,3 +168,14 @@ def test_an_adamw_recipe_without_learning_rate_gets_transformers_default(tmp_pat
     recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", "optim=adamw_torch", "learning_rate=null"])
     assert recipe.training.learning_rate == 5e-5 and recipe.resolved()["learning_rate"] == 5e-5
     assert load_recipe(DEMO, [f"output_dir={tmp_path}", "learning_rate=null"]).training.learning_rate == 0.03
+
+
+def test_ivon_keys_of_the_recipe_file_under_another_optimizer_are_a_warning_naming_them(tmp_path, caplog):
+    """One recipe serves an IVON run and its AdamW baseline (`optim=adamw_torch` on the command line): the file's
+    ivon_* keys are then unused, and said so; typed on the command line they are an error (tests/test_user_errors.py)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ivon_lora.config"):
+        recipe = load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", "optim=adamw_torch"])
+    assert not recipe.training.use_ivon
+    assert "ivon_clip_radius, ivon_ess, ivon_hess_init" in caplog.text and "demo.yaml" in caplog.text

@@ -260,7 +260,8 @@ def run_without_posterior(run_dir, tmp_path_factory):
         (["generate", "{run}", "--prompts-file", "{bad}"], "bad.jsonl, line 2: expected an object with either"),
         (["generate", "{run}", "--prompts-file", "{messages}", "--no-chat"], "'messages' prompts need the chat"),
         (["generate", "{run}", "--prompt", "x", "--no-chat", "--system", "s"], "--system needs the chat template"),
-        (["generate", "{run}", "--prompt", "x", "--out", "{run}"], "is a directory"),
+        (["generate", "{run}", "--prompt", "x", "--out", "{dir}"], "is a directory"),
+        (["generate", "{run}", "--prompt", "x", "--out", "{run}"], "is the run dir"),
     ],
 )  # fmt: skip
 def test_cli_errors_are_one_line_before_the_model_loads(args, message, run_dir, run_without_posterior, tmp_path,
@@ -272,7 +273,7 @@ def test_cli_errors_are_one_line_before_the_model_loads(args, message, run_dir, 
     (tmp_path / "blank.txt").write_text("\n  \n")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{"text": "y"}\n')
     (tmp_path / "messages.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
-    paths = {"run": run_dir, "bare": run_without_posterior, "missing": str(tmp_path / "missing"),
+    paths = {"run": run_dir, "bare": run_without_posterior, "missing": str(tmp_path / "missing"), "dir": str(tmp_path),
              **{name: str(tmp_path / f"{name}.{suffix}") for name, suffix in
                 (("blank", "txt"), ("bad", "jsonl"), ("messages", "jsonl"))}}  # fmt: skip
     args = [arg.format(**paths) for arg in args]

@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,12 +94,96 @@ def test_a_kill_during_an_overwrite_leaves_the_old_or_the_new_result_and_the_nex
     assert _leftovers(out) == []
 
 
-def test_result_files_are_0644_and_dirs_0755(run_dir, tmp_path):
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_result_modes_follow_the_umask(umask, file_mode, dir_mode, run_dir, tmp_path):
     out = tmp_path / "pruned"
-    assert cli.main(["prune", run_dir, "--fraction", "0.1", "--out", str(out)]) == 0
-    assert oct(out.stat().st_mode & 0o777) == oct(0o755)
+    code = (f"import os, sys; os.umask({umask}); from ivon_lora import cli; sys.exit(cli.main(sys.argv[1:]))")
+    status, stderr = ivon_lora("prune", run_dir, "--fraction", "0.1", "--out", str(out), code=code)
+    assert status == 0, stderr
+    assert oct(out.stat().st_mode & 0o777) == oct(dir_mode)
     for path in out.iterdir():
-        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path.name
+        assert oct(path.stat().st_mode & 0o777) == oct(file_mode), path.name
+
+
+def test_a_kill_between_the_renames_of_an_eval_then_eval_without_overwrite_keeps_the_old_result(run_dir, tmp_path,
+                                                                                              capsys):  # fmt: skip
+    out = tmp_path / "ev"
+    argv = ["eval", run_dir, "--limit", "4", "--samples", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    old = (out / "eval.json").read_bytes()
+    status, _ = ivon_lora(*argv, "--seed", "1", "--overwrite", env={KILL_AT_ENV: "aside"})
+    assert status == -9 and not out.exists()
+    assert cli.main([*argv, "--seed", "2"]) == 2  # the old result is back first, so --out is not empty
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (out / "eval.json").read_bytes() == old and _leftovers(out) == []
+
+
+def test_two_trains_into_one_output_dir_the_second_is_refused_and_a_killed_holder_blocks_nobody(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", DEMO, f"output_dir={out}", *SHORT, "max_steps=100000"]
+    first = subprocess.Popen([sys.executable, "-m", "ivon_lora", *argv], stderr=subprocess.DEVNULL, cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        for _ in range(600):  # until the first holds the lock
+            if (tmp_path / ".run.lock").exists() and (tmp_path / ".run.lock").read_text():
+                break
+            time.sleep(0.1)
+        assert cli.main(argv[:3] + ["seed=2", *SHORT]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is being written by ivon-lora process {first.pid}" in err, err
+    finally:
+        first.kill()  # SIGKILL: the lock file stays, the lock does not
+        first.wait()
+    assert (tmp_path / ".run.lock").exists()
+    assert cli.main([*argv[:3], *SHORT, "overwrite_output_dir=true"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["recipe"]["max_steps"] == 4
+    assert not (tmp_path / ".run.lock").exists()
+
+
+def test_prune_of_a_checkpoint_leaves_its_training_state_behind(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("recipe.yaml"))
+    checkpoint = run / "checkpoint-3"
+    shutil.copytree(run_dir, checkpoint, ignore=shutil.ignore_patterns("recipe.yaml", "checkpoint-*"))
+    shutil.copy(os.path.join(run_dir, "recipe.yaml"), run / "recipe.yaml")
+    state = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_1.pth", "trainer_state.json")
+    for name in state:
+        (checkpoint / name).write_text("state")
+    out = tmp_path / "pruned"
+    assert cli.main(["prune", str(checkpoint), "--fraction", "0.1", "--out", str(out)]) == 0
+    assert not set(os.listdir(out)) & set(state) and (out / "recipe.yaml").is_file()
+
+
+def test_a_run_dir_whose_path_holds_an_equals_sign_is_read_as_the_path(run_dir, tmp_path):
+    from ivon_lora.commands import eval as eval_command
+
+    odd = tmp_path / "lr=0.1"
+    shutil.copytree(run_dir, odd)
+    options = cli.build_parser().parse_args(["eval", str(odd), "--out", str(tmp_path / "e")])
+    assert eval_command.config_from(options).run_dir == str(odd)
+    options = cli.build_parser().parse_args(["eval", str(odd), "seed=3", "--out", str(tmp_path / "e")])
+    assert eval_command.config_from(options).seed == 3  # a key=value that names no path is still an override
+
+
+def test_a_runs_remote_code_runs_only_with_the_users_own_flag(run_dir, tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "sent"
+    shutil.copytree(run_dir, run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    (run / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "trust_remote_code": True}))
+    argv = ["generate", str(run), "--prompt", "hi", "--max-new-tokens", "2"]
+    assert cli.main(argv) == 2 and "pass --trust-remote-code" in capsys.readouterr().err
+    assert cli.main([*argv, "--trust-remote-code"]) == 0
+
+
+def test_eval_of_a_pruned_dir_records_the_pruning_it_holds(run_dir, tmp_path):
+    pruned = tmp_path / "pruned"
+    assert cli.main(["prune", run_dir, "--fraction", "0.05", "--out", str(pruned)]) == 0
+    assert cli.main(["eval", str(pruned), "--limit", "4", "--samples", "2", "--out", str(tmp_path / "e")]) == 0
+    (run,) = json.loads((tmp_path / "e" / "eval.json").read_text())["runs"].values()
+    assert run["pruning"]["fraction"] == 0.0  # none at test time...
+    assert [p["fraction"] for p in run["pruning"]["in_run_dir"]["pruning"]] == [0.05]  # ...on top of the dir's
 
 
 # ------------------------------------------------------------------ inputs are never outputs
@@ -115,7 +200,7 @@ def test_out_equal_to_inside_or_containing_an_input_run_is_refused(where, run_di
                  ["eval", str(tmp_path / "other"), "--task", "synthetic", "--baseline", run_dir, "--out", out, "--overwrite"]):  # fmt: skip
         if argv[1] != run_dir:  # the baseline case needs a main run dir that exists
             os.makedirs(argv[1], exist_ok=True)
-            (tmp_path / "other" / "adapter_config.json").write_text("{}")
+            (tmp_path / "other" / "adapter_config.json").write_text('{"base_model_name_or_path": "builtin:tiny-llama"}')
         assert cli.main(argv) == 2, argv
         assert "outside every input run dir" in capsys.readouterr().err
     assert sorted(os.listdir(run_dir)) == before
@@ -269,17 +354,21 @@ def test_a_model_id_that_is_not_a_local_dir_is_one_line_naming_the_key(tmp_path,
 # ------------------------------------------------------------------ overwrite means overwrite; divergence
 
 
-def test_overwrite_output_dir_removes_the_previous_runs_artifacts(run_dir, tmp_path):
+def test_overwrite_output_dir_removes_the_previous_runs_artifacts_and_nothing_else(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     (run / "checkpoint-99").mkdir()
     (run / "eval-validation").mkdir()
+    (run / "eval-validation" / "eval.json").write_text("{}")
+    (run / "eval-notes").mkdir()  # the user's, though named like eval's dirs: it holds no eval.json
+    (run / "checkpoint-notes").mkdir()
     (run / "notes.txt").write_text("mine")
     assert cli.main(["train", DEMO, f"output_dir={run}", "optim=adamw_torch", "overwrite_output_dir=true", *SHORT]) == 0
     names = set(os.listdir(run))
     assert not names & {"posterior.safetensors", "posterior_config.json", "diagnostics.json", "checkpoint-99",
                         "eval-validation"}  # fmt: skip
-    assert "notes.txt" in names and json.loads((run / "metrics.json").read_text())["optimizer"] == "adamw_torch"
+    assert {"notes.txt", "eval-notes", "checkpoint-notes"} <= names
+    assert json.loads((run / "metrics.json").read_text())["optimizer"] == "adamw_torch"
 
 
 def test_a_posterior_beside_another_adapter_is_refused(run_dir, tmp_path, capsys):

@@ -14,7 +14,7 @@ from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model
 from ivon_lora.config import ModelArguments
 from ivon_lora.modeling import apply_lora
 from ivon_lora.sft import IVONSFTConfig, IVONSFTTrainer
-from ivon_lora.sft.likelihood import predictive_loss_metrics, sequence_log_likelihoods
+from ivon_lora.sft.likelihood import predictive_loss_metrics, predictive_losses, sequence_log_likelihoods
 
 WORDS = "the cat sat on a mat while dogs ran past seven green trees near old river banks".split()
 
@@ -255,3 +255,35 @@ def test_a_dict_of_eval_sets_gets_each_its_own_sampled_loss_once(tmp_path, llama
     assert metrics["eval_short_sampled_tokens"] != metrics["eval_long_sampled_tokens"]
     with pytest.raises(ValueError, match="2 named evaluation datasets \\(short, long\\)"):
         trainer.evaluation_batches()
+
+
+def test_the_validation_loss_scores_every_document_when_training_ends_on_an_epochs_last_batch(tmp_path, llama3):
+    """10 train rows at batch 4 stop at step 3 on the epoch's last (short) batch: accelerate's gather_for_metrics
+    would still see that loader's remainder (2) and cut every evaluation batch to it."""
+    rows = _conversations(12)
+    trainer = _trainer(tmp_path, llama3, rows[:10], eval_rows=rows, max_steps=3, per_device_train_batch_size=4,
+                       per_device_eval_batch_size=4, ivon_eval_mc_samples=2)  # fmt: skip
+    trainer.train()
+    tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in trainer.get_eval_dataloader())
+    metrics = trainer.evaluate()
+    assert metrics["eval_sampled_documents"] == 12 and metrics["eval_sampled_tokens"] == tokens
+    posterior = Posterior.from_optimizer(trainer.ivon_optimizer, trainer.model)
+    final = predictive_losses(trainer.model, trainer.evaluation_batches(), posterior, 2,
+                              **trainer.document_gathering())  # what `ivon-lora train` reports  # fmt: skip
+    assert final["mean"]["documents"] == final["sampled"]["documents"] == 12 and final["mean"]["tokens"] == tokens
+
+
+@pytest.mark.parametrize("max_grad_norm, equal", [(1e9, True), (1e-3, False)])
+def test_accumulation_equals_one_big_batch_exactly_while_no_sample_is_clipped(max_grad_norm, equal, tmp_path, llama3,
+                                                                               same_noise):  # fmt: skip
+    """The README's statement: 4 x 2 gives the update of 1 x 8 while max_grad_norm clips no sample's gradient
+    (0 or above every per-sample norm); each micro-batch's sample is clipped alone, so a clipping step differs."""
+    rows = _conversations()
+    full = _trainer(tmp_path / "full", llama3, rows, per_device_train_batch_size=8, max_grad_norm=max_grad_norm)
+    full.train()
+    accumulated = _trainer(tmp_path / "ga", llama3, rows, per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                           max_grad_norm=max_grad_norm)  # fmt: skip
+    accumulated.train()
+    same = all(torch.allclose(value, _adapter(full)[name], rtol=1e-4, atol=1e-5 * value.abs().max())
+               for name, value in _adapter(accumulated).items())  # fmt: skip
+    assert same == equal

@@ -8,6 +8,7 @@ override the YAML config's value.
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str) -> None:
@@ -21,6 +22,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, positional: str, help_
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output dir (must not exist or be empty)")
     parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS, help="replace a non-empty --out")
+
+
+TRUST_REMOTE_CODE_HELP = ("run the run's base model's own code, which its recipe's trust_remote_code: true asks for "
+                          "(a run dir's setting alone is never enough: only for runs whose code you trust)")
+
+
+def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true", default=argparse.SUPPRESS,
+                        help=TRUST_REMOTE_CODE_HELP)  # fmt: skip
 
 
 def number_in(low: float, high: float, low_inclusive: bool = True):
@@ -40,7 +50,7 @@ def config_from_options(options: argparse.Namespace, config_class, command: str)
 
     path, overrides, flags = None, [], {}
     for item in options.inputs:
-        if "=" in item:
+        if "=" in item and not os.path.exists(item):  # an argument naming an existing path is that path
             overrides.append(item)
         elif item.endswith((".yaml", ".yml")):
             if path is not None:

@@ -19,7 +19,13 @@ import gc
 import logging
 import os
 
-from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
+from ._options import (
+    add_config_arguments,
+    add_output_arguments,
+    add_trust_remote_code_argument,
+    config_from_options,
+    number_in,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +89,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
                         "tasks (e.g. arc_easy,hellaswag), scored by lm-eval; needs ivon-lora[lm-eval]")  # fmt: skip
     parser.add_argument("--lm-eval-include-path", help="a dir of local lm-eval task YAMLs (lm-eval's --include_path)")
     add_output_arguments(parser)
+    add_trust_remote_code_argument(parser)
     return parser
 
 
@@ -150,9 +157,10 @@ def run_eval(options) -> dict:
         raise UsageError("--temperature-scaling fits its temperature on a held-out split: pass --select-split")
 
     # Everything that can be wrong with the options is checked before a model loads.
-    main = describe_run(options.run_dir, set())
-    baseline = describe_run(options.baseline, {main["label"]}) if options.baseline else None
-    members = [describe_run(member, set()) for member in options.ensemble or []]
+    trust = options.trust_remote_code  # the user's consent to a run's base-model code (rundir.check_remote_code)
+    main = describe_run(options.run_dir, set(), trust)
+    baseline = describe_run(options.baseline, {main["label"]}, trust) if options.baseline else None
+    members = [describe_run(member, set(), trust) for member in options.ensemble or []]
     for described in (main, baseline):
         if described and not described["has_posterior"] and options.mc_dropout_samples and not described["dropout"]:
             raise UsageError(f"--mc-dropout-samples: {described['dir']} has no dropout (lora_dropout 0) to sample: "
@@ -204,7 +212,7 @@ def run_eval(options) -> dict:
     for described, is_member in [(main, False), (baseline, False), *((m, True) for m in members)]:
         if described is None:
             continue
-        run = load_run(described["dir"])
+        run = load_run(described["dir"], trust)
         # An SFT run's recipe has no prompt max_length (its SFTConfig max_length is the sequence's): none then.
         max_length = getattr(run.recipe.data, "max_length", None) if run.recipe else None
         # The prompts as this run's model was trained on them (chat template or plain, answer spelling).
@@ -249,7 +257,7 @@ def run_eval(options) -> dict:
             "optimizer": optimizer_name(run.recipe) if run.recipe else None,
             "samples": samples_of if described_samples else None,
             "num_samples": described_samples,
-            **({"pruning": {"fraction": fraction, "temperature": temperature, **prune_options}}
+            **({"pruning": run.posterior.evaluation_record(fraction, temperature, **prune_options)}
                if run.posterior is not None else {}),
         }
         for task, part in loaded.items():

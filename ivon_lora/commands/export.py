@@ -19,7 +19,7 @@ from ..artifacts import (
     read_json,
     staged_output_dir,
 )
-from ._options import add_config_arguments, add_output_arguments, config_from_options
+from ._options import add_config_arguments, add_output_arguments, add_trust_remote_code_argument, config_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir")
     add_output_arguments(parser)
+    add_trust_remote_code_argument(parser)
     return parser
 
 
@@ -44,7 +45,7 @@ def config_from(options: argparse.Namespace):
 
 def main(config) -> int:
     """Export as `config` (an `ivon_lora.config.ExportConfig`) says."""
-    export_run(config.run_dir, config.out, config.overwrite)
+    export_run(config.run_dir, config.out, config.overwrite, config.trust_remote_code)
     return 0
 
 
@@ -53,17 +54,15 @@ def model_card(run, metrics: dict | None) -> str:
     from ..config import load_recipe
     from ..evaluation.metrics import table_columns
     from ..evaluation.report import predictives, table_cells
+    from ..model_card import base_model_text, command_line, front_matter
 
     base = run.model_args.model_name_or_path
     lines = [
-        "---",
-        "library_name: transformers",
-        f"base_model: {base}",
-        "tags: [ivon-lora, lora, ivon, variational]",
-        "---",
+        *front_matter(base, "transformers"),
         f"# {os.path.basename(os.path.abspath(run.directory))} (merged)",
         "",
-        f"The posterior mean of an IVON-trained LoRA adapter on `{base}`, merged into the base weights. The full",
+        f"The posterior mean of an IVON-trained LoRA adapter on {base_model_text(base)}, merged into the base",
+        "weights. The full",
         "posterior (adapter + per-weight variance) is in `posterior/`: load it with `ivon_lora.Posterior.load` to",
         "sample, prune or evaluate with posterior averaging.",
     ]
@@ -106,16 +105,21 @@ def model_card(run, metrics: dict | None) -> str:
         changed.pop("output_dir", None)
         lines += ["", "## Recipe (keys that differ from the defaults)", "", "```yaml",
                   yaml.safe_dump(changed, sort_keys=True).strip(), "```"]  # fmt: skip
+    lines += ["", "## Load and sample", "", "```python", "from transformers import AutoModelForCausalLM", "",
+              'model = AutoModelForCausalLM.from_pretrained(".")  # the posterior mean, merged', "",
+              "from ivon_lora import Posterior", "", 'posterior = Posterior.load("posterior")  # adapter + variance: '
+              "sample it on the unmerged base (ivon_lora.load_run on the run dir)", "```",
+              "", "## Made with", "", "```bash", command_line(), "```"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def export_run(directory: str, out: str, overwrite: bool = False) -> None:
+def export_run(directory: str, out: str, overwrite: bool = False, trust_remote_code: bool = False) -> None:
     """Merge the adapter's (posterior) mean into the base model and save it with its posterior and a model card."""
     from ..rundir import check_out_apart, load_run
 
     check_out_apart(out, {"run dir": directory})
     check_new_output_dir(out, overwrite)
-    run = load_run(directory)
+    run = load_run(directory, trust_remote_code)
     metrics_path = os.path.join(directory, METRICS_NAME)
     metrics = read_json(metrics_path) if os.path.isfile(metrics_path) else None
     card = model_card(run, metrics)

@@ -13,7 +13,7 @@ import json
 import os
 
 from ..config import GenerateConfig
-from ._options import add_config_arguments, config_from_options
+from ._options import add_config_arguments, add_trust_remote_code_argument, config_from_options
 
 JSON_LINES_SUFFIXES = (".jsonl",)
 
@@ -40,6 +40,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
                         help="plain prompts even if the tokenizer has a chat template")  # fmt: skip
     parser.add_argument("--out", metavar="FILE.jsonl", help="write the answers here (with the run, options, versions)")
     parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS, help="replace an existing --out")
+    add_trust_remote_code_argument(parser)
     return parser
 
 
@@ -89,11 +90,12 @@ def run_generate(config: GenerateConfig) -> list:
     """Generate for `config` (see the module doc); returns the `ivon_lora.generation.Generation`s."""
     from ..artifacts import atomic_write
     from ..errors import UsageError
-    from ..generation import check_prompt, generate, uses_chat_template
-    from ..rundir import describe_run, environment, load_run
+    from ..generation import check_prompt, generate, render_prompts, uses_chat_template
+    from ..modeling import check_fits_context
+    from ..rundir import check_out_apart, describe_run, environment, load_run
 
     # Everything that can be wrong with the options is checked before the model loads.
-    described = describe_run(config.run_dir, set())
+    described = describe_run(config.run_dir, set(), trust_remote_code=config.trust_remote_code)
     prompts = list(config.prompt or []) + (read_prompts_file(config.prompts_file) if config.prompts_file else [])
     if not prompts:
         raise UsageError("No prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -108,13 +110,16 @@ def run_generate(config: GenerateConfig) -> list:
         raise UsageError(f"{config.prompts_file}: 'messages' prompts need the chat template, and --no-chat turns it "
                          "off: drop --no-chat or give 'prompt' texts")  # fmt: skip
     if config.out is not None:
+        check_out_apart(config.out, {"run dir": config.run_dir})
         if os.path.isdir(config.out):
             raise UsageError(f"--out {config.out!r} is a directory: name a .jsonl file")
         if os.path.exists(config.out) and not config.overwrite:
             raise FileExistsError(f"{config.out!r} exists: choose another --out, or pass --overwrite")
 
-    run = load_run(config.run_dir)
+    run = load_run(config.run_dir, trust_remote_code=config.trust_remote_code)
     chat = uses_chat_template(run.tokenizer, False if config.no_chat else None)
+    rendered = run.tokenizer(render_prompts(run.tokenizer, prompts, chat, config.system), add_special_tokens=not chat)
+    check_fits_context(run.model, [len(ids) for ids in rendered["input_ids"]], config.max_new_tokens)
     generations = generate(
         run.model, run.tokenizer, prompts, posterior=run.posterior, num_samples=config.samples, seed=config.seed,
         max_new_tokens=config.max_new_tokens, chat=chat, system=config.system, batch_size=config.batch_size,

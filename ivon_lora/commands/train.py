@@ -160,6 +160,7 @@ def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_ex
     from ..artifacts import METRICS_NAME, PREDICTIONS_NAME, write_json_atomic
     from ..evaluation.predict import predict, protocol
     from ..evaluation.report import write_jsonl
+    from ..model_card import write_run_card
     from ..posterior import Posterior
     from ..rundir import environment
 
@@ -205,6 +206,7 @@ def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_ex
     if args.process_index == 0:
         write_jsonl(os.path.join(final_dir, PREDICTIONS_NAME), predictions.rows())
         write_json_atomic(os.path.join(final_dir, METRICS_NAME), report)
+        write_run_card(final_dir, args.output_dir, report)
         _log_summary(metrics, ece_bins)
         if diagnostics is not None:
             from ..diagnostics import log_summary, write_diagnostics
@@ -218,6 +220,7 @@ def _run_sft(recipe) -> dict:
     """objective: sft: rows -> TRL's SFT with IVON -> adapter, posterior, validation loss/perplexity at the mean and
     of the S-sample predictive (metrics.json), diagnostics."""
     from ..artifacts import METRICS_NAME, staged_final_files, write_json_atomic
+    from ..model_card import write_run_card
     from ..modeling import check_lora_targets, check_quantization_support, load_tokenizer
     from ..posterior import Posterior
     from ..rundir import environment
@@ -252,7 +255,7 @@ def _run_sft(recipe) -> dict:
         num_samples = run_args.final_eval_samples if posterior is not None else 0
         model = trainer.accelerator.unwrap_model(trainer.model)
         metrics = predictive_losses(model, trainer.evaluation_batches(), posterior, num_samples,
-                                    run_args.eval_seed, gather=trainer.accelerator.gather_for_metrics)  # fmt: skip
+                                    run_args.eval_seed, **trainer.document_gathering())  # fmt: skip
         report = {
             "objective": "sft",
             "dataset": eval_split.source,
@@ -275,6 +278,7 @@ def _run_sft(recipe) -> dict:
                                      "hess_at_init_share": diagnostics["posterior"]["hess_at_init_share"]}  # fmt: skip
         if args.process_index == 0:
             write_json_atomic(os.path.join(final_dir, METRICS_NAME), report)
+            write_run_card(final_dir, args.output_dir, report)
             for name, values in metrics.items():
                 extra = f" (expected over samples {values['expected_loss']:.4f})" if name == "sampled" else ""
                 label = f"{values['samples']} samples" if name == "sampled" else name

@@ -612,7 +612,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
     for run_description in described:
         label = run_description["label"]
         chat, why = rendering[label]
-        run = load_run(run_description["dir"])
+        run = load_run(run_description["dir"], trust_remote_code=options.trust_remote_code)
         posterior = run.posterior
         if posterior is not None and (fraction, temperature) != (0.0, 1.0):
             posterior = posterior.at_test_time(fraction, temperature, scope=options.prune_scope,
@@ -627,7 +627,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
             "prompts": f"{'chat template (question as the user message)' if chat else 'plain task prompt'} ({why})",
             "samples": sampling.kind, "num_samples": sampling.num_samples, "sampling": sampling.describe(),
             **({"sampling_temperature": sampling.temperature} if sampling.kind == "temperature" else {}),
-            **({"pruning": {"fraction": fraction, "temperature": temperature}} if posterior is not None else {}),
+            **({"pruning": run.posterior.evaluation_record(fraction, temperature)} if posterior is not None else {}),
         }  # fmt: skip
         for name, part in loaded.items():
             logger.info("%s: %s %s (%d examples, %s)", label, name, splits[name], len(part.examples),

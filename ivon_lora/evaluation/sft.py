@@ -72,7 +72,7 @@ def run_sft_eval(options, described: list[dict]) -> dict:
     fraction, temperature = options.prune_fractions[0], options.temperatures[0]
     result = {"objective": "sft", "split": split_name, "data": split.as_dict(), "runs": {}}
     for run_description in described:
-        run = load_run(run_description["dir"])
+        run = load_run(run_description["dir"], trust_remote_code=options.trust_remote_code)
         posterior = run.posterior
         if posterior is not None and (fraction, temperature) != (0.0, 1.0):
             posterior = posterior.at_test_time(fraction, temperature, scope=options.prune_scope,
@@ -83,7 +83,7 @@ def run_sft_eval(options, described: list[dict]) -> dict:
                                     options.seed)  # fmt: skip
         result["runs"][run_description["label"]] = {
             "dir": run_description["dir"], "optimizer": optimizer_name(run.recipe), "posterior": posterior is not None,
-            **({"pruning": {"fraction": fraction, "temperature": temperature}} if posterior is not None else {}),
+            **({"pruning": run.posterior.evaluation_record(fraction, temperature)} if posterior is not None else {}),
             "metrics": metrics,
         }  # fmt: skip
     result.update(

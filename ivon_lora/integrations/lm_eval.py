@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,7 @@ class IVONLoRALM(HFLM):
         for key in ("pretrained", "tokenizer", "peft", "backend"):
             if key in kwargs:
                 raise UsageError(f"model_args {key}= is set by the run dir for model={MODEL_NAME}: drop it")
+        check_model_args(kwargs)
         if not 0.0 <= prune <= 1.0:
             raise UsageError(f"Invalid prune value: {prune} (a fraction in [0, 1])")
         if not temperature > 0:
@@ -135,7 +136,7 @@ class IVONLoRALM(HFLM):
         if not has_posterior and (prune or temperature != 1.0):
             raise UsageError(f"{run} has no posterior (not an IVON run): prune and temperature need one")
         if not isinstance(run, Run):
-            run = load_run(str(run))
+            run = load_run(str(run), trust_remote_code=bool(kwargs.get("trust_remote_code")))
         if num_samples is None:
             num_samples = get_protocol(run.recipe.run.protocol if run.recipe else "ivon-lora").num_samples
 
@@ -283,6 +284,23 @@ class IVONLoRALM(HFLM):
         return list(zip(token_logprobs, last_logprobs, mean_logprobs))
 
 
+def check_model_args(kwargs: dict) -> None:
+    """Refuse a model_args key that neither this backend nor lm-eval's `hf` model takes: `HFLM` swallows unknown
+    keys (**kwargs), so `temprature=2` would evaluate at the default without a word."""
+    import inspect
+
+    own = set(inspect.signature(IVONLoRALM.__init__).parameters)
+    known = own | set(inspect.signature(HFLM.__init__).parameters)
+    unknown = sorted(key for key in kwargs if key not in known)
+    if unknown:
+        import difflib
+
+        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1))
+                               else "") for key in unknown]  # fmt: skip
+        raise UsageError(f"Unknown model_args key(s) for model={MODEL_NAME}: {', '.join(hints)}; keys: run, samples, "
+                         "mode, seed, prune, temperature and those of lm-eval's hf model (batch_size, max_length, ...)")
+
+
 register_model(MODEL_NAME)(IVONLoRALM)
 
 
@@ -291,4 +309,30 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
-    cli_evaluate()
+    with hub_hint():
+        cli_evaluate()
+
+
+LM_EVAL_LOCAL_HINT = ("without the Hub, give the task a local copy: a task YAML with dataset_path: json and "
+                      "dataset_kwargs: {data_files: ...} in a dir passed as --include_path (ivon-lora eval: "
+                      "--lm-eval-include-path)")  # fmt: skip
+
+
+@contextmanager
+def hub_hint():
+    """An lm-eval task whose dataset the Hub cannot give here: one line naming it and the local way instead."""
+    import datasets
+
+    from ..tasks.loading import hub_unreachable
+
+    try:
+        yield
+    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise hub_unreachable(_dataset_named_in(error), error, LM_EVAL_LOCAL_HINT) from None
+
+
+def _dataset_named_in(error: Exception) -> str:
+    import re
+
+    named = re.search(r"reach '([^']+)'", str(error)) or re.search(r"dataset '([^']+)'", str(error))
+    return named.group(1) if named else "of an lm-eval task"

@@ -89,8 +89,8 @@ def run_lm_eval_report(options) -> dict:
     """Score `options.lm_eval_tasks` (an `ivon_lora.config.EvalConfig`) with lm-eval; returns what eval.json holds."""
     _check_options(options)
     tasks = options.lm_eval_tasks
-    main = describe_run(options.run_dir, set())
-    baseline = describe_run(options.baseline, {main["label"]}) if options.baseline else None
+    main = describe_run(options.run_dir, set(), options.trust_remote_code)
+    baseline = describe_run(options.baseline, {main["label"]}, options.trust_remote_code) if options.baseline else None
     recipe = main["recipe"]
     preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
     num_samples = preset.num_samples if options.samples is None else options.samples
@@ -102,7 +102,7 @@ def run_lm_eval_report(options) -> dict:
     inputs = {"run dir": options.run_dir, "baseline": options.baseline}
     check_out_apart(out, inputs if options.out else {"baseline": options.baseline})  # the default is the run's own
     check_new_output_dir(out, options.overwrite)
-    from .lm_eval import IVONLoRALM  # first: names the extra if lm-eval is missing
+    from .lm_eval import IVONLoRALM, hub_hint  # first: names the extra if lm-eval is missing
 
     import lm_eval
     from lm_eval.utils import handle_non_serializable
@@ -114,18 +114,19 @@ def run_lm_eval_report(options) -> dict:
     for described in (main, baseline):
         if described is None:
             continue
-        label, run = described["label"], load_run(described["dir"])
+        label, run = described["label"], load_run(described["dir"], trust_remote_code=options.trust_remote_code)
         sampled = num_samples if run.posterior is not None else 0
         runs[label] = {"dir": described["dir"], "samples": "posterior" if sampled else None, "num_samples": sampled,
-                       **({"pruning": {"fraction": fraction, "temperature": temperature}} if run.posterior else {})}  # fmt: skip
+                       **({"pruning": run.posterior.evaluation_record(fraction, temperature)} if run.posterior else {})}  # fmt: skip
         for predictive, samples in (("mean", 0), ("sampled", sampled)):
             if predictive == "sampled" and not samples:
                 continue
             logger.info("%s: lm-eval %s, %s", label, ",".join(tasks), "mean" if not samples else f"{samples} samples")
             test_time = {"prune": fraction, "temperature": temperature} if run.posterior is not None else {}
             lm = IVONLoRALM(run, samples=samples, seed=options.seed, batch_size=options.batch_size, **test_time)
-            output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True,
-                                             limit=options.limit)  # fmt: skip
+            with hub_hint():
+                output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True,
+                                                 limit=options.limit)  # fmt: skip
             for task in tasks:
                 if task not in output["samples"]:
                     raise UsageError(f"lm-eval task {task!r} is a group ({', '.join(output['samples'])}): name its "

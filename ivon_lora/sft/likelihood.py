@@ -81,12 +81,16 @@ def predictive_loss_metrics(sample_log_likelihoods: torch.Tensor, token_counts: 
 
 
 def predictive_losses(model, batches, posterior=None, num_samples: int = 0, seed: int = 0, gather=None,
-                      at_mean: bool = True) -> dict:  # fmt: skip
+                      at_mean: bool = True, num_documents: int | None = None) -> dict:  # fmt: skip
     """Validation loss and perplexity at the posterior mean ("mean") and of the `num_samples`-sample predictive
     ("sampled", with a posterior): what `ivon-lora train` and `ivon-lora eval` report for an SFT run.
 
     `batches`: the evaluation batches on the model's device (a re-iterable: it is read once per sample);
-    `gather`: under data parallelism, gathers a tensor of every rank's documents (e.g. accelerator.gather_for_metrics).
+    `gather`: under data parallelism, gathers a tensor of every rank's documents (`accelerator.gather`), and
+    `num_documents` drops the padded repeats of the last batch (the first `num_documents` are the documents).
+    Not `accelerator.gather_for_metrics`: called after the evaluation loader has finished, it cuts every batch to
+    the remainder of whichever loader accelerate saw last (an abandoned train loader's, when training stops at the
+    end of an epoch), scoring only part of the documents.
     Posterior samples come from a generator seeded by `seed`: the same seed gives the same samples. `at_mean=False`
     skips the pass at the mean (the Trainer's evaluation has scored it already).
     """
@@ -94,7 +98,7 @@ def predictive_losses(model, batches, posterior=None, num_samples: int = 0, seed
 
     def all_documents():
         sums, counts = zip(*((gather(s), gather(c)) for s, c in (sequence_log_likelihoods(model, b) for b in batches)))
-        return torch.cat(sums).cpu(), torch.cat(counts).cpu()
+        return torch.cat(sums)[:num_documents].cpu(), torch.cat(counts)[:num_documents].cpu()
 
     was_training = model.training
     model.eval()

@@ -68,8 +68,8 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
         model = self.accelerator.unwrap_model(self.model)
         posterior = Posterior.from_optimizer(self.ivon_optimizer, model)
         with self.compute_loss_context_manager():  # the training's autocast
-            result = predictive_losses(model, batches, posterior, num_samples, self.args.seed,
-                                       gather=self.accelerator.gather_for_metrics, at_mean=False)  # fmt: skip
+            result = predictive_losses(model, batches, posterior, num_samples, self.args.seed, at_mean=False,
+                                       **self.document_gathering(eval_dataset))  # fmt: skip
         return result["sampled"]
 
     def evaluation_batches(self, eval_dataset=None) -> list[dict]:
@@ -85,6 +85,13 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
                 "eval_packing=False (and padding_free=False)."
             )
         return batches
+
+    def document_gathering(self, eval_dataset=None) -> dict:
+        """`predictive_losses`' gather arguments: every rank's documents of `eval_dataset` (as in `evaluate`), once
+        each. Under data parallelism the rows are documents (`evaluation_batches` refuses packed ones)."""
+        if self.accelerator.num_processes == 1:
+            return {}
+        return {"gather": self.accelerator.gather, "num_documents": len(self._prepared_eval_dataset(eval_dataset))}
 
     def _prepared_eval_dataset(self, eval_dataset):
         """The evaluation dataset as `SFTTrainer.evaluate` tokenizes it (a name picks one prepared at init)."""

@@ -95,6 +95,12 @@ def require(record: dict, *keys: str) -> None:
         raise RecordError(f"missing field(s) {missing}")
 
 
+def require_text(value, what: str) -> None:
+    """A field that becomes prompt text must be a non-empty string (None would be spelled "None" in the prompt)."""
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(f"{what} must be a non-empty text, got {value!r}")
+
+
 def label_index(record: dict, key: str, labels: Sequence[str]) -> int:
     """The index of `record[key]` among `labels` (compared as strings, so 2 and "2" agree); -1 if unlabelled.
 
@@ -116,6 +122,9 @@ def mc_example(question: str, texts: Sequence[str], gold: int, labels: Sequence[
     """
     if not isinstance(texts, (list, tuple)) or not 2 <= len(texts) <= len(labels):
         raise RecordError(f"expected a list of 2-{len(labels)} choices, got {texts!r}")
+    require_text(question, "the question")
+    for label, text in zip(labels, texts):
+        require_text(text, f"choice {label}")
     used = labels[: len(texts)]
     choices = " ".join(f"{label}. {text}" for label, text in zip(used, texts))
     return ChoiceExample(

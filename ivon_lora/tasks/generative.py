@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import GENERATIVE, RecordError, RecordSource, require
+from .base import GENERATIVE, RecordError, RecordSource, require, require_text
 from .judges import JUDGES, Judge
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
@@ -91,6 +91,7 @@ def qa_example(record: dict, answers_key: str = "answer") -> GenerativeExample:
 
 def open_qa_example(question: str, references: tuple[str, ...]) -> GenerativeExample:
     """The shared short-answer frame: "Question: ...?\\nAnswer:", learning target the first reference."""
+    require_text(question, "the question")
     question = as_question(question)
     return GenerativeExample(id="", prompt=QA_TEMPLATE.format(question=question), question=question,
                              references=references, target=" " + references[0])  # fmt: skip

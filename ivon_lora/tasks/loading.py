@@ -123,7 +123,7 @@ def resolve_data_files(path: str | os.PathLike) -> tuple[str, list[str]]:
 def load_records(task: RecordSource, split: str, data_files: str | os.PathLike | None = None) -> list[dict]:
     """The raw records of `task`'s `split`: from `data_files` if given, else the generator or the Hub."""
     if split not in task.splits:
-        raise ValueError(f"Task {task.name!r} has no split {split!r}; available: {', '.join(task.splits)}")
+        raise TaskDataError(f"Task {task.name!r} has no split {split!r}; available: {', '.join(task.splits)}")
     if data_files is not None:
         builder, files = resolve_data_files(data_files)
         records = []
@@ -134,10 +134,22 @@ def load_records(task: RecordSource, split: str, data_files: str | os.PathLike |
         return task.generator(task.splits[split])
     import datasets
 
-    dataset = datasets.load_dataset(
-        task.hub_path, task.hub_config, split=task.splits[split], revision=task.hub_revision
-    )
+    try:
+        dataset = datasets.load_dataset(task.hub_path, task.hub_config, split=task.splits[split],
+                                        revision=task.hub_revision)  # fmt: skip
+    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise hub_unreachable(task.hub_path, error, LOCAL_FILE_HINT) from None
     return list(dataset)
+
+
+LOCAL_FILE_HINT = ("pass the split's records as a local file instead (train: train_file= / eval_file=; eval: --file, "
+                   "--select-file)")  # fmt: skip
+
+
+def hub_unreachable(dataset: str, error: Exception, hint: str) -> TaskDataError:
+    """The one-line error for a Hub dataset that cannot be loaded here (offline, unreachable, not cached)."""
+    return TaskDataError(f"Dataset {dataset!r} could not be loaded from the Hugging Face Hub "
+                         f"({' '.join(str(error).split())}): {hint}")  # fmt: skip
 
 
 def read_data_file(builder: str, path: str) -> list:

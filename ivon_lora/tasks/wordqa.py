@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from .base import TRAIN_VALIDATION_TEST, require, split_random
+from .base import TRAIN_VALIDATION_TEST, require, require_text, split_random
 from .generative import QA_TEMPLATE, GenerativeExample, GenerativeTask, reference_list
 from .wordfacts import CATEGORIES, _article
 
@@ -71,6 +71,7 @@ def wordqa_example(record: dict) -> GenerativeExample:
     """A record as a generative example: the question as asked (it ends in its own instruction, so no "?" is
     added), every accepted category a reference, the first one the learning target."""
     require(record, "question")
+    require_text(record["question"], "the question")
     references = reference_list(record.get("answers"), "answers")
     question = record["question"].strip()
     return GenerativeExample(id="", prompt=QA_TEMPLATE.format(question=question), question=question,

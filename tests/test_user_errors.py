@@ -1,0 +1,209 @@
+"""Every user error is exit status 2 and one line `ivon-lora CMD: ...`, before any model loads where the input alone
+is wrong: one table, each row a case as a user meets it on the command line. The README's "Errors and guarantees"
+list names the same cases (`test_the_readme_lists_exactly_the_cases_of_the_table` keeps the two in step)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ivon_lora import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
+README = os.path.join(ROOT, "README.md")
+
+
+def _file(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def _rows(path, *records):
+    return _file(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _copy_run(run_dir, tmp, name="copy", recipe=None, drop=()):
+    """A copy of the shared run dir, its recipe changed by `recipe` (a dict of keys) and `drop`ped files removed."""
+    copy = tmp / name
+    shutil.copytree(run_dir, copy)
+    if recipe:
+        resolved = yaml.safe_load((copy / "recipe.yaml").read_text())
+        (copy / "recipe.yaml").write_text(yaml.safe_dump({**resolved, **recipe}))
+    for file in drop:
+        (copy / file).unlink()
+    return str(copy)
+
+
+def _fake_checkpoint(run_dir, tmp):
+    checkpoint = tmp / "other" / "checkpoint-5"
+    checkpoint.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(os.path.join(run_dir, name), checkpoint / name)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    return str(checkpoint)
+
+
+MMLU = {"question": "q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 1}
+
+
+def _train(tmp, *overrides, recipe=DEMO):
+    return ["train", recipe, f"output_dir={tmp / 'out'}", *overrides]
+
+
+# id -> (argv from (run_dir, tmp), a fragment of the one line). The id is what the README's list names.
+CASES = {
+    "recipe-key-not-text": (lambda r, t: ["train", _file(t / "r.yaml", f"1: 2\nmodel_name_or_path: builtin:tiny-llama\n"
+                                                                       f"output_dir: {t / 'out'}\n")],
+                            "key 1 is not a name"),
+    "duplicate-yaml-key": (lambda r, t: ["train", _file(t / "r.yaml", "max_steps: 1\nmax_steps: 2\n")],
+                           "duplicate key 'max_steps'"),
+    "override-not-yaml": (lambda r, t: _train(t, "learning_rate=["), "Override 'learning_rate=[' on the command line"),
+    "eval-override-not-yaml": (lambda r, t: ["eval", r, "samples=[", "--out", str(t / "e")],
+                               "Override 'samples=[' on the command line"),
+    "override-named-as-command-line": (lambda r, t: _train(t, "max_steps=abc"),
+                                       "Recipe key 'max_steps' on the command line: 'abc' is not a valid int"),
+    "bad-recipe-value": (lambda r, t: _train(t, "max_steps=0"), "max_steps"),
+    "unknown-recipe-key": (lambda r, t: _train(t, "learning_rat=1"), "did you mean 'learning_rate'"),
+    "output-dir-is-a-file": (lambda r, t: _train(t, f"output_dir={_file(t / 'f', 'x')}"),
+                             "Recipe key 'output_dir'"),
+    "overwrite-of-a-dir-that-is-no-run": (
+        lambda r, t: _train(t, f"output_dir={os.path.dirname(_file(t / 'mine' / 'README.md', 'mine'))}",
+                            "overwrite_output_dir=true"), "is not an ivon-lora run dir"),
+    "ivon-keys-with-another-optimizer": (lambda r, t: _train(t, "optim=adamw_torch", "ivon_ess=5"),
+                                         "ivon_ess on the command line: optim is 'adamw_torch'"),
+    "resume-from-another-rank": (lambda r, t: _train(t, f"resume_from_checkpoint={_fake_checkpoint(r, t)}",
+                                                     "lora_rank=8"), "holds an adapter of lora_rank 4"),
+    "empty-model-dir": (lambda r, t: _train(t, f"model_name_or_path={os.path.dirname(_file(t / 'm' / 'x.txt', ''))}"),
+                        "holds no config.json and no weights"),
+    "model-dir-without-weights": (
+        lambda r, t: _train(t, f"model_name_or_path={os.path.dirname(_file(t / 'm' / 'config.json', '{}'))}"),
+        "holds no weights"),
+    "hub-dataset-unreachable": (lambda r, t: _train(t, "dataset=arc_easy"), "'allenai/ai2_arc' could not be loaded"),
+    "eval-unknown-split": (lambda r, t: ["eval", r, "--split", "bogus", "--out", str(t / "e")],
+                           "Task 'synthetic' has no split 'bogus'"),
+    "eval-unknown-task": (lambda r, t: ["eval", r, "--task", "nonsense", "--out", str(t / "e")], "Unknown task"),
+    "choice-text-null": (lambda r, t: ["eval", r, "--task", "mmlu:anatomy", "--split", "test", "--file",
+                                       _rows(t / "m.jsonl", {**MMLU, "choices": ["a", None, "c", "d"]}),
+                                       "--out", str(t / "e")], "row 0: choice B must be a non-empty text, got None"),
+    "question-an-object": (lambda r, t: ["eval", r, "--task", "mmlu:anatomy", "--split", "test", "--file",
+                                         _rows(t / "m.jsonl", {**MMLU, "question": {"text": "q"}}),
+                                         "--out", str(t / "e")], "row 0: the question must be a non-empty text"),
+    "generative-question-an-int": (lambda r, t: ["eval", r, "--task", "wordqa", "--split", "test", "--file",
+                                                 _rows(t / "w.jsonl", {"question": 3, "answers": ["x"]}),
+                                                 "--out", str(t / "e")], "the question must be a non-empty text, got 3"),
+    "bad-data-file": (lambda r, t: ["eval", r, "--file", _file(t / "empty.jsonl", ""), "--split", "validation",
+                                    "--out", str(t / "e")], "the file is empty"),
+    "missing-run-dir": (lambda r, t: ["prune", str(t / "nowhere"), "--fraction", "0.1", "--out", str(t / "p")],
+                        "nowhere"),
+    "run-dir-without-recipe-or-base-model": (
+        lambda r, t: ["eval", _copy_run(r, t, drop=["recipe.yaml"]), "--task", "synthetic", "--out", str(t / "e")],
+        "no recipe.yaml here or in the parent dir"),
+    "damaged-run-file": (lambda r, t: ["eval", _copy_run(r, t, drop=["adapter_model.safetensors"]), "--out",
+                                       str(t / "e")], "adapter_model.safetensors is missing"),
+    "remote-code-without-consent": (
+        lambda r, t: ["eval", _copy_run(r, t, recipe={"trust_remote_code": True}), "--out", str(t / "e")],
+        "pass --trust-remote-code"),
+    "generate-remote-code-without-consent": (
+        lambda r, t: ["generate", _copy_run(r, t, recipe={"trust_remote_code": True}), "--prompt", "hi"],
+        "pass --trust-remote-code"),
+    "out-inside-an-input-run": (lambda r, t: ["eval", r, "--out", os.path.join(r, "sub")],
+                                "outside every input run dir"),
+    "generate-out-inside-an-input-run": (
+        lambda r, t: ["generate", r, "--prompt", "hi", "--out", os.path.join(r, "adapter_model.safetensors"),
+                      "--overwrite"], "outside every input run dir"),
+    "out-not-empty": (lambda r, t: ["prune", r, "--fraction", "0.1", "--out",
+                                    os.path.dirname(_file(t / "p" / "x", "x"))], "exists and is not empty"),
+    "out-being-written": (lambda r, t: ["prune", r, "--fraction", "0.1", "--out", _locked(t / "p")],
+                          "is being written by ivon-lora process"),
+    "eval-out-being-written": (lambda r, t: ["eval", r, "--out", _locked(t / "e")],
+                               "is being written by ivon-lora process"),
+    "export-remote-code-without-consent": (
+        lambda r, t: ["export", _copy_run(r, t, recipe={"trust_remote_code": True}), "--out", str(t / "x")],
+        "pass --trust-remote-code"),
+    "generate-prompt-longer-than-the-context": (lambda r, t: ["generate", r, "--prompt", "word " * 3000],
+                                                "longer than the model's context"),
+    "lm-eval-hub-dataset-unreachable": (lambda r, t: ["lm-eval", "--model", "ivon-lora", "--model_args", f"run={r}",
+                                                      "--tasks", "arc_easy", "--limit", "2"],
+                                        "Dataset 'allenai/ai2_arc' could not be loaded"),
+    "eval-lm-eval-hub-dataset-unreachable": (lambda r, t: ["eval", r, "--lm-eval-tasks", "arc_easy", "--limit", "2",
+                                                           "--out", str(t / "e")],
+                                             "Dataset 'allenai/ai2_arc' could not be loaded"),
+    "lm-eval-unknown-model-arg": (lambda r, t: ["lm-eval", "--model", "ivon-lora", "--model_args",
+                                                f"run={r},temprature=2", "--tasks", "arc_easy"],
+                                  "Unknown model_args key(s) for model=ivon-lora: 'temprature' (did you mean"),
+}
+
+# Cases that need the model (or lm-eval's, which builds it before loading a task's data) to be found.
+MODEL_LOADS_FIRST = {"generate-prompt-longer-than-the-context", "lm-eval-hub-dataset-unreachable",
+                     "eval-lm-eval-hub-dataset-unreachable"}  # fmt: skip
+_holders = []
+
+
+def _locked(out):
+    """`out`, locked by another live process (as a second `ivon-lora` writing into it would be)."""
+    code = "import sys, time; from ivon_lora.artifacts import lock_output_dir; lock_output_dir(sys.argv[1]); " \
+           "print('locked', flush=True); time.sleep(120)"  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT})  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    _holders.append(holder)
+    return str(out)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Input errors are found before a model loads: loading one fails the test (the prompt-length case excepted)."""
+    from ivon_lora import modeling
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded before the user error was reported")
+
+    monkeypatch.setattr(modeling, "load_base_model", fail)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_user_error_is_exit_2_with_one_line(case, run_dir, tmp_path, monkeypatch, capsys, request):
+    if case not in MODEL_LOADS_FIRST:
+        request.getfixturevalue("no_model_loads")
+    argv_of, fragment = CASES[case]
+    argv = argv_of(run_dir, tmp_path)
+    before = sorted(os.listdir(run_dir))
+    try:
+        if argv[0] == "lm-eval" or "--lm-eval-tasks" in argv:
+            # lm-eval binds a log handler to the stderr it first sees: in-process, a later test's would be closed.
+            result = subprocess.run([sys.executable, "-m", "ivon_lora", *argv], capture_output=True, text=True,
+                                    env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}, timeout=300)
+            status, err = result.returncode, result.stderr
+        else:
+            status = cli.main(argv)
+            err = capsys.readouterr().err
+    finally:
+        for holder in _holders:
+            holder.kill()
+            holder.wait()
+        _holders.clear()
+    assert status == 2, err
+    # One line (log lines may precede it, as they do on any run): the error, last, and no traceback.
+    lines = err.rstrip("\n").splitlines()
+    assert "Traceback" not in err and sum(line.startswith("ivon-lora ") for line in lines) == 1, err
+    last = lines[-1]
+    assert last.startswith(f"ivon-lora {argv[0]}: ") and fragment in last, err
+    if argv[0] != "lm-eval" and "--lm-eval-tasks" not in argv:  # a subprocess's stderr also holds the run's log
+        assert err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()  # train wrote nothing
+    assert sorted(os.listdir(run_dir)) == before
+
+
+def test_the_readme_lists_exactly_the_cases_of_the_table():
+    text = open(README, encoding="utf-8").read()
+    section = text.split("## Errors and guarantees", 1)[1].split("\n## ", 1)[0]
+    heads = [line.split(":", 1)[0] for line in section.splitlines() if line.startswith("- `")]
+    listed = [case for head in heads for case in re.findall(r"`([a-z0-9-]+)`", head)]
+    assert sorted(listed) == sorted(CASES)
