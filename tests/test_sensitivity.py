@@ -1,0 +1,113 @@
+"""Per-example sensitivity (the Memory-Perturbation Equation): variances against oracles, LOO against retraining."""
+
+import torch
+
+from ivon_lora.posterior import Posterior
+from ivon_lora.sensitivity import choice_sensitivity, exact_variances, mpe_loo_outputs, sampled_variances
+from ivon_lora.sensitivity import variance as variance_module
+
+
+def _formatted(run, examples):
+    from ivon_lora.choice import format_examples
+
+    return format_examples(examples, tokenizer=run.tokenizer, model_args=run.model_args)
+
+
+def _jacobian_variances(run, examples):
+    """The oracle: per-example Jacobians of the K logits over the adapter by torch.func, one example at a time."""
+    from torch.func import functional_call, jacrev
+
+    from ivon_lora.choice.collator import ChoiceCollator
+    from ivon_lora.choice.logits import choice_logits
+    from ivon_lora.posterior import adapter_parameters
+
+    model, posterior = run.model, run.posterior
+    posterior.apply_mean(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    adapter = {key: p for key, p in adapter_parameters(model).items()}
+    collator = ChoiceCollator(run.tokenizer)
+    rows = []
+    for e in examples:
+        batch = collator([{"prompt": e.prompt, "answers": e.answers, "gold": e.gold}])
+
+        def logits(params, batch=batch):
+            return choice_logits(lambda **kw: functional_call(model, {names[id(adapter[k])]: v for k, v in params.items()}, (), kw), batch)[0]  # noqa: E731,E501
+
+        jac = jacrev(logits)({k: p.detach() for k, p in adapter.items()})
+        rows.append(sum((jac[k].double().square() * posterior.variance[k].double()).flatten(1).sum(1) for k in adapter))
+    return torch.stack(rows)
+
+
+def test_exact_variance_equals_per_example_jacobians_by_torch_func(run, synthetic_examples, monkeypatch):
+    examples = _formatted(run, synthetic_examples["validation"][:6])
+    run.model.eval()
+    oracle = _jacobian_variances(run, examples)
+    hooked = choice_sensitivity(run.model, run.tokenizer, examples, run.posterior, batch_size=4)
+    assert oracle.abs().min() > 0
+    torch.testing.assert_close(hooked.variance, oracle, rtol=1e-4, atol=1e-12)
+    # The fallback for adapter tensors outside an nn.Linear (one example, one backward at a time) agrees too.
+    monkeypatch.setattr(variance_module, "_linear_owners", lambda model, bound: {})
+    looped = choice_sensitivity(run.model, run.tokenizer, examples, run.posterior, batch_size=4)
+    torch.testing.assert_close(looped.variance, oracle, rtol=1e-4, atol=1e-12)
+    # MPE quantities from the definitions.
+    p = torch.softmax(hooked.logits, -1)
+    e = p - torch.nn.functional.one_hot(hooked.gold, p.shape[1])
+    torch.testing.assert_close(hooked.sensitivity, (e * p * (1 - p) * oracle).abs().sum(1), rtol=1e-4, atol=1e-15)
+    loo = torch.log_softmax(hooked.logits + e * hooked.variance, -1).gather(1, hooked.gold[:, None])[:, 0]
+    assert abs(hooked.loo_nll() - float(-loo.mean())) < 1e-12
+
+
+def _linear_model(num_features=5, num_outputs=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(num_features, num_outputs, bias=True)
+    mean = {"weight": torch.randn(num_outputs, num_features, generator=generator),
+            "bias": torch.randn(num_outputs, generator=generator)}  # fmt: skip
+    variance = {"weight": torch.rand(num_outputs, num_features, generator=generator) * 0.1,
+                "bias": torch.rand(num_outputs, generator=generator) * 0.1}  # fmt: skip
+    posterior = Posterior(mean, variance, {"ess": 100.0})
+    posterior.apply_mean(model)
+    x = torch.randn(7, num_features, generator=generator)
+    return model, posterior, x
+
+
+def test_sampled_variance_converges_to_the_exact_one_on_a_linear_model():
+    model, posterior, x = _linear_model()
+    outputs = lambda model, batch: model(batch["x"])  # noqa: E731
+    batches = [{"x": x[:4]}, {"x": x[4:]}]
+    exact = exact_variances(model, posterior, batches, outputs)
+    # f_k = w_k·x + b_k: Var f_k = Σ_j V_kj x_j² + V_b,k.
+    by_hand = (x.double().square() @ posterior.variance["weight"].double().T) + posterior.variance["bias"].double()
+    torch.testing.assert_close(exact, by_hand)
+    sampled = sampled_variances(model, posterior, batches, outputs, num_samples=4000, seed=1)
+    # The sample variance of S Gaussian draws has relative std sqrt(2 / (S - 1)) = 0.022: 5 of those.
+    assert ((sampled - exact).abs() / exact).max() < 0.11
+    few = sampled_variances(model, posterior, batches, outputs, num_samples=10, seed=1)
+    assert ((few - exact).abs() / exact).max() > ((sampled - exact).abs() / exact).max()
+    # Unbiased: the mean of many independent small-S estimates converges too.
+    means = torch.stack([sampled_variances(model, posterior, batches, outputs, num_samples=3, seed=s)
+                         for s in range(600)]).mean(0)  # fmt: skip
+    assert ((means - exact).abs() / exact).max() < 0.12
+    torch.testing.assert_close(model.weight.detach(), posterior.mean["weight"])  # the mean is back
+
+
+def test_loo_equals_retraining_on_a_linear_gaussian_problem():
+    """Bayesian linear regression, unit noise, prior precision δ: e = f - y, λ = 1, v = xᵀΣx. Removing i and
+    refitting gives f + e v / (1 - v) exactly, which is the downdated MPE; the MPE's first-order f + e v is off by
+    O(v²)."""
+    generator = torch.Generator().manual_seed(0)
+    n, d, delta = 40, 6, 2.0
+    X = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    y = X @ torch.randn(d, generator=generator, dtype=torch.float64) + torch.randn(n, generator=generator, dtype=torch.float64)
+    precision = X.T @ X + delta * torch.eye(d, dtype=torch.float64)
+    covariance = torch.linalg.inv(precision)
+    mean = covariance @ X.T @ y
+    f, v = X @ mean, torch.einsum("nd,de,ne->n", X, covariance, X)
+    error, hessian = f - y, torch.ones(n, dtype=torch.float64)
+    retrained = torch.stack([
+        X[i] @ torch.linalg.solve(precision - torch.outer(X[i], X[i]), X.T @ y - X[i] * y[i]) for i in range(n)
+    ])  # fmt: skip
+    torch.testing.assert_close(mpe_loo_outputs(f, error, v, hessian, downdate=True), retrained, rtol=1e-10, atol=1e-10)
+    first_order = mpe_loo_outputs(f, error, v)
+    gap = (first_order - retrained).abs()
+    assert bool((gap <= (error * v * v / (1 - v)).abs() + 1e-12).all())  # exactly the dropped term e v²/(1 - v)
+    assert gap.max() > 1e-6  # and it is not zero: the first-order form is an approximation here
