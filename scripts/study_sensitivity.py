@@ -12,7 +12,7 @@ seed=N, save_steps=50: checkpoints 50..200 with optimizer state). wordfacts flip
 (d) the LOO-NLL estimate on train against the measured validation NLL (at the posterior mean) at checkpoints
     50..200, per seed; at the posterior as trained (ess 1e6) and rescaled to ess = N = 256 (the Bayesian width).
 (a) against retraining (seed 0, IVON): warm-started from checkpoint-200 (its adapter and its IVON state: momentum,
-    Hessian, noise generator), `--retrain-steps` IVON steps at lr `--retrain-lr` over a fixed batch order of the
+    Hessian, noise generator), dropout off, `--retrain-steps` IVON steps at lr `--retrain-lr` over a fixed batch order of the
     train set (seeded permutations), once with every example (the control) and once per removed example with that
     example skipped: same seed, same noise, same batches but one example. Movement = Σ_k |p_removed - p_control| of
     the removed example (as in MPE's code, which warm-starts its retraining from the full-data solution too).
@@ -107,13 +107,17 @@ def part_b(args) -> dict:
 def part_d(args) -> dict:
     from ivon_lora.evaluation.metrics import calibration_metrics
     from ivon_lora.rundir import load_run
+    from ivon_lora.sensitivity import Sensitivity
 
     result = {}
     for seed in SEEDS:
         for step in CHECKPOINTS:
             run = load_run(os.path.join(args.runs, f"wordfacts-ivon-seed{seed}", f"checkpoint-{step}"))
             train = _examples(run, "train")
-            trained, bayes = _sensitivity(run, train), _sensitivity(run, train, ess=len(train))
+            trained = _sensitivity(run, train)
+            # ess = N: the same variances times ess_run / N (the posterior's precision is ess (h + δ)).
+            bayes = Sensitivity(trained.ids, trained.gold, trained.logits,
+                                trained.variance * run.posterior.config["ess"] / len(train))
             validation = _mean_probs(run, _examples(run, "validation"))
             measured = calibration_metrics(validation.mean, validation.gold, [10])
             result[f"{seed}/{step}"] = {"seed": seed, "step": step, "train_nll": trained.summary()["nll"],
@@ -134,24 +138,43 @@ def _retrain(model, params, state_path, hyper, batches, skip: int | None, lr: fl
     optimizer.load_state_dict(torch.load(state_path, weights_only=False))
     for group in optimizer.param_groups:
         group["lr"] = lr
-    model.train()
+    # Dropout off (eval mode): the removal must be the only difference between a retraining and the control.
+    model.eval()
     for indices in batches:
         indices = [i for i in indices if i != skip]
         with optimizer.sampled_params(train=True):
             loss_fn(indices).backward()
         optimizer.step()
-    model.eval()
 
 
-def part_a(args, ranking_scores: list[float]) -> dict:
+def _demo_run(args) -> str:
+    """The tiny-Llama demo (recipes/demo.yaml) on 256 synthetic train examples, 300 steps, its optimizer state kept:
+    small enough to retrain dozens of times on 2 CPU cores."""
+    from ivon_lora import cli
+
+    out = os.path.join(args.work, "demo-ivon")
+    if not os.path.isfile(os.path.join(out, "metrics.json")):
+        assert cli.main(["train", os.path.join(ROOT, "recipes", "demo.yaml"), f"output_dir={out}", "max_steps=300",
+                         "max_train_samples=256", "max_eval_samples=200", "save_strategy=steps", "save_steps=300",
+                         "disable_tqdm=true", "overwrite_output_dir=true"]) == 0  # fmt: skip
+    return os.path.join(out, "checkpoint-300")
+
+
+def part_a(args) -> dict:
+    from ivon_lora.choice import format_examples
     from ivon_lora.choice.collator import ChoiceCollator
     from ivon_lora.choice.logits import choice_logits
     from ivon_lora.posterior import adapter_parameters
     from ivon_lora.rundir import load_run
+    from ivon_lora.tasks import load_split
 
-    checkpoint = os.path.join(args.runs, "wordfacts-ivon-seed0", "checkpoint-200")
+    checkpoint = args.retrain_checkpoint or _demo_run(args)
     run = load_run(checkpoint)
-    model, examples = run.model, _examples(run, "train")
+    run.model.eval()
+    data = run.recipe.data
+    model = run.model
+    examples = format_examples(load_split(data.dataset, data.train_split, data.train_file, data.max_train_samples).examples,
+                               tokenizer=run.tokenizer, model_args=run.model_args)  # fmt: skip
     sens = _sensitivity(run, examples)
     n = len(examples)
     rng = random.Random(0)
@@ -207,7 +230,7 @@ def part_a(args, ranking_scores: list[float]) -> dict:
     loss = [float(sens.loss[i]) for i in removals]
     variance = [float(sens.variance[i].sum()) for i in removals]
     return {
-        "checkpoint": checkpoint, "removed": removals, "top": top, "movement": movements, "sensitivity": s,
+        "checkpoint": checkpoint, "recipe": run.recipe.resolved(), "removed": removals, "top": top, "movement": movements, "sensitivity": s,
         "loss": loss, "variance": variance, "steps": args.retrain_steps, "lr": args.retrain_lr,
         "seconds": time.time() - begun,
         "spearman": {"sensitivity": float(spearmanr(movements, s).statistic),
@@ -246,13 +269,19 @@ def part_c(args, b: dict) -> dict:
              "adamw": {"loss |e| (AdamW)": scores["loss |e| (AdamW)"], "random": None}}  # fmt: skip
     result = {}
     for method, rankings in drops.items():
-        result[f"{method}/full data"] = {"dropped": [], "test": _test_metrics(
-            os.path.join(args.runs, f"wordfacts-{method}-seed0"), 10)}  # fmt: skip
+        full_cache = os.path.join(args.out, "parts", f"c-{method}-full.json")
+        if not os.path.isfile(full_cache):
+            os.makedirs(os.path.dirname(full_cache), exist_ok=True)
+            json.dump({"dropped": [], "test": _test_metrics(os.path.join(args.runs, f"wordfacts-{method}-seed0"), 10)},
+                      open(full_cache, "w"))  # fmt: skip
+        result[f"{method}/full data"] = json.load(open(full_cache))
         for name, ranking in rankings.items():
             key = f"{method}/drop 15% by {name}" if ranking else f"{method}/drop random 15%"
             cache = os.path.join(args.out, "parts", f"c-{method}-{name.split()[0]}.json")
             if os.path.isfile(cache):
                 result[key] = json.load(open(cache))
+                continue
+            if args.report_only:
                 continue
             if ranking is None:
                 dropped = sorted(random.Random(0).sample(range(n), drop))
@@ -284,21 +313,29 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "sensitivity-smollm2"))
     parser.add_argument("--parts", nargs="+", default=["b", "d", "a", "c"], choices=["a", "b", "c", "d"])
     parser.add_argument("--removals", type=int, default=30)
-    parser.add_argument("--retrain-steps", type=int, default=32)
-    parser.add_argument("--retrain-lr", type=float, default=0.1)
+    parser.add_argument("--retrain-steps", type=int, default=64, help="IVON steps of each retraining (a)")
+    parser.add_argument("--retrain-lr", type=float, default=0.005, help="their learning rate (a; the demo trains at "
+                        "0.05, decayed linearly)")
+    parser.add_argument("--retrain-checkpoint", help="(a): a checkpoint dir with optimizer.pt (default: the tiny "
+                        "demo, trained into WORK/demo-ivon)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="write the report from what has run (c: the "
+                        "retrainings finished so far)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.set_num_threads(args.threads)
     os.makedirs(os.path.join(args.out, "parts"), exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
     parts = {}
-    for name in ["b", "d", "a", "c"]:
+    for name in ["b", "a", "d", "c"]:
         path = os.path.join(args.out, "parts", f"{name}.json")
         if os.path.isfile(path):
             parts[name] = json.load(open(path))
             continue
-        if name not in args.parts:
+        if name == "c" and args.report_only and "b" in parts:
+            parts[name] = part_c(args, parts["b"])
+            continue
+        if name not in args.parts or args.report_only:
             continue
         begun = time.time()
         if name == "b":
@@ -306,7 +343,7 @@ def main(argv=None) -> int:
         elif name == "d":
             parts[name] = part_d(args)
         elif name == "a":
-            parts[name] = part_a(args, None)
+            parts[name] = part_a(args)
         else:
             if "b" not in parts:
                 continue

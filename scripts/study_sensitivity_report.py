@@ -24,8 +24,9 @@ def tables(parts: dict) -> str:
         a = parts["a"]
         lines += [f"## {PARTS['a']}", "",
                   f"{len(a['removed'])} removals ({len(a['top'])} top by s_i, the rest at random), warm-started retraining "
-                  f"of {a['steps']} IVON steps at lr {a['lr']} from {os.path.basename(os.path.dirname(a['checkpoint']))}/"
-                  f"checkpoint-200. Spearman of the removed example's movement Σ_k|Δp_k| with:", "",
+                  f"of {a['steps']} IVON steps at lr {a['lr']} (dropout off, same batches and noise as the control) from "
+                  f"{os.path.basename(os.path.dirname(a['checkpoint']))}/{os.path.basename(a['checkpoint'])} "
+                  f"({a.get('recipe', {}).get('model_name_or_path', '')}). Spearman of the removed example's movement Σ_k|Δp_k| with:", "",
                   "| score | all removals | random half |", "|---|---|---|",
                   f"| sensitivity s_i | {a['spearman']['sensitivity']:.3f} | {a['spearman_random_half']['sensitivity']:.3f} |",
                   f"| loss | {a['spearman']['loss']:.3f} | {a['spearman_random_half']['loss']:.3f} |",

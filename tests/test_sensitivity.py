@@ -169,3 +169,38 @@ def test_bad_input_gets_one_line_before_any_model_loads(run_dir, adamw_run_dir, 
     fails([run_dir, "--split", "test", "--file", str(unlabelled), "--out", str(tmp_path / "c")], "no label")
     fails([run_dir, "bogus_option=1", "--out", str(tmp_path / "d")], "bogus_option")
     fails([run_dir, "--variance", "sampled", "--samples", "1", "--out", str(tmp_path / "e")], "samples")
+
+
+def test_trainer_logs_the_loo_nll_estimate_next_to_eval_loss(tmp_path):
+    import json
+
+    from ivon_lora import cli
+    from ivon_lora.choice import format_examples
+    from ivon_lora.rundir import load_run
+    from ivon_lora.tasks import load_split
+
+    demo = str(__import__("pathlib").Path(__file__).parents[1] / "recipes" / "demo.yaml")
+    out = tmp_path / "run"
+    args = ["train", demo, f"output_dir={out}", "max_steps=10", "max_train_samples=24", "max_eval_samples=8",
+            "eval_strategy=steps", "eval_steps=5", "ivon_loo_eval=true", "save_strategy=steps", "save_steps=10",
+            "disable_tqdm=true", "lora_target=[q_proj, v_proj]", "lora_rank=4", "eval_mc_samples=0"]  # fmt: skip
+    assert cli.main(args) == 0
+    history = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
+    evals = [entry for entry in history if "eval_loss" in entry]
+    loo = {entry["step"]: entry["eval_loo_nll"] for entry in history if "eval_loo_nll" in entry}
+    assert [entry["step"] for entry in evals] == [5, 10] and sorted(loo) == [5, 10]
+    # At step 10 the logged estimate is the library's on the train set with the checkpoint's posterior.
+    run = load_run(str(out / "checkpoint-10"))
+    examples = format_examples(load_split("synthetic", "train", limit=24).examples, tokenizer=run.tokenizer,
+                               model_args=run.model_args)  # fmt: skip
+    expected = choice_sensitivity(run.model, run.tokenizer, examples, run.posterior, max_length=run.recipe.data.max_length)
+    assert abs(loo[10] - expected.loo_nll()) < 1e-4
+
+
+def test_loo_eval_needs_ivon():
+    import pytest
+
+    from ivon_lora.trainer import IVONTrainingArguments
+
+    with pytest.raises(ValueError, match="ivon_loo_eval needs optim='ivon'"):
+        IVONTrainingArguments(output_dir="x", optim="adamw_torch", ivon_loo_eval=True)

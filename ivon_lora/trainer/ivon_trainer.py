@@ -284,6 +284,8 @@ class IVONTrainerMixin:
         metrics of the S-sample predictive as `{prefix}_sampled_*` (`sampled_evaluation_metrics`).
         """
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if getattr(self.args, "ivon_loo_eval", False) and self.ivon_optimizer is not None:
+            metrics.update(self._loo_metrics(metric_key_prefix))
         num_samples = getattr(self.args, "ivon_eval_mc_samples", 0)
         if self.ivon_optimizer is None or num_samples == 0:
             return metrics
@@ -302,6 +304,17 @@ class IVONTrainerMixin:
         if sampled:
             self.log(sampled)
         return {**metrics, **sampled}
+
+    def _loo_metrics(self, metric_key_prefix: str) -> dict:
+        """{prefix}_loo_nll from the objective's hook `loo_nll(posterior)` (train set, current posterior), logged."""
+        hook = getattr(self, "loo_nll", None)
+        if hook is None:
+            raise NotImplementedError(f"ivon_loo_eval needs an objective with a loo_nll hook; {type(self).__name__} "
+                                      "has none (the multiple-choice ChoiceTrainer has)")  # fmt: skip
+        model = self.accelerator.unwrap_model(self.model)
+        loo = {f"{metric_key_prefix}_loo_nll": hook(Posterior.from_optimizer(self.ivon_optimizer, model))}
+        self.log(loo)
+        return loo
 
     def posterior_sample_outputs(self, eval_dataset, num_samples: int, ignore_keys=None,
                                  metric_key_prefix: str = "eval") -> Iterator[EvalLoopOutput]:  # fmt: skip
