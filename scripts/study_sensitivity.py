@@ -9,8 +9,9 @@ seed=N, save_steps=50: checkpoints 50..200 with optimizer state). wordfacts flip
 
 (b) flipped-label recovery: rank the train examples by s_i (IVON, exact variances), by loss |e| = 1 - p_y (IVON and
     AdamW, at the weights) and by prediction variance alone (IVON, Σ_k v_ik); AUROC and precision at 15%.
-(d) the LOO-NLL estimate on train against the measured validation NLL (at the posterior mean) at checkpoints
-    50..200, per seed; at the posterior as trained (ess 1e6) and rescaled to ess = N = 256 (the Bayesian width).
+(d) the LOO-NLL estimate on train (over a seeded random --loo-examples subset) against the measured validation NLL
+    (all 200, at the posterior mean) at --d-checkpoints of --d-seeds; at the posterior as trained (ess 1e6) and
+    rescaled to ess = N = 256 (the Bayesian width).
 (a) against retraining (seed 0, IVON): warm-started from checkpoint-200 (its adapter and its IVON state: momentum,
     Hessian, noise generator), dropout off, `--retrain-steps` IVON steps at lr `--retrain-lr` over a fixed batch order of the
     train set (seeded permutations), once with every example (the control) and once per removed example with that
@@ -40,7 +41,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 RECIPES = {m: os.path.join(ROOT, "recipes", "smollm2", f"wordfacts-{m}.yaml") for m in ("ivon", "adamw")}
 SEEDS = (0, 1, 2)
-CHECKPOINTS = (50, 100, 150, 200)
 FRACTION = 0.15
 logger = logging.getLogger("study_sensitivity")
 
@@ -110,17 +110,19 @@ def part_d(args) -> dict:
     from ivon_lora.sensitivity import Sensitivity
 
     result = {}
-    for seed in SEEDS:
-        for step in CHECKPOINTS:
+    for seed in args.d_seeds:
+        for step in args.d_checkpoints:
             run = load_run(os.path.join(args.runs, f"wordfacts-ivon-seed{seed}", f"checkpoint-{step}"))
             train = _examples(run, "train")
+            if args.loo_examples:  # a seeded random subset: the LOO-NLL is a mean over examples, estimated by it
+                train = [train[i] for i in sorted(random.Random(0).sample(range(len(train)), args.loo_examples))]
             trained = _sensitivity(run, train)
             # ess = N: the same variances times ess_run / N (the posterior's precision is ess (h + δ)).
             bayes = Sensitivity(trained.ids, trained.gold, trained.logits,
-                                trained.variance * run.posterior.config["ess"] / len(train))
+                                trained.variance * run.posterior.config["ess"] / 256)
             validation = _mean_probs(run, _examples(run, "validation"))
             measured = calibration_metrics(validation.mean, validation.gold, [10])
-            result[f"{seed}/{step}"] = {"seed": seed, "step": step, "train_nll": trained.summary()["nll"],
+            result[f"{seed}/{step}"] = {"seed": seed, "step": step, "loo_examples": len(train), "train_nll": trained.summary()["nll"],
                                         "loo_nll": trained.loo_nll(), "loo_nll_ess_n": bayes.loo_nll(),
                                         "validation_nll": measured["nll"], "validation_accuracy": measured["accuracy"]}  # fmt: skip
             logger.info("(d) %s", result[f"{seed}/{step}"])
@@ -319,6 +321,10 @@ def main(argv=None) -> int:
     parser.add_argument("--retrain-checkpoint", help="(a): a checkpoint dir with optimizer.pt (default: the tiny "
                         "demo, trained into WORK/demo-ivon)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--d-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--d-checkpoints", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--loo-examples", type=int, default=64, help="(d): LOO-NLL over this many random train "
+                        "examples (0: all 256)")
     parser.add_argument("--report-only", action="store_true", help="write the report from what has run (c: the "
                         "retrainings finished so far)")
     args = parser.parse_args(argv)
