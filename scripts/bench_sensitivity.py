@@ -8,7 +8,8 @@ eval, ...) so that a shared CPU slows every side alike:
   eval     `ivon_lora.evaluation.predict.predict` at the posterior mean (num_samples 0): one forward pass per batch;
   exact    `choice_sensitivity(variance="exact")`: a forward pass, then K backward passes per batch;
   sampled  `choice_sensitivity(variance="sampled", num_samples=S)`: S + 1 forward passes per batch.
-Reported: seconds per 1,000 examples (median over repeats) and the ratios to eval (median of per-repeat ratios).
+Reported: seconds per 1,000 examples (median over repeats), the ratios to eval (median of per-repeat ratios), and
+how close the sampled estimate is to the exact one (median relative error of v, Spearman of s_i, both LOO-NLLs).
 """
 
 from __future__ import annotations
@@ -57,18 +58,30 @@ def main(argv=None) -> int:
     }  # fmt: skip
     sides["eval"]()  # warm-up
     times = {name: [] for name in sides}
+    outputs = {}
     for _ in range(args.repeats):
         for name, side in sides.items():
             begun = time.perf_counter()
-            side()
+            outputs[name] = side()
             times[name].append(time.perf_counter() - begun)
+    # How close the sampled estimate is to the exact one at this S (its accuracy, next to its cost).
+    from scipy.stats import spearmanr
+
+    exact, sampled = outputs["exact"], outputs["sampled"]
+    present = exact.present
+    relative = ((sampled.variance - exact.variance).abs() / exact.variance)[present]
+    agreement = {"median_relative_error_of_v": float(relative.median()),
+                 "spearman_of_s": float(spearmanr(exact.sensitivity, sampled.sensitivity).statistic),
+                 "loo_nll_exact": exact.loo_nll(), "loo_nll_sampled": sampled.loo_nll()}  # fmt: skip
     per_1000 = {name: 1000 * statistics.median(t) / len(examples) for name, t in times.items()}
     ratios = {name: statistics.median(t / e for t, e in zip(times[name], times["eval"])) for name in ("exact", "sampled")}
     result = {"command": " ".join(["python", "scripts/bench_sensitivity.py", *sys.argv[1:]]), "settings": vars(args),
               "model": run.model_args.model_name_or_path, "num_examples": len(examples),
               "seconds_per_1000_examples": per_1000, "ratio_to_eval": ratios, "times": times,
+              "sampled_vs_exact": agreement,
               "environment": environment(), "threads": torch.get_num_threads()}  # fmt: skip
-    print(json.dumps({k: result[k] for k in ("model", "num_examples", "seconds_per_1000_examples", "ratio_to_eval")},
+    print(json.dumps({k: result[k] for k in ("model", "num_examples", "seconds_per_1000_examples", "ratio_to_eval",
+                                                "sampled_vs_exact")},
                      indent=1))  # fmt: skip
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -32,7 +32,7 @@ def tables(parts: dict) -> str:
                   f"| loss | {a['spearman']['loss']:.3f} | {a['spearman_random_half']['loss']:.3f} |",
                   f"| variance alone | {a['spearman']['variance']:.3f} | |", ""]  # fmt: skip
     if "b" in parts:
-        b = {k: v for k, v in parts["b"].items() if k != "wall_seconds"}
+        b = {k: v for k, v in parts["b"].items() if k.isdigit()}
         names = list(next(iter(b.values()))["detection"])
         lines += [f"## {PARTS['b']}", "", f"Seeds {', '.join(b)} (mean ± std); 38 of 256 train labels flipped "
                   "(precision of a random ranking: 0.148).", "",
@@ -53,7 +53,7 @@ def tables(parts: dict) -> str:
             lines.append(f"| {key} | {value.get('flipped_dropped', '')} | " + " | ".join(cells) + " |")
         lines.append("")
     if "d" in parts:
-        d = {k: v for k, v in parts["d"].items() if k != "wall_seconds"}
+        d = {k: v for k, v in parts["d"].items() if "/" in k}
         lines += [f"## {PARTS['d']}", "", "| seed | step | train NLL | LOO-NLL (ess 1e6) | LOO-NLL (ess N=256) | "
                   "validation NLL |", "|---|---|---|---|---|---|"]  # fmt: skip
         for value in d.values():
@@ -69,7 +69,9 @@ def figure(parts: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    present = [name for name in "abcd" if name in parts]
+    fig, row = plt.subplots(1, len(present), figsize=(5 * len(present), 4.5), squeeze=False)
+    axes = {ord(name) - ord("a"): ax for name, ax in zip(present, row[0])}
     if "a" in parts:
         a = parts["a"]
         top = len(a["top"])
@@ -80,7 +82,7 @@ def figure(parts: dict, path: str) -> None:
                     title=f"(a) removal vs. MPE (Spearman {a['spearman']['sensitivity']:.2f})")  # fmt: skip
         axes[0].legend()
     if "b" in parts:
-        b = {k: v for k, v in parts["b"].items() if k != "wall_seconds"}
+        b = {k: v for k, v in parts["b"].items() if k.isdigit()}
         names = list(next(iter(b.values()))["detection"])
         values = [[s["detection"][n]["auroc"] for s in b.values()] for n in names]
         axes[1].bar(range(len(names)), [statistics.mean(v) for v in values],
@@ -89,13 +91,13 @@ def figure(parts: dict, path: str) -> None:
         axes[1].axhline(0.5, color="gray", ls="--")
         axes[1].set(ylabel="AUROC of flipped labels", title="(b) finding the 38 flipped train labels", ylim=(0, 1))
     if "c" in parts:
-        c = {k: v for k, v in parts["c"].items() if k != "wall_seconds"}
+        c = {k: v for k, v in parts["c"].items() if k != "wall_seconds" and v}
         keys = list(c)
         axes[2].barh(range(len(keys)), [c[k]["test"]["mean"]["nll"] for k in keys], color="C1")
         axes[2].set_yticks(range(len(keys)), keys, fontsize=7)
         axes[2].set(xlabel="test NLL at the mean", title="(c) retrained without 15% of train")
     if "d" in parts:
-        d = {k: v for k, v in parts["d"].items() if k != "wall_seconds"}
+        d = {k: v for k, v in parts["d"].items() if "/" in k}
         for seed in sorted({v["seed"] for v in d.values()}):
             rows = sorted((v for v in d.values() if v["seed"] == seed), key=lambda v: v["step"])
             steps = [v["step"] for v in rows]
