@@ -338,7 +338,7 @@ def main(argv=None) -> int:
         if os.path.isfile(path):
             parts[name] = json.load(open(path))
             continue
-        if name == "c" and args.report_only and "b" in parts:
+        if name == "c" and args.report_only and "scores" in parts.get("b", {}).get("0", {}):
             parts[name] = part_c(args, parts["b"])
             continue
         if name not in args.parts or args.report_only:

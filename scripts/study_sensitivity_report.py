@@ -12,10 +12,11 @@ PARTS = {"a": "(a) against retraining", "b": "(b) flipped-label recovery", "c": 
 
 
 def _mean_std(values) -> str:
+    """The mean and, in brackets, each seed's value."""
     values = list(values)
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f"{statistics.mean(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
 
 
 def tables(parts: dict) -> str:
@@ -34,11 +35,13 @@ def tables(parts: dict) -> str:
     if "b" in parts:
         b = {k: v for k, v in parts["b"].items() if k.isdigit()}
         names = list(next(iter(b.values()))["detection"])
-        lines += [f"## {PARTS['b']}", "", f"Seeds {', '.join(b)} (mean ± std); 38 of 256 train labels flipped "
+        lines += [f"## {PARTS['b']}", "", f"Seeds {', '.join(b)} (mean, each seed in brackets); 38 of 256 train labels flipped "
                   "(precision of a random ranking: 0.148).", "",
                   "| ranking | AUROC | precision at 15% |", "|---|---|---|"]  # fmt: skip
+        if parts["b"].get("note"):
+            lines[-3:-3] = [f"Note: {parts['b']['note']}."]
         for name in names:
-            lines.append(f"| {name} | {_mean_std(s['detection'][name]['auroc'] for s in b.values())} | "
+            lines.append(f"| {name.replace('|', chr(92) + '|')} | {_mean_std(s['detection'][name]['auroc'] for s in b.values())} | "
                          f"{_mean_std(s['detection'][name]['precision_at_15'] for s in b.values())} |")  # fmt: skip
         lines.append("")
     if "c" in parts:
