@@ -355,6 +355,7 @@ def main(argv=None) -> int:
                 continue
             parts[name] = part_c(args, parts["b"])
         parts[name]["wall_seconds"] = time.time() - begun
+        parts[name]["command"] = " ".join(["python", "scripts/study_sensitivity.py", *sys.argv[1:]])
         with open(path, "w") as f:
             json.dump(parts[name], f)
     from study_sensitivity_report import write_report

@@ -45,7 +45,7 @@ def tables(parts: dict) -> str:
                          f"{_mean_std(s['detection'][name]['precision_at_15'] for s in b.values())} |")  # fmt: skip
         lines.append("")
     if "c" in parts:
-        c = {k: v for k, v in parts["c"].items() if k != "wall_seconds"}
+        c = {k: v for k, v in parts["c"].items() if isinstance(v, dict) and "test" in v}
         lines += [f"## {PARTS['c']}", "", "Seed 0, test split (300): IVON at the mean and with 10 samples; AdamW at its "
                   "weights.", "", "| run | flipped among dropped | acc | NLL | ECE | acc (S=10) | NLL (S=10) | ECE (S=10) |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -94,7 +94,7 @@ def figure(parts: dict, path: str) -> None:
         axes[1].axhline(0.5, color="gray", ls="--")
         axes[1].set(ylabel="AUROC of flipped labels", title="(b) finding the 38 flipped train labels", ylim=(0, 1))
     if "c" in parts:
-        c = {k: v for k, v in parts["c"].items() if k != "wall_seconds" and v}
+        c = {k: v for k, v in parts["c"].items() if isinstance(v, dict) and "test" in v}
         keys = list(c)
         axes[2].barh(range(len(keys)), [c[k]["test"]["mean"]["nll"] for k in keys], color="C1")
         axes[2].set_yticks(range(len(keys)), keys, fontsize=7)
@@ -128,5 +128,7 @@ def write_report(args, parts: dict) -> None:
     with open(os.path.join(args.out, "study.json"), "w") as f:
         json.dump(payload, f, indent=1, default=str)
     with open(os.path.join(args.out, "study.md"), "w") as f:
-        f.write(f"# Sensitivity study (wordfacts, SmolLM2-135M)\n\n`{payload['command']}`\n\n{tables(parts)}")
+        commands = "\n".join(f"- {PARTS[name]}: `{part['command']}`" for name, part in sorted(parts.items())
+                              if isinstance(part, dict) and part.get("command"))  # fmt: skip
+        f.write(f"# Sensitivity study (wordfacts, SmolLM2-135M)\n\nThe parts were made by:\n\n{commands}\n\n{tables(parts)}")
     figure(parts, os.path.join(args.out, "study.png"))
