@@ -204,3 +204,34 @@ def test_loo_eval_needs_ivon():
 
     with pytest.raises(ValueError, match="ivon_loo_eval needs optim='ivon'"):
         IVONTrainingArguments(output_dir="x", optim="adamw_torch", ivon_loo_eval=True)
+
+
+def test_sequence_level_variance_equals_torch_func_jacobians_of_the_document_log_likelihood(run):
+    from torch.func import functional_call, jacrev
+
+    from ivon_lora.posterior import adapter_parameters
+    from ivon_lora.sensitivity.sft import _document_log_likelihoods, sft_sensitivity
+
+    model, posterior, tokenizer = run.model, run.posterior, run.tokenizer
+    texts = ["What is cat? animal", "What is a red apple, if anything? fruit"]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+    labels[:, : labels.shape[1] - 3] = -100  # the last 3 tokens are the targets
+    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+    result = sft_sensitivity(model, posterior, [batch])
+    names = {id(p): name for name, p in model.named_parameters()}
+    adapter = adapter_parameters(model)
+    oracle = []
+    for i in range(2):
+        row = {k: v[i : i + 1] for k, v in batch.items()}
+
+        def log_likelihood(params, row=row):
+            call = lambda **kw: functional_call(model, {names[id(adapter[k])]: v for k, v in params.items()}, (), kw)  # noqa: E731
+            return _document_log_likelihoods(call, row)[0, 0]
+
+        jac = jacrev(log_likelihood)({k: p.detach() for k, p in adapter.items()})
+        oracle.append(sum(float((jac[k].double().square() * posterior.variance[k].double()).sum()) for k in adapter))
+    torch.testing.assert_close(result.variance, torch.tensor(oracle, dtype=torch.float64), rtol=1e-4, atol=1e-15)
+    assert result.token_count.tolist() == [3, 3]
+    expected = float((result.variance - result.log_likelihood).sum() / 6)
+    assert abs(result.loo_nll() - expected) < 1e-12 and torch.equal(result.sensitivity, result.variance)

@@ -80,8 +80,8 @@ def _checked_run(options) -> dict:
         raise UsageError(f"{options.run_dir} has no posterior (posterior.safetensors is missing): train it with "
                          "optim=ivon")  # fmt: skip
     if recipe is not None and recipe.objective == "sft":
-        raise UsageError(f"{options.run_dir} is an SFT run: `ivon-lora sensitivity` scores multiple-choice runs "
-                         "only (the sequence-level version for SFT is not built yet)")  # fmt: skip
+        raise UsageError(f"{options.run_dir} is an SFT run: `ivon-lora sensitivity` scores multiple-choice runs; the "
+                         "sequence-level version is ivon_lora.sensitivity.sft.sft_sensitivity, from Python")  # fmt: skip
     return described
 
 

@@ -1,8 +1,8 @@
 """Per-example sensitivity from the posterior: the Memory-Perturbation Equation (see `core`) over a run's examples.
 
 `choice_sensitivity(model, tokenizer, examples, posterior)` is what a Trainer script calls (and `ivon-lora
-sensitivity` runs); `batches_sensitivity` takes pre-collated batches (the Trainer's own collator). Multiple choice only: the
-sequence-level version for the SFT objective is not built yet.
+sensitivity` runs); `batches_sensitivity` takes pre-collated batches (the Trainer's own collator); `sft.sft_sensitivity` is the
+sequence-level version for the SFT objective.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def _linear_owners(model, bound: dict[str, torch.nn.Parameter]):
 
 
 class _PerExampleLinearGrads:
-    """Hooks on nn.Linear modules that hold the inputs and output gradients of one forward/backward, and turn them
-    into sum_i-free per-example squared gradients weighted by the posterior variance."""
+    """Hooks on nn.Linear modules that keep each call's input (forward) and output gradient (each backward), and turn
+    them into every example's squared weight/bias gradient, weighted by the posterior variance and summed."""
 
     def __init__(self, modules: dict[torch.nn.Module, dict[str, torch.Tensor]]):
         self.modules = modules  # module -> {"weight": variance, "bias": variance} (only the adapter's roles)
