@@ -53,6 +53,11 @@ TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 REPORT_NAME = "eval.json"
 TABLE_NAME = "eval.md"
 TRADEOFF_PLOT_NAME = "tradeoff.png"
+# `ivon-lora sensitivity`: per-example MPE quantities, the ranked list, the summary and the figure.
+SENSITIVITY_EXAMPLES_NAME = "sensitivity.jsonl"
+SENSITIVITY_RANKED_NAME = "ranked.txt"
+SENSITIVITY_SUMMARY_NAME = "summary.json"
+SENSITIVITY_PLOT_NAME = "sensitivity.png"
 
 
 def task_file_stem(task: str) -> str:

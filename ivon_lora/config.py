@@ -782,8 +782,39 @@ class GenerateConfig:
             _require_at_least(key, getattr(self, key), low)
 
 
+@dataclass
+class SensitivityConfig(OutputArguments):
+    """The options of `ivon-lora sensitivity` (from a YAML file, key=value and flags, like eval's)."""
+
+    run_dir: str | None = field(default=None, metadata={"help": "IVON run or checkpoint dir (multiple choice)"})
+    split: str = field(default="train", metadata={"help": "split of the run's task to score (default train)"})
+    file: str | None = field(default=None, metadata={"help": "local json/jsonl/parquet/csv records of the split"})
+    task: str | None = field(default=None, metadata={"help": "task name (default: the run's dataset)"})
+    variance: str = field(default="exact", metadata={
+        "help": "exact: diag(J Σ Jᵀ) by K backward passes per batch; sampled: sample variance over S posterior samples"})
+    samples: int = field(default=10, metadata={"help": "posterior samples S of the sampled variance (>= 2)"})
+    ess: float | None = field(default=None, metadata={
+        "help": "rescale the posterior to this ess (e.g. the train set size N) for LOO estimates; default: the run's"})
+    top: int = field(default=20, metadata={"help": "most sensitive examples printed"})
+    batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
+    limit: int | None = field(default=None, metadata={"help": "score only the first N records"})
+    seed: int = field(default=0, metadata={"help": "seed of the posterior samples (sampled)"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+        _require_choice("variance", self.variance, ("exact", "sampled"))
+        _require_at_least("samples", self.samples, 2)
+        _require_at_least("top", self.top, 0)
+        _require_at_least("batch_size", self.batch_size, 1)
+        if self.limit is not None:
+            _require_at_least("limit", self.limit, 1)
+        if self.ess is not None:
+            _require_in("ess", self.ess, 0.0, float("inf"), low_inclusive=False)
+
+
 def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):
-    """`cls` (EvalConfig, PruneConfig, ExportConfig, InspectConfig, GenerateConfig) from a YAML file, then key=value overrides, then flags."""
+    """`cls` (EvalConfig, PruneConfig, ExportConfig, InspectConfig, GenerateConfig, SensitivityConfig, ...) from a YAML file, then key=value overrides, then flags."""
     values = read_yaml(path, "config") if path is not None else {}
     command_line = {**parse_overrides(list(overrides)), **(flags or {})}
     values.update(command_line)

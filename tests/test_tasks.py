@@ -423,6 +423,25 @@ def test_wordfacts_is_deterministic_balanced_and_noisy_in_train_only():
         assert 0.45 < sum(r["answer"] for r in clean) / 2000 < 0.55
 
 
+def test_wordfacts_marks_its_flipped_labels_without_changing_the_splits():
+    import hashlib
+    import json
+
+    from ivon_lora.tasks.wordfacts import wordfacts_records
+
+    # sha256 of each split's records as generated before `label_flipped` existed (sorted-key JSON).
+    before = {"train": "0185d140b0aa728f3e4574e44a90ccd748df7f45d737ec3a01f1432965f0d9d4",
+              "validation": "8e799ee190729b4f750fe0298e9071d4103dd17f53ef47eb623889d561d36716",
+              "test": "7c9e4750f827fdb5bbb5349042c964859dba3c8397497c0debefb11dc03a45b4"}  # fmt: skip
+    for split, digest in before.items():
+        records = wordfacts_records(split)
+        flips = [record.pop("label_flipped") for record in records]
+        assert hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest() == digest
+        clean = wordfacts_records(split, label_noise=0.0)
+        assert flips == [a["answer"] != b["answer"] for a, b in zip(records, clean)]
+        assert (sum(flips) == 38) if split == "train" else not any(flips)
+
+
 def test_wordfacts_examples_score_true_false_after_a_short_prompt(llama_tokenizer, qwen_tokenizer):
     example = load_examples("wordfacts", "test", limit=1)[0]
     assert example.id == "wordfacts-test-0" and example.answers == (" False", " True")

@@ -32,6 +32,16 @@ class ChoiceLossMixin:
             loss = F.cross_entropy(logits, inputs["labels"])
         return loss.detach(), (None if prediction_loss_only else logits), inputs["labels"]
 
+    def loo_nll(self, posterior) -> float:
+        """The MPE's leave-one-out NLL estimate over the train set at `posterior` (exact variances; `ivon_loo_eval`)."""
+        from .sensitivity import batches_sensitivity
+
+        rows = list(self.train_dataset)
+        size = self.args.per_device_eval_batch_size
+        batches = [self.data_collator(rows[i : i + size]) for i in range(0, len(rows), size)]
+        model = self.accelerator.unwrap_model(self.model)
+        return batches_sensitivity(model, posterior, batches, [str(i) for i in range(len(rows))]).loo_nll()
+
     def sampled_evaluation_metrics(self, eval_dataset, num_samples: int, ignore_keys, metric_key_prefix) -> dict:
         """`compute_metrics` of the mean of the S posterior samples' K-way probability vectors.
 

@@ -79,7 +79,8 @@ def _article(word: str) -> str:
 
 def wordfacts_records(split: str, num_examples: int | None = None, seed: int = 0,
                       label_noise: float = LABEL_NOISE) -> list[dict]:  # fmt: skip
-    """The `split` as BoolQ-schema records (id, question, passage, answer); labels flipped in train only."""
+    """The `split` as BoolQ-schema records (id, question, passage, answer) plus `label_flipped`; labels flipped in
+    train only."""
     rng = split_random("wordfacts", split, SPLIT_SIZES, seed, label_noise)
     names = list(CATEGORIES)
     records = []
@@ -99,6 +100,8 @@ def wordfacts_records(split: str, num_examples: int | None = None, seed: int = 0
                 "passage": CATEGORIES[category][0],
                 # Membership, not the draw: a word in two lists (orange) is true of both categories.
                 "answer": (word in CATEGORIES[category][1]) != (flip and split == "train"),
+                # Whether `answer` is the flipped one (train only): the ground truth of mislabel detection.
+                "label_flipped": flip and split == "train",
             }
         )
     return records

@@ -75,6 +75,12 @@ class IVONTrainingArguments(TrainingArguments):
     train_mc_samples: int = field(
         default=1, metadata={"help": "Posterior samples (forward+backward passes) per micro-batch."}
     )
+    ivon_loo_eval: bool = field(
+        default=False,
+        metadata={"help": "At each evaluation also log {prefix}_loo_nll: the leave-one-out NLL estimated from the "
+                          "train set and the posterior (Memory-Perturbation Equation, exact variances; objectives "
+                          "with a loo_nll hook, e.g. multiple choice). Costs K backward passes per train batch."},
+    )
 
     def __post_init__(self):
         self.use_ivon = self.optim == IVON_OPTIM
@@ -84,6 +90,9 @@ class IVONTrainingArguments(TrainingArguments):
             raise ValueError(f"Invalid learning_rate value: {self.learning_rate} (must be >= 0)")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"Invalid max_steps value: {self.max_steps} (must be > 0, or -1 for num_train_epochs)")
+        if self.ivon_loo_eval and not self.use_ivon:
+            raise ValueError(f"ivon_loo_eval needs optim='ivon' (the estimate needs a posterior; optim={self.optim!r} "
+                             "has none)")  # fmt: skip
         if not self.use_ivon:
             super().__post_init__()
             return

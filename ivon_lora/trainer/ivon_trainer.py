@@ -299,11 +299,20 @@ class IVONTrainerMixin:
         """The usual evaluation (at the posterior mean), plus, with `ivon_eval_mc_samples` = S > 0, the objective's
         metrics of the S-sample predictive as `{prefix}_sampled_*` (`sampled_evaluation_metrics`).
         """
-        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        with_loo = getattr(self.args, "ivon_loo_eval", False) and self.ivon_optimizer is not None
         if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
             # The Trainer evaluates a dict of datasets by calling `evaluate` once per dataset (with the prefix
-            # `{prefix}_{name}`): each of those calls has added its own sampled metrics already.
-            return metrics
+            # `{prefix}_{name}`): each of those calls adds its own sampled metrics; the LOO estimate, which reads
+            # the train set only, is computed once, here.
+            self._evaluating_named_sets = True
+            try:
+                metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            finally:
+                self._evaluating_named_sets = False
+            return {**metrics, **(self._loo_metrics(metric_key_prefix) if with_loo else {})}
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if with_loo and not getattr(self, "_evaluating_named_sets", False):
+            metrics.update(self._loo_metrics(metric_key_prefix))
         num_samples = getattr(self.args, "ivon_eval_mc_samples", 0)
         if self.ivon_optimizer is None or num_samples == 0:
             return metrics
@@ -322,6 +331,17 @@ class IVONTrainerMixin:
         if sampled:
             self.log(sampled)
         return {**metrics, **sampled}
+
+    def _loo_metrics(self, metric_key_prefix: str) -> dict:
+        """{prefix}_loo_nll from the objective's hook `loo_nll(posterior)` (train set, current posterior), logged."""
+        hook = getattr(self, "loo_nll", None)
+        if hook is None:
+            raise NotImplementedError(f"ivon_loo_eval needs an objective with a loo_nll hook; {type(self).__name__} "
+                                      "has none (the multiple-choice ChoiceTrainer has)")  # fmt: skip
+        model = self.accelerator.unwrap_model(self.model)
+        loo = {f"{metric_key_prefix}_loo_nll": hook(Posterior.from_optimizer(self.ivon_optimizer, model))}
+        self.log(loo)
+        return loo
 
     def posterior_sample_outputs(self, eval_dataset, num_samples: int, ignore_keys=None,
                                  metric_key_prefix: str = "eval") -> Iterator[EvalLoopOutput]:  # fmt: skip

@@ -1,0 +1,182 @@
+"""`ivon-lora sensitivity`: what each training example did to the model, from the posterior (the MPE).
+
+For an IVON run of a multiple-choice task: per example the error, the prediction variance over the adapter under
+the posterior, the sensitivity s_i (how far its prediction moves when it is left out of training) and the
+leave-one-out probability of its label; the LOO-NLL estimate of the split. Output dir (default
+RUN_DIR/sensitivity-SPLIT), written staged and swapped in whole: sensitivity.jsonl (per example), ranked.txt (all
+examples, most sensitive first; the top --top are printed), summary.json (LOO-NLL, resolved settings, protocol,
+versions) and sensitivity.png. See `ivon_lora.sensitivity`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from ._options import add_config_arguments, add_output_arguments, config_from_options
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = {
+    "outputs": "the K answer-token logits at the last prompt position (the choice objective's), at the posterior mean",
+    "error": "e = softmax(f) - onehot(label)",
+    "hessian": "λ = p (1 - p), elementwise",
+    "variance": "v = diag(J Σ Jᵀ) over the adapter, Σ the posterior's diagonal covariance 1/(ess (h + δ))",
+    "sensitivity": "s = Σ_k |e_k λ_k v_k| (first-order change of p when the example is left out)",
+    "loo": "f + e ⊙ v; LOO-NLL = mean of -log softmax(f + e ⊙ v)[label]",
+    "reference": "Nickl, Xu, Tailor, Möllenhoff, Khan: The Memory-Perturbation Equation, NeurIPS 2023 (arXiv 2310.19273)",
+}
+
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "sensitivity",
+        help="Per-example sensitivity of an IVON run to its training data (Memory-Perturbation Equation) and the "
+             "leave-one-out NLL estimate.",
+        description="Writes sensitivity.jsonl, ranked.txt, summary.json and sensitivity.png to --out (default "
+                    "RUN_DIR/sensitivity-SPLIT). Options also come from a YAML CONFIG and key=value.",
+    )  # fmt: skip
+    add_config_arguments(parser, "RUN_DIR", "IVON run or checkpoint dir of a multiple-choice task")
+    parser.add_argument("--split", help="split of the run's task (default train)")
+    parser.add_argument("--file", help="local json/jsonl/parquet/csv records (file or dir) of --split")
+    parser.add_argument("--task", help="task (default: the run's dataset)")
+    parser.add_argument("--variance", choices=("exact", "sampled"),
+                        help="exact (K backward passes per batch, default) or sampled (S posterior samples)")  # fmt: skip
+    parser.add_argument("--samples", type=int, help="posterior samples S of --variance sampled (default 10)")
+    parser.add_argument("--ess", type=float, help="rescale the posterior to this ess for the LOO estimates (e.g. the "
+                        "train set size); rankings do not change")  # fmt: skip
+    parser.add_argument("--top", type=int, help="most sensitive examples printed (default 20)")
+    parser.add_argument("--batch-size", type=int, help="default 16")
+    parser.add_argument("--limit", type=int, help="score only the first N records")
+    parser.add_argument("--seed", type=int, help="seed of the posterior samples (default 0)")
+    add_output_arguments(parser)
+    return parser
+
+
+def config_from(options: argparse.Namespace):
+    from ..config import SensitivityConfig
+
+    return config_from_options(options, SensitivityConfig, "sensitivity")
+
+
+def _checked_run(options) -> dict:
+    """The run dir as `describe_run` sees it, refused unless it is an IVON multiple-choice run."""
+    from ..errors import UsageError
+    from ..rundir import describe_run, optimizer_name
+
+    described = describe_run(options.run_dir, set())
+    recipe = described["recipe"]
+    if not described["has_posterior"]:
+        optimizer = optimizer_name(recipe) if recipe else "unknown"
+        if optimizer != "ivon":
+            raise UsageError(
+                f"{options.run_dir} was trained with {optimizer}, not IVON: it has no posterior, so no prediction "
+                "variance, sensitivity or leave-one-out estimate. What it can give is a ranking by loss (`ivon-lora "
+                "eval RUN --split train` writes every example's probabilities), which misses how much the model "
+                "depends on an example"
+            )  # fmt: skip
+        raise UsageError(f"{options.run_dir} has no posterior (posterior.safetensors is missing): train it with "
+                         "optim=ivon")  # fmt: skip
+    if recipe is not None and recipe.objective == "sft":
+        raise UsageError(f"{options.run_dir} is an SFT run: `ivon-lora sensitivity` scores multiple-choice runs; the "
+                         "sequence-level version is ivon_lora.sft.sensitivity.sft_sensitivity, from Python")  # fmt: skip
+    return described
+
+
+def _flipped_labels(task, split: str, file: str | None) -> dict[str, bool] | None:
+    """id -> label_flipped when the task's records say (wordfacts' train split does), else None."""
+    from ..tasks.loading import load_records
+
+    records = load_records(task, split, file)
+    if not records or "label_flipped" not in records[0] or task.id_field is None:
+        return None
+    return {str(r[task.id_field]): bool(r["label_flipped"]) for r in records}
+
+
+def main(options) -> int:
+    run_sensitivity(options)
+    return 0
+
+
+def run_sensitivity(options) -> dict:
+    """Score `options` (a `SensitivityConfig`); returns what summary.json holds."""
+    from ..artifacts import (
+        SENSITIVITY_EXAMPLES_NAME,
+        SENSITIVITY_PLOT_NAME,
+        SENSITIVITY_RANKED_NAME,
+        SENSITIVITY_SUMMARY_NAME,
+        check_new_output_dir,
+        staged_output_dir,
+        write_json_atomic,
+    )
+    from ..errors import UsageError
+    from ..rundir import check_out_apart, environment
+    from ..tasks import get_protocol, get_task, load_split
+
+    described = _checked_run(options)
+    recipe = described["recipe"]
+    task_name = options.task or (recipe.data.dataset if recipe else None)
+    if task_name is None:
+        raise UsageError(f"{options.run_dir} has no recipe.yaml naming its task: pass --task")
+    try:
+        task = get_task(task_name)
+    except KeyError as error:
+        raise UsageError(f"--task: {error.args[0]}") from None
+    if task.kind != "multiple_choice":
+        raise UsageError(f"--task {task_name}: sensitivity needs a multiple-choice task (this one is {task.kind})")
+    out = options.out or os.path.join(options.run_dir, f"sensitivity-{options.split}")
+    check_out_apart(out, {"run dir": options.run_dir} if options.out else {})
+    check_new_output_dir(out, options.overwrite)
+    preset = get_protocol(recipe.run.protocol if recipe else "ivon-lora")
+    loaded = load_split(task, options.split, options.file, options.limit, protocol=preset)
+    if loaded.num_unlabelled:
+        raise UsageError(f"{task_name} {options.split}: {loaded.num_unlabelled} of {len(loaded.examples)} examples "
+                         "have no label; the sensitivity needs each example's training label (use a labelled split)")  # fmt: skip
+    if not loaded.examples:
+        raise UsageError(f"{task_name} {options.split}: no examples to score")
+    flipped = _flipped_labels(task, options.split, options.file)
+
+    from ..choice import format_examples
+    from ..rundir import load_run
+    from ..choice.sensitivity import choice_sensitivity
+    from ..sensitivity import rescaled_to_ess
+    from ..sensitivity.report import plot_sensitivity, ranked_lines
+
+    run = load_run(described["dir"])
+    examples = format_examples(loaded.examples, tokenizer=run.tokenizer, model_args=run.model_args)
+    posterior = rescaled_to_ess(run.posterior, options.ess)
+    result = choice_sensitivity(run.model, run.tokenizer, examples, posterior, variance=options.variance,
+                                num_samples=options.samples, batch_size=options.batch_size,
+                                max_length=getattr(run.recipe.data, "max_length", None) if run.recipe else None,
+                                seed=options.seed, progress=True)  # fmt: skip
+    summary = {
+        "run_dir": described["dir"], "task": task.as_dict(), "data": loaded.as_dict(), **result.summary(),
+        "settings": {"variance": options.variance, "samples": options.samples if options.variance == "sampled" else None,
+                     "seed": options.seed, "ess": posterior.config.get("ess") if options.ess is None else options.ess,
+                     "run_ess": run.posterior.config.get("ess"), "batch_size": options.batch_size,
+                     "limit": options.limit, "split": options.split, "file": options.file},
+        "protocol": PROTOCOL, "environment": environment(),
+    }  # fmt: skip
+    if flipped is not None:
+        summary["label_flipped"] = sum(flipped.get(i, False) for i in result.ids)
+    lines = ranked_lines(result, flipped)
+    with staged_output_dir(out) as staging:
+        with open(os.path.join(staging, SENSITIVITY_EXAMPLES_NAME), "w") as f:
+            for row in result.rows():
+                if flipped is not None:
+                    row["label_flipped"] = flipped.get(row["id"])
+                f.write(json.dumps(row) + "\n")
+        with open(os.path.join(staging, SENSITIVITY_RANKED_NAME), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        write_json_atomic(os.path.join(staging, SENSITIVITY_SUMMARY_NAME), summary)
+        plot_sensitivity(result, os.path.join(staging, SENSITIVITY_PLOT_NAME),
+                         f"{os.path.basename(os.path.normpath(options.run_dir))}: {task_name} {options.split}, "
+                         f"{len(result.ids)} examples, {options.variance} variance; LOO-NLL {summary['loo_nll']:.3f}",
+                         flipped)  # fmt: skip
+    print(f"LOO-NLL estimate {summary['loo_nll']:.4f} (NLL at the mean {summary['nll']:.4f}) over {len(result.ids)} "
+          f"{task_name} {options.split} examples; the {min(options.top, len(result.ids))} most sensitive:")  # fmt: skip
+    print("\n".join(lines[: options.top + 1]))
+    logger.info("wrote %s", out)
+    return summary
