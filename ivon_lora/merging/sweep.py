@@ -44,8 +44,8 @@ class AdapterScorer:
         self.batch_size = batch_size
         self._count = 0
 
-    def score(self, tensors: dict, config: dict) -> dict[str, dict]:
-        """Accuracy, NLL and ECE (10 bins) at the adapter's weights, per split name."""
+    def score(self, tensors: dict, config: dict, names=None) -> dict[str, dict]:
+        """Accuracy, NLL and ECE (10 bins) at the adapter's weights, per split name (all, or those in `names`)."""
         from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
 
@@ -60,6 +60,8 @@ class AdapterScorer:
         try:
             results = {}
             for split, examples in self.examples.items():
+                if names is not None and split not in names:
+                    continue
                 predictions = predict(model, self.run.tokenizer, examples, num_samples=0, max_length=self.max_length,
                                       batch_size=self.batch_size)  # fmt: skip
                 metrics = predictions.metrics()["mean"]
