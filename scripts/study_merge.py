@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TASKS = ("wordfacts", "antonyms")
+DESIGN_COLUMNS = ("linear (PEFT, factor-wise)", "cat (exact ΔW)", "uncertainty factor, H₀=0", "uncertainty delta, H₀=0")
 ALPHAS = (0.5, 1.0, 1.5)
 DENSITIES = (0.3, 0.7)
 # (row name, merge spec, weight points): the validation grid of every method; "average" has no hyperparameter.
@@ -60,6 +61,37 @@ def train(recipe: str, seed: int, out: str) -> None:
                f"seed={seed}", f"output_dir={out}", "overwrite_output_dir=true", "eval_mc_samples=0"]  # fmt: skip
     print("training:", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
+
+
+def lora_design(first: str, second: str) -> dict:
+    """How far each merge's ΔW lies from the exact ΔW average 0.5·(ΔW₁ + ΔW₂) (relative Frobenius distance over all
+    adapted matrices), and how aligned the two runs' A factors are (cosine): factor-wise merges add the cross terms
+    B₁A₂ + B₂A₁, which are noise unless the runs share A's basis. No model needed."""
+    import torch
+
+    from ivon_lora.merging.peft_types import factor_keys, module_paths
+    from ivon_lora.merging.runs import merge_adapters, read_input
+
+    inputs = [read_input(first), read_input(second)]
+    paths = module_paths(inputs[0].tensors)
+
+    def delta(tensors, config, path):
+        a, b = factor_keys(path)
+        return config["lora_alpha"] / config["r"] * tensors[b].double() @ tensors[a].double()
+
+    exact = {p: sum(0.5 * delta(run.tensors, run.config, p) for run in inputs) for p in paths}
+    norm = sum(float(exact[p].norm() ** 2) for p in paths) ** 0.5
+    flat = [torch.cat([run.tensors[factor_keys(p)[0]].flatten() for p in paths]) for run in inputs]
+    result = {"runs": [first, second], "cosine_A": float(torch.nn.functional.cosine_similarity(*flat, dim=0))}
+    methods = [("linear (PEFT, factor-wise)", "linear", {}), ("cat (exact ΔW)", "cat", {})]
+    if all(run.variance is not None for run in inputs):
+        methods += [("uncertainty factor, H₀=0", "uncertainty", {"space": "factor"}),
+                    ("uncertainty delta, H₀=0", "uncertainty", {"space": "delta"})]  # fmt: skip
+    for name, method, settings in methods:
+        tensors, config, _ = merge_adapters(inputs, method, [0.5, 0.5], **settings)
+        distance = sum(float((delta(tensors, config, p) - exact[p]).norm() ** 2) for p in paths) ** 0.5 / norm
+        result[name] = distance
+    return result
 
 
 def mean_score(scores: dict, column: str) -> float:
@@ -124,7 +156,11 @@ def study_seed(seed: int, optimizer: str, runs: str, state: dict, save, referenc
 
 def table(state: dict) -> str:
     """Test accuracy / NLL / ECE per task, mean ± std over the seeds studied, per optimizer and method."""
-    lines = []
+    lines = ["LoRA design: relative distance of each merge's ΔW to the exact ΔW average (cosine of the runs' A):\n",
+             "| pair | cos(A₁, A₂) | " + " | ".join(DESIGN_COLUMNS) + " |", "|---|---|" + "---|" * len(DESIGN_COLUMNS)]
+    for label, row in state.get("lora_design", {}).items():
+        lines.append(f"| {label} | {row['cosine_A']:.3f} | " + " | ".join(
+            f"{row[c]:.3f}" if c in row else "-" for c in DESIGN_COLUMNS) + " |")
     for optimizer in ("ivon", "adamw"):
         seeds = sorted(k for k in state.get("test", {}) if k.startswith(optimizer + "-"))
         if not seeds:
@@ -222,6 +258,12 @@ def main() -> None:
             if not all(os.path.isfile(os.path.join(d, "metrics.json")) for d in dirs.values()):
                 print(f"skipping {optimizer} seed {seed}: runs missing ({dirs})", flush=True)
                 continue
+            design = state.setdefault("lora_design", {})
+            for label, pair in ((f"{optimizer} seed {seed}: wordfacts vs antonyms", list(dirs.values())),
+                                (f"{optimizer}: wordfacts seed 0 vs seed 1", [run_dirs(s, optimizer, options.runs)["wordfacts"] for s in (0, 1)])):
+                if label not in design and all(os.path.isfile(os.path.join(d, "metrics.json")) for d in pair):
+                    design[label] = lora_design(*pair)
+                    save()
             has_reference = os.path.isfile(os.path.join(reference, "metrics.json"))
             state.setdefault("recipes", {})
             for directory in [*dirs.values(), *([reference] if has_reference else [])]:
