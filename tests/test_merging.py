@@ -232,6 +232,9 @@ def test_merged_dir_round_trips_through_peft_and_load_run(two_runs, tmp_path, me
     if method == "posterior":  # the product of the factor posteriors, loadable as any posterior
         assert run.posterior is not None and merge["posterior"].startswith("the weighted product")
         assert set(Posterior.load(str(out)).variance) == set(saved)
+        from ivon_lora.commands.inspect import inspect_run
+
+        assert inspect_run(str(out))["posterior"]["step"] > 0  # `ivon-lora inspect` reads it
     else:
         assert run.posterior is None and merge["posterior"] is None
 

@@ -258,8 +258,13 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
     with staged_output_dir(out) as staging:
         _write_merged_files(staging, inputs[0], tensors, config, variance, provenance, out)
         if variance is not None:
+            first_config = inputs[0].posterior_config
             posterior_config = {"format_version": 2, "library": {"name": "ivon-lora", "version": provenance["environment"]["ivon-lora"]},
-                                "optimizer": f"merge:{method}", "ess": None, "weight_decay": None, "step": None,
+                                # The first input's ess and hyperparameters, so diagnostics read the width alike.
+                                "optimizer": f"merge:{method}", "ess": first_config.get("ess"),
+                                "weight_decay": first_config.get("weight_decay"),
+                                "hyperparameters": first_config.get("hyperparameters", {}),
+                                "step": max(run.posterior_config.get("step") or 0 for run in inputs),
                                 "merge": {k: provenance[k] for k in ("method", "weights", "settings")},
                                 "adapter": _adapter_settings(config), "adapter_name": "default"}  # fmt: skip
             Posterior(tensors, variance, posterior_config).save(staging)
