@@ -10,8 +10,8 @@ statements are true; the labels are clean in every split (wordfacts keeps the la
 `wordfacts_antonyms` is the union of both tasks' records, each split shuffled together: the multitask reference
 that merging two single-task adapters previews (equal weights: both train splits have 256 questions).
 
-Why this task: SmolLM2-135M-Instruct answers it near chance zero-shot, a wordfacts adapter does not lift it, and
-LoRA learns it within 200 CPU steps (the merging study in the README measures all three).
+Why this task: SmolLM2-135M-Instruct answers it near chance zero-shot (0.55 validation accuracy), a wordfacts adapter
+does not lift it (0.53), and LoRA learns it within 200 CPU steps (0.99, the IVON recipe; the README's merging study).
 """
 
 from __future__ import annotations
