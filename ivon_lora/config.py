@@ -823,3 +823,47 @@ def load_command_config(cls, command: str, path: str | None, overrides: list[str
                           help_hint=f" `ivon-lora {command} --help` lists the keys (flags with - as _).")  # fmt: skip
     (config,) = parse_values(values, (cls,), where, kind="config", command_line=command_line)
     return config
+
+
+@dataclass
+class MergeConfig(OutputArguments):
+    run_dirs: list[str] | None = field(default=None, metadata={"help": "two or more run dirs to merge"})
+    method: list[str] | None = field(default=None, metadata={
+        "help": "uncertainty, posterior, or a PEFT combination type (linear, cat, svd, ties, dare_ties, ...); several "
+                "with sweep"})
+    weights: list[float] | None = field(default=None, metadata={"help": "one weight α per run (default 1/N each)"})
+    space: str = field(default="delta", metadata={
+        "help": "uncertainty / posterior: merge each ΔW = B·A (delta) or A and B separately (factor)"})
+    density: float | None = field(default=None, metadata={"help": "fraction kept by ties / dare / magnitude_prune"})
+    rank: int | None = field(default=None, metadata={
+        "help": "rank of the merged adapter (delta space and *_svd; default the sum / PEFT's max of the input ranks)"})
+    base_precision: float = field(default=0.0, metadata={
+        "help": "uncertainty: H₀ as a multiple of the inputs' mean precision per matrix (0: precision-weighted "
+                "average; large: task arithmetic)"})
+    seed: int = field(default=0, metadata={"help": "seed of DARE's random drops"})
+    sweep: bool = field(default=False, metadata={"help": "merge at many weights and evaluate each on every input's task"})
+    sweep_values: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], metadata={
+        "help": "sweep, two runs: the grid of each run's weight"})
+    sweep_steps: int = field(default=4, metadata={"help": "sweep, three or more runs: simplex lattice step 1/N"})
+    split: str = field(default="validation", metadata={"help": "sweep: the split each task is scored on"})
+    limit: int | None = field(default=None, metadata={"help": "sweep: score only the first N records of each split"})
+    references: list[str] | None = field(default=None, metadata={
+        "help": "sweep: run dirs scored as reference points (e.g. multitask finetunes)"})
+    batch_size: int = field(default=32, metadata={"help": "sweep: examples per forward pass"})
+
+    def __post_init__(self):
+        if not self.run_dirs or len(self.run_dirs) < 2:
+            raise ValueError("two or more run dirs are required")
+        if not self.method:
+            raise ValueError("method is required")
+        if len(self.method) > 1 and not self.sweep:
+            raise ValueError("several methods need sweep (one merged dir has one method)")
+        if not self.sweep and self.out is None:
+            raise ValueError("out is required")
+        if self.density is not None:
+            _require_in("density", self.density, 0.0, 1.0, low_inclusive=False)
+        if self.rank is not None:
+            _require_at_least("rank", self.rank, 1)
+        _require_at_least("sweep_steps", self.sweep_steps, 1)
+        if self.base_precision < 0:
+            raise ValueError(f"base_precision must be >= 0, got {self.base_precision}")

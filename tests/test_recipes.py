@@ -108,7 +108,7 @@ def data_files(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data")
     files = {}
     for task in {_raw(path)["dataset"] for path in RECIPES}:
-        if task in ("synthetic", "wordfacts", "wordqa"):  # generated, no file needed
+        if task in ("synthetic", "wordfacts", "antonyms", "wordfacts_antonyms", "wordqa"):  # generated, no file needed
             continue
         records = RECORDS.get(task) or RECORDS.get(task.split("_")[0]) or SFT_RECORDS.get(task)
         assert records, f"no sample record for task {task!r}: add one in its schema to RECORDS"

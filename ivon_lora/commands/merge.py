@@ -1,0 +1,126 @@
+"""`ivon-lora merge`: two or more run dirs -> one merged run dir (PEFT adapter, posterior where the method defines
+one, recipe, provenance merge.json, model card), or with --sweep the preview of many weightings: every merged
+adapter scored on every input's task, the trade-off table, the plot and the cost per point (`ivon_lora.merging`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ._options import add_output_arguments
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    from ..merging import METHODS, SPACES
+
+    parser = subparsers.add_parser(
+        "merge",
+        help="Merge run dirs' adapters by their posteriors (uncertainty, posterior) or PEFT's types; --sweep previews "
+             "many weightings.",
+        description="Writes a run dir (adapter_model.safetensors, adapter_config.json, posterior files where the "
+                    "method defines them, recipe.yaml, merge.json, README.md) to --out; with --sweep, sweep.json, "
+                    "sweep.md and sweep.png. Options also come from a YAML CONFIG and key=value.",
+    )  # fmt: skip
+    parser.add_argument("inputs", nargs="*", default=[], metavar="RUN_DIR | CONFIG.yaml | key=value",
+                        help="two or more run dirs; CONFIG.yaml: the options below; key=value: one option")
+    parser.add_argument("--method", nargs="+", choices=METHODS, help="one method, or several with --sweep")
+    parser.add_argument("--weights", type=float, nargs="+", help="one weight α per run (default 1/N each)")
+    parser.add_argument("--space", choices=SPACES, help="uncertainty/posterior: delta (default) or factor")
+    parser.add_argument("--density", type=float, help="fraction kept by ties, dare_*, magnitude_prune (0, 1]")
+    parser.add_argument("--rank", type=int, help="rank of the merged adapter (delta space, *_svd)")
+    parser.add_argument("--base-precision", type=float, help="uncertainty: H₀ / the inputs' mean precision (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of DARE's drops (default 0)")
+    parser.add_argument("--sweep", action="store_true", default=argparse.SUPPRESS,
+                        help="merge at many weights, score each on every input's task")
+    parser.add_argument("--sweep-values", type=float, nargs="+", help="two runs: each run's weights (default .25 .5 .75 1)")
+    parser.add_argument("--sweep-steps", type=int, help="three or more runs: simplex step 1/N (default 4)")
+    parser.add_argument("--split", help="sweep: split scored (default validation)")
+    parser.add_argument("--limit", type=int, help="sweep: first N records of each split")
+    parser.add_argument("--references", nargs="+", help="sweep: reference run dirs (multitask finetunes)")
+    parser.add_argument("--batch-size", type=int, help="sweep: default 32")
+    add_output_arguments(parser)
+    return parser
+
+
+def config_from(options: argparse.Namespace):
+    from ..config import MergeConfig, load_command_config
+    from ..errors import RecipeError
+
+    path, overrides, run_dirs = None, [], []
+    for item in options.inputs:
+        if "=" in item:
+            overrides.append(item)
+        elif item.endswith((".yaml", ".yml")):
+            if path is not None:
+                raise RecipeError(f"Two config files given: {path!r} and {item!r}")
+            path = item
+        else:
+            run_dirs.append(item)
+    flags = {key: value for key, value in vars(options).items()
+             if key not in ("inputs", "command", "debug") and value is not None}  # fmt: skip
+    if run_dirs:
+        flags["run_dirs"] = run_dirs
+    return load_command_config(MergeConfig, "merge", path, overrides, flags)
+
+
+def main(config) -> int:
+    from ..merging import merge_runs
+
+    if config.sweep:
+        run_sweep(config)
+        return 0
+    merge_runs(config.run_dirs, config.method[0], config.weights, config.out, space=config.space, density=config.density,
+               rank=config.rank, base_precision=config.base_precision, seed=config.seed, overwrite=config.overwrite)  # fmt: skip
+    return 0
+
+
+def run_sweep(config) -> dict:
+    """Merge at every weight point by every method, score each on every input's task; write the report."""
+    from ..artifacts import check_new_output_dir, staged_output_dir, write_json_atomic
+    from ..errors import UsageError
+    from ..merging.runs import check_inputs, read_input
+    from ..merging.sweep import (SWEEP_NAME, SWEEP_PLOT_NAME, SWEEP_TABLE_NAME, AdapterScorer, plot_sweep,
+                                 sweep_merges, sweep_table, weight_points)  # fmt: skip
+    from ..rundir import check_out_apart, environment
+    from ..tasks import load_split
+
+    out = config.out or os.path.join(os.path.dirname(os.path.abspath(config.run_dirs[0])), "merge-sweep")
+    check_out_apart(out, {f"input run {i + 1}": d for i, d in enumerate([*config.run_dirs, *(config.references or [])])})
+    check_new_output_dir(out, config.overwrite)
+    inputs = [read_input(directory) for directory in config.run_dirs]
+    points = weight_points(len(inputs), config.sweep_values, config.sweep_steps)
+    specs = [_spec(config, method) for method in config.method]
+    for spec in specs:  # every method checked before the model loads
+        check_inputs(inputs, spec["method"], spec["space"], list(points[0]), spec["density"])
+    tasks = [run.task for run in inputs]
+    if None in tasks:
+        raise UsageError(f"{inputs[tasks.index(None)].directory} has no recipe.yaml naming its task: a sweep scores "
+                         "each input's task")  # fmt: skip
+    tasks = list(dict.fromkeys(tasks))
+    logger.info("sweep: %d points x %d methods on %s %s", len(points), len(specs), ", ".join(tasks), config.split)
+    splits = {task: load_split(task, config.split, limit=config.limit) for task in tasks}
+    scorer = AdapterScorer(config.run_dirs[0], splits, config.batch_size)
+    rows = sweep_merges(inputs, specs, points, scorer, references=config.references or [])
+    result = {"inputs": config.run_dirs, "tasks": tasks, "split": config.split, "limit": config.limit,
+              "methods": specs, "points": points, "rows": rows, "environment": environment(),
+              "protocol": "each adapter at its weights (no samples); accuracy, NLL, ECE with 10 bins"}  # fmt: skip
+    with staged_output_dir(out) as staging:
+        write_json_atomic(os.path.join(staging, SWEEP_NAME), result)
+        with open(os.path.join(staging, SWEEP_TABLE_NAME), "w") as f:
+            f.write(sweep_table(rows, tasks) + "\n")
+        if len(tasks) == 2:
+            plot_sweep(rows, tasks[0], tasks[1], os.path.join(staging, SWEEP_PLOT_NAME))
+    logger.info("wrote %s", out)
+    return result
+
+
+def _spec(config, method: str) -> dict:
+    from ..merging.peft_types import DENSITY_TYPES
+
+    return {"method": method, "space": config.space, "density": config.density if method in DENSITY_TYPES else None,
+            "rank": config.rank, "base_precision": config.base_precision if method == "uncertainty" else 0.0,
+            "seed": config.seed}  # fmt: skip
