@@ -41,6 +41,9 @@ from .errors import RunDirError
 ADAPTER_KEYS = ("r", "lora_alpha", "target_modules")
 # posterior_config.json's record of the adapter it was saved with (`adapter_hash`).
 ADAPTER_HASH_KEY = "adapter_sha256"
+# posterior_config.json's (and the reports') record of the run whose adapter / posterior this run started from
+# (`ivon_lora.continual`).
+PRIOR_RUN_KEY = "prior_run"
 
 PRUNE_SCOPES = ("global", "matrix")
 PRUNE_MODES = ("zero", "denoise")
