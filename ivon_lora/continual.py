@@ -49,6 +49,9 @@ def load_starting_point(recipe) -> StartingPoint | None:
     if key == "prior_from" and optimizer_name(recipe) != "ivon":
         raise RecipeError(f"{where} needs optim: ivon (the prior is an IVON posterior); to start "
                           f"{optimizer_name(recipe)} from that run's adapter, use init_from")  # fmt: skip
+    if key == "prior_from" and getattr(recipe.training, "ivon_mean_weight_decay", None) is not None:
+        raise RecipeError(f"{where} cannot be combined with ivon_mean_weight_decay (the decoupled decay of the scalar "
+                          "prior): the prior's precision enters the mean update itself. Leave it unset")  # fmt: skip
     previous = _previous_recipe(directory, where)
     _check_matching(recipe, previous, where)
     has_posterior = os.path.isfile(os.path.join(directory, POSTERIOR_WEIGHTS_NAME))
