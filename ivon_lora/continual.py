@@ -9,7 +9,8 @@ together (tests/test_optim_prior.py). `prior_scale` multiplies p0 (below 1: a wi
 `load_starting_point(recipe)` reads and checks the previous run before any model loads (one clear line for a
 missing or damaged run, an AdamW run as prior, another base model, other LoRA targets, rank or alpha);
 `apply_starting_point(model, start)` copies its adapter into the new model; the Trainer gets `start.prior` and sets
-the optimizer's prior from it (`IVONTrainerMixin`, `prior=`). `start.provenance` goes into the new posterior_config.json and the reports.
+the optimizer's prior from it (`IVONTrainerMixin`, `prior=`). `start.provenance` goes into the new
+posterior_config.json and the reports.
 """
 
 from __future__ import annotations

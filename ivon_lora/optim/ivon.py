@@ -21,8 +21,9 @@ since ``E[eps_r * mean_r' g_r'] = E[eps * g] / W``; ``step()`` warns when it see
 identical across ranks.
 
 Layout: like ``torch/optim/adam.py``, this one module holds the class, its functional form ``ivon()`` and the
-two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested), and the class
-docstring carries the algorithm; that is why it runs over 400 lines. The data-parallel averaging is in
+two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested), plus the same pair for
+parameters with a prior (``set_prior``: continual learning; kept apart so that the scalar weight-decay path stays
+bitwise as it was), and the class docstring carries the algorithm; that is why it runs over 400 lines. The data-parallel averaging is in
 ``_distributed.py`` and the noise generators' seeds and checkpointed states in ``_rng.py``.
 """
 
@@ -264,7 +265,8 @@ class IVON(Optimizer):
                     continue
                 where = f"for parameter {index} of param group {group_index} in the loaded state"
                 if len(keys) != len(_PRIOR_KEYS):
-                    raise ValueError(f"Invalid prior {where}: it has {keys[0]} but not both of {', '.join(_PRIOR_KEYS)}")
+                    raise ValueError(f"Invalid prior {where}: it has {keys[0]} but not both of "
+                                     f"{', '.join(_PRIOR_KEYS)}")  # fmt: skip
                 _check_prior(state["prior_mean"], state["prior_precision"], p, where)
                 if group["mean_weight_decay"] is not None:
                     raise ValueError(_prior_and_mean_weight_decay_message(group_index, group["mean_weight_decay"]))
