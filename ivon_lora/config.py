@@ -176,9 +176,19 @@ class RunArguments:
     )
     ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts to report."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
+    prior_from: str | None = field(default=None, metadata={
+        "help": "Continual finetuning: an IVON run dir (or checkpoint) whose posterior is this run's prior; the adapter "
+                "starts at its mean. Same base model and LoRA shape (optim: ivon)."})
+    prior_scale: float = field(default=1.0, metadata={
+        "help": "Multiplies prior_from's precision: below 1 tempers (widens) the prior, above 1 sharpens it."})
+    init_from: str | None = field(default=None, metadata={
+        "help": "A run dir (IVON or AdamW) whose adapter this run starts from, with the usual prior (weight_decay)."})
 
     def __post_init__(self):
         _require_choice("objective", self.objective, OBJECTIVES)
+        _require_in("prior_scale", self.prior_scale, 0.0, 1e6, low_inclusive=False)
+        if self.prior_from is not None and self.init_from is not None:
+            raise ValueError("prior_from and init_from cannot be combined: prior_from already starts at its run's mean")
         _require_at_least("final_eval_samples", self.final_eval_samples, 0)
         for bins in self.ece_bins:
             _require_at_least("ece_bins", bins, 1)

@@ -42,6 +42,9 @@ from .vocabulary import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
 ADAPTER_KEYS = ("r", "lora_alpha", "target_modules")
 # posterior_config.json's record of the adapter it was saved with (`adapter_hash`).
 ADAPTER_HASH_KEY = "adapter_sha256"
+# posterior_config.json's (and the reports') record of the run whose adapter / posterior this run started from
+# (`ivon_lora.continual`).
+PRIOR_RUN_KEY = "prior_run"
 
 
 

@@ -58,7 +58,7 @@ def train(recipe: str, seed: int, out: str) -> None:
     if os.path.isfile(os.path.join(out, "metrics.json")):
         return
     command = [sys.executable, "-m", "ivon_lora", "train", os.path.join(ROOT, "recipes", "smollm2", f"{recipe}.yaml"),
-               f"seed={seed}", f"output_dir={out}", "overwrite_output_dir=true", "eval_mc_samples=0"]  # fmt: skip
+               f"seed={seed}", f"output_dir={out}", "overwrite_output_dir=true", "final_eval_samples=0"]  # fmt: skip
     print("training:", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
 

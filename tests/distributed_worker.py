@@ -152,6 +152,24 @@ def check_training_and_resume(rank, out):
     return result
 
 
+def set_test_priors(optimizer, model):
+    """A prior N(m0, 1/(ess * p0)) on every parameter, the same on every rank (the test process rebuilds it)."""
+    generator = torch.Generator().manual_seed(77)
+    for p in model.parameters():
+        mean = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        optimizer.set_prior(p, mean, torch.rand(p.shape, generator=generator, dtype=p.dtype) * 3)
+
+
+def check_training_with_prior(rank, out):
+    """Data-parallel training with a prior on every parameter: the ranks stay identical (the test process also
+    replays both ranks' samples in one process)."""
+    model = mlp()
+    optimizer = IVON(model.parameters(), lr=0.05, ess=50.0, beta2=0.99, clip_radius=0.1, seed=SEED)
+    set_test_priors(optimizer, model)
+    train_steps(optimizer, model, rank_batches(rank), num_steps=3)
+    return {"params_3": params(model), "state_3": optimizer_state(optimizer, model)}
+
+
 def check_sample_count_mismatch(rank):
     model = mlp()
     optimizer = IVON(model.parameters(), lr=0.05, ess=50.0, seed=SEED)
@@ -286,6 +304,37 @@ def check_hf_trainer(rank, out):
     return result
 
 
+def check_hf_trainer_with_prior(rank, out):
+    """Continual finetuning under DDP: the posterior of check_hf_trainer's run as the prior, 4 steps with a checkpoint
+    at 2, resumed from it; the ranks stay identical and the resumed run equals the straight one."""
+    from ivon_lora.posterior import Posterior
+
+    tokenizer, dataset, build_model = hf_fixtures()
+    prior = Posterior.load(os.path.join(out, "hf"))
+    provenance = {"run_dir": os.path.join(out, "hf")}
+
+    def trainer(run_dir):
+        model = build_model()
+        prior.apply_mean(model)
+        result = hf_trainer(run_dir, tokenizer, dataset, model, weight_decay=0.0)
+        result.ivon_prior, result.ivon_prior_provenance = prior, provenance
+        return result
+
+    straight = trainer(os.path.join(out, "hf-prior"))
+    straight.train()
+    straight.save_model()
+    result = {"straight": trainer_results(straight), "ess": straight.ivon_optimizer.param_groups[0]["ess"]}
+    dist.barrier()
+    with open(os.path.join(out, "hf-prior", "posterior_config.json")) as f:
+        import json
+
+        result["saved_prior_run"] = json.load(f).get("prior_run")
+    resumed = trainer(os.path.join(out, "hf-prior-resumed"))
+    resumed.train(resume_from_checkpoint=os.path.join(out, "hf-prior", "checkpoint-2"))
+    result["resumed"] = trainer_results(resumed)
+    return result
+
+
 def check_hf_refusals(rank, out):
     """The wrong configurations fail with a clear error on every rank, before any training."""
     tokenizer, dataset, build_model = hf_fixtures()
@@ -375,9 +424,11 @@ def sft_token_weighted_run(rank=None, out=None):
 CHECKS = {
     "hessian": lambda rank, out: check_hessian(rank),
     "training_and_resume": check_training_and_resume,
+    "training_with_prior": check_training_with_prior,
     "sample_count_mismatch": lambda rank, out: check_sample_count_mismatch(rank),
     "single_process_checkpoint": check_single_process_checkpoint,
     "hf_trainer": check_hf_trainer,
+    "hf_trainer_prior": check_hf_trainer_with_prior,
     "hf_refusals": check_hf_refusals,
     "sharded_predictions": sharded_predictions,
     "sft_token_weighted": sft_token_weighted_run,

@@ -136,6 +136,30 @@ def test_two_ranks_equal_one_process_with_their_samples(launch):
         torch.testing.assert_close(p_ranks, p, rtol=1e-12, atol=1e-14)  # float64; only the summation order differs
 
 
+def test_two_ranks_with_a_prior_equal_one_process_with_their_samples(launch):
+    """The same with a prior N(m0, 1/(ess * p0)) on every parameter (set_prior): the prior enters once per step."""
+    from distributed_worker import SEED, mlp, params, rank_batches, set_test_priors
+
+    rank0, rank1 = _result(launch, "training_with_prior")
+    _assert_equal(rank0, rank1, "parameters and state (priors too) across ranks")
+    model = mlp()
+    optimizer = IVON(model.parameters(), lr=0.05, ess=50.0, beta2=0.99, clip_radius=0.1, seed=SEED, data_parallel=False)
+    set_test_priors(optimizer, model)
+    generators = [torch.Generator().manual_seed(_derive_seed(SEED, 0, rank)) for rank in range(2)]
+    current = {"rank": 0}
+    optimizer._sample_noise = lambda _params, noise, std: noise.normal_(0.0, std, generator=generators[current["rank"]])
+    for _ in range(3):
+        for rank in range(2):
+            current["rank"] = rank
+            for inputs, targets in rank_batches(rank):
+                with optimizer.sampled_params(train=True):
+                    torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        optimizer.step()
+    for p, p_ranks in zip(params(model), rank0["params_3"]):
+        torch.testing.assert_close(p_ranks, p, rtol=1e-12, atol=1e-14)
+    assert all(set(s) == {"step", "momentum", "hess", "prior_mean", "prior_precision"} for s in rank0["state_3"])
+
+
 def test_rank0_checkpoint_restores_every_ranks_noise(launch):
     rank0, rank1 = _result(launch, "training_and_resume")
     assert {"world_size", "generator_states_by_rank"} <= set(rank0["saved_ivon_keys"])
@@ -180,6 +204,26 @@ def test_trainer_saves_once_and_resumes_every_rank_bitwise(launch):
     assert "optimizer.pt" in rank0["checkpoint_files"]
     for result in (rank0, rank1):
         _assert_equal(result["resumed"], result["straight"], "resumed run vs straight run")
+
+
+def test_trainer_with_a_prior_keeps_ranks_identical_and_resumes_bitwise(launch):
+    """Continual finetuning under DDP: the previous posterior N(m, v) is every rank's prior (mean m, precision
+    1 / (ess * v)), the ranks stay bitwise identical, and a run resumed from a checkpoint equals the straight one."""
+    rank0, rank1 = _result(launch, "hf_trainer_prior")
+    _assert_equal(rank0["straight"], rank1["straight"], "adapter and IVON state across ranks")
+    for result in (rank0, rank1):
+        _assert_equal(result["resumed"], result["straight"], "resumed run vs straight run")
+    assert rank0["saved_prior_run"] == {"run_dir": rank0["saved_prior_run"]["run_dir"]}
+    assert rank0["saved_prior_run"]["run_dir"].endswith("hf")
+    # The prior is the hf_trainer run's posterior N(m_A, 1/(ess * (h_A + wd_A))), on this run's ess (also 1e6):
+    # mean m_A, precision h_A + wd_A.
+    previous = _result(launch, "hf_trainer")[0]["straight"]
+    states = rank0["straight"]["state"]
+    assert rank0["ess"] == 1e6 and len(states) == len(previous["state"]) == len(previous["adapter"])
+    for state, mean, previous_state in zip(states, previous["adapter"].values(), previous["state"]):
+        assert int(state["step"]) == 4
+        assert torch.equal(state["prior_mean"], mean)
+        torch.testing.assert_close(state["prior_precision"], previous_state["hess"] + 1e-4, rtol=1e-5, atol=0)
 
 
 def test_trainer_refuses_ivon_without_its_sync_and_fsdp(launch):

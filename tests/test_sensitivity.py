@@ -184,7 +184,7 @@ def test_trainer_logs_the_loo_nll_estimate_next_to_eval_loss(tmp_path):
     out = tmp_path / "run"
     args = ["train", demo, f"output_dir={out}", "max_steps=10", "max_train_samples=24", "max_eval_samples=8",
             "eval_strategy=steps", "eval_steps=5", "ivon_loo_eval=true", "save_strategy=steps", "save_steps=10",
-            "disable_tqdm=true", "lora_target=[q_proj, v_proj]", "lora_rank=4", "eval_mc_samples=0"]  # fmt: skip
+            "disable_tqdm=true", "lora_target=[q_proj, v_proj]", "lora_rank=4", "final_eval_samples=0"]  # fmt: skip
     assert cli.main(args) == 0
     history = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
     evals = [entry for entry in history if "eval_loss" in entry]

@@ -146,6 +146,7 @@ def run_eval(options) -> dict:
     from ..evaluation.predict import predict, protocol
     from ..evaluation.report import markdown_table, report_notes, sweep_table, write_task_files
     from ..evaluation.sweep import sweep_posterior
+    from ..continual import started_from
     from ..rundir import check_out_apart, describe_run, environment, load_run, optimizer_name
     from ..tasks import get_protocol, get_task, load_split
     from ..tasks.base import GENERATIVE
@@ -259,6 +260,7 @@ def run_eval(options) -> dict:
             "num_samples": described_samples,
             **({"pruning": run.posterior.evaluation_record(fraction, temperature, **prune_options)}
                if run.posterior is not None else {}),
+            **started_from(run),
         }
         for task, part in loaded.items():
             logger.info("%s: %s %s (%d examples)", label, task, split, len(part.examples))

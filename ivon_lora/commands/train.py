@@ -58,15 +58,34 @@ def run_train(recipe) -> dict:
     return _run_choice(recipe)
 
 
-def _load_model(recipe, tokenizer):
+def _load_model(recipe, tokenizer, start=None):
+    """The base model with LoRA; its adapter starts at the previous run's (`start`, from prior_from / init_from)."""
     from transformers import set_seed
 
+    from ..continual import apply_starting_point
     from ..modeling import apply_lora, load_base_model
 
     set_seed(recipe.training.seed)
     model = apply_lora(load_base_model(recipe.model, tokenizer, seed=recipe.training.seed), recipe.model)
+    if start is not None:
+        apply_starting_point(model, start)
+        logger.info("%s: the adapter starts at %s", start.key, start.provenance["run_dir"])
     model.print_trainable_parameters()
     return model
+
+
+def _starting_point(recipe):
+    """The previous run of prior_from / init_from, checked against the recipe before any model loads (or None)."""
+    from ..continual import load_starting_point
+
+    return load_starting_point(recipe)
+
+
+def _trainer_kwargs(start) -> dict:
+    """What the Trainer takes of the starting point: the prior (prior_from) and the record of the run."""
+    if start is None:
+        return {}
+    return {"prior": start.prior, "prior_provenance": start.provenance}
 
 
 def _start_output_dir(recipe) -> None:
@@ -127,8 +146,9 @@ def _run_choice(recipe) -> dict:
     collator(choice_rows(train_examples[:1] + eval_examples[:1]))  # resolves the answer tokens, or fails now
     logger.info("%s: %d train / %d eval examples", data_args.dataset, len(train_examples), len(eval_examples))
     check_lora_targets(model_args, tokenizer)  # from the model's config: before its weights load
+    start = _starting_point(recipe)
 
-    model = _load_model(recipe, tokenizer)
+    model = _load_model(recipe, tokenizer, start)
     _start_output_dir(recipe)
 
     def compute_metrics(prediction):
@@ -144,24 +164,25 @@ def _run_choice(recipe) -> dict:
         data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
+        **_trainer_kwargs(start),
     )
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     # The final files are staged whole and then moved in (see artifacts.staged_final_files): a kill never leaves
     # half of them beside the previous run's.
     with staged_final_files(args.output_dir, write=args.process_index == 0) as final_dir:
         report = _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_examples, tokenizer,
-                         truncated, train_result)  # fmt: skip
+                         truncated, train_result, start)  # fmt: skip
     return report
 
 
 def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_examples, tokenizer, truncated,
-            train_result) -> dict:  # fmt: skip
+            train_result, start=None) -> dict:  # fmt: skip
     """Save the adapter and posterior into `final_dir`, score them, write metrics, predictions and diagnostics."""
     from ..artifacts import METRICS_NAME, PREDICTIONS_NAME, write_json_atomic
     from ..evaluation.predict import predict, protocol
     from ..evaluation.report import write_jsonl
     from ..model_card import write_run_card
-    from ..posterior import Posterior
+    from ..posterior import PRIOR_RUN_KEY, Posterior
     from ..rundir import environment
 
     data_args, run_args, args = recipe.data, recipe.run, recipe.training
@@ -193,6 +214,7 @@ def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_ex
                  "eval": {**eval_split.as_dict(), "truncated": truncated["eval"]}},
         "metrics": metrics,
         "train": train_result.metrics,
+        **({PRIOR_RUN_KEY: start.provenance} if start is not None else {}),
         "environment": environment(),
         "recipe": recipe.resolved(),
     }
@@ -222,7 +244,7 @@ def _run_sft(recipe) -> dict:
     from ..artifacts import METRICS_NAME, staged_final_files, write_json_atomic
     from ..model_card import write_run_card
     from ..modeling import check_lora_targets, check_quantization_support, load_tokenizer
-    from ..posterior import Posterior
+    from ..posterior import PRIOR_RUN_KEY, Posterior
     from ..rundir import environment
     from ..sft.data import check_chat_template, load_sft_split
     from ..sft.likelihood import predictive_losses
@@ -239,12 +261,13 @@ def _run_sft(recipe) -> dict:
         check_chat_template(split, tokenizer, model_args.model_name_or_path, args.chat_template_path)
     logger.info("%s: %d train / %d eval rows", train_split.source, len(train_split.dataset), len(eval_split.dataset))
     check_lora_targets(model_args, tokenizer)
+    start = _starting_point(recipe)
 
-    model = _load_model(recipe, tokenizer)
+    model = _load_model(recipe, tokenizer, start)
     _start_output_dir(recipe)
     trainer = trainer_class("sft")(
         model=model, args=args, train_dataset=train_split.dataset, eval_dataset=eval_split.dataset,
-        processing_class=tokenizer,
+        processing_class=tokenizer, **_trainer_kwargs(start),
     )  # fmt: skip
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     with staged_final_files(args.output_dir, write=args.process_index == 0) as final_dir:
@@ -267,6 +290,7 @@ def _run_sft(recipe) -> dict:
             "data": {"train": train_split.as_dict(), "eval": eval_split.as_dict()},
             "metrics": metrics,
             "train": train_result.metrics,
+            **({PRIOR_RUN_KEY: start.provenance} if start is not None else {}),
             "environment": environment(),
             "recipe": recipe.resolved(),
         }

@@ -574,6 +574,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
         write_json_atomic,
     )
     from ..errors import UsageError
+    from ..continual import started_from
     from ..rundir import check_out_apart, environment, load_run, optimizer_name
     from ..tasks import get_task, load_generative_split
     from .plots import plot_selective_generation
@@ -628,6 +629,7 @@ def run_generative_eval(options, described: list[dict]) -> dict:
             "samples": sampling.kind, "num_samples": sampling.num_samples, "sampling": sampling.describe(),
             **({"sampling_temperature": sampling.temperature} if sampling.kind == "temperature" else {}),
             **({"pruning": run.posterior.evaluation_record(fraction, temperature)} if posterior is not None else {}),
+            **started_from(run),
         }  # fmt: skip
         for name, part in loaded.items():
             logger.info("%s: %s %s (%d examples, %s)", label, name, splits[name], len(part.examples),

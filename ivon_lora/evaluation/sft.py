@@ -48,6 +48,7 @@ def run_sft_eval(options, described: list[dict]) -> dict:
     """Evaluate SFT run dirs (`described`: the run, then any baseline, as `rundir.describe_run` gives them) into
     eval.json and eval.md."""
     from ..artifacts import REPORT_NAME, TABLE_NAME, check_new_output_dir, staged_output_dir, write_json_atomic
+    from ..continual import started_from
     from ..errors import UsageError
     from ..rundir import check_out_apart, environment, load_run, optimizer_name
     from ..sft.data import load_sft_split
@@ -84,6 +85,7 @@ def run_sft_eval(options, described: list[dict]) -> dict:
         result["runs"][run_description["label"]] = {
             "dir": run_description["dir"], "optimizer": optimizer_name(run.recipe), "posterior": posterior is not None,
             **({"pruning": run.posterior.evaluation_record(fraction, temperature)} if posterior is not None else {}),
+            **started_from(run),
             "metrics": metrics,
         }  # fmt: skip
     result.update(

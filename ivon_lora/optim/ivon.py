@@ -21,8 +21,9 @@ since ``E[eps_r * mean_r' g_r'] = E[eps * g] / W``; ``step()`` warns when it see
 identical across ranks.
 
 Layout: like ``torch/optim/adam.py``, this one module holds the class, its functional form ``ivon()`` and the
-two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested), and the class
-docstring carries the algorithm; that is why it runs over 400 lines. The data-parallel averaging is in
+two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested), plus the same pair for
+parameters with a prior (``set_prior``: continual learning; kept apart so that the scalar weight-decay path stays
+bitwise as it was), and the class docstring carries the algorithm; that is why it runs over 400 lines. The data-parallel averaging is in
 ``_distributed.py`` and the noise generators' seeds and checkpointed states in ``_rng.py``.
 """
 
@@ -115,6 +116,30 @@ def _per_group_mc_samples_message(values: list) -> str:
         "mc_samples is the same for all groups: set it once, in IVON(..., mc_samples=...)."
     )
 
+
+def _prior_and_mean_weight_decay_message(group_index: int, value: float) -> str:
+    return (
+        f"Invalid mean_weight_decay value: {value} in param group {group_index}, which holds a parameter with a prior "
+        "(set_prior): mean_weight_decay decouples the scalar prior around zero, while a prior's precision enters "
+        "both the mean update and the variance. Set mean_weight_decay=None in that group."
+    )
+
+
+def _check_prior(mean: Tensor, precision: Tensor, param: Tensor, where: str) -> None:
+    """A prior N(mean, 1 / (ess * precision)) for `param`: same shapes, finite, precision >= 0."""
+    for name, tensor in (("mean", mean), ("precision", precision)):
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"Invalid prior {name} {where}: expected a tensor, got {type(tensor).__name__}")
+        if tensor.shape != param.shape:
+            raise ValueError(f"Invalid prior {name} shape {tuple(tensor.shape)} {where}: the parameter's is "
+                             f"{tuple(param.shape)}")  # fmt: skip
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"Invalid prior {name} {where}: it holds NaN or inf values")
+    if bool((precision < 0).any()):
+        raise ValueError(f"Invalid prior precision {where}: it holds negative values (a precision is >= 0)")
+
+
+_PRIOR_KEYS = ("prior_mean", "prior_precision")
 
 _UNRESOLVED = object()
 
@@ -233,12 +258,29 @@ class IVON(Optimizer):
     def _register_hooks(self) -> None:
         self.register_state_dict_post_hook(IVON._save_sampling_state)
         self.register_load_state_dict_pre_hook(IVON._load_sampling_state)
+        self.register_load_state_dict_post_hook(IVON._check_loaded_priors)
 
     def _save_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         return save_generator_states(self._sampling_state, self._data_parallel_state(), state_dict)
 
     def _load_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         return load_generator_states(self._sampling_state, self._data_parallel_state(), self._devices(), state_dict)
+
+    def _check_loaded_priors(self) -> None:
+        """A loaded state's priors are checked as `set_prior` checks them (a state_dict is also user input)."""
+        for group_index, group in enumerate(self.param_groups):
+            for index, p in enumerate(group["params"]):
+                state = self.state.get(p, {})
+                keys = [key for key in _PRIOR_KEYS if key in state]
+                if not keys:
+                    continue
+                where = f"for parameter {index} of param group {group_index} in the loaded state"
+                if len(keys) != len(_PRIOR_KEYS):
+                    raise ValueError(f"Invalid prior {where}: it has {keys[0]} but not both of "
+                                     f"{', '.join(_PRIOR_KEYS)}")  # fmt: skip
+                _check_prior(state["prior_mean"], state["prior_precision"], p, where)
+                if group["mean_weight_decay"] is not None:
+                    raise ValueError(_prior_and_mean_weight_decay_message(group_index, group["mean_weight_decay"]))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -297,6 +339,33 @@ class IVON(Optimizer):
             state["hess"] = torch.full_like(p, group["hess_init"], memory_format=torch.preserve_format)
         return state
 
+    @torch.no_grad()
+    def set_prior(self, param: Tensor, mean: Tensor, precision: Tensor) -> None:
+        """Give ``param`` the prior N(mean, diag(1 / (ess * precision))) in place of the scalar weight decay.
+
+        ``precision`` (p0, per entry, >= 0) is on the scale of ``weight_decay``: the Hessian estimate, the
+        posterior precision ``ess * (h + p0)`` and the noise use ``h + p0`` where a parameter without a prior uses
+        ``h + weight_decay``, and the mean update decays towards ``mean`` (m0) by ``p0 * (m - m0)``. The
+        posterior of a previous IVON run, N(m_A, 1 / (ess_A * (h_A + wd_A))), is the prior of the next run with
+        ``mean = m_A`` and ``precision = ess_A * (h_A + wd_A) / ess``: continual learning (see the note on priors).
+        Both tensors are copied into the parameter's state (its dtype and device) and travel in ``state_dict``.
+        The parameter's group must have ``mean_weight_decay=None``.
+        """
+        found = [(i, g) for i, g in enumerate(self.param_groups) if any(p is param for p in g["params"])]
+        if not found:
+            raise ValueError("set_prior(): the parameter is not one of this optimizer's parameters")
+        group_index, group = found[0]
+        _check_prior(mean, precision, param, "in set_prior()")
+        if group["mean_weight_decay"] is not None:
+            raise ValueError(_prior_and_mean_weight_decay_message(group_index, group["mean_weight_decay"]))
+        state = self._param_state(param, group)
+        state["prior_mean"] = mean.detach().to(param.device, param.dtype, copy=True)
+        state["prior_precision"] = precision.detach().to(param.device, param.dtype, copy=True)
+
+    def _precision_offset(self, p: Tensor, group: dict[str, Any]) -> Tensor | float:
+        """What is added to ``hess`` for the posterior precision: the prior precision, else the weight decay."""
+        return self.state[p].get("prior_precision", group["weight_decay"])
+
     def _get_buckets(self) -> list[_Bucket]:
         if self._buckets is None:
             self._buckets = []
@@ -340,13 +409,14 @@ class IVON(Optimizer):
     def posterior_variance(self) -> list[Tensor]:
         """The posterior variances ``1 / (ess * (hess + weight_decay))``, one tensor per parameter.
 
-        In the order of the parameters in ``param_groups``, each with its group's ``ess`` and ``weight_decay``.
+        In the order of the parameters in ``param_groups``, each with its group's ``ess`` and ``weight_decay``, or,
+        for a parameter with a prior (``set_prior``), its prior precision in place of ``weight_decay``.
         """
         variances = []
         for group in self.param_groups:
             for p in group["params"]:
                 hess = self._param_state(p, group)["hess"]
-                variances.append((hess + group["weight_decay"]).mul_(group["ess"]).reciprocal_())
+                variances.append((hess + self._precision_offset(p, group)).mul_(group["ess"]).reciprocal_())
         return variances
 
     def _sample_noise(self, params: list[Tensor], noise: Tensor, std: float) -> None:
@@ -414,6 +484,10 @@ class IVON(Optimizer):
             noise, backup = bucket.views["noise"], bucket.views["backup"]
             # One draw per bucket in both paths, so that the noise does not depend on the implementation.
             self._sample_noise(bucket.params, bucket.noise, std)
+            offsets = [self._precision_offset(p, group) for p in bucket.params]  # h + offset: the precision / ess
+            if any(isinstance(offset, Tensor) for offset in offsets):
+                self._perturb_with_priors(bucket, hessians, offsets)
+                continue
             if self._uses_foreach(bucket):
                 torch._foreach_copy_(backup, hessians)
                 if weight_decay != 0:
@@ -428,6 +502,24 @@ class IVON(Optimizer):
                 p_noise.mul_(p_backup)
                 p_backup.copy_(p)
                 p.add_(p_noise)
+
+    def _perturb_with_priors(self, bucket: _Bucket, hessians: list[Tensor], offsets: list[Tensor | float]) -> None:
+        """`_perturb` for a bucket in which some parameters have a prior: eps = z / sqrt(ess * (h + p0))."""
+        noise, backup = bucket.views["noise"], bucket.views["backup"]
+        if self._uses_foreach(bucket):
+            torch._foreach_copy_(backup, hessians)
+            torch._foreach_add_(backup, [o if isinstance(o, Tensor) else torch.full_like(b, o)
+                                         for o, b in zip(offsets, backup)])  # fmt: skip
+            bucket.backup.rsqrt_()
+            bucket.noise.mul_(bucket.backup)
+            torch._foreach_copy_(backup, bucket.params)
+            torch._foreach_add_(bucket.params, noise)
+            return
+        for p, hess, offset, p_noise, p_backup in zip(bucket.params, hessians, offsets, noise, backup):
+            torch.add(hess, offset, out=p_backup).rsqrt_()
+            p_noise.mul_(p_backup)
+            p_backup.copy_(p)
+            p.add_(p_noise)
 
     @torch.no_grad()
     def _restore(self, buckets: list[_Bucket]) -> None:
@@ -520,37 +612,32 @@ class IVON(Optimizer):
             num_samples = self._sampling_state.num_pending_samples
 
         for group_index, group in enumerate(self.param_groups):
-            params, grad_sums, nxg_sums, momentums, hessians, state_steps = [], [], [], [], [], []
+            # Parameters without a prior and with one (set_prior) are updated by separate kernel calls, so that
+            # the scalar weight-decay path runs exactly as it does without any prior.
+            lists = {False: [[] for _ in range(6)], True: [[] for _ in range(8)]}
             for bucket in buckets:
                 if bucket.group_index != group_index:
                     continue
-                params += bucket.params
-                grad_sums += bucket.views["grad_sum"]
-                nxg_sums += bucket.views["nxg_sum"]
-                for p in bucket.params:
+                for p, grad_sum, nxg_sum in zip(bucket.params, bucket.views["grad_sum"], bucket.views["nxg_sum"]):
                     state = self._param_state(p, group)
-                    momentums.append(state["momentum"])
-                    hessians.append(state["hess"])
-                    state_steps.append(state["step"])
-            ivon(
-                params,
-                grad_sums,
-                nxg_sums,
-                momentums,
-                hessians,
-                state_steps,
-                foreach=group["foreach"],
-                num_samples=num_samples,
-                lr=group["lr"],
-                ess=group["ess"],
-                hess_init=group["hess_init"],
-                beta1=group["beta1"],
-                beta2=group["beta2"],
-                weight_decay=group["weight_decay"],
-                mean_weight_decay=group["mean_weight_decay"],
-                clip_radius=group["clip_radius"],
-                rescale_lr=group["rescale_lr"],
-            )
+                    has_prior = "prior_mean" in state
+                    tensors = [p, grad_sum, nxg_sum, state["momentum"], state["hess"], state["step"]]
+                    if has_prior:
+                        tensors += [state["prior_mean"], state["prior_precision"]]
+                    for same_kind, tensor in zip(lists[has_prior], tensors):
+                        same_kind.append(tensor)
+            hyperparameters = dict(num_samples=num_samples, lr=group["lr"], ess=group["ess"],
+                                   hess_init=group["hess_init"], beta1=group["beta1"], beta2=group["beta2"],
+                                   weight_decay=group["weight_decay"], mean_weight_decay=group["mean_weight_decay"],
+                                   clip_radius=group["clip_radius"], rescale_lr=group["rescale_lr"])  # fmt: skip
+            if lists[False][0] or not lists[True][0]:
+                ivon(*lists[False], foreach=group["foreach"], **hyperparameters)
+            if lists[True][0]:
+                if group["mean_weight_decay"] is not None:
+                    raise ValueError(_prior_and_mean_weight_decay_message(group_index, group["mean_weight_decay"]))
+                params, *tensors, prior_means, prior_precisions = lists[True]
+                ivon(params, *tensors, foreach=group["foreach"], prior_means=prior_means,
+                     prior_precisions=prior_precisions, **hyperparameters)  # fmt: skip
         self._sampling_state.num_pending_samples = 0
         return loss
 
@@ -664,6 +751,17 @@ IVON.__doc__ = r"""Implements IVON, the Improved Variational Online Newton optim
                     loss_fn(model(inputs), targets).backward()
                 optimizer.step()
 
+    .. note:: **Priors: continual learning.** ``weight_decay`` is a prior N(0, 1 / (ess * delta)), one scalar per
+        group. ``set_prior(param, mean, precision)`` gives a parameter a prior N(m0, diag(1 / (ess * p0))) instead:
+        every :math:`\delta` above becomes p0 for that parameter (the noise, the Hessian estimate, the variance
+        and the precision in the mean update), and the decay term :math:`\delta_m m` becomes p0 * (m - m0);
+        ``rescale_lr`` still uses the scalar ``weight_decay``. Starting a run at the previous run's means with
+        m0 = m_A and p0 = ess_A * (h_A + delta_A) / ess is Bayesian updating: on a quadratic (linear-Gaussian)
+        loss, IVON on A and then on B with that prior reaches the posterior of IVON on A and B together (tested).
+        The prior's tensors are per-parameter state, like the momentum: ``state_dict`` carries them, and
+        ``load_state_dict`` casts them to the parameter's device and dtype. A group with a prior keeps
+        ``mean_weight_decay=None`` (decoupled decay is defined for the scalar prior only).
+
     .. note:: **Gradients are read at context exit.** ``sampled_params(train=True)`` records ``p.grad`` when
         it exits and then sets it to ``None``. Clip (or otherwise modify) gradients inside the context;
         never zero them between samples yourself, and never let them sum across samples or micro-batches:
@@ -720,17 +818,34 @@ def ivon(
     mean_weight_decay: float | None,
     clip_radius: float,
     rescale_lr: bool,
+    prior_means: list[Tensor] | None = None,
+    prior_precisions: list[Tensor] | None = None,
 ) -> None:
     r"""Functional API that performs the IVON update of the means, momentums and Hessian estimates.
 
     See :class:`IVON` for the algorithm. ``grad_sums`` and ``nxg_sums`` hold the sums over ``num_samples``
     samples of ``g`` and ``eps * g``; they are used as scratch space and hold unspecified values afterwards.
     ``state_steps`` are scalar tensors, incremented here.
+
+    With ``prior_means`` and ``prior_precisions`` (one tensor per parameter, or both None), every parameter has
+    the prior N(m0, diag(1 / (ess * p0))): p0 replaces ``weight_decay`` in the Hessian estimate and the precision,
+    the decay term of the mean update is p0 * (m - m0), and ``mean_weight_decay`` must be None. ``weight_decay``
+    then only enters the learning-rate rescaling.
     """
     if num_samples < 1:
         raise ValueError(f"Invalid num_samples value: {num_samples}")
+    if (prior_means is None) != (prior_precisions is None):
+        raise ValueError("Pass both prior_means and prior_precisions, or neither")
+    if prior_means is not None and mean_weight_decay is not None:
+        raise ValueError(f"Invalid mean_weight_decay value: {mean_weight_decay} (must be None with a prior)")
     if foreach is None:
         foreach = _default_foreach(params)
+    if prior_means is not None:
+        func = _multi_tensor_ivon_with_prior if foreach else _single_tensor_ivon_with_prior
+        func(params, grad_sums, nxg_sums, momentums, hessians, state_steps, prior_means, prior_precisions,
+             num_samples=num_samples, lr=lr * (hess_init + weight_decay) if rescale_lr else lr, ess=ess, beta1=beta1,
+             beta2=beta2, clip_radius=clip_radius)  # fmt: skip
+        return
     func = _multi_tensor_ivon if foreach else _single_tensor_ivon
     func(
         params,
@@ -862,6 +977,106 @@ def _multi_tensor_ivon(
         torch._foreach_addcdiv_(update, momentum, scratch, inv_bias_corrections1)
         if mean_weight_decay != 0:
             torch._foreach_addcdiv_(update, param, scratch, value=mean_weight_decay)
+        if clip_radius != math.inf:
+            torch._foreach_clamp_min_(update, -clip_radius)
+            torch._foreach_clamp_max_(update, clip_radius)
+        torch._foreach_add_(param, update, alpha=-lr)
+
+
+# The kernels of parameters with a prior N(m0, 1 / (ess * p0)): the same sequence as above with the tensor p0 in
+# place of the scalar weight decay, and the mean update d / (h + p0) computed as
+#     (p0 * (m - m0)) / (h + p0) + momentum / (1 - beta1^t) / (h + p0)
+# in `update` (no further buffer). Kept apart from the kernels above so that the scalar path stays bitwise as it was.
+
+
+def _single_tensor_ivon_with_prior(
+    params: list[Tensor],
+    grad_sums: list[Tensor],
+    nxg_sums: list[Tensor],
+    momentums: list[Tensor],
+    hessians: list[Tensor],
+    state_steps: list[Tensor],
+    prior_means: list[Tensor],
+    prior_precisions: list[Tensor],
+    *,
+    num_samples: int,
+    lr: float,
+    ess: float,
+    beta1: float,
+    beta2: float,
+    clip_radius: float,
+) -> None:
+    for param, scratch, update, momentum, hess, step, prior_mean, prior_precision in zip(
+        params, grad_sums, nxg_sums, momentums, hessians, state_steps, prior_means, prior_precisions, strict=True
+    ):
+        step += 1
+        bias_correction1 = 1 - beta1 ** step.item()
+
+        if num_samples != 1:
+            scratch.div_(num_samples)
+        momentum.lerp_(scratch, 1 - beta1)
+
+        torch.add(hess, prior_precision, out=scratch)
+        update.mul_(scratch).mul_(ess / num_samples).sub_(hess)
+        scratch.reciprocal_().mul_(update)
+        hess.addcmul_(scratch, update, value=0.5 * (1 - beta2) ** 2)
+        hess.add_(update, alpha=1 - beta2)
+
+        torch.add(hess, prior_precision, out=scratch)
+        torch.sub(param, prior_mean, out=update)
+        update.mul_(prior_precision).div_(scratch)
+        update.addcdiv_(momentum, scratch, value=1 / bias_correction1)
+        if clip_radius != math.inf:
+            update.clamp_(-clip_radius, clip_radius)
+        param.add_(update, alpha=-lr)
+
+
+def _multi_tensor_ivon_with_prior(
+    params: list[Tensor],
+    grad_sums: list[Tensor],
+    nxg_sums: list[Tensor],
+    momentums: list[Tensor],
+    hessians: list[Tensor],
+    state_steps: list[Tensor],
+    prior_means: list[Tensor],
+    prior_precisions: list[Tensor],
+    *,
+    num_samples: int,
+    lr: float,
+    ess: float,
+    beta1: float,
+    beta2: float,
+    clip_radius: float,
+) -> None:
+    if len(params) == 0:
+        return
+    for param, scratch, update, momentum, hess, steps, prior_mean, prior_precision in _group_by_device_and_dtype(
+        params, grad_sums, nxg_sums, momentums, hessians, state_steps, prior_means, prior_precisions
+    ):
+        torch._foreach_add_(steps, 1.0)
+        inv_bias_corrections1 = [1 / (1 - beta1 ** step.item()) for step in steps]
+
+        if num_samples != 1:
+            torch._foreach_div_(scratch, num_samples)
+        torch._foreach_lerp_(momentum, scratch, 1 - beta1)
+
+        torch._foreach_copy_(scratch, hess)
+        torch._foreach_add_(scratch, prior_precision)
+        torch._foreach_mul_(update, scratch)
+        torch._foreach_mul_(update, ess / num_samples)
+        torch._foreach_sub_(update, hess)
+        torch._foreach_reciprocal_(scratch)
+        torch._foreach_mul_(scratch, update)
+        torch._foreach_addcmul_(hess, scratch, update, value=0.5 * (1 - beta2) ** 2)
+        torch._foreach_add_(hess, update, alpha=1 - beta2)
+
+        torch._foreach_copy_(scratch, hess)
+        torch._foreach_add_(scratch, prior_precision)
+        torch._foreach_copy_(update, param)
+        torch._foreach_sub_(update, prior_mean)
+        torch._foreach_mul_(update, prior_precision)
+        torch._foreach_div_(update, scratch)
+        torch._foreach_addcdiv_(update, momentum, scratch, inv_bias_corrections1)
         if clip_radius != math.inf:
             torch._foreach_clamp_min_(update, -clip_radius)
             torch._foreach_clamp_max_(update, clip_radius)

@@ -31,6 +31,11 @@ the last micro-batch and keep optimizer state per shard, none of which IVON supp
 With `optim` set to any transformers optimizer name (e.g. `adamw_torch`), the Trainer behaves as usual, so
 the same code and recipes train the baselines.
 
+Continual finetuning: `prior=` a previous run's `Posterior` N(m_A, v_A) makes it IVON's prior for the adapter
+(`IVON.set_prior` with mean m_A and precision 1 / (ess * v_A), on the new run's ess scale); the adapter's weights
+are the caller's to set (`ivon_lora.continual.apply_starting_point`). `prior_provenance` is recorded in every saved
+posterior_config.json (checkpoints too) under `PRIOR_RUN_KEY`.
+
 The mixin knows no objective: the evaluation with posterior samples (`ivon_eval_mc_samples`) runs the Trainer's
 evaluation loop once per sample (`posterior_sample_outputs`) and leaves combining the outputs into a predictive
 to the objective's `sampled_evaluation_metrics` hook (the multiple-choice one: `ivon_lora.choice.ChoiceTrainer`).
@@ -50,7 +55,7 @@ from transformers.training_args import ParallelMode
 
 from ..errors import TrainingDivergedError
 from ..optim import IVON
-from ..posterior import Posterior
+from ..posterior import PRIOR_RUN_KEY, Posterior
 from .config import DEFAULT_INITIAL_STD, WIDE_INITIAL_STD, IVONTrainingArguments, default_ess
 
 logger = logging.getLogger(__name__)
@@ -73,7 +78,8 @@ class IVONTrainerMixin:
     # converts any other TrainingArguments into its SFTConfig) names a class inheriting both.
     default_args_class: type[IVONTrainingArguments] = IVONTrainingArguments
 
-    def __init__(self, model=None, args=None, *more, **kwargs):
+    def __init__(self, model=None, args=None, *more, prior: Posterior | None = None, prior_provenance: dict | None = None,
+                 **kwargs):  # fmt: skip
         if args is None:
             args = self.default_args_class(output_dir="trainer_output")
         if not isinstance(args, IVONTrainingArguments):
@@ -83,9 +89,13 @@ class IVONTrainerMixin:
                 "ivon_lora.IVONTrainingArguments, or, to keep another config's fields (e.g. TRL's SFTConfig), a class "
                 f"that inherits both: class IVON{type(args).__name__}(IVONTrainingArguments, {type(args).__name__})."
             )
+        if prior is not None and not getattr(args, "use_ivon", False):
+            raise ValueError(f"A prior needs optim='ivon', got optim={args.optim!r}")
         super().__init__(model, args, *more, **kwargs)
         self._ivon_grad_norms: list[torch.Tensor] = []  # pre-clip norms of the current step's samples
         self._step_losses: list[torch.Tensor] = []  # the current step's micro-batch (and sample) losses, on device
+        self.ivon_prior = prior
+        self.ivon_prior_provenance = prior_provenance
 
     def _uses_ivon(self) -> bool:
         return getattr(self.args, "use_ivon", False)
@@ -141,8 +151,22 @@ class IVONTrainerMixin:
                 # Per-rank noise, with g and eps*g averaged over the ranks in step() (README, Multi-GPU and multi-node).
                 data_parallel=self._data_parallel_world_size() > 1,
             )
+            if self.ivon_prior is not None:
+                self._set_ivon_prior(self.optimizer, model)
         self._check_ivon_synchronises(self.optimizer)
         return self.optimizer
+
+    def _set_ivon_prior(self, optimizer: IVON, model) -> None:
+        """The previous posterior N(m_A, v_A) as the prior of every adapter parameter: mean m_A, precision
+        1 / (ess * v_A) (= ess_A * (h_A + wd_A) / ess), in place of weight_decay."""
+        model = self.accelerator.unwrap_model(model)
+        for group in optimizer.param_groups:
+            if group["mean_weight_decay"] is not None:
+                raise ValueError("A prior (prior_from) cannot be combined with ivon_mean_weight_decay: set it to None")
+            for key, p in self.ivon_prior.bind(model):
+                if any(p is q for q in group["params"]):
+                    precision = (self.ivon_prior.variance[key].double() * group["ess"]).reciprocal()
+                    optimizer.set_prior(p, self.ivon_prior.mean[key], precision)
 
     def likelihood_size(self) -> int:
         """How many terms the training loss averages over (ivon_ess's default, before its floor): the number of
@@ -375,7 +399,10 @@ class IVONTrainerMixin:
         # collective), so the other ranks need not take part.
         if ivon is not None and self.args.should_save:
             model = self.accelerator.unwrap_model(self.model)
-            Posterior.from_optimizer(ivon, model).save(output_dir or self.args.output_dir)
+            posterior = Posterior.from_optimizer(ivon, model)
+            if self.ivon_prior_provenance is not None:
+                posterior.config[PRIOR_RUN_KEY] = self.ivon_prior_provenance
+            posterior.save(output_dir or self.args.output_dir)
 
 
 class IVONTrainer(IVONTrainerMixin, Trainer):

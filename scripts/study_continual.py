@@ -1,0 +1,413 @@
+"""Continual finetuning: task A, then task B; what each method keeps of A (issue 22, item 4).
+
+    flock /tmp/ivon-study.lock python scripts/study_continual.py --out results/continual-smollm2 \
+        --runs /work/runs/continual/study --task-b antonyms [--seeds 0 1 2]
+
+Per seed: the A runs are recipes/smollm2/wordfacts-{ivon,adamw}.yaml (seed=N; reused from --reuse-a when finished
+there), then every method trains on B (the same recipe with dataset=B, as many steps):
+  adamw-seq            AdamW from A's adapter (init_from)
+  adamw-l2[lambda]     + lambda/2 * |theta - theta_A|^2 added to the loss
+  adamw-ewc[lambda]    + lambda/2 * sum F (theta - theta_A)^2, F the diagonal Fisher of A's train set at theta_A
+                       (the expected Fisher of the K-way softmax, one pass over A's train split; its time is counted)
+  adamw-replay         AdamW from A's adapter on B's train split plus --replay examples of A's
+  ivon-seq             IVON from A's posterior mean with the recipe's prior (init_from)
+  ivon-prior[s]        IVON with A's posterior as the prior (prior_from, prior_scale s)
+  ivon-prior-memory[s] the same on B plus the --replay examples of A (the K-prior's functional memory, crudely)
+  multitask-{adamw,ivon}  from scratch on A and B together, twice the steps (the reference)
+Each run is evaluated with `ivon-lora eval` on A and B, validation and test (IVON: --samples posterior samples).
+Settings with a grid (lambda, s) are chosen per method by the mean of A's and B's validation accuracy over the
+seeds, never on test. Reported on test: accuracy and ECE on A and B after B, forgetting on A (A's test accuracy
+after A minus after B), the steps B needed (the first Trainer evaluation, every --eval-steps on B's validation split
+at the mean, within 2 points of the run's last), and the training seconds (plus the Fisher pass for EWC).
+Writes OUT/study.json (every run, the choices, settings, versions), OUT/study.md and OUT/study.png. Finished
+steps (metrics.json / eval.json present) are skipped, so an interrupted study resumes.
+
+The union and replay training sets are built from the examples of both tasks (any two multiple-choice tasks), and
+the penalties and the learning-curve record are added to the Trainer by this script (`--train-one`, a subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = {"ivon": "recipes/smollm2/wordfacts-ivon.yaml", "adamw": "recipes/smollm2/wordfacts-adamw.yaml"}
+CURVE_NAME, FISHER_NAME = "curve.json", "fisher-A.safetensors"
+
+
+# ---------------------------------------------------------------------------------- one training (subprocess)
+
+
+def train_one(spec: dict) -> None:
+    """Train `spec["recipe"]` with `spec["overrides"]`; adds A's examples to the train split, a penalty towards
+    A's adapter, and a record of the Trainer's evaluations (curve.json), as `spec` asks."""
+    from transformers import TrainerCallback
+
+    import ivon_lora.tasks as tasks
+    from ivon_lora.commands import train
+    from ivon_lora.config import load_recipe
+
+    recipe = load_recipe(spec["recipe"], spec["overrides"])
+    if spec.get("add_examples"):
+        add_training_examples(tasks, recipe, spec["add_examples"]["task"], spec["add_examples"]["count"], spec["seed"])
+    curve = []
+
+    class Curve(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            curve.append({"step": state.global_step, **{k: v for k, v in (metrics or {}).items()
+                                                        if isinstance(v, (int, float))}})  # fmt: skip
+
+    base = train.trainer_class
+
+    def trainer_class(objective="choice"):
+        cls = base(objective)
+        penalty = spec.get("penalty")
+
+        class StudyTrainer(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.add_callback(Curve())
+                self.penalty = None
+                if penalty is not None:
+                    self.penalty = anchor_penalty(self, recipe, penalty, spec["task_a"])
+
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                if self.penalty is None or not model.training:
+                    return result
+                extra = self.penalty()
+                return (result[0] + extra, result[1]) if return_outputs else result + extra
+
+        return StudyTrainer
+
+    train.trainer_class = trainer_class
+    train.run_train(recipe)
+    with open(os.path.join(recipe.training.output_dir, CURVE_NAME), "w") as f:
+        json.dump(curve, f, indent=1)
+
+
+def add_training_examples(tasks, recipe, task_a: str, count: int | None, seed: int) -> None:
+    """Make load_split return, for the recipe's train split, its examples plus `count` (None: all) of A's."""
+    import dataclasses
+
+    original = tasks.load_split
+
+    def load_split(task, split, data_files=None, limit=None, protocol="ivon-lora"):
+        loaded = original(task, split, data_files, limit, protocol=protocol)
+        if split != recipe.data.train_split or task != recipe.data.dataset:
+            return loaded
+        extra = original(task_a, "train", protocol=protocol).examples
+        extra = extra if count is None else random.Random(seed).sample(extra, count)
+        return dataclasses.replace(loaded, examples=loaded.examples + extra, num_rows=loaded.num_rows + len(extra))
+
+    tasks.load_split = load_split
+
+
+def anchor_penalty(trainer, recipe, penalty: dict, task_a: str):
+    """lambda/2 * sum F (theta - theta_A)^2 over the adapter, F = 1 (l2) or A's diagonal Fisher (ewc)."""
+    import torch
+
+    from ivon_lora.posterior import adapter_parameters
+
+    params = adapter_parameters(trainer.model)
+    anchor = {key: p.detach().clone() for key, p in params.items()}  # init_from put A's adapter there
+    if penalty["kind"] == "ewc":
+        weights = fisher_diagonal(trainer, recipe, task_a, params, penalty["fisher_path"])
+    else:
+        weights = {key: torch.ones_like(p) for key, p in anchor.items()}
+    strength = penalty["strength"]
+
+    def value():
+        return 0.5 * strength * sum((weights[k] * (p - anchor[k]) ** 2).sum() for k, p in params.items())
+
+    return value
+
+
+def fisher_diagonal(trainer, recipe, task_a, params, path):
+    """The expected Fisher of the K-way softmax, averaged over A's train split, at A's adapter (cached at `path`)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ivon_lora.choice import choice_rows, format_examples
+    from ivon_lora.choice.logits import choice_logits
+    from ivon_lora.tasks import load_split
+
+    if os.path.isfile(path):
+        return load_file(path)
+    start = time.time()
+    model, tokenizer = trainer.model, trainer.processing_class
+    examples = format_examples(load_split(task_a, "train").examples, tokenizer, recipe.model)
+    fisher = {key: torch.zeros_like(p) for key, p in params.items()}
+    was_training = model.training
+    model.eval()
+    for row in choice_rows(examples):
+        batch = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in trainer.data_collator([row]).items()}
+        log_probs = torch.log_softmax(choice_logits(model, batch)[0], dim=-1)
+        valid = torch.isfinite(log_probs).nonzero().flatten().tolist()
+        for index, k in enumerate(valid):
+            grads = torch.autograd.grad(log_probs[k], list(params.values()), retain_graph=index < len(valid) - 1)
+            for key, grad in zip(params, grads):
+                fisher[key] += log_probs[k].exp().detach() * grad**2 / len(examples)
+    model.train(was_training)
+    save_file({k: v.contiguous() for k, v in fisher.items()}, path, metadata={"seconds": f"{time.time() - start:.1f}"})
+    return fisher
+
+
+# ------------------------------------------------------------------------------------------- the study
+
+
+def ivon_lora(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "ivon_lora", *args], check=True, cwd=ROOT)
+
+
+def methods(options) -> dict[str, dict]:
+    """name -> what its B run is: the optimizer, where it starts, and what it adds."""
+    grid = {"adamw-seq": {"optim": "adamw", "start": "init"}, "ivon-seq": {"optim": "ivon", "start": "init"},
+            "adamw-replay": {"optim": "adamw", "start": "init", "replay": options.replay}}  # fmt: skip
+    for strength in options.l2:
+        grid[f"adamw-l2[{strength:g}]"] = {"optim": "adamw", "start": "init", "penalty": ("l2", strength)}
+    for strength in options.ewc:
+        grid[f"adamw-ewc[{strength:g}]"] = {"optim": "adamw", "start": "init", "penalty": ("ewc", strength)}
+    for scale in options.prior_scales:
+        grid[f"ivon-prior[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale}
+        grid[f"ivon-prior-memory[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale, "replay": options.replay}
+    for optim in ("adamw", "ivon"):
+        grid[f"multitask-{optim}"] = {"optim": optim, "start": None, "replay": None, "multitask": True}
+    return grid
+
+
+def run_a(options, seed: int, optim: str) -> str:
+    reused = options.reuse_a.format(optim=optim, seed=seed) if options.reuse_a else None
+    if reused and os.path.isfile(os.path.join(reused, "metrics.json")):
+        return reused
+    out = os.path.join(options.runs, f"seed{seed}", f"A-{optim}")
+    if not os.path.isfile(os.path.join(out, "metrics.json")):
+        ivon_lora("train", options.recipes[optim], f"dataset={options.task_a}", f"output_dir={out}", f"seed={seed}",
+                  "overwrite_output_dir=true", "disable_tqdm=true", *options.set)  # fmt: skip
+    return out
+
+
+def run_b(options, seed: int, name: str, method: dict, a_runs: dict) -> str:
+    out = os.path.join(options.runs, f"seed{seed}", name)
+    if os.path.isfile(os.path.join(out, "metrics.json")):
+        return out
+    recipe = options.recipes[method["optim"]]
+    overrides = [f"dataset={options.task_b}", f"output_dir={out}", f"seed={seed}", "overwrite_output_dir=true",
+                 "disable_tqdm=true", *options.set]  # fmt: skip
+    if options.eval_steps:
+        overrides += ["eval_strategy=steps", f"eval_steps={options.eval_steps}", "ivon_eval_mc_samples=0"]
+    if method.get("multitask"):
+        steps = read_recipe_value(recipe, "max_steps", options.set)
+        overrides.append(f"max_steps={2 * steps}")
+    if method["start"] == "init":
+        overrides.append(f"init_from={a_runs[method['optim']]}")
+    elif method["start"] == "prior":
+        overrides += [f"prior_from={a_runs['ivon']}", f"prior_scale={method['scale']}"]
+    spec = {"recipe": os.path.join(ROOT, recipe), "overrides": overrides, "seed": seed, "task_a": options.task_a}
+    if method.get("multitask") or method.get("replay"):
+        spec["add_examples"] = {"task": options.task_a, "count": None if method.get("multitask") else method["replay"]}
+    if method.get("penalty"):
+        kind, strength = method["penalty"]
+        spec["penalty"] = {"kind": kind, "strength": strength,
+                           "fisher_path": os.path.join(options.runs, f"seed{seed}", FISHER_NAME)}  # fmt: skip
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--train-one", json.dumps(spec)], check=True, cwd=ROOT)
+    return out
+
+
+def read_recipe_value(recipe: str, key: str, overrides: list[str]):
+    import yaml
+
+    for item in overrides:
+        if item.startswith(f"{key}="):
+            return yaml.safe_load(item.split("=", 1)[1])
+    with open(os.path.join(ROOT, recipe)) as f:
+        return yaml.safe_load(f)[key]
+
+
+def evaluate(options, run: str, out: str, split: str) -> dict:
+    """{task: {"accuracy", "ece"}} of the run's predictive (IVON: the sampled one) on `split` of A and B."""
+    if not os.path.isfile(os.path.join(out, "eval.json")):
+        limit = ["--limit", str(options.eval_limit)] if options.eval_limit else []
+        ivon_lora("eval", run, "--task", options.task_a, options.task_b, "--split", split, "--samples",
+                  str(options.samples), "--out", out, "--overwrite", *limit)  # fmt: skip
+    with open(os.path.join(out, "eval.json")) as f:
+        tasks = json.load(f)["tasks"]
+    scores = {}
+    for task in (options.task_a, options.task_b):
+        (metrics,) = tasks[task]["runs"].values()
+        predictive = metrics.get("sampled") or metrics["mean"]
+        scores[task] = {"accuracy": predictive["accuracy"], "ece": predictive["ece_10"]}
+    return scores
+
+
+def run_record(options, run: str, split_evals: dict, task_b: str) -> dict:
+    with open(os.path.join(run, "metrics.json")) as f:
+        trained = json.load(f)
+    record = {"dir": run, "eval": split_evals, "train_seconds": trained["train"].get("train_runtime"),
+              "recipe": trained["recipe"], "prior_run": trained.get("prior_run")}
+    curve_path = os.path.join(run, CURVE_NAME)
+    if os.path.isfile(curve_path):
+        with open(curve_path) as f:
+            curve = [p for p in json.load(f) if "eval_accuracy" in p]
+        record["curve"] = curve
+        if curve:
+            target = curve[-1]["eval_accuracy"] - 0.02
+            record["steps_needed"] = next(p["step"] for p in curve if p["eval_accuracy"] >= target)
+    fisher = os.path.join(os.path.dirname(run), FISHER_NAME)
+    if "ewc" in os.path.basename(run) and os.path.isfile(fisher):
+        from safetensors import safe_open
+
+        with safe_open(fisher, "pt") as f:
+            record["extra_seconds"] = float(f.metadata()["seconds"])
+    return record
+
+
+def run_seed(options, seed: int) -> dict:
+    a_runs = {optim: run_a(options, seed, optim) for optim in ("adamw", "ivon")}
+    results = {}
+    for optim, run in a_runs.items():
+        evals = {s: evaluate(options, run, os.path.join(options.runs, f"seed{seed}", f"A-{optim}-eval-{s}"), s)
+                 for s in ("validation", "test")}  # fmt: skip
+        results[f"after-A-{optim}"] = {"dir": run, "eval": evals}
+    for name, method in methods(options).items():
+        run = run_b(options, seed, name, method, a_runs)
+        evals = {s: evaluate(options, run, f"{run}-eval-{s}", s) for s in ("validation", "test")}
+        record = run_record(options, run, evals, options.task_b)
+        after_a = results[f"after-A-{method['optim']}"]["eval"]["test"][options.task_a]["accuracy"]
+        record["forgetting"] = None if method.get("multitask") else after_a - evals["test"][options.task_a]["accuracy"]
+        results[name] = record
+    return results
+
+
+def choose(per_seed: dict, options) -> dict[str, str]:
+    """Per method family, the grid setting with the best mean validation accuracy (A and B), over the seeds."""
+    families: dict[str, list[str]] = {}
+    for name in next(iter(per_seed.values())):
+        families.setdefault(name.split("[")[0], []).append(name)
+
+    def validation(name):
+        return statistics.mean(per_seed[s][name]["eval"]["validation"][t]["accuracy"]
+                               for s in per_seed for t in (options.task_a, options.task_b))  # fmt: skip
+
+    return {family: max(names, key=validation) for family, names in families.items()}
+
+
+def summarise(per_seed: dict, chosen: dict, options) -> dict:
+    table = {}
+    for family, name in chosen.items():
+        rows = [per_seed[s][name] for s in per_seed]
+        entry = {"setting": name}
+        for task, short in ((options.task_a, "A"), (options.task_b, "B")):
+            for metric in ("accuracy", "ece"):
+                entry[f"{metric}_{short}"] = [r["eval"]["test"][task][metric] for r in rows]
+        for key in ("forgetting", "steps_needed", "train_seconds", "extra_seconds"):
+            values = [r.get(key) for r in rows]
+            entry[key] = values if any(v is not None for v in values) else None
+        table[family] = entry
+    return table
+
+
+def cell(values, scale=100.0, digits=1) -> str:
+    if values is None:
+        return "-"
+    defined = [scale * v for v in values if v is not None]
+    if not defined:
+        return "-"
+    if len(defined) == 1:
+        return f"{defined[0]:.{digits}f}"
+    return f"{statistics.mean(defined):.{digits}f} ± {statistics.stdev(defined):.{digits}f}"
+
+
+def markdown(table: dict, options, seeds) -> str:
+    lines = [f"Task A {options.task_a}, then task B {options.task_b}; test splits, seeds {', '.join(map(str, seeds))} "
+             "(mean ± std); accuracy, ECE (10 bins) and forgetting x100; settings chosen on validation.", "",
+             "| method (chosen setting) | acc A | ECE A | acc B | ECE B | forgetting A | steps B needed | train s | "
+             "extra s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for family, e in table.items():
+        lines.append(f"| {e['setting']} | {cell(e['accuracy_A'])} | {cell(e['ece_A'])} | {cell(e['accuracy_B'])} | "
+                     f"{cell(e['ece_B'])} | {cell(e['forgetting'])} | {cell(e['steps_needed'], 1, 0)} | "
+                     f"{cell(e['train_seconds'], 1, 0)} | {cell(e['extra_seconds'], 1, 0)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: dict, path: str, options) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for family, e in table.items():
+        xs, ys = [100 * v for v in e["accuracy_B"]], [100 * v for v in e["accuracy_A"]]
+        x, y = statistics.mean(xs), statistics.mean(ys)
+        xerr = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        yerr = statistics.stdev(ys) if len(ys) > 1 else 0.0
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if family.startswith("ivon") else "s", capsize=3, label=family)
+    ax.set_xlabel(f"test accuracy on B ({options.task_b}), %")
+    ax.set_ylabel(f"test accuracy on A ({options.task_a}) after B, %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="results dir (study.json, study.md, study.png)")
+    parser.add_argument("--runs", help="where the runs go (outside the repository)")
+    parser.add_argument("--task-a", default="wordfacts")
+    parser.add_argument("--task-b", help="the second task, e.g. antonyms")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recipe-ivon", default=RECIPES["ivon"])
+    parser.add_argument("--recipe-adamw", default=RECIPES["adamw"])
+    parser.add_argument("--reuse-a", default="/work/runs/wordfacts-{optim}-seed{seed}",
+                        help="finished A runs to reuse ({optim}: ivon or adamw, {seed}); '' trains them")
+    parser.add_argument("--replay", type=int, default=32, help="A examples replayed (and the memory of IVON's)")
+    parser.add_argument("--prior-scales", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--l2", type=float, nargs="+", default=[0.1, 1.0, 10.0])
+    parser.add_argument("--ewc", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument("--samples", type=int, default=10, help="posterior samples of the IVON evaluations")
+    parser.add_argument("--eval-steps", type=int, default=25, help="Trainer evaluations on B's validation (0: none)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N of each split")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every training")
+    options = parser.parse_args()
+    if options.train_one:
+        train_one(json.loads(options.train_one))
+        return
+    if not (options.out and options.runs and options.task_b):
+        parser.error("--out, --runs and --task-b are required")
+    from ivon_lora.tasks import get_task
+
+    for task in (options.task_a, options.task_b):
+        try:
+            get_task(task)
+        except KeyError as error:
+            parser.error(f"task {task!r}: {error.args[0]}")
+    options.recipes = {"ivon": options.recipe_ivon, "adamw": options.recipe_adamw}
+    options.out, options.runs = os.path.abspath(options.out), os.path.abspath(options.runs)
+    per_seed = {seed: run_seed(options, seed) for seed in options.seeds}
+    chosen = choose({s: {k: v for k, v in r.items() if not k.startswith("after-A")} for s, r in per_seed.items()},
+                    options)  # fmt: skip
+    table = summarise(per_seed, chosen, options)
+    from ivon_lora.rundir import environment
+
+    os.makedirs(options.out, exist_ok=True)
+    settings = {k: v for k, v in vars(options).items() if k != "train_one"}
+    with open(os.path.join(options.out, "study.json"), "w") as f:
+        json.dump({"command": " ".join(sys.argv), "settings": settings, "environment": environment(),
+                   "methods": methods(options), "chosen": chosen, "summary": table, "per_seed": per_seed}, f,
+                  indent=1, default=str)  # fmt: skip
+    text = markdown(table, options, options.seeds)
+    with open(os.path.join(options.out, "study.md"), "w") as f:
+        f.write(text)
+    figure(table, os.path.join(options.out, "study.png"), options)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
