@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from . import arc, boolq, commonsense_qa, gsm8k, hellaswag, open_qa, piqa, siqa, synthetic, winogrande, wordfacts, wordqa
+from . import wordpick
 from .base import Task, unknown_name
 from .generative import GenerativeTask
 from .mmlu import MMLU_CONFIGS, mmlu_subject, mmlu_task
 
-MULTIPLE_CHOICE_MODULES = (synthetic, wordfacts, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
+MULTIPLE_CHOICE_MODULES = (synthetic, wordfacts, wordpick, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
 GENERATIVE_MODULES = (open_qa, gsm8k, wordqa)
 
 TASKS: dict[str, Task | GenerativeTask] = {
