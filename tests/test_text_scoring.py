@@ -139,3 +139,10 @@ def test_train_and_eval_with_text_scoring_record_it_in_the_protocol(tmp_path, ru
     # Runs that score their answers differently are not compared side by side.
     assert cli.main(["eval", str(out), "--baseline", run_dir, "--out", str(tmp_path / "mixed")]) == 2
     assert "answer_scoring" in capsys.readouterr().err and not (tmp_path / "mixed").exists()
+
+
+def test_the_trainer_counts_questions_not_rows_in_a_text_batch(llama_tokenizer):
+    from transformers.trainer_pt_utils import find_batch_size
+
+    batch = ChoiceCollator(llama_tokenizer)([{**row, "scoring": "text"} for row in ROWS])
+    assert batch["input_ids"].shape[0] == 9 and find_batch_size(batch) == 3

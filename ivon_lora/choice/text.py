@@ -105,13 +105,14 @@ def text_batch(tokenizer, examples, max_length: int | None = None) -> dict[str, 
     width = max(len(row) for row in rows)
     span = max(answer_lengths)
     pad = tokenizer.pad_token_id
+    # labels first: the Trainer's find_batch_size reads the first tensor, and the batch has B questions, not B*K rows.
     return {
+        "labels": torch.tensor([e["gold"] for e in examples]),
         "input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in rows]),
         "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
         "continuation_mask": torch.tensor([[k >= span - n for k in range(span)] for n in answer_lengths]),
         "choice_mask": torch.tensor([[k < len(e["answers"]) for k in range(num_choices)] for e in examples]),
         "length_normalisers": torch.tensor(normalisers, dtype=torch.float32),
-        "labels": torch.tensor([e["gold"] for e in examples]),
     }
 
 
