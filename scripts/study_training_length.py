@@ -41,7 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 RECIPES = {"adamw": "recipes/smollm2/wordfacts-adamw.yaml", "ivon": "recipes/smollm2/wordfacts-ivon.yaml"}
 SUMMARY = ("accuracy", "nll", "ece_10", "ece_15", "brier")
-VARIANTS = ("adamw", "adamw + TS", "adamw early-stopped", "ivon mean", "ivon samples")
+VARIANTS = ("adamw", "adamw + TS", "adamw early-stopped", "ivon mean", "ivon samples", "ivon samples, risk-averse")
+AGGREGATED = (*SUMMARY, "aurc", "coverage@1%", "stopped_at_step", "kappa")
 
 
 def read_yaml(path: str) -> dict:
@@ -177,8 +178,12 @@ def variants(method: str, curve: dict[int, dict], split: str) -> dict[str, dict[
     """variant -> step -> numbers on `split`, for one run's checkpoints."""
     steps = sorted(curve)
     if method == "ivon":
-        return {"ivon mean": {s: curve[s][split]["mean"] for s in steps},
-                "ivon samples": {s: curve[s][split]["samples"] for s in steps}}  # fmt: skip
+        found = {"ivon mean": {s: curve[s][split]["mean"] for s in steps},
+                 "ivon samples": {s: curve[s][split]["samples"] for s in steps}}  # fmt: skip
+        if split == "test" and all("risk_averse" in curve[s] for s in steps):  # selective numbers only
+            found["ivon samples, risk-averse"] = {s: {**curve[s]["risk_averse"]["test"],
+                                                      "kappa": curve[s]["risk_averse"]["kappa"]} for s in steps}
+        return found
     stopped, best = {}, None
     for s in steps:  # early stopping: the best validation NLL among the checkpoints so far
         if best is None or curve[s]["validation"]["mean"]["nll"] < curve[best]["validation"]["mean"]["nll"]:
@@ -210,7 +215,7 @@ def aggregate(per_seed: dict, steps_per_epoch: int) -> dict:
                 for variant, points in by_variant.items():
                     curves.setdefault(regime, {}).setdefault(split, {})[variant] = [
                         {"step": step, "epoch": step / steps_per_epoch,
-                         **{key: mean_std([n.get(key) for n in numbers]) for key in (*SUMMARY, "aurc", "coverage@1%")}}
+                         **{key: mean_std([n.get(key) for n in numbers]) for key in AGGREGATED}}
                         for step, numbers in sorted(points.items())
                     ]  # fmt: skip
     return curves
@@ -230,7 +235,7 @@ def plot(curves: dict, path: str) -> None:
             axis = axes[row][col]
             for variant in VARIANTS:
                 points = curves[regime]["test"].get(variant)
-                if not points:
+                if not points or points[0][key]["mean"] is None:
                     continue
                 epochs = [p["epoch"] for p in points]
                 mean = [scale * p[key]["mean"] for p in points]
@@ -246,6 +251,13 @@ def plot(curves: dict, path: str) -> None:
     plt.close(figure)
 
 
+def cell(value: dict, key: str) -> str:
+    if value["mean"] is None:
+        return "-"
+    scale, digits = (1, 3) if key == "nll" else (100, 1)
+    return f"{scale * value['mean']:.{digits}f} ± {scale * value['std']:.{digits}f}"
+
+
 def final_table(curves: dict) -> str:
     lines = ["| labels | predictive (test, last budget) | accuracy | NLL | ECE-10 | AURC |", "|---|---|---|---|---|---|"]
     for regime in sorted(curves):
@@ -253,8 +265,7 @@ def final_table(curves: dict) -> str:
             points = curves[regime]["test"].get(variant)
             if points:
                 last = points[-1]
-                cells = [f"{100 * last[k]['mean']:.1f} ± {100 * last[k]['std']:.1f}" if k != "nll" else
-                         f"{last[k]['mean']:.3f} ± {last[k]['std']:.3f}" for k in ("accuracy", "nll", "ece_10", "aurc")]
+                cells = [cell(last[k], k) for k in ("accuracy", "nll", "ece_10", "aurc")]
                 lines.append(f"| {regime} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
