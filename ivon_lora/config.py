@@ -33,6 +33,7 @@ import yaml
 
 from .errors import RecipeError
 from .vocabulary import (
+    ANSWER_SCORINGS,
     DECODING_MODES,
     DEFAULT_ECE_BINS,
     DEFAULT_PRUNE_FRACTIONS,
@@ -77,6 +78,10 @@ class ModelArguments:
     chat_template_kwargs: dict | None = field(
         default=None, metadata={"help": "Extra chat-template arguments, e.g. {enable_thinking: false} for Qwen3."}
     )
+    answer_scoring: str = field(
+        default="letter", metadata={"help": "Multiple choice: letter (one answer token at the prompt's end), text "
+                                            "(each answer text's summed log-prob, lm-eval acc) or text_norm (divided "
+                                            "by its characters, lm-eval acc_norm); K-way softmax in every case."})
 
     def __post_init__(self):
         from .choice.prompts import PROMPT_FORMATS
@@ -85,6 +90,8 @@ class ModelArguments:
             raise ValueError(f"quantization_bit must be 4, 8 or null, got {self.quantization_bit!r}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be {' or '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if self.answer_scoring not in ANSWER_SCORINGS:
+            raise ValueError(f"answer_scoring must be {', '.join(ANSWER_SCORINGS)}, got {self.answer_scoring!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.model_name_or_path.startswith("builtin:"):
@@ -713,6 +720,9 @@ class EvalConfig(OutputArguments):
         "help": "two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble"})
     temperature_scaling: bool = field(default=False, metadata={
         "help": "add each run temperature-scaled: one T fitted by NLL on select_split"})
+    risk_averse: bool = field(default=False, metadata={
+        "help": "add the risk-averse selector (mean - kappa * std of the chosen answer's sample probabilities) to "
+                "posterior runs' selective prediction, kappa chosen on select_split"})
     lm_eval_tasks: list[str] | None = field(default=None, metadata={
         "help": "instead of task: lm-evaluation-harness multiple-choice tasks (a list, or comma-separated as lm-eval "
                 "takes them), scored by lm-eval; needs ivon-lora[lm-eval]"})
@@ -753,7 +763,7 @@ class EvalConfig(OutputArguments):
     def sweeping(self) -> bool:
         # A select_split alone asks for a (one-configuration) sweep, unless it is temperature scaling's split.
         several = len(self.prune_fractions) * len(self.temperatures) > 1
-        return several or (self.select_split is not None and not self.temperature_scaling)
+        return several or (self.select_split is not None and not self.temperature_scaling and not self.risk_averse)
 
 
 @dataclass

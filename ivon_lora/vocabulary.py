@@ -1,5 +1,5 @@
 """The words that configs, parsers and the code behind them share: objectives, ECE bin counts, pruning scopes,
-modes, criteria and fractions, sweep selection criteria, sample kinds, decoding modes.
+modes, criteria and fractions, sweep selection criteria, sample kinds, answer scorings, decoding modes.
 
 A leaf (it imports nothing from the package), so that `config` and `rundir` validate a value without importing the
 evaluation or trainer code that acts on it; that code imports its vocabulary from here too, so there is one list.
@@ -31,6 +31,13 @@ DEFAULT_SELECTION_CRITERION = "nll"
 # generative evaluation also samples answers at a temperature (runs with neither posterior nor dropout).
 CHOICE_SAMPLE_KINDS = ("posterior", "mc_dropout")
 GENERATIVE_SAMPLE_KINDS = ("posterior", "mc_dropout", "temperature")
+# How a multiple-choice answer is scored (`answer_scoring:` of a recipe) -> what the report's protocol says of it.
+ANSWER_SCORINGS = {
+    "letter": "last-position logits of the answer tokens, K-way softmax",
+    "text": "summed log-probability of each answer text after the prompt (lm-eval acc), K-way softmax",
+    "text_norm": "summed log-probability of each answer text after the prompt divided by the text's length in "
+                 "characters, leading whitespace excluded (lm-eval acc_norm), K-way softmax",
+}  # fmt: skip
 # How a generative task's chosen answer is decoded: greedy at the posterior mean, or posterior-averaged.
 DECODING_MODES = ("mean", "averaged")
 

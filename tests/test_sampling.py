@@ -152,3 +152,21 @@ def test_unsupported_layers_are_refused_with_the_way_out(llama_tokenizer, model,
     finally:
         module.lora_dropout["default"] = torch.nn.Identity()
         model.eval()
+
+
+def test_batched_samples_of_a_text_batch_equal_sequential_samples(model, posterior, llama_tokenizer):
+    """answer_scoring: text — S copies of B*K rows stacked in one pass keep each copy's K answers together."""
+    rows = [{"prompt": "Question: which word is a fruit?\nAnswer:", "answers": [" apple", " hammer", " blue sky"],
+             "gold": 0, "scoring": "text_norm"},
+            {"prompt": "The cat sat on the ", "answers": ["mat.", "answer A"], "gold": 1, "scoring": "text_norm"}]
+    batch = ChoiceCollator(llama_tokenizer)(rows)
+    stack = posterior.sampler(model, seed=4).draw(3)
+    batched = sampled_choice_probs(model, batch, stack)
+    sampler = posterior.sampler(model, seed=4)
+    with torch.no_grad():
+        sequential = []
+        for _ in range(3):
+            with sampler.sample():
+                sequential.append(torch.softmax(choice_logits(model, batch).double(), dim=-1))
+    torch.testing.assert_close(batched, torch.stack(sequential), rtol=0, atol=1e-5)
+    assert batched.shape == (3, 2, 3) and (batched[:, 1, 2] == 0).all()

@@ -111,6 +111,12 @@ CASES = {
         MC + "What is the pH of pure water? Choices: A. 5 B. 7 C. 9 D. 11 Answer:",
         (" A", " B", " C", " D"), [1, 0], None,
     ),
+    "wordpick": (
+        [{"id": "wordpick-validation-0", "question": "Which word names a kind of fruit?", "answerKey": "B",
+          "choices": {"label": list("ABCD"), "text": ["hammer", "mango", "violin", "France"]}}],
+        MC + "Which word names a kind of fruit? Choices: A. hammer B. mango C. violin D. France Answer:",
+        (" A", " B", " C", " D"), [1], ["wordpick-validation-0"],
+    ),
 }  # fmt: skip
 
 

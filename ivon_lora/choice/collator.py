@@ -7,12 +7,16 @@ import logging
 import torch
 
 from .answers import answer_token_ids, ending_key
+from .text import TEXT_SCORINGS, text_batch
+from .truncation import shorten
 
 logger = logging.getLogger(__name__)
 
 
 class ChoiceCollator:
     """Tokenizes a batch of `ChoiceExample` dicts with left padding so that position -1 is every prompt's end.
+
+    Rows whose `scoring` is a text scoring (`answer_scoring: text`) get `text.text_batch` instead.
 
     The batch holds `input_ids`, `attention_mask`, `choice_token_ids` and `choice_mask` (B x K_max, since tasks
     with different K may be mixed) and `labels` (the gold indices). A prompt longer than `max_length` loses its
@@ -31,6 +35,8 @@ class ChoiceCollator:
         return self._answer_ids[key]
 
     def __call__(self, examples) -> dict[str, torch.Tensor]:
+        if any(e.get("scoring", "letter") in TEXT_SCORINGS for e in examples):  # answer_scoring: text
+            return text_batch(self.tokenizer, examples, self.max_length)
         ids = [shorten(row, self.max_length) for row in self.tokenizer([e["prompt"] for e in examples])["input_ids"]]
         width = max(len(row) for row in ids)
         pad = self.tokenizer.pad_token_id
@@ -44,16 +50,6 @@ class ChoiceCollator:
         batch["choice_mask"] = torch.tensor([[k < len(ids) for k in range(num_choices)] for ids in choice_ids])
         batch["labels"] = torch.tensor([e["gold"] for e in examples])
         return batch
-
-
-def shorten(ids: list[int], max_length: int | None) -> list[int]:
-    """`ids` cut to `max_length` tokens by dropping the middle: the first quarter of the budget is kept (the
-    instruction frame and the start of the question), the rest from the end (the question's end, the choices,
-    "Answer:"). Cutting from the left, as tokenizers do, would drop the question and keep only the choices."""
-    if max_length is None or len(ids) <= max_length:
-        return ids
-    head = max_length // 4
-    return ids[:head] + ids[len(ids) - (max_length - head):]
 
 
 def count_truncated(tokenizer, examples, max_length: int | None, what: str) -> int:

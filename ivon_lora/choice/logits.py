@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from .text import text_choice_logits
+
 
 def choice_logits(model, batch) -> torch.Tensor:
-    """B x K_max float32 logits of the answer tokens at the last position; absent choices are -inf."""
+    """B x K_max float32 logits of the answer tokens at the last position; absent choices are -inf. A text-scoring
+    batch (`text.text_batch`, answer_scoring: text) gets its answers' log-likelihoods instead."""
+    if "continuation_mask" in batch:
+        return text_choice_logits(model, batch)
     outputs = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1, use_cache=False
     )

@@ -15,6 +15,7 @@ from ..errors import RecipeError
 from ..registry import Registry
 from .answers import ending_key, resolve_answers
 from .example import ChoiceExample
+from .text import TEXT_SCORINGS, as_text_example
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ PROMPT_FORMATS: Registry[Callable[..., list[str]]] = Registry(
 def format_examples(examples, tokenizer, model_args) -> list[ChoiceExample]:
     """The examples as the model sees them under `model_args.prompt_format` ("plain" or "chat").
 
+    Under `model_args.answer_scoring` text / text_norm each example is its text form (`text.as_text_example`: the
+    question without listed choices, the answers as texts, any length) instead; see `_format_text_examples`.
+
     plain: prompts as the task wrote them. chat: each prompt rendered by `render_chat_prompt` with
     `model_args.chat_template_kwargs` (e.g. {"enable_thinking": False} for Qwen3). In both, each example's answers
     get the spelling `resolve_answers` finds, so the collator can always resolve them; an example whose prompt and
@@ -70,6 +74,9 @@ def format_examples(examples, tokenizer, model_args) -> list[ChoiceExample]:
     if model_args.prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {model_args.prompt_format!r}")
     render = PROMPT_FORMATS[model_args.prompt_format]
+    scoring = getattr(model_args, "answer_scoring", "letter")
+    if scoring in TEXT_SCORINGS:
+        return _format_text_examples(examples, tokenizer, model_args, render, scoring)
     prompts = render(tokenizer, [e.prompt for e in examples], model_args.chat_template_kwargs)
     spellings: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
     formatted = []
@@ -86,4 +93,19 @@ def format_examples(examples, tokenizer, model_args) -> list[ChoiceExample]:
             formatted.append(example)
         else:
             formatted.append(dataclasses.replace(example, prompt=prompt, answers=answers))
+    return formatted
+
+
+def _format_text_examples(examples, tokenizer, model_args, render, scoring: str) -> list[ChoiceExample]:
+    """The examples' text forms with their prompts rendered by `render`. Answers keep their spelling, except that
+    after a rendered prompt ending in whitespace (a chat template's assistant header) their leading whitespace
+    goes: the model writes "Paris" there, not " Paris"."""
+    texts = [as_text_example(example, scoring) for example in examples]
+    prompts = render(tokenizer, [e.prompt for e in texts], model_args.chat_template_kwargs)
+    formatted = []
+    for example, prompt in zip(texts, prompts):
+        answers = example.answers
+        if prompt != example.prompt and prompt[-1:].isspace():
+            answers = tuple(answer.lstrip() for answer in answers)
+        formatted.append(dataclasses.replace(example, prompt=prompt, answers=answers))
     return formatted

@@ -66,5 +66,5 @@ class ChoiceTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
 
 def choice_rows(examples) -> list[dict]:
     """`ChoiceExample`s as the rows of a `datasets.Dataset` that `ChoiceCollator` batches."""
-    return [{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold} for e in examples]
+    return [{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold, "scoring": e.scoring} for e in examples]
 

@@ -80,8 +80,11 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
                         help="two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble")
     parser.add_argument("--temperature-scaling", action="store_true", default=argparse.SUPPRESS,
                         help="add each run temperature-scaled: one T fitted by NLL on --select-split")
-    parser.add_argument("--select-split", help="held-out split that sweeps and temperature scaling fit on (never the "
-                        "reported split)")
+    parser.add_argument("--risk-averse", action="store_true", default=argparse.SUPPRESS,
+                        help="add the risk-averse selector (mean - kappa*std over posterior samples) to posterior runs' "
+                             "selective prediction, kappa chosen on --select-split")  # fmt: skip
+    parser.add_argument("--select-split", help="held-out split that sweeps, temperature scaling and the risk-averse "
+                        "selector fit on (never the reported split)")
     parser.add_argument("--select-file", help="local records of --select-split")
     parser.add_argument("--select-by", choices=list(selection_criteria()),
                         help="criterion of the choice, on the sampled predictive (default nll)")  # fmt: skip
@@ -145,6 +148,7 @@ def run_eval(options) -> dict:
     from ..evaluation.plots import plot_tradeoff
     from ..evaluation.predict import predict, protocol
     from ..evaluation.report import markdown_table, report_notes, sweep_table, write_task_files
+    from ..evaluation.risk_averse import risk_averse_lines
     from ..evaluation.sweep import sweep_posterior
     from ..continual import started_from
     from ..rundir import check_out_apart, describe_run, environment, load_run, optimizer_name
@@ -156,6 +160,8 @@ def run_eval(options) -> dict:
         raise UsageError("A sweep chooses its configuration on a held-out split: pass --select-split")
     if options.temperature_scaling and options.select_split is None:
         raise UsageError("--temperature-scaling fits its temperature on a held-out split: pass --select-split")
+    if options.risk_averse and options.select_split is None:
+        raise UsageError("--risk-averse chooses its kappa on a held-out split: pass --select-split")
 
     # Everything that can be wrong with the options is checked before a model loads.
     trust = options.trust_remote_code  # the user's consent to a run's base-model code (rundir.check_remote_code)
@@ -178,6 +184,7 @@ def run_eval(options) -> dict:
 
         return run_sft_eval(options, [described for described in (main, baseline) if described])
     preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
+    answer_scoring = _common_answer_scoring([main, baseline, *members])
     tasks = options.task or ([recipe.data.dataset] if recipe else None)
     if not tasks:
         raise UsageError(f"{options.run_dir} has no recipe.yaml naming its task: pass --task")
@@ -272,6 +279,10 @@ def run_eval(options) -> dict:
             # Prompts cut to the run's max_length (their middle): per run, as chat templates differ in length.
             result["tasks"][task].setdefault("truncated", {})[label] = count_truncated(
                 run.tokenizer, formatted(part.examples), max_length, f"{label}: {task} {split}")
+        if options.risk_averse and posterior is not None and described_samples:
+            _add_risk_averse(result["tasks"][tasks[0]]["runs"][label], predictions[tasks[0]][label], run,
+                             formatted(select_split.examples), posterior, options.select_split,
+                             {"num_samples": described_samples, "max_length": max_length, **evaluate_options})
         if options.temperature_scaling:
             held_out[label] = predict(run.model, run.tokenizer, formatted(select_split.examples), posterior=posterior,
                                       num_samples=0, max_length=max_length, **evaluate_options)  # fmt: skip
@@ -297,7 +308,9 @@ def run_eval(options) -> dict:
     result.update(
         runs=runs,
         protocol={
-            **protocol(preset, num_samples, ece_bins),
+            **protocol(preset, num_samples, ece_bins, answer_scoring),
+            "risk_averse": (f"kappa of mean - kappa * std chosen by AURC on {options.select_split!r} per posterior run"
+                            if options.risk_averse else None),
             "selection": f"{options.select_by} of the sampled predictive on {options.select_split!r}" if sweeping else None,
             "temperature_scaling": (f"one temperature per run fitted by NLL on {options.select_split!r} (at the "
                                     "weights; an ensemble's averaged predictive), applied to the reported split"
@@ -315,9 +328,35 @@ def run_eval(options) -> dict:
         with open(os.path.join(staging, TABLE_NAME), "w") as f:
             f.write(table + (f"\n{sweep_table(result['sweep'], ece_bins)}\n" if sweeping else ""))
             f.write("\n" + report_notes(preset, result["tasks"]))
+            f.write("".join(line + "\n" for line in risk_averse_lines(result["tasks"])))
         if sweeping:
             plot_tradeoff(result["sweep"], os.path.join(staging, TRADEOFF_PLOT_NAME), headline_metric(preset))
     for line in table.splitlines():
         logger.info("%s", line)
     logger.info("wrote %s", out)
     return result
+
+
+def _common_answer_scoring(described_runs) -> str:
+    """The answer scoring (letter / text / text_norm) of the runs compared side by side: one for all, checked before
+    any model loads (a run without a recipe scores letters)."""
+    from ..errors import UsageError
+
+    scorings = {d["dir"]: (getattr(d["recipe"].model, "answer_scoring", "letter") if d["recipe"] else "letter")
+                for d in described_runs if d}  # fmt: skip
+    if len(set(scorings.values())) > 1:
+        raise UsageError("The runs compared score their answers differently (answer_scoring: "
+                         + ", ".join(f"{run}: {scoring}" for run, scoring in scorings.items())
+                         + "): evaluate each in its own call")  # fmt: skip
+    return next(iter(scorings.values()))
+
+
+def _add_risk_averse(run_metrics: dict, reported, run, selection_examples, posterior, select_split: str,
+                     predict_options: dict) -> None:  # fmt: skip
+    """The risk-averse selector of one posterior run (`evaluation.risk_averse`) into its metrics: its samples on
+    the selection split choose kappa, which is then applied to the reported split's samples `reported`."""
+    from ..evaluation.predict import predict
+    from ..evaluation.risk_averse import risk_averse_report
+
+    selection = predict(run.model, run.tokenizer, selection_examples, posterior=posterior, **predict_options)
+    run_metrics["risk_averse"] = risk_averse_report(selection, reported, select_split)

@@ -209,7 +209,7 @@ def _finish(trainer, final_dir, recipe, preset, train_split, eval_split, eval_ex
         "task": data_args.dataset,
         "split": data_args.eval_split,
         "optimizer": args.optim,
-        "protocol": protocol(preset, num_samples, ece_bins),
+        "protocol": protocol(preset, num_samples, ece_bins, recipe.model.answer_scoring),
         "data": {"train": {**train_split.as_dict(), "truncated": truncated["train"]},
                  "eval": {**eval_split.as_dict(), "truncated": truncated["eval"]}},
         "metrics": metrics,

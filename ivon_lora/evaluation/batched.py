@@ -125,7 +125,7 @@ def sampled_choice_probs(model, batch: dict[str, torch.Tensor], stack: SampleSta
     One forward pass of S*B rows (`choice_logits`: last position, answer tokens only); `batch` is on the model's
     device. Equals `choice_logits` under `sampler.sample()` for each sample in turn.
     """
-    num_samples, size = len(stack), batch["input_ids"].shape[0]
+    num_samples, size = len(stack), batch["choice_mask"].shape[0]  # questions (a text batch has B*K rows)
     with per_sample_lora(model, stack):
         logits = choice_logits(model, _repeat(batch, num_samples))
     return torch.softmax(logits.double(), dim=-1).view(num_samples, size, -1)

@@ -534,6 +534,7 @@ def prompt_rendering(recipe) -> tuple[bool, str]:
 
 
 _CHOICE_ONLY = {"sweeping": "pruning/temperature sweeps", "temperature_scaling": "--temperature-scaling",
+                "risk_averse": "--risk-averse",
                 "ensemble": "--ensemble", "protocol": "--protocol", "select_split": "--select-split",
                 "select_file": "--select-file"}  # fmt: skip
 

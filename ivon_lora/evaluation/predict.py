@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..choice.collator import ChoiceCollator
 from ..choice.example import ChoiceExample
 from ..choice.logits import choice_logits
-from ..vocabulary import CHOICE_SAMPLE_KINDS as SAMPLE_KINDS
+from ..vocabulary import ANSWER_SCORINGS, CHOICE_SAMPLE_KINDS as SAMPLE_KINDS
 from .metrics import (
     BIN_EDGES,
     DEFAULT_ECE_BINS,
@@ -29,12 +29,13 @@ from .metrics import (
 logger = logging.getLogger(__name__)
 
 
-def protocol(preset, num_samples: int, ece_bins) -> dict:
-    """How the numbers of `predict` / `Predictions.metrics` were made under `preset` (a tasks.Protocol), for
-    every result file."""
+def protocol(preset, num_samples: int, ece_bins, answer_scoring: str = "letter") -> dict:
+    """How the numbers of `predict` / `Predictions.metrics` were made under `preset` (a tasks.Protocol) with the
+    run's `answer_scoring` (`vocabulary.ANSWER_SCORINGS`), for every result file."""
     return {
         "preset": preset.as_dict(),
-        "scoring": "last-position logits of the answer tokens, K-way softmax",
+        "answer_scoring": answer_scoring,
+        "scoring": ANSWER_SCORINGS[answer_scoring],
         "predictive": "mean of S sample probability vectors",
         "samples": "posterior" if num_samples else None,
         "num_samples": num_samples,
@@ -154,8 +155,8 @@ def predict(
     collator = ChoiceCollator(tokenizer, max_length)
     lengths = [len(ids) for ids in tokenizer([examples[i].prompt for i in shard])["input_ids"]] if shard else []
     order = sorted(range(len(shard)), key=lambda j: lengths[j])  # stable: equal lengths keep their order
-    rows = [{"prompt": examples[shard[j]].prompt, "answers": examples[shard[j]].answers, "gold": examples[shard[j]].gold}
-            for j in order]  # fmt: skip
+    rows = [{"prompt": examples[shard[j]].prompt, "answers": examples[shard[j]].answers, "gold": examples[shard[j]].gold,
+             "scoring": examples[shard[j]].scoring} for j in order]  # fmt: skip
     batches = [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)] if rows else []
     unsort = torch.empty(len(order), dtype=torch.long)
     unsort[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 # What `eval` can do for a multiple-choice run but not (yet) for an SFT run: refused, not ignored.
 _CHOICE_ONLY = {"sweeping": "pruning/temperature sweeps", "temperature_scaling": "--temperature-scaling",
+                "risk_averse": "--risk-averse",
                 "ensemble": "--ensemble", "mc_dropout_samples": "--mc-dropout-samples"}  # fmt: skip
 
 

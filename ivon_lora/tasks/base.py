@@ -16,6 +16,9 @@ from ..errors import RecordError, TaskDataError
 
 LETTERS = "ABCDEFGH"
 MC_TEMPLATE = "Select one of the choices that answers the following question: {question} Choices: {choices} Answer:"
+# The question as answer texts scored by likelihood (answer_scoring: text), lm-evaluation-harness's ARC/MMLU frame:
+# the choices are not listed, each " {text}" follows "Answer:".
+TEXT_TEMPLATE = "Question: {question}\nAnswer:"
 TRAIN_VALIDATION = {"train": "train", "validation": "validation"}
 TRAIN_VALIDATION_TEST = {"train": "train", "validation": "validation", "test": "test"}
 # Generated tasks: distinct random streams per split, so that the splits never share a generator state.
@@ -115,10 +118,13 @@ def label_index(record: dict, key: str, labels: Sequence[str]) -> int:
     return list(labels).index(str(value))
 
 
-def mc_example(question: str, texts: Sequence[str], gold: int, labels: Sequence[str] = LETTERS) -> ChoiceExample:
+def mc_example(question: str, texts: Sequence[str], gold: int, labels: Sequence[str] = LETTERS,
+               text_prompt: str | None = None, answer_texts: Sequence[str] | None = None) -> ChoiceExample:
     """The shared multiple-choice frame: "... {question} Choices: A. t1 B. t2 ... Answer:", answers " A", " B", ...
 
-    `labels` are what the choices are called in the prompt and what the answers are (letters, or "1"/"2").
+    `labels` are what the choices are called in the prompt and what the answers are (letters, or "1"/"2"). The
+    text form (answer_scoring: text) is `text_prompt` (default `TEXT_TEMPLATE`) followed by `answer_texts`
+    (default " t1", " t2", ...).
     """
     if not isinstance(texts, (list, tuple)) or not 2 <= len(texts) <= len(labels):
         raise RecordError(f"expected a list of 2-{len(labels)} choices, got {texts!r}")
@@ -132,6 +138,8 @@ def mc_example(question: str, texts: Sequence[str], gold: int, labels: Sequence[
         prompt=MC_TEMPLATE.format(question=question, choices=choices),
         answers=tuple(f" {label}" for label in used),
         gold=gold,
+        text_prompt=TEXT_TEMPLATE.format(question=question) if text_prompt is None else text_prompt,
+        texts=tuple(f" {text}" for text in texts) if answer_texts is None else tuple(answer_texts),
     )
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..registry import Registry, unknown_name
 from . import (antonyms, arc, boolq, commonsense_qa, gsm8k, hellaswag, open_qa, piqa, siqa, synthetic, winogrande,
-               wordfacts, wordqa)  # fmt: skip
+               wordfacts, wordpick, wordqa)  # fmt: skip
 from .base import Task
 from .generative import GenerativeTask
 from .mmlu import MMLU_CONFIGS, mmlu_subject, mmlu_task
 
-MULTIPLE_CHOICE_MODULES = (synthetic, wordfacts, antonyms, arc, winogrande, boolq, piqa, siqa, hellaswag, commonsense_qa)
+MULTIPLE_CHOICE_MODULES = (synthetic, wordfacts, antonyms, wordpick, arc, winogrande, boolq, piqa, siqa, hellaswag,
+                           commonsense_qa)  # fmt: skip
 GENERATIVE_MODULES = (open_qa, gsm8k, wordqa)
 
 
