@@ -494,6 +494,9 @@ class EvalConfig(OutputArguments):
     batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
     seed: int = field(default=0, metadata={"help": "seed of the samples"})
+    batched_samples: int = field(default=0, metadata={
+        "help": "multiple-choice tasks: score K posterior samples per forward pass, each with its own LoRA delta on "
+                "a stacked batch (default 0: one sample per pass)"})
     ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts"})
     baseline: str | None = field(default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"})
     mc_dropout_samples: int = field(default=0, metadata={
@@ -531,6 +534,7 @@ class EvalConfig(OutputArguments):
             raise ValueError("run_dir is required")
         _require_at_least("batch_size", self.batch_size, 1)
         _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
+        _require_at_least("batched_samples", self.batched_samples, 0)
         _require_in("sampling_temperature", self.sampling_temperature, 0.0, float("inf"), low_inclusive=False)
         _require_choice("decoding", self.decoding, ("mean", "averaged"))
         for key in ("samples", "limit"):

@@ -130,6 +130,7 @@ def predict(
     max_length: int | None = None,
     seed: int = 0,
     sample_kind: str = "posterior",
+    samples_per_pass: int | None = None,
 ) -> Predictions:
     """Probabilities at the posterior mean and for `num_samples` samples of the posterior (or of MC dropout).
 
@@ -137,7 +138,9 @@ def predict(
     sample, and batched by length (less padding);
     each sample is drawn once and scores every batch, so results do not depend on the batch size beyond float
     rounding, and a seed fixes them. `sample_kind="mc_dropout"` samples dropout masks instead of the posterior
-    (the baseline for adapters trained without IVON; it needs lora_dropout > 0).
+    (the baseline for adapters trained without IVON; it needs lora_dropout > 0). `samples_per_pass` K: posterior
+    samples are scored K per forward pass (`batched.predict_sampled_probs`: the same draws, equal up to float
+    rounding; plain LoRA only); None: one sample per pass.
     """
     if sample_kind not in SAMPLE_KINDS:
         raise ValueError(f"Invalid sample_kind value: {sample_kind!r} (choose from {', '.join(SAMPLE_KINDS)})")
@@ -178,7 +181,12 @@ def predict(
         samples = []
         # Built once: the mean and std stay cached on the adapter's device between samples.
         sampler = posterior.sampler(model, generator=torch.Generator().manual_seed(seed)) if posterior else None
-        for s in range(num_samples):
+        batched = bool(samples_per_pass and sample_kind == "posterior" and num_samples and batches)
+        if batched:  # the same draws as `sampler.sample()` in turn, K of them per forward pass
+            from .batched import predict_sampled_probs
+
+            samples = list(predict_sampled_probs(model, batches, sampler, num_samples, samples_per_pass, progress)[:, unsort])
+        for s in range(0 if batched else num_samples):
             if sample_kind == "posterior":
                 with sampler.sample():
                     samples.append(score())
