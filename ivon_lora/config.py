@@ -25,6 +25,7 @@ import yaml
 
 from .choice.prompts import PROMPT_FORMATS
 from .errors import RecipeError
+from .objectives import OBJECTIVES, get_objective
 from .evaluation.metrics import DEFAULT_ECE_BINS
 from .posterior import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
 from .trainer import IVONTrainingArguments
@@ -106,9 +107,6 @@ class DataArguments:
                 _require_at_least(key, getattr(self, key), 1)
 
 
-OBJECTIVES = ("choice", "sft")
-
-
 @dataclass
 class SFTDataArguments:
     """The data of `objective: sft` (the sequence length is SFTConfig's `max_length`)."""
@@ -164,14 +162,10 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, IVONTrainingArg
 
 
 def argument_classes(objective: str = "choice") -> tuple:
-    """The recipe's argument classes for `objective`; sft's need TRL (its SFTConfig fields are recipe keys)."""
-    if objective != "sft":
-        return ARGUMENT_CLASSES
-    try:
-        from .sft import IVONSFTConfig
-    except ImportError as error:
-        raise RecipeError(f"objective: sft needs TRL: {error}") from None
-    return ModelArguments, SFTDataArguments, RunArguments, IVONSFTConfig
+    """The recipe's argument classes for `objective` (its record's data and training arguments; sft's need TRL: its
+    SFTConfig fields are recipe keys)."""
+    spec = get_objective(objective)
+    return ModelArguments, spec.part("data_arguments"), RunArguments, spec.part("training_arguments")
 
 
 @dataclass
@@ -359,8 +353,8 @@ def _type_name(annotation) -> str:
 def _check_names(recipe: Recipe) -> None:
     from .tasks import get_protocol, get_task
 
-    if recipe.objective == "sft":
-        return  # a Hub id can only be checked by loading it: load_sft_split does, before the model loads
+    if not get_objective(recipe.objective).dataset_is_task:
+        return  # e.g. an SFT Hub id can only be checked by loading it: load_sft_split does, before the model loads
 
     try:
         task = get_task(recipe.data.dataset)

@@ -84,3 +84,8 @@ def format_examples(examples, tokenizer, model_args) -> list[ChoiceExample]:
         else:
             formatted.append(dataclasses.replace(example, prompt=prompt, answers=answers))
     return formatted
+
+
+def prompt_rendering(recipe) -> tuple[bool, str]:
+    """Whether a choice run read its prompts through the chat template (`prompt_format: chat`), and why."""
+    return recipe.model.prompt_format == "chat", f"prompt_format: {recipe.model.prompt_format}"

@@ -23,13 +23,14 @@ class ChoiceRunner(Runner):
 
     @classmethod
     def applies(cls, options, recipe) -> bool:
+        from ...objectives import get_objective
         from ...tasks.base import MULTIPLE_CHOICE
 
         if options.lm_eval_tasks:
             return False
         if options.task:
             return task_kind(options.task) == MULTIPLE_CHOICE
-        return recipe is None or recipe.objective != "sft"
+        return recipe is None or get_objective(recipe.objective).eval_kind == cls.name
 
     def describe(self) -> str:
         return f"{self.description} ({', '.join(self.options.task)})" if self.options.task else self.description

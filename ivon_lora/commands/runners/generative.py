@@ -27,26 +27,13 @@ PROTOCOL = {
 
 
 def prompt_rendering(recipe) -> tuple[bool, str]:
-    """Whether a run read its prompts through the chat template, and how that was decided: an SFT run on
-    conversational data (its train rows, read again), a choice run with `prompt_format: chat`; a run without
-    recipe reads plain prompts. SFT train rows that cannot be read here (e.g. a Hub dataset offline): chat, as most
-    SFT data is, with a warning and the guess in the report."""
+    """Whether a run read its prompts through the chat template, and how that was decided (its objective's rule,
+    e.g. `prompt_format: chat`, or an SFT run's conversational train data); a run without recipe: plain prompts."""
+    from ...objectives import get_objective
+
     if recipe is None:
         return False, "no recipe"
-    if recipe.objective != "sft":
-        return recipe.model.prompt_format == "chat", f"prompt_format: {recipe.model.prompt_format}"
-    from ...errors import TaskDataError
-    from ...sft.data import is_conversational, load_sft_split
-
-    data = recipe.data
-    try:
-        split = load_sft_split(data.dataset, data.train_split, data.train_file, config_name=data.dataset_config,
-                               max_samples=1)  # fmt: skip
-    except (TaskDataError, FileNotFoundError) as error:
-        logger.warning("cannot read the SFT train data to tell chat from plain prompts (%s): assuming chat", error)
-        return True, f"assumed: the SFT train data was not readable ({' '.join(str(error).split())[:120]})"
-    chat = is_conversational(split)
-    return chat, f"SFT train data {split.source} is {'chat messages' if chat else 'plain strings'}"
+    return get_objective(recipe.objective).part("prompt_rendering")(recipe)
 
 
 def json_safe(value):

@@ -22,7 +22,11 @@ class SFTRunner(Runner):
 
     @classmethod
     def applies(cls, options, recipe) -> bool:
-        return not options.lm_eval_tasks and not options.task and recipe is not None and recipe.objective == "sft"
+        from ...objectives import get_objective
+
+        if options.lm_eval_tasks or options.task or recipe is None:
+            return False
+        return get_objective(recipe.objective).eval_kind == cls.name
 
     def describe(self) -> str:
         return f"an SFT run ({self.options.run_dir}; pass --task to score it on a multiple-choice task)"
@@ -31,7 +35,7 @@ class SFTRunner(Runner):
         from ...errors import UsageError
 
         for other in self.described[1:]:
-            if other["recipe"] is None or other["recipe"].objective != "sft":
+            if other["recipe"] is None or not self.applies(self.options, other["recipe"]):
                 raise UsageError(f"--baseline {other['dir']} is not an SFT run: compare SFT runs with SFT runs")
         data = self.recipe.data
         self.split_name = self.options.split or data.eval_split
@@ -66,7 +70,7 @@ class SFTRunner(Runner):
         }  # fmt: skip
 
     def summary(self) -> dict:
-        return {"objective": "sft", "split": self.split_name, "data": self.split.as_dict(), "runs": self.runs}
+        return {"objective": self.recipe.objective, "split": self.split_name, "data": self.split.as_dict(), "runs": self.runs}
 
     def protocol(self) -> dict:
         return {"unit": "sequence", "num_samples": self.num_samples, "seed": self.options.seed,
