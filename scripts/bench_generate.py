@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_eval's model b
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from bench_eval import add_model_arguments, build, interleaved, paired_ratio, quiet_device  # noqa: E402
 
-from ivon_lora.decoding import _cache_argument, decode_averaged, decode_mean, decode_samples  # noqa: E402
+from ivon_lora.generation.decoding import _cache_argument, decode_averaged, decode_mean, decode_samples  # noqa: E402
 from ivon_lora.generation import generate  # noqa: E402
 from ivon_lora.posterior import adapter_parameters  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Decoding from the posterior (`ivon_lora.decoding`) against plain re-implementations: the mean's answers are
+"""Decoding from the posterior (`ivon_lora.generation.decoding`) against plain re-implementations: the mean's answers are
 `model.generate`'s; the batched per-sample answers are S sequential `generate()` / `model.generate` passes under
 `PosteriorSampler.sample()`; the posterior-averaged answers and their per-position uncertainty are a cache-free loop
 over the samples, recomputed by hand; stop strings cut answers that are prefixes of the unstopped ones; answers do not
@@ -9,7 +9,7 @@ import torch
 
 from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model, build_tokenizer
 from ivon_lora.config import ModelArguments
-from ivon_lora.decoding import Answer, AveragedAnswer, decode_averaged, decode_mean, decode_samples
+from ivon_lora.generation.decoding import Answer, AveragedAnswer, decode_averaged, decode_mean, decode_samples
 from ivon_lora.generation import _stop_ids, generate, render_prompts
 from ivon_lora.modeling import apply_lora
 from ivon_lora.posterior import Posterior, adapter_parameters
@@ -283,7 +283,7 @@ def test_answers_do_not_depend_on_the_batch_size_and_a_seed_fixes_them(model, to
 
 @pytest.mark.parametrize("mode", ["mean", "samples", "averaged"])
 def test_the_adapter_and_training_mode_come_back_after_an_error(model, tokenizer, posterior, mode, monkeypatch):
-    from ivon_lora import decoding
+    from ivon_lora.generation import decoding
 
     before = snapshot(model)
     calls = []

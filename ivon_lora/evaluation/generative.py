@@ -6,7 +6,7 @@ For one run (model, tokenizer, posterior or None) and a split of `GenerativeExam
 1. Prompts as the run was trained: for a chat run (an SFT run on conversational data, or `prompt_format: chat`)
    the question is the user message of the tokenizer's chat template (`generation.render_prompts`); otherwise the
    task's plain prompt ("Question: ...\\nAnswer:").
-2. Decoding (`decode_answers`, with `ivon_lora.decoding`): the chosen answer is greedy at the posterior
+2. Decoding (`decode_answers`, with `ivon_lora.generation.decoding`): the chosen answer is greedy at the posterior
    mean (at the weights without a posterior), or posterior-averaged (`decoding averaged`); S sampled answers come
    from S posterior samples (batched: one forward per step for all S), else MC dropout (a run with LoRA dropout and
    mc_dropout_samples > 0), else temperature sampling at the weights (the AdamW baseline's samples), both with
@@ -26,13 +26,13 @@ Deterministic for a seed (and batch size: MC-dropout masks depend on the batch t
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from ..mc_dropout import dropout_active, sample_seed, seeded_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -83,26 +83,6 @@ def sampling_for(has_posterior: bool, num_samples: int, mc_dropout_samples: int,
     return Sampling("temperature" if num_samples else None, num_samples, temperature)
 
 
-def _sample_seed(seed: int, k: int) -> int:
-    """The seed of sampled answer k of a run without posterior (each sample its own stream)."""
-    return seed * 1_000_003 + k + 1
-
-
-@contextmanager
-def dropout_active(model):
-    """Every dropout module with p > 0 drops even in eval mode (`generate` puts the model in eval mode)."""
-    modules = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-    if not modules:
-        raise ValueError("MC-dropout samples need a model with dropout (lora_dropout > 0); this one has none")
-    for module in modules:
-        module.forward = functools.partial(torch.nn.functional.dropout, p=module.p, training=True)
-    try:
-        yield
-    finally:
-        for module in modules:
-            del module.forward
-
-
 # ---------------------------------------------------------------------------------------------------------- decoding
 
 
@@ -132,7 +112,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
 def baseline_samples(model, tokenizer, questions: Sequence[str], *, chat: bool, sampling: Sampling, seed: int,
                      max_new_tokens: int, stop: Sequence[str], batch_size: int) -> list[tuple[str, ...]]:  # fmt: skip
     """Each question's S sampled answers for a run without posterior: MC-dropout masks or temperature sampling at
-    the weights, one `generation.generate` call per sample (its seed `_sample_seed`), cut at the first stop string.
+    the weights, one `generation.generate` call per sample (its seed `mc_dropout.sample_seed(seed, k)`), cut at the first stop string.
 
     `questions` are what `generate` renders: the plain prompts (`chat` False) or the user messages (`chat` True).
     """
@@ -143,9 +123,9 @@ def baseline_samples(model, tokenizer, questions: Sequence[str], *, chat: bool, 
     for k in range(sampling.num_samples):
         if sampling.kind == "mc_dropout":
             with dropout_active(model):
-                sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), **common)
+                sampled = generate(model, tokenizer, questions, seed=sample_seed(seed, k), **common)
         else:  # pure temperature sampling: no top-k / top-p truncation from the model's generation config
-            sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), do_sample=True,
+            sampled = generate(model, tokenizer, questions, seed=sample_seed(seed, k), do_sample=True,
                                temperature=sampling.temperature, top_k=0, top_p=1.0, **common)  # fmt: skip
         for answers, generation in zip(samples, sampled):
             answers.append(cut_at_stop(generation.mean, stop)[0])
@@ -160,14 +140,14 @@ _ANSWER_END_OF = {"eos": "eos", "stop_string": "stop", "length": "length"}
 def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
                    seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int,
                    chosen: str = "mean") -> list[DecodedAnswers]:  # fmt: skip
-    """Each question's chosen answer, with the exact tokens that `ivon_lora.decoding` generated and how it ended
+    """Each question's chosen answer, with the exact tokens that `ivon_lora.generation.decoding` generated and how it ended
     (greedy at the mean, or with `chosen="averaged"` posterior-averaged), and its S sampled answers: the posterior
     samples' decoded in one batched forward per step, a run without posterior's by `baseline_samples`.
 
     The default decoder of `evaluate_generative`; another decoder with this signature may return records without
     `chosen_ids`, whose answers are then re-tokenized for scoring.
     """
-    from ..decoding import decode_averaged, decode_mean, decode_samples
+    from ..generation.decoding import decode_averaged, decode_mean, decode_samples
     from ..generation import render_prompts
 
     texts = render_prompts(tokenizer, questions, chat=chat)
@@ -288,16 +268,8 @@ def _sample_contexts(model, posterior, sampling: Sampling, seed: int, batch_inde
         for _ in range(sampling.num_samples):
             yield sampler.sample()
     elif sampling.kind == "mc_dropout":
-        device = next(model.parameters()).device
         for k in range(sampling.num_samples):
-            yield _seeded_dropout(model, _sample_seed(seed, k) * 10_007 + batch_index, device)
-
-
-@contextmanager
-def _seeded_dropout(model, seed: int, device):
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), dropout_active(model):
-        torch.manual_seed(seed)
-        yield
+            yield seeded_dropout(model, sample_seed(seed, k, batch_index))
 
 
 @torch.no_grad()

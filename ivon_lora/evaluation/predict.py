@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..choice.collator import ChoiceCollator
 from ..choice.example import ChoiceExample
 from ..choice.logits import choice_logits
+from ..mc_dropout import has_dropout, sample_seed, seeded_dropout
 from .metrics import (
     BIN_EDGES,
     DEFAULT_ECE_BINS,
@@ -114,12 +115,6 @@ def predict_probs(model, batches, progress=None) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(c, (0, num_choices - c.shape[1])) for c in chunks])
 
 
-def _set_dropout(model, active: bool) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.train(active)
-
-
 def predict(
     model,
     tokenizer,
@@ -148,9 +143,7 @@ def predict(
         raise ValueError("Every evaluation example needs a gold label")
     if sample_kind == "posterior" and posterior is None:
         num_samples = 0
-    if sample_kind == "mc_dropout" and num_samples and not any(
-        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()
-    ):
+    if sample_kind == "mc_dropout" and num_samples and not has_dropout(model):
         raise ValueError("MC-dropout samples need a model with dropout (lora_dropout > 0); this one has none")
     if posterior is not None:
         posterior.apply_mean(model)  # "mean" is the posterior's mean, e.g. after pruning
@@ -191,13 +184,8 @@ def predict(
                 with sampler.sample():
                     samples.append(score())
             else:
-                # Dropout draws from the model's device RNG: fork that one, so the caller's RNG state is untouched.
-                device = next(model.parameters()).device
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(seed * 1_000_003 + s)
-                    _set_dropout(model, True)
+                with seeded_dropout(model, sample_seed(seed, s)):
                     samples.append(score())
-                    _set_dropout(model, False)
             if rank == 0:
                 logger.info("%s sample %d/%d scored", sample_kind, s + 1, num_samples)
     finally:
