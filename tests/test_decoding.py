@@ -235,7 +235,7 @@ def test_stop_strings_cut_the_unstopped_answers(model, tokenizer, posterior):
             assert ids == list(full.token_ids[: len(ids)])
             prefixes = [tokenizer.decode(ids[:end], skip_special_tokens=True) for end in range(1, len(ids) + 1)]
             hits = [any(s in text for s in stops) for text in prefixes]
-            if cut.finish_reason == "stop_string":
+            if cut.finish_reason == "stop":
                 assert hits.index(True) == len(ids) - 1
                 assert prefixes[-1].startswith(cut.text) and any(prefixes[-1][len(cut.text) :].startswith(s)
                                                                  for s in stops)  # fmt: skip
@@ -246,9 +246,9 @@ def test_stop_strings_cut_the_unstopped_answers(model, tokenizer, posterior):
             if isinstance(cut, AveragedAnswer):
                 assert len(cut.mutual_information) == len(ids)
                 torch.testing.assert_close(cut.sample_log_probs, full.sample_log_probs[: len(ids)])
-    assert reasons == {"stop_string", "length"}
+    assert reasons == {"stop", "length"}
     (first,) = decode_mean(model, tokenizer, PROMPTS[index : index + 1], stop_strings=[stop], **options)
-    assert first.token_ids == free[index].token_ids[: j + 1] and first.finish_reason == "stop_string"
+    assert first.token_ids == free[index].token_ids[: j + 1] and first.finish_reason == "stop"
     completed = tokenizer.decode(first.token_ids)
     assert first.text == completed[: completed.index(stop)] == tokenizer.decode(first.token_ids[:j])[:-1]
 

@@ -150,14 +150,7 @@ def predict(
 
     rank, world_size = _world()
     shard = list(range(rank, len(examples), world_size))
-    collator = ChoiceCollator(tokenizer, max_length)
-    lengths = [len(ids) for ids in tokenizer([examples[i].prompt for i in shard])["input_ids"]] if shard else []
-    order = sorted(range(len(shard)), key=lambda j: lengths[j])  # stable: equal lengths keep their order
-    rows = [{"prompt": examples[shard[j]].prompt, "answers": examples[shard[j]].answers, "gold": examples[shard[j]].gold}
-            for j in order]  # fmt: skip
-    batches = [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)] if rows else []
-    unsort = torch.empty(len(order), dtype=torch.long)
-    unsort[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    batches, unsort = _length_sorted_batches(tokenizer, [examples[i] for i in shard], batch_size, max_length)
 
     progress = tqdm(total=len(batches) * (1 + num_samples), desc="scoring", unit="batch", disable=rank != 0,
                     leave=False)  # fmt: skip
@@ -203,6 +196,19 @@ def predict(
         samples=samples,
         sample_kind=sample_kind if samples is not None else None,
     )
+
+
+def _length_sorted_batches(tokenizer, examples: list[ChoiceExample], batch_size: int, max_length: int | None):
+    """Collated batches of `examples` sorted by prompt length (less padding), and the index that puts the scored
+    rows back in the examples' order."""
+    collator = ChoiceCollator(tokenizer, max_length)
+    lengths = [len(ids) for ids in tokenizer([e.prompt for e in examples])["input_ids"]] if examples else []
+    order = sorted(range(len(examples)), key=lambda j: lengths[j])  # stable: equal lengths keep their order
+    rows = [{"prompt": examples[j].prompt, "answers": examples[j].answers, "gold": examples[j].gold} for j in order]
+    batches = [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)] if rows else []
+    unsort = torch.empty(len(order), dtype=torch.long)
+    unsort[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return batches, unsort
 
 
 def _gather(shard: list[int], mean: torch.Tensor, samples: torch.Tensor | None, total: int):

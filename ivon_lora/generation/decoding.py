@@ -20,7 +20,7 @@ Common to the three: prompts are left-padded and batched by length as `generate(
 batch; modes 2 and 3 forward S x `batch_size` rows); sample k is the k-th draw of `posterior.sampler(model,
 generator=torch.Generator().manual_seed(seed))`, as `generate()` and evaluation draw it, so answers do not
 depend on the batch size (beyond float rounding) and a seed fixes them. An answer ends at the first of: a token of
-`generation.batching.stop_ids` ("eos"), a decoded continuation that contains one of `stop_strings` ("stop_string"), or
+`generation.batching.stop_ids` ("eos"), a decoded continuation that contains one of `stop_strings` ("stop"), or
 `max_new_tokens` ("length"). Its `token_ids` include the token that ended it; its `text` is the continuation
 decoded without special tokens, cut before the first stop string. The adapter's weights are bitwise the same
 after a call as before it, also on error (modes 2 and 3 never write them; mode 1 restores them).
@@ -42,7 +42,7 @@ from .prompts import uses_chat_template
 
 # Why an answer ended: its last token is an end-of-sequence id; its decoded text reached a stop string; or it
 # reached max_new_tokens.
-FINISH_REASONS = ("eos", "stop_string", "length")
+FINISH_REASONS = ("eos", "stop", "length")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class _Decoder:
                 text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
                 if self._contains_stop(text):
                     cut = min(text.index(stop) for stop in self.stop_strings if stop in text)
-                    return Answer(text[:cut], tuple(tokens[:end]), "stop_string")
+                    return Answer(text[:cut], tuple(tokens[:end]), "stop")
         return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), "length")
 
     @torch.no_grad()
