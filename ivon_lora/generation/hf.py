@@ -101,7 +101,8 @@ _PLAIN_GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, 
 
 
 def _plain_greedy(config) -> bool:
-    return all(getattr(config, key, off) == off for key, off in _PLAIN_GREEDY.items())
+    # transformers 5 leaves unset fields None (their defaults apply): unset is off too.
+    return all(getattr(config, key, None) in (None, off) for key, off in _PLAIN_GREEDY.items())
 
 
 def _decoded(model, tokenizer, texts, posterior, num_samples, seed, max_new_tokens, batch_size, chat) -> list:
