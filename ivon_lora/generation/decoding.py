@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sample_lora import per_sample_lora
-from ..evaluation.uncertainty import expected_pairwise_kl, mutual_information
+from ..disagreement import expected_pairwise_kl, mutual_information
 from .batching import PromptBatches, holding_mean, stop_ids
 from .prompts import uses_chat_template
 
