@@ -7,8 +7,9 @@ data (`resolve`, `load_data`), how it evaluates one run (`evaluate`), and what i
 options, resolve, default and check --out, load the data, then per run load it, build its test-time posterior,
 evaluate it and free it; then protocol and environment, the staged write of eval.json / eval.md, the logged table.
 
-A fifth kind is one class here with `@register_runner`: its `applies` decides, from the options and the run's
-recipe, when it runs; exactly one registered kind must apply to any options.
+A fifth kind is one `Runner` class with `@register_runner` (in a module of this package that its `__init__`
+imports): its `applies` decides, from the options and the run's recipe, when it runs (exactly one registered kind
+must apply to any options), and its `accepts` which EvalConfig fields it reads.
 """
 
 from __future__ import annotations
