@@ -1,4 +1,5 @@
-"""Per-sample LoRA: several posterior samples in one forward pass: the batch is repeated S times, each copy with its own LoRA weights.
+"""Per-sample LoRA: several posterior samples in one forward pass. The batch is repeated S times, each copy with
+its own LoRA weights.
 
 A LoRA layer computes base(x) + B(A(x)) * scaling. Only A and B differ between posterior samples, so S samples of
 a B-row batch can run as one (S*B)-row batch: the base weights are read once for all S copies (on a GPU the

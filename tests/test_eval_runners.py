@@ -25,6 +25,11 @@ NON_DEFAULT = {
 }  # fmt: skip
 
 
+# The options that select each kind (multiple choice and SFT: none; the recipe decides between them).
+SELECTING = {"multiple_choice": {}, "sft": {}, "generative": {"task": ["wordqa"]},
+             "lm_eval": {"lm_eval_tasks": ["arc_easy"]}}
+
+
 def _options(**values) -> EvalConfig:
     return EvalConfig(run_dir="run", **values)
 
@@ -44,7 +49,7 @@ def test_every_eval_option_is_read_by_some_kind_and_non_default_values_are_known
 @pytest.mark.parametrize("name", ["multiple_choice", "generative", "sft", "lm_eval"])
 def test_each_kind_refuses_every_option_it_does_not_declare_naming_the_kinds_that_read_it(name):
     kind = RUNNERS[name]
-    base = {"lm_eval_tasks": ["arc_easy"]} if name == "lm_eval" else {"task": ["wordqa"]} if name == "generative" else {}
+    base = SELECTING[name]
     _runner(kind, **base).check_options()  # its own selecting options pass
     for option, value in NON_DEFAULT.items():
         runner = _runner(kind, **{**base, option: value})
@@ -63,7 +68,7 @@ def test_each_kind_refuses_every_option_it_does_not_declare_naming_the_kinds_tha
 
 def test_kinds_without_sweeps_take_one_fraction_and_one_temperature():
     for name in ("generative", "sft", "lm_eval"):
-        base = {"lm_eval_tasks": ["arc_easy"]} if name == "lm_eval" else {"task": ["wordqa"]} if name == "generative" else {}
+        base = SELECTING[name]
         with pytest.raises(UsageError, match="sweeps are for multiple-choice tasks"):
             _runner(RUNNERS[name], **base, prune_fractions=[0.0, 0.5]).check_options()
 
@@ -119,7 +124,8 @@ def test_a_fifth_kind_is_one_registered_class_and_gets_the_shared_driver(run_dir
         assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 0
         report = json.loads((out / "eval.json").read_text())
         assert report["counts"]["ivon"] > 0 and report["protocol"] == {"kind": "count"}
-        assert "torch" in report["environment"] and (out / "eval.md").read_text() == f"ivon: {report['counts']['ivon']}\n"
+        assert "torch" in report["environment"]
+        assert (out / "eval.md").read_text() == f"ivon: {report['counts']['ivon']}\n"
         assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 2  # the driver's --out check
         assert "exists and is not empty" in capsys.readouterr().err
         assert cli.main(["eval", run_dir, "--task", "count", "--seed", "3", "--samples", "2", "--decoding", "averaged",
@@ -139,7 +145,8 @@ def test_batched_samples_equal_sequential_samples(run_dir, tmp_path):
     for name in ("sequential", "batched"):
         report = json.loads((tmp_path / name / "eval.json").read_text())
         (entry,) = report["tasks"].values()
-        rows[name] = [json.loads(line) for line in (tmp_path / name / entry["files"]["predictions_ivon"]).read_text().splitlines()]
+        lines = (tmp_path / name / entry["files"]["predictions_ivon"]).read_text().splitlines()
+        rows[name] = [json.loads(line) for line in lines]
     assert "batched_samples" in report["protocol"]
     assert len(rows["batched"]) == 20 and [r["id"] for r in rows["batched"]] == [r["id"] for r in rows["sequential"]]
     for batched, sequential in zip(rows["batched"], rows["sequential"]):

@@ -89,7 +89,8 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
 def baseline_samples(model, tokenizer, questions: Sequence[str], *, chat: bool, sampling: Sampling, seed: int,
                      max_new_tokens: int, stop: Sequence[str], batch_size: int) -> list[tuple[str, ...]]:  # fmt: skip
     """Each question's S sampled answers for a run without posterior: MC-dropout masks or temperature sampling at
-    the weights, one `generation.generate` call per sample (its seed `mc_dropout.sample_seed(seed, k)`), cut at the first stop string.
+    the weights, one `generate` call per sample (its seed `mc_dropout.sample_seed(seed, k)`), cut at the first
+    stop string.
 
     `questions` are what `generate` renders: the plain prompts (`chat` False) or the user messages (`chat` True).
     """
@@ -113,7 +114,7 @@ def baseline_samples(model, tokenizer, questions: Sequence[str], *, chat: bool, 
 def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
                    seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int,
                    chosen: str = "mean") -> list[DecodedAnswers]:  # fmt: skip
-    """Each question's chosen answer, with the exact tokens that `ivon_lora.generation.decoding` generated and how it ended
+    """Each question's chosen answer, with the exact tokens that `generation.decoding` generated and how it ended
     (greedy at the mean, or with `chosen="averaged"` posterior-averaged), and its S sampled answers: the posterior
     samples' decoded in one batched forward per step, a run without posterior's by `baseline_samples`.
 

@@ -2,7 +2,7 @@
 
 - `decode_mean`: greedy from the posterior mean (the adapter as it is without a posterior);
 - `decode_samples`: one greedy answer per posterior sample, S answers per prompt, the S samples in one batch:
-  `evaluation.batched.per_sample_lora` on the prompts repeated S times (sample-major), with one KV cache for the
+  `sample_lora.per_sample_lora` on the prompts repeated S times (sample-major), with one KV cache for the
   S x B rows (per-sample LoRA only changes the linear layers' outputs per block of rows, so each row's cache holds
   its own sample's keys and values);
 - `decode_averaged`: posterior-averaged greedy decoding. At each step the next token is the argmax over the

@@ -52,8 +52,8 @@ class ChoiceRunner(Runner):
         if (options.file or options.select_split) and len(tasks) > 1:
             raise UsageError("--file, sweeps and temperature scaling take a single --task")
         self.tasks = tasks
-        default_split = recipe.data.eval_split if recipe and tasks == [recipe.data.dataset] else self.preset.report_split
-        self.split = options.split or default_split
+        own_task = recipe is not None and tasks == [recipe.data.dataset]
+        self.split = options.split or (recipe.data.eval_split if own_task else self.preset.report_split)
         self.num_samples = self.preset.num_samples if options.samples is None else options.samples
         self.ece_bins = sorted(set(options.ece_bins) | {self.preset.ece_bins})
         if options.select_split == self.split:
@@ -150,7 +150,8 @@ class ChoiceRunner(Runner):
             entry.setdefault("runs", {})[label] = predictions.metrics(self.ece_bins, ece_edges=preset.ece_edges)
             # Prompts cut to the run's max_length (their middle): per run, as chat templates differ in length.
             entry.setdefault("truncated", {})[label] = count_truncated(
-                run.tokenizer, self._formatted(run, part.examples), self._max_length(run), f"{label}: {task} {self.split}")
+                run.tokenizer, self._formatted(run, part.examples), self._max_length(run),
+                f"{label}: {task} {self.split}")
         if options.temperature_scaling:
             self.held_out[label] = self._predict(run, self.select_split.examples, posterior=posterior, num_samples=0)
 
@@ -173,10 +174,10 @@ class ChoiceRunner(Runner):
             temperature = fit_temperature(scaled_probs(selection), selection.gold)
             scaled = f"{label} + TS"
             self.predictions[task][scaled] = temperature_scaled(self.predictions[task][label], temperature)
-            self.result["tasks"][task]["runs"][scaled] = self.predictions[task][scaled].metrics(self.ece_bins,
-                                                                                                ece_edges=edges)  # fmt: skip
-            self.runs[scaled] = {"temperature_scaling": {"temperature": temperature, "fitted_on": self.options.select_split,
-                                                         "of": label, "criterion": "nll"}}  # fmt: skip
+            metrics = self.predictions[task][scaled].metrics(self.ece_bins, ece_edges=edges)
+            self.result["tasks"][task]["runs"][scaled] = metrics
+            fitted = {"temperature": temperature, "fitted_on": self.options.select_split, "of": label, "criterion": "nll"}
+            self.runs[scaled] = {"temperature_scaling": fitted}
 
     def summary(self) -> dict:
         return {**self.result, "runs": self.runs}

@@ -75,7 +75,7 @@ class GenerativeRunner(Runner):
         for name, task in self.tasks.items():
             split = options.split or (recipe.data.eval_split if recipe is not None and recipe.data.dataset == name
                                       else None)  # fmt: skip
-            split = split or ("validation" if "validation" in task.splits else "test" if "test" in task.splits else None)
+            split = split or next((name for name in ("validation", "test") if name in task.splits), None)
             if split not in task.splits:
                 raise UsageError(f"--split: task {name!r} has no split {split!r}; available: {', '.join(task.splits)}")
             self.splits[name] = split

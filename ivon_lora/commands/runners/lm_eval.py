@@ -64,9 +64,9 @@ class LMEvalRunner(Runner):
 
         label, options = described["label"], self.options
         sampled = self.num_samples if posterior is not None else 0
-        self.runs[label] = {"dir": described["dir"], "samples": "posterior" if sampled else None, "num_samples": sampled,
-                            **({"pruning": {"fraction": self.fraction, "temperature": self.temperature}}
-                               if posterior is not None else {})}  # fmt: skip
+        pruning = {"fraction": self.fraction, "temperature": self.temperature}
+        self.runs[label] = {"dir": described["dir"], "samples": "posterior" if sampled else None,
+                            "num_samples": sampled, **({"pruning": pruning} if posterior is not None else {})}
         test_time = {"prune": self.fraction, "temperature": self.temperature} if posterior is not None else {}
         for predictive, samples in (("mean", 0), ("sampled", sampled)):
             if predictive == "sampled" and not samples:

@@ -70,7 +70,8 @@ class SFTRunner(Runner):
         }  # fmt: skip
 
     def summary(self) -> dict:
-        return {"objective": self.recipe.objective, "split": self.split_name, "data": self.split.as_dict(), "runs": self.runs}
+        return {"objective": self.recipe.objective, "split": self.split_name, "data": self.split.as_dict(),
+                "runs": self.runs}
 
     def protocol(self) -> dict:
         return {"unit": "sequence", "num_samples": self.num_samples, "seed": self.options.seed,
@@ -81,5 +82,6 @@ class SFTRunner(Runner):
         from ...evaluation.sft import sft_table
 
         table = sft_table(result["runs"])
-        header = f"{self.split.source} {self.split_name} ({len(self.split.dataset)} rows): validation loss per target token"
+        rows = len(self.split.dataset)
+        header = f"{self.split.source} {self.split_name} ({rows} rows): validation loss per target token"
         return table, f"{header}\n\n{table}\n"

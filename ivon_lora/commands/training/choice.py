@@ -61,7 +61,8 @@ class ChoiceSteps(TrainSteps):
         self.predictions = predict(model, self.tokenizer, self.eval_examples, posterior=posterior,
                                    num_samples=num_samples, batch_size=args.per_device_eval_batch_size,
                                    max_length=data.max_length, seed=run.eval_seed)  # fmt: skip
-        self.ece_bins = sorted(set(run.ece_bins) | {self.preset.ece_bins})  # the protocol's headline ECE is always there
+        # The protocol's headline ECE is always there.
+        self.ece_bins = sorted(set(run.ece_bins) | {self.preset.ece_bins})
         self.metrics = self.predictions.metrics(self.ece_bins, ece_edges=self.preset.ece_edges)
         return {
             "task": data.dataset,
