@@ -176,8 +176,9 @@ class ChoiceRunner(Runner):
             self.predictions[task][scaled] = temperature_scaled(self.predictions[task][label], temperature)
             metrics = self.predictions[task][scaled].metrics(self.ece_bins, ece_edges=edges)
             self.result["tasks"][task]["runs"][scaled] = metrics
-            fitted = {"temperature": temperature, "fitted_on": self.options.select_split, "of": label, "criterion": "nll"}
-            self.runs[scaled] = {"temperature_scaling": fitted}
+            self.runs[scaled] = {"temperature_scaling": {"temperature": temperature,
+                                                         "fitted_on": self.options.select_split, "of": label,
+                                                         "criterion": "nll"}}  # fmt: skip
 
     def summary(self) -> dict:
         return {**self.result, "runs": self.runs}
