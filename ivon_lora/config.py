@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 import yaml
 
 from .errors import RecipeError
+from .objectives import OBJECTIVES, get_objective
 from .vocabulary import (
     ANSWER_SCORINGS,
     DECODING_MODES,
     DEFAULT_ECE_BINS,
     DEFAULT_PRUNE_FRACTIONS,
     DEFAULT_SELECTION_CRITERION,
-    OBJECTIVES,
     PRUNE_CRITERIA,
     PRUNE_MODES,
     PRUNE_SCOPES,
@@ -203,21 +203,13 @@ class RunArguments:
 
 def _run_classes(objective: str) -> tuple:
     """The recipe's model, data and run argument classes for `objective` (all but the training arguments)."""
-    return ModelArguments, SFTDataArguments if objective == "sft" else DataArguments, RunArguments
+    return ModelArguments, get_objective(objective).part("data_arguments"), RunArguments
 
 
 def argument_classes(objective: str = "choice") -> tuple:
-    """The recipe's argument classes for `objective`: `_run_classes` and the training arguments, which import
-    transformers' TrainingArguments (IVONTrainingArguments), or for sft TRL's SFTConfig (IVONSFTConfig)."""
-    if objective != "sft":
-        from .trainer.config import IVONTrainingArguments
-
-        return (*_run_classes(objective), IVONTrainingArguments)
-    try:
-        from .sft import IVONSFTConfig
-    except ImportError as error:
-        raise RecipeError(f"objective: sft needs TRL: {error}") from None
-    return (*_run_classes(objective), IVONSFTConfig)
+    """The recipe's argument classes for `objective`: `_run_classes` and its record's training arguments, which
+    import transformers' TrainingArguments (IVONTrainingArguments), or for sft TRL's SFTConfig (IVONSFTConfig)."""
+    return (*_run_classes(objective), get_objective(objective).part("training_arguments"))
 
 
 @dataclass
@@ -507,8 +499,8 @@ def _type_name(annotation) -> str:
 def _check_names(recipe: Recipe) -> None:
     from .tasks import get_protocol, get_task
 
-    if recipe.objective == "sft":
-        return  # a Hub id can only be checked by loading it: load_sft_split does, before the model loads
+    if not get_objective(recipe.objective).dataset_is_task:
+        return  # e.g. an SFT Hub id can only be checked by loading it: load_sft_split does, before the model loads
 
     try:
         task = get_task(recipe.data.dataset)
@@ -696,6 +688,9 @@ class EvalConfig(OutputArguments):
     batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
     seed: int = field(default=0, metadata={"help": "seed of the samples"})
+    batched_samples: int = field(default=0, metadata={
+        "help": "multiple-choice tasks: score K posterior samples per forward pass, each with its own LoRA delta on "
+                "a stacked batch (default 0: one sample per pass)"})
     ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts"})
     baseline: str | None = field(default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"})
     mc_dropout_samples: int = field(default=0, metadata={
@@ -735,6 +730,7 @@ class EvalConfig(OutputArguments):
             raise ValueError("run_dir is required")
         _require_at_least("batch_size", self.batch_size, 1)
         _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
+        _require_at_least("batched_samples", self.batched_samples, 0)
         _require_in("sampling_temperature", self.sampling_temperature, 0.0, float("inf"), low_inclusive=False)
         _require_choice("decoding", self.decoding, DECODING_MODES)
         for key in ("samples", "limit"):

@@ -12,6 +12,8 @@ import os
 import shlex
 import sys
 
+from .objectives import get_objective
+
 _invocation: list[str] | None = None  # the ivon-lora command line of this process (`record_invocation`)
 
 
@@ -95,8 +97,7 @@ def run_card(directory: str, report: dict, posterior_config: dict | None) -> str
     recipe = report["recipe"]
     name = recipe["model_name_or_path"]
     task = report.get("task") or report.get("dataset")
-    objective = "multiple-choice (the answer letters' cross-entropy)" if report.get("objective") != "sft" else \
-        "supervised finetuning (causal-LM loss on the targets)"  # fmt: skip
+    objective = get_objective(report.get("objective", "choice")).help  # metrics.json names a non-default one
     lines = [*front_matter(name, "peft"), f"# {os.path.basename(os.path.abspath(directory))}", "",
              f"A LoRA adapter on {base_model_text(name)} trained with {report['optimizer']} by ivon-lora; with IVON the "
              "adapter is the posterior mean and `posterior.safetensors` holds each weight's variance.", "",

@@ -1,4 +1,4 @@
-"""The words that configs, parsers and the code behind them share: objectives, ECE bin counts, pruning scopes,
+"""The words that configs, parsers and the code behind them share: ECE bin counts, pruning scopes,
 modes, criteria and fractions, sweep selection criteria, sample kinds, answer scorings, decoding modes.
 
 A leaf (it imports nothing from the package), so that `config` and `rundir` validate a value without importing the
@@ -6,9 +6,6 @@ evaluation or trainer code that acts on it; that code imports its vocabulary fro
 """
 
 from __future__ import annotations
-
-# Training objectives (`objective:` of a recipe).
-OBJECTIVES = ("choice", "sft")
 
 # ECE bin counts reported when none are given (the IVON-LoRA protocol's 10 and BLoB's 15).
 DEFAULT_ECE_BINS = (10, 15)

@@ -12,7 +12,8 @@ interleaved runs (`bench_eval.interleaved`), so a shared machine slows both side
 
 (a) One greedy answer per posterior sample, S answers per prompt:
     batched      `decode_samples`: S x B rows in one forward per step (`per_sample_lora`), one KV cache;
-    generate()   S sequential `generate()` calls, sample k held in the adapter (`PosteriorSampler.sample()`);
+    generate()   S sequential `generate(..., do_sample=False)` calls (a generate kwarg: `model.generate`'s path), sample
+                 k held in the adapter (`PosteriorSampler.sample()`);
     sequential   S sequential `decode_mean` calls under the same samples (the batched side's loop, S = 1).
 (b) Posterior-averaged decoding (argmax of the mean of the S next-token distributions):
     batched      `decode_averaged`: S x B rows in one forward per step, one KV cache;
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_eval's model b
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from bench_eval import add_model_arguments, build, interleaved, paired_ratio, quiet_device  # noqa: E402
 
-from ivon_lora.decoding import _cache_argument, decode_averaged, decode_mean, decode_samples  # noqa: E402
+from ivon_lora.generation.decoding import _cache_argument, decode_averaged, decode_mean, decode_samples  # noqa: E402
 from ivon_lora.generation import generate  # noqa: E402
 from ivon_lora.posterior import adapter_parameters  # noqa: E402
 
@@ -161,7 +162,8 @@ def main() -> None:
 
     def generate_calls():
         out["generate()"] = under_each_sample(lambda: [g.mean for g in generate(
-            model, tokenizer, texts, max_new_tokens=new, batch_size=args.batch_size, chat=False)])  # fmt: skip
+            model, tokenizer, texts, max_new_tokens=new, batch_size=args.batch_size, chat=False,
+            do_sample=False)])  # a generate kwarg: model.generate's path, not the batched decoder  # fmt: skip
 
     def sequential_samples():
         out["sequential"] = under_each_sample(lambda: decode_mean(model, tokenizer, texts, **options))

@@ -1,4 +1,4 @@
-"""Decoding from the posterior (`ivon_lora.decoding`) against plain re-implementations: the mean's answers are
+"""Decoding from the posterior (`ivon_lora.generation.decoding`) against plain re-implementations: the mean's answers are
 `model.generate`'s; the batched per-sample answers are S sequential `generate()` / `model.generate` passes under
 `PosteriorSampler.sample()`; the posterior-averaged answers and their per-position uncertainty are a cache-free loop
 over the samples, recomputed by hand; stop strings cut answers that are prefixes of the unstopped ones; answers do not
@@ -9,7 +9,7 @@ import torch
 
 from ivon_lora.builtin import BUILTIN_MODELS, build_tiny_model, build_tokenizer
 from ivon_lora.config import ModelArguments
-from ivon_lora.decoding import Answer, AveragedAnswer, decode_averaged, decode_mean, decode_samples
+from ivon_lora.generation.decoding import Answer, AveragedAnswer, decode_averaged, decode_mean, decode_samples
 from ivon_lora.generation import _stop_ids, generate, render_prompts
 from ivon_lora.modeling import apply_lora
 from ivon_lora.posterior import Posterior, adapter_parameters
@@ -235,7 +235,7 @@ def test_stop_strings_cut_the_unstopped_answers(model, tokenizer, posterior):
             assert ids == list(full.token_ids[: len(ids)])
             prefixes = [tokenizer.decode(ids[:end], skip_special_tokens=True) for end in range(1, len(ids) + 1)]
             hits = [any(s in text for s in stops) for text in prefixes]
-            if cut.finish_reason == "stop_string":
+            if cut.finish_reason == "stop":
                 assert hits.index(True) == len(ids) - 1
                 assert prefixes[-1].startswith(cut.text) and any(prefixes[-1][len(cut.text) :].startswith(s)
                                                                  for s in stops)  # fmt: skip
@@ -246,9 +246,9 @@ def test_stop_strings_cut_the_unstopped_answers(model, tokenizer, posterior):
             if isinstance(cut, AveragedAnswer):
                 assert len(cut.mutual_information) == len(ids)
                 torch.testing.assert_close(cut.sample_log_probs, full.sample_log_probs[: len(ids)])
-    assert reasons == {"stop_string", "length"}
+    assert reasons == {"stop", "length"}
     (first,) = decode_mean(model, tokenizer, PROMPTS[index : index + 1], stop_strings=[stop], **options)
-    assert first.token_ids == free[index].token_ids[: j + 1] and first.finish_reason == "stop_string"
+    assert first.token_ids == free[index].token_ids[: j + 1] and first.finish_reason == "stop"
     completed = tokenizer.decode(first.token_ids)
     assert first.text == completed[: completed.index(stop)] == tokenizer.decode(first.token_ids[:j])[:-1]
 
@@ -283,7 +283,7 @@ def test_answers_do_not_depend_on_the_batch_size_and_a_seed_fixes_them(model, to
 
 @pytest.mark.parametrize("mode", ["mean", "samples", "averaged"])
 def test_the_adapter_and_training_mode_come_back_after_an_error(model, tokenizer, posterior, mode, monkeypatch):
-    from ivon_lora import decoding
+    from ivon_lora.generation import decoding
 
     before = snapshot(model)
     calls = []

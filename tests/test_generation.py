@@ -112,6 +112,21 @@ def test_sample_k_is_the_adapter_with_noise_added_by_hand(run, wide):
     assert any(len(set(g.samples)) > 1 for g in generations)
 
 
+def test_greedy_answers_come_from_the_batched_decoder_and_equal_model_generates(run, wide, monkeypatch):
+    """No generate kwargs: the batched decoder (S samples in one forward per step); a generate kwarg (here the
+    greedy default spelled out): `model.generate`, one pass per sample. Same answers."""
+    from ivon_lora.generation import decoding
+
+    calls = []
+    batched_samples = decoding.decode_samples
+    monkeypatch.setattr(decoding, "decode_samples", lambda *a, **k: calls.append(k) or batched_samples(*a, **k))
+    common = {"posterior": wide, "num_samples": 3, "seed": 2, "max_new_tokens": MAX_NEW_TOKENS}
+    batched = generate(run.model, run.tokenizer, PROMPTS, **common)
+    assert len(calls) == 1
+    generated = generate(run.model, run.tokenizer, PROMPTS, do_sample=False, **common)
+    assert len(calls) == 1 and batched == generated
+
+
 def test_answers_do_not_depend_on_the_batch_size_and_a_seed_fixes_them(run, wide):
     def answers(batch_size, seed=0):
         generations = generate(run.model, run.tokenizer, PROMPTS, posterior=wide, num_samples=2, seed=seed,
@@ -153,14 +168,19 @@ def test_the_chat_template_is_applied_as_apply_chat_template_tokenizes_it(run, m
         return original(**kwargs)
 
     monkeypatch.setattr(run.model, "generate", recording)
-    generations = generate(run.model, tokenizer, prompts, system=system, max_new_tokens=MAX_NEW_TOKENS)
+    # A generate kwarg (the greedy default spelled out) takes model.generate's path, whose inputs are recorded.
+    generations = generate(run.model, tokenizer, prompts, system=system, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     assert sorted(inputs) == sorted(expected_ids)
     assert [g.mean for g in generations] == expected
+    batched = generate(run.model, tokenizer, prompts, system=system, max_new_tokens=MAX_NEW_TOKENS)  # the decoder's
+    assert [g.mean for g in batched] == expected
     assert [g.prompt for g in generations] == prompts
     # chat=False: the text as written, with the tokenizer's special tokens; chat=True without a template: an error.
     inputs.clear()
-    plain = generate(run.model, tokenizer, PROMPTS, chat=False, max_new_tokens=MAX_NEW_TOKENS)
+    plain = generate(run.model, tokenizer, PROMPTS, chat=False, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     assert sorted(inputs) == sorted(tokenizer(PROMPTS)["input_ids"])
+    assert [g.mean for g in plain] == reference_answers(run.model, run.tokenizer)
+    plain = generate(run.model, tokenizer, PROMPTS, chat=False, max_new_tokens=MAX_NEW_TOKENS)  # the decoder's
     assert [g.mean for g in plain] == reference_answers(run.model, run.tokenizer)
     with pytest.raises(UsageError, match="no chat template"):
         generate(run.model, run.tokenizer, PROMPTS, chat=True)

@@ -268,7 +268,7 @@ def test_eval_of_sft_runs_on_wordqa_with_an_mc_dropout_baseline(sft_runs, tmp_pa
     assert metrics["prr"] is None and metrics["aurc"] == 1.0
     # Posterior-averaged decoding of the chosen answer: the decoder's own answers, the run's mode recorded.
     from ivon_lora import load_run
-    from ivon_lora.decoding import decode_averaged
+    from ivon_lora.generation.decoding import decode_averaged
     from ivon_lora.generation import render_prompts
     from ivon_lora.tasks import load_generative_split
 

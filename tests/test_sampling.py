@@ -4,8 +4,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from ivon_lora.sample_lora import per_sample_lora
 from ivon_lora.evaluation.batched import (
-    per_sample_lora,
     predict_sampled_probs,
     sampled_choice_probs,
 )

@@ -109,3 +109,8 @@ def _format_text_examples(examples, tokenizer, model_args, render, scoring: str)
             answers = tuple(answer.lstrip() for answer in answers)
         formatted.append(dataclasses.replace(example, prompt=prompt, answers=answers))
     return formatted
+
+
+def prompt_rendering(recipe) -> tuple[bool, str]:
+    """Whether a choice run read its prompts through the chat template (`prompt_format: chat`), and why."""
+    return recipe.model.prompt_format == "chat", f"prompt_format: {recipe.model.prompt_format}"

@@ -1,14 +1,20 @@
-"""What the parsers of eval, prune and export share: CONFIG.yaml / RUN_DIR / key=value positionals, the output
-options, bounded numbers; and turning parsed options into the command's typed config (`ivon_lora.config`).
+"""What the parsers of eval, prune, export, inspect and generate share: CONFIG.yaml / RUN_DIR / key=value
+positionals, the flags of a config dataclass's fields (`add_field_arguments`), bounded numbers; and turning parsed
+options into the command's typed config (`ivon_lora.config`).
 
-Flags have no argparse defaults (the config dataclass holds them, once): a flag that is not given does not
-override the YAML config's value.
+A flag's help, default, choices and bounds are written once, in its field's metadata (`help`, and optionally
+`choices`, `bounds` (low, high, low_inclusive), `metavar`, `flag`, `cli: False`); the default shown in --help is
+the field's. Flags have no argparse defaults (the config dataclass holds them, once): a flag that is not given does
+not override the YAML config's value.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import types
+import typing
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str) -> None:
@@ -64,3 +70,55 @@ def config_from_options(options: argparse.Namespace, config_class, command: str)
                   if key not in ("inputs", "command", "debug") and value is not None})  # fmt: skip
     return load_command_config(config_class, command, path, overrides, flags)
 
+
+
+def _default_text(field: dataclasses.Field) -> str | None:
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    elif field.default is not dataclasses.MISSING:
+        default = field.default
+    else:
+        return None
+    if default is None or default is False:
+        return None
+    return " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+
+
+def _item_type(annotation):
+    """(the element type, whether it is a list) of an Optional / list annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_field_arguments(parser: argparse.ArgumentParser, config_class, skip=()) -> None:
+    """One flag per field of `config_class` (`--name-with-dashes`), from its metadata; `skip`: fields set otherwise
+    (positionals). A bool field is a switch; a list field takes one or more values."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        metadata = field.metadata
+        if field.name in skip or not field.init or metadata.get("cli") is False:
+            continue
+        flag = metadata.get("flag", "--" + field.name.replace("_", "-"))
+        help_text = metadata.get("help", "")
+        default = _default_text(field)
+        if default is not None and "default" not in help_text:
+            help_text += f" (default {default})"
+        item, is_list = _item_type(hints[field.name])
+        if item is bool:
+            parser.add_argument(flag, dest=field.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            continue
+        options = {"dest": field.name, "help": help_text}
+        if "bounds" in metadata:
+            options["type"] = number_in(*metadata["bounds"])
+        elif item in (int, float):
+            options["type"] = item
+        if "choices" in metadata:
+            options["choices"] = list(metadata["choices"])
+        if "metavar" in metadata:
+            options["metavar"] = metadata["metavar"]
+        if is_list:
+            options["nargs"] = "+"
+        parser.add_argument(flag, **options)

@@ -52,9 +52,8 @@ def main(config) -> int:
 def model_card(run, metrics: dict | None) -> str:
     """The model card (README.md) of an exported `ivon_lora.rundir.Run`."""
     from ..config import load_recipe
-    from ..evaluation.metrics import table_columns
-    from ..evaluation.report import predictives, table_cells
     from ..model_card import base_model_text, command_line, front_matter
+    from ..objectives import get_objective
 
     base = run.model_args.model_name_or_path
     lines = [
@@ -75,30 +74,16 @@ def model_card(run, metrics: dict | None) -> str:
                          f"({pruning['scope']}, {pruning['mode']}, by {pruning['criterion']})")  # fmt: skip
         if "temperature" in config:
             lines.append(f"- test-time temperature: {config['temperature']}")
-    if metrics is not None and metrics.get("objective") == "sft":
-        from ..evaluation.sft import sft_table
-
-        data = metrics["data"]["eval"]
-        lines += ["", f"## Validation loss ({metrics['dataset']}, split {metrics['split']}, {data['rows']} rows)", "",
-                  sft_table({"this run": {"metrics": metrics["metrics"], "posterior": run.posterior is not None}})]  # fmt: skip
-        lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in metrics["protocol"].items()) + "."]
-        lines += ["", "Measured with " + ", ".join(f"{k} {v}" for k, v in metrics["environment"].items()) + "."]
-    elif metrics is not None:
-        m = metrics["metrics"]
-        columns = table_columns(metrics["protocol"].get("ece_bins", ()), summary_only=True)
-        lines += ["", f"## Metrics ({metrics['task']}, split {metrics['split']}, {m['num_examples']} examples)", "",
-                  f"| predictive | {' | '.join(columns)} |", "|---" * (1 + len(columns)) + "|"]  # fmt: skip
-        for name, values in predictives(m):
-            name = "posterior mean" if name == "mean" else name
-            lines.append(f"| {name} | {' | '.join(table_cells(values, columns))} |")
-        lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in metrics["protocol"].items()) + "."]
-        lines += ["", "Measured with " + ", ".join(f"{k} {v}" for k, v in metrics["environment"].items()) + "."]
+    if metrics is not None:
+        # metrics.json names its objective where it is not the default (an SFT run's: "objective": "sft").
+        steps = get_objective(metrics.get("objective", "choice")).part("steps")
+        lines += steps.card_lines(metrics, run.posterior is not None)
     if run.recipe is not None:
         import yaml
 
         resolved = run.recipe.resolved()
         required = ["model_name_or_path=_", "output_dir=_", f"objective={run.recipe.objective}"]
-        required += ["dataset=_"] if run.recipe.objective == "sft" else []
+        required += [f"{key}=_" for key in get_objective(run.recipe.objective).required_keys]
         defaults = load_recipe(None, required, for_training=False).resolved()
         always = ("model_name_or_path", "objective")
         changed = {k: v for k, v in resolved.items() if v != defaults.get(k) or k in always}

@@ -64,6 +64,7 @@ def config_from(options: argparse.Namespace):
 def _checked_run(options) -> dict:
     """The run dir as `describe_run` sees it, refused unless it is an IVON multiple-choice run."""
     from ..errors import UsageError
+    from ..objectives import get_objective
     from ..rundir import describe_run, optimizer_name
 
     described = describe_run(options.run_dir, set())
@@ -79,9 +80,10 @@ def _checked_run(options) -> dict:
             )  # fmt: skip
         raise UsageError(f"{options.run_dir} has no posterior (posterior.safetensors is missing): train it with "
                          "optim=ivon")  # fmt: skip
-    if recipe is not None and recipe.objective == "sft":
-        raise UsageError(f"{options.run_dir} is an SFT run: `ivon-lora sensitivity` scores multiple-choice runs; the "
-                         "sequence-level version is ivon_lora.sft.sensitivity.sft_sensitivity, from Python")  # fmt: skip
+    if recipe is not None and get_objective(recipe.objective).eval_kind != "multiple_choice":
+        raise UsageError(f"{options.run_dir} is an objective: {recipe.objective} run: `ivon-lora sensitivity` scores "
+                         "multiple-choice runs; for SFT the sequence-level version is "
+                         "ivon_lora.sft.sensitivity.sft_sensitivity, from Python")  # fmt: skip
     return described
 
 

@@ -6,7 +6,7 @@ For one run (model, tokenizer, posterior or None) and a split of `GenerativeExam
 1. Prompts as the run was trained: for a chat run (an SFT run on conversational data, or `prompt_format: chat`)
    the question is the user message of the tokenizer's chat template (`generation.render_prompts`); otherwise the
    task's plain prompt ("Question: ...\\nAnswer:").
-2. Decoding (`decode_answers`, with `ivon_lora.decoding`): the chosen answer is greedy at the posterior
+2. Decoding (`generation.answers.decode_answers`, with `ivon_lora.generation.decoding`): the chosen answer is greedy at the posterior
    mean (at the weights without a posterior), or posterior-averaged (`decoding averaged`); S sampled answers come
    from S posterior samples (batched: one forward per step for all S), else MC dropout (a run with LoRA dropout and
    mc_dropout_samples > 0), else temperature sampling at the weights (the AdamW baseline's samples), both with
@@ -26,170 +26,29 @@ Deterministic for a seed (and batch size: MC-dropout masks depend on the batch t
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
-import os
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
-# What the S sampled answers (and the scoring pass's S distributions) are drawn from.
-from ..vocabulary import GENERATIVE_SAMPLE_KINDS as SAMPLE_KINDS
+from ..generation.answers import (  # noqa: F401  (this module's vocabulary too)
+    ANSWER_ENDS,
+    SAMPLE_KINDS,
+    DecodedAnswers,
+    Sampling,
+    baseline_samples,
+    cut_at_stop,
+    decode_answers,
+    sampling_for,
+)
+from ..mc_dropout import sample_seed, seeded_dropout
 
 logger = logging.getLogger(__name__)
 
-# How a decoded answer ended: at a stop string, at an end-of-sequence token, or out of tokens (nothing scored after).
-ANSWER_ENDS = ("stop", "eos", "length")
 # A scoring batch holds at most this many answer positions (the [positions, V] float64 sums of `Disagreement`).
 MAX_SCORED_POSITIONS = 512
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Where a run's S sampled answers come from: `kind` one of `SAMPLE_KINDS` (None: no samples)."""
-
-    kind: str | None
-    num_samples: int
-    temperature: float = 1.0  # of "temperature" sampling
-
-    def __post_init__(self):
-        if self.kind not in (None, *SAMPLE_KINDS):
-            raise ValueError(f"Invalid sampling kind {self.kind!r}; choose from {', '.join(SAMPLE_KINDS)}")
-        if self.num_samples < 0 or (self.kind is None) != (self.num_samples == 0):
-            raise ValueError(f"Invalid sampling: kind {self.kind!r} with {self.num_samples} samples")
-        if not self.temperature > 0:
-            raise ValueError(f"Invalid sampling temperature {self.temperature} (must be > 0)")
-
-    @property
-    def epistemic(self) -> int:
-        """The samples that are models (posterior or dropout), whose distributions the scoring pass reads; 0 for
-        temperature samples, which are answers of one model."""
-        return self.num_samples if self.kind in ("posterior", "mc_dropout") else 0
-
-    def describe(self) -> str:
-        if self.kind is None:
-            return "no samples"
-        what = {"posterior": "posterior samples", "mc_dropout": "MC-dropout samples",
-                "temperature": f"temperature-{self.temperature:g} samples at the weights"}[self.kind]  # fmt: skip
-        return f"{self.num_samples} {what}"
-
-
-def sampling_for(has_posterior: bool, num_samples: int, mc_dropout_samples: int, temperature: float) -> Sampling:
-    """A run's samples: posterior samples, else MC dropout when asked, else temperature sampling at the weights."""
-    if has_posterior:
-        return Sampling("posterior" if num_samples else None, num_samples)
-    if mc_dropout_samples:
-        return Sampling("mc_dropout", mc_dropout_samples)
-    return Sampling("temperature" if num_samples else None, num_samples, temperature)
-
-
-def _sample_seed(seed: int, k: int) -> int:
-    """The seed of sampled answer k of a run without posterior (each sample its own stream)."""
-    return seed * 1_000_003 + k + 1
-
-
-@contextmanager
-def dropout_active(model):
-    """Every dropout module with p > 0 drops even in eval mode (`generate` puts the model in eval mode)."""
-    modules = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-    if not modules:
-        raise ValueError("MC-dropout samples need a model with dropout (lora_dropout > 0); this one has none")
-    for module in modules:
-        module.forward = functools.partial(torch.nn.functional.dropout, p=module.p, training=True)
-    try:
-        yield
-    finally:
-        for module in modules:
-            del module.forward
-
-
-# ---------------------------------------------------------------------------------------------------------- decoding
-
-
-@dataclass(frozen=True)
-class DecodedAnswers:
-    """One question's answers: the chosen one (greedy at the mean), how it ended (and at which stop string), and
-    the S sampled ones."""
-
-    chosen: str
-    chosen_end: str  # one of ANSWER_ENDS
-    samples: tuple[str, ...] = ()
-    chosen_stop: str | None = None  # the stop string that ended the chosen answer, where chosen_ids is None
-    # The tokens the decoder generated for the chosen answer, up to and including the one that ended it (scored as
-    # they are); None: the text is re-tokenized with what ended it (`answer_tokens`: chosen_stop, or EOS).
-    chosen_ids: tuple[int, ...] | None = None
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
-    """`text` up to the earliest stop string in it, and that stop string (None: none found)."""
-    found = [(text.find(s), s) for s in stop if s and s in text]
-    if not found:
-        return text, None
-    index, stop_string = min(found)
-    return text[:index], stop_string
-
-
-def baseline_samples(model, tokenizer, questions: Sequence[str], *, chat: bool, sampling: Sampling, seed: int,
-                     max_new_tokens: int, stop: Sequence[str], batch_size: int) -> list[tuple[str, ...]]:  # fmt: skip
-    """Each question's S sampled answers for a run without posterior: MC-dropout masks or temperature sampling at
-    the weights, one `generation.generate` call per sample (its seed `_sample_seed`), cut at the first stop string.
-
-    `questions` are what `generate` renders: the plain prompts (`chat` False) or the user messages (`chat` True).
-    """
-    from ..generation import generate
-
-    common = {"chat": chat, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    samples: list[list[str]] = [[] for _ in questions]
-    for k in range(sampling.num_samples):
-        if sampling.kind == "mc_dropout":
-            with dropout_active(model):
-                sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), **common)
-        else:  # pure temperature sampling: no top-k / top-p truncation from the model's generation config
-            sampled = generate(model, tokenizer, questions, seed=_sample_seed(seed, k), do_sample=True,
-                               temperature=sampling.temperature, top_k=0, top_p=1.0, **common)  # fmt: skip
-        for answers, generation in zip(samples, sampled):
-            answers.append(cut_at_stop(generation.mean, stop)[0])
-        logger.info("%s sample %d/%d decoded", sampling.kind, k + 1, sampling.num_samples)
-    return [tuple(answers) for answers in samples]
-
-
-# `decoding.FINISH_REASONS` as `ANSWER_ENDS`.
-_ANSWER_END_OF = {"eos": "eos", "stop_string": "stop", "length": "length"}
-
-
-def decode_answers(model, tokenizer, questions: Sequence[str], *, chat: bool, posterior, sampling: Sampling,
-                   seed: int, max_new_tokens: int, stop: Sequence[str], batch_size: int,
-                   chosen: str = "mean") -> list[DecodedAnswers]:  # fmt: skip
-    """Each question's chosen answer, with the exact tokens that `ivon_lora.decoding` generated and how it ended
-    (greedy at the mean, or with `chosen="averaged"` posterior-averaged), and its S sampled answers: the posterior
-    samples' decoded in one batched forward per step, a run without posterior's by `baseline_samples`.
-
-    The default decoder of `evaluate_generative`; another decoder with this signature may return records without
-    `chosen_ids`, whose answers are then re-tokenized for scoring.
-    """
-    from ..decoding import decode_averaged, decode_mean, decode_samples
-    from ..generation import render_prompts
-
-    texts = render_prompts(tokenizer, questions, chat=chat)
-    common = {"max_new_tokens": max_new_tokens, "stop_strings": tuple(stop), "batch_size": batch_size, "chat": chat}
-    if chosen == "averaged":
-        if sampling.kind != "posterior":
-            raise ValueError("Posterior-averaged decoding needs posterior samples")
-        answers = decode_averaged(model, tokenizer, texts, posterior, sampling.num_samples, seed=seed, **common)
-    else:
-        answers = decode_mean(model, tokenizer, texts, posterior=posterior, **common)
-    if sampling.kind == "posterior":
-        samples = [tuple(a.text for a in per_sample)
-                   for per_sample in decode_samples(model, tokenizer, texts, posterior, sampling.num_samples,
-                                                    seed=seed, **common)]  # fmt: skip
-    else:
-        samples = baseline_samples(model, tokenizer, questions, chat=chat, sampling=sampling, seed=seed,
-                                   max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size)  # fmt: skip
-    return [DecodedAnswers(answer.text, _ANSWER_END_OF[answer.finish_reason], sampled,
-                           chosen_ids=tuple(answer.token_ids)) for answer, sampled in zip(answers, samples)]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- teacher-forced scoring
@@ -291,16 +150,8 @@ def _sample_contexts(model, posterior, sampling: Sampling, seed: int, batch_inde
         for _ in range(sampling.num_samples):
             yield sampler.sample()
     elif sampling.kind == "mc_dropout":
-        device = next(model.parameters()).device
         for k in range(sampling.num_samples):
-            yield _seeded_dropout(model, _sample_seed(seed, k) * 10_007 + batch_index, device)
-
-
-@contextmanager
-def _seeded_dropout(model, seed: int, device):
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), dropout_active(model):
-        torch.manual_seed(seed)
-        yield
+            yield seeded_dropout(model, sample_seed(seed, k, batch_index))
 
 
 @torch.no_grad()
@@ -505,187 +356,3 @@ def evaluate_generative(model, tokenizer, examples: list, task, *, chat: bool, p
                       for judge in task.report_judges},
         answer_token_counts=[len(ids) for ids in answer_ids],
     )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------------------- command
-
-
-def prompt_rendering(recipe) -> tuple[bool, str]:
-    """Whether a run read its prompts through the chat template, and how that was decided: an SFT run on
-    conversational data (its train rows, read again), a choice run with `prompt_format: chat`; a run without
-    recipe reads plain prompts. SFT train rows that cannot be read here (e.g. a Hub dataset offline): chat, as most
-    SFT data is, with a warning and the guess in the report."""
-    if recipe is None:
-        return False, "no recipe"
-    if recipe.objective != "sft":
-        return recipe.model.prompt_format == "chat", f"prompt_format: {recipe.model.prompt_format}"
-    from ..errors import TaskDataError
-    from ..sft.data import is_conversational, load_sft_split
-
-    data = recipe.data
-    try:
-        split = load_sft_split(data.dataset, data.train_split, data.train_file, config_name=data.dataset_config,
-                               max_samples=1)  # fmt: skip
-    except (TaskDataError, FileNotFoundError) as error:
-        logger.warning("cannot read the SFT train data to tell chat from plain prompts (%s): assuming chat", error)
-        return True, f"assumed: the SFT train data was not readable ({' '.join(str(error).split())[:120]})"
-    chat = is_conversational(split)
-    return chat, f"SFT train data {split.source} is {'chat messages' if chat else 'plain strings'}"
-
-
-_CHOICE_ONLY = {"sweeping": "pruning/temperature sweeps", "temperature_scaling": "--temperature-scaling",
-                "risk_averse": "--risk-averse",
-                "ensemble": "--ensemble", "protocol": "--protocol", "select_split": "--select-split",
-                "select_file": "--select-file"}  # fmt: skip
-
-
-def check_generative_options(options) -> None:
-    from ..errors import UsageError
-
-    for key, flag in _CHOICE_ONLY.items():
-        if getattr(options, key):
-            raise UsageError(f"{flag} is for multiple-choice tasks, not generative ones ({', '.join(options.task)})")
-    if len(options.prune_fractions) > 1 or len(options.temperatures) > 1:
-        raise UsageError("a generative task is evaluated at one pruning fraction and one posterior temperature")
-
-
-def _json_safe(value):
-    """NaN (an undefined metric; its reason is under "undefined") as JSON null; everything else as is."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def run_generative_eval(options, described: list[dict]) -> dict:
-    """`ivon-lora eval` on generative tasks for run dirs `described` (the run, then any baseline, from
-    `rundir.describe_run`): eval.json, eval.md, predictions-TASK-RUN.jsonl and selective-TASK.png."""
-    import gc
-
-    from ..artifacts import (
-        REPORT_NAME,
-        TABLE_NAME,
-        check_new_output_dir,
-        predictions_file_name,
-        selective_plot_name,
-        staged_output_dir,
-        write_json_atomic,
-    )
-    from ..errors import UsageError
-    from ..continual import started_from
-    from ..rundir import check_out_apart, environment, load_run, optimizer_name
-    from ..tasks import get_task, load_generative_split
-    from .plots import plot_selective_generation
-    from .report import generation_table, write_jsonl
-    from .uncertainty import CONFIDENCE_SCORES
-
-    check_generative_options(options)
-    tasks = {name: get_task(name) for name in options.task}
-    if options.file and len(tasks) > 1:
-        raise UsageError("--file takes a single --task")
-    recipe = described[0]["recipe"]
-    splits = {}
-    for name, task in tasks.items():
-        split = options.split or (recipe.data.eval_split if recipe is not None and recipe.data.dataset == name else None)
-        split = split or ("validation" if "validation" in task.splits else "test" if "test" in task.splits else None)
-        if split not in task.splits:
-            raise UsageError(f"--split: task {name!r} has no split {split!r}; available: {', '.join(task.splits)}")
-        splits[name] = split
-    num_samples = options.samples if options.samples is not None else (recipe.run.final_eval_samples if recipe else 10)
-    first_split = splits[next(iter(tasks))]
-    out = options.out or os.path.join(options.run_dir, f"eval-{first_split}")  # the one output inside an input
-    inputs = {"run dir": options.run_dir, "baseline": options.baseline}
-    check_out_apart(out, inputs if options.out else {"baseline": options.baseline})
-    check_new_output_dir(out, options.overwrite)
-    rendering = {d["label"]: prompt_rendering(d["recipe"]) for d in described}
-    loaded = {name: load_generative_split(name, splits[name], options.file, options.limit) for name in tasks}
-    for name, part in loaded.items():
-        if not part.examples:
-            raise UsageError(f"{part.summary()}: no example to evaluate")
-
-    fraction, temperature = options.prune_fractions[0], options.temperatures[0]
-    result = {"tasks": {name: {"split": splits[name], "num_examples": len(part.examples), "task": tasks[name].as_dict(),
-                               "data": part.as_dict(), "runs": {}} for name, part in loaded.items()}}  # fmt: skip
-    evaluations = {name: {} for name in tasks}
-    runs = {}
-    for run_description in described:
-        label = run_description["label"]
-        chat, why = rendering[label]
-        run = load_run(run_description["dir"], trust_remote_code=options.trust_remote_code)
-        posterior = run.posterior
-        if posterior is not None and (fraction, temperature) != (0.0, 1.0):
-            posterior = posterior.at_test_time(fraction, temperature, scope=options.prune_scope,
-                                               mode=options.prune_mode, criterion=options.prune_criterion)  # fmt: skip
-        sampling = sampling_for(posterior is not None, num_samples, options.mc_dropout_samples,
-                                options.sampling_temperature)  # fmt: skip
-        chosen = options.decoding if sampling.kind == "posterior" else "mean"  # averaging needs posterior samples
-        runs[label] = {
-            "decoding": chosen,
-            "dir": run_description["dir"], "objective": run.recipe.objective if run.recipe else None,
-            "optimizer": optimizer_name(run.recipe) if run.recipe else None,
-            "prompts": f"{'chat template (question as the user message)' if chat else 'plain task prompt'} ({why})",
-            "samples": sampling.kind, "num_samples": sampling.num_samples, "sampling": sampling.describe(),
-            **({"sampling_temperature": sampling.temperature} if sampling.kind == "temperature" else {}),
-            **({"pruning": run.posterior.evaluation_record(fraction, temperature)} if posterior is not None else {}),
-            **started_from(run),
-        }  # fmt: skip
-        for name, part in loaded.items():
-            logger.info("%s: %s %s (%d examples, %s)", label, name, splits[name], len(part.examples),
-                        sampling.describe())  # fmt: skip
-            evaluation = evaluate_generative(run.model, run.tokenizer, part.examples, tasks[name], chat=chat,
-                                             posterior=posterior, sampling=sampling, seed=options.seed,
-                                             batch_size=options.batch_size,
-                                             decode=functools.partial(decode_answers, chosen=chosen))
-            evaluations[name][label] = evaluation
-            result["tasks"][name]["runs"][label] = evaluation.metrics(options.ece_bins)
-        del run
-        gc.collect()
-
-    result.update(
-        runs=runs,
-        protocol={
-            "kind": "generative",
-            "decoding": "chosen answer: greedy at the posterior mean (at the weights without a posterior), or with "
-                        "decoding 'averaged' the argmax of the S posterior samples' mean next-token distribution at "
-                        "each step; at most the task's max_new_tokens, cut at its first stop string",
-            "samples": "S answers, one per posterior sample (else per MC-dropout mask, else temperature sampling at "
-                       "the weights without top-k/top-p), cut likewise; seeded by the seed",
-            "scoring": "teacher-forced prompt + chosen answer + what ended it (the stop string's tokens or EOS; "
-                       "nothing when the token budget ran out), at the mean and under each posterior / MC-dropout "
-                       "sample (the same posterior draws as the decoding's)",
-            "scores": {name: score.description for name, score in CONFIDENCE_SCORES.items()},
-            "correctness": {name: tasks[name].judge.name for name in tasks},
-            "num_samples": num_samples, "mc_dropout_samples": options.mc_dropout_samples,
-            "sampling_temperature": options.sampling_temperature, "seed": options.seed,
-            "ece": "equal-width bins on the score as a probability, (lo, hi]; only scores that are probabilities",
-            "ece_bins": list(options.ece_bins),
-            "selective": "accept from the most confident down; coverage at risk = largest coverage with "
-                         "1 - accuracy <= r; AUROC and PRR null (reason under undefined) when all answers are "
-                         "correct or all wrong",
-            "units": "fractions (x100 for papers' tables)",
-        },  # fmt: skip
-        environment=environment(),
-    )
-    with staged_output_dir(out) as staging:
-        for name in tasks:
-            files = {}
-            for label, evaluation in evaluations[name].items():
-                files[f"predictions_{label}"] = predictions_file_name(name, label)
-                write_jsonl(os.path.join(staging, files[f"predictions_{label}"]), map(_json_safe, evaluation.rows()))
-            files["selective"] = selective_plot_name(name)
-            plot_selective_generation(f"{name} {splits[name]}", result["tasks"][name]["runs"],
-                                      os.path.join(staging, files["selective"]))  # fmt: skip
-            result["tasks"][name]["files"] = files
-        write_json_atomic(os.path.join(staging, REPORT_NAME), _json_safe(result))
-        table = generation_table(result["tasks"], options.ece_bins)
-        with open(os.path.join(staging, TABLE_NAME), "w") as f:
-            f.write(table)
-            f.write("".join(f"- {label}: {run['prompts']}; sampled answers: {run['sampling']}.\n"
-                            for label, run in runs.items()))  # fmt: skip
-    for line in table.splitlines():
-        logger.info("%s", line)
-    logger.info("wrote %s", out)
-    return result

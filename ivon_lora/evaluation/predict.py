@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..choice.collator import ChoiceCollator
 from ..choice.example import ChoiceExample
 from ..choice.logits import choice_logits
+from ..mc_dropout import has_dropout, sample_seed, seeded_dropout
 from ..vocabulary import ANSWER_SCORINGS, CHOICE_SAMPLE_KINDS as SAMPLE_KINDS
 from .metrics import (
     BIN_EDGES,
@@ -115,12 +116,6 @@ def predict_probs(model, batches, progress=None) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(c, (0, num_choices - c.shape[1])) for c in chunks])
 
 
-def _set_dropout(model, active: bool) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.train(active)
-
-
 def predict(
     model,
     tokenizer,
@@ -131,6 +126,7 @@ def predict(
     max_length: int | None = None,
     seed: int = 0,
     sample_kind: str = "posterior",
+    samples_per_pass: int | None = None,
 ) -> Predictions:
     """Probabilities at the posterior mean and for `num_samples` samples of the posterior (or of MC dropout).
 
@@ -138,7 +134,9 @@ def predict(
     sample, and batched by length (less padding);
     each sample is drawn once and scores every batch, so results do not depend on the batch size beyond float
     rounding, and a seed fixes them. `sample_kind="mc_dropout"` samples dropout masks instead of the posterior
-    (the baseline for adapters trained without IVON; it needs lora_dropout > 0).
+    (the baseline for adapters trained without IVON; it needs lora_dropout > 0). `samples_per_pass` K: posterior
+    samples are scored K per forward pass (`batched.predict_sampled_probs`: the same draws, equal up to float
+    rounding; plain LoRA only); None: one sample per pass.
     """
     if sample_kind not in SAMPLE_KINDS:
         raise ValueError(f"Invalid sample_kind value: {sample_kind!r} (choose from {', '.join(SAMPLE_KINDS)})")
@@ -146,20 +144,11 @@ def predict(
         raise ValueError("Every evaluation example needs a gold label")
     if sample_kind == "posterior" and posterior is None:
         num_samples = 0
-    if sample_kind == "mc_dropout" and num_samples and not any(
-        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()
-    ):
+    if sample_kind == "mc_dropout" and num_samples and not has_dropout(model):
         raise ValueError("MC-dropout samples need a model with dropout (lora_dropout > 0); this one has none")
     rank, world_size = _world()
     shard = list(range(rank, len(examples), world_size))
-    collator = ChoiceCollator(tokenizer, max_length)
-    lengths = [len(ids) for ids in tokenizer([examples[i].prompt for i in shard])["input_ids"]] if shard else []
-    order = sorted(range(len(shard)), key=lambda j: lengths[j])  # stable: equal lengths keep their order
-    rows = [{"prompt": examples[shard[j]].prompt, "answers": examples[shard[j]].answers, "gold": examples[shard[j]].gold,
-             "scoring": examples[shard[j]].scoring} for j in order]  # fmt: skip
-    batches = [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)] if rows else []
-    unsort = torch.empty(len(order), dtype=torch.long)
-    unsort[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    batches, unsort = _length_sorted_batches(tokenizer, [examples[i] for i in shard], batch_size, max_length)
 
     progress = tqdm(total=len(batches) * (1 + num_samples), desc="scoring", unit="batch", disable=rank != 0,
                     leave=False)  # fmt: skip
@@ -179,18 +168,18 @@ def predict(
         samples = []
         # Built once: the mean and std stay cached on the adapter's device between samples.
         sampler = posterior.sampler(model, generator=torch.Generator().manual_seed(seed)) if posterior else None
-        for s in range(num_samples):
+        batched = bool(samples_per_pass and sample_kind == "posterior" and num_samples and batches)
+        if batched:  # the same draws as `sampler.sample()` in turn, K of them per forward pass
+            from .batched import predict_sampled_probs
+
+            samples = list(predict_sampled_probs(model, batches, sampler, num_samples, samples_per_pass, progress)[:, unsort])
+        for s in range(0 if batched else num_samples):
             if sample_kind == "posterior":
                 with sampler.sample():
                     samples.append(score())
             else:
-                # Dropout draws from the model's device RNG: fork that one, so the caller's RNG state is untouched.
-                device = next(model.parameters()).device
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(seed * 1_000_003 + s)
-                    _set_dropout(model, True)
+                with seeded_dropout(model, sample_seed(seed, s)):
                     samples.append(score())
-                    _set_dropout(model, False)
             if rank == 0:
                 logger.info("%s sample %d/%d scored", sample_kind, s + 1, num_samples)
     finally:
@@ -209,6 +198,20 @@ def predict(
         samples=samples,
         sample_kind=sample_kind if samples is not None else None,
     )
+
+
+def _length_sorted_batches(tokenizer, examples: list[ChoiceExample], batch_size: int, max_length: int | None):
+    """Collated batches of `examples` sorted by prompt length (less padding), and the index that puts the scored
+    rows back in the examples' order."""
+    collator = ChoiceCollator(tokenizer, max_length)
+    lengths = [len(ids) for ids in tokenizer([e.prompt for e in examples])["input_ids"]] if examples else []
+    order = sorted(range(len(examples)), key=lambda j: lengths[j])  # stable: equal lengths keep their order
+    rows = [{"prompt": examples[j].prompt, "answers": examples[j].answers, "gold": examples[j].gold,
+             "scoring": examples[j].scoring} for j in order]  # fmt: skip
+    batches = [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)] if rows else []
+    unsort = torch.empty(len(order), dtype=torch.long)
+    unsort[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return batches, unsort
 
 
 def _gather(shard: list[int], mean: torch.Tensor, samples: torch.Tensor | None, total: int):

@@ -342,3 +342,18 @@ def check_chat_template(split: SFTSplit, tokenizer, model_name: str, chat_templa
             "use a chat/instruct model, set chat_template_path (a template file or a model with one), or write "
             "the rows as plain prompt/completion strings"
         )
+
+
+def prompt_rendering(recipe) -> tuple[bool, str]:
+    """Whether an SFT run read its prompts through the chat template: its train data is conversational (its first
+    train row, read again). Train rows that cannot be read here (e.g. a Hub dataset offline): chat, as most SFT data
+    is, with a warning and the guess in the report."""
+    data = recipe.data
+    try:
+        split = load_sft_split(data.dataset, data.train_split, data.train_file, config_name=data.dataset_config,
+                               max_samples=1)  # fmt: skip
+    except (TaskDataError, FileNotFoundError) as error:
+        logger.warning("cannot read the SFT train data to tell chat from plain prompts (%s): assuming chat", error)
+        return True, f"assumed: the SFT train data was not readable ({' '.join(str(error).split())[:120]})"
+    chat = is_conversational(split)
+    return chat, f"SFT train data {split.source} is {'chat messages' if chat else 'plain strings'}"

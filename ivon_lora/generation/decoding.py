@@ -2,7 +2,7 @@
 
 - `decode_mean`: greedy from the posterior mean (the adapter as it is without a posterior);
 - `decode_samples`: one greedy answer per posterior sample, S answers per prompt, the S samples in one batch:
-  `evaluation.batched.per_sample_lora` on the prompts repeated S times (sample-major), with one KV cache for the
+  `sample_lora.per_sample_lora` on the prompts repeated S times (sample-major), with one KV cache for the
   S x B rows (per-sample LoRA only changes the linear layers' outputs per block of rows, so each row's cache holds
   its own sample's keys and values);
 - `decode_averaged`: posterior-averaged greedy decoding. At each step the next token is the argmax over the
@@ -20,7 +20,7 @@ Common to the three: prompts are left-padded and batched by length as `generate(
 batch; modes 2 and 3 forward S x `batch_size` rows); sample k is the k-th draw of `posterior.sampler(model,
 generator=torch.Generator().manual_seed(seed))`, as `generate()` and evaluation draw it, so answers do not
 depend on the batch size (beyond float rounding) and a seed fixes them. An answer ends at the first of: a token of
-`generation._stop_ids` ("eos"), a decoded continuation that contains one of `stop_strings` ("stop_string"), or
+`generation.batching.stop_ids` ("eos"), a decoded continuation that contains one of `stop_strings` ("stop"), or
 `max_new_tokens` ("length"). Its `token_ids` include the token that ended it; its `text` is the continuation
 decoded without special tokens, cut before the first stop string. The adapter's weights are bitwise the same
 after a call as before it, also on error (modes 2 and 3 never write them; mode 1 restores them).
@@ -35,13 +35,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluation.batched import per_sample_lora
-from .evaluation.uncertainty import expected_pairwise_kl, mutual_information
-from .generation import _holding_mean, _stop_ids, uses_chat_template
+from ..sample_lora import per_sample_lora
+from ..disagreement import expected_pairwise_kl, mutual_information
+from .batching import PromptBatches, holding_mean, stop_ids
+from .prompts import uses_chat_template
 
 # Why an answer ended: its last token is an end-of-sequence id; its decoded text reached a stop string; or it
 # reached max_new_tokens.
-FINISH_REASONS = ("eos", "stop_string", "length")
+FINISH_REASONS = ("eos", "stop", "length")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def decode_mean(
     texts hold their special tokens and are tokenized without adding any.
     """
     decoder = _Decoder(model, tokenizer, texts, max_new_tokens, stop_strings, batch_size, chat)
-    with _evaluating(model), _holding_mean(model, posterior):
+    with _evaluating(model), holding_mean(model, posterior):
         return [answers[0] for answers in decoder.decode(1, averaged=False)]
 
 
@@ -149,13 +150,9 @@ class _Decoder:
             raise ValueError(f"Invalid batch_size value: {batch_size!r} (must be an int >= 1)")
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.stop_strings = max_new_tokens, tuple(stop_strings)
-        add_special_tokens = not uses_chat_template(tokenizer, chat)
-        self.encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"] if texts else []
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.stop_ids = _stop_ids(model, tokenizer, {})
-        # Similar lengths share a batch (less padding); a stable sort, so equal lengths keep their order.
-        order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i]))
-        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.prompts = PromptBatches(tokenizer, texts, batch_size, uses_chat_template(tokenizer, chat))
+        self.encoded, self.pad_id, self.batches = self.prompts.encoded, self.prompts.pad_id, self.prompts.batches
+        self.stop_ids = stop_ids(model, tokenizer, {})
         self.device = next(model.parameters()).device
 
     def decode(self, copies: int, averaged: bool) -> list:
@@ -168,11 +165,7 @@ class _Decoder:
 
     def padded(self, batch: list[int], copies: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input ids and attention mask of a batch, repeated `copies` times sample-major."""
-        width = max(len(self.encoded[i]) for i in batch)
-        ids = [[self.pad_id] * (width - len(self.encoded[i])) + self.encoded[i] for i in batch]
-        mask = [[0] * (width - len(self.encoded[i])) + [1] * len(self.encoded[i]) for i in batch]
-        return (torch.tensor(ids, device=self.device).repeat(copies, 1),
-                torch.tensor(mask, device=self.device).repeat(copies, 1))  # fmt: skip
+        return self.prompts.padded(batch, self.device, copies)
 
     def stopped_by_string(self, tokens: Sequence[int]) -> bool:
         return bool(self.stop_strings) and self._contains_stop(self.tokenizer.decode(tokens, skip_special_tokens=True))
@@ -190,7 +183,7 @@ class _Decoder:
                 text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
                 if self._contains_stop(text):
                     cut = min(text.index(stop) for stop in self.stop_strings if stop in text)
-                    return Answer(text[:cut], tuple(tokens[:end]), "stop_string")
+                    return Answer(text[:cut], tuple(tokens[:end]), "stop")
         return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), "length")
 
     @torch.no_grad()

@@ -1,0 +1,156 @@
+"""`ivon_lora.commands.runners`: the kinds of `ivon-lora eval` (multiple choice, generative, SFT, lm-eval), each
+a registered `Runner` that declares the options it reads, driven by the one `commands.eval.run_eval`."""
+
+import dataclasses
+import json
+import types
+
+import pytest
+import torch
+
+from ivon_lora import cli
+from ivon_lora.commands.runners import RUNNERS, Runner, register_runner, select_runner
+from ivon_lora.commands.runners.base import COMMON_OPTIONS, flag
+from ivon_lora.config import EvalConfig
+from ivon_lora.errors import UsageError
+
+# A value that differs from the default, for every EvalConfig field a kind may refuse.
+NON_DEFAULT = {
+    "task": ["synthetic"], "split": "test", "file": "rows.jsonl", "protocol": "blob", "ece_bins": [7],
+    "batched_samples": 2, "mc_dropout_samples": 3, "decoding": "averaged", "sampling_temperature": 0.5,
+    "prune_fractions": [0.5], "temperatures": [2.0], "sweep": True, "prune_scope": "matrix",
+    "prune_mode": "denoise", "prune_criterion": "magnitude", "select_split": "validation", "select_file": "s.jsonl",
+    "select_by": "brier", "ensemble": ["a", "b"], "temperature_scaling": True, "lm_eval_tasks": ["arc_easy"],
+    "lm_eval_include_path": "yamls",
+}  # fmt: skip
+
+
+# The options that select each kind (multiple choice and SFT: none; the recipe decides between them).
+SELECTING = {"multiple_choice": {}, "sft": {}, "generative": {"task": ["wordqa"]},
+             "lm_eval": {"lm_eval_tasks": ["arc_easy"]}}
+
+
+def _options(**values) -> EvalConfig:
+    return EvalConfig(run_dir="run", **values)
+
+
+def _runner(kind: type[Runner], **values) -> Runner:
+    return kind(_options(**values), [{"dir": "run", "label": "ivon", "recipe": None, "has_posterior": True}])
+
+
+def test_every_eval_option_is_read_by_some_kind_and_non_default_values_are_known():
+    fields = {field.name for field in dataclasses.fields(EvalConfig)}
+    declared = set(COMMON_OPTIONS).union(*(kind.accepts for kind in RUNNERS.values()))
+    assert declared == fields  # an option no kind reads would be accepted nowhere and refused everywhere
+    assert set(NON_DEFAULT) == fields - COMMON_OPTIONS
+    assert set(RUNNERS) == {"multiple_choice", "generative", "sft", "lm_eval"}
+
+
+@pytest.mark.parametrize("name", ["multiple_choice", "generative", "sft", "lm_eval"])
+def test_each_kind_refuses_every_option_it_does_not_declare_naming_the_kinds_that_read_it(name):
+    kind = RUNNERS[name]
+    base = SELECTING[name]
+    _runner(kind, **base).check_options()  # its own selecting options pass
+    for option, value in NON_DEFAULT.items():
+        runner = _runner(kind, **{**base, option: value})
+        if option in kind.accepts:
+            if option not in ("prune_fractions", "temperatures", "sweep") or kind.sweeps:
+                runner.check_options()
+            continue
+        with pytest.raises(UsageError) as error:
+            runner.check_options()
+        message = str(error.value)
+        assert message.startswith(flag(option)), message
+        readers = [other.description for other in RUNNERS.values() if option in other.accepts]
+        if name != "lm_eval":  # lm-eval's own wording: "--x does not apply to --lm-eval-tasks (why)"
+            assert all(reader in message for reader in readers), message
+
+
+def test_kinds_without_sweeps_take_one_fraction_and_one_temperature():
+    for name in ("generative", "sft", "lm_eval"):
+        base = SELECTING[name]
+        with pytest.raises(UsageError, match="sweeps are for multiple-choice tasks"):
+            _runner(RUNNERS[name], **base, prune_fractions=[0.0, 0.5]).check_options()
+
+
+def test_exactly_one_kind_applies_to_any_options():
+    sft = types.SimpleNamespace(objective="sft")
+    choice = types.SimpleNamespace(objective="choice")
+    assert select_runner(_options(lm_eval_tasks=["arc_easy"]), sft).name == "lm_eval"
+    assert select_runner(_options(task=["wordqa"]), choice).name == "generative"
+    assert select_runner(_options(task=["wordqa"]), sft).name == "generative"
+    assert select_runner(_options(task=["synthetic"]), sft).name == "multiple_choice"
+    assert select_runner(_options(), sft).name == "sft"
+    assert select_runner(_options(), choice).name == "multiple_choice"
+    assert select_runner(_options(), None).name == "multiple_choice"
+    with pytest.raises(ValueError, match="already registered"):
+        register_runner(type("Again", (Runner,), {"name": "sft"}))
+
+
+def test_a_fifth_kind_is_one_registered_class_and_gets_the_shared_driver(run_dir, tmp_path, capsys):
+    """Out dir checks, loading, freeing, protocol + environment and the staged write come from the driver."""
+
+    class CountRunner(Runner):
+        name = "count"
+        description = "counting"
+        accepts = frozenset({"task"})
+
+        @classmethod
+        def applies(cls, options, recipe):
+            return options.task == ["count"]
+
+        def resolve(self):
+            self.counts = {}
+            return "eval-count"
+
+        def evaluate(self, described, run, posterior):
+            self.counts[described["label"]] = sum(p.numel() for n, p in run.model.named_parameters() if "lora_" in n)
+
+        def summary(self):
+            return {"counts": self.counts}
+
+        def protocol(self):
+            return {"kind": "count"}
+
+        def tables(self, result):
+            text = "".join(f"{label}: {count}\n" for label, count in result["counts"].items())
+            return text, text
+
+    saved = dict(RUNNERS)
+    RUNNERS.clear()
+    register_runner(CountRunner)
+    try:
+        out = tmp_path / "count"
+        assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 0
+        report = json.loads((out / "eval.json").read_text())
+        assert report["counts"]["ivon"] > 0 and report["protocol"] == {"kind": "count"}
+        assert "torch" in report["environment"]
+        assert (out / "eval.md").read_text() == f"ivon: {report['counts']['ivon']}\n"
+        assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 2  # the driver's --out check
+        assert "exists and is not empty" in capsys.readouterr().err
+        assert cli.main(["eval", run_dir, "--task", "count", "--seed", "3", "--samples", "2", "--decoding", "averaged",
+                         "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+        assert "--decoding is for no kind, not counting" in capsys.readouterr().err
+    finally:
+        RUNNERS.clear()
+        RUNNERS.update(saved)
+
+
+def test_batched_samples_equal_sequential_samples(run_dir, tmp_path):
+    """--batched-samples K scores the same posterior draws K per forward pass (3 samples in passes of 2 and 1)."""
+    common = ["eval", run_dir, "--samples", "3", "--limit", "20", "--seed", "4", "--batch-size", "8"]
+    assert cli.main([*common, "--out", str(tmp_path / "sequential")]) == 0
+    assert cli.main([*common, "--batched-samples", "2", "--out", str(tmp_path / "batched")]) == 0
+    rows = {}
+    for name in ("sequential", "batched"):
+        report = json.loads((tmp_path / name / "eval.json").read_text())
+        (entry,) = report["tasks"].values()
+        lines = (tmp_path / name / entry["files"]["predictions_ivon"]).read_text().splitlines()
+        rows[name] = [json.loads(line) for line in lines]
+    assert "batched_samples" in report["protocol"]
+    assert len(rows["batched"]) == 20 and [r["id"] for r in rows["batched"]] == [r["id"] for r in rows["sequential"]]
+    for batched, sequential in zip(rows["batched"], rows["sequential"]):
+        assert batched["mean"] == sequential["mean"]
+        assert torch.allclose(torch.tensor(batched["samples"]), torch.tensor(sequential["samples"]), atol=1e-6, rtol=0)
+    different = [r["samples"][0] != r["samples"][1] for r in rows["batched"]]
+    assert any(different)  # real samples, not the mean three times
