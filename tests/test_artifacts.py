@@ -22,6 +22,7 @@ from ivon_lora.artifacts import (
     read_tensors,
     recover_final_files,
     recover_output_dir,
+    release_output_dir,
     reliability_plot_name,
     remove_run_artifacts,
     selective_plot_name,
@@ -91,6 +92,7 @@ def test_the_readers_name_the_file_and_what_is_wrong(tmp_path):
 
 def test_check_new_output_dir(tmp_path):
     check_new_output_dir(str(tmp_path / "new"), overwrite=False)
+    release_output_dir()  # the command's end: its lock file (.new.lock, beside the dir) goes
     check_new_output_dir(str(tmp_path), overwrite=False)  # empty
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileExistsError, match="exists and is not empty: choose another --out, or pass --overwrite"):
@@ -131,7 +133,8 @@ def test_a_kill_at_each_point_of_the_swap_leaves_the_old_or_the_new_result(point
     result = subprocess.run([sys.executable, "-c", _STAGED_WRITE, str(out)], env=env, capture_output=True, timeout=60)
     assert result.returncode == -9  # SIGKILL, at `point`
     recover_output_dir(str(out))  # what the next write into out does first
-    assert (out / "r.txt").read_text() == expected and _leftovers(tmp_path) == []
+    # The killed writer's lock file stays: the kernel released its lock with the process, the next writer takes it.
+    assert (out / "r.txt").read_text() == expected and _leftovers(tmp_path) == [".out.lock"]
 
 
 _FINAL_WRITE = """
@@ -169,9 +172,10 @@ def test_a_failed_final_write_leaves_the_previous_files(tmp_path):
 def test_remove_run_artifacts_removes_a_runs_files_and_dirs_only(tmp_path):
     for name in (*artifacts.RUN_FILES, "notes.txt"):
         (tmp_path / name).write_text("x")
-    for name in ("checkpoint-10", "eval-test", "data"):
+    for name in ("checkpoint-10", "eval-test", "eval-notes", "data"):
         (tmp_path / name).mkdir()
+    (tmp_path / "eval-test" / "eval.json").write_text("{}")  # an eval dir is a run's only with its eval.json
     removed = remove_run_artifacts(str(tmp_path))
     assert sorted(removed) == sorted([*artifacts.RUN_FILES, "checkpoint-10", "eval-test"])
-    assert sorted(os.listdir(tmp_path)) == ["data", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["data", "eval-notes", "notes.txt"]
     assert remove_run_artifacts(str(tmp_path / "absent")) == []

@@ -21,7 +21,7 @@ NON_DEFAULT = {
     "prune_fractions": [0.5], "temperatures": [2.0], "sweep": True, "prune_scope": "matrix",
     "prune_mode": "denoise", "prune_criterion": "magnitude", "select_split": "validation", "select_file": "s.jsonl",
     "select_by": "brier", "ensemble": ["a", "b"], "temperature_scaling": True, "lm_eval_tasks": ["arc_easy"],
-    "lm_eval_include_path": "yamls",
+    "lm_eval_include_path": "yamls", "risk_averse": True,
 }  # fmt: skip
 
 
@@ -87,7 +87,7 @@ def test_exactly_one_kind_applies_to_any_options():
         register_runner(type("Again", (Runner,), {"name": "sft"}))
 
 
-def test_a_fifth_kind_is_one_registered_class_and_gets_the_shared_driver(run_dir, tmp_path, capsys):
+def test_a_fifth_kind_is_one_registered_class_and_gets_the_shared_driver(run_dir, tmp_path, capsys, monkeypatch):
     """Out dir checks, loading, freeing, protocol + environment and the staged write come from the driver."""
 
     class CountRunner(Runner):
@@ -116,24 +116,27 @@ def test_a_fifth_kind_is_one_registered_class_and_gets_the_shared_driver(run_dir
             text = "".join(f"{label}: {count}\n" for label, count in result["counts"].items())
             return text, text
 
-    saved = dict(RUNNERS)
-    RUNNERS.clear()
+    # The registry with this kind alone (the driver reads it where the package and its base module hold it).
+    import ivon_lora.commands.runners as runners_package
+    from ivon_lora.commands.runners import base as runners_base
+    from ivon_lora.registry import Registry
+
+    alone = Registry("eval runner")
+    monkeypatch.setattr(runners_package, "RUNNERS", alone)
+    monkeypatch.setattr(runners_base, "RUNNERS", alone)
     register_runner(CountRunner)
-    try:
-        out = tmp_path / "count"
-        assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 0
-        report = json.loads((out / "eval.json").read_text())
-        assert report["counts"]["ivon"] > 0 and report["protocol"] == {"kind": "count"}
-        assert "torch" in report["environment"]
-        assert (out / "eval.md").read_text() == f"ivon: {report['counts']['ivon']}\n"
-        assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 2  # the driver's --out check
-        assert "exists and is not empty" in capsys.readouterr().err
-        assert cli.main(["eval", run_dir, "--task", "count", "--seed", "3", "--samples", "2", "--decoding", "averaged",
-                         "--out", str(tmp_path / "x")]) == 2  # fmt: skip
-        assert "--decoding is for no kind, not counting" in capsys.readouterr().err
-    finally:
-        RUNNERS.clear()
-        RUNNERS.update(saved)
+    assert list(alone) == ["count"]
+    out = tmp_path / "count"
+    assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["counts"]["ivon"] > 0 and report["protocol"] == {"kind": "count"}
+    assert "torch" in report["environment"]
+    assert (out / "eval.md").read_text() == f"ivon: {report['counts']['ivon']}\n"
+    assert cli.main(["eval", run_dir, "--task", "count", "--out", str(out)]) == 2  # the driver's --out check
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert cli.main(["eval", run_dir, "--task", "count", "--seed", "3", "--samples", "2", "--decoding", "averaged",
+                     "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "--decoding is for no kind, not counting" in capsys.readouterr().err
 
 
 def test_batched_samples_equal_sequential_samples(run_dir, tmp_path):

@@ -23,7 +23,7 @@ from ivon_lora.artifacts import (
     POSTERIOR_WEIGHTS_NAME,
     RECIPE_NAME,
 )
-from ivon_lora.errors import UsageError
+from ivon_lora.errors import RunDirError, UsageError
 from ivon_lora.rundir import check_out_apart, copy_run_files, describe_run, environment, find_recipe, load_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,6 +132,11 @@ def test_describe_run_labels_by_optimizer_and_marks_a_second_label(tiny_run, tmp
     no_recipe = tmp_path / "copied-run"
     shutil.copytree(directory, no_recipe)
     os.remove(no_recipe / RECIPE_NAME)
+    with pytest.raises(RunDirError, match="names no base model: copy the run's recipe.yaml into it"):
+        describe_run(str(no_recipe), set())
+    config = json.loads((no_recipe / ADAPTER_CONFIG_NAME).read_text())
+    config["base_model_name_or_path"] = first["recipe"].model.model_name_or_path  # as PEFT writes it for a Hub base
+    (no_recipe / ADAPTER_CONFIG_NAME).write_text(json.dumps(config))
     assert describe_run(str(no_recipe), set())["label"] == "ivon"  # a posterior, no recipe
     os.remove(no_recipe / POSTERIOR_WEIGHTS_NAME)
     assert describe_run(str(no_recipe), set())["label"] == "copied-run"
