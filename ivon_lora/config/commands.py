@@ -1,0 +1,280 @@
+"""The typed configs of eval, prune, export, inspect, generate, sensitivity and merge, one dataclass each, read from a
+YAML file, key=value overrides and the command's flags (`load_command_config`). Each field's metadata is also its
+flag's (`ivon_lora.commands._options.add_field_arguments`): help, choices, bounds and the default are written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..vocabulary import (
+    DECODING_MODES,
+    DEFAULT_ECE_BINS,
+    DEFAULT_PRUNE_FRACTIONS,
+    DEFAULT_SELECTION_CRITERION,
+    PRUNE_CRITERIA,
+    PRUNE_MODES,
+    PRUNE_SCOPES,
+    selection_criteria,
+)
+from .parsing import (
+    _require_at_least,
+    _require_choice,
+    _require_in,
+    check_values,
+    parse_overrides,
+    parse_values,
+    read_yaml,
+)
+
+
+@dataclass
+class OutputArguments:
+    out: str | None = field(default=None, metadata={"help": "output dir (must not exist or be empty)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty out"})
+
+
+@dataclass
+class PruneConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run or checkpoint dir trained with optim=ivon"})
+    fraction: float | None = field(default=None, metadata={"help": "fraction of adapter entries to prune, 0-1"})
+    scope: str = field(default="global", metadata={"help": "rank entries globally or per matrix"})
+    mode: str = field(default="zero", metadata={"help": "zero: mean and variance 0; denoise: variance 0"})
+    criterion: str = field(default="snr", metadata={"help": "|m|/sqrt(v), |m| or 1/sqrt(v)"})
+    temperature: float = field(default=1.0, metadata={"help": "also divide the variance by this"})
+
+    def __post_init__(self):
+        for key in ("run_dir", "fraction", "out"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{key} is required")
+        _require_in("fraction", self.fraction, 0.0, 1.0)
+        _require_in("temperature", self.temperature, 0.0, float("inf"), low_inclusive=False)
+        _require_choice("scope", self.scope, PRUNE_SCOPES)
+        _require_choice("mode", self.mode, PRUNE_MODES)
+        _require_choice("criterion", self.criterion, PRUNE_CRITERIA)
+
+
+@dataclass
+class ExportConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run, checkpoint or pruned dir"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the base model's own code (see --help)"})
+
+    def __post_init__(self):
+        for key in ("run_dir", "out"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{key} is required")
+
+
+@dataclass
+class EvalConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run, checkpoint or pruned dir"})
+    task: list[str] | None = field(default=None, metadata={
+        "help": "task name(s), e.g. arc_challenge mmlu:college_physics (default: the run's dataset)"})
+    split: str | None = field(default=None, metadata={
+        "help": "reported split (default: the run's eval_split, else the protocol's)"})
+    file: str | None = field(default=None, metadata={
+        "help": "local json/jsonl/parquet/csv records (file or dir) of the split, one task"})
+    protocol: str | None = field(default=None, metadata={
+        "help": "protocol preset: ivon-lora or blob (default: the run's recipe)"})
+    samples: int | None = field(default=None, metadata={"help": "posterior samples S (default: the protocol's, 10)"})
+    batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
+    seed: int = field(default=0, metadata={"help": "seed of the samples"})
+    batched_samples: int = field(default=0, metadata={
+        "help": "multiple-choice tasks: score K posterior samples per forward pass, each with its own LoRA delta on "
+                "a stacked batch (default 0: one sample per pass)"})
+    ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts"})
+    baseline: str | None = field(default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"})
+    mc_dropout_samples: int = field(default=0, metadata={
+        "help": "MC-dropout samples for runs without a posterior (default 0: weights only)"})
+    decoding: str = field(default="mean", metadata={
+        "help": "generative tasks: the chosen answer greedy at the posterior mean (mean) or posterior-averaged "
+                "(averaged: each token the argmax of the S samples' mean next-token distribution)"})
+    sampling_temperature: float = field(default=1.0, metadata={
+        "help": "generative tasks: temperature of the S sampled answers of a run without posterior or MC dropout"})
+    prune_fractions: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "pruning fractions, 0-1"})
+    temperatures: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "posterior temperatures, > 0"})
+    sweep: bool = field(default=False, metadata={"help": "sweep the default pruning fractions"})
+    prune_scope: str = field(default="global", metadata={"help": "rank entries globally or per matrix"})
+    prune_mode: str = field(default="zero", metadata={"help": "zero: mean and variance 0; denoise: variance 0"})
+    prune_criterion: str = field(default="snr", metadata={"help": "|m|/sqrt(v), |m| or 1/sqrt(v)"})
+    select_split: str | None = field(default=None, metadata={
+        "help": "held-out split a sweep chooses on (never the reported split)"})
+    select_file: str | None = field(default=None, metadata={"help": "local records of the select split"})
+    select_by: str = field(default=DEFAULT_SELECTION_CRITERION, metadata={
+        "help": "criterion of the choice, on the sampled predictive (default nll)"})
+    ensemble: list[str] | None = field(default=None, metadata={
+        "help": "two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble"})
+    temperature_scaling: bool = field(default=False, metadata={
+        "help": "add each run temperature-scaled: one T fitted by NLL on select_split"})
+    risk_averse: bool = field(default=False, metadata={
+        "help": "add the risk-averse selector (mean - kappa * std of the chosen answer's sample probabilities) to "
+                "posterior runs' selective prediction, kappa chosen on select_split"})
+    lm_eval_tasks: list[str] | None = field(default=None, metadata={
+        "help": "instead of task: lm-evaluation-harness multiple-choice tasks (a list, or comma-separated as lm-eval "
+                "takes them), scored by lm-eval; needs ivon-lora[lm-eval]"})
+    lm_eval_include_path: str | None = field(default=None, metadata={
+        "help": "a dir of local lm-eval task YAMLs (lm-eval's --include_path)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the base model's own code (see --help)"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+        _require_at_least("batch_size", self.batch_size, 1)
+        _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
+        _require_at_least("batched_samples", self.batched_samples, 0)
+        _require_in("sampling_temperature", self.sampling_temperature, 0.0, float("inf"), low_inclusive=False)
+        _require_choice("decoding", self.decoding, DECODING_MODES)
+        for key in ("samples", "limit"):
+            if getattr(self, key) is not None:
+                _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)
+        for bins in self.ece_bins:
+            _require_at_least("ece_bins", bins, 1)
+        if self.lm_eval_tasks is not None:
+            self.lm_eval_tasks = [name.strip() for item in self.lm_eval_tasks for name in item.split(",") if name.strip()]
+            if not self.lm_eval_tasks:
+                raise ValueError("lm_eval_tasks names no task: pass e.g. arc_easy,hellaswag")
+        if self.sweep:
+            self.prune_fractions = list(DEFAULT_PRUNE_FRACTIONS)
+        for fraction in self.prune_fractions:
+            _require_in("prune_fractions", fraction, 0.0, 1.0)
+        for temperature in self.temperatures:
+            _require_in("temperatures", temperature, 0.0, float("inf"), low_inclusive=False)
+        _require_choice("prune_scope", self.prune_scope, PRUNE_SCOPES)
+        _require_choice("prune_mode", self.prune_mode, PRUNE_MODES)
+        _require_choice("prune_criterion", self.prune_criterion, PRUNE_CRITERIA)
+        _require_choice("select_by", self.select_by, list(selection_criteria()))
+        if self.ensemble is not None and len(self.ensemble) < 2:
+            raise ValueError("ensemble needs at least 2 run dirs")
+
+    @property
+    def sweeping(self) -> bool:
+        # A select_split alone asks for a (one-configuration) sweep, unless it is temperature scaling's split.
+        several = len(self.prune_fractions) * len(self.temperatures) > 1
+        return several or (self.select_split is not None and not self.temperature_scaling and not self.risk_averse)
+
+
+@dataclass
+class InspectConfig(OutputArguments):
+    run_dir: str | None = field(default=None, metadata={"help": "run, checkpoint or pruned dir trained with optim=ivon"})
+    predictions: str | None = field(default=None, metadata={
+        "help": "per-example predictions jsonl (default: the run dir's predictions.jsonl)"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+
+
+@dataclass
+class GenerateConfig:
+    """The options of `ivon-lora generate` (from a YAML file, key=value and flags, like eval's)."""
+
+    run_dir: str | None = field(default=None, metadata={"help": "run or checkpoint dir"})
+    prompt: list[str] | None = field(default=None, metadata={"help": "prompt texts"})
+    prompts_file: str | None = field(default=None, metadata={
+        "help": ".jsonl with a 'prompt' or 'messages' per line, or a text file with one prompt per line"})
+    samples: int = field(default=0, metadata={"help": "posterior samples S (default 0: the mean's answer only)"})
+    seed: int = field(default=0, metadata={"help": "seed of the posterior samples"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
+    batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
+    system: str | None = field(default=None, metadata={"help": "system message (needs a chat template)"})
+    no_chat: bool = field(default=False, metadata={"help": "plain prompts even if the tokenizer has a chat template"})
+    out: str | None = field(default=None, metadata={"help": "jsonl file of the answers (must not exist)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing out file"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the base model's own code (see --help)"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+        for key, low in (("samples", 0), ("max_new_tokens", 1), ("batch_size", 1)):
+            _require_at_least(key, getattr(self, key), low)
+
+
+@dataclass
+class SensitivityConfig(OutputArguments):
+    """The options of `ivon-lora sensitivity` (from a YAML file, key=value and flags, like eval's)."""
+
+    run_dir: str | None = field(default=None, metadata={"help": "IVON run or checkpoint dir (multiple choice)"})
+    split: str = field(default="train", metadata={"help": "split of the run's task to score (default train)"})
+    file: str | None = field(default=None, metadata={"help": "local json/jsonl/parquet/csv records of the split"})
+    task: str | None = field(default=None, metadata={"help": "task name (default: the run's dataset)"})
+    variance: str = field(default="exact", metadata={
+        "help": "exact: diag(J Σ Jᵀ) by K backward passes per batch; sampled: sample variance over S posterior samples"})
+    samples: int = field(default=10, metadata={"help": "posterior samples S of the sampled variance (>= 2)"})
+    ess: float | None = field(default=None, metadata={
+        "help": "rescale the posterior to this ess (e.g. the train set size N) for LOO estimates; default: the run's"})
+    top: int = field(default=20, metadata={"help": "most sensitive examples printed"})
+    batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
+    limit: int | None = field(default=None, metadata={"help": "score only the first N records"})
+    seed: int = field(default=0, metadata={"help": "seed of the posterior samples (sampled)"})
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("run_dir is required")
+        _require_choice("variance", self.variance, ("exact", "sampled"))
+        _require_at_least("samples", self.samples, 2)
+        _require_at_least("top", self.top, 0)
+        _require_at_least("batch_size", self.batch_size, 1)
+        if self.limit is not None:
+            _require_at_least("limit", self.limit, 1)
+        if self.ess is not None:
+            _require_in("ess", self.ess, 0.0, float("inf"), low_inclusive=False)
+
+
+
+
+@dataclass
+class MergeConfig(OutputArguments):
+    run_dirs: list[str] | None = field(default=None, metadata={"help": "two or more run dirs to merge"})
+    method: list[str] | None = field(default=None, metadata={
+        "help": "uncertainty, posterior, or a PEFT combination type (linear, cat, svd, ties, dare_ties, ...); several "
+                "with sweep"})
+    weights: list[float] | None = field(default=None, metadata={"help": "one weight α per run (default 1/N each)"})
+    space: str = field(default="delta", metadata={
+        "help": "uncertainty / posterior: merge each ΔW = B·A (delta) or A and B separately (factor)"})
+    density: float | None = field(default=None, metadata={"help": "fraction kept by ties / dare / magnitude_prune"})
+    rank: int | None = field(default=None, metadata={
+        "help": "rank of the merged adapter (delta space and *_svd; default the sum / PEFT's max of the input ranks)"})
+    base_precision: float = field(default=0.0, metadata={
+        "help": "uncertainty: H₀ as a multiple of the inputs' mean precision per matrix (0: precision-weighted "
+                "average; large: task arithmetic)"})
+    seed: int = field(default=0, metadata={"help": "seed of DARE's random drops"})
+    sweep: bool = field(default=False, metadata={"help": "merge at many weights and evaluate each on every input's task"})
+    sweep_values: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], metadata={
+        "help": "sweep, two runs: the grid of each run's weight"})
+    sweep_steps: int = field(default=4, metadata={"help": "sweep, three or more runs: simplex lattice step 1/N"})
+    split: str = field(default="validation", metadata={"help": "sweep: the split each task is scored on"})
+    limit: int | None = field(default=None, metadata={"help": "sweep: score only the first N records of each split"})
+    references: list[str] | None = field(default=None, metadata={
+        "help": "sweep: run dirs scored as reference points (e.g. multitask finetunes)"})
+    batch_size: int = field(default=32, metadata={"help": "sweep: examples per forward pass"})
+
+    def __post_init__(self):
+        if not self.run_dirs or len(self.run_dirs) < 2:
+            raise ValueError("two or more run dirs are required")
+        if not self.method:
+            raise ValueError("method is required")
+        if len(self.method) > 1 and not self.sweep:
+            raise ValueError("several methods need sweep (one merged dir has one method)")
+        if not self.sweep and self.out is None:
+            raise ValueError("out is required")
+        if self.density is not None:
+            _require_in("density", self.density, 0.0, 1.0, low_inclusive=False)
+        if self.rank is not None:
+            _require_at_least("rank", self.rank, 1)
+        _require_at_least("sweep_steps", self.sweep_steps, 1)
+        if self.base_precision < 0:
+            raise ValueError(f"base_precision must be >= 0, got {self.base_precision}")
+
+
+def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):
+    """`cls` (EvalConfig, PruneConfig, ExportConfig, InspectConfig, GenerateConfig, SensitivityConfig, ...) from a YAML file, then key=value overrides, then flags."""
+    values = read_yaml(path, "config") if path is not None else {}
+    command_line = {**parse_overrides(list(overrides)), **(flags or {})}
+    values.update(command_line)
+    where = f" in {path}" if path else ""
+    values = check_values(values, (cls,), where, kind="config", command_line=command_line,
+                          help_hint=f" `ivon-lora {command} --help` lists the keys (flags with - as _).")  # fmt: skip
+    (config,) = parse_values(values, (cls,), where, kind="config", command_line=command_line)
+    return config
+
