@@ -1,5 +1,6 @@
 """The words that configs, parsers and the code behind them share: ECE bin counts, pruning scopes,
-modes, criteria and fractions, sweep selection criteria, sample kinds, answer scorings, decoding modes.
+modes, criteria and fractions, sweep selection criteria, sample kinds, answer scorings, decoding modes, merge
+methods and spaces.
 
 A leaf (it imports nothing from the package), so that `config` and `rundir` validate a value without importing the
 evaluation or trainer code that acts on it; that code imports its vocabulary from here too, so there is one list.
@@ -37,6 +38,14 @@ ANSWER_SCORINGS = {
 }  # fmt: skip
 # How a generative task's chosen answer is decoded: greedy at the posterior mean, or posterior-averaged.
 DECODING_MODES = ("mean", "averaged")
+# How `ivon-lora merge` combines run dirs: by their posteriors (`ivon_lora.merging.runs`), or by one of PEFT's
+# combination types (peft.tuners.lora.LoraModel.add_weighted_adapter, peft 0.21); and the space the posterior methods
+# merge in (each ΔW = B·A, or A and B separately).
+MERGE_POSTERIOR_METHODS = ("uncertainty", "posterior")  # they need each run's posterior
+MERGE_PEFT_TYPES = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
+                    "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")  # fmt: skip
+MERGE_METHODS = (*MERGE_POSTERIOR_METHODS, *MERGE_PEFT_TYPES)
+MERGE_SPACES = ("delta", "factor")
 
 
 def selection_criteria(ece_bins=DEFAULT_ECE_BINS) -> dict[str, bool]:

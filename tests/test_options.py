@@ -2,6 +2,7 @@
 metadata, so help text, defaults, choices and bounds are written once."""
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -42,3 +43,84 @@ def test_a_value_outside_the_fields_choices_or_bounds_is_a_usage_error(argv, cap
     with pytest.raises(SystemExit) as exit_status:
         _parser().parse_args(argv)
     assert exit_status.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Every command's parser is its config dataclass's fields: one flag per field, with the field's help, and nothing else.
+
+def _commands_with_a_config() -> dict[str, tuple[argparse.ArgumentParser, type]]:
+    from ivon_lora import cli
+    from ivon_lora.commands import COMMANDS
+
+    (subparsers,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    found = {name: (subparsers.choices[name], cli._command(name).CONFIG_CLASS) for name in COMMANDS
+             if hasattr(cli._command(name), "CONFIG_CLASS")}  # fmt: skip
+    # train reads a recipe (its keys: --help-keys), lm-eval passes lm-eval's own arguments on.
+    assert set(found) == {"eval", "prune", "export", "inspect", "generate", "sensitivity", "merge"}
+    return found
+
+
+def _expected_help(field: dataclasses.Field) -> str:
+    """The field's help, then its default where the help does not already say it (a plain re-statement of the rule)."""
+    help_text = field.metadata["help"]
+    if field.default_factory is not dataclasses.MISSING:
+        default = " ".join(str(item) for item in field.default_factory())
+    else:
+        default = None if field.default is None or field.default is False else str(field.default)
+    return help_text if default is None or "default" in help_text else f"{help_text} (default {default})"
+
+
+@pytest.mark.parametrize("command", ["eval", "prune", "export", "inspect", "generate", "sensitivity", "merge"])
+def test_each_field_is_exactly_one_flag_with_the_fields_help_and_each_flag_a_field(command):
+    parser, config_class = _commands_with_a_config()[command]
+    flags = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    (positional,) = [a for a in parser._actions if not a.option_strings]
+    fields = [f for f in dataclasses.fields(config_class) if f.metadata.get("cli") is not False]
+    for f in fields:
+        assert f.metadata.get("help"), f"{config_class.__name__}.{f.name} has no help"
+        if "positional" in f.metadata:
+            assert positional.help.startswith(f"{f.metadata['positional']}: {f.metadata['help']};"), f.name
+            assert not [a for a in flags if a.dest == f.name]
+            continue
+        (flag,) = [a for a in flags if a.dest == f.name]
+        assert flag.option_strings == [f.metadata.get("flag", "--" + f.name.replace("_", "-"))]
+        assert flag.help == _expected_help(f), f.name
+        assert flag.default in (None, argparse.SUPPRESS)  # a flag not given leaves the YAML config's value alone
+    assert sorted(a.dest for a in flags) == sorted(f.name for f in fields if "positional" not in f.metadata)
+
+
+@pytest.mark.parametrize("command", ["eval", "prune", "export", "inspect", "generate", "sensitivity", "merge"])
+def test_no_flag_given_means_no_option_set(command):
+    parser, _ = _commands_with_a_config()[command]
+    assert {k: v for k, v in vars(parser.parse_args(["RUN"])).items() if v is not None} == {"inputs": ["RUN"]}
+
+
+def test_the_derived_flags_keep_their_types_choices_and_arities():
+    """A few flags whose parse is more than a string: they must read as the hand-written parsers read them."""
+    parsers = {name: parser for name, (parser, _) in _commands_with_a_config().items()}
+    options = parsers["eval"].parse_args(["R", "--task", "a", "b", "--prune-fractions", "0", "0.5", "--ece-bins", "5",
+                                          "--decoding", "averaged", "--batched-samples", "4", "--sweep"])  # fmt: skip
+    assert (options.task, options.prune_fractions, options.ece_bins) == (["a", "b"], [0.0, 0.5], [5])
+    assert (options.decoding, options.batched_samples, options.sweep) == ("averaged", 4, True)
+    options = parsers["generate"].parse_args(["R", "--prompt", "one", "--prompt", "two", "--no-chat"])
+    assert (options.prompt, options.no_chat) == (["one", "two"], True)  # repeated, not replaced
+    options = parsers["merge"].parse_args(["A", "B", "--method", "linear", "ties", "--weights", "0.5", "1"])
+    assert (options.inputs, options.method, options.weights) == (["A", "B"], ["linear", "ties"], [0.5, 1.0])
+    for command, argv in [("eval", ["--temperatures", "0"]), ("eval", ["--select-by", "loss"]),
+                          ("prune", ["--fraction", "1.5"]), ("merge", ["--method", "average"]),
+                          ("sensitivity", ["--variance", "exact-ish"]), ("generate", ["--samples", "two"])]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            parsers[command].parse_args(["R", *argv])
+
+
+def test_several_positionals_fill_a_list_field_and_one_run_dir_is_refused_twice():
+    from ivon_lora.commands import eval as eval_command
+    from ivon_lora.commands import merge as merge_command
+    from ivon_lora.errors import RecipeError
+
+    parsers = {name: parser for name, (parser, _) in _commands_with_a_config().items()}
+    config = merge_command.config_from(parsers["merge"].parse_args(["A", "B", "seed=3", "--method", "linear",
+                                                                      "--out", "o"]))  # fmt: skip
+    assert (config.run_dirs, config.seed, config.method) == (["A", "B"], 3, ["linear"])
+    with pytest.raises(RecipeError, match="Two run dirs given"):
+        eval_command.config_from(parsers["eval"].parse_args(["A", "B"]))

@@ -21,91 +21,29 @@ import gc
 import logging
 import os
 
-from ._options import (
-    add_config_arguments,
-    add_output_arguments,
-    add_trust_remote_code_argument,
-    config_from_options,
-    number_in,
-)
+from ..config import EvalConfig
+from ._options import build_parser, config_from_options
 
 logger = logging.getLogger(__name__)
 
 
-def make_parser(subparsers) -> argparse.ArgumentParser:
-    from ..vocabulary import (
-        DECODING_MODES,
-        DEFAULT_ECE_BINS,
-        DEFAULT_PRUNE_FRACTIONS,
-        PRUNE_CRITERIA,
-        PRUNE_MODES,
-        PRUNE_SCOPES,
-        selection_criteria,
-    )
+CONFIG_CLASS = EvalConfig  # the parser's flags and the config that main gets
 
-    parser = subparsers.add_parser(
-        "eval",
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    return build_parser(
+        subparsers, "eval",
         help="Evaluate a run (and a baseline) at the mean and over samples on one or more tasks, optionally "
              "sweeping pruning/temperature.",
         description="Writes eval.json, eval.md, per-example predictions-TASK-RUN.jsonl, reliability-TASK.png, "
                     "selective-TASK.png and (sweeps) tradeoff.png to --out (default RUN_DIR/eval-SPLIT). Options "
                     "also come from a YAML CONFIG and key=value (keys: the flags with _ for -).",
+        config_class=CONFIG_CLASS,
     )  # fmt: skip
-    add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir")
-    parser.add_argument("--task", nargs="+", help="task name(s), e.g. arc_challenge mmlu:college_physics "
-                        "(default: the run's dataset)")  # fmt: skip
-    parser.add_argument("--split", help="reported split (default: the run's eval_split, else the protocol's)")
-    parser.add_argument("--file", help="local json/jsonl/parquet/csv records (file or dir) of --split, one --task")
-    parser.add_argument("--protocol", help="protocol preset: ivon-lora or blob (default: the run's recipe)")
-    parser.add_argument("--samples", type=int, help="posterior samples S (default: the protocol's, 10)")
-    parser.add_argument("--batch-size", type=int, help="default 32")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N records of each split")
-    parser.add_argument("--seed", type=int, help="seed of the samples (default 0)")
-    parser.add_argument("--batched-samples", type=int, metavar="K",
-                        help="multiple-choice tasks: score K posterior samples per forward pass, each with its own "
-                             "LoRA delta on a stacked batch (default 0: one sample per pass)")
-    parser.add_argument("--ece-bins", type=int, nargs="+", help=f"default {' '.join(map(str, DEFAULT_ECE_BINS))}")
-    parser.add_argument("--baseline", help="a second run dir (e.g. AdamW) evaluated side by side")
-    parser.add_argument("--mc-dropout-samples", type=int,
-                        help="MC-dropout samples for runs without a posterior (default 0: weights only)")  # fmt: skip
-    parser.add_argument("--sampling-temperature", type=number_in(0.0, float("inf"), low_inclusive=False),
-                        help="generative tasks: temperature of the sampled answers of a run without posterior or "
-                             "MC dropout (default 1)")  # fmt: skip
-    parser.add_argument("--decoding", choices=DECODING_MODES,
-                        help="generative tasks: the chosen answer greedy at the posterior mean (default) or "
-                             "posterior-averaged (each token the argmax of the S samples' mean distribution)")
-    parser.add_argument("--prune-fractions", type=number_in(0.0, 1.0), nargs="+", help="default 0")
-    parser.add_argument("--temperatures", type=number_in(0.0, float("inf"), low_inclusive=False), nargs="+",
-                        help="default 1")  # fmt: skip
-    parser.add_argument("--sweep", action="store_true", default=argparse.SUPPRESS,
-                        help=f"sweep the fractions {', '.join(map(str, DEFAULT_PRUNE_FRACTIONS))}")  # fmt: skip
-    parser.add_argument("--prune-scope", choices=PRUNE_SCOPES, help="default global")
-    parser.add_argument("--prune-mode", choices=PRUNE_MODES, help="default zero")
-    parser.add_argument("--prune-criterion", choices=PRUNE_CRITERIA, help="default snr")
-    parser.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
-                        help="two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble")
-    parser.add_argument("--temperature-scaling", action="store_true", default=argparse.SUPPRESS,
-                        help="add each run temperature-scaled: one T fitted by NLL on --select-split")
-    parser.add_argument("--risk-averse", action="store_true", default=argparse.SUPPRESS,
-                        help="add the risk-averse selector (mean - kappa*std over posterior samples) to posterior runs' "
-                             "selective prediction, kappa chosen on --select-split")  # fmt: skip
-    parser.add_argument("--select-split", help="held-out split that sweeps, temperature scaling and the risk-averse "
-                        "selector fit on (never the reported split)")
-    parser.add_argument("--select-file", help="local records of --select-split")
-    parser.add_argument("--select-by", choices=list(selection_criteria()),
-                        help="criterion of the choice, on the sampled predictive (default nll)")  # fmt: skip
-    parser.add_argument("--lm-eval-tasks", nargs="+", help="instead of --task: lm-evaluation-harness multiple-choice "
-                        "tasks (e.g. arc_easy,hellaswag), scored by lm-eval; needs ivon-lora[lm-eval]")  # fmt: skip
-    parser.add_argument("--lm-eval-include-path", help="a dir of local lm-eval task YAMLs (lm-eval's --include_path)")
-    add_output_arguments(parser)
-    add_trust_remote_code_argument(parser)
-    return parser
 
 
-def config_from(options: argparse.Namespace):
-    from ..config import EvalConfig
-
-    return config_from_options(options, EvalConfig, "eval")
+def config_from(options: argparse.Namespace) -> EvalConfig:
+    return config_from_options(options, CONFIG_CLASS, "eval")
 
 
 def main(config) -> int:

@@ -19,28 +19,27 @@ from ..artifacts import (
     read_json,
     staged_output_dir,
 )
-from ._options import add_config_arguments, add_output_arguments, add_trust_remote_code_argument, config_from_options
+from ..config import ExportConfig
+from ._options import build_parser, config_from_options
 
 logger = logging.getLogger(__name__)
 
 
+CONFIG_CLASS = ExportConfig  # the parser's flags and the config that main gets
+
+
 def make_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "export",
+    return build_parser(
+        subparsers, "export",
         help="Merge a run's (optionally pruned) posterior-mean adapter into the base model for deployment.",
         description="Save RUN_DIR's base model with the adapter merged, its posterior and a model card to --out. "
                     "Options also come from a YAML CONFIG and key=value (keys: the flags with _ for -).",
-    )
-    add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir")
-    add_output_arguments(parser)
-    add_trust_remote_code_argument(parser)
-    return parser
+        config_class=CONFIG_CLASS,
+    )  # fmt: skip
 
 
-def config_from(options: argparse.Namespace):
-    from ..config import ExportConfig
-
-    return config_from_options(options, ExportConfig, "export")
+def config_from(options: argparse.Namespace) -> ExportConfig:
+    return config_from_options(options, CONFIG_CLASS, "export")
 
 
 def main(config) -> int:

@@ -13,39 +13,28 @@ import json
 import os
 
 from ..config import GenerateConfig
-from ._options import add_config_arguments, add_trust_remote_code_argument, config_from_options
+from ._options import build_parser, config_from_options
 
 JSON_LINES_SUFFIXES = (".jsonl",)
 
 
+CONFIG_CLASS = GenerateConfig  # the parser's flags and the config that main gets
+
+
 def make_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "generate",
+    return build_parser(
+        subparsers, "generate",
         help="Answers to prompts from a run's posterior mean and from S posterior samples.",
         description="Print RUN_DIR's answer to each prompt from the posterior mean (the PEFT adapter) and, with "
                     "--samples S, from each of S posterior samples; greedy decoding, the tokenizer's chat template "
                     "when it has one. --out writes them as JSON lines. Options also come from a YAML CONFIG and "
                     "key=value (keys: the flags with _ for -).",
+        config_class=CONFIG_CLASS,
     )  # fmt: skip
-    add_config_arguments(parser, "RUN_DIR", "run or checkpoint dir")
-    parser.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
-    parser.add_argument("--prompts-file", metavar="FILE", help=".jsonl with a 'prompt' (text) or 'messages' (chat "
-                        "messages) per line, or a text file with one prompt per non-blank line")  # fmt: skip
-    parser.add_argument("--samples", type=int, help="posterior samples S, one answer each (default 0)")
-    parser.add_argument("--seed", type=int, help="seed of the posterior samples (default 0)")
-    parser.add_argument("--max-new-tokens", type=int, help="default 64")
-    parser.add_argument("--batch-size", type=int, help="default 8")
-    parser.add_argument("--system", metavar="TEXT", help="system message of every prompt (needs a chat template)")
-    parser.add_argument("--no-chat", action="store_true", default=argparse.SUPPRESS,
-                        help="plain prompts even if the tokenizer has a chat template")  # fmt: skip
-    parser.add_argument("--out", metavar="FILE.jsonl", help="write the answers here (with the run, options, versions)")
-    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS, help="replace an existing --out")
-    add_trust_remote_code_argument(parser)
-    return parser
 
 
 def config_from(options: argparse.Namespace) -> GenerateConfig:
-    return config_from_options(options, GenerateConfig, "generate")
+    return config_from_options(options, CONFIG_CLASS, "generate")
 
 
 def main(config: GenerateConfig) -> int:

@@ -10,26 +10,26 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._options import add_config_arguments, add_output_arguments, config_from_options
+from ..config import InspectConfig
+from ._options import build_parser, config_from_options
+
+
+CONFIG_CLASS = InspectConfig  # the parser's flags and the config that main gets
 
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "inspect",
-        help="Posterior diagnostics of a run: std/SNR per LoRA matrix, Hessian movement, how much samples change answers.",
-        description="Print diagnostics of RUN_DIR's posterior and, from its predictions.jsonl (or --predictions), of its "
-                    "predictive; with --out, write diagnostics.json and diagnostics.png there.",
+    return build_parser(
+        subparsers, "inspect",
+        help="Posterior diagnostics of a run: std/SNR per LoRA matrix, Hessian movement, how much samples change "
+             "answers.",
+        description="Print diagnostics of RUN_DIR's posterior and, from its predictions.jsonl (or --predictions), of "
+                    "its predictive; with --out, write diagnostics.json and diagnostics.png there.",
+        config_class=CONFIG_CLASS,
     )  # fmt: skip
-    add_config_arguments(parser, "RUN_DIR", "run, checkpoint or pruned dir trained with optim=ivon")
-    parser.add_argument("--predictions", help="per-example predictions jsonl (default: RUN_DIR/predictions.jsonl)")
-    add_output_arguments(parser)
-    return parser
 
 
-def config_from(options: argparse.Namespace):
-    from ..config import InspectConfig
-
-    return config_from_options(options, InspectConfig, "inspect")
+def config_from(options: argparse.Namespace) -> InspectConfig:
+    return config_from_options(options, CONFIG_CLASS, "inspect")
 
 
 def main(config) -> int:

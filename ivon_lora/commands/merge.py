@@ -9,62 +9,29 @@ import argparse
 import logging
 import os
 
-from ._options import add_output_arguments
+from ..config import MergeConfig
+from ._options import build_parser, config_from_options
 
 logger = logging.getLogger(__name__)
 
 
-def make_parser(subparsers) -> argparse.ArgumentParser:
-    from ..merging import METHODS, SPACES
+CONFIG_CLASS = MergeConfig  # the parser's flags and the config that main gets
 
-    parser = subparsers.add_parser(
-        "merge",
-        help="Merge run dirs' adapters by their posteriors (uncertainty, posterior) or PEFT's types; --sweep previews "
-             "many weightings.",
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    return build_parser(
+        subparsers, "merge",
+        help="Merge run dirs' adapters by their posteriors (uncertainty, posterior) or PEFT's types; --sweep "
+             "previews many weightings.",
         description="Writes a run dir (adapter_model.safetensors, adapter_config.json, posterior files where the "
                     "method defines them, recipe.yaml, merge.json, README.md) to --out; with --sweep, sweep.json, "
                     "sweep.md and sweep.png. Options also come from a YAML CONFIG and key=value.",
+        config_class=CONFIG_CLASS,
     )  # fmt: skip
-    parser.add_argument("inputs", nargs="*", default=[], metavar="RUN_DIR | CONFIG.yaml | key=value",
-                        help="two or more run dirs; CONFIG.yaml: the options below; key=value: one option")
-    parser.add_argument("--method", nargs="+", choices=METHODS, help="one method, or several with --sweep")
-    parser.add_argument("--weights", type=float, nargs="+", help="one weight α per run (default 1/N each)")
-    parser.add_argument("--space", choices=SPACES, help="uncertainty/posterior: delta (default) or factor")
-    parser.add_argument("--density", type=float, help="fraction kept by ties, dare_*, magnitude_prune (0, 1]")
-    parser.add_argument("--rank", type=int, help="rank of the merged adapter (delta space, *_svd)")
-    parser.add_argument("--base-precision", type=float, help="uncertainty: H₀ / the inputs' mean precision (default 0)")
-    parser.add_argument("--seed", type=int, help="seed of DARE's drops (default 0)")
-    parser.add_argument("--sweep", action="store_true", default=argparse.SUPPRESS,
-                        help="merge at many weights, score each on every input's task")
-    parser.add_argument("--sweep-values", type=float, nargs="+", help="two runs: each run's weights (default .25 .5 .75 1)")
-    parser.add_argument("--sweep-steps", type=int, help="three or more runs: simplex step 1/N (default 4)")
-    parser.add_argument("--split", help="sweep: split scored (default validation)")
-    parser.add_argument("--limit", type=int, help="sweep: first N records of each split")
-    parser.add_argument("--references", nargs="+", help="sweep: reference run dirs (multitask finetunes)")
-    parser.add_argument("--batch-size", type=int, help="sweep: default 32")
-    add_output_arguments(parser)
-    return parser
 
 
-def config_from(options: argparse.Namespace):
-    from ..config import MergeConfig, load_command_config
-    from ..errors import RecipeError
-
-    path, overrides, run_dirs = None, [], []
-    for item in options.inputs:
-        if "=" in item:
-            overrides.append(item)
-        elif item.endswith((".yaml", ".yml")):
-            if path is not None:
-                raise RecipeError(f"Two config files given: {path!r} and {item!r}")
-            path = item
-        else:
-            run_dirs.append(item)
-    flags = {key: value for key, value in vars(options).items()
-             if key not in ("inputs", "command", "debug") and value is not None}  # fmt: skip
-    if run_dirs:
-        flags["run_dirs"] = run_dirs
-    return load_command_config(MergeConfig, "merge", path, overrides, flags)
+def config_from(options: argparse.Namespace) -> MergeConfig:
+    return config_from_options(options, CONFIG_CLASS, "merge")
 
 
 def main(config) -> int:

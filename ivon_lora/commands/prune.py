@@ -7,34 +7,27 @@ import logging
 
 from ..artifacts import check_new_output_dir, staged_output_dir
 from ..posterior import Posterior
-from ..vocabulary import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
-from ._options import add_config_arguments, add_output_arguments, config_from_options, number_in
+from ..config import PruneConfig
+from ._options import build_parser, config_from_options
 
 logger = logging.getLogger(__name__)
 
 
+CONFIG_CLASS = PruneConfig  # the parser's flags and the config that main gets
+
+
 def make_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "prune",
+    return build_parser(
+        subparsers, "prune",
         help="Prune the lowest signal-to-noise adapter entries of a run's posterior (test time).",
         description="Write a pruned copy of RUN_DIR's adapter and posterior to --out (PEFT and Posterior load it). "
                     "Options also come from a YAML CONFIG and key=value (keys: the flags with _ for -).",
-    )
-    add_config_arguments(parser, "RUN_DIR", "run or checkpoint dir trained with optim=ivon")
-    parser.add_argument("--fraction", type=number_in(0.0, 1.0), help="fraction of adapter entries to prune, 0-1 (required)")
-    parser.add_argument("--scope", choices=PRUNE_SCOPES, help="rank entries globally or per matrix (default global)")
-    parser.add_argument("--mode", choices=PRUNE_MODES, help="zero: mean and variance 0; denoise: variance 0 (default zero)")
-    parser.add_argument("--criterion", choices=PRUNE_CRITERIA, help="|m|/sqrt(v), |m| or 1/sqrt(v) (default snr)")
-    parser.add_argument("--temperature", type=number_in(0.0, float("inf"), low_inclusive=False),
-                        help="also divide the variance by this (default 1)")  # fmt: skip
-    add_output_arguments(parser)
-    return parser
+        config_class=CONFIG_CLASS,
+    )  # fmt: skip
 
 
-def config_from(options: argparse.Namespace):
-    from ..config import PruneConfig
-
-    return config_from_options(options, PruneConfig, "prune")
+def config_from(options: argparse.Namespace) -> PruneConfig:
+    return config_from_options(options, CONFIG_CLASS, "prune")
 
 
 def main(config) -> int:

@@ -15,7 +15,8 @@ import json
 import logging
 import os
 
-from ._options import add_config_arguments, add_output_arguments, config_from_options
+from ..config import SensitivityConfig
+from ._options import build_parser, config_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -30,35 +31,22 @@ PROTOCOL = {
 }
 
 
+CONFIG_CLASS = SensitivityConfig  # the parser's flags and the config that main gets
+
+
 def make_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "sensitivity",
+    return build_parser(
+        subparsers, "sensitivity",
         help="Per-example sensitivity of an IVON run to its training data (Memory-Perturbation Equation) and the "
              "leave-one-out NLL estimate.",
         description="Writes sensitivity.jsonl, ranked.txt, summary.json and sensitivity.png to --out (default "
                     "RUN_DIR/sensitivity-SPLIT). Options also come from a YAML CONFIG and key=value.",
+        config_class=CONFIG_CLASS,
     )  # fmt: skip
-    add_config_arguments(parser, "RUN_DIR", "IVON run or checkpoint dir of a multiple-choice task")
-    parser.add_argument("--split", help="split of the run's task (default train)")
-    parser.add_argument("--file", help="local json/jsonl/parquet/csv records (file or dir) of --split")
-    parser.add_argument("--task", help="task (default: the run's dataset)")
-    parser.add_argument("--variance", choices=("exact", "sampled"),
-                        help="exact (K backward passes per batch, default) or sampled (S posterior samples)")  # fmt: skip
-    parser.add_argument("--samples", type=int, help="posterior samples S of --variance sampled (default 10)")
-    parser.add_argument("--ess", type=float, help="rescale the posterior to this ess for the LOO estimates (e.g. the "
-                        "train set size); rankings do not change")  # fmt: skip
-    parser.add_argument("--top", type=int, help="most sensitive examples printed (default 20)")
-    parser.add_argument("--batch-size", type=int, help="default 16")
-    parser.add_argument("--limit", type=int, help="score only the first N records")
-    parser.add_argument("--seed", type=int, help="seed of the posterior samples (default 0)")
-    add_output_arguments(parser)
-    return parser
 
 
-def config_from(options: argparse.Namespace):
-    from ..config import SensitivityConfig
-
-    return config_from_options(options, SensitivityConfig, "sensitivity")
+def config_from(options: argparse.Namespace) -> SensitivityConfig:
+    return config_from_options(options, CONFIG_CLASS, "sensitivity")
 
 
 def _checked_run(options) -> dict:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 
-# The combination types of peft.tuners.lora.LoraModel.add_weighted_adapter (peft 0.21).
-PEFT_TYPES = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
-              "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")  # fmt: skip
+from ..vocabulary import MERGE_PEFT_TYPES as PEFT_TYPES  # add_weighted_adapter's combination types (peft 0.21)
+
 # The types that merge A and B separately, so every input needs the same rank (PEFT's own rule).
 SAME_RANK_TYPES = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")
 DENSITY_TYPES = tuple(t for t in PEFT_TYPES if t not in ("linear", "cat", "svd"))

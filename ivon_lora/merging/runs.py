@@ -35,14 +35,15 @@ from ..artifacts import (
     write_json_atomic,
 )
 from ..errors import UsageError
+from ..vocabulary import MERGE_METHODS, MERGE_POSTERIOR_METHODS, MERGE_SPACES
 from .gaussian import delta_moments, gradient_matching, low_rank_factors, precision_of, product_of_gaussians
 from .peft_types import DENSITY_TYPES, PEFT_TYPES, SAME_RANK_TYPES, factor_keys, module_paths, peft_merge
 
 logger = logging.getLogger(__name__)
 
-POSTERIOR_METHODS = ("uncertainty", "posterior")  # they need each run's posterior
-METHODS = (*POSTERIOR_METHODS, *PEFT_TYPES)
-SPACES = ("delta", "factor")
+POSTERIOR_METHODS = MERGE_POSTERIOR_METHODS  # they need each run's posterior
+METHODS = MERGE_METHODS  # POSTERIOR_METHODS, then PEFT_TYPES
+SPACES = MERGE_SPACES
 MERGE_NAME = "merge.json"  # the merged dir's provenance
 
 
