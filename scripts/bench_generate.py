@@ -146,7 +146,6 @@ def main() -> None:
           f"torch {torch.__version__}, transformers {version('transformers')}")  # fmt: skip
     options = {"max_new_tokens": new, "batch_size": args.batch_size, "chat": False}
     weights = sample_weights(model, posterior, num, args.seed)
-    params = list(adapter_parameters(model).values())
     out = {}
 
     def batched_samples():

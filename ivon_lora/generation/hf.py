@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UsageError
 from ..mc_dropout import sample_seed
 from .batching import PromptBatches, holding_mean, stop_ids
 from .prompts import Prompt, render_prompts, uses_chat_template

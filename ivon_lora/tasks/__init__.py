@@ -30,7 +30,8 @@ evaluation presets (which questions are kept, what they are scored over); `loadi
 """
 
 from .arc import arc_example
-from .base import GENERATIVE, LETTERS, MC_TEMPLATE, MULTIPLE_CHOICE, RecordError, Task, TaskDataError
+from ..errors import RecordError, TaskDataError
+from .base import GENERATIVE, LETTERS, MC_TEMPLATE, MULTIPLE_CHOICE, Task
 from .generative import GenerativeExample, GenerativeTask
 from .judges import JUDGES, Judge, get_judge
 from .loading import (

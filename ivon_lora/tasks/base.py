@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..choice.example import ChoiceExample
-from ..errors import RecordError, TaskDataError
+from ..errors import RecordError
 
 LETTERS = "ABCDEFGH"
 MC_TEMPLATE = "Select one of the choices that answers the following question: {question} Choices: {choices} Answer:"

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from ..choice.example import ChoiceExample
-from .base import GENERATIVE, MULTIPLE_CHOICE, RecordError, RecordSource, Task, TaskDataError
+from ..errors import RecordError, TaskDataError
+from .base import GENERATIVE, MULTIPLE_CHOICE, RecordSource, Task
 from .generative import GenerativeExample, GenerativeTask
 from .protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .registry import get_task

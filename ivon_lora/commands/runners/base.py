@@ -125,8 +125,9 @@ class Runner:
         those its dir holds already, a pruned dir's), and the run it started from (continual finetuning)."""
         from ...continual import started_from
 
-        pruning = run.posterior.evaluation_record(fraction, temperature, **prune_options) if posterior is not None else None
-        return {**({"pruning": pruning} if pruning is not None else {}), **started_from(run)}
+        if posterior is None:
+            return started_from(run)
+        return {"pruning": run.posterior.evaluation_record(fraction, temperature, **prune_options), **started_from(run)}
 
     def finish(self) -> None:
         """After every run: what combines runs (an ensemble, temperature scaling)."""

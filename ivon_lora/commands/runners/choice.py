@@ -235,7 +235,6 @@ class ChoiceRunner(Runner):
         return table, table + sweep + "\n" + report_notes(self.preset, result["tasks"]) + risk_averse
 
 
-
 def _common_answer_scoring(described_runs) -> str:
     """The answer scoring (letter / text / text_norm) of the runs compared side by side: one for all, checked before
     any model loads (a run without a recipe scores letters)."""
