@@ -98,7 +98,8 @@ def _written_by_a_run(directory: str, name: str) -> bool:
     path = os.path.join(directory, name)
     if os.path.isdir(path) and not os.path.islink(path):
         return bool(re.fullmatch(CHECKPOINT_DIR_PATTERN, name)) or (
-            name.startswith(EVAL_DIR_PREFIX) and os.path.isfile(os.path.join(path, "eval.json")))
+            name.startswith(EVAL_DIR_PREFIX) and os.path.isfile(os.path.join(path, "eval.json"))
+        )
     return name in RUN_FILES and os.path.isfile(path)
 
 
@@ -106,8 +107,10 @@ def check_overwritable(directory: str) -> None:
     """`overwrite_output_dir` replaces a previous ivon-lora run (a dir with its recipe.yaml), nothing else: a
     non-empty dir without one is refused before anything is removed."""
     if os.path.isdir(directory) and os.listdir(directory) and not os.path.isfile(os.path.join(directory, RECIPE_NAME)):
-        raise FileExistsError(f"output_dir {directory!r} is not an ivon-lora run dir (no {RECIPE_NAME}) and is not "
-                              "empty: overwrite_output_dir only replaces a previous run; choose another output_dir")
+        raise FileExistsError(
+            f"output_dir {directory!r} is not an ivon-lora run dir (no {RECIPE_NAME}) and is not "
+            "empty: overwrite_output_dir only replaces a previous run; choose another output_dir"
+        )
 
 
 def remove_run_artifacts(directory: str) -> list[str]:
@@ -165,6 +168,7 @@ def read_tensors(path: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Writing into a run dir: one file atomically, or a whole output dir staged and swapped into place. Here, in the
 # leaf, because both the posterior (which rundir.py loads) and the commands write; a reader never sees half a file.
+
 
 def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
@@ -286,7 +290,11 @@ def release_output_dir(path: str | None = None) -> None:
 def _leftovers(path: str, tag: str) -> list[str]:
     parent, base = os.path.split(os.path.abspath(path))
     prefix = f".{base}.{tag}-"
-    return sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix)) if os.path.isdir(parent) else []
+    return (
+        sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix))
+        if os.path.isdir(parent)
+        else []
+    )
 
 
 def recover_output_dir(path: str) -> None:

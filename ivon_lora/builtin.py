@@ -35,10 +35,13 @@ class BuiltinModel:
     vocab_size: int = 640
 
 
-BUILTIN_MODELS: Registry[BuiltinModel] = Registry("built-in model", {
-    "builtin:tiny-llama": BuiltinModel("llama", bos=True),
-    "builtin:tiny-qwen2": BuiltinModel("qwen2", bos=False),
-})
+BUILTIN_MODELS: Registry[BuiltinModel] = Registry(
+    "built-in model",
+    {
+        "builtin:tiny-llama": BuiltinModel("llama", bos=True),
+        "builtin:tiny-qwen2": BuiltinModel("qwen2", bos=False),
+    },
+)
 
 
 def build_tokenizer(spec: BuiltinModel):

@@ -27,7 +27,9 @@ def _command(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ivon-lora", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help=f"show the traceback of user errors too (or {DEBUG_ENV}=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of user errors too (or {DEBUG_ENV}=1)"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         _command(name).make_parser(subparsers)

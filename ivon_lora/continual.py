@@ -102,8 +102,10 @@ def _check_matching(recipe, previous, where: str) -> None:
         if name == "lora_target":
             new, old = sorted(new), sorted(old)
         if new != old:
-            raise RecipeError(f"{where} was trained with {name}: {old!r}, this recipe has {new!r}; a run can only start "
-                              f"from an adapter of the same base model and LoRA shape ({', '.join(MATCHING_KEYS)})")
+            raise RecipeError(
+                f"{where} was trained with {name}: {old!r}, this recipe has {new!r}; a run can only start "
+                f"from an adapter of the same base model and LoRA shape ({', '.join(MATCHING_KEYS)})"
+            )
 
 
 def _read_adapter(directory: str, where: str) -> dict[str, torch.Tensor]:
@@ -149,7 +151,6 @@ def apply_starting_point(model, start: StartingPoint) -> None:
                 raise RecipeError(f"Recipe key {start.key!r}: {key} has shape {tuple(start.mean[key].shape)} in the "
                                   f"previous adapter, {tuple(p.shape)} here")  # fmt: skip
             p.copy_(start.mean[key])
-
 
 
 def started_from(run) -> dict:

@@ -81,7 +81,9 @@ def posterior_diagnostics(posterior) -> dict:
 def predictive_diagnostics(mean: torch.Tensor, samples: torch.Tensor) -> dict:
     """How much S samples (S x N x K probabilities) move the predictions away from the mean's (N x K)."""
     if samples.ndim != 3 or samples.shape[1:] != mean.shape:
-        raise ValueError(f"Expected samples S x N x K and mean N x K, got {tuple(samples.shape)} and {tuple(mean.shape)}")
+        raise ValueError(
+            f"Expected samples S x N x K and mean N x K, got {tuple(samples.shape)} and {tuple(mean.shape)}"
+        )
     mean, samples = mean.double(), samples.double()
     flips = samples.argmax(-1) != mean.argmax(-1)  # S x N
     # KL(mean || sample) per example and sample; 0 * log(0 / q) = 0 for absent choices.
@@ -184,8 +186,10 @@ def plot_diagnostics(diagnostics: dict, path: str, title: str = "") -> None:
     predictive = diagnostics.get("predictive")
     heading = title or "posterior diagnostics"
     if predictive is not None:
-        heading += (f": each posterior sample changes {100 * predictive['flip_rate']:.1f}% of the answers, "
-                    f"mean KL(mean || sample) {predictive['mean_kl']:.1e} nats ({predictive['num_examples']} examples)")
+        heading += (
+            f": each posterior sample changes {100 * predictive['flip_rate']:.1f}% of the answers, "
+            f"mean KL(mean || sample) {predictive['mean_kl']:.1e} nats ({predictive['num_examples']} examples)"
+        )
     figure.suptitle(heading, fontsize=10)
     figure.savefig(path)
 

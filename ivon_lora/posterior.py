@@ -47,7 +47,6 @@ ADAPTER_HASH_KEY = "adapter_sha256"
 PRIOR_RUN_KEY = "prior_run"
 
 
-
 def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
     """The adapter's parameters keyed as they are saved: PEFT adapter keys, else trainable parameter names.
 
@@ -103,7 +102,9 @@ class Posterior:
             )
         for key, mean in self.mean.items():
             if mean.shape != self.variance[key].shape:
-                raise ValueError(f"{key}: adapter shape {tuple(mean.shape)} != posterior {tuple(self.variance[key].shape)}")
+                raise ValueError(
+                    f"{key}: adapter shape {tuple(mean.shape)} != posterior {tuple(self.variance[key].shape)}"
+                )
 
     # ------------------------------------------------------------------ creation, files
 
@@ -157,7 +158,9 @@ class Posterior:
         """Read the adapter (mean) and the posterior files of a run or checkpoint dir, checking they belong together:
         same LoRA settings, the adapter the posterior was saved with (its hash), finite values, variances >= 0."""
         recover_final_files(directory)  # a train killed while moving its final files in: finish the move
-        paths = {n: os.path.join(directory, n) for n in (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME)}
+        paths = {
+            n: os.path.join(directory, n) for n in (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME)
+        }
         for name, path in paths.items():
             if not os.path.isfile(path):
                 what = "adapter" if name == ADAPTER_WEIGHTS_NAME else "posterior (was it trained with optim=ivon?)"
@@ -209,7 +212,9 @@ class Posterior:
             raise FloatingPointError(f"Not saving a posterior with NaN or inf values into {directory}")
         config = {**self.config, ADAPTER_HASH_KEY: adapter_hash(self.mean)}  # loading checks the adapter beside it
         metadata = {"format": "pt"}
-        files = [(POSTERIOR_WEIGHTS_NAME, self.variance)] + ([(ADAPTER_WEIGHTS_NAME, self.mean)] if include_mean else [])
+        files = [(POSTERIOR_WEIGHTS_NAME, self.variance)] + (
+            [(ADAPTER_WEIGHTS_NAME, self.mean)] if include_mean else []
+        )
         for name, tensors in files:
             tensors = {k: v.contiguous() for k, v in tensors.items()}
             atomic_write(os.path.join(directory, name), lambda path, t=tensors: save_file(t, path, metadata=metadata))

@@ -98,4 +98,3 @@ class Registry(Mapping[str, T], Generic[T]):
                 self._entries.pop(name, None)
             else:
                 self._entries[name] = previous
-

@@ -174,8 +174,10 @@ def check_out_apart(out: str, inputs: dict[str, str | None]) -> None:
         relation = ("is" if target == source else "is inside" if target.startswith(source + os.sep)
                     else "contains" if source.startswith(target + os.sep) else None)  # fmt: skip
         if relation:
-            raise UsageError(f"--out {out!r} {relation} the {what} {directory!r}, which it would replace: choose an "
-                             "--out outside every input run dir")
+            raise UsageError(
+                f"--out {out!r} {relation} the {what} {directory!r}, which it would replace: choose an "
+                "--out outside every input run dir"
+            )
 
 
 def claim_output_dir(out: str, overwrite: bool, inputs: dict[str, str | None]) -> None:

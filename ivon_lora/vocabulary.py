@@ -54,5 +54,5 @@ def selection_criteria(ece_bins=DEFAULT_ECE_BINS) -> dict[str, bool]:
     return {
         column: higher_is_better
         for name, higher_is_better, per_bins in SELECTION_METRICS
-         for column in ([f"{name}_{b}" for b in bins] if per_bins else [name])
+        for column in ([f"{name}_{b}" for b in bins] if per_bins else [name])
     }

@@ -107,7 +107,9 @@ def word_tokenizer(vocab_size: int):
     words += [f"w{i}" for i in range(vocab_size - len(words))]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<eos>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", padding_side="left"
+    )
 
 
 def build(args):
@@ -134,7 +136,9 @@ def build(args):
     for i in range(args.examples):
         ids = torch.randint(len(ANSWERS) + 2, shape.vocab_size, (args.prompt_tokens,), generator=generator)
         gold = int(torch.randint(len(ANSWERS), (1,), generator=generator))
-        examples.append(ChoiceExample(f"q{i}", " ".join(f"w{j - len(ANSWERS) - 2}" for j in ids.tolist()), ANSWERS, gold))
+        examples.append(
+            ChoiceExample(f"q{i}", " ".join(f"w{j - len(ANSWERS) - 2}" for j in ids.tolist()), ANSWERS, gold)
+        )
     # Means with B != 0 (a fresh adapter has B = 0) and a variance that moves the predictions visibly.
     params = adapter_parameters(model)
     mean = {k: 0.05 * torch.randn(p.shape, generator=generator) for k, p in params.items()}

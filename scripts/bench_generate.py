@@ -175,16 +175,20 @@ def main() -> None:
     texts_by_sample = [[out["batched"][i][k].text for i in range(len(texts))] for k in range(num)]
     same_text = sum(a == b for k in range(num) for a, b in zip(texts_by_sample[k], out["generate()"][k]))
     same_tokens = sum(a == list(b.token_ids) for k in range(num) for a, b in zip(by_sample[k], out["sequential"][k]))
-    print(f"\n(a) one answer per posterior sample ({len(texts) * num} answers, {tokens} tokens); generate(): "
-          f"{same_text}/{len(texts) * num} texts identical, sequential: {same_tokens}/{len(texts) * num} token-identical")
+    print(
+        f"\n(a) one answer per posterior sample ({len(texts) * num} answers, {tokens} tokens); generate(): "
+        f"{same_text}/{len(texts) * num} texts identical, sequential: {same_tokens}/{len(texts) * num} token-identical"
+    )
     for name in runs:
         print(f"  {name:11s} {tokens / statistics.median(times[name]):9.1f} tokens/s")
     for name in ("generate()", "sequential"):
         print(f"  batched speed-up over {name}: {paired_ratio(times, name, 'batched'):.2f}x")
 
     def batched_averaged():
-        out["avg batched"] = [list(a.token_ids) for a in
-                              decode_averaged(model, tokenizer, texts, posterior, num, seed=args.seed, **options)]
+        out["avg batched"] = [
+            list(a.token_ids)
+            for a in decode_averaged(model, tokenizer, texts, posterior, num, seed=args.seed, **options)
+        ]
 
     def sequential_averaged():
         out["avg sequential"] = averaged_sequential(model, tokenizer, texts, weights, new, args.batch_size, device)

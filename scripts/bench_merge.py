@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--probe-layers", type=int, default=1)
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds per method before it is scaled from a probe")
+    parser.add_argument(
+        "--budget", type=float, default=60.0, help="seconds per method before it is scaled from a probe"
+    )
     parser.add_argument("--out", default="results/merge-bench/bench.json")
     options = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

@@ -105,7 +105,12 @@ def ivon_breakdown(args: argparse.Namespace) -> dict[str, float]:
     params = lora_params(args.layers, args.rank, device)
     grads = [torch.full_like(p, 1e-3) for p in params]
     optimizer = IVON(params, lr=0.03, ess=1e7, hess_init=3e-4, weight_decay=0.0, clip_radius=1e-3, seed=0)
-    phases: dict[str, list[float]] = {"draw noise only": [], "enter (draw + perturb)": [], "exit (record + restore)": [], "step()": []}
+    phases: dict[str, list[float]] = {
+        "draw noise only": [],
+        "enter (draw + perturb)": [],
+        "exit (record + restore)": [],
+        "step()": [],
+    }
 
     def timed(phase, fn):
         synchronize(args.device)
@@ -121,7 +126,10 @@ def ivon_breakdown(args: argparse.Namespace) -> dict[str, float]:
             p.grad = grad
         timed("exit (record + restore)", lambda: context.__exit__(None, None, None))
         timed("step()", optimizer.step)
-        timed("draw noise only", lambda: [optimizer._sample_noise(b.params, b.noise, 1.0) for b in optimizer._get_buckets()])
+        timed(
+            "draw noise only",
+            lambda: [optimizer._sample_noise(b.params, b.noise, 1.0) for b in optimizer._get_buckets()],
+        )
         if repeat < args.warmup:
             for times in phases.values():
                 times.clear()

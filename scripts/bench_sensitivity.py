@@ -74,7 +74,9 @@ def main(argv=None) -> int:
                  "spearman_of_s": float(spearmanr(exact.sensitivity, sampled.sensitivity).statistic),
                  "loo_nll_exact": exact.loo_nll(), "loo_nll_sampled": sampled.loo_nll()}  # fmt: skip
     per_1000 = {name: 1000 * statistics.median(t) / len(examples) for name, t in times.items()}
-    ratios = {name: statistics.median(t / e for t, e in zip(times[name], times["eval"])) for name in ("exact", "sampled")}
+    ratios = {
+        name: statistics.median(t / e for t, e in zip(times[name], times["eval"])) for name in ("exact", "sampled")
+    }
     result = {"command": " ".join(["python", "scripts/bench_sensitivity.py", *sys.argv[1:]]), "settings": vars(args),
               "model": run.model_args.model_name_or_path, "num_examples": len(examples),
               "seconds_per_1000_examples": per_1000, "ratio_to_eval": ratios, "times": times,

@@ -50,7 +50,9 @@ def main() -> None:
     recipe = load_recipe(options.recipe, for_training=False)
     tokenizer = load_tokenizer(recipe.model)
     data = recipe.data
-    train_rows = load_sft_split(data.dataset, data.train_split, data.train_file, config_name=data.dataset_config).dataset
+    train_rows = load_sft_split(
+        data.dataset, data.train_split, data.train_file, config_name=data.dataset_config
+    ).dataset
     times = {"ivon": [], "adamw_torch": []}
     with tempfile.TemporaryDirectory() as output_dir:
         for repeat in range(options.repeats + 1):
@@ -59,13 +61,17 @@ def main() -> None:
                 if repeat > 0:  # the first round warms up
                     times[optim].append(t)
     ivon, adamw = (statistics.median(times[k]) for k in ("ivon", "adamw_torch"))
-    print(f"{options.recipe}: torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
-          f"{recipe.training.per_device_train_batch_size}, {options.steps} steps x {options.repeats} repeats (medians)")
+    print(
+        f"{options.recipe}: torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
+        f"{recipe.training.per_device_train_batch_size}, {options.steps} steps x {options.repeats} repeats (medians)"
+    )
     print(f"{'optimizer':<12} {'ms/step':>9}")
     print(f"{'IVON':<12} {1000 * ivon:>9.1f}")
     print(f"{'AdamW':<12} {1000 * adamw:>9.1f}")
-    print(f"IVON / AdamW: {ivon / adamw:.3f}x (all runs: IVON {[round(1000 * t, 1) for t in times['ivon']]}, "
-          f"AdamW {[round(1000 * t, 1) for t in times['adamw_torch']]} ms)")
+    print(
+        f"IVON / AdamW: {ivon / adamw:.3f}x (all runs: IVON {[round(1000 * t, 1) for t in times['ivon']]}, "
+        f"AdamW {[round(1000 * t, 1) for t in times['adamw_torch']]} ms)"
+    )
 
 
 if __name__ == "__main__":

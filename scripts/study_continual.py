@@ -177,7 +177,12 @@ def methods(options) -> dict[str, dict]:
         grid[f"adamw-ewc[{strength:g}]"] = {"optim": "adamw", "start": "init", "penalty": ("ewc", strength)}
     for scale in options.prior_scales:
         grid[f"ivon-prior[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale}
-        grid[f"ivon-prior-memory[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale, "replay": options.replay}
+        grid[f"ivon-prior-memory[{scale:g}]"] = {
+            "optim": "ivon",
+            "start": "prior",
+            "scale": scale,
+            "replay": options.replay,
+        }
     for optim in ("adamw", "ivon"):
         grid[f"multitask-{optim}"] = {"optim": optim, "start": None, "replay": None, "multitask": True}
     return grid
@@ -250,8 +255,13 @@ def evaluate(options, run: str, out: str, split: str) -> dict:
 def run_record(options, run: str, split_evals: dict, task_b: str) -> dict:
     with open(os.path.join(run, "metrics.json")) as f:
         trained = json.load(f)
-    record = {"dir": run, "eval": split_evals, "train_seconds": trained["train"].get("train_runtime"),
-              "recipe": trained["recipe"], "prior_run": trained.get("prior_run")}
+    record = {
+        "dir": run,
+        "eval": split_evals,
+        "train_seconds": trained["train"].get("train_runtime"),
+        "recipe": trained["recipe"],
+        "prior_run": trained.get("prior_run"),
+    }
     curve_path = os.path.join(run, CURVE_NAME)
     if os.path.isfile(curve_path):
         with open(curve_path) as f:
@@ -365,8 +375,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipe-ivon", default=RECIPES["ivon"])
     parser.add_argument("--recipe-adamw", default=RECIPES["adamw"])
-    parser.add_argument("--reuse-a", default="/work/runs/wordfacts-{optim}-seed{seed}",
-                        help="finished A runs to reuse ({optim}: ivon or adamw, {seed}); '' trains them")
+    parser.add_argument(
+        "--reuse-a",
+        default="/work/runs/wordfacts-{optim}-seed{seed}",
+        help="finished A runs to reuse ({optim}: ivon or adamw, {seed}); '' trains them",
+    )
     parser.add_argument("--replay", type=int, default=32, help="A examples replayed (and the memory of IVON's)")
     parser.add_argument("--prior-scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--l2", type=float, nargs="+", default=[0.1, 1.0, 10.0])

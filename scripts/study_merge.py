@@ -31,21 +31,26 @@ TASKS = ("wordfacts", "antonyms")
 DESIGN_COLUMNS = ("linear (PEFT, factor-wise)", "cat (exact ΔW)", "uncertainty factor, H₀=0", "uncertainty delta, H₀=0")
 ALPHAS = (0.5, 1.0, 1.5)
 DENSITIES = (0.3, 0.7)
+
+
 # (row name, merge spec, weight points): the validation grid of every method; "average" has no hyperparameter.
 def grid(optimizer: str) -> list[tuple[str, dict, list]]:
     same = lambda alphas: [(a, a) for a in alphas]  # noqa: E731  equal weights, as the ICLR paper's α
-    rows = [("average", {"method": "cat"}, [(0.5, 0.5)]),
-            ("task arithmetic", {"method": "cat"}, same(ALPHAS))]
+    rows = [("average", {"method": "cat"}, [(0.5, 0.5)]), ("task arithmetic", {"method": "cat"}, same(ALPHAS))]
     for density in DENSITIES:
-        rows += [("TIES", {"method": "ties_svd", "density": density, "rank": 16}, same(ALPHAS[:2])),
-                 ("DARE-TIES", {"method": "dare_ties_svd", "density": density, "rank": 16}, same(ALPHAS[:2]))]
+        rows += [
+            ("TIES", {"method": "ties_svd", "density": density, "rank": 16}, same(ALPHAS[:2])),
+            ("DARE-TIES", {"method": "dare_ties_svd", "density": density, "rank": 16}, same(ALPHAS[:2])),
+        ]
     rows.append(("linear (factor)", {"method": "linear"}, [(1.0, 1.0)]))
     if optimizer == "ivon":
-        rows += [("uncertainty", {"method": "uncertainty", "base_precision": 0.0}, [(1.0, 1.0)]),
-                 ("uncertainty", {"method": "uncertainty", "base_precision": 1.0}, same(ALPHAS)),
-                 ("posterior", {"method": "posterior"}, [(1.0, 1.0)]),
-                 ("uncertainty (factor)", {"method": "uncertainty", "space": "factor"}, [(1.0, 1.0)]),
-                 ("posterior (factor)", {"method": "posterior", "space": "factor"}, [(1.0, 1.0)])]
+        rows += [
+            ("uncertainty", {"method": "uncertainty", "base_precision": 0.0}, [(1.0, 1.0)]),
+            ("uncertainty", {"method": "uncertainty", "base_precision": 1.0}, same(ALPHAS)),
+            ("posterior", {"method": "posterior"}, [(1.0, 1.0)]),
+            ("uncertainty (factor)", {"method": "uncertainty", "space": "factor"}, [(1.0, 1.0)]),
+            ("posterior (factor)", {"method": "posterior", "space": "factor"}, [(1.0, 1.0)]),
+        ]
     return rows  # fmt: skip
 
 
@@ -156,11 +161,17 @@ def study_seed(seed: int, optimizer: str, runs: str, state: dict, save, referenc
 
 def table(state: dict) -> str:
     """Test accuracy / NLL / ECE per task, mean ± std over the seeds studied, per optimizer and method."""
-    lines = ["LoRA design: relative distance of each merge's ΔW to the exact ΔW average (cosine of the runs' A):\n",
-             "| pair | cos(A₁, A₂) | " + " | ".join(DESIGN_COLUMNS) + " |", "|---|---|" + "---|" * len(DESIGN_COLUMNS)]
+    lines = [
+        "LoRA design: relative distance of each merge's ΔW to the exact ΔW average (cosine of the runs' A):\n",
+        "| pair | cos(A₁, A₂) | " + " | ".join(DESIGN_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(DESIGN_COLUMNS),
+    ]
     for label, row in state.get("lora_design", {}).items():
-        lines.append(f"| {label} | {row['cosine_A']:.3f} | " + " | ".join(
-            f"{row[c]:.3f}" if c in row else "-" for c in DESIGN_COLUMNS) + " |")
+        lines.append(
+            f"| {label} | {row['cosine_A']:.3f} | "
+            + " | ".join(f"{row[c]:.3f}" if c in row else "-" for c in DESIGN_COLUMNS)
+            + " |"
+        )
     for optimizer in ("ivon", "adamw"):
         seeds = sorted(k for k in state.get("test", {}) if k.startswith(optimizer + "-"))
         if not seeds:
@@ -229,8 +240,12 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=["ivon", "adamw"])
     parser.add_argument("--runs", default="/work/runs/merge")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "merge-smollm2"))
-    parser.add_argument("--reference-optimizers", nargs="+", default=["ivon"],
-                        help="optimizers whose multitask finetune (seed 0) is trained as the reference")
+    parser.add_argument(
+        "--reference-optimizers",
+        nargs="+",
+        default=["ivon"],
+        help="optimizers whose multitask finetune (seed 0) is trained as the reference",
+    )
     parser.add_argument("--no-train", action="store_true", help="skip seeds whose runs are missing instead of training")
     options = parser.parse_args()
     from ivon_lora.artifacts import write_json_atomic
@@ -259,8 +274,13 @@ def main() -> None:
                 print(f"skipping {optimizer} seed {seed}: runs missing ({dirs})", flush=True)
                 continue
             design = state.setdefault("lora_design", {})
-            for label, pair in ((f"{optimizer} seed {seed}: wordfacts vs antonyms", list(dirs.values())),
-                                (f"{optimizer}: wordfacts seed 0 vs seed 1", [run_dirs(s, optimizer, options.runs)["wordfacts"] for s in (0, 1)])):
+            for label, pair in (
+                (f"{optimizer} seed {seed}: wordfacts vs antonyms", list(dirs.values())),
+                (
+                    f"{optimizer}: wordfacts seed 0 vs seed 1",
+                    [run_dirs(s, optimizer, options.runs)["wordfacts"] for s in (0, 1)],
+                ),
+            ):
                 if label not in design and all(os.path.isfile(os.path.join(d, "metrics.json")) for d in pair):
                     design[label] = lora_design(*pair)
                     save()

@@ -65,13 +65,19 @@ def mean_std(values: list) -> str:
     defined = [100 * v for v in values if v is not None]
     if not defined:
         return "undefined"
-    text = f"{statistics.mean(defined):.1f} ± {statistics.stdev(defined):.1f}" if len(defined) > 1 else f"{defined[0]:.1f}"
+    text = (
+        f"{statistics.mean(defined):.1f} ± {statistics.stdev(defined):.1f}" if len(defined) > 1 else f"{defined[0]:.1f}"
+    )
     return text + (f" ({len(defined)} of {len(values)} seeds defined)" if len(defined) < len(values) else "")
 
 
 def markdown(table: dict, seeds: list[int]) -> str:
-    lines = [f"wordqa test (50 questions), seeds {', '.join(map(str, seeds))}; mean ± std over seeds, x100.", "",
-             "| run | accuracy | score | AUROC | PRR | AURC | coverage at 5% risk |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"wordqa test (50 questions), seeds {', '.join(map(str, seeds))}; mean ± std over seeds, x100.",
+        "",
+        "| run | accuracy | score | AUROC | PRR | AURC | coverage at 5% risk |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind, entry in table.items():
         for score, metrics in entry["scores"].items():
             cells = " | ".join(mean_std(metrics[m]) for m in METRICS)

@@ -119,8 +119,9 @@ def part_d(args) -> dict:
                 train = [train[i] for i in sorted(random.Random(0).sample(range(len(train)), args.loo_examples))]
             trained = _sensitivity(run, train)
             # ess = N: the same variances times ess_run / N (the posterior's precision is ess (h + δ)).
-            bayes = Sensitivity(trained.ids, trained.gold, trained.logits,
-                                trained.variance * run.posterior.config["ess"] / 256)
+            bayes = Sensitivity(
+                trained.ids, trained.gold, trained.logits, trained.variance * run.posterior.config["ess"] / 256
+            )
             validation = _mean_probs(run, _examples(run, "validation"))
             measured = calibration_metrics(validation.mean, validation.gold, [10])
             result[f"{seed}/{step}"] = {"seed": seed, "step": step, "loo_examples": len(train), "train_nll": trained.summary()["nll"],
@@ -317,17 +318,27 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", nargs="+", default=["b", "d", "a", "c"], choices=["a", "b", "c", "d"])
     parser.add_argument("--removals", type=int, default=30)
     parser.add_argument("--retrain-steps", type=int, default=64, help="IVON steps of each retraining (a)")
-    parser.add_argument("--retrain-lr", type=float, default=0.005, help="their learning rate (a; the demo trains at "
-                        "0.05, decayed linearly)")
-    parser.add_argument("--retrain-checkpoint", help="(a): a checkpoint dir with optimizer.pt (default: the tiny "
-                        "demo, trained into WORK/demo-ivon)")
+    parser.add_argument(
+        "--retrain-lr",
+        type=float,
+        default=0.005,
+        help="their learning rate (a; the demo trains at 0.05, decayed linearly)",
+    )
+    parser.add_argument(
+        "--retrain-checkpoint",
+        help="(a): a checkpoint dir with optimizer.pt (default: the tiny demo, trained into WORK/demo-ivon)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--d-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--d-checkpoints", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--loo-examples", type=int, default=64, help="(d): LOO-NLL over this many random train "
-                        "examples (0: all 256)")
-    parser.add_argument("--report-only", action="store_true", help="write the report from what has run (c: the "
-                        "retrainings finished so far)")
+    parser.add_argument(
+        "--loo-examples", type=int, default=64, help="(d): LOO-NLL over this many random train examples (0: all 256)"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from what has run (c: the retrainings finished so far)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.set_num_threads(args.threads)

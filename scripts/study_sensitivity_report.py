@@ -52,7 +52,11 @@ def tables(parts: dict) -> str:
         for key, value in c.items():
             mean, sampled = value["test"]["mean"], value["test"].get("sampled")
             cells = [f"{mean['accuracy']:.3f}", f"{mean['nll']:.3f}", f"{mean['ece_10']:.3f}"]
-            cells += [f"{sampled['accuracy']:.3f}", f"{sampled['nll']:.3f}", f"{sampled['ece_10']:.3f}"] if sampled else ["", "", ""]
+            cells += (
+                [f"{sampled['accuracy']:.3f}", f"{sampled['nll']:.3f}", f"{sampled['ece_10']:.3f}"]
+                if sampled
+                else ["", "", ""]
+            )
             lines.append(f"| {key} | {value.get('flipped_dropped', '')} | " + " | ".join(cells) + " |")
         lines.append("")
     if "d" in parts:
@@ -104,8 +108,12 @@ def figure(parts: dict, path: str) -> None:
         for seed in sorted({v["seed"] for v in d.values()}):
             rows = sorted((v for v in d.values() if v["seed"] == seed), key=lambda v: v["step"])
             steps = [v["step"] for v in rows]
-            axes[3].plot(steps, [v["validation_nll"] for v in rows], "k-", label="validation NLL" if seed == 0 else None)
-            axes[3].plot(steps, [v["loo_nll_ess_n"] for v in rows], "C3--", label="LOO-NLL est. (ess N)" if seed == 0 else None)
+            axes[3].plot(
+                steps, [v["validation_nll"] for v in rows], "k-", label="validation NLL" if seed == 0 else None
+            )
+            axes[3].plot(
+                steps, [v["loo_nll_ess_n"] for v in rows], "C3--", label="LOO-NLL est. (ess N)" if seed == 0 else None
+            )
             axes[3].plot(steps, [v["train_nll"] for v in rows], "C0:", label="train NLL" if seed == 0 else None)
         axes[3].set(xlabel="training step", ylabel="NLL", title="(d) LOO-NLL from train alone vs. validation")
         axes[3].legend()
@@ -130,5 +138,7 @@ def write_report(args, parts: dict) -> None:
     with open(os.path.join(args.out, "study.md"), "w") as f:
         commands = "\n".join(f"- {PARTS[name]}: `{part['command']}`" for name, part in sorted(parts.items())
                               if isinstance(part, dict) and part.get("command"))  # fmt: skip
-        f.write(f"# Sensitivity study (wordfacts, SmolLM2-135M)\n\nThe parts were made by:\n\n{commands}\n\n{tables(parts)}")
+        f.write(
+            f"# Sensitivity study (wordfacts, SmolLM2-135M)\n\nThe parts were made by:\n\n{commands}\n\n{tables(parts)}"
+        )
     figure(parts, os.path.join(args.out, "study.png"))

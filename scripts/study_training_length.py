@@ -88,7 +88,7 @@ def train(recipe: str, run_dir: str, overrides: dict, options, data_file: str) -
         return
     args = [f"{key}={value}" for key, value in overrides.items()]
     args += [f"output_dir={run_dir}", f"train_file={data_file}", f"max_steps={options.steps}",
-             "save_strategy=steps", f"save_steps={options.save_steps}", "eval_mc_samples=0", "disable_tqdm=true",
+             "save_strategy=steps", f"save_steps={options.save_steps}", "final_eval_samples=0", "disable_tqdm=true",
              *options.train_overrides]  # fmt: skip
     done = checkpoints(run_dir)
     if done:
@@ -181,8 +181,9 @@ def variants(method: str, curve: dict[int, dict], split: str) -> dict[str, dict[
         found = {"ivon mean": {s: curve[s][split]["mean"] for s in steps},
                  "ivon samples": {s: curve[s][split]["samples"] for s in steps}}  # fmt: skip
         if split == "test" and all("risk_averse" in curve[s] for s in steps):  # selective numbers only
-            found["ivon samples, risk-averse"] = {s: {**curve[s]["risk_averse"]["test"],
-                                                      "kappa": curve[s]["risk_averse"]["kappa"]} for s in steps}
+            found["ivon samples, risk-averse"] = {
+                s: {**curve[s]["risk_averse"]["test"], "kappa": curve[s]["risk_averse"]["kappa"]} for s in steps
+            }
         return found
     stopped, best = {}, None
     for s in steps:  # early stopping: the best validation NLL among the checkpoints so far
@@ -259,7 +260,10 @@ def cell(value: dict, key: str) -> str:
 
 
 def final_table(curves: dict) -> str:
-    lines = ["| labels | predictive (test, last budget) | accuracy | NLL | ECE-10 | AURC |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| labels | predictive (test, last budget) | accuracy | NLL | ECE-10 | AURC |",
+        "|---|---|---|---|---|---|",
+    ]
     for regime in sorted(curves):
         for variant in VARIANTS:
             points = curves[regime]["test"].get(variant)
@@ -282,8 +286,13 @@ def parse_options(argv=None):
     parser.add_argument("--adamw-recipe", default=RECIPES["adamw"])
     parser.add_argument("--ivon-recipe", default=RECIPES["ivon"])
     parser.add_argument("--limit", type=int, help="evaluate only the first N questions of validation and test")
-    parser.add_argument("--train-override", dest="train_overrides", nargs="*", default=[],
-                        help="extra key=value for every training run (e.g. max_train_samples=64 for a dry run)")
+    parser.add_argument(
+        "--train-override",
+        dest="train_overrides",
+        nargs="*",
+        default=[],
+        help="extra key=value for every training run (e.g. max_train_samples=64 for a dry run)",
+    )
     options = parser.parse_args(argv)
     if 0 not in options.seeds:
         parser.error("--seeds must include 0: the selection runs are seed 0")
@@ -304,7 +313,9 @@ def main(argv=None) -> dict:
     num_train = len(load_split(task, "train").examples)
     if "max_train_samples" in overrides:
         num_train = min(num_train, int(overrides["max_train_samples"]))
-    batch = int(recipes["ivon"]["per_device_train_batch_size"]) * int(recipes["ivon"].get("gradient_accumulation_steps", 1))
+    batch = int(recipes["ivon"]["per_device_train_batch_size"]) * int(
+        recipes["ivon"].get("gradient_accumulation_steps", 1)
+    )
     steps_per_epoch = math.ceil(num_train / batch)
     options.steps, options.save_steps = options.epochs * steps_per_epoch, options.every * steps_per_epoch
     examples = {split: load_split(task, split, limit=options.limit).examples for split in ("validation", "test")}
@@ -324,7 +335,8 @@ def main(argv=None) -> dict:
                 key = os.path.join(regime, method, os.path.basename(run_dir))
                 seeds[seed] = run_curve(run_dir, key, examples, options)
                 resolved.setdefault(regime, {}).setdefault(method, {})[seed] = read_yaml(
-                    os.path.join(run_dir, "recipe.yaml"))
+                    os.path.join(run_dir, "recipe.yaml")
+                )
             per_seed.setdefault(regime, {})[method] = seeds
     curves = aggregate(per_seed, steps_per_epoch)
     study = {

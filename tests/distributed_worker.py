@@ -391,8 +391,15 @@ def sft_token_weighted_run(rank=None, out=None):
     from ivon_lora.sft import IVONSFTConfig, IVONSFTTrainer
 
     words = "the cat sat on a mat while dogs ran past seven green trees".split()
-    rows = [{"messages": [{"role": "user", "content": " ".join(words[i:i + 3])},
-                          {"role": "assistant", "content": " ".join(words[: 1 + (5 * i) % 12])}]} for i in range(8)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": " ".join(words[i : i + 3])},
+                {"role": "assistant", "content": " ".join(words[: 1 + (5 * i) % 12])},
+            ]
+        }
+        for i in range(8)
+    ]
     tokenizer = build_tokenizer(BUILTIN_MODELS["builtin:tiny-llama"])
     torch.manual_seed(0)
     model_args = ModelArguments("builtin:tiny-llama", lora_rank=4, lora_dropout=0.0, lora_target=["q_proj", "v_proj"])

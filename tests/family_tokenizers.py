@@ -52,8 +52,9 @@ QWEN3_CHAT_TEMPLATE = (
 # Task prompts of every registered frame, the answers in both spacings, and the chat templates' own text.
 PROMPTS = [
     MC_TEMPLATE.format(question="Which gas do plants take in?", choices="A. oxygen B. carbon dioxide C. water D. salt"),
-    MC_TEMPLATE.format(question="The trophy did not fit in the suitcase because _ was too big.",
-                       choices="1. trophy 2. suitcase"),
+    MC_TEMPLATE.format(
+        question="The trophy did not fit in the suitcase because _ was too big.", choices="1. trophy 2. suitcase"
+    ),
     "Answer the question with only True or False: is the sky blue? Context: The sky is blue. Answer:",
 ]
 CORPUS = PROMPTS + [

@@ -7,7 +7,11 @@ from ivon_lora.tasks.wordfacts import wordfacts_records
 
 def test_antonyms_is_deterministic_balanced_and_true_exactly_for_opposites():
     assert antonyms_records("train") == antonyms_records("train")
-    assert {split: len(antonyms_records(split)) for split in SPLIT_SIZES} == {"train": 256, "validation": 200, "test": 300}
+    assert {split: len(antonyms_records(split)) for split in SPLIT_SIZES} == {
+        "train": 256,
+        "validation": 200,
+        "test": 300,
+    }
     opposites = {frozenset((w, a)) for w, a, _ in TRIPLES}
     synonyms = {frozenset((w, s)) for w, _, s in TRIPLES}
     for split in SPLIT_SIZES:

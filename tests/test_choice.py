@@ -62,7 +62,11 @@ def test_an_answer_that_is_not_one_token_is_a_clear_error(llama_tokenizer):
 def test_collator_left_pads_and_masks_absent_choices(llama_tokenizer):
     rows = [
         {"prompt": PROMPT, "answers": (" A", " B"), "gold": 1},
-        {"prompt": "Answer the question with only True or False: Why? Answer:", "answers": (" A", " B", " C"), "gold": 2},
+        {
+            "prompt": "Answer the question with only True or False: Why? Answer:",
+            "answers": (" A", " B", " C"),
+            "gold": 2,
+        },
         {"prompt": "Answer:", "answers": (" A", " B"), "gold": 0},
     ]
     batch = ChoiceCollator(llama_tokenizer)(rows)

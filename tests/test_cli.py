@@ -59,8 +59,13 @@ def test_the_options_reach_the_command_as_its_typed_config_and_its_status_is_the
     (config,) = seen
     assert isinstance(config, PruneConfig)
     # flags over key=value over the YAML file; unset options keep the dataclass defaults
-    assert (config.run_dir, config.fraction, config.scope, config.mode, config.criterion) == ("RUN", 0.3, "matrix",
-                                                                                              "denoise", "snr")
+    assert (config.run_dir, config.fraction, config.scope, config.mode, config.criterion) == (
+        "RUN",
+        0.3,
+        "matrix",
+        "denoise",
+        "snr",
+    )
 
 
 def test_a_command_that_returns_no_config_exits_0(capsys):

@@ -25,10 +25,16 @@ def _refuse_model_loading(monkeypatch):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["learning_rat=0.1"], r"Unknown recipe key\(s\) on the command line: 'learning_rat' \(did you mean 'learning_rate'\?\)"),
+        (
+            ["learning_rat=0.1"],
+            r"Unknown recipe key\(s\) on the command line: 'learning_rat' \(did you mean 'learning_rate'\?\)",
+        ),
         (["max_steps=ten"], r"Recipe key 'max_steps' on the command line: 'ten' is not a valid int"),
         (["lora_rank=2.5"], r"Recipe key 'lora_rank'.*2.5 is not a valid int"),
-        (["train_file=/nonexistent/train.jsonl"], r"Recipe key 'train_file': file '/nonexistent/train.jsonl' does not exist"),
+        (
+            ["train_file=/nonexistent/train.jsonl"],
+            r"Recipe key 'train_file': file '/nonexistent/train.jsonl' does not exist",
+        ),
         (["fp16=true"], r"fp16=True cannot be used with optim='ivon'"),
         (["oops"], r"Override 'oops' is not of the form key=value"),
         (["dtype=bf16"], r"dtype must be auto, float32, bfloat16 or float16, got 'bf16'"),
@@ -153,7 +159,9 @@ def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run
 
     (tmp_path / "export.yaml").write_text(f"run_dir: {tmp_path / 'p'}\n")
     assert cli.main(["export", str(tmp_path / "export.yaml"), "--out", str(tmp_path / "x")]) == 0
-    assert (tmp_path / "x" / "README.md").is_file() and (tmp_path / "x" / "posterior" / "posterior.safetensors").is_file()
+    assert (tmp_path / "x" / "README.md").is_file() and (
+        tmp_path / "x" / "posterior" / "posterior.safetensors"
+    ).is_file()
 
 
 def test_the_former_name_of_final_eval_samples_works_with_a_warning_naming_the_new_one(tmp_path):

@@ -71,7 +71,10 @@ def test_prior_from_trains_and_keeps_what_the_prior_knew(run_dir, tmp_path):
         out = tmp_path / f"scale{scale:g}"
         assert cli.main(["train", DEMO, f"output_dir={out}", f"prior_from={run_dir}", f"prior_scale={scale}",
                          "max_steps=6", "learning_rate=0.05", *SHORT]) == 0  # fmt: skip
-        new, previous = load_file(out / "adapter_model.safetensors"), load_file(os.path.join(run_dir, "adapter_model.safetensors"))
+        new, previous = (
+            load_file(out / "adapter_model.safetensors"),
+            load_file(os.path.join(run_dir, "adapter_model.safetensors")),
+        )
         moved[scale] = sum(float((new[k] - previous[k]).norm()) for k in new)
     assert 0 < moved[1000.0] < moved[1.0]
 

@@ -96,8 +96,9 @@ def test_the_means_answers_are_model_generates_and_generates(model, tokenizer, p
     assert [list(a.token_ids) for a in answers] == expected
     assert [a.finish_reason for a in answers] == ["length"] * len(PROMPTS)
     assert [a.text for a in answers] == [tokenizer.decode(ids, skip_special_tokens=True) for ids in expected]
-    assert [a.text for a in answers] == [g.mean for g in generate(model, tokenizer, PROMPTS, posterior=pruned,
-                                                                    max_new_tokens=MAX_NEW_TOKENS, chat=False)]
+    assert [a.text for a in answers] == [
+        g.mean for g in generate(model, tokenizer, PROMPTS, posterior=pruned, max_new_tokens=MAX_NEW_TOKENS, chat=False)
+    ]
     # Chat-rendered texts are tokenized as generate() tokenizes the prompts it renders (no special tokens added).
     rendered = decode_mean(model, tokenizer, render_prompts(tokenizer, PROMPTS), max_new_tokens=MAX_NEW_TOKENS)
     assert [a.text for a in rendered] == [g.mean for g in generate(model, tokenizer, PROMPTS,

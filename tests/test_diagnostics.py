@@ -18,7 +18,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def posterior_with_hessian(hess, ess=100.0, weight_decay=0.5, hess_init=1.0):
     mean = {"a.lora_A.weight": torch.tensor([[1.0, -2.0], [0.5, 0.0]]), "a.lora_B.weight": torch.tensor([[3.0, 4.0]])}
     variance = {k: 1.0 / (ess * (torch.full_like(v, hess) + weight_decay)) for k, v in mean.items()}
-    config = {"ess": ess, "weight_decay": weight_decay, "step": 7, "hyperparameters": {"hess_init": hess_init, "beta2": 0.99999}}
+    config = {
+        "ess": ess,
+        "weight_decay": weight_decay,
+        "step": 7,
+        "hyperparameters": {"hess_init": hess_init, "beta2": 0.99999},
+    }
     return Posterior(mean, variance, config)
 
 

@@ -26,8 +26,12 @@ NON_DEFAULT = {
 
 
 # The options that select each kind (multiple choice and SFT: none; the recipe decides between them).
-SELECTING = {"multiple_choice": {}, "sft": {}, "generative": {"task": ["wordqa"]},
-             "lm_eval": {"lm_eval_tasks": ["arc_easy"]}}
+SELECTING = {
+    "multiple_choice": {},
+    "sft": {},
+    "generative": {"task": ["wordqa"]},
+    "lm_eval": {"lm_eval_tasks": ["arc_easy"]},
+}
 
 
 def _options(**values) -> EvalConfig:

@@ -117,7 +117,14 @@ def test_eval_sweep_chooses_on_the_select_split_only(run_dir, tmp_path):
     report = json.loads((out / "eval.json").read_text())
     sweep = report["sweep"]
     configs = sweep["configs"]
-    assert [(c["fraction"], c["temperature"]) for c in configs] == [(0, 1), (0, 4), (0.2, 1), (0.2, 4), (0.9, 1), (0.9, 4)]
+    assert [(c["fraction"], c["temperature"]) for c in configs] == [
+        (0, 1),
+        (0, 4),
+        (0.2, 1),
+        (0.2, 4),
+        (0.9, 1),
+        (0.9, 4),
+    ]
     select_nll = [c["select"]["sampled"]["nll"] for c in configs]
     assert sweep["chosen"] == select_nll.index(min(select_nll))
     assert all(c["report"]["num_examples"] == 48 and c["select"]["num_examples"] == 48 for c in configs)
@@ -127,9 +134,16 @@ def test_eval_sweep_chooses_on_the_select_split_only(run_dir, tmp_path):
     chosen = configs[sweep["chosen"]]
     assert report["runs"]["ivon"]["pruning"]["fraction"] == chosen["fraction"]
     task = report["tasks"]["synthetic"]
-    assert task["split"] == "test" and task["runs"]["ivon"]["sampled"]["nll"] == pytest.approx(chosen["report"]["sampled"]["nll"])
+    assert task["split"] == "test" and task["runs"]["ivon"]["sampled"]["nll"] == pytest.approx(
+        chosen["report"]["sampled"]["nll"]
+    )
     # The unpruned configuration reproduces a plain evaluation of the run.
-    assert cli.main(["eval", run_dir, "--split", "test", "--limit", "48", "--samples", "2", "--out", str(tmp_path / "plain")]) == 0
+    assert (
+        cli.main(
+            ["eval", run_dir, "--split", "test", "--limit", "48", "--samples", "2", "--out", str(tmp_path / "plain")]
+        )
+        == 0
+    )
     plain = json.loads((tmp_path / "plain" / "eval.json").read_text())["tasks"]["synthetic"]["runs"]["ivon"]
     assert {k: plain[k] for k in ("mean", "sampled")} == {k: configs[0]["report"][k] for k in ("mean", "sampled")}
 
@@ -215,6 +229,8 @@ def test_the_tradeoff_plot_shows_the_protocols_headline_ece(run_dir, tmp_path, m
             "--prune-fractions", "0", "0.5", "--protocol", "blob", "--out", str(tmp_path / "blob")]  # fmt: skip
     assert cli.main(args) == 0
     assert "ECE (15 bins, %)" in labels and "ECE (10 bins, %)" not in labels
+
+
 def test_eval_ensemble_and_temperature_scaling(run_dir, adamw_run_dir, tmp_path):
     from ivon_lora.evaluation.baselines import fit_temperature
 
@@ -230,12 +246,16 @@ def test_eval_ensemble_and_temperature_scaling(run_dir, adamw_run_dir, tmp_path)
             for name in ("ivon", "ensemble")}  # fmt: skip
     for ivon_row, ensemble_row in zip(rows["ivon"], rows["ensemble"]):
         assert ensemble_row["samples"][1] == pytest.approx(ivon_row["mean"])
-    assert runs["ensemble"]["sampled"]["samples"] == 2 and "| ensemble | ensemble M=2 |" in (out / "eval.md").read_text()
+    assert (
+        runs["ensemble"]["sampled"]["samples"] == 2 and "| ensemble | ensemble M=2 |" in (out / "eval.md").read_text()
+    )
     # Temperature scaling: T fitted on the selection split's mean predictions, accuracy unchanged on the reported one.
     select = cli.main(["eval", run_dir, "--split", "validation", "--samples", "0", "--limit", "24", "--out",
                        str(tmp_path / "select")])  # fmt: skip
     assert select == 0
-    select_rows = [json.loads(line) for line in (tmp_path / "select" / "predictions-synthetic-ivon.jsonl").read_text().splitlines()]
+    select_rows = [
+        json.loads(line) for line in (tmp_path / "select" / "predictions-synthetic-ivon.jsonl").read_text().splitlines()
+    ]
     probs = torch.tensor([r["mean"] for r in select_rows], dtype=torch.float64)
     gold = torch.tensor([r["gold"] for r in select_rows])
     temperature = report["runs"]["ivon + TS"]["temperature_scaling"]["temperature"]

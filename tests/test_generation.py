@@ -234,6 +234,7 @@ def test_cli_prints_and_writes_the_answers_of_the_python_api(run, run_dir, tmp_p
     expected = generate(run.model, run.tokenizer, PROMPTS, posterior=run.posterior, num_samples=2, seed=4,
                         max_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
     printed = capsys.readouterr().out
+
     def quoted(text):
         return json.dumps(text, ensure_ascii=False)
 

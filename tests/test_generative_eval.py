@@ -134,8 +134,10 @@ def test_streamed_disagreement_equals_uncertainty_on_hand_built_distributions():
 def test_scores_a_runs_samples_cannot_give_are_undefined_with_the_reason():
     from ivon_lora.evaluation.generative import TeacherForced
 
-    decoded = [DecodedAnswers(" fruit", "stop", (" Fruit", "tool", " fruit."), "\n"),
-               DecodedAnswers("x", "eos", ("y",) * 3)]
+    decoded = [
+        DecodedAnswers(" fruit", "stop", (" Fruit", "tool", " fruit."), "\n"),
+        DecodedAnswers("x", "eos", ("y",) * 3),
+    ]
     base = {"token_log_probs": torch.tensor([[-0.5, -1.0], [-2.0, 0.0]]), "mask": torch.tensor([[1, 1], [1, 0]]).bool(),
             "sample_log_likelihoods": torch.zeros(2, 0)}  # fmt: skip
     equivalent = get_task("wordqa").judge.equivalent
@@ -147,8 +149,10 @@ def test_scores_a_runs_samples_cannot_give_are_undefined_with_the_reason():
     assert scores["sequence_log_likelihood"].tolist() == [-1.5, -2.0]
     assert scores["mean_token_log_likelihood"].tolist() == [-0.75, -2.0]
     assert scores["semantic_agreement"].tolist() == [pytest.approx(2 / 3), 0.0]
-    assert scores["neg_semantic_entropy"].tolist() == [pytest.approx(-uncertainty.semantic_entropy(["a", "b", "a"],
-                                                                                                   str.__eq__)), 0.0]
+    assert scores["neg_semantic_entropy"].tolist() == [
+        pytest.approx(-uncertainty.semantic_entropy(["a", "b", "a"], str.__eq__)),
+        0.0,
+    ]
     one = {**base, "sample_log_likelihoods": torch.tensor([[-1.0], [-3.0]])}
     scores, undefined = confidence_scores(TeacherForced(**one), decoded, Sampling("posterior", 1), equivalent)
     assert scores["bma_log_likelihood"].tolist() == [-1.0, -3.0] and set(undefined) == {
@@ -215,7 +219,9 @@ def test_eval_of_a_choice_run_on_wordqa_with_a_temperature_sampling_baseline(run
     report, rows = _read(out)
     entry = report["tasks"]["wordqa"]
     assert entry["split"] == "validation" and entry["num_examples"] == LIMIT and entry["task"]["kind"] == GENERATIVE
-    assert report["runs"]["ivon"]["samples"] == "posterior" and report["runs"]["adamw_torch"]["samples"] == "temperature"
+    assert (
+        report["runs"]["ivon"]["samples"] == "posterior" and report["runs"]["adamw_torch"]["samples"] == "temperature"
+    )
     assert report["runs"]["ivon"]["prompts"] == "plain task prompt (prompt_format: plain)"
     assert {"torch", "transformers"} <= set(report["environment"]) and report["protocol"]["kind"] == "generative"
     assert set(entry["runs"]["ivon"]["scores"]) == set(uncertainty.CONFIDENCE_SCORES)
@@ -314,8 +320,12 @@ def test_local_rows_of_a_hub_task_and_bad_input_fail_in_one_line_before_any_mode
 
 def test_eval_on_local_triviaqa_and_gsm8k_rows(run_dir, tmp_path):
     trivia = tmp_path / "trivia.jsonl"
-    trivia.write_text("".join(json.dumps({"question": q, "question_id": f"tq{i}", "answer": {"value": a, "aliases": [a]}})
-                              + "\n" for i, (q, a) in enumerate([("Capital of France?", "Paris"), ("2+2?", "four")])))
+    trivia.write_text(
+        "".join(
+            json.dumps({"question": q, "question_id": f"tq{i}", "answer": {"value": a, "aliases": [a]}}) + "\n"
+            for i, (q, a) in enumerate([("Capital of France?", "Paris"), ("2+2?", "four")])
+        )
+    )
     assert cli.main(["eval", run_dir, "--task", "triviaqa", "--file", str(trivia), "--samples", "2",
                      "--out", str(tmp_path / "t")]) == 0  # fmt: skip
     report = json.loads((tmp_path / "t" / "eval.json").read_text())

@@ -191,7 +191,10 @@ def test_qa_example_reads_any_answers_field():
     row = {"id": "w-1", "question": "What colour is a lemon", "answers": ["yellow"]}
     example = qa_example(row, answers_key="answers")
     assert (example.prompt, example.references, example.target) == (
-        "Question: What colour is a lemon?\nAnswer:", ("yellow",), " yellow")
+        "Question: What colour is a lemon?\nAnswer:",
+        ("yellow",),
+        " yellow",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ judges ---

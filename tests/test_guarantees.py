@@ -78,7 +78,9 @@ def _leftovers(directory):
 
 
 @pytest.mark.parametrize("point", ["staged", "aside", "swapped"])
-def test_a_kill_during_an_overwrite_leaves_the_old_or_the_new_result_and_the_next_run_cleans_up(point, run_dir, tmp_path):
+def test_a_kill_during_an_overwrite_leaves_the_old_or_the_new_result_and_the_next_run_cleans_up(
+    point, run_dir, tmp_path
+):
     out = tmp_path / "pruned"
     assert cli.main(["prune", run_dir, "--fraction", "0.1", "--out", str(out)]) == 0
     argv = ["prune", run_dir, "--fraction", "0.5", "--out", str(out), "--overwrite"]
@@ -97,7 +99,7 @@ def test_a_kill_during_an_overwrite_leaves_the_old_or_the_new_result_and_the_nex
 @pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_result_modes_follow_the_umask(umask, file_mode, dir_mode, run_dir, tmp_path):
     out = tmp_path / "pruned"
-    code = (f"import os, sys; os.umask({umask}); from ivon_lora import cli; sys.exit(cli.main(sys.argv[1:]))")
+    code = f"import os, sys; os.umask({umask}); from ivon_lora import cli; sys.exit(cli.main(sys.argv[1:]))"
     status, stderr = ivon_lora("prune", run_dir, "--fraction", "0.1", "--out", str(out), code=code)
     assert status == 0, stderr
     assert oct(out.stat().st_mode & 0o777) == oct(dir_mode)

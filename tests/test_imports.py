@@ -101,7 +101,7 @@ def _cycles(edges: dict[str, set]) -> list[list[str]]:
         state[node] = "active"
         for target in sorted(edges[node]):
             if state.get(target) == "active":
-                cycles.append(path[path.index(target):] + [target])
+                cycles.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target, path + [target])
         state[node] = "done"
@@ -195,8 +195,17 @@ def test_config_and_rundir_import_nothing_above_them():
 
 def test_the_optimizer_imports_no_hugging_face_package():
     _, external = _graph()
-    optim = {name: sorted(imported & HUGGING_FACE) for name, imported in external.items() if name.startswith("ivon_lora.optim")}
-    assert set(optim) >= {"ivon_lora.optim", "ivon_lora.optim.ivon", "ivon_lora.optim._distributed", "ivon_lora.optim._rng"}
+    optim = {
+        name: sorted(imported & HUGGING_FACE)
+        for name, imported in external.items()
+        if name.startswith("ivon_lora.optim")
+    }
+    assert set(optim) >= {
+        "ivon_lora.optim",
+        "ivon_lora.optim.ivon",
+        "ivon_lora.optim._distributed",
+        "ivon_lora.optim._rng",
+    }
     assert {name: found for name, found in optim.items() if found} == {}
     assert "torch" in external["ivon_lora.optim.ivon"]
 
@@ -209,7 +218,9 @@ def test_help_imports_no_hugging_face_package_and_no_bitsandbytes(argv):
                             text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage: ivon-lora" in result.stdout
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
     assert "torch" in imported or argv == ["--help"]  # the listing is real
     assert not {"bitsandbytes", "transformers", "peft"} & imported
     assert "gemm_4bit_forward" not in result.stderr

@@ -134,7 +134,9 @@ def test_samples_give_the_log_mean_exp_of_each_samples_sequence_probability(load
         probs = 0
         for _ in range(num_samples):
             with sampler.sample(), torch.no_grad():
-                probs = probs + torch.softmax(loaded_run.model(torch.tensor([context + greedy])).logits[0, -1].double(), -1)
+                probs = probs + torch.softmax(
+                    loaded_run.model(torch.tensor([context + greedy])).logits[0, -1].double(), -1
+                )
         greedy.append(int(probs.argmax()))
         sampler.generator.manual_seed(seed)
     not_greedy = greedy[:-1] + [(greedy[-1] + 1) % len(tokenizer)]
@@ -161,12 +163,15 @@ def test_rolling_sums_each_samples_windows_before_averaging(loaded_run):
 def _softmax_metrics(loglikelihoods, gold, ece_bins):
     probs = torch.zeros(len(loglikelihoods), max(map(len, loglikelihoods)), dtype=torch.float64)
     for i, values in enumerate(loglikelihoods):
-        probs[i, : len(values)] = torch.tensor([math.exp(v) for v in values], dtype=torch.float64) / sum(map(math.exp, values))
+        probs[i, : len(values)] = torch.tensor([math.exp(v) for v in values], dtype=torch.float64) / sum(
+            map(math.exp, values)
+        )
     return {**calibration_metrics(probs, gold, ece_bins), "selective": selective_prediction(probs, gold)}
 
 
-def test_calibration_report_equals_the_toolkits_metrics_of_the_same_probabilities(run_dir, weights_only_dir, task_dir,
-                                                                                   tmp_path):
+def test_calibration_report_equals_the_toolkits_metrics_of_the_same_probabilities(
+    run_dir, weights_only_dir, task_dir, tmp_path
+):
     out = tmp_path / "report"
     args = ["eval", run_dir, "--lm-eval-tasks", TASK, "--lm-eval-include-path", task_dir, "--samples", "2",
             "--temperatures", str(TEMPERATURE), "--limit", "8", "--baseline", weights_only_dir, "--out", str(out)]  # fmt: skip
@@ -176,7 +181,9 @@ def test_calibration_report_equals_the_toolkits_metrics_of_the_same_probabilitie
     assert entry["num_examples"] == 8 and entry["split"] == "test"
     assert set(entry["runs"]) == {"ivon", "ivon (baseline)"}
     assert "sampled" not in entry["runs"]["ivon (baseline)"] and entry["runs"]["ivon"]["sampled"]["samples"] == 2
-    assert report["protocol"]["probabilities"].startswith("softmax over the choices") and report["environment"]["lm-eval"]
+    assert (
+        report["protocol"]["probabilities"].startswith("softmax over the choices") and report["environment"]["lm-eval"]
+    )
     assert report["lm_eval"]["ivon"]["sampled"]["config"]["ivon_lora"]["samples"] == 2
 
     ece_bins = report["protocol"]["ece_bins"]

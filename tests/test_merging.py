@@ -33,7 +33,9 @@ def test_uncertainty_with_equal_scalar_precisions_is_averaging_and_task_arithmet
     torch.testing.assert_close(gradient_matching(thetas, zero, alphas, 3.0), sum(a * t for a, t in zip(alphas, thetas)))
     # Weights summing to 1 with equal precisions: averaging whatever H₀ is.
     alphas = [0.5, 0.3, 0.2]
-    torch.testing.assert_close(gradient_matching(thetas, equal, alphas, 11.0), sum(a * t for a, t in zip(alphas, thetas)))
+    torch.testing.assert_close(
+        gradient_matching(thetas, equal, alphas, 11.0), sum(a * t for a, t in zip(alphas, thetas))
+    )
 
 
 def test_product_of_posteriors_is_the_union_posterior_of_a_linear_gaussian_problem():
@@ -70,7 +72,9 @@ def test_delta_moments_equal_a_loop_and_monte_carlo():
     for i in range(4):
         for j in range(5):
             assert mean[i, j].item() == pytest.approx(2.0 * sum(b[i, k] * a[k, j] for k in range(3)).item())
-            expected = 4.0 * sum(b[i, k] ** 2 * va[k, j] + vb[i, k] * a[k, j] ** 2 + vb[i, k] * va[k, j] for k in range(3))
+            expected = 4.0 * sum(
+                b[i, k] ** 2 * va[k, j] + vb[i, k] * a[k, j] ** 2 + vb[i, k] * va[k, j] for k in range(3)
+            )
             assert variance[i, j].item() == pytest.approx(expected.item())
     draws = 200_000
     generator = torch.Generator().manual_seed(9)
@@ -130,7 +134,9 @@ def test_delta_space_merge_equals_a_dense_loop(base_precision):
                                                base_precision=base_precision)  # fmt: skip
     assert variance is None and config["r"] == config["lora_alpha"] == 4  # scaling 1; full rank 4 = exact
     merged = tensors["base_model.model.layer.proj.lora_B.weight"] @ tensors["base_model.model.layer.proj.lora_A.weight"]
-    torch.testing.assert_close(merged.double(), _dense_delta_merge(inputs, weights, base_precision), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        merged.double(), _dense_delta_merge(inputs, weights, base_precision), rtol=1e-5, atol=1e-6
+    )
     # The product of posteriors in ΔW space (S₀ = 0) is the same mean as gradient matching with H₀ = 0.
     if base_precision == 0.0:
         other, _, _ = merge_adapters(inputs, "posterior", weights, "delta", rank=4)
@@ -177,7 +183,10 @@ def two_runs(run_dir, tmp_path_factory):
     shutil.copytree(run_dir, second, ignore=shutil.ignore_patterns("checkpoint-*", "eval-*"))
     posterior = Posterior.load(run_dir)
     mean = {k: v + 0.05 * _random(*v.shape, seed=i).float() for i, (k, v) in enumerate(sorted(posterior.mean.items()))}
-    variance = {k: v * (1.5 + _random(*v.shape, seed=100 + i).float().abs()) for i, (k, v) in enumerate(sorted(posterior.variance.items()))}
+    variance = {
+        k: v * (1.5 + _random(*v.shape, seed=100 + i).float().abs())
+        for i, (k, v) in enumerate(sorted(posterior.variance.items()))
+    }
     Posterior(mean, variance, posterior.config).save(str(second), include_mean=True)
     return [run_dir, str(second)]
 
@@ -203,9 +212,13 @@ def test_peft_types_equal_add_weighted_adapter_on_the_real_model(two_runs, combi
     assert isinstance(model, PeftModel) and config["r"] == model.peft_config["direct"].r
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and "direct" in module.lora_A:
-            path = name[len("base_model.model."):]
-            torch.testing.assert_close(tensors[f"base_model.model.{path}.lora_A.weight"], module.lora_A["direct"].weight.float())
-            torch.testing.assert_close(tensors[f"base_model.model.{path}.lora_B.weight"], module.lora_B["direct"].weight.float())
+            path = name[len("base_model.model.") :]
+            torch.testing.assert_close(
+                tensors[f"base_model.model.{path}.lora_A.weight"], module.lora_A["direct"].weight.float()
+            )
+            torch.testing.assert_close(
+                tensors[f"base_model.model.{path}.lora_B.weight"], module.lora_B["direct"].weight.float()
+            )
 
 
 @pytest.mark.parametrize("method,space", [("uncertainty", "delta"), ("posterior", "factor"), ("ties", "delta")])
@@ -266,7 +279,9 @@ def test_input_mismatches_name_both_runs():
             check_inputs(inputs, method, space, [1.0] * len(inputs), None)
         return str(error.value)
 
-    assert "/runs/0 and /runs/1" in message(_inputs(ranks=(3, 3)) [:1] + _inputs(ranks=(3, 3), base_model_name_or_path="other")[1:])
+    assert "/runs/0 and /runs/1" in message(
+        _inputs(ranks=(3, 3))[:1] + _inputs(ranks=(3, 3), base_model_name_or_path="other")[1:]
+    )
     different_targets = _inputs(ranks=(3, 3))
     different_targets[1].config["target_modules"] = ["other"]
     assert "adapt different modules" in message(different_targets)
@@ -294,6 +309,8 @@ def test_sweep_scores_every_point_on_every_task_and_writes_table_and_plot(two_ru
     assert all(set(row["scores"]) == {"synthetic"} and row["eval_seconds"] > 0 for row in result["rows"])
     # Scoring the merged adapter at (1, 0)-like weights of the same run reproduces that input's score.
     assert "| linear |" in (out / "sweep.md").read_text()
-    rows = [{**row, "scores": {"a": row["scores"]["synthetic"], "b": row["scores"]["synthetic"]}} for row in result["rows"]]
+    rows = [
+        {**row, "scores": {"a": row["scores"]["synthetic"], "b": row["scores"]["synthetic"]}} for row in result["rows"]
+    ]
     plot_sweep(rows, "a", "b", str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0

@@ -70,9 +70,7 @@ def _trainable(model) -> dict[str, torch.Tensor]:
 
 
 @needs_bitsandbytes
-@pytest.mark.parametrize(
-    "bits, arch, checkpointing", [(4, "llama", False), (4, "qwen2", True), (8, "llama", False)]
-)
+@pytest.mark.parametrize("bits, arch, checkpointing", [(4, "llama", False), (4, "qwen2", True), (8, "llama", False)])
 def test_ivon_trains_lora_over_a_quantized_base_on_cpu(
     bits, arch, checkpointing, saved_base, synthetic_examples, tmp_path
 ):

@@ -40,7 +40,9 @@ def _train(optimizer, model, num_steps, mc_samples=1, batch=None):
 
 ORACLE_CONFIGS = {
     "weight-decay": dict(
-        groups=[dict(lr=0.05, ess=200.0, hess_init=0.5, beta1=0.9, beta2=0.99, weight_decay=1e-3, clip_radius=math.inf)],
+        groups=[
+            dict(lr=0.05, ess=200.0, hess_init=0.5, beta1=0.9, beta2=0.99, weight_decay=1e-3, clip_radius=math.inf)
+        ],
         rescale_lr=True,
         mc_samples=1,
     ),
@@ -179,7 +181,9 @@ def test_step_averages_the_recorded_samples():
     mean_nxg = (torch.stack(noise) * torch.stack(grads)).mean(0)
     hess_hat = ess * (hess_init + wd) * mean_nxg
     expected_hess = (
-        beta2 * hess_init + (1 - beta2) * hess_hat + 0.5 * (1 - beta2) ** 2 * (hess_init - hess_hat) ** 2 / (hess_init + wd)
+        beta2 * hess_init
+        + (1 - beta2) * hess_hat
+        + 0.5 * (1 - beta2) ** 2 * (hess_init - hess_hat) ** 2 / (hess_init + wd)
     )
     torch.testing.assert_close(optimizer.state[x]["momentum"], (1 - beta1) * mean_grad)
     torch.testing.assert_close(optimizer.state[x]["hess"], expected_hess)

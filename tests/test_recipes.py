@@ -62,16 +62,29 @@ ARC_RECORD = {"id": "q1", "question": "Which gas do plants take in?", "answerKey
 RECORDS = {
     "arc_challenge": [ARC_RECORD],
     "arc_easy": [ARC_RECORD],
-    "openbookqa": [{"id": "q1", "question_stem": "Which gas do plants take in?", "answerKey": "B", "choices": ARC_CHOICES}],
-    "winogrande": [{"sentence": "The trophy did not fit in the suitcase because _ was too big.", "option1": "trophy",
-                    "option2": "suitcase", "answer": "1"}],
+    "openbookqa": [
+        {"id": "q1", "question_stem": "Which gas do plants take in?", "answerKey": "B", "choices": ARC_CHOICES}
+    ],
+    "winogrande": [
+        {
+            "sentence": "The trophy did not fit in the suitcase because _ was too big.",
+            "option1": "trophy",
+            "option2": "suitcase",
+            "answer": "1",
+        }
+    ],
     "boolq": [{"question": "is the sky blue", "passage": "The sky is blue on a clear day.", "answer": True}],
 }
 
 # SFT datasets: one row in the Hub schema (HuggingFaceH4/ultrachat_200k: prompt, prompt_id, messages).
 SFT_RECORDS = {
-    "HuggingFaceH4/ultrachat_200k": [{"prompt": "Name a fruit.", "prompt_id": "0" * 64, "messages": [
-        {"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A mango."}]}],
+    "HuggingFaceH4/ultrachat_200k": [
+        {
+            "prompt": "Name a fruit.",
+            "prompt_id": "0" * 64,
+            "messages": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A mango."}],
+        }
+    ],
 }
 
 

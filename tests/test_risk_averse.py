@@ -87,7 +87,9 @@ def test_eval_chooses_kappa_on_the_select_split_and_reports_it(run_dir, tmp_path
     rows = [json.loads(line) for line in (out / "predictions-synthetic-ivon.jsonl").read_text().splitlines()]
     samples = torch.tensor([row["samples"] for row in rows]).transpose(0, 1)
     gold = torch.tensor([row["gold"] for row in rows])
-    assert selector["selective"]["aurc"] == pytest.approx(risk_averse_selective(samples, gold, selector["kappa"])["aurc"])
+    assert selector["selective"]["aurc"] == pytest.approx(
+        risk_averse_selective(samples, gold, selector["kappa"])["aurc"]
+    )
     # The choice is the lowest selection-split AURC, not the test split's.
     aurcs = {row["kappa"]: row["aurc"] for row in selector["grid"]}
     assert aurcs[selector["kappa"]] == min(aurcs.values())

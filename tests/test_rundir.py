@@ -38,8 +38,14 @@ def _write_run(directory, optim: str = "ivon", seed: int = 7) -> dict:
     from ivon_lora.modeling import apply_lora, load_base_model, load_tokenizer
     from ivon_lora.posterior import Posterior, adapter_parameters
 
-    overrides = [f"output_dir={directory}", f"optim={optim}", f"seed={seed}", "lora_target=[q_proj, v_proj]",
-                 "lora_rank=4", "lora_dropout=0.1"]
+    overrides = [
+        f"output_dir={directory}",
+        f"optim={optim}",
+        f"seed={seed}",
+        "lora_target=[q_proj, v_proj]",
+        "lora_rank=4",
+        "lora_dropout=0.1",
+    ]
     recipe = load_recipe(DEMO, overrides)
     tokenizer = load_tokenizer(recipe.model)
     model = apply_lora(load_base_model(recipe.model, tokenizer, seed=seed), recipe.model)
@@ -92,8 +98,9 @@ def test_loading_a_run_for_inference_imports_no_training_code(tiny_run):
         f"                  sorted(m for m in {TRAINING_MODULES!r} if m in sys.modules)]))\n"
     )
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     label, seed, has_posterior, imported = json.loads(result.stdout.strip().splitlines()[-1])
     assert (label, seed, has_posterior) == ("ivon", 7, True)

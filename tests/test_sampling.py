@@ -138,7 +138,10 @@ def test_unsupported_layers_are_refused_with_the_way_out(llama_tokenizer, model,
     base = build_tiny_model(BUILTIN_MODELS["builtin:tiny-llama"], llama_tokenizer)
     dora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)).eval()
     stack = _posterior(dora).sampler(dora, seed=0).draw(2)
-    with pytest.raises(NotImplementedError, match="DoraLinearVariant.*use sequential samples"), per_sample_lora(dora, stack):
+    with (
+        pytest.raises(NotImplementedError, match="DoraLinearVariant.*use sequential samples"),
+        per_sample_lora(dora, stack),
+    ):
         pass
     model.train()
     try:
@@ -156,9 +159,15 @@ def test_unsupported_layers_are_refused_with_the_way_out(llama_tokenizer, model,
 
 def test_batched_samples_of_a_text_batch_equal_sequential_samples(model, posterior, llama_tokenizer):
     """answer_scoring: text — S copies of B*K rows stacked in one pass keep each copy's K answers together."""
-    rows = [{"prompt": "Question: which word is a fruit?\nAnswer:", "answers": [" apple", " hammer", " blue sky"],
-             "gold": 0, "scoring": "text_norm"},
-            {"prompt": "The cat sat on the ", "answers": ["mat.", "answer A"], "gold": 1, "scoring": "text_norm"}]
+    rows = [
+        {
+            "prompt": "Question: which word is a fruit?\nAnswer:",
+            "answers": [" apple", " hammer", " blue sky"],
+            "gold": 0,
+            "scoring": "text_norm",
+        },
+        {"prompt": "The cat sat on the ", "answers": ["mat.", "answer A"], "gold": 1, "scoring": "text_norm"},
+    ]
     batch = ChoiceCollator(llama_tokenizer)(rows)
     stack = posterior.sampler(model, seed=4).draw(3)
     batched = sampled_choice_probs(model, batch, stack)

@@ -98,7 +98,8 @@ def test_prr_without_ties_is_lm_polygraphs():
         assert prediction_rejection_ratio(confidence, correct) == pytest.approx(polygraph_prr(confidence, correct))
         # LM-Polygraph's random baseline (an average over random orders) converges to the mean quality used here.
         assert prediction_rejection_ratio(confidence, correct) == pytest.approx(
-            polygraph_prr(confidence, correct, random_orders=2000), abs=0.03)
+            polygraph_prr(confidence, correct, random_orders=2000), abs=0.03
+        )
 
 
 def test_prr_with_ties_is_lm_polygraphs_averaged_over_the_orders_of_tied_answers():

@@ -32,7 +32,10 @@ def _jacobian_variances(run, examples):
         batch = collator([{"prompt": e.prompt, "answers": e.answers, "gold": e.gold}])
 
         def logits(params, batch=batch):
-            return choice_logits(lambda **kw: functional_call(model, {names[id(adapter[k])]: v for k, v in params.items()}, (), kw), batch)[0]  # noqa: E731,E501
+            return choice_logits(
+                lambda **kw: functional_call(model, {names[id(adapter[k])]: v for k, v in params.items()}, (), kw),
+                batch,
+            )[0]  # noqa: E731,E501
 
         jac = jacrev(logits)({k: p.detach() for k, p in adapter.items()})
         rows.append(sum((jac[k].double().square() * posterior.variance[k].double()).flatten(1).sum(1) for k in adapter))
@@ -98,7 +101,9 @@ def test_loo_equals_retraining_on_a_linear_gaussian_problem():
     generator = torch.Generator().manual_seed(0)
     n, d, delta = 40, 6, 2.0
     X = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    y = X @ torch.randn(d, generator=generator, dtype=torch.float64) + torch.randn(n, generator=generator, dtype=torch.float64)
+    y = X @ torch.randn(d, generator=generator, dtype=torch.float64) + torch.randn(
+        n, generator=generator, dtype=torch.float64
+    )
     precision = X.T @ X + delta * torch.eye(d, dtype=torch.float64)
     covariance = torch.linalg.inv(precision)
     mean = covariance @ X.T @ y
@@ -122,17 +127,32 @@ def test_command_writes_the_report_and_its_numbers_match_the_library(run_dir, ru
     from ivon_lora.tasks import load_split
 
     out = tmp_path / "sens"
-    assert cli.main(["sensitivity", run_dir, "--split", "validation", "--limit", "12", "--top", "3", "--out", str(out)]) == 0
+    assert (
+        cli.main(["sensitivity", run_dir, "--split", "validation", "--limit", "12", "--top", "3", "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "LOO-NLL estimate" in printed and len([l for l in printed.splitlines() if l.strip().startswith(("1 ", "2 ", "3 "))]) == 3
-    assert sorted(p.name for p in out.iterdir()) == ["ranked.txt", "sensitivity.jsonl", "sensitivity.png", "summary.json"]
+    assert (
+        "LOO-NLL estimate" in printed
+        and len([l for l in printed.splitlines() if l.strip().startswith(("1 ", "2 ", "3 "))]) == 3
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ranked.txt",
+        "sensitivity.jsonl",
+        "sensitivity.png",
+        "summary.json",
+    ]
     rows = [json.loads(line) for line in (out / "sensitivity.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     examples = format_examples(load_split("synthetic", "validation", limit=12).examples, tokenizer=run.tokenizer,
                                model_args=run.model_args)  # fmt: skip
-    expected = choice_sensitivity(run.model, run.tokenizer, examples, run.posterior, max_length=run.recipe.data.max_length)
+    expected = choice_sensitivity(
+        run.model, run.tokenizer, examples, run.posterior, max_length=run.recipe.data.max_length
+    )
     assert [r["id"] for r in rows] == expected.ids
-    torch.testing.assert_close(torch.tensor([r["sensitivity"] for r in rows], dtype=torch.float64), expected.sensitivity)
+    torch.testing.assert_close(
+        torch.tensor([r["sensitivity"] for r in rows], dtype=torch.float64), expected.sensitivity
+    )
     assert abs(summary["loo_nll"] - expected.loo_nll()) < 1e-9 and summary["settings"]["variance"] == "exact"
     assert {"protocol", "environment", "data"} <= set(summary)
     ranked = (out / "ranked.txt").read_text().splitlines()
@@ -165,8 +185,9 @@ def test_bad_input_gets_one_line_before_any_model_loads(run_dir, adamw_run_dir, 
     (stripped / "posterior.safetensors").unlink()
     fails([str(stripped), "--out", str(tmp_path / "b")], "posterior.safetensors is missing")
     unlabelled = tmp_path / "unlabelled.jsonl"
-    unlabelled.write_text('{"id": "q0", "question": "a b c", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, '
-                          '"answerKey": ""}\n')
+    unlabelled.write_text(
+        '{"id": "q0", "question": "a b c", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": ""}\n'
+    )
     fails([run_dir, "--split", "test", "--file", str(unlabelled), "--out", str(tmp_path / "c")], "no label")
     fails([run_dir, "bogus_option=1", "--out", str(tmp_path / "d")], "bogus_option")
     fails([run_dir, "--variance", "sampled", "--samples", "1", "--out", str(tmp_path / "e")], "samples")
@@ -194,7 +215,9 @@ def test_trainer_logs_the_loo_nll_estimate_next_to_eval_loss(tmp_path):
     run = load_run(str(out / "checkpoint-10"))
     examples = format_examples(load_split("synthetic", "train", limit=24).examples, tokenizer=run.tokenizer,
                                model_args=run.model_args)  # fmt: skip
-    expected = choice_sensitivity(run.model, run.tokenizer, examples, run.posterior, max_length=run.recipe.data.max_length)
+    expected = choice_sensitivity(
+        run.model, run.tokenizer, examples, run.posterior, max_length=run.recipe.data.max_length
+    )
     assert abs(loo[10] - expected.loo_nll()) < 1e-4
 
 

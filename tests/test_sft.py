@@ -45,7 +45,9 @@ def _conversations(count=16, seed=0):
     rows = []
     for i in range(count):
         question = " ".join(WORDS[j] for j in torch.randint(len(WORDS), (3,), generator=generator).tolist())
-        answer = " ".join(WORDS[j] for j in torch.randint(len(WORDS), (1 + (i * 5) % 12,), generator=generator).tolist())
+        answer = " ".join(
+            WORDS[j] for j in torch.randint(len(WORDS), (1 + (i * 5) % 12,), generator=generator).tolist()
+        )
         rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
     return rows
 
@@ -214,8 +216,9 @@ def test_packing_and_token_weighting_train(tmp_path, qwen25):
 def test_default_ess_counts_the_target_tokens_packed_or_not(tmp_path, qwen25):
     """ivon_ess's default is the train set's number of target tokens (the token-level likelihood's terms)."""
     rows = _prompt_completions(16)
-    plain = _trainer(tmp_path / "plain", qwen25, rows, family="builtin:tiny-qwen2", ivon_ess=None, max_steps=1,
-                     max_length=4096)
+    plain = _trainer(
+        tmp_path / "plain", qwen25, rows, family="builtin:tiny-qwen2", ivon_ess=None, max_steps=1, max_length=4096
+    )
     targets = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in plain.get_train_dataloader())
     assert plain.likelihood_size() == targets
     packed = _trainer(tmp_path / "packed", qwen25, rows, family="builtin:tiny-qwen2", ivon_ess=None, packing=True,

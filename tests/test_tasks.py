@@ -414,7 +414,11 @@ def test_wordfacts_is_deterministic_balanced_and_noisy_in_train_only():
     from ivon_lora.tasks.wordfacts import CATEGORIES, SPLIT_SIZES, wordfacts_records
 
     assert wordfacts_records("train") == wordfacts_records("train")
-    assert {split: len(wordfacts_records(split)) for split in SPLIT_SIZES} == {"train": 256, "validation": 200, "test": 300}
+    assert {split: len(wordfacts_records(split)) for split in SPLIT_SIZES} == {
+        "train": 256,
+        "validation": 200,
+        "test": 300,
+    }
     for split in ("train", "validation", "test"):
         clean, noisy = wordfacts_records(split, 2000, label_noise=0.0), wordfacts_records(split, 2000)
         assert [r["question"] for r in clean] == [r["question"] for r in noisy]  # noise does not move the questions

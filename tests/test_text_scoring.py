@@ -134,7 +134,9 @@ def test_train_and_eval_with_text_scoring_record_it_in_the_protocol(tmp_path, ru
     assert cli.main(["eval", str(out), "--limit", "12", "--samples", "2", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["protocol"]["answer_scoring"] == "text_norm"
-    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions-synthetic-ivon.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "eval" / "predictions-synthetic-ivon.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 12 and all(abs(sum(row["mean"]) - 1) < 1e-6 for row in rows)
     # Runs that score their answers differently are not compared side by side.
     assert cli.main(["eval", str(out), "--baseline", run_dir, "--out", str(tmp_path / "mixed")]) == 2

@@ -23,7 +23,9 @@ def _model(tokenizer):
 
 
 def _dataset(examples):
-    return datasets.Dataset.from_list([{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold} for e in examples])
+    return datasets.Dataset.from_list(
+        [{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold} for e in examples]
+    )
 
 
 def _args(tmp_path, **overrides):
@@ -79,7 +81,9 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, llama_tokenizer, 
         torch.testing.assert_close(accumulated_params[name], value, rtol=1e-5, atol=1e-6 * value.abs().max(), msg=name)
     full_ivon, accumulated_ivon = full.ivon_optimizer, accumulated.ivon_optimizer
     for p_full, p_acc in zip(full_ivon.param_groups[0]["params"], accumulated_ivon.param_groups[0]["params"]):
-        torch.testing.assert_close(accumulated_ivon.state[p_acc]["hess"], full_ivon.state[p_full]["hess"], rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            accumulated_ivon.state[p_acc]["hess"], full_ivon.state[p_full]["hess"], rtol=1e-5, atol=0
+        )
 
 
 def test_max_grad_norm_clips_each_sample_inside_the_sampling_context(tmp_path, llama_tokenizer, synthetic_examples):
@@ -106,7 +110,9 @@ def test_train_mc_samples_runs_one_forward_backward_per_sample(tmp_path, llama_t
     )  # fmt: skip
     trainer.train()
     assert calls == [4] * (2 * 3 * 2)  # steps x accumulation x samples
-    assert all(int(trainer.ivon_optimizer.state[p]["step"]) == 2 for p in trainer.ivon_optimizer.param_groups[0]["params"])
+    assert all(
+        int(trainer.ivon_optimizer.state[p]["step"]) == 2 for p in trainer.ivon_optimizer.param_groups[0]["params"]
+    )
     assert trainer.ivon_optimizer.num_pending_samples == 0
 
 
@@ -196,11 +202,15 @@ def test_posterior_is_saved_next_to_the_adapter_at_checkpoints_and_at_the_end(
         assert config["step"] == int(directory.name.split("-")[-1]) if "checkpoint" in directory.name else 4
     # The final posterior equals the optimizer's, under the adapter's keys; it loads onto a fresh PEFT model.
     posterior = Posterior.load(str(tmp_path))
-    reloaded = PeftModel.from_pretrained(build_tiny_model(BUILTIN_MODELS["builtin:tiny-llama"], llama_tokenizer), str(tmp_path))
+    reloaded = PeftModel.from_pretrained(
+        build_tiny_model(BUILTIN_MODELS["builtin:tiny-llama"], llama_tokenizer), str(tmp_path)
+    )
     pairs = posterior.bind(reloaded)
     assert len(pairs) == len(expected_variance)
     saved = [posterior.variance[key] for key, _ in pairs]
-    assert sorted(float(v.sum()) for v in saved) == pytest.approx(sorted(float(v.sum()) for v in expected_variance), rel=1e-6)
+    assert sorted(float(v.sum()) for v in saved) == pytest.approx(
+        sorted(float(v.sum()) for v in expected_variance), rel=1e-6
+    )
     for key, p in pairs:
         assert torch.equal(posterior.mean[key], p.detach()), f"{key}: the posterior mean is the saved adapter"
     assert os.path.isfile(tmp_path / "checkpoint-2" / "optimizer.pt")
@@ -258,7 +268,9 @@ def _calibration_metrics(prediction):
     return calibration_metrics(torch.softmax(logits, dim=-1), torch.as_tensor(prediction.label_ids), (10,))
 
 
-def test_evaluation_adds_the_sampled_predictive_and_leaves_the_noise_stream(tmp_path, llama_tokenizer, synthetic_examples):
+def test_evaluation_adds_the_sampled_predictive_and_leaves_the_noise_stream(
+    tmp_path, llama_tokenizer, synthetic_examples
+):
     from ivon_lora.evaluation import evaluate_predictive
 
     compute_metrics = _calibration_metrics
@@ -290,7 +302,9 @@ def test_the_mixin_refuses_a_config_without_the_ivon_fields_and_takes_one_that_i
     from transformers import TrainingArguments
 
     plain = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    with pytest.raises(TypeError, match="ChoiceTrainer needs IVONTrainingArguments, got TrainingArguments.*inherits both"):
+    with pytest.raises(
+        TypeError, match="ChoiceTrainer needs IVONTrainingArguments, got TrainingArguments.*inherits both"
+    ):
         ChoiceTrainer(model=_model(llama_tokenizer), args=plain, train_dataset=_dataset(synthetic_examples["train"]))
 
     @dataclass

@@ -69,7 +69,8 @@ def test_bma_log_likelihood_is_the_log_mean_of_the_sample_likelihoods():
     assert bma_log_likelihood(sample_log_likelihoods).tolist() == pytest.approx(expected.tolist())
     # Long answers: likelihoods far below float range stay finite (log-mean-exp, not a mean of exp).
     assert float(bma_log_likelihood(torch.tensor([-1000.0, -1000.0 - math.log(3)]))) == pytest.approx(
-        -1000 + math.log((1 + 1 / 3) / 2))
+        -1000 + math.log((1 + 1 / 3) / 2)
+    )
     # The BMA likelihood is at least the worst sample's and at most the best sample's.
     values = torch.randn(50, 4, generator=torch.Generator().manual_seed(1)) * 5
     bma = bma_log_likelihood(values)

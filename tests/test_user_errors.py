@@ -59,85 +59,201 @@ def _train(tmp, *overrides, recipe=DEMO):
 
 # id -> (argv from (run_dir, tmp), a fragment of the one line). The id is what the README's list names.
 CASES = {
-    "recipe-key-not-text": (lambda r, t: ["train", _file(t / "r.yaml", f"1: 2\nmodel_name_or_path: builtin:tiny-llama\n"
-                                                                       f"output_dir: {t / 'out'}\n")],
-                            "key 1 is not a name"),
-    "duplicate-yaml-key": (lambda r, t: ["train", _file(t / "r.yaml", "max_steps: 1\nmax_steps: 2\n")],
-                           "duplicate key 'max_steps'"),
+    "recipe-key-not-text": (
+        lambda r, t: [
+            "train",
+            _file(t / "r.yaml", f"1: 2\nmodel_name_or_path: builtin:tiny-llama\noutput_dir: {t / 'out'}\n"),
+        ],
+        "key 1 is not a name",
+    ),
+    "duplicate-yaml-key": (
+        lambda r, t: ["train", _file(t / "r.yaml", "max_steps: 1\nmax_steps: 2\n")],
+        "duplicate key 'max_steps'",
+    ),
     "override-not-yaml": (lambda r, t: _train(t, "learning_rate=["), "Override 'learning_rate=[' on the command line"),
-    "eval-override-not-yaml": (lambda r, t: ["eval", r, "samples=[", "--out", str(t / "e")],
-                               "Override 'samples=[' on the command line"),
-    "override-named-as-command-line": (lambda r, t: _train(t, "max_steps=abc"),
-                                       "Recipe key 'max_steps' on the command line: 'abc' is not a valid int"),
+    "eval-override-not-yaml": (
+        lambda r, t: ["eval", r, "samples=[", "--out", str(t / "e")],
+        "Override 'samples=[' on the command line",
+    ),
+    "override-named-as-command-line": (
+        lambda r, t: _train(t, "max_steps=abc"),
+        "Recipe key 'max_steps' on the command line: 'abc' is not a valid int",
+    ),
     "bad-recipe-value": (lambda r, t: _train(t, "max_steps=0"), "max_steps"),
     "unknown-recipe-key": (lambda r, t: _train(t, "learning_rat=1"), "did you mean 'learning_rate'"),
-    "output-dir-is-a-file": (lambda r, t: _train(t, f"output_dir={_file(t / 'f', 'x')}"),
-                             "Recipe key 'output_dir'"),
+    "output-dir-is-a-file": (lambda r, t: _train(t, f"output_dir={_file(t / 'f', 'x')}"), "Recipe key 'output_dir'"),
     "overwrite-of-a-dir-that-is-no-run": (
-        lambda r, t: _train(t, f"output_dir={os.path.dirname(_file(t / 'mine' / 'README.md', 'mine'))}",
-                            "overwrite_output_dir=true"), "is not an ivon-lora run dir"),
-    "ivon-keys-with-another-optimizer": (lambda r, t: _train(t, "optim=adamw_torch", "ivon_ess=5"),
-                                         "ivon_ess on the command line: optim is 'adamw_torch'"),
-    "resume-from-another-rank": (lambda r, t: _train(t, f"resume_from_checkpoint={_fake_checkpoint(r, t)}",
-                                                     "lora_rank=8"), "holds an adapter of lora_rank 4"),
-    "empty-model-dir": (lambda r, t: _train(t, f"model_name_or_path={os.path.dirname(_file(t / 'm' / 'x.txt', ''))}"),
-                        "holds no config.json and no weights"),
+        lambda r, t: _train(
+            t, f"output_dir={os.path.dirname(_file(t / 'mine' / 'README.md', 'mine'))}", "overwrite_output_dir=true"
+        ),
+        "is not an ivon-lora run dir",
+    ),
+    "ivon-keys-with-another-optimizer": (
+        lambda r, t: _train(t, "optim=adamw_torch", "ivon_ess=5"),
+        "ivon_ess on the command line: optim is 'adamw_torch'",
+    ),
+    "resume-from-another-rank": (
+        lambda r, t: _train(t, f"resume_from_checkpoint={_fake_checkpoint(r, t)}", "lora_rank=8"),
+        "holds an adapter of lora_rank 4",
+    ),
+    "empty-model-dir": (
+        lambda r, t: _train(t, f"model_name_or_path={os.path.dirname(_file(t / 'm' / 'x.txt', ''))}"),
+        "holds no config.json and no weights",
+    ),
     "model-dir-without-weights": (
         lambda r, t: _train(t, f"model_name_or_path={os.path.dirname(_file(t / 'm' / 'config.json', '{}'))}"),
-        "holds no weights"),
+        "holds no weights",
+    ),
     "hub-dataset-unreachable": (lambda r, t: _train(t, "dataset=arc_easy"), "'allenai/ai2_arc' could not be loaded"),
-    "eval-unknown-split": (lambda r, t: ["eval", r, "--split", "bogus", "--out", str(t / "e")],
-                           "Task 'synthetic' has no split 'bogus'"),
+    "eval-unknown-split": (
+        lambda r, t: ["eval", r, "--split", "bogus", "--out", str(t / "e")],
+        "Task 'synthetic' has no split 'bogus'",
+    ),
     "eval-unknown-task": (lambda r, t: ["eval", r, "--task", "nonsense", "--out", str(t / "e")], "Unknown task"),
-    "choice-text-null": (lambda r, t: ["eval", r, "--task", "mmlu:anatomy", "--split", "test", "--file",
-                                       _rows(t / "m.jsonl", {**MMLU, "choices": ["a", None, "c", "d"]}),
-                                       "--out", str(t / "e")], "row 0: choice B must be a non-empty text, got None"),
-    "question-an-object": (lambda r, t: ["eval", r, "--task", "mmlu:anatomy", "--split", "test", "--file",
-                                         _rows(t / "m.jsonl", {**MMLU, "question": {"text": "q"}}),
-                                         "--out", str(t / "e")], "row 0: the question must be a non-empty text"),
-    "generative-question-an-int": (lambda r, t: ["eval", r, "--task", "wordqa", "--split", "test", "--file",
-                                                 _rows(t / "w.jsonl", {"question": 3, "answers": ["x"]}),
-                                                 "--out", str(t / "e")], "the question must be a non-empty text, got 3"),
-    "bad-data-file": (lambda r, t: ["eval", r, "--file", _file(t / "empty.jsonl", ""), "--split", "validation",
-                                    "--out", str(t / "e")], "the file is empty"),
-    "missing-run-dir": (lambda r, t: ["prune", str(t / "nowhere"), "--fraction", "0.1", "--out", str(t / "p")],
-                        "nowhere"),
+    "choice-text-null": (
+        lambda r, t: [
+            "eval",
+            r,
+            "--task",
+            "mmlu:anatomy",
+            "--split",
+            "test",
+            "--file",
+            _rows(t / "m.jsonl", {**MMLU, "choices": ["a", None, "c", "d"]}),
+            "--out",
+            str(t / "e"),
+        ],
+        "row 0: choice B must be a non-empty text, got None",
+    ),
+    "question-an-object": (
+        lambda r, t: [
+            "eval",
+            r,
+            "--task",
+            "mmlu:anatomy",
+            "--split",
+            "test",
+            "--file",
+            _rows(t / "m.jsonl", {**MMLU, "question": {"text": "q"}}),
+            "--out",
+            str(t / "e"),
+        ],
+        "row 0: the question must be a non-empty text",
+    ),
+    "generative-question-an-int": (
+        lambda r, t: [
+            "eval",
+            r,
+            "--task",
+            "wordqa",
+            "--split",
+            "test",
+            "--file",
+            _rows(t / "w.jsonl", {"question": 3, "answers": ["x"]}),
+            "--out",
+            str(t / "e"),
+        ],
+        "the question must be a non-empty text, got 3",
+    ),
+    "bad-data-file": (
+        lambda r, t: [
+            "eval",
+            r,
+            "--file",
+            _file(t / "empty.jsonl", ""),
+            "--split",
+            "validation",
+            "--out",
+            str(t / "e"),
+        ],
+        "the file is empty",
+    ),
+    "missing-run-dir": (
+        lambda r, t: ["prune", str(t / "nowhere"), "--fraction", "0.1", "--out", str(t / "p")],
+        "nowhere",
+    ),
     "run-dir-without-recipe-or-base-model": (
         lambda r, t: ["eval", _copy_run(r, t, drop=["recipe.yaml"]), "--task", "synthetic", "--out", str(t / "e")],
-        "no recipe.yaml here or in the parent dir"),
-    "damaged-run-file": (lambda r, t: ["eval", _copy_run(r, t, drop=["adapter_model.safetensors"]), "--out",
-                                       str(t / "e")], "adapter_model.safetensors is missing"),
+        "no recipe.yaml here or in the parent dir",
+    ),
+    "damaged-run-file": (
+        lambda r, t: ["eval", _copy_run(r, t, drop=["adapter_model.safetensors"]), "--out", str(t / "e")],
+        "adapter_model.safetensors is missing",
+    ),
     "remote-code-without-consent": (
         lambda r, t: ["eval", _copy_run(r, t, recipe={"trust_remote_code": True}), "--out", str(t / "e")],
-        "pass --trust-remote-code"),
+        "pass --trust-remote-code",
+    ),
     "generate-remote-code-without-consent": (
         lambda r, t: ["generate", _copy_run(r, t, recipe={"trust_remote_code": True}), "--prompt", "hi"],
-        "pass --trust-remote-code"),
-    "out-inside-an-input-run": (lambda r, t: ["eval", r, "--out", os.path.join(r, "sub")],
-                                "outside every input run dir"),
+        "pass --trust-remote-code",
+    ),
+    "out-inside-an-input-run": (
+        lambda r, t: ["eval", r, "--out", os.path.join(r, "sub")],
+        "outside every input run dir",
+    ),
     "generate-out-inside-an-input-run": (
-        lambda r, t: ["generate", r, "--prompt", "hi", "--out", os.path.join(r, "adapter_model.safetensors"),
-                      "--overwrite"], "outside every input run dir"),
-    "out-not-empty": (lambda r, t: ["prune", r, "--fraction", "0.1", "--out",
-                                    os.path.dirname(_file(t / "p" / "x", "x"))], "exists and is not empty"),
-    "out-being-written": (lambda r, t: ["prune", r, "--fraction", "0.1", "--out", _locked(t / "p")],
-                          "is being written by ivon-lora process"),
-    "eval-out-being-written": (lambda r, t: ["eval", r, "--out", _locked(t / "e")],
-                               "is being written by ivon-lora process"),
+        lambda r, t: [
+            "generate",
+            r,
+            "--prompt",
+            "hi",
+            "--out",
+            os.path.join(r, "adapter_model.safetensors"),
+            "--overwrite",
+        ],
+        "outside every input run dir",
+    ),
+    "out-not-empty": (
+        lambda r, t: ["prune", r, "--fraction", "0.1", "--out", os.path.dirname(_file(t / "p" / "x", "x"))],
+        "exists and is not empty",
+    ),
+    "out-being-written": (
+        lambda r, t: ["prune", r, "--fraction", "0.1", "--out", _locked(t / "p")],
+        "is being written by ivon-lora process",
+    ),
+    "eval-out-being-written": (
+        lambda r, t: ["eval", r, "--out", _locked(t / "e")],
+        "is being written by ivon-lora process",
+    ),
     "export-remote-code-without-consent": (
         lambda r, t: ["export", _copy_run(r, t, recipe={"trust_remote_code": True}), "--out", str(t / "x")],
-        "pass --trust-remote-code"),
-    "generate-prompt-longer-than-the-context": (lambda r, t: ["generate", r, "--prompt", "word " * 3000],
-                                                "longer than the model's context"),
-    "lm-eval-hub-dataset-unreachable": (lambda r, t: ["lm-eval", "--model", "ivon-lora", "--model_args", f"run={r}",
-                                                      "--tasks", "arc_easy", "--limit", "2"],
-                                        "Dataset 'allenai/ai2_arc' could not be loaded"),
-    "eval-lm-eval-hub-dataset-unreachable": (lambda r, t: ["eval", r, "--lm-eval-tasks", "arc_easy", "--limit", "2",
-                                                           "--out", str(t / "e")],
-                                             "Dataset 'allenai/ai2_arc' could not be loaded"),
-    "lm-eval-unknown-model-arg": (lambda r, t: ["lm-eval", "--model", "ivon-lora", "--model_args",
-                                                f"run={r},temprature=2", "--tasks", "arc_easy"],
-                                  "Unknown model_args key(s) for model=ivon-lora: 'temprature' (did you mean"),
+        "pass --trust-remote-code",
+    ),
+    "generate-prompt-longer-than-the-context": (
+        lambda r, t: ["generate", r, "--prompt", "word " * 3000],
+        "longer than the model's context",
+    ),
+    "lm-eval-hub-dataset-unreachable": (
+        lambda r, t: [
+            "lm-eval",
+            "--model",
+            "ivon-lora",
+            "--model_args",
+            f"run={r}",
+            "--tasks",
+            "arc_easy",
+            "--limit",
+            "2",
+        ],
+        "Dataset 'allenai/ai2_arc' could not be loaded",
+    ),
+    "eval-lm-eval-hub-dataset-unreachable": (
+        lambda r, t: ["eval", r, "--lm-eval-tasks", "arc_easy", "--limit", "2", "--out", str(t / "e")],
+        "Dataset 'allenai/ai2_arc' could not be loaded",
+    ),
+    "lm-eval-unknown-model-arg": (
+        lambda r, t: [
+            "lm-eval",
+            "--model",
+            "ivon-lora",
+            "--model_args",
+            f"run={r},temprature=2",
+            "--tasks",
+            "arc_easy",
+        ],
+        "Unknown model_args key(s) for model=ivon-lora: 'temprature' (did you mean",
+    ),
 }
 
 # Cases that need the model (or lm-eval's, which builds it before loading a task's data) to be found.
@@ -178,8 +294,13 @@ def test_every_user_error_is_exit_2_with_one_line(case, run_dir, tmp_path, monke
     try:
         if argv[0] == "lm-eval" or "--lm-eval-tasks" in argv:
             # lm-eval binds a log handler to the stderr it first sees: in-process, a later test's would be closed.
-            result = subprocess.run([sys.executable, "-m", "ivon_lora", *argv], capture_output=True, text=True,
-                                    env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}, timeout=300)
+            result = subprocess.run(
+                [sys.executable, "-m", "ivon_lora", *argv],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"},
+                timeout=300,
+            )
             status, err = result.returncode, result.stderr
         else:
             status = cli.main(argv)

@@ -57,7 +57,9 @@ class ChoiceLossMixin:
             probs_sum = probs if probs_sum is None else probs_sum + probs
             labels = output.label_ids
         # Log-probabilities are logits whose softmax is the averaged predictive itself.
-        return self.compute_metrics(EvalPrediction(predictions=(probs_sum / num_samples).log().numpy(), label_ids=labels))
+        return self.compute_metrics(
+            EvalPrediction(predictions=(probs_sum / num_samples).log().numpy(), label_ids=labels)
+        )
 
 
 class ChoiceTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
@@ -67,4 +69,3 @@ class ChoiceTrainer(IVONTrainerMixin, ChoiceLossMixin, Trainer):
 def choice_rows(examples) -> list[dict]:
     """`ChoiceExample`s as the rows of a `datasets.Dataset` that `ChoiceCollator` batches."""
     return [{"prompt": e.prompt, "answers": list(e.answers), "gold": e.gold, "scoring": e.scoring} for e in examples]
-

@@ -10,4 +10,4 @@ def shorten(ids: list[int], max_length: int | None) -> list[int]:
     if max_length is None or len(ids) <= max_length:
         return ids
     head = max_length // 4
-    return ids[:head] + ids[len(ids) - (max_length - head):]
+    return ids[:head] + ids[len(ids) - (max_length - head) :]

@@ -37,7 +37,9 @@ def main(config) -> int:
     return 0
 
 
-def inspect_run(directory: str, predictions: str | None = None, out: str | None = None, overwrite: bool = False) -> dict:
+def inspect_run(
+    directory: str, predictions: str | None = None, out: str | None = None, overwrite: bool = False
+) -> dict:
     """Diagnostics of a run's posterior and (from per-example predictions) predictive: printed, and written to `out`."""
     from ..artifacts import PREDICTIONS_NAME, check_new_output_dir, staged_output_dir
     from ..diagnostics import diagnose, read_predictions, summary_lines, write_diagnostics

@@ -56,7 +56,9 @@ def run_sweep(config) -> dict:
     from ..tasks import load_split
 
     out = config.out or os.path.join(os.path.dirname(os.path.abspath(config.run_dirs[0])), "merge-sweep")
-    check_out_apart(out, {f"input run {i + 1}": d for i, d in enumerate([*config.run_dirs, *(config.references or [])])})
+    check_out_apart(
+        out, {f"input run {i + 1}": d for i, d in enumerate([*config.run_dirs, *(config.references or [])])}
+    )
     check_new_output_dir(out, config.overwrite)
     inputs = [read_input(directory) for directory in config.run_dirs]
     points = weight_points(len(inputs), config.sweep_values, config.sweep_steps)

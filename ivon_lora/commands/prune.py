@@ -44,7 +44,9 @@ def prune_run(directory: str, out: str, fraction: float, scope: str = "global", 
 
     check_out_apart(out, {"run dir": directory})
     check_new_output_dir(out, overwrite)
-    posterior = Posterior.load(directory).at_test_time(fraction, temperature, scope=scope, mode=mode, criterion=criterion)
+    posterior = Posterior.load(directory).at_test_time(
+        fraction, temperature, scope=scope, mode=mode, criterion=criterion
+    )
     with staged_output_dir(out) as staging:
         copy_run_files(directory, staging)
         posterior.save(staging, include_mean=True)

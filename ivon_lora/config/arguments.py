@@ -16,8 +16,10 @@ from .parsing import _require_at_least, _require_choice, _require_in
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        metadata={"help": "Hub id or local dir of the base model, or builtin:tiny-llama / builtin:tiny-qwen2 (random "
-                          "demo models) / builtin:smollm2-135m (SmolLM2-135M-Instruct from the package index)."}
+        metadata={
+            "help": "Hub id or local dir of the base model, or builtin:tiny-llama / builtin:tiny-qwen2 (random "
+            "demo models) / builtin:smollm2-135m (SmolLM2-135M-Instruct from the package index)."
+        }
     )
     gguf_file: str | None = field(
         default=None, metadata={"help": "A GGUF file in model_name_or_path (local dir or Hub id) to load, dequantized."}
@@ -35,15 +37,20 @@ class ModelArguments:
         default=None, metadata={"help": "Load the base in 4-bit NF4 or 8-bit with bitsandbytes (QLoRA); None: no."}
     )
     prompt_format: str = field(
-        default="plain", metadata={"help": "plain: the task prompt as is; chat: wrapped in the tokenizer's chat template."}
+        default="plain",
+        metadata={"help": "plain: the task prompt as is; chat: wrapped in the tokenizer's chat template."},
     )
     chat_template_kwargs: dict | None = field(
         default=None, metadata={"help": "Extra chat-template arguments, e.g. {enable_thinking: false} for Qwen3."}
     )
     answer_scoring: str = field(
-        default="letter", metadata={"help": "Multiple choice: letter (one answer token at the prompt's end), text "
-                                            "(each answer text's summed log-prob, lm-eval acc) or text_norm (divided "
-                                            "by its characters, lm-eval acc_norm); K-way softmax in every case."})
+        default="letter",
+        metadata={
+            "help": "Multiple choice: letter (one answer token at the prompt's end), text "
+            "(each answer text's summed log-prob, lm-eval acc) or text_norm (divided "
+            "by its characters, lm-eval acc_norm); K-way softmax in every case."
+        },
+    )
 
     def __post_init__(self):
         from ..choice.prompts import PROMPT_FORMATS
@@ -86,7 +93,9 @@ class DataArguments:
     eval_file: str | None = field(
         default=None, metadata={"help": "Local json/jsonl/parquet/csv eval records (a file or a dir of them)."}
     )
-    max_length: int = field(default=320, metadata={"help": "Max prompt tokens (longer prompts lose their middle; the count is reported)."})
+    max_length: int = field(
+        default=320, metadata={"help": "Max prompt tokens (longer prompts lose their middle; the count is reported)."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train records."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N eval records."})
 
@@ -103,8 +112,10 @@ class SFTDataArguments:
 
     dataset: str | None = field(
         default=None,
-        metadata={"help": "A built-in SFT dataset (wordqa) or a Hub dataset id (e.g. HuggingFaceH4/ultrachat_200k); "
-                          "None with train_file/eval_file."},
+        metadata={
+            "help": "A built-in SFT dataset (wordqa) or a Hub dataset id (e.g. HuggingFaceH4/ultrachat_200k); "
+            "None with train_file/eval_file."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's config name."})
     train_split: str = field(default="train", metadata={"help": "Split to train on (e.g. train_sft)."})
@@ -130,8 +141,10 @@ class SFTDataArguments:
 class RunArguments:
     objective: str = field(
         default="choice",
-        metadata={"help": "choice: the K answer letters' cross-entropy (multiple-choice tasks); sft: causal-LM loss on "
-                          "instruction/chat data through TRL (needs ivon-lora[sft]; keys: SFTDataArguments, SFTConfig)."},
+        metadata={
+            "help": "choice: the K answer letters' cross-entropy (multiple-choice tasks); sft: causal-LM loss on "
+            "instruction/chat data through TRL (needs ivon-lora[sft]; keys: SFTDataArguments, SFTConfig)."
+        },
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
     protocol: str = field(
@@ -139,19 +152,35 @@ class RunArguments:
     )
     final_eval_samples: int = field(
         default=10,
-        metadata={"help": "Posterior samples S of the evaluation after training (the reported eval_split); the "
-                          "Trainer's sampled evaluation during training is ivon_eval_mc_samples. Formerly "
-                          "eval_mc_samples."},
+        metadata={
+            "help": "Posterior samples S of the evaluation after training (the reported eval_split); the "
+            "Trainer's sampled evaluation during training is ivon_eval_mc_samples. Formerly "
+            "eval_mc_samples."
+        },
     )
-    ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts to report."})
+    ece_bins: list[int] = field(
+        default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts to report."}
+    )
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
-    prior_from: str | None = field(default=None, metadata={
-        "help": "Continual finetuning: an IVON run dir (or checkpoint) whose posterior is this run's prior; the adapter "
-                "starts at its mean. Same base model and LoRA shape (optim: ivon)."})
-    prior_scale: float = field(default=1.0, metadata={
-        "help": "Multiplies prior_from's precision: below 1 tempers (widens) the prior, above 1 sharpens it."})
-    init_from: str | None = field(default=None, metadata={
-        "help": "A run dir (IVON or AdamW) whose adapter this run starts from, with the usual prior (weight_decay)."})
+    prior_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continual finetuning: an IVON run dir (or checkpoint) whose posterior is this run's prior; the adapter "
+            "starts at its mean. Same base model and LoRA shape (optim: ivon)."
+        },
+    )
+    prior_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multiplies prior_from's precision: below 1 tempers (widens) the prior, above 1 sharpens it."
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A run dir (IVON or AdamW) whose adapter this run starts from, with the usual prior (weight_decay)."
+        },
+    )
 
     def __post_init__(self):
         _require_choice("objective", self.objective, OBJECTIVES)
@@ -161,4 +190,3 @@ class RunArguments:
         _require_at_least("final_eval_samples", self.final_eval_samples, 0)
         for bins in self.ece_bins:
             _require_at_least("ece_bins", bins, 1)
-

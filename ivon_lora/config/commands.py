@@ -34,8 +34,10 @@ from .parsing import (
 # the values of a YAML file or key=value.
 UNIT_INTERVAL = (0.0, 1.0, True)
 POSITIVE = (0.0, float("inf"), False)
-TRUST_REMOTE_CODE_HELP = ("run the run's base model's own code, which its recipe's trust_remote_code: true asks for "
-                          "(a run dir's setting alone is never enough: only for runs whose code you trust)")
+TRUST_REMOTE_CODE_HELP = (
+    "run the run's base model's own code, which its recipe's trust_remote_code: true asks for "
+    "(a run dir's setting alone is never enough: only for runs whose code you trust)"
+)
 
 
 @dataclass
@@ -46,14 +48,18 @@ class OutputArguments:
 
 @dataclass
 class PruneConfig(OutputArguments):
-    run_dir: str | None = field(default=None, metadata={
-        "help": "run or checkpoint dir trained with optim=ivon", "positional": "RUN_DIR"})
-    fraction: float | None = field(default=None, metadata={
-        "help": "fraction of adapter entries to prune, 0-1 (required)", "bounds": UNIT_INTERVAL})
-    scope: str = field(default="global", metadata={
-        "help": "rank entries globally or per matrix", "choices": PRUNE_SCOPES})
-    mode: str = field(default="zero", metadata={
-        "help": "zero: mean and variance 0; denoise: variance 0", "choices": PRUNE_MODES})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "run or checkpoint dir trained with optim=ivon", "positional": "RUN_DIR"}
+    )
+    fraction: float | None = field(
+        default=None, metadata={"help": "fraction of adapter entries to prune, 0-1 (required)", "bounds": UNIT_INTERVAL}
+    )
+    scope: str = field(
+        default="global", metadata={"help": "rank entries globally or per matrix", "choices": PRUNE_SCOPES}
+    )
+    mode: str = field(
+        default="zero", metadata={"help": "zero: mean and variance 0; denoise: variance 0", "choices": PRUNE_MODES}
+    )
     criterion: str = field(default="snr", metadata={"help": "|m|/sqrt(v), |m| or 1/sqrt(v)", "choices": PRUNE_CRITERIA})
     temperature: float = field(default=1.0, metadata={"help": "also divide the variance by this", "bounds": POSITIVE})
 
@@ -70,8 +76,9 @@ class PruneConfig(OutputArguments):
 
 @dataclass
 class ExportConfig(OutputArguments):
-    run_dir: str | None = field(default=None, metadata={
-        "help": "run, checkpoint or pruned dir", "positional": "RUN_DIR"})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "run, checkpoint or pruned dir", "positional": "RUN_DIR"}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": TRUST_REMOTE_CODE_HELP})
 
     def __post_init__(self):
@@ -82,65 +89,113 @@ class ExportConfig(OutputArguments):
 
 @dataclass
 class EvalConfig(OutputArguments):
-    run_dir: str | None = field(default=None, metadata={
-        "help": "run, checkpoint or pruned dir", "positional": "RUN_DIR"})
-    task: list[str] | None = field(default=None, metadata={
-        "help": "task name(s), e.g. arc_challenge mmlu:college_physics (default: the run's dataset)"})
-    split: str | None = field(default=None, metadata={
-        "help": "reported split (default: the run's eval_split, else the protocol's)"})
-    file: str | None = field(default=None, metadata={
-        "help": "local json/jsonl/parquet/csv records (file or dir) of --split, one --task"})
-    protocol: str | None = field(default=None, metadata={
-        "help": "protocol preset: ivon-lora or blob (default: the run's recipe)"})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "run, checkpoint or pruned dir", "positional": "RUN_DIR"}
+    )
+    task: list[str] | None = field(
+        default=None,
+        metadata={"help": "task name(s), e.g. arc_challenge mmlu:college_physics (default: the run's dataset)"},
+    )
+    split: str | None = field(
+        default=None, metadata={"help": "reported split (default: the run's eval_split, else the protocol's)"}
+    )
+    file: str | None = field(
+        default=None, metadata={"help": "local json/jsonl/parquet/csv records (file or dir) of --split, one --task"}
+    )
+    protocol: str | None = field(
+        default=None, metadata={"help": "protocol preset: ivon-lora or blob (default: the run's recipe)"}
+    )
     samples: int | None = field(default=None, metadata={"help": "posterior samples S (default: the protocol's, 10)"})
     batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
     seed: int = field(default=0, metadata={"help": "seed of the samples"})
-    batched_samples: int = field(default=0, metadata={
-        "help": "multiple-choice tasks: score K posterior samples per forward pass, each with its own LoRA delta on "
-                "a stacked batch (default 0: one sample per pass)", "metavar": "K"})
+    batched_samples: int = field(
+        default=0,
+        metadata={
+            "help": "multiple-choice tasks: score K posterior samples per forward pass, each with its own LoRA delta on "
+            "a stacked batch (default 0: one sample per pass)",
+            "metavar": "K",
+        },
+    )
     ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts"})
-    baseline: str | None = field(default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"})
-    mc_dropout_samples: int = field(default=0, metadata={
-        "help": "MC-dropout samples for runs without a posterior (default 0: weights only)"})
-    decoding: str = field(default="mean", metadata={
-        "help": "generative tasks: the chosen answer greedy at the posterior mean (mean) or posterior-averaged "
-                "(averaged: each token the argmax of the S samples' mean next-token distribution)",
-        "choices": DECODING_MODES})
-    sampling_temperature: float = field(default=1.0, metadata={
-        "help": "generative tasks: temperature of the S sampled answers of a run without posterior or MC dropout",
-        "bounds": POSITIVE})
-    prune_fractions: list[float] = field(default_factory=lambda: [0.0], metadata={
-        "help": "pruning fractions, 0-1", "bounds": UNIT_INTERVAL})
-    temperatures: list[float] = field(default_factory=lambda: [1.0], metadata={
-        "help": "posterior temperatures, > 0", "bounds": POSITIVE})
-    sweep: bool = field(default=False, metadata={
-        "help": f"sweep the pruning fractions {', '.join(map(str, DEFAULT_PRUNE_FRACTIONS))}"})
-    prune_scope: str = field(default="global", metadata={
-        "help": "rank entries globally or per matrix", "choices": PRUNE_SCOPES})
-    prune_mode: str = field(default="zero", metadata={
-        "help": "zero: mean and variance 0; denoise: variance 0", "choices": PRUNE_MODES})
-    prune_criterion: str = field(default="snr", metadata={
-        "help": "|m|/sqrt(v), |m| or 1/sqrt(v)", "choices": PRUNE_CRITERIA})
-    select_split: str | None = field(default=None, metadata={
-        "help": "held-out split that sweeps, temperature scaling and the risk-averse selector fit on (never the "
-                "reported split)"})
+    baseline: str | None = field(
+        default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"}
+    )
+    mc_dropout_samples: int = field(
+        default=0, metadata={"help": "MC-dropout samples for runs without a posterior (default 0: weights only)"}
+    )
+    decoding: str = field(
+        default="mean",
+        metadata={
+            "help": "generative tasks: the chosen answer greedy at the posterior mean (mean) or posterior-averaged "
+            "(averaged: each token the argmax of the S samples' mean next-token distribution)",
+            "choices": DECODING_MODES,
+        },
+    )
+    sampling_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "generative tasks: temperature of the S sampled answers of a run without posterior or MC dropout",
+            "bounds": POSITIVE,
+        },
+    )
+    prune_fractions: list[float] = field(
+        default_factory=lambda: [0.0], metadata={"help": "pruning fractions, 0-1", "bounds": UNIT_INTERVAL}
+    )
+    temperatures: list[float] = field(
+        default_factory=lambda: [1.0], metadata={"help": "posterior temperatures, > 0", "bounds": POSITIVE}
+    )
+    sweep: bool = field(
+        default=False, metadata={"help": f"sweep the pruning fractions {', '.join(map(str, DEFAULT_PRUNE_FRACTIONS))}"}
+    )
+    prune_scope: str = field(
+        default="global", metadata={"help": "rank entries globally or per matrix", "choices": PRUNE_SCOPES}
+    )
+    prune_mode: str = field(
+        default="zero", metadata={"help": "zero: mean and variance 0; denoise: variance 0", "choices": PRUNE_MODES}
+    )
+    prune_criterion: str = field(
+        default="snr", metadata={"help": "|m|/sqrt(v), |m| or 1/sqrt(v)", "choices": PRUNE_CRITERIA}
+    )
+    select_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out split that sweeps, temperature scaling and the risk-averse selector fit on (never the "
+            "reported split)"
+        },
+    )
     select_file: str | None = field(default=None, metadata={"help": "local records of --select-split"})
-    select_by: str = field(default=DEFAULT_SELECTION_CRITERION, metadata={
-        "help": "criterion of the choice, on the sampled predictive", "choices": tuple(selection_criteria())})
-    ensemble: list[str] | None = field(default=None, metadata={
-        "help": "two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble",
-        "metavar": "RUN_DIR"})
-    temperature_scaling: bool = field(default=False, metadata={
-        "help": "add each run temperature-scaled: one T fitted by NLL on --select-split"})
-    risk_averse: bool = field(default=False, metadata={
-        "help": "add the risk-averse selector (mean - kappa * std of the chosen answer's sample probabilities) to "
-                "posterior runs' selective prediction, kappa chosen on --select-split"})
-    lm_eval_tasks: list[str] | None = field(default=None, metadata={
-        "help": "instead of --task: lm-evaluation-harness multiple-choice tasks (several, or comma-separated as "
-                "lm-eval takes them: arc_easy,hellaswag), scored by lm-eval; needs ivon-lora[lm-eval]"})
-    lm_eval_include_path: str | None = field(default=None, metadata={
-        "help": "a dir of local lm-eval task YAMLs (lm-eval's --include_path)"})
+    select_by: str = field(
+        default=DEFAULT_SELECTION_CRITERION,
+        metadata={"help": "criterion of the choice, on the sampled predictive", "choices": tuple(selection_criteria())},
+    )
+    ensemble: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "two or more run dirs (e.g. AdamW runs of different seeds) evaluated as a deep ensemble",
+            "metavar": "RUN_DIR",
+        },
+    )
+    temperature_scaling: bool = field(
+        default=False, metadata={"help": "add each run temperature-scaled: one T fitted by NLL on --select-split"}
+    )
+    risk_averse: bool = field(
+        default=False,
+        metadata={
+            "help": "add the risk-averse selector (mean - kappa * std of the chosen answer's sample probabilities) to "
+            "posterior runs' selective prediction, kappa chosen on --select-split"
+        },
+    )
+    lm_eval_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "instead of --task: lm-evaluation-harness multiple-choice tasks (several, or comma-separated as "
+            "lm-eval takes them: arc_easy,hellaswag), scored by lm-eval; needs ivon-lora[lm-eval]"
+        },
+    )
+    lm_eval_include_path: str | None = field(
+        default=None, metadata={"help": "a dir of local lm-eval task YAMLs (lm-eval's --include_path)"}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": TRUST_REMOTE_CODE_HELP})
 
     def __post_init__(self):
@@ -157,7 +212,9 @@ class EvalConfig(OutputArguments):
         for bins in self.ece_bins:
             _require_at_least("ece_bins", bins, 1)
         if self.lm_eval_tasks is not None:
-            self.lm_eval_tasks = [name.strip() for item in self.lm_eval_tasks for name in item.split(",") if name.strip()]
+            self.lm_eval_tasks = [
+                name.strip() for item in self.lm_eval_tasks for name in item.split(",") if name.strip()
+            ]
             if not self.lm_eval_tasks:
                 raise ValueError("lm_eval_tasks names no task: pass e.g. arc_easy,hellaswag")
         if self.sweep:
@@ -182,10 +239,13 @@ class EvalConfig(OutputArguments):
 
 @dataclass
 class InspectConfig(OutputArguments):
-    run_dir: str | None = field(default=None, metadata={
-        "help": "run, checkpoint or pruned dir trained with optim=ivon", "positional": "RUN_DIR"})
-    predictions: str | None = field(default=None, metadata={
-        "help": "per-example predictions jsonl (default: RUN_DIR/predictions.jsonl)"})
+    run_dir: str | None = field(
+        default=None,
+        metadata={"help": "run, checkpoint or pruned dir trained with optim=ivon", "positional": "RUN_DIR"},
+    )
+    predictions: str | None = field(
+        default=None, metadata={"help": "per-example predictions jsonl (default: RUN_DIR/predictions.jsonl)"}
+    )
 
     def __post_init__(self):
         if self.run_dir is None:
@@ -197,21 +257,32 @@ class GenerateConfig:
     """The options of `ivon-lora generate` (from a YAML file, key=value and flags, like eval's)."""
 
     run_dir: str | None = field(default=None, metadata={"help": "run or checkpoint dir", "positional": "RUN_DIR"})
-    prompt: list[str] | None = field(default=None, metadata={
-        "help": "a prompt (repeat the flag for several)", "metavar": "TEXT", "action": "append"})
-    prompts_file: str | None = field(default=None, metadata={
-        "help": ".jsonl with a 'prompt' (text) or 'messages' (chat messages) per line, or a text file with one prompt "
-                "per non-blank line", "metavar": "FILE"})
+    prompt: list[str] | None = field(
+        default=None, metadata={"help": "a prompt (repeat the flag for several)", "metavar": "TEXT", "action": "append"}
+    )
+    prompts_file: str | None = field(
+        default=None,
+        metadata={
+            "help": ".jsonl with a 'prompt' (text) or 'messages' (chat messages) per line, or a text file with one prompt "
+            "per non-blank line",
+            "metavar": "FILE",
+        },
+    )
     samples: int = field(default=0, metadata={"help": "posterior samples S, one answer each"})
     seed: int = field(default=0, metadata={"help": "seed of the posterior samples"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
-    system: str | None = field(default=None, metadata={
-        "help": "system message of every prompt (needs a chat template)", "metavar": "TEXT"})
+    system: str | None = field(
+        default=None, metadata={"help": "system message of every prompt (needs a chat template)", "metavar": "TEXT"}
+    )
     no_chat: bool = field(default=False, metadata={"help": "plain prompts even if the tokenizer has a chat template"})
-    out: str | None = field(default=None, metadata={
-        "help": "jsonl file of the answers, with the run, options and versions (must not exist)",
-        "metavar": "FILE.jsonl"})
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "jsonl file of the answers, with the run, options and versions (must not exist)",
+            "metavar": "FILE.jsonl",
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
     trust_remote_code: bool = field(default=False, metadata={"help": TRUST_REMOTE_CODE_HELP})
 
@@ -226,20 +297,30 @@ class GenerateConfig:
 class SensitivityConfig(OutputArguments):
     """The options of `ivon-lora sensitivity` (from a YAML file, key=value and flags, like eval's)."""
 
-    run_dir: str | None = field(default=None, metadata={
-        "help": "IVON run or checkpoint dir of a multiple-choice task", "positional": "RUN_DIR"})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "IVON run or checkpoint dir of a multiple-choice task", "positional": "RUN_DIR"}
+    )
     split: str = field(default="train", metadata={"help": "split of the run's task to score"})
-    file: str | None = field(default=None, metadata={
-        "help": "local json/jsonl/parquet/csv records (file or dir) of --split"})
+    file: str | None = field(
+        default=None, metadata={"help": "local json/jsonl/parquet/csv records (file or dir) of --split"}
+    )
     task: str | None = field(default=None, metadata={"help": "task name (default: the run's dataset)"})
-    variance: str = field(default="exact", metadata={
-        "help": "exact: diag(J Σ Jᵀ) by K backward passes per batch; sampled: sample variance over S posterior "
-                "samples",
-        "choices": ("exact", "sampled")})
+    variance: str = field(
+        default="exact",
+        metadata={
+            "help": "exact: diag(J Σ Jᵀ) by K backward passes per batch; sampled: sample variance over S posterior "
+            "samples",
+            "choices": ("exact", "sampled"),
+        },
+    )
     samples: int = field(default=10, metadata={"help": "posterior samples S of --variance sampled (>= 2)"})
-    ess: float | None = field(default=None, metadata={
-        "help": "rescale the posterior to this ess (e.g. the train set size N) for the LOO estimates, rankings "
-                "unchanged (default: the run's)"})
+    ess: float | None = field(
+        default=None,
+        metadata={
+            "help": "rescale the posterior to this ess (e.g. the train set size N) for the LOO estimates, rankings "
+            "unchanged (default: the run's)"
+        },
+    )
     top: int = field(default=20, metadata={"help": "most sensitive examples printed"})
     batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N records"})
@@ -258,35 +339,55 @@ class SensitivityConfig(OutputArguments):
             _require_in("ess", self.ess, 0.0, float("inf"), low_inclusive=False)
 
 
-
-
 @dataclass
 class MergeConfig(OutputArguments):
-    run_dirs: list[str] | None = field(default=None, metadata={
-        "help": "two or more run dirs to merge", "positional": "RUN_DIR"})
-    method: list[str] | None = field(default=None, metadata={
-        "help": "uncertainty, posterior, or a PEFT combination type (linear, cat, svd, ties, dare_ties, ...); several "
-                "with --sweep", "choices": MERGE_METHODS})
+    run_dirs: list[str] | None = field(
+        default=None, metadata={"help": "two or more run dirs to merge", "positional": "RUN_DIR"}
+    )
+    method: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "uncertainty, posterior, or a PEFT combination type (linear, cat, svd, ties, dare_ties, ...); several "
+            "with --sweep",
+            "choices": MERGE_METHODS,
+        },
+    )
     weights: list[float] | None = field(default=None, metadata={"help": "one weight α per run (default 1/N each)"})
-    space: str = field(default="delta", metadata={
-        "help": "uncertainty / posterior: merge each ΔW = B·A (delta) or A and B separately (factor)",
-        "choices": MERGE_SPACES})
-    density: float | None = field(default=None, metadata={
-        "help": "fraction kept by ties, dare_*, magnitude_prune, in (0, 1]"})
-    rank: int | None = field(default=None, metadata={
-        "help": "rank of the merged adapter (delta space and *_svd; default the sum / PEFT's max of the input ranks)"})
-    base_precision: float = field(default=0.0, metadata={
-        "help": "uncertainty: H₀ as a multiple of the inputs' mean precision per matrix (0: precision-weighted "
-                "average; large: task arithmetic)"})
+    space: str = field(
+        default="delta",
+        metadata={
+            "help": "uncertainty / posterior: merge each ΔW = B·A (delta) or A and B separately (factor)",
+            "choices": MERGE_SPACES,
+        },
+    )
+    density: float | None = field(
+        default=None, metadata={"help": "fraction kept by ties, dare_*, magnitude_prune, in (0, 1]"}
+    )
+    rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "rank of the merged adapter (delta space and *_svd; default the sum / PEFT's max of the input ranks)"
+        },
+    )
+    base_precision: float = field(
+        default=0.0,
+        metadata={
+            "help": "uncertainty: H₀ as a multiple of the inputs' mean precision per matrix (0: precision-weighted "
+            "average; large: task arithmetic)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of DARE's random drops"})
     sweep: bool = field(default=False, metadata={"help": "merge at many weights and score each on every input's task"})
-    sweep_values: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], metadata={
-        "help": "--sweep, two runs: the grid of each run's weight"})
+    sweep_values: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+        metadata={"help": "--sweep, two runs: the grid of each run's weight"},
+    )
     sweep_steps: int = field(default=4, metadata={"help": "--sweep, three or more runs: simplex lattice step 1/N"})
     split: str = field(default="validation", metadata={"help": "--sweep: the split each task is scored on"})
     limit: int | None = field(default=None, metadata={"help": "--sweep: score only the first N records of each split"})
-    references: list[str] | None = field(default=None, metadata={
-        "help": "--sweep: run dirs scored as reference points (e.g. multitask finetunes)"})
+    references: list[str] | None = field(
+        default=None, metadata={"help": "--sweep: run dirs scored as reference points (e.g. multitask finetunes)"}
+    )
     batch_size: int = field(default=32, metadata={"help": "--sweep: examples per forward pass"})
 
     def __post_init__(self):
@@ -318,4 +419,3 @@ def load_command_config(cls, command: str, path: str | None, overrides: list[str
                           help_hint=f" `ivon-lora {command} --help` lists the keys (flags with - as _).")  # fmt: skip
     (config,) = parse_values(values, (cls,), where, kind="config", command_line=command_line)
     return config
-

@@ -81,8 +81,10 @@ def parse_overrides(overrides: list[str]) -> dict:
             values[key.strip()] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or "not valid YAML"
-            raise RecipeError(f"Override {item!r} on the command line: the value is not valid YAML ({problem}); quote "
-                              f"it for a text, e.g. {key.strip()}='\"{text}\"'") from None
+            raise RecipeError(
+                f"Override {item!r} on the command line: the value is not valid YAML ({problem}); quote "
+                f"it for a text, e.g. {key.strip()}='\"{text}\"'"
+            ) from None
     return values
 
 
@@ -162,10 +164,8 @@ def parse_values(values: dict, classes, where: str = "", kind: str = "recipe", c
         raise RecipeError(f"Invalid {kind}{COMMAND_LINE if named else where}: {error}") from error
 
 
-
 def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
 
 
 def _require_at_least(key: str, value: int, low: int) -> None:
@@ -181,4 +181,3 @@ def _require_choice(key: str, value, choices) -> None:
 def _require_in(key: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
     if not (low <= value if low_inclusive else low < value) or value > high:
         raise ValueError(f"{key} {value} is not in {'[' if low_inclusive else '('}{low}, {high}]")
-

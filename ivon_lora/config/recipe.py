@@ -97,7 +97,6 @@ class Recipe:
         return yaml.safe_load(yaml.safe_dump(resolved, default_flow_style=False))  # plain YAML types only
 
 
-
 def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool = True) -> Recipe:
     """Read `path` (YAML), apply `overrides` (key=value), validate every key and value, check the files.
 
@@ -178,7 +177,6 @@ def _check_ivon_keys_unused(recipe: Recipe, values: dict, command_line, where: s
                        ", ".join(ignored), where)  # fmt: skip
 
 
-
 def _check_names(recipe: Recipe) -> None:
     from ..tasks import get_protocol, get_task
 
@@ -196,7 +194,9 @@ def _check_names(recipe: Recipe) -> None:
     for key in ("train_split", "eval_split"):
         split = getattr(recipe.data, key)
         if split not in task.splits:
-            raise RecipeError(f"Recipe key {key!r}: task {task.name!r} has no split {split!r} ({', '.join(task.splits)})")
+            raise RecipeError(
+                f"Recipe key {key!r}: task {task.name!r} has no split {split!r} ({', '.join(task.splits)})"
+            )
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -217,8 +217,10 @@ def check_local_model_dir(path: str, need_weights: bool = True) -> None:
                                           ("weights (*.safetensors or *.bin)", any(n.endswith(WEIGHT_SUFFIXES) for n in names)))
                if not present]  # fmt: skip
     if missing:
-        raise RecipeError(f"Recipe key 'model_name_or_path': the local dir {path!r} holds no {' and no '.join(missing)}: "
-                          "point it at a saved model (save_pretrained's dir), a Hub id, or a builtin: model")
+        raise RecipeError(
+            f"Recipe key 'model_name_or_path': the local dir {path!r} holds no {' and no '.join(missing)}: "
+            "point it at a saved model (save_pretrained's dir), a Hub id, or a builtin: model"
+        )
 
 
 def _check_files(recipe: Recipe) -> None:
@@ -261,8 +263,10 @@ def _check_resume_checkpoint(checkpoint) -> None:
     missing = [name for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "trainer_state.json")
                if not os.path.isfile(os.path.join(checkpoint, name))]  # fmt: skip
     if missing:
-        raise RecipeError(f"Recipe key 'resume_from_checkpoint': {checkpoint!r} is not a complete checkpoint "
-                          f"({', '.join(missing)} missing; a run killed while saving it?): resume from an earlier one")
+        raise RecipeError(
+            f"Recipe key 'resume_from_checkpoint': {checkpoint!r} is not a complete checkpoint "
+            f"({', '.join(missing)} missing; a run killed while saving it?): resume from an earlier one"
+        )
 
 
 def _check_resume_fits(recipe: Recipe) -> None:
@@ -282,7 +286,6 @@ def _check_resume_fits(recipe: Recipe) -> None:
                               "(its recipe.yaml), or start a new run")  # fmt: skip
 
 
-
 def describe_keys() -> str:
     """Every recipe key with its type and help; for TrainingArguments, only what IVONTrainingArguments adds."""
     from transformers import TrainingArguments
@@ -293,11 +296,12 @@ def describe_keys() -> str:
     lines = []
     for cls in (*argument_classes("choice"), SFTDataArguments):
         hints = typing.get_type_hints(cls)
-        lines.append(f"# {cls.__name__}" + (" (objective: sft, in place of DataArguments)" if cls is SFTDataArguments else ""))
+        lines.append(
+            f"# {cls.__name__}" + (" (objective: sft, in place of DataArguments)" if cls is SFTDataArguments else "")
+        )
         for f in dataclasses.fields(cls):
             if f.init and not (cls is IVONTrainingArguments and f.name in inherited):
                 lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}")
     lines.append("# ...and every other transformers.TrainingArguments field (output_dir, max_steps, bf16, seed, ...);")
     lines.append("# with objective: sft, every trl.SFTConfig field too (max_length, packing, assistant_only_loss, ...)")
     return "\n".join(lines)
-

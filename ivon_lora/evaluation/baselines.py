@@ -32,10 +32,14 @@ def _nll(probs: torch.Tensor, gold: torch.Tensor, inverse_temperature: float) ->
     return float(-log_probs.gather(1, gold.view(-1, 1)).mean())
 
 
-def fit_temperature(probs: torch.Tensor, gold: torch.Tensor, bounds=TEMPERATURE_BOUNDS, tolerance: float = 1e-6) -> float:
+def fit_temperature(
+    probs: torch.Tensor, gold: torch.Tensor, bounds=TEMPERATURE_BOUNDS, tolerance: float = 1e-6
+) -> float:
     """The T in `bounds` that minimises the NLL of `temper(probs, T)` against `gold` (N x K probs, N indices)."""
     if probs.ndim != 2 or probs.shape[0] != gold.shape[0] or probs.shape[0] == 0:
-        raise ValueError(f"Expected probs N x K and gold N with N > 0, got {tuple(probs.shape)} and {tuple(gold.shape)}")
+        raise ValueError(
+            f"Expected probs N x K and gold N with N > 0, got {tuple(probs.shape)} and {tuple(gold.shape)}"
+        )
     # Golden-section search on beta = 1/T, where the NLL is convex.
     low, high = 1.0 / bounds[1], 1.0 / bounds[0]
     ratio = (math.sqrt(5.0) - 1.0) / 2.0

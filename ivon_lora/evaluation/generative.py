@@ -217,7 +217,9 @@ def teacher_forced(model, prompts: list[list[int]], answers: list[list[int]], *,
                 sample_log_likelihoods[index, k] = answer_token_log_probs(log_probs).sum(-1)
                 accumulated.add(log_probs)
             if num_samples >= 2:
-                disagreement["mi"][index, :answer_width] = torch.where(batch_mask, accumulated.mutual_information(), 0.0)
+                disagreement["mi"][index, :answer_width] = torch.where(
+                    batch_mask, accumulated.mutual_information(), 0.0
+                )
                 disagreement["epkl"][index, :answer_width] = torch.where(
                     batch_mask, accumulated.expected_pairwise_kl(), 0.0)  # fmt: skip
     finally:
@@ -258,7 +260,8 @@ def confidence_scores(scored: TeacherForced, decoded: Sequence[DecodedAnswers], 
         undefined["semantic_agreement"] = undefined["neg_semantic_entropy"] = "no sampled answers (S = 0)"
     else:
         scores["semantic_agreement"] = torch.tensor(
-            [uncertainty.semantic_agreement(d.chosen, d.samples, equivalent) for d in decoded], dtype=torch.float64)
+            [uncertainty.semantic_agreement(d.chosen, d.samples, equivalent) for d in decoded], dtype=torch.float64
+        )
         scores["neg_semantic_entropy"] = -torch.tensor(
             [uncertainty.semantic_entropy(d.samples, equivalent) for d in decoded], dtype=torch.float64)  # fmt: skip
     order = list(uncertainty.CONFIDENCE_SCORES)
@@ -318,7 +321,9 @@ class GenerativeEvaluation:
             "judges": {name: sum(values) / len(values) for name, values in self.judge_scores.items()},
             "samples": self.sampling.kind,
             "num_samples": self.sampling.num_samples,
-            "scores": {name: score_metrics(name, values, self.correct, ece_bins) for name, values in self.scores.items()},
+            "scores": {
+                name: score_metrics(name, values, self.correct, ece_bins) for name, values in self.scores.items()
+            },
             "undefined_scores": dict(self.undefined),
         }
 

@@ -65,7 +65,9 @@ def logged_choices(task: str, rows: list[dict]) -> LoggedChoices:
         if "acc" not in row or not isinstance(responses, list) or len(responses) < 2:
             raise ValueError(f"{where}: not a multiple-choice row (needs one logged log-likelihood per choice and "
                              "lm-eval's acc); calibration covers output_type: multiple_choice tasks only")  # fmt: skip
-        if row.get("filter", "none") != "none" or any(not isinstance(r, (list, tuple)) or len(r) != 2 for r in responses):
+        if row.get("filter", "none") != "none" or any(
+            not isinstance(r, (list, tuple)) or len(r) != 2 for r in responses
+        ):
             raise ValueError(f"{where}: expected unfiltered [loglikelihood, is_greedy] pairs, got {responses[:2]}...")
         target = row.get("target")
         if isinstance(target, str) and target.isdigit():  # the jsonl files hold it as text

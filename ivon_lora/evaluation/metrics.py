@@ -64,7 +64,9 @@ def _bin_index(confidence: torch.Tensor, num_bins: int, edges: str = "right") ->
     return (torch.ceil(scaled - edge_tolerance).long() - 1).clamp(0, num_bins - 1)
 
 
-def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10, edges: str = "right") -> float:
+def expected_calibration_error(
+    probs: torch.Tensor, gold: torch.Tensor, num_bins: int = 10, edges: str = "right"
+) -> float:
     _check(probs, gold)
     confidence, prediction = probs.max(dim=1)
     return binary_calibration_error(confidence, prediction == gold, num_bins, edges)
@@ -259,15 +261,33 @@ def _selective(metrics: dict) -> dict:
 
 for _metric in (
     Metric("accuracy", higher_is_better=True, percent=True, compute=accuracy, description="argmax = gold"),
-    Metric("nll", higher_is_better=False, percent=False, compute=negative_log_likelihood,
-           description="mean -log p(gold)"),  # fmt: skip
-    Metric("ece", higher_is_better=False, percent=True, compute=expected_calibration_error, per_bins=True,
-           description="equal-width bins on the max probability (edges: the protocol's ece_edges)"),  # fmt: skip
+    Metric(
+        "nll", higher_is_better=False, percent=False, compute=negative_log_likelihood, description="mean -log p(gold)"
+    ),  # fmt: skip
+    Metric(
+        "ece",
+        higher_is_better=False,
+        percent=True,
+        compute=expected_calibration_error,
+        per_bins=True,
+        description="equal-width bins on the max probability (edges: the protocol's ece_edges)",
+    ),  # fmt: skip
     Metric("brier", higher_is_better=False, percent=False, compute=brier_score, description="sum over classes"),
-    Metric("aurc", higher_is_better=False, percent=True, read=lambda m: _selective(m).get("aurc"), summary=False,
-           description="area under the risk-coverage curve"),  # fmt: skip
-    Metric("coverage@5%", higher_is_better=True, percent=True, summary=False,
-           read=lambda m: _selective(m).get("coverage_at_risk", {}).get("0.05"),
-           description="largest coverage with selective risk <= 5%"),  # fmt: skip
+    Metric(
+        "aurc",
+        higher_is_better=False,
+        percent=True,
+        read=lambda m: _selective(m).get("aurc"),
+        summary=False,
+        description="area under the risk-coverage curve",
+    ),  # fmt: skip
+    Metric(
+        "coverage@5%",
+        higher_is_better=True,
+        percent=True,
+        summary=False,
+        read=lambda m: _selective(m).get("coverage_at_risk", {}).get("0.05"),
+        description="largest coverage with selective risk <= 5%",
+    ),  # fmt: skip
 ):
     register_metric(_metric)

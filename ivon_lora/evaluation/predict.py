@@ -68,6 +68,7 @@ class Predictions:
 
         Each predictive also gets `selective`: AURC and coverage at each risk level.
         """
+
         def scored(probs):
             return {**calibration_metrics(probs, self.gold, ece_bins, ece_edges),
                     "selective": selective_prediction(probs, self.gold, risk_levels)}  # fmt: skip
@@ -172,7 +173,9 @@ def predict(
         if batched:  # the same draws as `sampler.sample()` in turn, K of them per forward pass
             from .batched import predict_sampled_probs
 
-            samples = list(predict_sampled_probs(model, batches, sampler, num_samples, samples_per_pass, progress)[:, unsort])
+            samples = list(
+                predict_sampled_probs(model, batches, sampler, num_samples, samples_per_pass, progress)[:, unsort]
+            )
         for s in range(0 if batched else num_samples):
             if sample_kind == "posterior":
                 with sampler.sample():
@@ -230,7 +233,12 @@ def _gather(shard: list[int], mean: torch.Tensor, samples: torch.Tensor | None, 
 
 
 def evaluate_predictive(
-    model, tokenizer, examples: list[ChoiceExample], posterior=None, ece_bins=DEFAULT_ECE_BINS, ece_edges="right",
+    model,
+    tokenizer,
+    examples: list[ChoiceExample],
+    posterior=None,
+    ece_bins=DEFAULT_ECE_BINS,
+    ece_edges="right",
     **predict_options,
 ) -> dict:
     """Metrics at the posterior mean ("mean") and of the average of 1..S sampled predictive distributions.

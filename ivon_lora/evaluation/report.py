@@ -44,7 +44,14 @@ def markdown_table(tasks: dict, ece_bins=DEFAULT_ECE_BINS) -> str:
     for task, entry in tasks.items():
         for run_name, run_metrics in entry["runs"].items():
             for name, metrics in predictives(run_metrics):
-                cells = [task, entry["split"], str(entry["num_examples"]), run_name, name, *table_cells(metrics, columns)]
+                cells = [
+                    task,
+                    entry["split"],
+                    str(entry["num_examples"]),
+                    run_name,
+                    name,
+                    *table_cells(metrics, columns),
+                ]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -70,7 +70,7 @@ def risk_averse_report(selection, reported, select_split: str, grid=KAPPA_GRID,
         "grid": scored,
         "selective": risk_averse_selective(reported.samples, reported.gold, kappa, risk_levels),
         "definition": "mean_s p_s(y) - kappa * std_s p_s(y) (population std) of the sampled predictive's answer y; "
-                      "the lower confidence bound named in place of arXiv 2505.09591's selector, which was not read",
+        "the lower confidence bound named in place of arXiv 2505.09591's selector, which was not read",
     }
 
 

@@ -61,5 +61,3 @@ def sweep_posterior(
     values = [predictive_metrics(c["select"])[select_by] for c in configs]
     best = max(values) if criteria[select_by] else min(values)
     return {"configs": configs, "chosen": values.index(best), "select_by": select_by}
-
-

@@ -136,17 +136,21 @@ class ConfidenceScore:
     probability: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-CONFIDENCE_SCORES: Registry[ConfidenceScore] = Registry("confidence score", (
-    (score.name, score)
-    for score in (
-        ConfidenceScore("sequence_log_likelihood", "log p(answer | prompt) at the posterior mean", torch.exp),
-        # exp of it is the geometric mean of the token probabilities, not a probability of the answer.
-        ConfidenceScore("mean_token_log_likelihood", "log p(answer | prompt) at the mean / answer tokens"),
-        ConfidenceScore("bma_log_likelihood", "log of the mean over samples of p_s(answer | prompt)", torch.exp),
-        ConfidenceScore("neg_mutual_information", "minus the samples' next-token mutual information, answer mean"),
-        ConfidenceScore("neg_expected_pairwise_kl", "minus the samples' next-token pairwise KL, answer mean"),
-        ConfidenceScore("semantic_agreement", "share of the samples' answers equivalent to the chosen one",
-                        lambda score: score),  # fmt: skip
-        ConfidenceScore("neg_semantic_entropy", "minus the entropy of the samples' answer clusters"),
-    )
-))
+CONFIDENCE_SCORES: Registry[ConfidenceScore] = Registry(
+    "confidence score",
+    (
+        (score.name, score)
+        for score in (
+            ConfidenceScore("sequence_log_likelihood", "log p(answer | prompt) at the posterior mean", torch.exp),
+            # exp of it is the geometric mean of the token probabilities, not a probability of the answer.
+            ConfidenceScore("mean_token_log_likelihood", "log p(answer | prompt) at the mean / answer tokens"),
+            ConfidenceScore("bma_log_likelihood", "log of the mean over samples of p_s(answer | prompt)", torch.exp),
+            ConfidenceScore("neg_mutual_information", "minus the samples' next-token mutual information, answer mean"),
+            ConfidenceScore("neg_expected_pairwise_kl", "minus the samples' next-token pairwise KL, answer mean"),
+            ConfidenceScore(
+                "semantic_agreement", "share of the samples' answers equivalent to the chosen one", lambda score: score
+            ),  # fmt: skip
+            ConfidenceScore("neg_semantic_entropy", "minus the entropy of the samples' answer clusters"),
+        )
+    ),
+)

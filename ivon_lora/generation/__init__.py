@@ -7,5 +7,18 @@ from .batching import stop_ids as _stop_ids
 from .hf import Generation, generate
 from .prompts import Prompt, check_prompt, render_prompts, uses_chat_template
 
-__all__ = ["FINISH_REASONS", "Answer", "AveragedAnswer", "Generation", "Prompt", "_stop_ids", "check_prompt",
-           "decode_averaged", "decode_mean", "decode_samples", "generate", "render_prompts", "uses_chat_template"]
+__all__ = [
+    "FINISH_REASONS",
+    "Answer",
+    "AveragedAnswer",
+    "Generation",
+    "Prompt",
+    "_stop_ids",
+    "check_prompt",
+    "decode_averaged",
+    "decode_mean",
+    "decode_samples",
+    "generate",
+    "render_prompts",
+    "uses_chat_template",
+]

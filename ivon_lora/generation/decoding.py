@@ -237,7 +237,9 @@ class _Decoder:
             ))  # fmt: skip
         return answers
 
-    def averaged_step(self, logits: torch.Tensor, copies: int, finished: list[bool], records: list[list]) -> list[list[int]]:
+    def averaged_step(
+        self, logits: torch.Tensor, copies: int, finished: list[bool], records: list[list]
+    ) -> list[list[int]]:
         """The averaged step: the argmax of the mean of the copies' softmaxes, per prompt; appends to each active
         prompt's `records` its copies' log-probs of that token and their mutual information and pairwise KL."""
         log_probs = torch.log_softmax(logits, dim=-1).view(copies, len(finished), -1)

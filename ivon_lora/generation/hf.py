@@ -26,6 +26,7 @@ from .prompts import Prompt, render_prompts, uses_chat_template
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Generation:
     """One prompt's answers: `mean` from the posterior mean, `samples[k]` from posterior sample k."""

@@ -20,9 +20,13 @@ def check_prompt(prompt, where: str) -> None:
         if not prompt:
             raise UsageError(f"{where}: the prompt is empty")
         return
-    if not (isinstance(prompt, list) and prompt and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
-    )):
+    if not (
+        isinstance(prompt, list)
+        and prompt
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+        )
+    ):
         raise UsageError(f"{where}: expected a non-empty string or a non-empty list of messages with string 'role' "
                          f"and 'content', got {prompt!r:.80}")  # fmt: skip
 

@@ -212,6 +212,7 @@ class IVONLoRALM(HFLM):
         lm-eval's causal batching (longest first, requests sharing a context and all but the last continuation
         token scored by one row), with each batch scored under each of the S samples.
         """
+
         def longest_first(request):
             tokens = request[1] + request[2]
             return -len(tokens), tuple(tokens)
@@ -297,8 +298,10 @@ def check_model_args(kwargs: dict) -> None:
 
         hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1))
                                else "") for key in unknown]  # fmt: skip
-        raise UsageError(f"Unknown model_args key(s) for model={MODEL_NAME}: {', '.join(hints)}; keys: run, samples, "
-                         "mode, seed, prune, temperature and those of lm-eval's hf model (batch_size, max_length, ...)")
+        raise UsageError(
+            f"Unknown model_args key(s) for model={MODEL_NAME}: {', '.join(hints)}; keys: run, samples, "
+            "mode, seed, prune, temperature and those of lm-eval's hf model (batch_size, max_length, ...)"
+        )
 
 
 register_model(MODEL_NAME)(IVONLoRALM)

@@ -55,7 +55,9 @@ def product_of_gaussians(
     precision = s0 + sum(alpha * (s.double() - s0) for alpha, s in zip(weights, precisions))
     if not bool((precision > 0).all()):
         raise ValueError("The merged precision S₀ + Σ α_t (S_t − S₀) has entries <= 0: use positive weights")
-    numerator = s0 * m0 + sum(alpha * (s.double() * m.double() - s0 * m0) for alpha, s, m in zip(weights, precisions, means))
+    numerator = s0 * m0 + sum(
+        alpha * (s.double() * m.double() - s0 * m0) for alpha, s, m in zip(weights, precisions, means)
+    )
     return numerator / precision, precision
 
 

@@ -21,7 +21,9 @@ MERGED_NAME = "merged"
 
 def module_paths(tensors: dict[str, torch.Tensor]) -> list[str]:
     """The adapted modules' paths (`model.layers.0.self_attn.q_proj`) of a saved adapter's tensors."""
-    return sorted({key[len(KEY_PREFIX) : -len(FACTOR_SUFFIXES[0])] for key in tensors if key.endswith(FACTOR_SUFFIXES[0])})
+    return sorted(
+        {key[len(KEY_PREFIX) : -len(FACTOR_SUFFIXES[0])] for key in tensors if key.endswith(FACTOR_SUFFIXES[0])}
+    )
 
 
 def factor_keys(path: str) -> tuple[str, str]:
@@ -67,7 +69,7 @@ def peft_merge(
         model.peft_config[name] = config
         model.inject_adapter(model.model, name)
     for name, tensors in zip(names, adapters):
-        set_peft_model_state_dict(model, {k[len("base_model."):]: v for k, v in tensors.items()}, adapter_name=name)
+        set_peft_model_state_dict(model, {k[len("base_model.") :]: v for k, v in tensors.items()}, adapter_name=name)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # DARE draws its masks from torch's global generator
     try:

@@ -93,7 +93,9 @@ def read_input(directory: str) -> MergeInput:
     return MergeInput(described["dir"], config, tensors, variance, posterior_config, described["recipe"])
 
 
-def check_inputs(inputs: list[MergeInput], method: str, space: str, weights: list[float], density: float | None) -> None:
+def check_inputs(
+    inputs: list[MergeInput], method: str, space: str, weights: list[float], density: float | None
+) -> None:
     """Every reason the inputs cannot be merged by `method`, as one line naming both runs, before any model loads."""
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is not a merge method; choose from {', '.join(METHODS)}")
@@ -173,7 +175,9 @@ def merge_adapters(inputs: list[MergeInput], method: str, weights: list[float], 
         a_key, b_key = factor_keys(path)
         moments = [delta_moments(run.tensors[a_key], run.variance[a_key], run.tensors[b_key], run.variance[b_key],
                                  run.scaling) for run in inputs]  # fmt: skip
-        delta, _ = _merge_entries(method, [m for m, _ in moments], [v for _, v in moments], weights, base_precision, 0.0)
+        delta, _ = _merge_entries(
+            method, [m for m, _ in moments], [v for _, v in moments], weights, base_precision, 0.0
+        )
         a, b = low_rank_factors(delta, out_rank)
         tensors[a_key], tensors[b_key] = a.float(), b.float()
     config = {**configs[0], "r": out_rank, "lora_alpha": out_rank, "use_rslora": False}  # scaling 1, as PEFT's svd
@@ -183,8 +187,10 @@ def merge_adapters(inputs: list[MergeInput], method: str, weights: list[float], 
 def posterior_meaning(method: str, space: str) -> str | None:
     """What the merged dir's posterior is, or None where the method defines none over the adapter's tensors."""
     if method == "posterior" and space == "factor":
-        return ("the weighted product of the inputs' factor posteriors: N(m_α, S_α⁻¹) per entry of A and B, the "
-                "Gaussian a multitask run with loss weights α would reach if each input's posterior were exact")
+        return (
+            "the weighted product of the inputs' factor posteriors: N(m_α, S_α⁻¹) per entry of A and B, the "
+            "Gaussian a multitask run with loss weights α would reach if each input's posterior were exact"
+        )
     return None
 
 
@@ -206,8 +212,12 @@ def _write_recipe(source: MergeInput, destination: str, config: dict, out: str) 
 
 
 def _model_card(provenance: dict) -> str:
-    lines = [f"# Merged LoRA adapter ({provenance['method']})", "",
-             f"Made by `ivon-lora merge` (ivon-lora {provenance['environment'].get('ivon-lora')}) from:", ""]
+    lines = [
+        f"# Merged LoRA adapter ({provenance['method']})",
+        "",
+        f"Made by `ivon-lora merge` (ivon-lora {provenance['environment'].get('ivon-lora')}) from:",
+        "",
+    ]
     for run, weight in zip(provenance["inputs"], provenance["weights"]):
         lines.append(f"- `{run['dir']}` (task {run['task']}, {run['optimizer']}), weight {weight}, adapter sha256 "
                      f"{run['adapter_sha256'][:16]}")  # fmt: skip

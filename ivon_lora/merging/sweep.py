@@ -113,6 +113,7 @@ def sweep_merges(inputs: list[MergeInput], specs: list[dict], points: list[tuple
             add(f"input:{run.directory}", lambda r=run: _point(scorer, "input", r.tensors, r.config, 0.0,
                                                                  dir=r.directory, task=r.task))  # fmt: skip
     for directory in references:
+
         def reference(directory=directory):
             run = read_input(directory)
             return _point(scorer, "reference", run.tensors, run.config, 0.0, dir=run.directory, task=run.task)
@@ -120,6 +121,7 @@ def sweep_merges(inputs: list[MergeInput], specs: list[dict], points: list[tuple
         add(f"reference:{directory}", reference)
     for spec in specs:
         for weights in points:
+
             def merged(spec=spec, weights=weights):
                 check_inputs(inputs, spec["method"], spec.get("space", "delta"), list(weights), spec.get("density"))
                 start = time.perf_counter()

@@ -113,8 +113,6 @@ def all_reduce_samples(state: SamplingState, buckets: list[_Bucket], dp: DataPar
             "data_parallel=False and the same seed on every rank to let DDP average one shared sample instead.",
             stacklevel=3,
         )
-    gathered = [
-        [rows_by_device[key][rank, 2:].to(torch.uint8) for key in devices] for rank in range(dp.world_size)
-    ]
+    gathered = [[rows_by_device[key][rank, 2:].to(torch.uint8) for key in devices] for rank in range(dp.world_size)]
     state.rank_generator_states = (state.num_draws, gathered)
     return int(sum(counts))

@@ -29,5 +29,3 @@ def rescaled_to_ess(posterior, ess: float | None):
     if not run_ess:
         raise ValueError("The posterior records no single ess (one per parameter group): it cannot be rescaled")
     return posterior.with_temperature(ess / run_ess)
-
-

@@ -35,9 +35,7 @@ from .likelihood import predictive_losses
 try:
     from trl import SFTConfig, SFTTrainer
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
-    raise ImportError(
-        'IVONSFTTrainer and IVONSFTConfig need TRL: pip install "ivon-lora[sft]" (trl>=1.16)'
-    ) from error
+    raise ImportError('IVONSFTTrainer and IVONSFTConfig need TRL: pip install "ivon-lora[sft]" (trl>=1.16)') from error
 
 
 @dataclass

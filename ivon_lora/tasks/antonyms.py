@@ -51,7 +51,9 @@ TEMPLATES = (
 SPLIT_SIZES = {"train": 256, "validation": 200, "test": 300}
 
 
-def antonyms_records(split: str, num_examples: int | None = None, seed: int = 0, label_noise: float = 0.0) -> list[dict]:
+def antonyms_records(
+    split: str, num_examples: int | None = None, seed: int = 0, label_noise: float = 0.0
+) -> list[dict]:
     """The `split` as BoolQ-schema records (id, question, passage, answer): half opposites, half near-synonyms."""
     rng = split_random("antonyms", split, SPLIT_SIZES, seed, label_noise)
     records = []

@@ -118,8 +118,14 @@ def label_index(record: dict, key: str, labels: Sequence[str]) -> int:
     return list(labels).index(str(value))
 
 
-def mc_example(question: str, texts: Sequence[str], gold: int, labels: Sequence[str] = LETTERS,
-               text_prompt: str | None = None, answer_texts: Sequence[str] | None = None) -> ChoiceExample:
+def mc_example(
+    question: str,
+    texts: Sequence[str],
+    gold: int,
+    labels: Sequence[str] = LETTERS,
+    text_prompt: str | None = None,
+    answer_texts: Sequence[str] | None = None,
+) -> ChoiceExample:
     """The shared multiple-choice frame: "... {question} Choices: A. t1 B. t2 ... Answer:", answers " A", " B", ...
 
     `labels` are what the choices are called in the prompt and what the answers are (letters, or "1"/"2"). The

@@ -106,14 +106,17 @@ class Judge:
         return self.correct(first, [second]) and self.correct(second, [first])
 
 
-JUDGES: Registry[Judge] = Registry("judge", (
-    (judge.name, judge)
-    for judge in (
-        Judge("exact_match", exact_match, "SQuAD-normalised answer equals a reference"),
-        Judge("token_f1", token_f1, "SQuAD token F1 with the closest reference (correct: F1 = 1)"),
-        Judge("numeric_match", numeric_match, "the final number equals the reference's ('#### N', else the last)"),
-    )
-))
+JUDGES: Registry[Judge] = Registry(
+    "judge",
+    (
+        (judge.name, judge)
+        for judge in (
+            Judge("exact_match", exact_match, "SQuAD-normalised answer equals a reference"),
+            Judge("token_f1", token_f1, "SQuAD token F1 with the closest reference (correct: F1 = 1)"),
+            Judge("numeric_match", numeric_match, "the final number equals the reference's ('#### N', else the last)"),
+        )
+    ),
+)
 
 
 def get_judge(name: str) -> Judge:

@@ -179,7 +179,9 @@ def _read_json_records(path: str) -> list:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise TaskDataError(f"{path}, line {line_number}: not valid JSON ({error.msg}, column {error.colno})") from None
+                raise TaskDataError(
+                    f"{path}, line {line_number}: not valid JSON ({error.msg}, column {error.colno})"
+                ) from None
     return records
 
 

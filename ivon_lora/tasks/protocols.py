@@ -104,41 +104,44 @@ class Protocol:
 
 
 DEFAULT_PROTOCOL = "ivon-lora"
-PROTOCOLS: Registry[Protocol] = Registry("protocol", (
-    (protocol.name, protocol)
-    for protocol in (
-        Protocol(
-            "ivon-lora",
-            "IVON-LoRA / Laplace-LoRA: ARC and OBQA restricted to 4-choice questions, validation split, "
-            "ECE with 10 bins, S=10 posterior samples averaged as probabilities.",
-            ece_bins=10,
-            keep_num_choices=4,
-            reference="Cong et al., arXiv 2411.04421 (IVON-LoRA); Yang et al., Laplace-LoRA",
-            deviations=(
-                "WinoGrande options are numbered as the dataset numbers them (Choices: 1. .. 2. .., answers 1/2, "
-                "as the IVON-LoRA paper describes its prompts); Laplace-LoRA's public code letters them A/B, so "
-                "WinoGrande numbers may not be comparable with the paper's",
-                "prompts longer than max_length lose their middle (the instruction and the answer cue are kept), "
-                "which the paper's code may not do; the count of cut prompts is in each report",
+PROTOCOLS: Registry[Protocol] = Registry(
+    "protocol",
+    (
+        (protocol.name, protocol)
+        for protocol in (
+            Protocol(
+                "ivon-lora",
+                "IVON-LoRA / Laplace-LoRA: ARC and OBQA restricted to 4-choice questions, validation split, "
+                "ECE with 10 bins, S=10 posterior samples averaged as probabilities.",
+                ece_bins=10,
+                keep_num_choices=4,
+                reference="Cong et al., arXiv 2411.04421 (IVON-LoRA); Yang et al., Laplace-LoRA",
+                deviations=(
+                    "WinoGrande options are numbered as the dataset numbers them (Choices: 1. .. 2. .., answers 1/2, "
+                    "as the IVON-LoRA paper describes its prompts); Laplace-LoRA's public code letters them A/B, so "
+                    "WinoGrande numbers may not be comparable with the paper's",
+                    "prompts longer than max_length lose their middle (the instruction and the answer cue are kept), "
+                    "which the paper's code may not do; the count of cut prompts is in each report",
+                ),
             ),
-        ),
-        Protocol(
-            "blob",
-            "BLoB: every ARC question scored over the 5 letters A-E (nothing filtered), validation split, "
-            "ECE with 15 bins, S=10 posterior samples averaged as probabilities.",
-            ece_bins=15,
-            arc_answer_letters=5,
-            reference="Wang et al., BLoB (github.com/Wang-ML-Lab/bayesian-peft)",
-            ece_edges="left",
-            deviations=(
-                "prompts are this toolkit's IVON-LoRA frame for every task; BLoB's code builds its prompts itself, and "
-                "they are not reproduced here",
-                "prompts longer than max_length lose their middle (the instruction and the answer cue are kept), "
-                "which the paper's code may not do; the count of cut prompts is in each report",
+            Protocol(
+                "blob",
+                "BLoB: every ARC question scored over the 5 letters A-E (nothing filtered), validation split, "
+                "ECE with 15 bins, S=10 posterior samples averaged as probabilities.",
+                ece_bins=15,
+                arc_answer_letters=5,
+                reference="Wang et al., BLoB (github.com/Wang-ML-Lab/bayesian-peft)",
+                ece_edges="left",
+                deviations=(
+                    "prompts are this toolkit's IVON-LoRA frame for every task; BLoB's code builds its prompts itself, and "
+                    "they are not reproduced here",
+                    "prompts longer than max_length lose their middle (the instruction and the answer cue are kept), "
+                    "which the paper's code may not do; the count of cut prompts is in each report",
+                ),
             ),
-        ),
-    )
-))
+        )
+    ),
+)
 
 
 def get_protocol(name: str) -> Protocol:

@@ -25,8 +25,14 @@ def winogrande_example(record: dict) -> ChoiceExample:
     start, blank, rest = record["sentence"].partition("_")
     if not blank or not start.strip():  # no blank to split at: the question frame's texts
         return mc_example(record["sentence"], options, gold, OPTION_LABELS)
-    return mc_example(record["sentence"], options, gold, OPTION_LABELS, text_prompt=start,
-                      answer_texts=[option + rest for option in options])
+    return mc_example(
+        record["sentence"],
+        options,
+        gold,
+        OPTION_LABELS,
+        text_prompt=start,
+        answer_texts=[option + rest for option in options],
+    )
 
 
 TASKS = tuple(

@@ -95,8 +95,11 @@ def wordfacts_records(split: str, num_examples: int | None = None, seed: int = 0
         records.append(
             {
                 "id": f"wordfacts-{split}-{index}",
-                "question": " ".join(template.format(article=_article(word), word=word, category=category,
-                                                         category_article=_article(category)).split()),
+                "question": " ".join(
+                    template.format(
+                        article=_article(word), word=word, category=category, category_article=_article(category)
+                    ).split()
+                ),
                 "passage": CATEGORIES[category][0],
                 # Membership, not the draw: a word in two lists (orange) is true of both categories.
                 "answer": (word in CATEGORIES[category][1]) != (flip and split == "train"),

@@ -43,15 +43,19 @@ class IVONTrainingArguments(TrainingArguments):
     )
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": f"Initial learning rate. Unset: {IVON_DEFAULT_LEARNING_RATE} (IVON-LoRA's) with "
-                          "optim='ivon', else the base config's default (TrainingArguments' 5e-5, TRL SFTConfig's "
-                          "2e-5)."},
+        metadata={
+            "help": f"Initial learning rate. Unset: {IVON_DEFAULT_LEARNING_RATE} (IVON-LoRA's) with "
+            "optim='ivon', else the base config's default (TrainingArguments' 5e-5, TRL SFTConfig's "
+            "2e-5)."
+        },
     )
     ivon_ess: float | None = field(
         default=None,
-        metadata={"help": "Effective sample size (lambda): sets the posterior width 1/sqrt(ess*(h+weight_decay)). "
-                          "Default: the train set size, raised so that the initial std is at most "
-                          f"{DEFAULT_INITIAL_STD} (the IVON-LoRA paper's width)."},
+        metadata={
+            "help": "Effective sample size (lambda): sets the posterior width 1/sqrt(ess*(h+weight_decay)). "
+            "Default: the train set size, raised so that the initial std is at most "
+            f"{DEFAULT_INITIAL_STD} (the IVON-LoRA paper's width)."
+        },
     )
     ivon_hess_init: float = field(default=1e-3, metadata={"help": "Initial Hessian estimate h0."})
     ivon_beta1: float = field(default=0.9, metadata={"help": "Gradient momentum coefficient."})
@@ -77,9 +81,11 @@ class IVONTrainingArguments(TrainingArguments):
     )
     ivon_loo_eval: bool = field(
         default=False,
-        metadata={"help": "At each evaluation also log {prefix}_loo_nll: the leave-one-out NLL estimated from the "
-                          "train set and the posterior (Memory-Perturbation Equation, exact variances; objectives "
-                          "with a loo_nll hook, e.g. multiple choice). Costs K backward passes per train batch."},
+        metadata={
+            "help": "At each evaluation also log {prefix}_loo_nll: the leave-one-out NLL estimated from the "
+            "train set and the posterior (Memory-Perturbation Equation, exact variances; objectives "
+            "with a loo_nll hook, e.g. multiple choice). Costs K backward passes per train batch."
+        },
     )
 
     def __post_init__(self):

@@ -92,8 +92,10 @@ class Runner:
                 raise UsageError(self.refusal(option, accepted_by))
         if not self.sweeps and (len(self.options.prune_fractions) > 1 or len(self.options.temperatures) > 1):
             sweeping = [kind.description for kind in RUNNERS.values() if kind.sweeps]
-            raise UsageError(f"sweeps are for {' and '.join(sweeping)}, not {self.describe()}: pass one "
-                             "--prune-fractions and one --temperatures")
+            raise UsageError(
+                f"sweeps are for {' and '.join(sweeping)}, not {self.describe()}: pass one "
+                "--prune-fractions and one --temperatures"
+            )
 
     def resolve(self) -> str:
         """Check and settle everything that needs no model, and return the default output dir's name (inside the

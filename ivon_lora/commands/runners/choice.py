@@ -134,7 +134,8 @@ class ChoiceRunner(Runner):
                 self.member_predictions[task].append(self._predict(run, part.examples, num_samples=0))
             if options.temperature_scaling:
                 self.held_out.setdefault("ensemble", []).append(
-                    self._predict(run, self.select_split.examples, num_samples=0))
+                    self._predict(run, self.select_split.examples, num_samples=0)
+                )
             return
         samples_of = "posterior" if posterior is not None else "mc_dropout"
         num_samples = self.num_samples if posterior is not None else options.mc_dropout_samples
@@ -154,8 +155,11 @@ class ChoiceRunner(Runner):
             entry.setdefault("runs", {})[label] = predictions.metrics(self.ece_bins, ece_edges=preset.ece_edges)
             # Prompts cut to the run's max_length (their middle): per run, as chat templates differ in length.
             entry.setdefault("truncated", {})[label] = count_truncated(
-                run.tokenizer, self._formatted(run, part.examples), self._max_length(run),
-                f"{label}: {task} {self.split}")
+                run.tokenizer,
+                self._formatted(run, part.examples),
+                self._max_length(run),
+                f"{label}: {task} {self.split}",
+            )
         if options.risk_averse and posterior is not None and num_samples:
             from ...evaluation.risk_averse import risk_averse_report
 
@@ -163,7 +167,8 @@ class ChoiceRunner(Runner):
             selection = self._predict(run, self.select_split.examples, posterior=posterior, num_samples=num_samples,
                                       **batched)  # fmt: skip
             self.result["tasks"][self.tasks[0]]["runs"][label]["risk_averse"] = risk_averse_report(
-                selection, self.predictions[self.tasks[0]][label], options.select_split)
+                selection, self.predictions[self.tasks[0]][label], options.select_split
+            )
         if options.temperature_scaling:
             self.held_out[label] = self._predict(run, self.select_split.examples, posterior=posterior, num_samples=0)
 
@@ -221,7 +226,8 @@ class ChoiceRunner(Runner):
         preset = self.preset
         for task in self.tasks:
             result["tasks"][task]["files"] = write_task_files(
-                staging, task, self.predictions[task], result["tasks"][task]["runs"], preset.ece_bins, preset.ece_edges)
+                staging, task, self.predictions[task], result["tasks"][task]["runs"], preset.ece_bins, preset.ece_edges
+            )
         if self.options.sweeping:
             plot_tradeoff(result["sweep"], os.path.join(staging, TRADEOFF_PLOT_NAME), headline_metric(preset))
 

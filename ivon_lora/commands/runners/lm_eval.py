@@ -64,8 +64,12 @@ class LMEvalRunner(Runner):
 
         label, options = described["label"], self.options
         sampled = self.num_samples if posterior is not None else 0
-        self.runs[label] = {"dir": described["dir"], "samples": "posterior" if sampled else None,
-                            "num_samples": sampled, **self.run_record(run, posterior, self.fraction, self.temperature)}
+        self.runs[label] = {
+            "dir": described["dir"],
+            "samples": "posterior" if sampled else None,
+            "num_samples": sampled,
+            **self.run_record(run, posterior, self.fraction, self.temperature),
+        }
         test_time = {"prune": self.fraction, "temperature": self.temperature} if posterior is not None else {}
         for predictive, samples in (("mean", 0), ("sampled", sampled)):
             if predictive == "sampled" and not samples:
@@ -117,4 +121,3 @@ class LMEvalRunner(Runner):
 
         table = markdown_table(result["tasks"], self.ece_bins)
         return table, table
-

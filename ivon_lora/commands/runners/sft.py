@@ -70,8 +70,12 @@ class SFTRunner(Runner):
         }  # fmt: skip
 
     def summary(self) -> dict:
-        return {"objective": self.recipe.objective, "split": self.split_name, "data": self.split.as_dict(),
-                "runs": self.runs}
+        return {
+            "objective": self.recipe.objective,
+            "split": self.split_name,
+            "data": self.split.as_dict(),
+            "runs": self.runs,
+        }
 
     def protocol(self) -> dict:
         return {"unit": "sequence", "num_samples": self.num_samples, "seed": self.options.seed,

@@ -18,10 +18,20 @@ class SFTSteps(TrainSteps):
         from ...sft.data import load_sft_split
 
         data = self.recipe.data
-        self.train_split = load_sft_split(data.dataset, data.train_split, data.train_file,
-                                          config_name=data.dataset_config, max_samples=data.max_train_samples)
-        self.eval_split = load_sft_split(data.dataset, data.eval_split, data.eval_file,
-                                         config_name=data.dataset_config, max_samples=data.max_eval_samples)
+        self.train_split = load_sft_split(
+            data.dataset,
+            data.train_split,
+            data.train_file,
+            config_name=data.dataset_config,
+            max_samples=data.max_train_samples,
+        )
+        self.eval_split = load_sft_split(
+            data.dataset,
+            data.eval_split,
+            data.eval_file,
+            config_name=data.dataset_config,
+            max_samples=data.max_eval_samples,
+        )
 
     def prepare(self, tokenizer) -> None:
         from ...sft.data import check_chat_template
