@@ -9,7 +9,7 @@ from peft import PeftModel
 
 from ivon_lora import cli, modeling
 from ivon_lora.posterior import Posterior
-from ivon_lora.config import RecipeError, load_recipe
+from ivon_lora.config import RecipeError, load_recipe, parse_overrides, read_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
@@ -187,3 +187,14 @@ def test_ivon_keys_of_the_recipe_file_under_another_optimizer_are_a_warning_nami
         recipe = load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", "optim=adamw_torch"])
     assert not recipe.training.use_ivon
     assert "ivon_clip_radius, ivon_ess, ivon_hess_init" in caplog.text and "demo.yaml" in caplog.text
+
+
+def test_yes_no_on_off_are_text_as_in_yaml_1_2_and_only_true_false_are_booleans(tmp_path):
+    """PyYAML reads YAML 1.1, where `save_strategy: no` (a TrainingArguments value) is the boolean False."""
+    assert parse_overrides(["a=no", "b=On", "c=true", "d=False", "e=1"]) == {"a": "no", "b": "On", "c": True,
+                                                                            "d": False, "e": 1}  # fmt: skip
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("save_strategy: no\neval_strategy: steps\nremove_unused_columns: false\n")
+    assert read_yaml(str(recipe)) == {"save_strategy": "no", "eval_strategy": "steps", "remove_unused_columns": False}
+    loaded = load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", "save_strategy=no"])
+    assert loaded.training.save_strategy == "no"

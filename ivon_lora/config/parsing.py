@@ -78,7 +78,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not sep or not key:
             raise RecipeError(f"Override {item!r} is not of the form key=value")
         try:
-            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            values[key.strip()] = yaml.load(text, Loader=_Yaml12Loader) if text.strip() else None
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or "not valid YAML"
             raise RecipeError(
@@ -96,8 +96,22 @@ def _where(key: str, where: str, command_line) -> str:
     return COMMAND_LINE if key in command_line else where
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one, silently)."""
+class _Yaml12Loader(yaml.SafeLoader):
+    """safe_load with YAML 1.2's booleans: only true / false. PyYAML follows YAML 1.1, where yes, no, on and off are
+    booleans too, so `save_strategy: no` (a TrainingArguments value) would arrive as False."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+class _UniqueKeyLoader(_Yaml12Loader):
+    """The YAML 1.2 loader that refuses a key given twice in one mapping (PyYAML keeps the last one, silently)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
