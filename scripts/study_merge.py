@@ -199,37 +199,50 @@ def table(state: dict) -> str:
 def figure(state: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.5), dpi=120)
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(13, 5), dpi=120)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
+    curves = {}  # (optimizer, label) -> α -> mean validation accuracy per seed
     for key, points in state.get("points", {}).items():
-        if not key.endswith("seed0"):
-            continue
-        optimizer = key.split("-")[0]
+        optimizer, seed = key.split("-")
         by_label = {}
         for row in points.values():
             by_label.setdefault(row["label"], []).append(row)
         for label, rows in by_label.items():
-            marker = "o" if optimizer == "ivon" else "x"
+            for row in rows:
+                if row["weights"][0] == row["weights"][1]:
+                    curve = curves.setdefault((optimizer, label), {})
+                    curve.setdefault(row["weights"][0], []).append(mean_score(row["scores"], "accuracy"))
+            if seed != "seed0":
+                continue
             left.scatter([r["scores"]["wordfacts/validation"]["accuracy"] for r in rows],
-                         [r["scores"]["antonyms/validation"]["accuracy"] for r in rows], marker=marker, s=18,
-                         label=f"{optimizer}: {label}")  # fmt: skip
-            curve = sorted((r["weights"][0], mean_score(r["scores"], "accuracy")) for r in rows
-                           if r["weights"][0] == r["weights"][1])  # fmt: skip
-            if len(curve) > 2:
-                right.plot(*zip(*curve), marker=marker, label=f"{optimizer}: {label}")
+                         [r["scores"]["antonyms/validation"]["accuracy"] for r in rows],
+                         marker="o" if optimizer == "ivon" else "x", s=18, label=f"{optimizer}: {label}")  # fmt: skip
+        if seed != "seed0":
+            continue
         tests = state.get("test", {}).get(key, {})
-        for name, style in (("wordfacts adapter", "s"), ("antonyms adapter", "s"), ("multitask finetune", "*")):
+        for name, style in (("wordfacts adapter", "s"), ("antonyms adapter", "D"), ("multitask finetune", "*")):
             if name in tests:
                 scores = tests[name]["scores"]
                 left.scatter(scores["wordfacts/validation"]["accuracy"], scores["antonyms/validation"]["accuracy"],
                              marker=style, s=120, color="black" if optimizer == "ivon" else "gray",
                              label=f"{optimizer}: {name}")  # fmt: skip
+    for (optimizer, label), by_alpha in sorted(curves.items()):
+        alphas = sorted(by_alpha)
+        if len(alphas) < 3:
+            continue
+        seeds = len(by_alpha[alphas[0]])
+        (line,) = right.plot(alphas, [statistics.fmean(by_alpha[a]) for a in alphas], linewidth=2.5,
+                             marker="o" if optimizer == "ivon" else "x", label=f"{optimizer}: {label}, mean")  # fmt: skip
+        for seed in range(seeds):  # thin lines: one per seed, so the spread between seeds stays visible
+            right.plot(alphas, [by_alpha[a][seed] for a in alphas], color=line.get_color(), linewidth=0.7, alpha=0.5)
     left.set(xlabel="wordfacts validation accuracy", ylabel="antonyms validation accuracy",
-             title="seed 0: every merge of the validation grid")  # fmt: skip
-    right.set(xlabel="α (both weights)", ylabel="mean validation accuracy", title="α-robustness (seed 0)")
+             title="Every merge of the validation grid (seed 0; o IVON, x AdamW)")  # fmt: skip
+    right.set(xlabel="α (the same weight on both tasks)", ylabel="mean validation accuracy of the two tasks",
+              title="α-robustness (thick: mean of the seeds; thin: each seed)")  # fmt: skip
+    left.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, markerscale=0.6)
+    right.legend(fontsize=7, loc="lower left")
     for axis in (left, right):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=5)
     fig.tight_layout()
     fig.savefig(path)
 
