@@ -151,6 +151,15 @@ def test_low_rank_factors_are_the_truncated_svd():
     torch.testing.assert_close(b.norm(), a.norm())  # split evenly
 
 
+def test_low_rank_factors_randomized_above_the_exact_limit_match_the_truncated_svd():
+    # 1100 rows: randomized (the exact limit is on the larger side); a rank-6 update plus small noise, cut at rank 6.
+    signal = _random(1100, 6, seed=4) @ _random(6, 40, seed=5)
+    delta = (signal + 1e-3 * _random(1100, 40, seed=6)).float()
+    a, b = low_rank_factors(delta, 6)
+    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    torch.testing.assert_close(b @ a, u[:, :6] @ torch.diag(s[:6]) @ vh[:6], rtol=1e-4, atol=1e-4)
+
+
 def test_uncertainty_with_a_dominant_base_precision_is_task_arithmetic_in_delta_space():
     inputs = _inputs()
     tensors, _, _ = merge_adapters(inputs, "uncertainty", [1.0, 1.0], "delta", base_precision=1e9)

@@ -3,6 +3,9 @@ moments of a LoRA update ΔW = B·A·scaling under Gaussian factors, and the way
 
 Every formula is elementwise over one tensor (diagonal precisions), with the base / prior mean at zero: the base
 model is the adapter-free one (ΔW = 0), and IVON's prior is centred at zero (weight decay pulls towards 0).
+
+Each formula computes in its inputs' precision, at least float32: adapters are stored in float32, and a dense
+4096 x 4096 ΔW in float64 doubles the memory traffic of what is elementwise work (float64 inputs stay float64).
 """
 
 from __future__ import annotations
@@ -16,9 +19,18 @@ import torch
 MIN_VARIANCE = 1e-20
 
 
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32 or float64 (half precisions and integers are promoted to float32)."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
+def _common(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def precision_of(variance: torch.Tensor) -> torch.Tensor:
-    """The precision of a diagonal Gaussian from its variance, in float64 (floored at MIN_VARIANCE)."""
-    return 1.0 / variance.double().clamp_min(MIN_VARIANCE)
+    """The precision of a diagonal Gaussian from its variance (floored at MIN_VARIANCE)."""
+    return _real(variance).clamp_min(MIN_VARIANCE).reciprocal()
 
 
 def gradient_matching(
@@ -31,11 +43,12 @@ def gradient_matching(
     `precisions` are the H_t, `base_precision` H₀ (a scalar or a tensor). H_t = 0 gives task arithmetic
     (θ₀ + Σ α_t (θ_t − θ₀)) for any H₀ > 0; H₀ = 0 and equal H_t give the α-weighted average.
     """
-    base = torch.as_tensor(base_precision, dtype=torch.float64)
-    total = base + sum(alpha * h.double() for alpha, h in zip(weights, precisions))
+    dtype = _common([*means, *precisions])
+    base = torch.as_tensor(base_precision, dtype=dtype)
+    total = base + sum(alpha * h.to(dtype) for alpha, h in zip(weights, precisions))
     if not bool((total > 0).all()):
         raise ValueError("H₀ + Σ α_t H_t has entries <= 0: give a positive base precision or positive weights")
-    numerator = sum(alpha * (base + h.double()) * m.double() for alpha, h, m in zip(weights, precisions, means))
+    numerator = sum(alpha * (base + h.to(dtype)) * m.to(dtype) for alpha, h, m in zip(weights, precisions, means))
     return numerator / total
 
 
@@ -50,13 +63,14 @@ def product_of_gaussians(
     With α = 1 and exact Gaussian posteriors p(θ | D_t) ∝ p₀(θ) p(D_t | θ) this is the posterior of the union
     of the data sets; α_t weighs task t's likelihood as a multitask loss weight would.
     """
-    s0 = torch.as_tensor(prior_precision, dtype=torch.float64)
-    m0 = torch.as_tensor(prior_mean, dtype=torch.float64)
-    precision = s0 + sum(alpha * (s.double() - s0) for alpha, s in zip(weights, precisions))
+    dtype = _common([*means, *precisions])
+    s0 = torch.as_tensor(prior_precision, dtype=dtype)
+    m0 = torch.as_tensor(prior_mean, dtype=dtype)
+    precision = s0 + sum(alpha * (s.to(dtype) - s0) for alpha, s in zip(weights, precisions))
     if not bool((precision > 0).all()):
         raise ValueError("The merged precision S₀ + Σ α_t (S_t − S₀) has entries <= 0: use positive weights")
     numerator = s0 * m0 + sum(
-        alpha * (s.double() * m.double() - s0 * m0) for alpha, s, m in zip(weights, precisions, means)
+        alpha * (s.to(dtype) * m.to(dtype) - s0 * m0) for alpha, s, m in zip(weights, precisions, means)
     )
     return numerator / precision, precision
 
@@ -73,17 +87,20 @@ def delta_moments(
     exact for independent factors (each term is the variance of a product of two independent Gaussians, and the
     r products are independent). Without variances (an AdamW run) the variance is None.
     """
-    a, b = a_mean.double(), b_mean.double()
+    dtype = _common([a_mean, b_mean, *(v for v in (a_variance, b_variance) if v is not None)])
+    a, b = a_mean.to(dtype), b_mean.to(dtype)
     mean = scaling * (b @ a)
     if a_variance is None or b_variance is None:
         return mean, None
-    va, vb = a_variance.double(), b_variance.double()
-    variance = scaling**2 * ((b * b) @ va + vb @ (a * a) + vb @ va)
+    va, vb = a_variance.to(dtype), b_variance.to(dtype)
+    # the three sums over k as one product of (out x 3r) by (3r x in): one pass over the dense result, not three
+    variance = (scaling**2) * (torch.cat([b * b, vb, vb], dim=1) @ torch.cat([va, a * a, va], dim=0))
     return mean, variance
 
 
-# Above this size (the smaller side), the truncated SVD is randomized (Halko et al. 2011, torch.svd_lowrank): a full
-# SVD of a 4096 x 4096 update costs tens of seconds on a CPU, the randomized one a fraction of a second.
+# Above this size (the larger side), the truncated SVD is randomized (Halko et al. 2011, torch.svd_lowrank): a full
+# SVD of a 4096 x 4096 update costs tens of seconds on a CPU, of a 1024 x 4096 one seconds, the randomized one a
+# fraction of a second.
 EXACT_SVD_LIMIT = 1024
 SVD_OVERSAMPLING, SVD_POWER_ITERATIONS = 16, 4
 
@@ -92,7 +109,7 @@ def low_rank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     """(A, B) with B @ A the best rank-`rank` approximation of `delta` (truncated SVD), split evenly: B = U√S,
     A = √S Vᵀ, so that neither factor carries all the scale (scaling 1). Exact up to EXACT_SVD_LIMIT, randomized
     (with oversampling and power iterations) above it."""
-    if min(delta.shape) <= EXACT_SVD_LIMIT:
+    if max(delta.shape) <= EXACT_SVD_LIMIT:
         u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
     else:
         q = min(rank + SVD_OVERSAMPLING, *delta.shape)
