@@ -1,24 +1,28 @@
 """Continual finetuning: task A, then task B; what each method keeps of A (issue 22, item 4).
 
     flock /tmp/ivon-study.lock python scripts/study_continual.py --out results/continual-smollm2 \
-        --runs /work/runs/continual/study --task-b antonyms [--seeds 0 1 2]
+        --runs /work/runs/continual/study --task-b antonyms --b-steps 100 --grid-seeds 0 --reference-seeds 0
 
 Per seed: the A runs are recipes/smollm2/wordfacts-{ivon,adamw}.yaml (seed=N; reused from --reuse-a when finished
-there), then every method trains on B (the same recipe with dataset=B, as many steps):
+there), then every method trains on B (the same recipe with dataset=B, --b-steps steps):
   adamw-seq            AdamW from A's adapter (init_from)
   adamw-l2[lambda]     + lambda/2 * |theta - theta_A|^2 added to the loss
   adamw-ewc[lambda]    + lambda/2 * sum F (theta - theta_A)^2, F the diagonal Fisher of A's train set at theta_A
                        (the expected Fisher of the K-way softmax, one pass over A's train split; its time is counted)
   adamw-replay         AdamW from A's adapter on B's train split plus --replay examples of A's
   ivon-seq             IVON from A's posterior mean with the recipe's prior (init_from)
-  ivon-prior[s]        IVON with A's posterior as the prior (prior_from, prior_scale s)
-  ivon-prior-memory[s] the same on B plus the --replay examples of A (the K-prior's functional memory, crudely)
-  multitask-{adamw,ivon}  from scratch on A and B together, twice the steps (the reference)
-Each run is evaluated with `ivon-lora eval` on A and B, validation and test (IVON: --samples posterior samples).
-Settings with a grid (lambda, s) are chosen per method by the mean of A's and B's validation accuracy over the
-seeds, never on test. Reported on test: accuracy and ECE on A and B after B, forgetting on A (A's test accuracy
-after A minus after B), the steps B needed (the first Trainer evaluation, every --eval-steps on B's validation split
-at the mean, within 2 points of the run's last), and the training seconds (plus the Fisher pass for EWC).
+  ivon-prior[s]        IVON with A's posterior as the prior (prior_from, prior_scale s: --prior-scales)
+  ivon-prior-memory[s] the same on B plus --replay random examples of A (the K-prior's functional memory, crudely;
+                       s: --memory-prior-scale)
+  ivon-prior-memory-sensitive[s]  (--memory sensitivity) the memory is A's --replay train examples with the largest
+                       memory-perturbation sensitivity under A's posterior (`ivon-lora sensitivity`; its time counted)
+  multitask-{adamw,ivon}  from scratch on A and B together, twice the B steps (the reference; --reference-seeds)
+Each run is evaluated with `ivon-lora eval` on A's and B's test splits (IVON: --samples posterior samples), and on
+their validation splits where a grid chooses a setting (lambda, s): per family, the best mean of A's and B's
+validation accuracy over --grid-seeds, never test; the other seeds run only the chosen setting. Reported on test:
+accuracy and ECE on A and B after B, forgetting on A (A's test accuracy after A minus after B), the steps B needed
+(the first Trainer evaluation, every --eval-steps on B's validation split at the mean, within 2 points of the run's
+last), and the training seconds (plus the Fisher pass for EWC, the sensitivity pass for the sensitive memory).
 Writes OUT/study.json (every run, the choices, settings, versions), OUT/study.md and OUT/study.png. Finished
 steps (metrics.json / eval.json present) are skipped, so an interrupted study resumes.
 
@@ -39,7 +43,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {"ivon": "recipes/smollm2/wordfacts-ivon.yaml", "adamw": "recipes/smollm2/wordfacts-adamw.yaml"}
-CURVE_NAME, FISHER_NAME = "curve.json", "fisher-A.safetensors"
+CURVE_NAME, FISHER_NAME, MEMORY_NAME = "curve.json", "fisher-A.safetensors", "memory-A.json"
 
 
 # ---------------------------------------------------------------------------------- one training (subprocess)
@@ -56,7 +60,8 @@ def train_one(spec: dict) -> None:
 
     recipe = load_recipe(spec["recipe"], spec["overrides"])
     if spec.get("add_examples"):
-        add_training_examples(tasks, recipe, spec["add_examples"]["task"], spec["add_examples"]["count"], spec["seed"])
+        add = spec["add_examples"]
+        add_training_examples(tasks, recipe, add["task"], add["count"], spec["seed"], add.get("ids"))
     curve = []
 
     class Curve(TrainerCallback):
@@ -93,8 +98,9 @@ def train_one(spec: dict) -> None:
         json.dump(curve, f, indent=1)
 
 
-def add_training_examples(tasks, recipe, task_a: str, count: int | None, seed: int) -> None:
-    """Make load_split return, for the recipe's train split, its examples plus `count` (None: all) of A's."""
+def add_training_examples(tasks, recipe, task_a: str, count: int | None, seed: int, ids: list[str] | None) -> None:
+    """Make load_split return, for the recipe's train split, its examples plus `count` (None: all) of A's: a
+    seeded random draw, or the examples named by `ids`."""
     import dataclasses
 
     original = tasks.load_split
@@ -104,7 +110,11 @@ def add_training_examples(tasks, recipe, task_a: str, count: int | None, seed: i
         if split != recipe.data.train_split or task != recipe.data.dataset:
             return loaded
         extra = original(task_a, "train", protocol=protocol).examples
-        extra = extra if count is None else random.Random(seed).sample(extra, count)
+        if ids is not None:
+            by_id = {example.id: example for example in extra}
+            extra = [by_id[example_id] for example_id in ids]
+        elif count is not None:
+            extra = random.Random(seed).sample(extra, count)
         return dataclasses.replace(loaded, examples=loaded.examples + extra, num_rows=loaded.num_rows + len(extra))
 
     tasks.load_split = load_split
@@ -177,12 +187,12 @@ def methods(options) -> dict[str, dict]:
         grid[f"adamw-ewc[{strength:g}]"] = {"optim": "adamw", "start": "init", "penalty": ("ewc", strength)}
     for scale in options.prior_scales:
         grid[f"ivon-prior[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale}
-        grid[f"ivon-prior-memory[{scale:g}]"] = {
-            "optim": "ivon",
-            "start": "prior",
-            "scale": scale,
-            "replay": options.replay,
-        }
+    scale = options.memory_prior_scale
+    memory = {"optim": "ivon", "start": "prior", "scale": scale, "replay": options.replay}
+    if "random" in options.memory:
+        grid[f"ivon-prior-memory[{scale:g}]"] = memory
+    if "sensitivity" in options.memory:
+        grid[f"ivon-prior-memory-sensitive[{scale:g}]"] = {**memory, "memory": "sensitivity"}
     for optim in ("adamw", "ivon"):
         grid[f"multitask-{optim}"] = {"optim": optim, "start": None, "replay": None, "multitask": True}
     return grid
@@ -205,12 +215,12 @@ def run_b(options, seed: int, name: str, method: dict, a_runs: dict) -> str:
         return out
     recipe = options.recipes[method["optim"]]
     overrides = [f"dataset={options.task_b}", f"output_dir={out}", f"seed={seed}", "overwrite_output_dir=true",
-                 "disable_tqdm=true", *options.set]  # fmt: skip
+                 "disable_tqdm=true", "final_eval_samples=0", *options.set]  # fmt: skip
+    # the train command's own evaluation is at the mean only: the study's evaluations are `evaluate`'s
+    steps = options.b_steps or read_recipe_value(recipe, "max_steps", options.set)
+    overrides.append(f"max_steps={2 * steps if method.get('multitask') else steps}")
     if options.eval_steps:
         overrides += ["eval_strategy=steps", f"eval_steps={options.eval_steps}", "ivon_eval_mc_samples=0"]
-    if method.get("multitask"):
-        steps = read_recipe_value(recipe, "max_steps", options.set)
-        overrides.append(f"max_steps={2 * steps}")
     if method["start"] == "init":
         overrides.append(f"init_from={a_runs[method['optim']]}")
     elif method["start"] == "prior":
@@ -218,12 +228,35 @@ def run_b(options, seed: int, name: str, method: dict, a_runs: dict) -> str:
     spec = {"recipe": os.path.join(ROOT, recipe), "overrides": overrides, "seed": seed, "task_a": options.task_a}
     if method.get("multitask") or method.get("replay"):
         spec["add_examples"] = {"task": options.task_a, "count": None if method.get("multitask") else method["replay"]}
+    if method.get("memory") == "sensitivity":
+        spec["add_examples"]["ids"] = sensitive_memory(options, seed, a_runs["ivon"])["ids"]
     if method.get("penalty"):
         kind, strength = method["penalty"]
         spec["penalty"] = {"kind": kind, "strength": strength,
                            "fisher_path": os.path.join(options.runs, f"seed{seed}", FISHER_NAME)}  # fmt: skip
     subprocess.run([sys.executable, os.path.abspath(__file__), "--train-one", json.dumps(spec)], check=True, cwd=ROOT)
     return out
+
+
+def sensitive_memory(options, seed: int, a_run: str) -> dict:
+    """The --replay train examples of A to which A's IVON posterior is most sensitive (`ivon-lora sensitivity`, the
+    memory-perturbation scores), with the seconds the scoring took; cached in the seed's MEMORY_NAME."""
+    path = os.path.join(options.runs, f"seed{seed}", MEMORY_NAME)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    out = os.path.join(options.runs, f"seed{seed}", "A-ivon-sensitivity")
+    start = time.perf_counter()
+    ivon_lora("sensitivity", a_run, "--split", "train", "--out", out, "--overwrite")
+    seconds = time.perf_counter() - start
+    with open(os.path.join(out, "sensitivity.jsonl")) as f:
+        rows = sorted((json.loads(line) for line in f), key=lambda row: -row["sensitivity"])[: options.replay]
+    memory = {"ids": [row["id"] for row in rows], "seconds": seconds, "scores": out,
+              "label_flipped": sum(bool(row.get("label_flipped")) for row in rows)}  # fmt: skip
+    from ivon_lora.artifacts import write_json_atomic
+
+    write_json_atomic(path, memory)
+    return memory
 
 
 def read_recipe_value(recipe: str, key: str, overrides: list[str]):
@@ -276,19 +309,32 @@ def run_record(options, run: str, split_evals: dict, task_b: str) -> dict:
 
         with safe_open(fisher, "pt") as f:
             record["extra_seconds"] = float(f.metadata()["seconds"])
+    memory = os.path.join(os.path.dirname(run), MEMORY_NAME)
+    if "memory-sensitive" in os.path.basename(run) and os.path.isfile(memory):
+        with open(memory) as f:
+            record["memory"] = json.load(f)
+        record["extra_seconds"] = record["memory"]["seconds"]
     return record
 
 
-def run_seed(options, seed: int) -> dict:
+def run_seed(options, seed: int, chosen: dict[str, str] | None = None) -> dict:
+    """Every method's B run of `seed`, with its evaluations. `chosen` (family -> setting): run only those settings
+    of the families with a grid; the multitask references only on --reference-seeds."""
     a_runs = {optim: run_a(options, seed, optim) for optim in ("adamw", "ivon")}
     results = {}
     for optim, run in a_runs.items():
-        evals = {s: evaluate(options, run, os.path.join(options.runs, f"seed{seed}", f"A-{optim}-eval-{s}"), s)
-                 for s in ("validation", "test")}  # fmt: skip
-        results[f"after-A-{optim}"] = {"dir": run, "eval": evals}
+        test = evaluate(options, run, os.path.join(options.runs, f"seed{seed}", f"A-{optim}-eval-test"), "test")
+        results[f"after-A-{optim}"] = {"dir": run, "eval": {"test": test}}
+    grids = {family for family, names in families(methods(options)).items() if len(names) > 1}
     for name, method in methods(options).items():
+        if chosen is not None and chosen.get(name.split("[")[0], name) != name:
+            continue
+        if method.get("multitask") and seed not in options.reference_seeds:
+            continue
         run = run_b(options, seed, name, method, a_runs)
-        evals = {s: evaluate(options, run, f"{run}-eval-{s}", s) for s in ("validation", "test")}
+        # validation only where it chooses a setting
+        splits = ("validation", "test") if chosen is None and name.split("[")[0] in grids else ("test",)
+        evals = {s: evaluate(options, run, f"{run}-eval-{s}", s) for s in splits}
         record = run_record(options, run, evals, options.task_b)
         after_a = results[f"after-A-{method['optim']}"]["eval"]["test"][options.task_a]["accuracy"]
         record["forgetting"] = None if method.get("multitask") else after_a - evals["test"][options.task_a]["accuracy"]
@@ -296,24 +342,30 @@ def run_seed(options, seed: int) -> dict:
     return results
 
 
+def families(names) -> dict[str, list[str]]:
+    """Method family ("adamw-l2") -> its settings' names ("adamw-l2[0.1]", ...)."""
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        grouped.setdefault(name.split("[")[0], []).append(name)
+    return grouped
+
+
 def choose(per_seed: dict, options) -> dict[str, str]:
     """Per method family, the grid setting with the best mean validation accuracy (A and B), over the seeds."""
-    families: dict[str, list[str]] = {}
-    for name in next(iter(per_seed.values())):
-        families.setdefault(name.split("[")[0], []).append(name)
 
     def validation(name):
         return statistics.mean(per_seed[s][name]["eval"]["validation"][t]["accuracy"]
                                for s in per_seed for t in (options.task_a, options.task_b))  # fmt: skip
 
-    return {family: max(names, key=validation) for family, names in families.items()}
+    grouped = families(next(iter(per_seed.values())))
+    return {family: max(names, key=validation) if len(names) > 1 else names[0] for family, names in grouped.items()}
 
 
 def summarise(per_seed: dict, chosen: dict, options) -> dict:
     table = {}
     for family, name in chosen.items():
-        rows = [per_seed[s][name] for s in per_seed]
-        entry = {"setting": name}
+        rows = [per_seed[s][name] for s in per_seed if name in per_seed[s]]
+        entry = {"setting": name, "seeds": [s for s in per_seed if name in per_seed[s]]}
         for task, short in ((options.task_a, "A"), (options.task_b, "B")):
             for metric in ("accuracy", "ece"):
                 entry[f"{metric}_{short}"] = [r["eval"]["test"][task][metric] for r in rows]
@@ -337,30 +389,42 @@ def cell(values, scale=100.0, digits=1) -> str:
 
 def markdown(table: dict, options, seeds) -> str:
     lines = [f"Task A {options.task_a}, then task B {options.task_b}; test splits, seeds {', '.join(map(str, seeds))} "
-             "(mean ± std); accuracy, ECE (10 bins) and forgetting x100; settings chosen on validation.", "",
-             "| method (chosen setting) | acc A | ECE A | acc B | ECE B | forgetting A | steps B needed | train s | "
-             "extra s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "(mean ± std); accuracy, ECE (10 bins) and forgetting x100; settings chosen on the validation splits "
+             f"of seeds {', '.join(map(str, options.grid_seeds))}.", "",
+             "| method (chosen setting) | seeds | acc A | ECE A | acc B | ECE B | forgetting A | steps B needed | "
+             "train s | extra s |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for family, e in table.items():
-        lines.append(f"| {e['setting']} | {cell(e['accuracy_A'])} | {cell(e['ece_A'])} | {cell(e['accuracy_B'])} | "
-                     f"{cell(e['ece_B'])} | {cell(e['forgetting'])} | {cell(e['steps_needed'], 1, 0)} | "
-                     f"{cell(e['train_seconds'], 1, 0)} | {cell(e['extra_seconds'], 1, 0)} |")  # fmt: skip
+        cells = [e["setting"], ",".join(map(str, e["seeds"])), *(cell(e[key]) for key in
+                 ("accuracy_A", "ece_A", "accuracy_B", "ece_B", "forgetting")), cell(e["steps_needed"], 1, 0),
+                 cell(e["train_seconds"], 1, 0), cell(e["extra_seconds"], 1, 0)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def figure(table: dict, path: str, options) -> None:
+def figure(table: dict, per_seed: dict, path: str, options) -> None:
+    """Left: accuracy on A after B against accuracy on B; right: the same for ECE. Mean ± std over the seeds; the
+    dashed lines are A's test accuracy / ECE before B (the A runs, mean over the seeds)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.subplots()
-    for family, e in table.items():
-        xs, ys = [100 * v for v in e["accuracy_B"]], [100 * v for v in e["accuracy_A"]]
-        x, y = statistics.mean(xs), statistics.mean(ys)
-        xerr = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        yerr = statistics.stdev(ys) if len(ys) > 1 else 0.0
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if family.startswith("ivon") else "s", capsize=3, label=family)
-    ax.set_xlabel(f"test accuracy on B ({options.task_b}), %")
-    ax.set_ylabel(f"test accuracy on A ({options.task_a}) after B, %")
-    ax.legend(fontsize=7)
+    fig = Figure(figsize=(13, 5.2))
+    left, right = fig.subplots(1, 2)
+    for axis, metric, label in ((left, "accuracy", "accuracy"), (right, "ece", "ECE (10 bins)")):
+        for family, e in table.items():
+            xs, ys = [100 * v for v in e[f"{metric}_B"]], [100 * v for v in e[f"{metric}_A"]]
+            axis.errorbar(statistics.mean(xs), statistics.mean(ys), xerr=statistics.stdev(xs) if len(xs) > 1 else 0,
+                          yerr=statistics.stdev(ys) if len(ys) > 1 else 0, capsize=3,
+                          fmt="o" if family.startswith("ivon") or family == "multitask-ivon" else "s",
+                          label=f"{e['setting']} ({len(xs)} seed{'s' if len(xs) > 1 else ''})")  # fmt: skip
+        for optim, style in (("ivon", "-"), ("adamw", ":")):
+            before = [100 * r[f"after-A-{optim}"]["eval"]["test"][options.task_a][metric] for r in per_seed.values()]
+            axis.axhline(statistics.mean(before), color="gray", linestyle=style, linewidth=1,
+                         label=f"A's {optim} run before B")  # fmt: skip
+        axis.set(xlabel=f"{label} on B ({options.task_b}) after B, test, %",
+                 ylabel=f"{label} on A ({options.task_a}) after B, test, %")  # fmt: skip
+        axis.grid(alpha=0.3)
+    left.set_title("Kept of A, learned of B (up and right is better)")
+    right.set_title("Calibration after B (down and left is better)")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -373,6 +437,15 @@ def main() -> None:
     parser.add_argument("--task-a", default="wordfacts")
     parser.add_argument("--task-b", help="the second task, e.g. antonyms")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--b-steps", type=int, help="training steps on B (default: the recipe's max_steps); the "
+                        "multitask references train twice as many")  # fmt: skip
+    parser.add_argument("--grid-seeds", type=int, nargs="+", help="seeds that run every grid setting; the others "
+                        "run the setting chosen on these seeds' validation splits (default: every seed)")  # fmt: skip
+    parser.add_argument("--reference-seeds", type=int, nargs="+", help="seeds of the multitask references "
+                        "(default: every seed)")  # fmt: skip
+    parser.add_argument("--memory", nargs="+", choices=["random", "sensitivity"], default=["random"],
+                        help="how IVON's memory of A is chosen: random (ivon-prior-memory) and/or the most "
+                             "sensitive examples (ivon-prior-memory-sensitive)")  # fmt: skip
     parser.add_argument("--recipe-ivon", default=RECIPES["ivon"])
     parser.add_argument("--recipe-adamw", default=RECIPES["adamw"])
     parser.add_argument(
@@ -381,8 +454,11 @@ def main() -> None:
         help="finished A runs to reuse ({optim}: ivon or adamw, {seed}); '' trains them",
     )
     parser.add_argument("--replay", type=int, default=32, help="A examples replayed (and the memory of IVON's)")
-    parser.add_argument("--prior-scales", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--l2", type=float, nargs="+", default=[0.1, 1.0, 10.0])
+    parser.add_argument("--prior-scales", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0],
+                        help="ivon-prior's grid of prior_scale (1: Bayesian updating; the precision of A's posterior "
+                             "is about weight decay 1e-3 per entry at ess 1e6, so 10-1000 span l2's grid)")  # fmt: skip
+    parser.add_argument("--memory-prior-scale", type=float, default=1.0, help="prior_scale of the memory variants")
+    parser.add_argument("--l2", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--ewc", type=float, nargs="+", default=[1.0, 10.0, 100.0])
     parser.add_argument("--samples", type=int, default=10, help="posterior samples of the IVON evaluations")
     parser.add_argument("--eval-steps", type=int, default=25, help="Trainer evaluations on B's validation (0: none)")
@@ -403,22 +479,29 @@ def main() -> None:
             parser.error(f"task {task!r}: {error.args[0]}")
     options.recipes = {"ivon": options.recipe_ivon, "adamw": options.recipe_adamw}
     options.out, options.runs = os.path.abspath(options.out), os.path.abspath(options.runs)
-    per_seed = {seed: run_seed(options, seed) for seed in options.seeds}
+    options.grid_seeds = options.grid_seeds or options.seeds
+    options.reference_seeds = options.seeds if options.reference_seeds is None else options.reference_seeds
+    per_seed = {seed: run_seed(options, seed) for seed in options.seeds if seed in options.grid_seeds}
     chosen = choose({s: {k: v for k, v in r.items() if not k.startswith("after-A")} for s, r in per_seed.items()},
                     options)  # fmt: skip
+    for seed in options.seeds:
+        if seed not in per_seed:
+            per_seed[seed] = run_seed(options, seed, chosen)
     table = summarise(per_seed, chosen, options)
     from ivon_lora.rundir import environment
 
     os.makedirs(options.out, exist_ok=True)
     settings = {k: v for k, v in vars(options).items() if k != "train_one"}
-    with open(os.path.join(options.out, "study.json"), "w") as f:
-        json.dump({"command": " ".join(sys.argv), "settings": settings, "environment": environment(),
-                   "methods": methods(options), "chosen": chosen, "summary": table, "per_seed": per_seed}, f,
-                  indent=1, default=str)  # fmt: skip
+    from ivon_lora.artifacts import write_json_atomic
+
+    write_json_atomic(os.path.join(options.out, "study.json"),
+                      {"command": " ".join(sys.argv), "settings": settings, "environment": environment(),
+                       "methods": methods(options), "chosen": chosen, "summary": table, "per_seed": per_seed},
+                      default=str)  # fmt: skip
     text = markdown(table, options, options.seeds)
     with open(os.path.join(options.out, "study.md"), "w") as f:
         f.write(text)
-    figure(table, os.path.join(options.out, "study.png"), options)
+    figure(table, per_seed, os.path.join(options.out, "study.png"), options)
     print(text)
 
 
