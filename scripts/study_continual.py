@@ -13,9 +13,10 @@ there), then every method trains on B (the same recipe with dataset=B, --b-steps
   ivon-seq             IVON from A's posterior mean with the recipe's prior (init_from)
   ivon-prior[s]        IVON with A's posterior as the prior (prior_from, prior_scale s: --prior-scales)
   ivon-prior-memory[s] the same on B plus --replay random examples of A (the K-prior's functional memory, crudely;
-                       s: --memory-prior-scale)
-  ivon-prior-memory-sensitive[s]  (--memory sensitivity) the memory is A's --replay train examples with the largest
-                       memory-perturbation sensitivity under A's posterior (`ivon-lora sensitivity`; its time counted)
+                       s: --memory-prior-scales)
+  ivon-prior-memory-sensitive[s]  (--memory sensitivity; s: the first of --memory-prior-scales) the memory is the
+                       --replay A train examples with the largest memory-perturbation sensitivity under A's
+                       posterior (`ivon-lora sensitivity`; its time counted)
   multitask-{adamw,ivon}  from scratch on A and B together, twice the B steps (the reference; --reference-seeds)
 Each run is evaluated with `ivon-lora eval` on A's and B's test splits (IVON: --samples posterior samples), and on
 their validation splits where a grid chooses a setting (lambda, s): per family, the best mean of A's and B's
@@ -187,12 +188,19 @@ def methods(options) -> dict[str, dict]:
         grid[f"adamw-ewc[{strength:g}]"] = {"optim": "adamw", "start": "init", "penalty": ("ewc", strength)}
     for scale in options.prior_scales:
         grid[f"ivon-prior[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale}
-    scale = options.memory_prior_scale
-    memory = {"optim": "ivon", "start": "prior", "scale": scale, "replay": options.replay}
-    if "random" in options.memory:
-        grid[f"ivon-prior-memory[{scale:g}]"] = memory
-    if "sensitivity" in options.memory:
-        grid[f"ivon-prior-memory-sensitive[{scale:g}]"] = {**memory, "memory": "sensitivity"}
+    for scale in options.memory_prior_scales if "random" in options.memory else ():
+        grid[f"ivon-prior-memory[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale,
+                                                 "replay": options.replay}  # fmt: skip
+    if "sensitivity" in options.memory:  # at the first scale only
+        scale = options.memory_prior_scales[0]
+        sensitive = {
+            "optim": "ivon",
+            "start": "prior",
+            "scale": scale,
+            "replay": options.replay,
+            "memory": "sensitivity",
+        }
+        grid[f"ivon-prior-memory-sensitive[{scale:g}]"] = sensitive
     for optim in ("adamw", "ivon"):
         grid[f"multitask-{optim}"] = {"optim": optim, "start": None, "replay": None, "multitask": True}
     return grid
@@ -457,7 +465,8 @@ def main() -> None:
     parser.add_argument("--prior-scales", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0],
                         help="ivon-prior's grid of prior_scale (1: Bayesian updating; the precision of A's posterior "
                              "is about weight decay 1e-3 per entry at ess 1e6, so 10-1000 span l2's grid)")  # fmt: skip
-    parser.add_argument("--memory-prior-scale", type=float, default=1.0, help="prior_scale of the memory variants")
+    parser.add_argument("--memory-prior-scales", type=float, nargs="+", default=[1.0, 100.0],
+                        help="ivon-prior-memory's grid of prior_scale (the sensitive memory: the first)")  # fmt: skip
     parser.add_argument("--l2", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--ewc", type=float, nargs="+", default=[1.0, 10.0, 100.0])
     parser.add_argument("--samples", type=int, default=10, help="posterior samples of the IVON evaluations")
