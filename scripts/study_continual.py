@@ -188,19 +188,15 @@ def methods(options) -> dict[str, dict]:
         grid[f"adamw-ewc[{strength:g}]"] = {"optim": "adamw", "start": "init", "penalty": ("ewc", strength)}
     for scale in options.prior_scales:
         grid[f"ivon-prior[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale}
+
+    def memory(scale: float, **chosen_by) -> dict:
+        return {"optim": "ivon", "start": "prior", "scale": scale, "replay": options.replay, **chosen_by}
+
     for scale in options.memory_prior_scales if "random" in options.memory else ():
-        grid[f"ivon-prior-memory[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale,
-                                                 "replay": options.replay}  # fmt: skip
+        grid[f"ivon-prior-memory[{scale:g}]"] = memory(scale)
     if "sensitivity" in options.memory:  # at the first scale only
         scale = options.memory_prior_scales[0]
-        sensitive = {
-            "optim": "ivon",
-            "start": "prior",
-            "scale": scale,
-            "replay": options.replay,
-            "memory": "sensitivity",
-        }
-        grid[f"ivon-prior-memory-sensitive[{scale:g}]"] = sensitive
+        grid[f"ivon-prior-memory-sensitive[{scale:g}]"] = memory(scale, memory="sensitivity")
     for optim in ("adamw", "ivon"):
         grid[f"multitask-{optim}"] = {"optim": optim, "start": None, "replay": None, "multitask": True}
     return grid
@@ -333,15 +329,16 @@ def run_seed(options, seed: int, chosen: dict[str, str] | None = None) -> dict:
     for optim, run in a_runs.items():
         test = evaluate(options, run, os.path.join(options.runs, f"seed{seed}", f"A-{optim}-eval-test"), "test")
         results[f"after-A-{optim}"] = {"dir": run, "eval": {"test": test}}
-    grids = {family for family, names in families(methods(options)).items() if len(names) > 1}
-    for name, method in methods(options).items():
-        if chosen is not None and chosen.get(name.split("[")[0], name) != name:
+    planned = methods(options)
+    grids = {family for family, names in families(planned).items() if len(names) > 1}
+    for name, method in planned.items():
+        if chosen is not None and chosen.get(family_of(name), name) != name:
             continue
         if method.get("multitask") and seed not in options.reference_seeds:
             continue
         run = run_b(options, seed, name, method, a_runs)
         # validation only where it chooses a setting
-        splits = ("validation", "test") if chosen is None and name.split("[")[0] in grids else ("test",)
+        splits = ("validation", "test") if chosen is None and family_of(name) in grids else ("test",)
         evals = {s: evaluate(options, run, f"{run}-eval-{s}", s) for s in splits}
         record = run_record(options, run, evals, options.task_b)
         after_a = results[f"after-A-{method['optim']}"]["eval"]["test"][options.task_a]["accuracy"]
@@ -350,11 +347,16 @@ def run_seed(options, seed: int, chosen: dict[str, str] | None = None) -> dict:
     return results
 
 
+def family_of(name: str) -> str:
+    """ "adamw-l2[0.1]" -> "adamw-l2"."""
+    return name.split("[")[0]
+
+
 def families(names) -> dict[str, list[str]]:
     """Method family ("adamw-l2") -> its settings' names ("adamw-l2[0.1]", ...)."""
     grouped: dict[str, list[str]] = {}
     for name in names:
-        grouped.setdefault(name.split("[")[0], []).append(name)
+        grouped.setdefault(family_of(name), []).append(name)
     return grouped
 
 
