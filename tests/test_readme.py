@@ -16,8 +16,8 @@ def _quickstart_commands():
 def test_quickstart_has_the_demo_and_the_test_command_and_ci_runs_the_latter():
     demo, tests = _quickstart_commands()
     assert demo.startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 &&")
-    assert demo.endswith("ivon-lora train recipes/smollm2/wordfacts-ivon.yaml") and '-e ".[gguf]"' in demo
-    assert os.path.isfile(os.path.join(ROOT, "recipes", "smollm2", "wordfacts-ivon.yaml"))
+    assert demo.endswith("ivon-lora train recipes/smollm2/wordfacts_clean-ivon.yaml") and '-e ".[gguf]"' in demo
+    assert os.path.isfile(os.path.join(ROOT, "recipes", "smollm2", "wordfacts_clean-ivon.yaml"))
     assert tests.endswith("pytest -q")
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         assert tests in f.read().splitlines()

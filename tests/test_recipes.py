@@ -13,9 +13,11 @@ from family_tokenizers import FAMILIES
 from ivon_lora.builtin import BUILTIN_MODELS, BuiltinModel, build_tiny_model
 from ivon_lora.modeling import apply_lora, load_base_model, load_tokenizer, quantization_config
 from ivon_lora.choice import ChoiceCollator, choice_logits, format_examples
+from ivon_lora.choice.trainer import choice_rows
 from ivon_lora.config import load_recipe
 from ivon_lora.packaged import PACKAGED_MODELS
 from ivon_lora.tasks import load_examples
+from ivon_lora.tasks.registry import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(
@@ -121,7 +123,7 @@ def data_files(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data")
     files = {}
     for task in {_raw(path)["dataset"] for path in RECIPES}:
-        if task in ("synthetic", "wordfacts", "antonyms", "wordfacts_antonyms", "wordqa"):  # generated, no file needed
+        if task in TASKS and TASKS[task].generator is not None:  # generated, no file needed
             continue
         records = RECORDS.get(task) or RECORDS.get(task.split("_")[0]) or SFT_RECORDS.get(task)
         assert records, f"no sample record for task {task!r}: add one in its schema to RECORDS"
@@ -184,15 +186,13 @@ def test_recipe_validates_and_dry_runs_on_a_stand_in(path, stand_ins, data_files
     examples = format_examples(examples, tokenizer, model_args)
     if model_args.prompt_format == "chat":
         assert examples[0].prompt.endswith("\n") and not examples[0].answers[0].startswith(" ")
-    batch = ChoiceCollator(tokenizer, data_args.max_length)([
-        {"prompt": e.prompt, "answers": e.answers, "gold": e.gold} for e in examples
-    ])  # fmt: skip
+    batch = ChoiceCollator(tokenizer, data_args.max_length)(choice_rows(examples))  # the trainer's rows
 
     model = apply_lora(load_base_model(model_args, tokenizer, seed=recipe.training.seed), model_args)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     with torch.no_grad():
         logits = choice_logits(model, batch)
-    assert logits.shape == batch["choice_token_ids"].shape
+    assert logits.shape == batch["choice_mask"].shape == (len(examples), max(len(e.answers) for e in examples))
     assert torch.isfinite(logits[batch["choice_mask"]]).all()
 
 

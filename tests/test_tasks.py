@@ -452,6 +452,15 @@ def test_wordfacts_marks_its_flipped_labels_without_changing_the_splits():
         assert (sum(flips) == 38) if split == "train" else not any(flips)
 
 
+def test_wordfacts_clean_is_wordfacts_with_every_train_label_restored():
+    clean, noisy = load_examples("wordfacts_clean", "train"), load_examples("wordfacts", "train")
+    assert [e.prompt for e in clean] == [e.prompt for e in noisy]
+    assert sum(a.gold != b.gold for a, b in zip(clean, noisy)) == 38  # wordfacts' flipped labels, and only those
+    assert not any(record["label_flipped"] for record in get_task("wordfacts_clean").generator("train"))
+    for split in ("validation", "test"):  # already clean in wordfacts
+        assert load_examples("wordfacts_clean", split) == load_examples("wordfacts", split)
+
+
 def test_wordfacts_examples_score_true_false_after_a_short_prompt(llama_tokenizer, qwen_tokenizer):
     example = load_examples("wordfacts", "test", limit=1)[0]
     assert example.id == "wordfacts-test-0" and example.answers == (" False", " True")

@@ -110,6 +110,11 @@ def wordfacts_records(split: str, num_examples: int | None = None, seed: int = 0
     return records
 
 
+def wordfacts_clean_records(split: str, num_examples: int | None = None, seed: int = 0) -> list[dict]:
+    """wordfacts with clean train labels: the same questions in every split, none of the answers flipped."""
+    return wordfacts_records(split, num_examples, seed, label_noise=0.0)
+
+
 def wordfacts_example(record: dict) -> ChoiceExample:
     """The statement as a short True/False prompt (the passage, the category's definition, is not shown)."""
     require(record, "question")
@@ -124,4 +129,8 @@ TASKS = (
          family="boolq", id_field="id", generator=wordfacts_records,
          description="Built-in offline true/false statements about English words (BoolQ schema), "
                      "256 train questions with 15% flipped labels; for real pretrained models."),
+    Task("wordfacts_clean", wordfacts_example, splits=TRAIN_VALIDATION_TEST,
+         family="boolq", id_field="id", generator=wordfacts_clean_records,
+         description="wordfacts with clean train labels (the same questions, none flipped): the regime where a "
+                     "finetune ends overconfident, the quickstart's."),
 )  # fmt: skip
