@@ -19,7 +19,7 @@ labels). Recipes: recipes/smollm2/wordfacts-{adamw,ivon}.yaml unless `--recipes 
 3. Report (test split only, mean +- std over seeds): AdamW, AdamW + temperature scaling (T fitted on validation),
    MC dropout, deep ensemble of the AdamW seeds, IVON at the mean, IVON S samples, IVON pruned + tempered; with
    `--checkpoint-every N`, AdamW early-stopped: its checkpoint (every N steps, and the end) with the lowest
-   validation NLL.
+   validation NLL. `--no-extras` leaves out MC dropout and the pruned + tempered IVON (and their selection).
 
 Every phase skips runs whose files exist, so an interrupted study resumes. Writes study.json (every number, the
 resolved recipes, versions, wall times), study.md (the table) and study.png (reliability and accuracy-ECE).
@@ -127,7 +127,7 @@ def metrics_of(probs: torch.Tensor, gold: torch.Tensor) -> dict:
     return values
 
 
-def select(runs_dir: str, recipes: dict, checkpoint_every: int) -> dict:
+def select(runs_dir: str, recipes: dict, checkpoint_every: int, extras: bool) -> dict:
     """Phase 1: the configuration of each method with the lowest validation NLL, and IVON's pruning/temperature."""
     chosen = {}
     for method, candidates in GRID.items():
@@ -142,6 +142,9 @@ def select(runs_dir: str, recipes: dict, checkpoint_every: int) -> dict:
             logger.info("select %s %s: validation nll %.4f", method, values, results[-1]["validation"]["nll"])
         best = min(range(len(results)), key=lambda i: results[i]["validation"]["nll"])
         chosen[method] = {"candidates": results, "chosen": best, "overrides": candidates[best]}
+    chosen["ivon_test_time"] = None
+    if not extras:
+        return chosen
     # IVON's test-time pruning x temperature, on seed 0's validation split, by the S-sample predictive's NLL.
     run_dir = os.path.join(runs_dir, f"select-ivon-{chosen['ivon']['chosen']}")
     configs = []
@@ -176,12 +179,13 @@ def early_stopped(run_dir: str) -> tuple[str, list[dict]]:
     return candidates[best], table
 
 
-def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoint_every: int) -> dict:
+def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoint_every: int, extras: bool) -> dict:
     """Phase 2 and 3: per seed, every method's test metrics."""
     from ivon_lora.evaluation.baselines import fit_temperature, temper
     from ivon_lora.evaluation.risk_averse import risk_averse_report
 
-    test_time = chosen["ivon_test_time"]["configs"][chosen["ivon_test_time"]["chosen"]]
+    grid = chosen["ivon_test_time"]
+    test_time = grid["configs"][grid["chosen"]] if grid else None
     per_seed, adamw_test, walls, resolved = [], [], {"adamw": [], "ivon": []}, {}
     for seed in seeds:
         rows = {}
@@ -197,7 +201,8 @@ def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoi
             # for the report, but they come free with train's own final evaluation).
             samples = NUM_SAMPLES if method == "ivon" else 0
             validation = score(run_dir, "validation", samples, os.path.join(run_dir, "study-validation.jsonl"))
-            test = score(run_dir, "test", NUM_SAMPLES, os.path.join(run_dir, "study-test.jsonl"))
+            samples = NUM_SAMPLES if method == "ivon" or extras else 0  # AdamW's samples: MC dropout
+            test = score(run_dir, "test", samples, os.path.join(run_dir, "study-test.jsonl"))
             if method == "adamw":
                 adamw_test.append(test)
                 temperature = fit_temperature(validation.mean, validation.gold)
@@ -211,17 +216,19 @@ def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoi
                     rows["AdamW, early-stopped on validation NLL"] = {
                         **metrics_of(stopped_test.mean, stopped_test.gold),
                         "stopped_at": os.path.relpath(stopped, run_dir), "candidates": candidates}  # fmt: skip
-                rows[f"MC dropout (S={NUM_SAMPLES})"] = metrics_of(test.predictive(), test.gold)
+                if extras:
+                    rows[f"MC dropout (S={NUM_SAMPLES})"] = metrics_of(test.predictive(), test.gold)
             else:
                 rows["IVON, posterior mean"] = metrics_of(test.mean, test.gold)
                 rows[f"IVON, S={NUM_SAMPLES} samples"] = metrics_of(test.predictive(), test.gold)
-                if (test_time["fraction"], test_time["temperature"]) == (0.0, 1.0):
-                    tested = test
-                else:
-                    tested = score(run_dir, "test", NUM_SAMPLES, os.path.join(
-                        run_dir, f"study-test-prune{test_time['fraction']}-temp{test_time['temperature']}.jsonl"),
-                        test_time["fraction"], test_time["temperature"])  # fmt: skip
-                rows[f"IVON, pruned + tempered (S={NUM_SAMPLES})"] = metrics_of(tested.predictive(), tested.gold)
+                if test_time is not None:
+                    if (test_time["fraction"], test_time["temperature"]) == (0.0, 1.0):
+                        tested = test
+                    else:
+                        tested = score(run_dir, "test", NUM_SAMPLES, os.path.join(
+                            run_dir, f"study-test-prune{test_time['fraction']}-temp{test_time['temperature']}.jsonl"),
+                            test_time["fraction"], test_time["temperature"])  # fmt: skip
+                    rows[f"IVON, pruned + tempered (S={NUM_SAMPLES})"] = metrics_of(tested.predictive(), tested.gold)
                 selector = risk_averse_report(validation, test, "validation")
                 risk_averse = {"kappa": selector["kappa"], "aurc": selector["selective"]["aurc"],
                                "coverage@1%": selector["selective"]["coverage_at_risk"]["0.01"]}  # fmt: skip
@@ -239,13 +246,14 @@ def summarise(final_result: dict) -> dict:
     methods = list(final_result["per_seed"][0]["methods"])
     table = {}
     for method in methods:
-        values = {c: [seed["methods"][method][c] for seed in final_result["per_seed"]] for c in COLUMNS}
-        table[method] = {c: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
-                         for c, v in values.items()}  # fmt: skip
-        if method == f"MC dropout (S={NUM_SAMPLES})":  # the ensemble's row goes after the other AdamW baselines
+        if method.startswith("IVON") and not any(name.startswith("Deep ensemble") for name in table):
+            # The ensemble's row goes after the other AdamW baselines.
             table[f"Deep ensemble (M={len(final_result['per_seed'])} AdamW seeds)"] = {
                 c: {"mean": final_result["ensemble"][c], "std": None} for c in COLUMNS
             }
+        values = {c: [seed["methods"][method][c] for seed in final_result["per_seed"]] for c in COLUMNS}
+        table[method] = {c: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+                         for c, v in values.items()}  # fmt: skip
     return table
 
 
@@ -335,6 +343,9 @@ def main(argv=None) -> int:
         default=0,
         help="save AdamW checkpoints every N steps and report AdamW early-stopped on validation NLL",
     )
+    parser.add_argument(
+        "--no-extras", action="store_true", help="leave out MC dropout and IVON's test-time pruning x temperature"
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if options.threads:
@@ -349,8 +360,9 @@ def main(argv=None) -> int:
         parser.error(f"--recipes train different tasks: {sorted(tasks)}")
     task = tasks.pop()
     start = time.perf_counter()
-    chosen = select(options.runs_dir, recipes, options.checkpoint_every)
-    final_result = final(options.runs_dir, chosen, options.seeds, recipes, options.checkpoint_every)
+    extras = not options.no_extras
+    chosen = select(options.runs_dir, recipes, options.checkpoint_every, extras)
+    final_result = final(options.runs_dir, chosen, options.seeds, recipes, options.checkpoint_every, extras)
     seed0_ivon = os.path.join(options.runs_dir, f"select-ivon-{chosen['ivon']['chosen']}")
     final_result["ivon_seed0_test"] = score(
         seed0_ivon, "test", NUM_SAMPLES, os.path.join(seed0_ivon, "study-test.jsonl")
