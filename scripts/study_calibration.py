@@ -71,8 +71,14 @@ def train(recipe_path: str, values: dict, seed: int, output_dir: str) -> dict:
 
     metrics_path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(metrics_path):
-        recipe = load_recipe(recipe_path, _overrides({**values, "seed": seed, "output_dir": output_dir,
-                                                          "overwrite_output_dir": True, "disable_tqdm": True}))  # fmt: skip
+        overrides = {
+            **values,
+            "seed": seed,
+            "output_dir": output_dir,
+            "overwrite_output_dir": True,
+            "disable_tqdm": True,
+        }
+        recipe = load_recipe(recipe_path, _overrides(overrides))
         run_train(recipe)
     with open(metrics_path) as f:
         return json.load(f)

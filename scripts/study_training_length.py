@@ -22,9 +22,9 @@ For each label-noise level of the training split (0: clean; 0.15: wordfacts' own
 
 Writes study.json (every checkpoint's numbers, the curves' mean and std over seeds, the selection with every
 candidate's validation NLL, the resolved recipes of the chosen runs, package versions, the command), study.md (the
-last budget's table) and training-length.png (test accuracy, NLL and ECE against epochs). Runs go under
-RUNS/runs (`--runs`, default OUT), evaluations are cached per checkpoint under RUNS/evals: an interrupted study resumes (a run
-with checkpoints but no metrics.json resumes from its last checkpoint). Nothing is chosen on the test split.
+last budget's table) and training-length.png (test accuracy, NLL and ECE against epochs). Runs go under RUNS/runs
+(`--runs`, default OUT), evaluations are cached per checkpoint under RUNS/evals: an interrupted study resumes (a
+run with checkpoints but no metrics.json resumes from its last checkpoint). Nothing is chosen on the test split.
 """
 
 from __future__ import annotations
@@ -223,15 +223,15 @@ def aggregate(per_seed: dict, steps_per_epoch: int) -> dict:
     return curves
 
 
-def plot(curves: dict, path: str) -> None:
-    import matplotlib
+def plot(curves: dict, task: str, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = (("accuracy", "accuracy (%)", 100), ("nll", "NLL", 1), ("ece_10", "ECE-10 (%)", 100))
+    metrics = (("accuracy", "accuracy (%)", 100), ("nll", "NLL", 1), ("ece_10", "ECE, 10 bins (%)", 100))
     regimes = sorted(curves)
-    figure, axes = plt.subplots(len(regimes), 3, figsize=(13, 3.6 * len(regimes)), squeeze=False)
+    figure = Figure(figsize=(13, 3.8 * len(regimes)), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(regimes), 3, squeeze=False)
     for row, regime in enumerate(regimes):
         for col, (key, label, scale) in enumerate(metrics):
             axis = axes[row][col]
@@ -245,12 +245,14 @@ def plot(curves: dict, path: str) -> None:
                 axis.plot(epochs, mean, marker="o", markersize=3, label=variant)
                 axis.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                   alpha=0.15)  # fmt: skip
-            axis.set_title(f"{regime}: test {label}")
-            axis.set_xlabel("epochs")
-    axes[0][0].legend(fontsize=8)
+            axis.set_title(f"{regime} train labels: test {label}", fontsize=9)
+            axis.set_xlabel("epochs trained (checkpoints of one run per seed)")
+            axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(f"SmolLM2-135M-Instruct + LoRA on {task}: mean ± std over seeds (lower is better except accuracy)",
+                    fontsize=10)  # fmt: skip
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    figure.savefig(path)
 
 
 def cell(value: dict, key: str) -> str:
@@ -345,7 +347,7 @@ def main(argv=None) -> dict:
             per_seed.setdefault(regime, {})[method] = seeds
     curves = aggregate(per_seed, steps_per_epoch)
     study = {
-        "command": " ".join(["python", "scripts/study_training_length.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "scripts/study_training_length.py", *(sys.argv[1:] if argv is None else argv)]),
         "task": task, "recipes": paths, "num_train": num_train, "steps_per_epoch": steps_per_epoch,
         "steps": options.steps, "checkpoint_every_steps": options.save_steps, "seeds": options.seeds,
         "samples": options.samples, "limit": options.limit, "train_overrides": options.train_overrides,
@@ -358,7 +360,7 @@ def main(argv=None) -> dict:
     write_json_atomic(os.path.join(options.out, "study.json"), study)
     with open(os.path.join(options.out, "study.md"), "w") as f:
         f.write(final_table(curves))
-    plot(curves, os.path.join(options.out, "training-length.png"))
+    plot(curves, task, os.path.join(options.out, "training-length.png"))
     print(final_table(curves))
     return study
 
