@@ -357,6 +357,7 @@ def main(argv=None) -> dict:
                       "regimes": selection},
         "resolved_recipes": resolved, "checkpoints": per_seed, "curves": curves, "environment": environment(),
     }  # fmt: skip
+    os.makedirs(options.out, exist_ok=True)
     write_json_atomic(os.path.join(options.out, "study.json"), study)
     with open(os.path.join(options.out, "study.md"), "w") as f:
         f.write(final_table(curves))
