@@ -173,7 +173,11 @@ def checkpointing(method: str, every: int) -> dict:
 
 def early_stopped(run_dir: str) -> tuple[str, list[dict]]:
     """The checkpoint (or the final weights) with the lowest validation NLL at its weights, and every candidate's."""
-    steps = sorted(int(name.split("-")[1]) for name in os.listdir(run_dir) if re.fullmatch(r"checkpoint-\d+", name))
+    from ivon_lora.artifacts import CHECKPOINT_DIR_PATTERN
+
+    steps = sorted(
+        int(name.split("-")[1]) for name in os.listdir(run_dir) if re.fullmatch(CHECKPOINT_DIR_PATTERN, name)
+    )
     candidates = [*(os.path.join(run_dir, f"checkpoint-{step}") for step in steps), run_dir]
     table = []
     for path in candidates:
