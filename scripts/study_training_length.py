@@ -24,7 +24,10 @@ Writes study.json (every checkpoint's numbers, the curves' mean and std over see
 candidate's validation NLL, the resolved recipes of the chosen runs, package versions, the command), study.md (the
 last budget's table) and training-length.png (test accuracy, NLL and ECE against epochs). Runs go under RUNS/runs
 (`--runs`, default OUT), evaluations are cached per checkpoint under RUNS/evals: an interrupted study resumes (a
-run with checkpoints but no metrics.json resumes from its last checkpoint). Nothing is chosen on the test split.
+run with checkpoints but no metrics.json resumes from its last checkpoint). A regime already in OUT/study.json and
+not in `--noise` is kept, with the command and versions that produced it, when the rest of the setup is the same
+(the study can be run one noise level per session; a different setup is refused before any training). Nothing is
+chosen on the test split.
 """
 
 from __future__ import annotations
@@ -277,6 +280,38 @@ def final_table(curves: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What must match for regimes of two invocations to sit in one study.json.
+SETUP = ("task", "recipes", "num_train", "steps_per_epoch", "steps", "checkpoint_every_steps", "seeds", "samples",
+         "candidates", "limit", "train_overrides")  # fmt: skip
+
+
+def earlier_regimes(path: str, setup: dict, regimes: list[str]) -> dict[str, dict]:
+    """The regimes of an earlier study.json that this invocation does not rerun (refused if its setup differs)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    kept = [regime for regime in earlier["checkpoints"] if regime not in regimes]
+    if not kept:
+        return {}
+    for key in SETUP:
+        if earlier.get(key) != setup[key]:
+            raise SystemExit(
+                f"{path}: its {key} is {earlier.get(key)!r}, this invocation's is {setup[key]!r}: regimes "
+                f"{', '.join(kept)} cannot be kept; pass another --out or rerun them (--noise)"
+            )
+    # JSON keys are strings: seeds and steps back to ints.
+    return {regime: {
+        "selection": earlier["selection"]["regimes"][regime],
+        "resolved_recipes": earlier["resolved_recipes"][regime],
+        "checkpoints": {method: {int(seed): {int(step): numbers for step, numbers in curve.items()}
+                                 for seed, curve in seeds.items()}
+                        for method, seeds in earlier["checkpoints"][regime].items()},
+        "provenance": earlier.get("provenance", {}).get(
+            regime, {"command": earlier["command"], "environment": earlier["environment"]}),
+    } for regime in kept}  # fmt: skip
+
+
 def parse_options(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="where study.json, study.md and training-length.png go")
@@ -327,9 +362,18 @@ def main(argv=None) -> dict:
     options.steps, options.save_steps = options.epochs * steps_per_epoch, options.every * steps_per_epoch
     examples = {split: load_split(task, split, limit=options.limit).examples for split in ("validation", "test")}
     candidates = {method: grid[: options.candidates] for method, grid in grids(recipes, options.steps).items()}
-    selection, per_seed, resolved = {}, {}, {}
-    for noise in options.noise:
-        regime = "clean" if noise == 0 else f"noise{noise:g}"  # a directory name too
+    command = " ".join(["python", "scripts/study_training_length.py", *(sys.argv[1:] if argv is None else argv)])
+    setup = {"task": task, "recipes": paths, "num_train": num_train, "steps_per_epoch": steps_per_epoch,
+             "steps": options.steps, "checkpoint_every_steps": options.save_steps, "seeds": options.seeds,
+             "samples": options.samples, "candidates": options.candidates, "limit": options.limit,
+             "train_overrides": options.train_overrides}  # fmt: skip
+    regimes = {noise: "clean" if noise == 0 else f"noise{noise:g}" for noise in options.noise}  # also directory names
+    earlier = earlier_regimes(os.path.join(options.out, "study.json"), setup, list(regimes.values()))
+    selection = {regime: kept["selection"] for regime, kept in earlier.items()}
+    per_seed = {regime: kept["checkpoints"] for regime, kept in earlier.items()}
+    resolved = {regime: kept["resolved_recipes"] for regime, kept in earlier.items()}
+    provenance = {regime: kept["provenance"] for regime, kept in earlier.items()}
+    for noise, regime in regimes.items():
         data_file = train_file(options.runs, task, noise)
         for method in ("adamw", "ivon"):
             chosen, table = select(regime, method, paths, candidates[method], examples, options, data_file)
@@ -345,17 +389,16 @@ def main(argv=None) -> dict:
                     os.path.join(run_dir, "recipe.yaml")
                 )
             per_seed.setdefault(regime, {})[method] = seeds
+        provenance[regime] = {"command": command, "environment": environment()}
     curves = aggregate(per_seed, steps_per_epoch)
     study = {
-        "command": " ".join(["python", "scripts/study_training_length.py", *(sys.argv[1:] if argv is None else argv)]),
-        "task": task, "recipes": paths, "num_train": num_train, "steps_per_epoch": steps_per_epoch,
-        "steps": options.steps, "checkpoint_every_steps": options.save_steps, "seeds": options.seeds,
-        "samples": options.samples, "limit": options.limit, "train_overrides": options.train_overrides,
+        "command": command, **setup,
         "selection": {"criterion": "lowest validation NLL of the reported predictive (AdamW: weights; IVON: S "
                                    f"samples) at the last checkpoint, seed 0; {options.candidates} candidates per "
                                    "method",
                       "regimes": selection},
         "resolved_recipes": resolved, "checkpoints": per_seed, "curves": curves, "environment": environment(),
+        "provenance": provenance,  # per regime: the command and versions that produced it
     }  # fmt: skip
     os.makedirs(options.out, exist_ok=True)
     write_json_atomic(os.path.join(options.out, "study.json"), study)
