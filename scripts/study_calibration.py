@@ -198,7 +198,7 @@ def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoi
     test_time = grid["configs"][grid["chosen"]] if grid else None
     per_seed, adamw_test, walls, resolved = [], [], {"adamw": [], "ivon": []}, {}
     for seed in seeds:
-        rows = {}
+        rows, risk_averse = {}, None
         for method in ("adamw", "ivon"):
             # Seed 0 with the chosen settings is the selection run itself.
             name = f"select-{method}-{chosen[method]['chosen']}" if seed == 0 else f"{method}-seed{seed}"
@@ -261,10 +261,13 @@ def summarise(final_result: dict) -> dict:
             table[f"Deep ensemble (M={len(final_result['per_seed'])} AdamW seeds)"] = {
                 c: {"mean": final_result["ensemble"][c], "std": None} for c in COLUMNS
             }
-        values = {c: [seed["methods"][method][c] for seed in final_result["per_seed"]] for c in COLUMNS}
-        table[method] = {c: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
-                         for c, v in values.items()}  # fmt: skip
+        table[method] = {c: mean_std([seed["methods"][method][c] for seed in final_result["per_seed"]])
+                         for c in COLUMNS}  # fmt: skip
     return table
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def selective_summary(per_seed: list[dict]) -> dict:
@@ -275,12 +278,8 @@ def selective_summary(per_seed: list[dict]) -> dict:
         sampled = seed["methods"][f"IVON, S={NUM_SAMPLES} samples"]
         scores["max probability"].append({"aurc": sampled["aurc"], "coverage@1%": sampled["coverage@1%"]})
         scores["risk-averse selector"].append(seed["risk_averse"])
-    return {
-        name: {key: {"mean": statistics.fmean(v[key] for v in values),
-                     "std": statistics.stdev([v[key] for v in values]) if len(values) > 1 else 0.0}
-               for key in ("aurc", "coverage@1%")}
-        for name, values in scores.items()
-    }  # fmt: skip
+    return {name: {key: mean_std([v[key] for v in values]) for key in ("aurc", "coverage@1%")}
+            for name, values in scores.items()}  # fmt: skip
 
 
 def markdown(table: dict) -> str:
