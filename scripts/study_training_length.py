@@ -226,6 +226,11 @@ def aggregate(per_seed: dict, steps_per_epoch: int) -> dict:
     return curves
 
 
+def describe(regime: str) -> str:
+    """'clean' or 'noise0.15' (directory names) as a reader says them: 'clean', '15% flipped'."""
+    return regime if regime == "clean" else f"{float(regime.removeprefix('noise')):.0%} flipped"
+
+
 def plot(curves: dict, task: str, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -248,7 +253,7 @@ def plot(curves: dict, task: str, path: str) -> None:
                 axis.plot(epochs, mean, marker="o", markersize=3, label=variant)
                 axis.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                   alpha=0.15)  # fmt: skip
-            axis.set_title(f"{regime} train labels: test {label}", fontsize=9)
+            axis.set_title(f"{describe(regime)} train labels: test {label}", fontsize=9)
             axis.set_xlabel("epochs trained (checkpoints of one run per seed)")
             axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -276,7 +281,7 @@ def final_table(curves: dict) -> str:
             if points:
                 last = points[-1]
                 cells = [cell(last[k], k) for k in ("accuracy", "nll", "ece_10", "aurc")]
-                lines.append(f"| {regime} | {variant} | " + " | ".join(cells) + " |")
+                lines.append(f"| {describe(regime)} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
