@@ -26,7 +26,7 @@ last budget's table) and training-length.png (test accuracy, NLL and ECE against
 (`--runs`, default OUT), evaluations are cached per checkpoint under RUNS/evals: an interrupted study resumes (a
 run with checkpoints but no metrics.json resumes from its last checkpoint). A regime already in OUT/study.json and
 not in `--noise` is kept, with the command and versions that produced it, when the rest of the setup is the same
-(the study can be run one noise level per session; a different setup is refused before any training). Nothing is
+(so the noise levels can be run one invocation at a time; a different setup is refused before any training). Nothing is
 chosen on the test split.
 """
 

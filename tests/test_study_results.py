@@ -69,7 +69,7 @@ def _setup(training_length, **changes):
     return {**setup, **changes}
 
 
-def _study(training_length, setup, regimes):
+def _study(setup, regimes):
     checkpoint = {"validation": {"mean": {"nll": 0.5}}, "test": {"mean": {"accuracy": 0.9}}}
     return {
         "command": "python scripts/study_training_length.py --noise 0",
@@ -87,7 +87,7 @@ def test_earlier_regimes_keeps_what_this_invocation_does_not_rerun(tmp_path):
     path = str(tmp_path / "study.json")
     assert training_length.earlier_regimes(path, setup, ["clean"]) == {}  # no earlier study
     with open(path, "w") as f:
-        json.dump(_study(training_length, setup, ["clean", "noise0.15"]), f)
+        json.dump(_study(setup, ["clean", "noise0.15"]), f)
 
     kept = training_length.earlier_regimes(path, setup, ["noise0.15"])
     assert list(kept) == ["clean"]
@@ -106,7 +106,7 @@ def test_earlier_regimes_of_another_setup_are_refused_naming_the_key(tmp_path, k
     training_length = _script("study_training_length")
     path = str(tmp_path / "study.json")
     with open(path, "w") as f:
-        json.dump(_study(training_length, _setup(training_length), ["clean"]), f)
+        json.dump(_study(_setup(training_length), ["clean"]), f)
     with pytest.raises(SystemExit, match=f"its {key} is .*cannot be kept"):
         training_length.earlier_regimes(path, _setup(training_length, **{key: value}), ["noise0.15"])
     # Rerunning the same regime under the new setup is allowed: nothing earlier is kept.
