@@ -5,6 +5,7 @@ follows: README row -> study.md -> study.json, and the training-length study's m
 different invocations (nothing lost, nothing mixed).
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -14,10 +15,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALIBRATION_STUDIES = ("wordfacts_clean-smollm2", "wordfacts-smollm2", "wordpick-smollm2")
-TRAINING_LENGTH = os.path.join(ROOT, "results", "training-length-smollm2")
 
 
+@functools.cache
 def _script(name):
+    """A study script as a module, loaded once (they are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -52,14 +54,15 @@ def test_calibration_tables_in_the_readme_are_the_committed_study(study):
 
 def test_training_length_table_in_the_readme_is_the_committed_study():
     training_length = _script("study_training_length")
-    result = json.loads(_read("results", "training-length-smollm2", "study.json"))
+    path = os.path.join(ROOT, "results", "training-length-smollm2", "study.json")
+    result = json.loads(_read(path))
     table = _read("results", "training-length-smollm2", "study.md")
     assert table == training_length.final_table(result["curves"])
     section = _read("README.md").split("### Calibration over training length", 1)[1].split("\n## ", 1)[0]
     readme_rows = [row for row in _rows(section.split("| train labels |", 1)[1]) if _numbers(row)]
     assert [_numbers(row) for row in readme_rows] == [_numbers(row) for row in _rows(table)]
     # And the curves are what the per-checkpoint numbers aggregate to.
-    kept = training_length.earlier_regimes(os.path.join(TRAINING_LENGTH, "study.json"), result, [])
+    kept = training_length.earlier_regimes(path, result, [])
     per_seed = {regime: numbers["checkpoints"] for regime, numbers in kept.items()}
     assert json.loads(json.dumps(training_length.aggregate(per_seed, result["steps_per_epoch"]))) == result["curves"]
 
