@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from .errors import OutputDirLockedError, RunDirError
+from .errors import OutputDirLockedError, RunDirError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ SENSITIVITY_EXAMPLES_NAME = "sensitivity.jsonl"
 SENSITIVITY_RANKED_NAME = "ranked.txt"
 SENSITIVITY_SUMMARY_NAME = "summary.json"
 SENSITIVITY_PLOT_NAME = "sensitivity.png"
+MERGE_NAME = "merge.json"  # `ivon-lora merge`: the merged dir's provenance
 
 
 def task_file_stem(task: str) -> str:
@@ -86,7 +88,8 @@ RESULT_FILES = (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_N
 # file above, the tokenizer files save_model writes, the Trainer's training_args.bin and checkpoint-N dirs, and eval's
 # default eval-SPLIT dirs (those holding an eval.json). Nothing else: a file the user put beside them stays.
 TOKENIZER_FILES = (TOKENIZER_CONFIG_NAME, "tokenizer.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")  # fmt: skip
+                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "chat_template.jinja",
+                   "chat_template.json")  # fmt: skip
 RUN_FILES = (*RESULT_FILES, ADAPTER_CONFIG_NAME, RECIPE_NAME, "training_args.bin", *TOKENIZER_FILES)
 CHECKPOINT_DIR_PATTERN = r"checkpoint-\d+"
 EVAL_DIR_PREFIX = "eval-"
@@ -105,7 +108,11 @@ def _written_by_a_run(directory: str, name: str) -> bool:
 
 def check_overwritable(directory: str) -> None:
     """`overwrite_output_dir` replaces a previous ivon-lora run (a dir with its recipe.yaml), nothing else: a
-    non-empty dir without one is refused before anything is removed."""
+    non-empty dir without one, and a protected dir (`protected_reason`), are refused before anything is removed."""
+    reason = protected_reason(directory) if os.path.isdir(directory) and os.listdir(directory) else None
+    if reason is not None:
+        raise FileExistsError(f"output_dir {directory!r} is {reason}: overwrite_output_dir never replaces it; choose "
+                              "a new output_dir")  # fmt: skip
     if os.path.isdir(directory) and os.listdir(directory) and not os.path.isfile(os.path.join(directory, RECIPE_NAME)):
         raise FileExistsError(
             f"output_dir {directory!r} is not an ivon-lora run dir (no {RECIPE_NAME}) and is not "
@@ -128,6 +135,21 @@ def remove_run_artifacts(directory: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading a run dir: a missing file is a FileNotFoundError, a damaged one a RunDirError, each naming the file.
+
+
+def check_run_files(directory: str) -> None:
+    """Refuse a run dir whose files that ivon-lora reads or copies (RUN_FILES) are symlinks or special files, naming
+    them: a run dir is read as data, and a link in a dir someone sent you would pull a file from elsewhere (a key, a
+    config) into the outputs that commands write."""
+    if not os.path.isdir(directory):
+        return
+    bad = [name for name in sorted(RUN_FILES) if os.path.lexists(path := os.path.join(directory, name))
+           and (os.path.islink(path) or not os.path.isfile(path))]  # fmt: skip
+    if bad:
+        what = "symbolic link" if os.path.islink(os.path.join(directory, bad[0])) else "special file"
+        raise RunDirError(f"{directory}: {', '.join(bad)} {'is a' if len(bad) == 1 else 'are'} {what}"
+                          f"{'' if len(bad) == 1 else '(s)'}, not a regular file: ivon-lora reads and copies only "
+                          "regular files of a run dir; put a copy of the file in place of the link")  # fmt: skip
 
 
 def _require_file(path: str) -> None:
@@ -161,7 +183,9 @@ def read_tensors(path: str) -> dict:
                           "it or re-create the run") from None  # fmt: skip
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-            raise RunDirError(f"{path}: tensor {key} holds NaN or inf values: the run it comes from diverged")
+            raise RunDirError(f"{path}: tensor {key} holds NaN or inf values, which no finished ivon-lora command writes "
+                              "(training stops when it diverges, merge refuses a non-finite result): the file is "
+                              "damaged or was written elsewhere; restore or re-create it")  # fmt: skip
     return tensors
 
 
@@ -211,22 +235,160 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
             os.remove(tmp)
 
 
+def standard_json(value):
+    """`value` with every NaN or infinite float as None (null): JSON has no NaN or Infinity, which Python's json
+    writes by default and strict readers (JavaScript's JSON.parse, jq, most other languages) refuse."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: standard_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [standard_json(item) for item in value]
+    return value
+
+
+def json_line(row: dict, **dump_options) -> str:
+    """One line of a .jsonl file, standard JSON (`standard_json`)."""
+    return json.dumps(standard_json(row), allow_nan=False, **dump_options) + "\n"
+
+
 def write_json_atomic(path: str, payload: dict, **dump_options) -> None:
+    """Write `payload` as standard JSON (`standard_json`) to `path`, atomically."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, **dump_options)
+            json.dump(standard_json(payload), f, indent=2, allow_nan=False, **dump_options)
 
     atomic_write(path, write)
 
 
-def check_new_output_dir(path: str, overwrite: bool) -> None:
-    """Claim `path` for this process (`lock_output_dir`), finish what a killed write left there, then refuse a
-    non-empty `path` unless `overwrite`. The claim ends when `staged_output_dir(path)` has swapped its result in, or
-    the command or process ends."""
-    lock_output_dir(path)
-    recover_output_dir(path)  # a result renamed aside by a killed swap is back before "is it empty?" is asked
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
-        raise FileExistsError(f"{path!r} exists and is not empty: choose another --out, or pass --overwrite")
+# ---------------------------------------------------------------------------------------------------------------
+# What an output dir may replace. Each command's output dir holds a marker naming the command that wrote it, and
+# `--overwrite` replaces only an empty dir or one holding that command's marker: never a dir of the user's (their home,
+# a repository, the working dir, a mount point), whatever --out names. Checked when the command claims its --out
+# (`claim_output_dir`, before any expensive work) and again at the swap (`staged_output_dir`), so no caller can skip it.
+
+OUTPUT_MARKER_NAME = ".ivon-lora-output.json"  # {"command": ..., "format": ...}: which command wrote the dir
+OUTPUT_FORMAT_VERSION = 1
+
+
+def read_output_marker(directory: str) -> dict | None:
+    """The marker of an output dir, or None if it has none (or not a readable one)."""
+    path = os.path.join(directory, OUTPUT_MARKER_NAME)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def write_output_marker(directory: str, command: str) -> None:
+    write_json_atomic(
+        os.path.join(directory, OUTPUT_MARKER_NAME), {"command": command, "format": OUTPUT_FORMAT_VERSION}
+    )
+
+
+def _home_dirs() -> set[str]:
+    import pwd
+
+    homes = {os.path.expanduser("~")}
+    try:
+        homes.add(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:  # a uid without a passwd entry (some containers)
+        pass
+    return {os.path.realpath(home) for home in homes if home}
+
+
+def protected_reason(directory: str) -> str | None:
+    """Why the dir `directory` may never be replaced by a command's output, or None. Judged by its real path."""
+    real = os.path.realpath(directory)
+    if not os.path.lexists(real):
+        return None
+    if real == os.path.realpath(os.sep):
+        return "the root dir"
+    if os.path.ismount(real):
+        return "a mount point"
+    for home in _home_dirs():
+        if real == home or home.startswith(real + os.sep):
+            return "your home dir" if real == home else f"an ancestor of your home dir {home}"
+    cwd = os.path.realpath(os.getcwd())
+    if real == cwd or cwd.startswith(real + os.sep):
+        return "the current working dir" if real == cwd else f"an ancestor of the current working dir {cwd}"
+    if os.path.lexists(os.path.join(real, ".git")):
+        return "a repository (it holds .git)"
+    return None
+
+
+def _listing(directory: str, most: int = 5) -> str:
+    names = sorted(os.listdir(directory))
+    shown = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown}"
+
+
+def check_replaceable(path: str, command: str) -> None:
+    """Raise unless the output of `ivon-lora COMMAND` may take the place of `path`: absent, an empty dir, or a dir
+    holding COMMAND's marker, and never a protected dir (`protected_reason`)."""
+    real = os.path.realpath(path)
+    if not os.path.lexists(real):
+        return
+    if not os.path.isdir(real):
+        raise UsageError(
+            f"--out {path!r} is a file, not a dir: choose a new dir for the output of `ivon-lora {command}`"
+        )
+    reason = protected_reason(real)
+    if reason is not None:
+        raise UsageError(f"--out {path!r} is {reason}: ivon-lora never replaces it; name a new dir for the output of "
+                         f"`ivon-lora {command}`")  # fmt: skip
+    if not os.listdir(real):
+        return
+    marker = read_output_marker(real)
+    if marker is None or marker.get("command") != command:
+        written = f"`ivon-lora {marker.get('command')}`" if marker is not None else "no ivon-lora command"
+        raise UsageError(f"--out {path!r} holds {_listing(real)}, written by {written}: --overwrite replaces only an "
+                         f"earlier output of `ivon-lora {command}`; choose a new --out (or move the dir away yourself)")  # fmt: skip
+
+
+def check_out_apart(out: str, inputs: dict[str, str | None]) -> None:
+    """Refuse an output path that is, is inside, or contains an input (`inputs`: what -> path): replacing it would
+    delete the input (or, inside it, part of a run another command reads)."""
+    target = os.path.realpath(out)
+    for what, directory in inputs.items():
+        if directory is None:
+            continue
+        source = os.path.realpath(directory)
+        relation = ("is" if target == source else "is inside" if target.startswith(source + os.sep)
+                    else "contains" if source.startswith(target + os.sep) else None)  # fmt: skip
+        if relation:
+            raise UsageError(
+                f"--out {out!r} {relation} the {what} {directory!r}, which it would replace: choose an "
+                "--out outside every input run dir"
+            )
+
+
+def claim_output_dir(out: str, command: str, overwrite: bool, inputs: dict[str, str | None] | None = None) -> None:
+    """Every check of the output dir of `ivon-lora COMMAND`, before any expensive work (then write it with
+    `staged_output_dir(out, command)`): apart from its inputs, locked for this process (a second writer is refused),
+    what a killed write left recovered, empty unless `overwrite`, and with `overwrite` replaceable
+    (`check_replaceable`). A symlinked `out` is judged by its target."""
+    check_out_apart(out, inputs or {})
+    real = os.path.realpath(out)
+    if os.path.lexists(real) and not os.path.isdir(real):
+        raise UsageError(
+            f"--out {out!r} is a file, not a dir: choose a new dir for the output of `ivon-lora {command}`"
+        )
+    reason = protected_reason(real)
+    if reason is not None:
+        raise UsageError(f"--out {out!r} is {reason}: ivon-lora never replaces it; name a new dir for the output of "
+                         f"`ivon-lora {command}`")  # fmt: skip
+    lock_output_dir(real)
+    recover_output_dir(real)  # a result renamed aside by a killed swap is back before "is it empty?" is asked
+    if os.path.isdir(real) and os.listdir(real):
+        if not overwrite:
+            raise FileExistsError(f"{out!r} exists and is not empty: choose another --out, or pass --overwrite")
+        check_replaceable(real, command)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,7 +401,7 @@ _held_locks: dict[str, int] = {}  # lock file path -> open file descriptor holdi
 
 
 def _lock_path(path: str) -> str:
-    parent, base = os.path.split(os.path.abspath(path))
+    parent, base = os.path.split(os.path.realpath(path))
     return os.path.join(parent, f".{base}.{LOCK_SUFFIX}")
 
 
@@ -288,7 +450,7 @@ def release_output_dir(path: str | None = None) -> None:
 
 
 def _leftovers(path: str, tag: str) -> list[str]:
-    parent, base = os.path.split(os.path.abspath(path))
+    parent, base = os.path.split(os.path.realpath(path))
     prefix = f".{base}.{tag}-"
     return (
         sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix))
@@ -320,22 +482,26 @@ def _set_result_modes(directory: str) -> None:
 
 
 @contextmanager
-def staged_output_dir(path: str):
-    """Yield a temporary sibling dir that replaces `path` only if the block succeeds.
+def staged_output_dir(path: str, command: str):
+    """Yield a temporary sibling dir that replaces `path` (its real path: a symlink is followed) with the output of
+    `ivon-lora COMMAND`, marked as such, only if the block succeeds and `path` is replaceable (`check_replaceable`).
 
     The swap: the old `path` is renamed aside, the staged dir renamed in, the old one deleted. A kill at any point
     leaves the complete old result or the complete new one (at `path`, or for the instant between the two renames,
     renamed aside); the next staged write into `path`, or `recover_output_dir`, restores or cleans it up.
     """
-    parent = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)
+    parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     lock_output_dir(path)  # before recovering: another writer's staging dir is not a leftover (no-op if claimed)
     recover_output_dir(path)
-    base = os.path.basename(os.path.abspath(path))
+    base = os.path.basename(path)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{base}.{STAGING_TAG}-")
     try:
         yield staging
+        write_output_marker(staging, command)
         _set_result_modes(staging)
+        check_replaceable(path, command)  # again at the swap: what replaces a dir never depends on the caller
         fault_point("staged")
         old = None
         if os.path.lexists(path):
@@ -346,7 +512,7 @@ def staged_output_dir(path: str):
         os.replace(staging, path)
         fault_point("swapped")
         if old is not None:
-            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+            shutil.rmtree(old)
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)

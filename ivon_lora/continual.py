@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .artifacts import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, read_tensors
-from .errors import RecipeError
+from .artifacts import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, check_run_files, read_tensors
+from .errors import RecipeError, RunDirError
 
 # Recipe keys that must agree between the previous run and the new one (the adapter's shape and the base model).
 MATCHING_KEYS = ("model_name_or_path", "gguf_file", "lora_rank", "lora_alpha", "lora_target")
@@ -80,8 +80,15 @@ def _previous_recipe(directory: str, where: str):
     from .config import load_recipe
     from .rundir import find_recipe
 
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise RecipeError(f"{where} is a file, not a run dir: name the dir of ivon-lora train that holds "
+                          f"{ADAPTER_WEIGHTS_NAME} (or one of its checkpoint-N dirs)")  # fmt: skip
     if not os.path.isdir(directory):
         raise RecipeError(f"{where} does not exist (a run dir of ivon-lora train, or one of its checkpoint-N dirs)")
+    try:
+        check_run_files(directory)
+    except RunDirError as error:
+        raise RecipeError(f"{where}: {error}") from None
     for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
         if not os.path.isfile(os.path.join(directory, name)):
             raise RecipeError(f"{where} is not a finished run or checkpoint dir: {name} is missing")

@@ -94,6 +94,8 @@ def metric_table(metrics: dict) -> list[str]:
 
 def run_card(directory: str, report: dict, posterior_config: dict | None) -> str:
     """The README.md of a run dir that `ivon-lora train` made, from its metrics.json `report`."""
+    from .rundir import environment_text
+
     recipe = report["recipe"]
     name = recipe["model_name_or_path"]
     task = report.get("task") or report.get("dataset")
@@ -108,7 +110,7 @@ def run_card(directory: str, report: dict, posterior_config: dict | None) -> str
              *posterior_lines(posterior_config), *usage_lines(os.path.basename(os.path.abspath(directory)),
                                                               posterior_config is not None),
              "", "## Made with", "", "```bash", command_line(), "```", "",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["environment"].items()) + ". The resolved recipe "
+             "Versions: " + environment_text(report["environment"]) + ". The resolved recipe "
              "is `recipe.yaml`."]  # fmt: skip
     return "\n".join(lines) + "\n"
 

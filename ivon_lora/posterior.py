@@ -31,6 +31,7 @@ from .artifacts import (
     POSTERIOR_CONFIG_NAME,
     POSTERIOR_WEIGHTS_NAME,
     atomic_write,
+    check_run_files,
     read_json,
     read_tensors,
     recover_final_files,
@@ -158,6 +159,7 @@ class Posterior:
         """Read the adapter (mean) and the posterior files of a run or checkpoint dir, checking they belong together:
         same LoRA settings, the adapter the posterior was saved with (its hash), finite values, variances >= 0."""
         recover_final_files(directory)  # a train killed while moving its final files in: finish the move
+        check_run_files(directory)
         paths = {
             n: os.path.join(directory, n) for n in (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME)
         }

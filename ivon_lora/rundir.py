@@ -18,9 +18,9 @@ from .artifacts import (
     ADAPTER_WEIGHTS_NAME,
     POSTERIOR_WEIGHTS_NAME,
     RECIPE_NAME,
-    RESULT_FILES,
     TOKENIZER_CONFIG_NAME,
-    check_new_output_dir,
+    TOKENIZER_FILES,
+    check_run_files,
     read_json,
     read_tensors,
     recover_final_files,
@@ -43,9 +43,12 @@ class Run:
 
 
 def find_recipe(directory: str) -> str | None:
-    """The run's resolved recipe: in `directory`, or in its parent for a checkpoint-N dir."""
+    """The run's resolved recipe: in `directory`, or in its parent for a checkpoint-N dir (a symlink is refused)."""
     for candidate in (directory, os.path.dirname(os.path.abspath(directory))):
         path = os.path.join(candidate, RECIPE_NAME)
+        if os.path.islink(path):
+            raise RunDirError(f"{path} is a symbolic link, not a regular file: ivon-lora reads and copies only regular "
+                              "files of a run dir; put a copy of the file in place of the link")  # fmt: skip
         if os.path.isfile(path):
             return path
     return None
@@ -85,6 +88,7 @@ def describe_run(run_dir: str, taken: set, trust_remote_code: bool = False) -> d
     recover_final_files(run_dir)  # a train killed while moving its final files in: finish the move
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"Run dir {run_dir!r} does not exist")
+    check_run_files(run_dir)
     if not os.path.isfile(os.path.join(run_dir, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{run_dir!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(run_dir)
@@ -115,6 +119,7 @@ def load_run(directory: str, trust_remote_code: bool = False) -> Run:
     from .modeling import load_base_model, load_tokenizer
 
     recover_final_files(directory)  # a train killed while moving its final files in: finish the move
+    check_run_files(directory)
     if not os.path.isfile(os.path.join(directory, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{directory!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")
     recipe_path = find_recipe(directory)
@@ -141,56 +146,31 @@ def load_run(directory: str, trust_remote_code: bool = False) -> Run:
     return Run(directory, model, tokenizer, posterior, recipe, model_args)
 
 
-# A checkpoint-N dir's training state: a derived dir (pruned, exported) must not carry it, or resuming from it would
-# restore the unpruned optimizer, schedule and noise.
-TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
-
-
-def _is_trainer_state(name: str) -> bool:
-    return name in TRAINER_STATE_FILES or (name.startswith("rng_state") and name.endswith(".pth"))
+# What a derived dir (pruned, merged) takes of its source run: the adapter config, the tokenizer and the recipe. Not
+# its weights, posterior or results (the derived dir writes its own), not a checkpoint's training state, and not any
+# other file: a run dir may hold a user's notes, or links someone planted, that no output should carry.
+COPIED_RUN_FILES = (ADAPTER_CONFIG_NAME, RECIPE_NAME, *TOKENIZER_FILES)
 
 
 def copy_run_files(source: str, destination: str) -> None:
-    """Copy the adapter config, tokenizer and recipe of a run dir; not its weights, posterior, results or a
-    checkpoint's training state."""
-    for name in os.listdir(source):
+    """Copy the adapter config, tokenizer and recipe of a run dir, as regular files (a symlink is refused)."""
+    check_run_files(source)
+    for name in COPIED_RUN_FILES:
         path = os.path.join(source, name)
-        if (os.path.isfile(path) and name not in RESULT_FILES and not name.startswith(".")
-                and not _is_trainer_state(name)):  # fmt: skip
-            shutil.copy2(path, os.path.join(destination, name))
+        if os.path.isfile(path):
+            shutil.copyfile(path, os.path.join(destination, name))
     recipe = find_recipe(source)
     if recipe and not os.path.isfile(os.path.join(destination, RECIPE_NAME)):
-        shutil.copy2(recipe, os.path.join(destination, RECIPE_NAME))
-
-
-def check_out_apart(out: str, inputs: dict[str, str | None]) -> None:
-    """Refuse an output dir that is, is inside, or contains an input run dir (`inputs`: what -> dir): replacing it
-    would delete the input (or, inside it, part of a run another command reads)."""
-    target = os.path.realpath(out)
-    for what, directory in inputs.items():
-        if directory is None:
-            continue
-        source = os.path.realpath(directory)
-        relation = ("is" if target == source else "is inside" if target.startswith(source + os.sep)
-                    else "contains" if source.startswith(target + os.sep) else None)  # fmt: skip
-        if relation:
-            raise UsageError(
-                f"--out {out!r} {relation} the {what} {directory!r}, which it would replace: choose an "
-                "--out outside every input run dir"
-            )
-
-
-def claim_output_dir(out: str, overwrite: bool, inputs: dict[str, str | None]) -> None:
-    """Every check of a command's output dir, for any command that writes one (then `staged_output_dir(out)`): apart
-    from its input run dirs, locked for this process (a second writer is refused), what a killed write left
-    recovered, and empty unless `overwrite`."""
-    check_out_apart(out, inputs)
-    check_new_output_dir(out, overwrite)
+        shutil.copyfile(recipe, os.path.join(destination, RECIPE_NAME))
 
 
 def environment() -> dict:
-    """Versions of the packages a result depends on."""
+    """Versions of the packages a result depends on, and under "cpu" what its CPU kernels ran on: the instruction
+    set torch dispatched to (AVX2 and AVX-512 give other digits for the same seed) and the thread count."""
+    import platform
     from importlib.metadata import PackageNotFoundError, version
+
+    import torch
 
     versions = {}
     for package in ("ivon-lora", "torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes"):
@@ -198,4 +178,13 @@ def environment() -> dict:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
+    versions["cpu"] = {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                       "machine": platform.machine()}  # fmt: skip
     return versions
+
+
+def environment_text(versions: dict) -> str:
+    """`environment()` in one line: "ivon-lora 0.1.0, torch 2.13.0, ..., CPU AVX512 (2 threads)"."""
+    cpu = versions.get("cpu")
+    packages = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "cpu")
+    return packages + (f", CPU {cpu['capability']} ({cpu['threads']} threads)" if cpu else "")

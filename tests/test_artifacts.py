@@ -16,7 +16,8 @@ from ivon_lora.artifacts import (
     KILL_AT_ENV,
     METRICS_NAME,
     atomic_write,
-    check_new_output_dir,
+    OUTPUT_MARKER_NAME,
+    claim_output_dir,
     predictions_file_name,
     read_json,
     read_tensors,
@@ -30,7 +31,7 @@ from ivon_lora.artifacts import (
     staged_output_dir,
     write_json_atomic,
 )
-from ivon_lora.errors import RunDirError
+from ivon_lora.errors import RunDirError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,35 +91,115 @@ def test_the_readers_name_the_file_and_what_is_wrong(tmp_path):
         read_tensors(str(tmp_path / "cut.safetensors"))
 
 
-def test_check_new_output_dir(tmp_path):
-    check_new_output_dir(str(tmp_path / "new"), overwrite=False)
+def test_claim_output_dir_takes_a_new_or_empty_dir_and_overwrites_only_its_own_commands_output(tmp_path):
+    claim_output_dir(str(tmp_path / "new"), "prune", overwrite=False)
     release_output_dir()  # the command's end: its lock file (.new.lock, beside the dir) goes
-    check_new_output_dir(str(tmp_path), overwrite=False)  # empty
-    (tmp_path / "f").write_text("x")
+    (tmp_path / "empty").mkdir()
+    claim_output_dir(str(tmp_path / "empty"), "prune", overwrite=False)
+    release_output_dir()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="exists and is not empty: choose another --out, or pass --overwrite"):
-        check_new_output_dir(str(tmp_path), overwrite=False)
-    check_new_output_dir(str(tmp_path), overwrite=True)
+        claim_output_dir(str(mine), "prune", overwrite=False)
+    with pytest.raises(UsageError, match=r"holds 1 entry: a.txt, written by no ivon-lora command: --overwrite"):
+        claim_output_dir(str(mine), "prune", overwrite=True)
+    release_output_dir()
+    with staged_output_dir(str(tmp_path / "pruned"), "prune") as staging:
+        (open(os.path.join(staging, "r.txt"), "w")).write("old")
+    assert json.loads((tmp_path / "pruned" / OUTPUT_MARKER_NAME).read_text()) == {"command": "prune", "format": 1}
+    claim_output_dir(str(tmp_path / "pruned"), "prune", overwrite=True)  # its own earlier output
+    release_output_dir()
+    with pytest.raises(UsageError, match="written by `ivon-lora prune`: --overwrite replaces only an earlier output "
+                                         "of `ivon-lora eval`"):  # fmt: skip
+        claim_output_dir(str(tmp_path / "pruned"), "eval", overwrite=True)
+    assert (mine / "a.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("where", ["home", "cwd", "ancestor of cwd", "repository", "root", "file"])
+def test_a_protected_dir_is_never_claimed_nor_replaced(where, tmp_path, monkeypatch):
+    target = tmp_path / "dir"
+    (target / "sub").mkdir(parents=True)
+    (target / "a.txt").write_text("keep")
+    if where == "home":
+        monkeypatch.setenv("HOME", str(target))
+    elif where == "cwd":
+        monkeypatch.chdir(target)
+    elif where == "ancestor of cwd":
+        monkeypatch.chdir(target / "sub")
+    elif where == "repository":
+        (target / ".git").mkdir()
+    elif where == "root":
+        target = "/"
+    else:
+        target = target / "a.txt"
+    message = {"home": "is your home dir", "cwd": "is the current working dir", "root": "is the root dir",
+               "ancestor of cwd": "is an ancestor of the current working dir", "file": "is a file, not a dir",
+               "repository": "is a repository"}[where]  # fmt: skip
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match=message):
+            claim_output_dir(str(target), "eval", overwrite)
+    if where != "root":  # a staged write into it is refused at the swap as well, whoever the caller
+        with pytest.raises(UsageError, match=message), staged_output_dir(str(target), "eval") as staging:
+            (open(os.path.join(staging, "r.txt"), "w")).write("new")
+        assert (tmp_path / "dir" / "a.txt").read_text() == "keep" and _leftovers(tmp_path) == []
+
+
+def test_a_symlinked_out_is_judged_and_replaced_by_its_target(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    with pytest.raises(UsageError, match="written by no ivon-lora command"):
+        claim_output_dir(str(link), "eval", overwrite=True)
+    release_output_dir()
+    target = tmp_path / "earlier-eval"
+    with staged_output_dir(str(target), "eval") as staging:
+        (open(os.path.join(staging, "r.txt"), "w")).write("old")
+    link.unlink()
+    link.symlink_to(target)
+    claim_output_dir(str(link), "eval", overwrite=True)
+    with staged_output_dir(str(link), "eval") as staging:
+        (open(os.path.join(staging, "r.txt"), "w")).write("new")
+    assert link.is_symlink() and (target / "r.txt").read_text() == "new" and (mine / "a.txt").read_text() == "keep"
+
+
+def test_json_is_written_standard_non_finite_numbers_as_null(tmp_path):
+    write_json_atomic(
+        str(tmp_path / "r.json"), {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}}
+    )
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {"a": None, "b": [None, 1.5],
+                                                                                    "c": {"d": None}}  # fmt: skip
 
 
 def test_a_staged_output_dir_replaces_the_old_result_only_when_the_block_succeeds(tmp_path):
     out = tmp_path / "out"
-    with staged_output_dir(str(out)) as staging:
+    with staged_output_dir(str(out), "test") as staging:
         assert not out.exists() and os.path.basename(staging).startswith(".out.incomplete-")
         (open(os.path.join(staging, "r.txt"), "w")).write("old")
     assert (out / "r.txt").read_text() == "old" and stat.S_IMODE(os.stat(out).st_mode) == 0o755
-    with pytest.raises(RuntimeError), staged_output_dir(str(out)) as staging:
+    with pytest.raises(RuntimeError), staged_output_dir(str(out), "test") as staging:
         (open(os.path.join(staging, "r.txt"), "w")).write("half")
         raise RuntimeError
     assert (out / "r.txt").read_text() == "old" and _leftovers(tmp_path) == []
-    with staged_output_dir(str(out)) as staging:
+    with staged_output_dir(str(out), "test") as staging:
         (open(os.path.join(staging, "r.txt"), "w")).write("new")
-    assert os.listdir(out) == ["r.txt"] and (out / "r.txt").read_text() == "new" and _leftovers(tmp_path) == []
+    assert (
+        sorted(os.listdir(out)) == [OUTPUT_MARKER_NAME, "r.txt"]
+        and (out / "r.txt").read_text() == "new"
+        and _leftovers(tmp_path) == []
+    )
 
 
 _STAGED_WRITE = """
 import os, sys
 from ivon_lora.artifacts import staged_output_dir
-with staged_output_dir(sys.argv[1]) as staging:
+with staged_output_dir(sys.argv[1], "test") as staging:
     with open(os.path.join(staging, "r.txt"), "w") as f:
         f.write("new")
 """
@@ -129,6 +210,7 @@ def test_a_kill_at_each_point_of_the_swap_leaves_the_old_or_the_new_result(point
     out = tmp_path / "out"
     out.mkdir()
     (out / "r.txt").write_text("old")
+    (out / OUTPUT_MARKER_NAME).write_text('{"command": "test", "format": 1}')  # an earlier output of the command
     env = {**os.environ, KILL_AT_ENV: point, "PYTHONPATH": ROOT}
     result = subprocess.run([sys.executable, "-c", _STAGED_WRITE, str(out)], env=env, capture_output=True, timeout=60)
     assert result.returncode == -9  # SIGKILL, at `point`

@@ -533,3 +533,81 @@ def test_a_train_killed_while_committing_its_final_files_is_completed_on_the_nex
     Posterior.load(str(out))  # rolls the complete staged set forward
     assert (out / "metrics.json").is_file() and (out / "diagnostics.json").is_file()
     assert [n for n in os.listdir(out) if n.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ overwrite, run dirs as data, merge numbers
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_sensitivity_overwrites_its_own_output_records_the_pruning_and_writes_standard_json(run_dir, tmp_path):
+    pruned = tmp_path / "pruned"
+    assert cli.main(["prune", run_dir, "--fraction", "0.3", "--out", str(pruned)]) == 0
+    out = tmp_path / "sensitivity"
+    for _ in range(2):  # the second replaces the first's output: it holds the marker of `ivon-lora sensitivity`
+        assert cli.main(["sensitivity", str(pruned), "--limit", "4", "--out", str(out), "--overwrite"]) == 0
+    summary = _strict_json((out / "summary.json").read_text())
+    assert summary["posterior"]["pruning"][-1]["fraction"] == 0.3
+    for line in (out / "sensitivity.jsonl").read_text().splitlines():
+        _strict_json(line)
+
+
+def test_prune_and_merge_copy_only_the_files_they_know_of_a_run_dir(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "notes.txt").write_text("my notes")
+    (tmp_path / "secret.txt").write_text("secret")
+    (run / "secret-link.txt").symlink_to(tmp_path / "secret.txt")
+    assert cli.main(["prune", str(run), "--fraction", "0.1", "--out", str(tmp_path / "pruned")]) == 0
+    assert cli.main(["merge", str(run), run_dir, "--method", "uncertainty", "--out", str(tmp_path / "merged")]) == 0
+    for out in ("pruned", "merged"):
+        names = set(os.listdir(tmp_path / out))
+        assert not names & {"notes.txt", "secret-link.txt"} and "adapter_config.json" in names
+        assert not any((tmp_path / out / name).is_symlink() for name in names)
+
+
+def test_merge_warns_of_a_twice_given_adapter_a_clipped_rank_and_writes_no_non_finite_merge(
+    run_dir, tmp_path, monkeypatch, caplog
+):
+    from ivon_lora.errors import UsageError
+    from ivon_lora.merging import runs
+
+    with caplog.at_level("WARNING", logger="ivon_lora.merging.runs"):
+        runs.merge_runs([run_dir, run_dir], "linear", [1.5, -0.5], str(tmp_path / "m"), rank=100000)
+    messages = " | ".join(record.getMessage() for record in caplog.records)
+    assert "hold the same adapter: the merge counts it twice" in messages
+    assert "--rank 100000: the adapted layers allow rank" in messages
+    assert "a negative weight subtracts" in messages and "a weight above 1 extrapolates" in messages
+
+    merge = runs.merge_adapters
+
+    def overflowing(*args, **kwargs):
+        tensors, config, variance = merge(*args, **kwargs)
+        return {key: value * float("inf") for key, value in tensors.items()}, config, variance
+
+    monkeypatch.setattr(runs, "merge_adapters", overflowing)
+    with pytest.raises(UsageError, match="gives NaN or inf values in .*: nothing was written"):
+        runs.merge_runs([run_dir, run_dir], "linear", [0.5, 0.5], str(tmp_path / "n"))
+    assert not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize("where", ["home", "cwd"])
+def test_sensitivity_never_replaces_the_home_or_working_dir(where, run_dir, tmp_path, monkeypatch, capsys):
+    """The issue's report, confined to tmp_path: `sensitivity RUN --out $HOME --overwrite` once deleted a home dir."""
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    (home / "a.txt").write_text("keep")
+    monkeypatch.setenv("HOME", str(home))
+    if where == "cwd":
+        monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+        monkeypatch.chdir(home)
+    out = str(home) if where == "home" else "."
+    assert cli.main(["sensitivity", run_dir, "--limit", "5", "--out", out, "--overwrite"]) == 2
+    message = "is your home dir" if where == "home" else "is the current working dir"
+    assert message in capsys.readouterr().err
+    assert sorted(os.listdir(home)) == [".cache", "a.txt"] and (home / "a.txt").read_text() == "keep"

@@ -53,4 +53,10 @@ def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(tmp_path, monkeypa
             assert straight[key].equal(resumed[key]), f"{name}: {key} differs after resuming"
     straight, resumed = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("straight", "resumed"))
     assert straight["metrics"] == resumed["metrics"]
+    # train_loss is the mean over every step, the steps before the resume included (the Trainer's own counts only
+    # those after it): bitwise the uninterrupted run's, and the mean of the per-step losses it logged.
+    assert straight["train"]["train_loss"] == resumed["train"]["train_loss"]
+    state = json.loads((tmp_path / "straight" / "checkpoint-6" / "trainer_state.json").read_text())
+    logged = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 6 and straight["train"]["train_loss"] == pytest.approx(sum(logged) / 6, rel=1e-6)
     assert json.loads((tmp_path / "resumed" / "posterior_config.json").read_text())["step"] == 6

@@ -22,9 +22,10 @@ from ivon_lora.artifacts import (
     POSTERIOR_CONFIG_NAME,
     POSTERIOR_WEIGHTS_NAME,
     RECIPE_NAME,
+    check_out_apart,
 )
 from ivon_lora.errors import RunDirError, UsageError
-from ivon_lora.rundir import check_out_apart, copy_run_files, describe_run, environment, find_recipe, load_run
+from ivon_lora.rundir import copy_run_files, describe_run, environment, find_recipe, load_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
@@ -164,6 +165,8 @@ def test_copy_run_files_copies_config_and_recipe_not_weights_or_results(tiny_run
     shutil.copytree(directory, source)
     (source / METRICS_NAME).write_text("{}")
     (source / ".hidden").write_text("x")
+    (source / "notes.txt").symlink_to(tmp_path / "secret.txt")  # a file no command knows: never copied
+    (tmp_path / "secret.txt").write_text("secret")
     destination = tmp_path / "copy"
     destination.mkdir()
     copy_run_files(str(source), str(destination))
@@ -176,6 +179,23 @@ def test_copy_run_files_copies_config_and_recipe_not_weights_or_results(tiny_run
     from_checkpoint.mkdir()
     copy_run_files(str(checkpoint), str(from_checkpoint))
     assert (from_checkpoint / RECIPE_NAME).read_text() == (source / RECIPE_NAME).read_text()
+
+
+@pytest.mark.parametrize("name", ["special_tokens_map.json", ADAPTER_CONFIG_NAME, RECIPE_NAME])
+def test_a_run_file_that_is_a_symlink_is_refused_naming_it(name, tiny_run, tmp_path):
+    directory, _ = tiny_run
+    source = tmp_path / "source"
+    shutil.copytree(directory, source)
+    secret = tmp_path / "secret.json"
+    secret.write_text((source / name).read_text() if (source / name).exists() else "{}")
+    (source / name).unlink(missing_ok=True)
+    (source / name).symlink_to(secret)
+    destination = tmp_path / "copy"
+    destination.mkdir()
+    for read in (lambda: copy_run_files(str(source), str(destination)), lambda: describe_run(str(source), set())):
+        with pytest.raises(RunDirError, match=f"{name} is a symbolic link, not a regular file"):
+            read()
+    assert os.listdir(destination) == []
 
 
 @pytest.mark.parametrize("where,relation", [(".", "is"), ("./eval-out", "is inside"), ("..", "contains")])
@@ -196,3 +216,5 @@ def test_environment_records_the_installed_versions():
     assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
     assert versions["transformers"] == transformers.__version__ and versions["peft"] == peft.__version__
     assert {"ivon-lora", "accelerate", "datasets", "trl", "bitsandbytes"} <= set(versions)
+    assert versions["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
+    assert versions["cpu"]["threads"] == torch.get_num_threads()

@@ -137,6 +137,7 @@ def test_command_writes_the_report_and_its_numbers_match_the_library(run_dir, ru
         and len([l for l in printed.splitlines() if l.strip().startswith(("1 ", "2 ", "3 "))]) == 3
     )
     assert sorted(p.name for p in out.iterdir()) == [
+        ".ivon-lora-output.json",  # the marker: `--overwrite` may replace this dir
         "ranked.txt",
         "sensitivity.jsonl",
         "sensitivity.png",

@@ -53,6 +53,43 @@ def _fake_checkpoint(run_dir, tmp):
 MMLU = {"question": "q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 1}
 
 
+def _users_dir(tmp):
+    """A dir of the user's own (a.txt in it): no command may replace it, --overwrite or not."""
+    return os.path.dirname(_file(tmp / "users-dir" / "a.txt", "keep"))
+
+
+def _symlink(tmp, name, target):
+    (tmp / name).symlink_to(target)
+    return str(tmp / name)
+
+
+def _repository(tmp):
+    os.makedirs(tmp / "repo" / ".git")
+    _file(tmp / "repo" / "code.py", "x = 1\n")
+    return str(tmp / "repo")
+
+
+def _run_with_symlink(run_dir, tmp, name="special_tokens_map.json"):
+    """A copy of the run whose `name` links to a file of the user's elsewhere (a planted link)."""
+    copy = _copy_run(run_dir, tmp, name="planted")
+    secret = _file(tmp / "secret.json", '{"key": "secret"}')
+    if os.path.lexists(os.path.join(copy, name)):
+        os.remove(os.path.join(copy, name))
+    os.symlink(secret, os.path.join(copy, name))
+    return copy
+
+
+def _merged_dir(run_dir, tmp):
+    """What `ivon-lora merge --method linear` writes: an adapter and merge.json, no posterior."""
+    copy = _copy_run(run_dir, tmp, name="merged", drop=["posterior.safetensors", "posterior_config.json"])
+    _file(tmp / "merged" / "merge.json", json.dumps({"method": "linear", "weights": [0.5, 0.5]}))
+    return copy
+
+
+def _merge(run_dir, tmp, *options):
+    return ["merge", run_dir, run_dir, *options, "--out", str(tmp / "m")]
+
+
 def _train(tmp, *overrides, recipe=DEMO):
     return ["train", recipe, f"output_dir={tmp / 'out'}", *overrides]
 
@@ -256,6 +293,113 @@ CASES = {
     ),
 }
 
+# --overwrite never replaces what a command did not write: a user's dir (every command that writes one), a user's file
+# (generate), a protected dir, a symlink judged by its target.
+CASES.update(
+    {
+        f"{command}-overwrite-of-a-users-dir": (argv_of, "written by no ivon-lora command: --overwrite replaces only")
+        for command, argv_of in {
+            "eval": lambda r, t: ["eval", r, "--out", _users_dir(t), "--overwrite"],
+            "prune": lambda r, t: ["prune", r, "--fraction", "0.1", "--out", _users_dir(t), "--overwrite"],
+            "export": lambda r, t: ["export", r, "--out", _users_dir(t), "--overwrite"],
+            "inspect": lambda r, t: ["inspect", r, "--out", _users_dir(t), "--overwrite"],
+            "sensitivity": lambda r, t: ["sensitivity", r, "--limit", "5", "--out", _users_dir(t), "--overwrite"],
+            "merge": lambda r, t: ["merge", r, r, "--method", "linear", "--out", _users_dir(t), "--overwrite"],
+            "merge-sweep": lambda r, t: [
+                "merge",
+                r,
+                r,
+                "--method",
+                "linear",
+                "--sweep",
+                "--out",
+                _users_dir(t),
+                "--overwrite",
+            ],  # fmt: skip
+        }.items()
+    }
+)
+CASES.update(
+    {
+        "generate-overwrite-of-a-users-file": (
+            lambda r, t: ["generate", r, "--prompt", "hi", "--out", _file(t / "notes.jsonl", "mine\n"), "--overwrite"],
+            "is not a file that `ivon-lora generate` wrote",
+        ),
+        "out-symlink-to-a-users-dir": (
+            lambda r, t: ["eval", r, "--out", _symlink(t, "link", _users_dir(t)), "--overwrite"],
+            "written by no ivon-lora command",
+        ),
+        "out-is-a-repository": (
+            lambda r, t: ["sensitivity", r, "--limit", "5", "--out", _repository(t), "--overwrite"],
+            "is a repository (it holds .git): ivon-lora never replaces it",
+        ),
+        "out-is-the-root-dir": (
+            lambda r, t: ["merge", r, r, "--method", "linear", "--out", "/", "--overwrite"],
+            "'/' is the root dir",
+        ),
+        "run-file-a-symlink": (
+            lambda r, t: ["prune", _run_with_symlink(r, t), "--fraction", "0.1", "--out", str(t / "p")],
+            "special_tokens_map.json is a symbolic link, not a regular file",
+        ),
+        "merge-input-file-a-symlink": (
+            lambda r, t: [
+                "merge",
+                _run_with_symlink(r, t, "adapter_config.json"),
+                r,
+                "--method",
+                "uncertainty",
+                "--out",
+                str(t / "m"),
+            ],  # fmt: skip
+            "adapter_config.json is a symbolic link, not a regular file",
+        ),
+        "eval-run-file-a-symlink": (
+            lambda r, t: ["eval", _run_with_symlink(r, t, "recipe.yaml"), "--out", str(t / "e")],
+            "recipe.yaml is a symbolic link, not a regular file",
+        ),
+        "merge-weights-not-finite": (
+            lambda r, t: _merge(r, t, "--method", "linear", "--weights", "nan", "1"),
+            "--weights nan 1: every weight must be a finite number",
+        ),
+        "merge-cat-weights-infinite": (
+            lambda r, t: _merge(r, t, "--method", "cat", "--weights", "inf", "1"),
+            "--weights inf 1: every weight must be a finite number",
+        ),
+        "merge-weights-all-zero": (
+            lambda r, t: _merge(r, t, "--method", "posterior", "--weights", "0", "0"),
+            "all weights are 0, which merges nothing",
+        ),
+        "merge-negative-weight-of-a-posterior-method": (
+            lambda r, t: _merge(r, t, "--method", "uncertainty", "--weights", "-1", "2"),
+            "--method uncertainty weighs each run's posterior precision by its weight, which must be >= 0",
+        ),
+        "merge-base-precision-not-finite": (
+            lambda r, t: _merge(r, t, "--method", "uncertainty", "--base-precision", "nan"),
+            "base_precision must be a finite number, got nan",
+        ),
+        "sensitivity-ess-not-finite": (
+            lambda r, t: ["sensitivity", r, "--ess", "inf", "--out", str(t / "s")],
+            "ess must be a finite number, got inf",
+        ),
+        "sensitivity-of-a-merged-dir": (
+            lambda r, t: ["sensitivity", _merged_dir(r, t), "--out", str(t / "s")],
+            "is a merge (--method linear), which defines no posterior",
+        ),
+        "prior-scale-without-prior-from": (
+            lambda r, t: _train(t, "prior_scale=0.5"),
+            "Recipe key 'prior_scale': 0.5 scales the prior of prior_from, which is not set",
+        ),
+        "prior-from-is-the-output-dir": (
+            lambda r, t: _train(t, f"prior_from={t / 'out'}", "overwrite_output_dir=true"),
+            "Recipe key 'prior_from'",
+        ),
+        "prior-from-a-file": (
+            lambda r, t: _train(t, f"prior_from={_file(t / 'prior.txt', 'x')}"),
+            "is a file, not a run dir",
+        ),
+    }
+)
+
 # Cases that need the model (or lm-eval's, which builds it before loading a task's data) to be found.
 MODEL_LOADS_FIRST = {"generate-prompt-longer-than-the-context", "lm-eval-hub-dataset-unreachable",
                      "eval-lm-eval-hub-dataset-unreachable"}  # fmt: skip
@@ -320,6 +464,13 @@ def test_every_user_error_is_exit_2_with_one_line(case, run_dir, tmp_path, monke
         assert err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()  # train wrote nothing
     assert sorted(os.listdir(run_dir)) == before
+    users = tmp_path / "users-dir"
+    if users.exists():  # untouched
+        assert os.listdir(users) == ["a.txt"] and (users / "a.txt").read_text() == "keep"
+    for name, text in (("notes.jsonl", "mine\n"), ("secret.json", '{"key": "secret"}')):
+        assert not (tmp_path / name).exists() or (tmp_path / name).read_text() == text
+    if (tmp_path / "repo").exists():
+        assert sorted(os.listdir(tmp_path / "repo")) == [".git", "code.py"]
 
 
 def test_the_readme_lists_exactly_the_cases_of_the_table():

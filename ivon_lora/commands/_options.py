@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -39,6 +40,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
 def number_in(low: float, high: float, low_inclusive: bool = True):
     def parse(text: str) -> float:
         value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{value} is not a finite number")
         if not (low <= value if low_inclusive else low < value) or value > high:
             raise argparse.ArgumentTypeError(f"{value} is not in {'[' if low_inclusive else '('}{low}, {high}]")
         return value

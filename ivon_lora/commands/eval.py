@@ -54,9 +54,9 @@ def main(config) -> int:
 def run_eval(options) -> dict:
     """Evaluate `options` (an `ivon_lora.config.EvalConfig`) with the one eval kind that applies to them
     (`ivon_lora.commands.runners`); returns what eval.json holds."""
-    from ..artifacts import REPORT_NAME, TABLE_NAME, check_new_output_dir, staged_output_dir, write_json_atomic
+    from ..artifacts import REPORT_NAME, TABLE_NAME, claim_output_dir, staged_output_dir, write_json_atomic
     from ..errors import UsageError
-    from ..rundir import check_out_apart, describe_run, load_run
+    from ..rundir import describe_run, load_run
     from .runners import select_runner
 
     # Everything that can be wrong with the options is checked before a model loads.
@@ -76,8 +76,8 @@ def run_eval(options) -> dict:
     out = options.out or os.path.join(options.run_dir, default_out)  # the one output inside an input: its own
     inputs = {"run dir": options.run_dir, "baseline": options.baseline,
               **{f"ensemble member {i + 1}": member for i, member in enumerate(options.ensemble or [])}}  # fmt: skip
-    check_out_apart(out, inputs if options.out else {k: v for k, v in inputs.items() if k != "run dir"})
-    check_new_output_dir(out, options.overwrite)
+    claim_output_dir(out, "eval", options.overwrite,
+                     inputs if options.out else {k: v for k, v in inputs.items() if k != "run dir"})  # fmt: skip
     runner.load_data()
 
     for run_description in described:
@@ -88,7 +88,7 @@ def run_eval(options) -> dict:
     runner.finish()
 
     result = {**runner.summary(), "protocol": runner.protocol(), "environment": runner.environment()}
-    with staged_output_dir(out) as staging:
+    with staged_output_dir(out, "eval") as staging:
         runner.write_files(staging, result)
         write_json_atomic(os.path.join(staging, REPORT_NAME), runner.json_ready(result))
         table, text = runner.tables(result)

@@ -15,7 +15,7 @@ from ..artifacts import (
     MODEL_CARD_NAME,
     POSTERIOR_CONFIG_NAME,
     POSTERIOR_WEIGHTS_NAME,
-    check_new_output_dir,
+    claim_output_dir,
     read_json,
     staged_output_dir,
 )
@@ -99,15 +99,14 @@ def model_card(run, metrics: dict | None) -> str:
 
 def export_run(directory: str, out: str, overwrite: bool = False, trust_remote_code: bool = False) -> None:
     """Merge the adapter's (posterior) mean into the base model and save it with its posterior and a model card."""
-    from ..rundir import check_out_apart, load_run
+    from ..rundir import load_run
 
-    check_out_apart(out, {"run dir": directory})
-    check_new_output_dir(out, overwrite)
+    claim_output_dir(out, "export", overwrite, {"run dir": directory})
     run = load_run(directory, trust_remote_code)
     metrics_path = os.path.join(directory, METRICS_NAME)
     metrics = read_json(metrics_path) if os.path.isfile(metrics_path) else None
     card = model_card(run, metrics)
-    with staged_output_dir(out) as staging:
+    with staged_output_dir(out, "export") as staging:
         posterior_dir = os.path.join(staging, EXPORT_POSTERIOR_DIR)
         os.makedirs(posterior_dir)
         for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME):

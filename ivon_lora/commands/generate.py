@@ -75,13 +75,39 @@ def read_prompts_file(path: str) -> list:
     return prompts
 
 
+def _check_out_file(config: GenerateConfig) -> None:
+    """--out is a new .jsonl file, or with --overwrite one that `ivon-lora generate` wrote (its first line is the
+    header): never another file of the user's, whatever the name or a symlink says."""
+    from ..artifacts import check_out_apart
+    from ..errors import UsageError
+
+    check_out_apart(config.out, {"run dir": config.run_dir})
+    out = os.path.realpath(config.out)
+    if os.path.isdir(out):
+        raise UsageError(f"--out {config.out!r} is a directory: name a .jsonl file")
+    if not os.path.lexists(out):
+        return
+    if not config.overwrite:
+        raise FileExistsError(f"{config.out!r} exists: choose another --out, or pass --overwrite")
+    header = None
+    if os.path.isfile(out):  # not a FIFO or device, whose read would block or never end
+        try:
+            with open(out, encoding="utf-8") as f:
+                header = json.loads(f.readline())
+        except (OSError, ValueError):
+            pass
+    if not (isinstance(header, dict) and isinstance(header.get("header"), dict)):
+        raise UsageError(f"--out {config.out!r} is not a file that `ivon-lora generate` wrote (no header line): "
+                         "--overwrite replaces only an earlier output of generate; choose another --out")  # fmt: skip
+
+
 def run_generate(config: GenerateConfig) -> list:
     """Generate for `config` (see the module doc); returns the `ivon_lora.generation.Generation`s."""
-    from ..artifacts import atomic_write
+    from ..artifacts import atomic_write, json_line
     from ..errors import UsageError
     from ..generation import check_prompt, generate, render_prompts, uses_chat_template
     from ..modeling import check_fits_context
-    from ..rundir import check_out_apart, describe_run, environment, load_run
+    from ..rundir import describe_run, environment, load_run
 
     # Everything that can be wrong with the options is checked before the model loads.
     described = describe_run(config.run_dir, set(), trust_remote_code=config.trust_remote_code)
@@ -99,11 +125,7 @@ def run_generate(config: GenerateConfig) -> list:
         raise UsageError(f"{config.prompts_file}: 'messages' prompts need the chat template, and --no-chat turns it "
                          "off: drop --no-chat or give 'prompt' texts")  # fmt: skip
     if config.out is not None:
-        check_out_apart(config.out, {"run dir": config.run_dir})
-        if os.path.isdir(config.out):
-            raise UsageError(f"--out {config.out!r} is a directory: name a .jsonl file")
-        if os.path.exists(config.out) and not config.overwrite:
-            raise FileExistsError(f"{config.out!r} exists: choose another --out, or pass --overwrite")
+        _check_out_file(config)
 
     run = load_run(config.run_dir, trust_remote_code=config.trust_remote_code)
     chat = uses_chat_template(run.tokenizer, False if config.no_chat else None)
@@ -134,9 +156,10 @@ def run_generate(config: GenerateConfig) -> list:
         def write(path):
             with open(path, "w", encoding="utf-8") as f:
                 for row in [{"header": header}, *rows]:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.write(json_line(row, ensure_ascii=False))
 
-        os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
-        atomic_write(config.out, write)
+        out = os.path.realpath(config.out)  # a symlinked --out: its target is what was checked and is replaced
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        atomic_write(out, write)
         print(f"wrote {config.out}")
     return generations

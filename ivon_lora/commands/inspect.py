@@ -41,14 +41,12 @@ def inspect_run(
     directory: str, predictions: str | None = None, out: str | None = None, overwrite: bool = False
 ) -> dict:
     """Diagnostics of a run's posterior and (from per-example predictions) predictive: printed, and written to `out`."""
-    from ..artifacts import PREDICTIONS_NAME, check_new_output_dir, staged_output_dir
+    from ..artifacts import PREDICTIONS_NAME, claim_output_dir, staged_output_dir
     from ..diagnostics import diagnose, read_predictions, summary_lines, write_diagnostics
     from ..posterior import Posterior
-    from ..rundir import check_out_apart
 
     if out is not None:
-        check_out_apart(out, {"run dir": directory})
-        check_new_output_dir(out, overwrite)
+        claim_output_dir(out, "inspect", overwrite, {"run dir": directory})
     path = predictions or os.path.join(directory, PREDICTIONS_NAME)
     if predictions is not None and not os.path.isfile(predictions):
         raise FileNotFoundError(f"predictions file {predictions!r} does not exist")
@@ -61,6 +59,6 @@ def inspect_run(
                      "predictions-TASK-ivon.jsonl with --predictions")  # fmt: skip
     print("\n".join(lines))
     if out is not None:
-        with staged_output_dir(out) as staging:
+        with staged_output_dir(out, "inspect") as staging:
             write_diagnostics(staging, diagnostics, os.path.basename(os.path.abspath(directory)))
     return diagnostics

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 
 CONFIG_CLASS = MergeConfig  # the parser's flags and the config that main gets
+# A sweep's output dir (sweep.json, ...) is not a merged run dir: its own command name, so --overwrite tells them apart.
+SWEEP_COMMAND = "merge --sweep"
 
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
@@ -47,19 +49,17 @@ def main(config) -> int:
 
 def run_sweep(config) -> dict:
     """Merge at every weight point by every method, score each on every input's task; write the report."""
-    from ..artifacts import check_new_output_dir, staged_output_dir, write_json_atomic
+    from ..artifacts import claim_output_dir, staged_output_dir, write_json_atomic
     from ..errors import UsageError
     from ..merging.runs import check_inputs, read_input
     from ..merging.sweep import (SWEEP_NAME, SWEEP_PLOT_NAME, SWEEP_TABLE_NAME, AdapterScorer, plot_sweep,
                                  sweep_merges, sweep_table, weight_points)  # fmt: skip
-    from ..rundir import check_out_apart, environment
+    from ..rundir import environment
     from ..tasks import load_split
 
     out = config.out or os.path.join(os.path.dirname(os.path.abspath(config.run_dirs[0])), "merge-sweep")
-    check_out_apart(
-        out, {f"input run {i + 1}": d for i, d in enumerate([*config.run_dirs, *(config.references or [])])}
-    )
-    check_new_output_dir(out, config.overwrite)
+    input_dirs = {f"input run {i + 1}": d for i, d in enumerate([*config.run_dirs, *(config.references or [])])}
+    claim_output_dir(out, SWEEP_COMMAND, config.overwrite, input_dirs)
     inputs = [read_input(directory) for directory in config.run_dirs]
     points = weight_points(len(inputs), config.sweep_values, config.sweep_steps)
     specs = [_spec(config, method) for method in config.method]
@@ -77,7 +77,7 @@ def run_sweep(config) -> dict:
     result = {"inputs": config.run_dirs, "tasks": tasks, "split": config.split, "limit": config.limit,
               "methods": specs, "points": points, "rows": rows, "environment": environment(),
               "protocol": "each adapter at its weights (no samples); accuracy, NLL, ECE with 10 bins"}  # fmt: skip
-    with staged_output_dir(out) as staging:
+    with staged_output_dir(out, SWEEP_COMMAND) as staging:
         write_json_atomic(os.path.join(staging, SWEEP_NAME), result)
         with open(os.path.join(staging, SWEEP_TABLE_NAME), "w") as f:
             f.write(sweep_table(rows, tasks) + "\n")

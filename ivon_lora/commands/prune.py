@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..artifacts import check_new_output_dir, staged_output_dir
+from ..artifacts import claim_output_dir, staged_output_dir
 from ..posterior import Posterior
 from ..config import PruneConfig
 from ._options import build_parser, config_from_options
@@ -40,14 +40,13 @@ def main(config) -> int:
 def prune_run(directory: str, out: str, fraction: float, scope: str = "global", mode: str = "zero",
               criterion: str = "snr", temperature: float = 1.0, overwrite: bool = False) -> Posterior:  # fmt: skip
     """Write a pruned (and optionally tempered) copy of a run's adapter + posterior to `out`; no model needed."""
-    from ..rundir import check_out_apart, copy_run_files
+    from ..rundir import copy_run_files
 
-    check_out_apart(out, {"run dir": directory})
-    check_new_output_dir(out, overwrite)
+    claim_output_dir(out, "prune", overwrite, {"run dir": directory})
     posterior = Posterior.load(directory).at_test_time(
         fraction, temperature, scope=scope, mode=mode, criterion=criterion
     )
-    with staged_output_dir(out) as staging:
+    with staged_output_dir(out, "prune") as staging:
         copy_run_files(directory, staging)
         posterior.save(staging, include_mean=True)
     pruning = posterior.config["pruning"][-1]

@@ -11,7 +11,6 @@ versions) and sensitivity.png. See `ivon_lora.sensitivity`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 
@@ -51,6 +50,7 @@ def config_from(options: argparse.Namespace) -> SensitivityConfig:
 
 def _checked_run(options) -> dict:
     """The run dir as `describe_run` sees it, refused unless it is an IVON multiple-choice run."""
+    from ..artifacts import MERGE_NAME, read_json
     from ..errors import UsageError
     from ..objectives import get_objective
     from ..rundir import describe_run, optimizer_name
@@ -66,6 +66,11 @@ def _checked_run(options) -> dict:
                 "eval RUN --split train` writes every example's probabilities), which misses how much the model "
                 "depends on an example"
             )  # fmt: skip
+        if os.path.isfile(os.path.join(options.run_dir, MERGE_NAME)):
+            method = read_json(os.path.join(options.run_dir, MERGE_NAME)).get("method")
+            raise UsageError(f"{options.run_dir} is a merge (--method {method}), which defines no posterior over the "
+                             "adapter's tensors (only --method posterior --space factor does): score the runs it "
+                             "merged instead")  # fmt: skip
         raise UsageError(f"{options.run_dir} has no posterior (posterior.safetensors is missing): train it with "
                          "optim=ivon")  # fmt: skip
     if recipe is not None and get_objective(recipe.objective).eval_kind != "multiple_choice":
@@ -97,12 +102,13 @@ def run_sensitivity(options) -> dict:
         SENSITIVITY_PLOT_NAME,
         SENSITIVITY_RANKED_NAME,
         SENSITIVITY_SUMMARY_NAME,
-        check_new_output_dir,
+        claim_output_dir,
+        json_line,
         staged_output_dir,
         write_json_atomic,
     )
     from ..errors import UsageError
-    from ..rundir import check_out_apart, environment
+    from ..rundir import environment
     from ..tasks import get_protocol, get_task, load_split
 
     described = _checked_run(options)
@@ -117,8 +123,7 @@ def run_sensitivity(options) -> dict:
     if task.kind != "multiple_choice":
         raise UsageError(f"--task {task_name}: sensitivity needs a multiple-choice task (this one is {task.kind})")
     out = options.out or os.path.join(options.run_dir, f"sensitivity-{options.split}")
-    check_out_apart(out, {"run dir": options.run_dir} if options.out else {})
-    check_new_output_dir(out, options.overwrite)
+    claim_output_dir(out, "sensitivity", options.overwrite, {"run dir": options.run_dir} if options.out else {})
     preset = get_protocol(recipe.run.protocol if recipe else "ivon-lora")
     loaded = load_split(task, options.split, options.file, options.limit, protocol=preset)
     if loaded.num_unlabelled:
@@ -147,17 +152,19 @@ def run_sensitivity(options) -> dict:
                      "seed": options.seed, "ess": posterior.config.get("ess") if options.ess is None else options.ess,
                      "run_ess": run.posterior.config.get("ess"), "batch_size": options.batch_size,
                      "limit": options.limit, "split": options.split, "file": options.file},
+        # A pruned or tempered posterior (`ivon-lora prune`) changes every variance: what the scores were made of.
+        "posterior": {key: run.posterior.config.get(key) for key in ("optimizer", "step", "temperature", "pruning")},
         "protocol": PROTOCOL, "environment": environment(),
     }  # fmt: skip
     if flipped is not None:
         summary["label_flipped"] = sum(flipped.get(i, False) for i in result.ids)
     lines = ranked_lines(result, flipped)
-    with staged_output_dir(out) as staging:
+    with staged_output_dir(out, "sensitivity") as staging:
         with open(os.path.join(staging, SENSITIVITY_EXAMPLES_NAME), "w") as f:
             for row in result.rows():
                 if flipped is not None:
                     row["label_flipped"] = flipped.get(row["id"])
-                f.write(json.dumps(row) + "\n")
+                f.write(json_line(row))
         with open(os.path.join(staging, SENSITIVITY_RANKED_NAME), "w") as f:
             f.write("\n".join(lines) + "\n")
         write_json_atomic(os.path.join(staging, SENSITIVITY_SUMMARY_NAME), summary)

@@ -114,7 +114,7 @@ def _start_output_dir(recipe) -> None:
     import yaml
 
     from ..artifacts import RECIPE_NAME, atomic_write, remove_run_artifacts
-    from ..rundir import environment
+    from ..rundir import environment, environment_text
 
     args = recipe.training
     if args.process_index != 0:
@@ -124,7 +124,7 @@ def _start_output_dir(recipe) -> None:
         removed = remove_run_artifacts(args.output_dir)
         if removed:
             logger.info("overwrite_output_dir: removed the previous run's %s", ", ".join(removed))
-    versions = ", ".join(f"{name} {version}" for name, version in environment().items())
+    versions = environment_text(environment())
     recipe_text = f"# Resolved recipe of this run ({versions}).\n" + yaml.safe_dump(recipe.resolved(), sort_keys=True)
 
     def write_recipe(path):

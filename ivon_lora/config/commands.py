@@ -404,8 +404,7 @@ class MergeConfig(OutputArguments):
         if self.rank is not None:
             _require_at_least("rank", self.rank, 1)
         _require_at_least("sweep_steps", self.sweep_steps, 1)
-        if self.base_precision < 0:
-            raise ValueError(f"base_precision must be >= 0, got {self.base_precision}")
+        _require_in("base_precision", self.base_precision, 0.0, float("inf"))
 
 
 def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import os
 import re
 import types
@@ -193,5 +194,8 @@ def _require_choice(key: str, value, choices) -> None:
 
 
 def _require_in(key: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
+    """`value` in the interval, and finite (an infinite `high` means no upper bound, not that inf is allowed)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value}")
     if not (low <= value if low_inclusive else low < value) or value > high:
         raise ValueError(f"{key} {value} is not in {'[' if low_inclusive else '('}{low}, {high}]")

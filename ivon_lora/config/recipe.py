@@ -235,6 +235,7 @@ def _check_files(recipe: Recipe) -> None:
     output_dir = recipe.training.output_dir
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise RecipeError(f"Recipe key 'output_dir': {output_dir!r} is a file, not a dir: choose another output_dir")
+    _check_starting_point(recipe)
     # Under a multi-process launch only the main process checks and locks: the others would see its first files.
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -249,6 +250,25 @@ def _check_files(recipe: Recipe) -> None:
                 f"output_dir {output_dir!r} exists and is not empty: choose another output_dir, "
                 "or set overwrite_output_dir=true to write into it, or resume_from_checkpoint=... to resume."
             )
+
+
+def _check_starting_point(recipe: Recipe) -> None:
+    """prior_scale scales prior_from's prior (alone it would be recorded and ignored). The run named by prior_from /
+    init_from is read while this run writes output_dir: it must not be output_dir or inside it (an overwrite or a
+    checkpoint rotation would delete it, and the provenance would name itself)."""
+    if recipe.run.prior_scale != 1.0 and recipe.run.prior_from is None:
+        raise RecipeError(f"Recipe key 'prior_scale': {recipe.run.prior_scale} scales the prior of prior_from, which "
+                          "is not set: set prior_from, or leave prior_scale at 1")  # fmt: skip
+    output_dir = os.path.realpath(recipe.training.output_dir)
+    for key in ("prior_from", "init_from"):
+        source = getattr(recipe.run, key)
+        if source is None:
+            continue
+        real = os.path.realpath(source)
+        if real == output_dir or real.startswith(output_dir + os.sep):
+            raise RecipeError(f"Recipe key {key!r}: {source!r} is {'' if real == output_dir else 'inside '}this run's "
+                              "output_dir, which training writes over: copy that run elsewhere first, or choose "
+                              "another output_dir")  # fmt: skip
 
 
 def _check_resume_checkpoint(checkpoint) -> None:

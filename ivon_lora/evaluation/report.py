@@ -6,17 +6,16 @@ the summary ones of the sweep table and the model card.
 
 from __future__ import annotations
 
-import json
 import os
 
-from ..artifacts import predictions_file_name, reliability_plot_name, selective_plot_name
+from ..artifacts import json_line, predictions_file_name, reliability_plot_name, selective_plot_name
 from .metrics import BIN_EDGES, DEFAULT_ECE_BINS, format_metric, metric_value, table_columns
 from .plots import plot_reliability, plot_selective
 
 
 def write_jsonl(path: str, rows) -> None:
     with open(path, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+        f.writelines(json_line(row) for row in rows)
 
 
 def predictives(run_metrics: dict) -> list[tuple[str, dict]]:

@@ -19,6 +19,7 @@ Methods (`METHODS`):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch
 from ..artifacts import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
+    MERGE_NAME,
     MODEL_CARD_NAME,
     RECIPE_NAME,
     read_json,
@@ -44,7 +46,6 @@ logger = logging.getLogger(__name__)
 POSTERIOR_METHODS = MERGE_POSTERIOR_METHODS  # they need each run's posterior
 METHODS = MERGE_METHODS  # POSTERIOR_METHODS, then PEFT_TYPES
 SPACES = MERGE_SPACES
-MERGE_NAME = "merge.json"  # the merged dir's provenance
 
 
 @dataclass
@@ -93,18 +94,45 @@ def read_input(directory: str) -> MergeInput:
     return MergeInput(described["dir"], config, tensors, variance, posterior_config, described["recipe"])
 
 
+def check_weights(method: str, weights: list[float], count: int) -> None:
+    """The weights α of a merge of `count` runs, before any file is read: one per run, finite, not all 0, and >= 0
+    for `uncertainty` and `posterior`, which weigh each run's precision (a negative α has no posterior meaning there
+    and can make the merged precision negative). PEFT's types take a negative α (task negation), with a warning."""
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not a merge method; choose from {', '.join(METHODS)}")
+    if count < 2:
+        raise UsageError("merge needs two or more run dirs")
+    if len(weights) != count:
+        raise UsageError(f"--weights has {len(weights)} values for {count} runs: give one per run")
+    shown = " ".join(f"{w:g}" for w in weights)
+    if not all(math.isfinite(w) for w in weights):
+        raise UsageError(f"--weights {shown}: every weight must be a finite number")
+    if not any(weights):
+        raise UsageError(f"--weights {shown}: all weights are 0, which merges nothing; give each run its weight α")
+    if method in POSTERIOR_METHODS and min(weights) < 0:
+        raise UsageError(f"--weights {shown}: --method {method} weighs each run's posterior precision by its weight, "
+                         "which must be >= 0; to subtract a run's update (task negation) use --method linear")  # fmt: skip
+    if min(weights) < 0:
+        logger.warning("--weights %s: a negative weight subtracts that run's update (task negation)", shown)
+    if max(abs(w) for w in weights) > 1:
+        logger.warning("--weights %s: a weight above 1 extrapolates beyond that run's own update", shown)
+
+
 def check_inputs(
     inputs: list[MergeInput], method: str, space: str, weights: list[float], density: float | None
 ) -> None:
     """Every reason the inputs cannot be merged by `method`, as one line naming both runs, before any model loads."""
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is not a merge method; choose from {', '.join(METHODS)}")
+    check_weights(method, weights, len(inputs))
     if space not in SPACES:
         raise UsageError(f"--space {space!r}: choose from {', '.join(SPACES)}")
-    if len(inputs) < 2:
-        raise UsageError("merge needs two or more run dirs")
-    if len(weights) != len(inputs):
-        raise UsageError(f"--weights has {len(weights)} values for {len(inputs)} runs: give one per run")
+    from ..posterior import adapter_hash
+
+    seen = {}
+    for index, run in enumerate(inputs):
+        twin = seen.setdefault(adapter_hash(run.tensors), index)
+        if twin != index:
+            logger.warning("%s and %s hold the same adapter: the merge counts it twice", inputs[twin].directory,
+                           run.directory)  # fmt: skip
     if method in DENSITY_TYPES and not (density is not None and 0.0 < density <= 1.0):
         raise UsageError(f"--method {method} prunes: give --density in (0, 1] (the fraction of entries kept)")
     first = inputs[0]
@@ -149,6 +177,12 @@ def _merge_entries(method: str, means, variances, weights, base_precision: float
     return product_of_gaussians(means, precisions, weights, prior_precision)
 
 
+def largest_rank(inputs: list[MergeInput]) -> int:
+    """The largest rank a merged adapter of these layers can have: the smallest side of an adapted weight."""
+    return min(min(inputs[0].tensors[factor_keys(path)[0]].shape[1], inputs[0].tensors[factor_keys(path)[1]].shape[0])
+               for path in module_paths(inputs[0].tensors))  # fmt: skip
+
+
 def merge_adapters(inputs: list[MergeInput], method: str, weights: list[float], space: str = "delta",
                    density: float | None = None, rank: int | None = None, base_precision: float = 0.0,
                    seed: int = 0) -> tuple[dict, dict, dict | None]:  # fmt: skip
@@ -168,9 +202,7 @@ def merge_adapters(inputs: list[MergeInput], method: str, weights: list[float], 
             if precision is not None:
                 variance[key] = (1.0 / precision).float()
         return tensors, dict(configs[0]), (variance or None)
-    smallest = min(min(inputs[0].tensors[factor_keys(path)[0]].shape[1], inputs[0].tensors[factor_keys(path)[1]].shape[0])
-                   for path in paths)  # fmt: skip
-    out_rank = min(rank or sum(config["r"] for config in configs), smallest)
+    out_rank = min(rank or sum(config["r"] for config in configs), largest_rank(inputs))
     for path in paths:
         a_key, b_key = factor_keys(path)
         moments = [delta_moments(run.tensors[a_key], run.variance[a_key], run.tensors[b_key], run.variance[b_key],
@@ -234,20 +266,27 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
 
     Everything is checked (and one line names what is wrong) before any tensor is merged or any model loads.
     """
-    from ..artifacts import check_new_output_dir, staged_output_dir
+    from ..artifacts import claim_output_dir, staged_output_dir
     from ..posterior import Posterior, _adapter_settings, adapter_hash
-    from ..rundir import check_out_apart, environment, optimizer_name
+    from ..rundir import environment, optimizer_name
 
     weights = list(weights) if weights is not None else [1.0 / len(directories)] * len(directories)
+    check_weights(method, weights, len(directories))
+    if not math.isfinite(base_precision) or base_precision < 0:
+        raise UsageError(f"--base-precision {base_precision}: must be a finite number >= 0 (large values approach "
+                         "task arithmetic)")  # fmt: skip
     if out is not None:
-        check_out_apart(out, {f"input run {i + 1}": d for i, d in enumerate(directories)})
-        check_new_output_dir(out, overwrite)
+        claim_output_dir(out, "merge", overwrite, {f"input run {i + 1}": d for i, d in enumerate(directories)})
     inputs = [read_input(directory) for directory in directories]
     check_inputs(inputs, method, space, weights, density)
+    if rank is not None and rank > largest_rank(inputs):
+        logger.warning("--rank %d: the adapted layers allow rank %d at most, which the merge uses", rank,
+                       largest_rank(inputs))  # fmt: skip
     logger.info("merging %s by %s, weights %s", " + ".join(run.directory for run in inputs), method, weights)
     start = time.perf_counter()
     tensors, config, variance = merge_adapters(inputs, method, weights, space, density, rank, base_precision, seed)
     seconds = time.perf_counter() - start
+    _check_finite_merge(tensors, variance, method, weights)
     config["target_modules"] = sorted(config["target_modules"])
     provenance = {
         "method": method,
@@ -266,7 +305,7 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
     }  # fmt: skip
     if out is None:
         return provenance
-    with staged_output_dir(out) as staging:
+    with staged_output_dir(out, "merge") as staging:
         _write_merged_files(staging, inputs[0], tensors, config, variance, provenance, out)
         if variance is not None:
             first_config = inputs[0].posterior_config
@@ -281,6 +320,15 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
             Posterior(tensors, variance, posterior_config).save(staging)
     logger.info("wrote %s (%.2f s to merge)", out, seconds)
     return provenance
+
+
+def _check_finite_merge(tensors: dict, variance: dict | None, method: str, weights: list[float]) -> None:
+    """A merge with NaN or inf values is never written (every later command would refuse the dir)."""
+    bad = [key for part in (tensors, variance or {}) for key, value in part.items() if not bool(value.isfinite().all())]
+    if bad:
+        raise UsageError(f"--method {method} with --weights {' '.join(f'{w:g}' for w in weights)} gives NaN or inf "
+                         f"values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: nothing was written; use "
+                         "smaller weights or another method")  # fmt: skip
 
 
 def _write_merged_files(staging: str, first: MergeInput, tensors: dict, config: dict, variance, provenance: dict,

@@ -50,6 +50,7 @@ from collections.abc import Iterator, Sized
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import Trainer
+from transformers.trainer_callback import ExportableState, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from transformers.training_args import ParallelMode
 
@@ -64,6 +65,18 @@ logger = logging.getLogger(__name__)
 def _unwrap_optimizer(optimizer):
     # Accelerate wraps the optimizer in `AcceleratedOptimizer`; the raw one is `.optimizer`.
     return getattr(optimizer, "optimizer", optimizer)
+
+
+class TrainLossTotal(TrainerCallback, ExportableState):
+    """The sum of the training losses so far, kept in every checkpoint's trainer_state.json: a resumed run's
+    `train_loss` is then the mean over all its steps, equal to the uninterrupted run's (the Trainer's own counts only
+    the steps since the resume)."""
+
+    def __init__(self, total: float = 0.0):
+        self.total = total
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"total": self.total}}
 
 
 class IVONTrainerMixin:
@@ -96,6 +109,12 @@ class IVONTrainerMixin:
         self._step_losses: list[torch.Tensor] = []  # the current step's micro-batch (and sample) losses, on device
         self.ivon_prior = prior
         self.ivon_prior_provenance = prior_provenance
+        # The sum of what training_step returns (what the Trainer sums for its loss), in float64 on the device, from
+        # the run's first step: a resume starts it from the checkpoint's TrainLossTotal.
+        self._loss_total: torch.Tensor | None = None
+        self._loss_total_from_start = True
+        self._loss_total_saved = TrainLossTotal()
+        self.add_callback(self._loss_total_saved)
 
     def _uses_ivon(self) -> bool:
         return getattr(self.args, "use_ivon", False)
@@ -248,12 +267,44 @@ class IVONTrainerMixin:
 
     def _save_checkpoint(self, model, trial):
         self._check_finite_weights()  # a checkpoint of NaN weights would be the one a resume picks
+        self._loss_total_saved.total = self._world_loss_total()  # every rank calls this: the reduce is collective
         return super()._save_checkpoint(model, trial)
+
+    def train(self, *args, **kwargs):
+        self._loss_total = None
+        return super().train(*args, **kwargs)
+
+    def _add_to_loss_total(self, loss: torch.Tensor) -> None:
+        if self._loss_total is None:  # the first step of this train(): a resumed state holds the total so far
+            saved = (self.state.stateful_callbacks or {}).get(TrainLossTotal.__name__)
+            resumed = self.state.global_step > 0
+            self._loss_total_from_start = not resumed or saved is not None
+            start = saved["attributes"]["total"] if resumed and saved is not None else 0.0
+            self._loss_total = torch.tensor(start, dtype=torch.float64, device=loss.device)
+        self._loss_total += loss.detach().to(torch.float64)
+
+    def _world_loss_total(self) -> float:
+        """The loss total, averaged over the ranks as the Trainer averages its logged loss."""
+        if self._loss_total is None:
+            return self._loss_total_saved.total
+        if self.args.world_size > 1:
+            return float(self.accelerator.reduce(self._loss_total.clone(), reduction="mean"))
+        return float(self._loss_total)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "train_loss" in logs and self._loss_total is not None:  # the end of train(), on every rank
+            if self._loss_total_from_start:
+                logs["train_loss"] = self._world_loss_total() / max(self.state.global_step, 1)
+            else:
+                logger.warning("train_loss covers only the steps since the resume: the checkpoint was saved by an "
+                               "older ivon-lora, which did not keep the loss of the steps before it")  # fmt: skip
+        return super().log(logs, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self._uses_ivon():
             loss = super().training_step(model, inputs, num_items_in_batch)
             self._step_losses.append(loss.detach())
+            self._add_to_loss_total(loss)
             return loss
         ivon = self.ivon_optimizer
         self._check_ivon_synchronises(ivon, model)
@@ -285,7 +336,9 @@ class IVONTrainerMixin:
         # The Trainer sums the returned losses over the accumulation steps for logging: a token-level loss is
         # already this micro-batch's share of the accumulated batch's, a per-micro-batch mean is not.
         loss = torch.stack(losses).mean()
-        return loss if token_weighted else loss / self.current_gradient_accumulation_steps
+        loss = loss if token_weighted else loss / self.current_gradient_accumulation_steps
+        self._add_to_loss_total(loss)
+        return loss
 
     def _loss_is_normalised_by_batch_items(self, num_items_in_batch) -> bool:
         """Whether the objective's loss is normalised by the accumulated batch's item count (the Trainer's rule).

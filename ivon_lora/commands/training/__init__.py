@@ -52,5 +52,7 @@ class TrainSteps:
 
 def metrics_footer(metrics: dict) -> list[str]:
     """The model card's protocol and environment lines of a run's metrics.json."""
+    from ...rundir import environment_text
+
     return ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in metrics["protocol"].items()) + ".",
-            "", "Measured with " + ", ".join(f"{k} {v}" for k, v in metrics["environment"].items()) + "."]  # fmt: skip
+            "", "Measured with " + environment_text(metrics["environment"]) + "."]  # fmt: skip
