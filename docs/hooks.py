@@ -41,6 +41,12 @@ def study_block(name: str, depth: int = 1, table: bool = True) -> str:
         if not command.startswith("python"):
             command = f"python {command}"
         parts += ["**Command** (from `study.json`):", "", "```bash", command, "```", ""]
+    # A study run in parts (the sensitivity study) records each part's own command.
+    commands = [
+        part["command"] for part in study.get("parts", {}).values() if isinstance(part, dict) and "command" in part
+    ]
+    if commands:
+        parts += ["**The parts' commands** (from `study.json`):", "", "```bash", *dict.fromkeys(commands), "```", ""]
     environment = next((study[key] for key in ENVIRONMENT_KEYS if key in study), None)
     if environment:
         versions = ", ".join(f"{package} {version}" for package, version in environment.items())

@@ -58,8 +58,18 @@ def _values(action: argparse.Action) -> str:
         return "switch"
     if action.choices is not None:
         return " \\| ".join(f"`{choice}`" for choice in action.choices)
-    name = action.metavar or (action.type.__name__ if isinstance(action.type, type) else "VALUE")
+    if action.metavar:
+        name = action.metavar
+    elif isinstance(action.type, type):
+        name = action.type.__name__
+    else:  # no type: a text; a function: a number checked against the field's bounds
+        name = "text" if action.type is None else "number"
     return f"`{name}`" + (" ..." if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction) else "")
+
+
+def _positional(action: argparse.Action) -> str:
+    """A positional's name, its alternatives (RUN_DIR | CONFIG.yaml | key=value) each in code."""
+    return " \\| ".join(f"`{name}`" for name in (action.metavar or action.dest).split(" | "))
 
 
 def cli_page() -> str:
@@ -70,7 +80,7 @@ def cli_page() -> str:
         flags = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
         if positionals:
             lines += ["| positional | help |", "|---|---|"]
-            lines += [f"| `{a.metavar or a.dest}` | {_cell(_help(parser, a))} |" for a in positionals]
+            lines += [f"| {_positional(a)} | {_cell(_help(parser, a))} |" for a in positionals]
             lines.append("")
         if flags:
             lines += ["| flag | value | help |", "|---|---|---|"]
@@ -123,7 +133,8 @@ def recipe_page() -> str:
             lines += ["", f"## {titles.get(cls.__name__, cls.__name__)}", "", "| key | type | default | help |"]
             lines.append("|---|---|---|---|")
         help_text = _cell(field.metadata.get("help", ""))
-        lines.append(f"| `{field.name}` | `{_cell(_type_name(annotation))}` | {_cell(_default(field))} | {help_text} |")
+        kind = _type_name(annotation).replace(" | ", " or ")
+        lines.append(f"| `{field.name}` | `{kind}` | {_cell(_default(field))} | {help_text} |")
     if RENAMED_RECIPE_KEYS:
         lines += ["", "## Renamed keys", "", "Still accepted, with a deprecation warning naming the new key.", ""]
         lines += ["| old key | new key |", "|---|---|"]
