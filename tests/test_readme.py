@@ -78,10 +78,12 @@ def _run(example, replacements, name):
 
 
 def test_the_readmes_ivon_trainer_example_runs(tmp_path, monkeypatch):
-    """The README's IVONTrainer example, verbatim but for the Hub ids (a tiny local model and dataset) and its size."""
+    """The IVONTrainer example (README and Trainer guide alike), verbatim but for the Hub ids (a tiny local model and
+    dataset) and its size."""
     import datasets
 
     (example,) = [b for b in _python_blocks("README.md") if "IVONTrainer(model=" in b]
+    assert example in _python_blocks("docs/guides/trainer.md")
     assert len(example.strip().splitlines()) <= 14
     model_dir = _tiny_qwen(tmp_path)
     rows = [{"quote": f"A quote about {word}.", "author": "someone", "tags": [word]} for word in ("yes", "no", "maybe")]
