@@ -3,7 +3,7 @@
 Implemented from the equations of Shen et al. (2024), https://arxiv.org/abs/2402.17641. Pure torch: this
 module imports nothing else, so the optimizer can be used without any Hugging Face package.
 
-Data parallelism (several processes, each with its own batch; README, Multi-GPU and multi-node). IVON needs, besides
+Data parallelism (several processes, each with its own batch; docs/guides/multi-gpu.md). IVON needs, besides
 the mean gradient, the mean of ``eps * g``, and the two ways to get both right across W ranks are:
 
 * per-rank noise, and the optimizer averages BOTH ``g`` and ``eps * g`` over the ranks itself, with the

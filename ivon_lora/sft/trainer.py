@@ -18,7 +18,7 @@ posterior weighs against the prior is ess x that mean, and the exact Bayesian po
 target tokens in the train set (every token is one term of the likelihood; counting sequences would temper the
 posterior by the mean target length). The default is that count, taken from the tokenized train set (labels
 other than -100, as the loss counts them), raised like every objective's so that the initial posterior std is at
-most 0.032 (README "What ivon_ess means for SFT").
+most 0.032 (docs/guides/sft.md, "What `ivon_ess` means for SFT").
 """
 
 from __future__ import annotations

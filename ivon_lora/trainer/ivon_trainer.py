@@ -1,7 +1,7 @@
 """IVON for the Hugging Face Trainer: `IVONTrainerMixin` and `IVONTrainer` (any objective; see `ivon_lora.choice`).
 
 What changes compared with the Trainer's usual step (IVON: Shen et al., arXiv 2402.17641, Algorithm 1; several
-processes: README, Multi-GPU and multi-node):
+processes: docs/guides/multi-gpu.md):
 
 * every micro-batch is one fresh posterior sample: its forward and backward run inside
   `IVON.sampled_params(train=True)`, which records that sample's gradient and clears `.grad`, so gradient
@@ -161,7 +161,7 @@ class IVONTrainerMixin:
                 clip_radius=args.ivon_clip_radius,
                 rescale_lr=args.ivon_rescale_lr,
                 seed=args.ivon_seed if args.ivon_seed is not None else args.seed,
-                # Per-rank noise, with g and eps*g averaged over the ranks in step() (README, Multi-GPU and multi-node).
+                # Per-rank noise, with g and eps*g averaged over the ranks in step() (docs/guides/multi-gpu.md).
                 data_parallel=self._data_parallel_world_size() > 1,
             )
             if self.ivon_prior is not None:
