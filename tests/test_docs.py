@@ -129,6 +129,11 @@ def test_the_readmes_results_table_is_rendered_from_the_study():
     ivon = study["table"]["IVON, S=10 samples"]["accuracy"]
     half = 4.302652729911275 * ivon["std"] / 3**0.5
     assert f"{ivon['mean'] * 100:.1f} [{(ivon['mean'] - half) * 100:.1f}, {(ivon['mean'] + half) * 100:.1f}]" in table
+    # The prose under it says the intervals of IVON and AdamW overlap: they do.
+    adamw = study["table"]["AdamW"]["accuracy"]
+    adamw_half = 4.302652729911275 * adamw["std"] / 3**0.5
+    assert "the intervals overlap" in _read("README.md")
+    assert ivon["mean"] - half < adamw["mean"] + adamw_half and adamw["mean"] - adamw_half < ivon["mean"] + half
 
 
 def test_the_quickstart_digits_are_seed_0_of_the_study_and_the_spread_its_std():
