@@ -241,3 +241,11 @@ def test_every_readme_section_moved_to_the_docs():
     for page in _pages()[1:]:
         relative = os.path.relpath(os.path.join(ROOT, page), os.path.join(ROOT, "docs"))
         assert relative in nav, f"{page} is not in mkdocs.yml's nav"
+
+
+def test_the_readmes_links_into_the_docs_name_existing_pages():
+    """The README is read on GitHub, outside the strict site build: its links into docs/ are checked here."""
+    links = re.findall(r"\]\(((?:docs|results|constraints)/[^)#]+)(?:#[^)]*)?\)", _read("README.md"))
+    assert len(links) >= 20
+    for link in links:
+        assert os.path.exists(os.path.join(ROOT, link)), f"README links to {link}, which does not exist"
