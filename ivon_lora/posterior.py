@@ -88,7 +88,28 @@ def _adapter_settings(config: dict) -> dict:
 
 @dataclass
 class Posterior:
-    """N(mean, diag(variance)) over the adapter tensors, keyed as in `adapter_model.safetensors`."""
+    """N(mean, diag(variance)) over the adapter tensors, keyed as in `adapter_model.safetensors`.
+
+    A run dir holds it as the PEFT adapter (the mean) and `posterior.safetensors` (the variance, same keys) with
+    `posterior_config.json`; it loads without the optimizer, the Trainer or the base model.
+
+    Example:
+        ```python
+        posterior = Posterior.load("runs/demo")
+        pruned = posterior.prune(0.05).with_temperature(2.0)
+        with pruned.sample(run.model, generator=torch.Generator().manual_seed(0)):
+            ...  # the model holds one posterior sample here
+        ```
+
+    Args:
+        mean: the adapter tensors (the posterior mean), by key.
+        variance: the per-entry variances, by the same keys and shapes.
+        config: `posterior_config.json`'s content: ess, prior precision, step, hyperparameters, LoRA settings, and
+            any pruning or temperature applied.
+
+    Raises:
+        ValueError: `mean` and `variance` do not have the same keys.
+    """
 
     mean: dict[str, torch.Tensor]
     variance: dict[str, torch.Tensor]
@@ -111,7 +132,18 @@ class Posterior:
 
     @classmethod
     def from_optimizer(cls, optimizer, model) -> Posterior:
-        """The posterior held by an `IVON` optimizer over `model`'s adapter (means from the model)."""
+        """The posterior held by an `IVON` optimizer over `model`'s adapter (means from the model).
+
+        Args:
+            optimizer: the `IVON` optimizer that trained the adapter.
+            model: the model whose adapter it optimizes.
+
+        Returns:
+            The posterior: the adapter's weights as the mean, the optimizer's variances, its settings as `config`.
+
+        Raises:
+            ValueError: an adapter parameter is not optimized by `optimizer`.
+        """
         params = [p for group in optimizer.param_groups for p in group["params"]]
         variance_by_param = dict(zip(params, optimizer.posterior_variance()))
         adapter = adapter_parameters(model)
@@ -157,7 +189,18 @@ class Posterior:
     @classmethod
     def load(cls, directory: str) -> Posterior:
         """Read the adapter (mean) and the posterior files of a run or checkpoint dir, checking they belong together:
-        same LoRA settings, the adapter the posterior was saved with (its hash), finite values, variances >= 0."""
+        same LoRA settings, the adapter the posterior was saved with (its hash), finite values, variances >= 0.
+
+        Args:
+            directory: a run, checkpoint or pruned dir.
+
+        Returns:
+            The posterior.
+
+        Raises:
+            FileNotFoundError: the adapter or a posterior file is missing.
+            ivon_lora.errors.RunDirError: the files are damaged or do not belong together (the message says which).
+        """
         recover_final_files(directory)  # a train killed while moving its final files in: finish the move
         check_run_files(directory)
         paths = {
@@ -206,7 +249,15 @@ class Posterior:
             raise RunDirError(f"{directory}: {error}") from error
 
     def save(self, directory: str, include_mean: bool = False) -> None:
-        """Write the posterior files (and, with `include_mean`, the adapter weights), each atomically."""
+        """Write the posterior files (and, with `include_mean`, the adapter weights), each atomically.
+
+        Args:
+            directory: the dir to write into (a run dir: beside the adapter the posterior belongs to).
+            include_mean: also write the mean as the adapter's weights (`adapter_model.safetensors`).
+
+        Raises:
+            FloatingPointError: the posterior holds NaN or inf values (nothing is written).
+        """
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
@@ -230,7 +281,17 @@ class Posterior:
     # ------------------------------------------------------------------ test-time transformations
 
     def with_temperature(self, temperature: float) -> Posterior:
-        """The posterior with variance / temperature (temperature > 1 narrows it, < 1 widens it)."""
+        """The posterior with variance / temperature (temperature > 1 narrows it, < 1 widens it).
+
+        Args:
+            temperature: the divisor of the variance, > 0.
+
+        Returns:
+            A new posterior (this one is unchanged), its `config` recording the temperature.
+
+        Raises:
+            ValueError: `temperature` is not > 0.
+        """
         if not temperature > 0:
             raise ValueError(f"Invalid temperature value: {temperature} (must be > 0)")
         config = copy.deepcopy(self.config)
@@ -238,7 +299,14 @@ class Posterior:
         return Posterior(dict(self.mean), {k: v / temperature for k, v in self.variance.items()}, config)
 
     def prune_scores(self, criterion: str = "snr") -> dict[str, torch.Tensor]:
-        """Per-entry scores; the lowest are pruned first. snr = |m| / sqrt(v); magnitude = |m|; variance = 1/sqrt(v)."""
+        """Per-entry scores; the lowest are pruned first. snr = |m| / sqrt(v); magnitude = |m|; variance = 1/sqrt(v).
+
+        Args:
+            criterion: `snr`, `magnitude` or `variance`.
+
+        Returns:
+            One tensor of scores per key, of the adapter tensor's shape.
+        """
         if criterion not in PRUNE_CRITERIA:
             raise ValueError(f"Invalid criterion value: {criterion!r} (choose from {', '.join(PRUNE_CRITERIA)})")
         scores = {}
@@ -256,6 +324,18 @@ class Posterior:
         scope "global" ranks all entries together, "matrix" prunes `fraction` of each tensor. Mode "zero" sets the
         pruned entries' mean and variance to 0; "denoise" sets only their variance to 0. Ties are broken by
         position, so the result is deterministic.
+
+        Args:
+            fraction: the share of entries to prune, in [0, 1].
+            scope: `global` or `matrix`.
+            mode: `zero` or `denoise`.
+            criterion: the score to rank by (`prune_scores`).
+
+        Returns:
+            A new posterior (this one is unchanged), its `config` recording the pruning.
+
+        Raises:
+            ValueError: a value out of range or not among the choices.
         """
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"Invalid fraction value: {fraction} (must be in [0, 1])")
@@ -291,14 +371,33 @@ class Posterior:
                                "temperature": self.config.get("temperature", 1.0)}}  # fmt: skip
 
     def at_test_time(self, fraction: float = 0.0, temperature: float = 1.0, **prune_options) -> Posterior:
-        """Pruned by `fraction` (see `prune`; recorded even at 0), then with variance / `temperature`."""
+        """Pruned by `fraction` (see `prune`; recorded even at 0), then with variance / `temperature`.
+
+        Args:
+            fraction: the share of entries to prune (`prune`).
+            temperature: the divisor of the variance (`with_temperature`).
+            **prune_options: `scope`, `mode`, `criterion`, as `prune` takes them.
+
+        Returns:
+            The posterior to evaluate.
+        """
         pruned = self.prune(fraction, **prune_options)
         return pruned if temperature == 1.0 else pruned.with_temperature(temperature)
 
     # ------------------------------------------------------------------ applying to a model
 
     def bind(self, model) -> list[tuple[str, torch.nn.Parameter]]:
-        """(key, parameter) pairs of `model`'s adapter; names or shapes that differ from the posterior are an error."""
+        """(key, parameter) pairs of `model`'s adapter; names or shapes that differ from the posterior are an error.
+
+        Args:
+            model: a model holding the adapter (a `peft.PeftModel`).
+
+        Returns:
+            The adapter's parameters, each with its posterior key, in sorted key order.
+
+        Raises:
+            ValueError: the model's adapter tensors differ from the posterior's in name or shape.
+        """
         params = adapter_parameters(model)
         missing, unexpected = sorted(set(params) - set(self.mean)), sorted(set(self.mean) - set(params))
         if missing or unexpected:
@@ -313,7 +412,11 @@ class Posterior:
     @torch.no_grad()
     def apply_mean(self, model) -> None:
         """Load the posterior mean into `model`'s adapter for good (e.g. to save a pruned adapter); to evaluate at the
-        mean, use `holding_mean`, which gives the model its weights back."""
+        mean, use `holding_mean`, which gives the model its weights back.
+
+        Args:
+            model: a model holding the adapter.
+        """
         for key, p in self.bind(model):
             p.copy_(self.mean[key])
 
@@ -322,7 +425,14 @@ class Posterior:
         """Hold this posterior's mean (e.g. after pruning) in `model`'s adapter; the weights it held before return on
         exit, also on error. The contract of every entry point that writes weights into a caller's model (`predict`,
         `teacher_forced`, the lm-eval model, and `sample` / `PosteriorSampler.sample` for samples): the model is
-        left bitwise as it was."""
+        left bitwise as it was.
+
+        Args:
+            model: a model holding the adapter.
+
+        Yields:
+            The model, holding the mean.
+        """
         pairs = self.bind(model)
         with torch.no_grad():
             saved = [p.detach().clone() for _, p in pairs]
@@ -336,7 +446,16 @@ class Posterior:
                     p.copy_(value)
 
     def sampler(self, model, generator: torch.Generator | None = None, seed: int | None = None) -> PosteriorSampler:
-        """A `PosteriorSampler` bound to `model`'s adapter: draw many samples cheaply (see there)."""
+        """A `PosteriorSampler` bound to `model`'s adapter: draw many samples cheaply (see there).
+
+        Args:
+            model: a model holding the adapter.
+            generator: the noise's generator; or
+            seed: the seed of a fresh generator on the adapter's device (neither: the global RNG).
+
+        Returns:
+            The sampler; its `sample()` holds one sample in the model, `draw(S)` returns S without touching it.
+        """
         return PosteriorSampler(self, model, generator=generator, seed=seed)
 
     @contextmanager
@@ -344,6 +463,13 @@ class Posterior:
         """Hold one sample mean + sqrt(variance) * z in `model`'s adapter; its previous weights return after.
 
         For many samples, build one `sampler` and call its `sample()`: this binds and caches afresh every call.
+
+        Args:
+            model: a model holding the adapter.
+            generator: the noise's generator (None: the global RNG).
+
+        Yields:
+            The model, holding the sample.
         """
         with self.sampler(model, generator=generator).sample():
             yield model

@@ -9,7 +9,7 @@ For each label-noise level of the training split (0: clean; 0.15: wordfacts' own
    the grid below, 4 by default; seed 0, the full run length
    N = epochs x steps per epoch), by the lowest validation NLL of the method's reported predictive at the last
    checkpoint (AdamW: its weights; IVON: the S-sample predictive). The grids, from the recipes' settings and sized
-   to N as the README's "Settings for your run length" says (IVON's step is lr x clip per entry, so lr scales by
+   to N as docs/guides/run-length.md says (IVON's step is lr x clip per entry, so lr scales by
    the recipe's max_steps / N; the Hessian's memory 1/(1 - beta2) is set to about N):
    - AdamW: (lr, weight decay) = (lr0, 0), (lr0 / 3, 0), (3 lr0, 0), (lr0, 0.1);
    - IVON: (lr, ess, beta2) = (lr_N, ess0, b_N), (lr_N / 2, ess0, b_N), (lr_N, 10 ess0, b_N), (lr_N, ess0, b_10N),

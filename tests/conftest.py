@@ -14,7 +14,7 @@ from ivon_lora.builtin import BUILTIN_MODELS, build_tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
 # Fixtures that train a model end to end (or launch processes that do): a test using one, directly or through
-# another fixture, is marked `slow`, so `pytest -m "not slow"` is the fast subset (see README, Tests).
+# another fixture, is marked `slow`, so `pytest -m "not slow"` is the fast subset (see docs/contributing.md).
 TRAINING_FIXTURES = {"run_dir", "adamw_run_dir", "sft_run", "sft_runs", "launch"}
 
 

@@ -96,7 +96,7 @@ def test_ivon_trains_lora_over_a_quantized_base_on_cpu(
     assert posterior.config["step"] == 2 and set(posterior.mean) == set(posterior.variance)
 
     # An eval-mode no-grad forward (evaluation during training) must not cut the gradients of the next step: the
-    # avx512_bf16 repacking trap of bitsandbytes' CPU 4-bit path (README, Recipes and the CLI: quantized bases on CPU).
+    # avx512_bf16 repacking trap of bitsandbytes' CPU 4-bit path (docs/guides/qlora.md: quantized bases on CPU).
     batch = ChoiceCollator(tokenizer)(_rows(synthetic_examples["validation"][:4]))
     model.eval()
     with torch.no_grad():

@@ -279,7 +279,7 @@ def test_the_validation_loss_scores_every_document_when_training_ends_on_an_epoc
 @pytest.mark.parametrize("max_grad_norm, equal", [(1e9, True), (1e-3, False)])
 def test_accumulation_equals_one_big_batch_exactly_while_no_sample_is_clipped(max_grad_norm, equal, tmp_path, llama3,
                                                                                same_noise):  # fmt: skip
-    """The README's statement: 4 x 2 gives the update of 1 x 8 while max_grad_norm clips no sample's gradient
+    """The Trainer guide's statement: 4 x 2 gives the update of 1 x 8 while max_grad_norm clips no sample's gradient
     (0 or above every per-sample norm); each micro-batch's sample is clipped alone, so a clipping step differs."""
     rows = _conversations()
     full = _trainer(tmp_path / "full", llama3, rows, per_device_train_batch_size=8, max_grad_norm=max_grad_norm)

@@ -1,11 +1,15 @@
-"""The README's result tables quote the committed results, and the study scripts' bookkeeping keeps them.
+"""The studies' tables are what their scripts render from the committed results, and the docs show those tables.
 
 The studies themselves are scripts (hours on 2 cores), not tests; what is checked here is the chain a reader
-follows: README row -> study.md -> study.json, and the training-length study's merge of regimes run in
-different invocations (nothing lost, nothing mixed).
+follows: a study page of the docs -> its `<!-- study: NAME -->` marker, which the docs build replaces with study.md
+(docs/hooks.py) -> study.md, equal to what the study's script renders from study.json; and the training-length
+study's merge of regimes run in different invocations (nothing lost, nothing mixed). The numbers quoted in prose are
+checked in tests/test_docs.py.
 """
 
+import argparse
 import functools
+import glob
 import importlib.util
 import json
 import os
@@ -31,36 +35,61 @@ def _read(*parts):
         return f.read()
 
 
-def _rows(markdown):
-    return [line for line in markdown.splitlines()[2:] if line.startswith("|")]
+def _study_pages(marker):
+    """The docs pages holding `<!-- study: NAME -->` (or `<!-- study-source: NAME -->`), by NAME."""
+    pages = {}
+    for page in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True):
+        for name in re.findall(rf"^<!-- {marker}: ([\w./-]+) -->$", _read(page), re.M):
+            pages.setdefault(name, []).append(os.path.relpath(page, ROOT))
+    return pages
 
 
-def _numbers(row):
-    return re.findall(r"\d+\.\d+", row)
+def test_every_study_has_a_page_showing_its_committed_results():
+    shown = {**_study_pages("study"), **_study_pages("study-source")}
+    studies = {os.path.relpath(os.path.dirname(path), os.path.join(ROOT, "results"))
+               for path in glob.glob(os.path.join(ROOT, "results", "**", "study.json"), recursive=True)}  # fmt: skip
+    assert studies and studies <= set(shown), f"no docs page shows {sorted(studies - set(shown))}"
 
 
 @pytest.mark.parametrize("study", CALIBRATION_STUDIES)
-def test_calibration_tables_in_the_readme_are_the_committed_study(study):
+def test_calibration_tables_are_the_committed_study_and_on_its_page(study):
     calibration = _script("study_calibration")
     result = json.loads(_read("results", study, "study.json"))
     table = _read("results", study, "study.md")
     assert table == calibration.markdown(result["table"])
     # The table is the mean and std of the per-seed rows the JSON also holds.
     assert json.loads(json.dumps(calibration.summarise(result))) == result["table"]
-    readme = _read("README.md")
-    for row in _rows(table):
-        assert _numbers(row) and row in readme, f"{study}: README lacks {row}"
+    assert study in _study_pages("study")
 
 
-def test_training_length_table_in_the_readme_is_the_committed_study():
+def test_the_other_studies_tables_are_what_their_scripts_render_from_study_json():
+    merge = json.loads(_read("results", "merge-smollm2", "study.json"))
+    expected = f"Command: `flock /tmp/ivon-study.lock {merge['command']}`\n{_script('study_merge').table(merge)}\n"
+    assert _read("results", "merge-smollm2", "study.md") == expected
+
+    continual = json.loads(_read("results", "continual-smollm2", "study.json"))
+    options = argparse.Namespace(**continual["settings"])
+    expected = _script("study_continual").markdown(continual["summary"], options, options.seeds)
+    assert _read("results", "continual-smollm2", "study.md") == expected
+
+    selective = json.loads(_read("results", "sft-wordqa-smollm2", "study", "study.json"))
+    expected = _script("study_selective_generation").markdown(selective["summary"], selective["seeds"])
+    assert _read("results", "sft-wordqa-smollm2", "study", "study.md") == expected
+
+    report = _script("study_sensitivity_report")
+    sensitivity = json.loads(_read("results", "sensitivity-smollm2", "study.json"))
+    assert _read("results", "sensitivity-smollm2", "study.md").endswith(report.tables(sensitivity["parts"]))
+    for study in ("continual-smollm2", "sft-wordqa-smollm2/study"):
+        assert study in _study_pages("study")
+
+
+def test_training_length_table_is_the_committed_study_and_on_its_page():
     training_length = _script("study_training_length")
     path = os.path.join(ROOT, "results", "training-length-smollm2", "study.json")
     result = json.loads(_read(path))
     table = _read("results", "training-length-smollm2", "study.md")
     assert table == training_length.final_table(result["curves"])
-    section = _read("README.md").split("### Calibration over training length", 1)[1].split("\n## ", 1)[0]
-    readme_rows = [row for row in _rows(section.split("| train labels |", 1)[1]) if _numbers(row)]
-    assert [_numbers(row) for row in readme_rows] == [_numbers(row) for row in _rows(table)]
+    assert "training-length-smollm2" in _study_pages("study")
     # And the curves are what the per-checkpoint numbers aggregate to.
     kept = training_length.earlier_regimes(path, result, [])
     per_seed = {regime: numbers["checkpoints"] for regime, numbers in kept.items()}

@@ -1,6 +1,6 @@
 """Every user error is exit status 2 and one line `ivon-lora CMD: ...`, before any model loads where the input alone
-is wrong: one table, each row a case as a user meets it on the command line. The README's "Errors and guarantees"
-list names the same cases (`test_the_readme_lists_exactly_the_cases_of_the_table` keeps the two in step)."""
+is wrong: one table, each row a case as a user meets it on the command line. The docs' "Errors and guarantees" page
+(docs/errors.md) lists the same cases (`test_the_docs_list_exactly_the_cases_of_the_table` keeps the two in step)."""
 
 import json
 import os
@@ -16,7 +16,7 @@ from ivon_lora import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
-README = os.path.join(ROOT, "README.md")
+ERRORS_PAGE = os.path.join(ROOT, "docs", "errors.md")
 
 
 def _file(path, text):
@@ -94,7 +94,7 @@ def _train(tmp, *overrides, recipe=DEMO):
     return ["train", recipe, f"output_dir={tmp / 'out'}", *overrides]
 
 
-# id -> (argv from (run_dir, tmp), a fragment of the one line). The id is what the README's list names.
+# id -> (argv from (run_dir, tmp), a fragment of the one line). The id is what the errors page's list names.
 CASES = {
     "recipe-key-not-text": (
         lambda r, t: [
@@ -473,9 +473,9 @@ def test_every_user_error_is_exit_2_with_one_line(case, run_dir, tmp_path, monke
         assert sorted(os.listdir(tmp_path / "repo")) == [".git", "code.py"]
 
 
-def test_the_readme_lists_exactly_the_cases_of_the_table():
-    text = open(README, encoding="utf-8").read()
-    section = text.split("## Errors and guarantees", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_list_exactly_the_cases_of_the_table():
+    text = open(ERRORS_PAGE, encoding="utf-8").read()
+    section = text.split("# Errors and guarantees", 1)[1].split("\n## ", 1)[0]
     heads = [line.split(":", 1)[0] for line in section.splitlines() if line.startswith("- `")]
     listed = [case for head in heads for case in re.findall(r"`([a-z0-9-]+)`", head)]
     assert sorted(listed) == sorted(CASES)

@@ -3,7 +3,7 @@
 Implemented from the equations of Shen et al. (2024), https://arxiv.org/abs/2402.17641. Pure torch: this
 module imports nothing else, so the optimizer can be used without any Hugging Face package.
 
-Data parallelism (several processes, each with its own batch; README, Multi-GPU and multi-node). IVON needs, besides
+Data parallelism (several processes, each with its own batch; docs/guides/multi-gpu.md). IVON needs, besides
 the mean gradient, the mean of ``eps * g``, and the two ways to get both right across W ranks are:
 
 * per-rank noise, and the optimizer averages BOTH ``g`` and ``eps * g`` over the ranks itself, with the
@@ -350,6 +350,17 @@ class IVON(Optimizer):
         ``mean = m_A`` and ``precision = ess_A * (h_A + wd_A) / ess``: continual learning (see the note on priors).
         Both tensors are copied into the parameter's state (its dtype and device) and travel in ``state_dict``.
         The parameter's group must have ``mean_weight_decay=None``.
+
+        Args:
+            param (Tensor): one of the optimizer's parameters.
+            mean (Tensor): the prior mean m0, of ``param``'s shape.
+            precision (Tensor): the prior precision p0 per entry, of ``param``'s shape, finite and >= 0, on the
+                scale of ``weight_decay``.
+
+        Raises:
+            ValueError: ``param`` is not optimized here; ``mean`` or ``precision`` is not a tensor, has another
+                shape or holds NaN or inf; ``precision`` is negative; or the parameter's group sets
+                ``mean_weight_decay``.
         """
         found = [(i, g) for i, g in enumerate(self.param_groups) if any(p is param for p in g["params"])]
         if not found:
@@ -394,7 +405,11 @@ class IVON(Optimizer):
 
     @property
     def data_parallel_world_size(self) -> int:
-        """How many data-parallel processes ``step()`` averages the recorded samples over (1: none)."""
+        """How many data-parallel processes ``step()`` averages the recorded samples over (1: none).
+
+        Returns:
+            int: the world size of the data-parallel group, or 1 without data parallelism.
+        """
         dp = self._data_parallel_state()
         return dp.world_size if dp is not None else 1
 
@@ -402,7 +417,11 @@ class IVON(Optimizer):
 
     @property
     def num_pending_samples(self) -> int:
-        """Samples recorded by ``sampled_params(train=True)`` since the last ``step()``."""
+        """Samples recorded by ``sampled_params(train=True)`` since the last ``step()``.
+
+        Returns:
+            int: the number of samples the next ``step()`` averages on this process.
+        """
         return self._sampling_state.num_pending_samples
 
     @torch.no_grad()
@@ -411,6 +430,9 @@ class IVON(Optimizer):
 
         In the order of the parameters in ``param_groups``, each with its group's ``ess`` and ``weight_decay``, or,
         for a parameter with a prior (``set_prior``), its prior precision in place of ``weight_decay``.
+
+        Returns:
+            list[Tensor]: one tensor of variances per parameter, of its shape, dtype and device.
         """
         variances = []
         for group in self.param_groups:
@@ -447,6 +469,12 @@ class IVON(Optimizer):
         as it is.
 
         With ``train=False`` (evaluation with posterior samples) nothing is recorded.
+
+        Args:
+            train (bool, optional): record the gradient at exit for the next ``step()`` (default: False).
+
+        Yields:
+            None: the parameters hold the sample inside the context, their means again after it.
         """
         sampling = self._sampling_state
         if sampling.active:
@@ -582,6 +610,14 @@ class IVON(Optimizer):
                 any gradient. It is run ``mc_samples`` times (the same in every param group), each time
                 inside ``sampled_params(train=True)``, and the mean of its returned losses is returned.
                 Without a closure, the samples must have been recorded with ``sampled_params(train=True)``.
+
+        Returns:
+            The mean of the closure's losses, or None without a closure.
+
+        Raises:
+            RuntimeError: called inside ``sampled_params()``; no sample was recorded since the last step (without
+                a closure); or the data-parallel ranks recorded different numbers of samples.
+            ValueError: a closure is given and the param groups have different ``mc_samples``.
         """
         if self._sampling_state.active:
             raise RuntimeError(
@@ -831,6 +867,27 @@ def ivon(
     the prior N(m0, diag(1 / (ess * p0))): p0 replaces ``weight_decay`` in the Hessian estimate and the precision,
     the decay term of the mean update is p0 * (m - m0), and ``mean_weight_decay`` must be None. ``weight_decay``
     then only enters the learning-rate rescaling.
+
+    Args:
+        params: the means m, updated in place.
+        grad_sums: per parameter, the sum over the samples of the gradient g (scratch space).
+        nxg_sums: per parameter, the sum over the samples of eps * g (scratch space).
+        momentums: the momentums, updated in place.
+        hessians: the Hessian estimates h, updated in place.
+        state_steps: scalar step counters, incremented in place.
+        foreach: use the foreach (multi-tensor) kernel; None chooses by device, as ``IVON`` does.
+        num_samples: how many samples the sums are over.
+        lr: the learning rate of the group.
+        ess: the effective sample size.
+        hess_init: the initial Hessian estimate (for ``rescale_lr``).
+        beta1: the momentum coefficient.
+        beta2: the Hessian averaging coefficient.
+        weight_decay: the prior precision (without priors).
+        mean_weight_decay: the decay of the mean update only, or None.
+        clip_radius: the element-wise bound on the preconditioned update.
+        rescale_lr: multiply ``lr`` by ``hess_init + weight_decay``.
+        prior_means: per parameter, the prior mean m0; with ``prior_precisions``, or None.
+        prior_precisions: per parameter, the prior precision p0; with ``prior_means``, or None.
     """
     if num_samples < 1:
         raise ValueError(f"Invalid num_samples value: {num_samples}")

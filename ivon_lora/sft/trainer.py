@@ -18,7 +18,7 @@ posterior weighs against the prior is ess x that mean, and the exact Bayesian po
 target tokens in the train set (every token is one term of the likelihood; counting sequences would temper the
 posterior by the mean target length). The default is that count, taken from the tokenized train set (labels
 other than -100, as the loss counts them), raised like every objective's so that the initial posterior std is at
-most 0.032 (README "What ivon_ess means for SFT").
+most 0.032 (docs/guides/sft.md, "What `ivon_ess` means for SFT").
 """
 
 from __future__ import annotations
@@ -40,17 +40,55 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
 @dataclass
 class IVONSFTConfig(IVONTrainingArguments, SFTConfig):
-    """TRL's `SFTConfig` plus IVON's hyperparameters (`IVONTrainingArguments`); `optim` defaults to 'ivon'."""
+    """TRL's `SFTConfig` plus IVON's hyperparameters (`IVONTrainingArguments`); `optim` defaults to 'ivon'.
+
+    Every `trl.SFTConfig` field (`max_length`, `packing`, `assistant_only_loss`, `completion_only_loss`, ...) and
+    every IVON field of `IVONTrainingArguments` is accepted, with the same meaning. `ivon_ess`'s default is the
+    number of target tokens of the tokenized train set (see the module's doc), with the same floor as every
+    objective; `ivon_eval_mc_samples` = S adds the S-sample predictive's validation loss and perplexity to every
+    evaluation.
+
+    Example:
+        ```python
+        args = IVONSFTConfig(output_dir="out", learning_rate=0.2, ivon_clip_radius=1e-3, max_steps=2000, bf16=True)
+        ```
+    """
 
 
 class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
     """TRL's `SFTTrainer` training with IVON (or, with `optim` != 'ivon', the optimizer named), see the module doc.
-    `args=None` gives `IVONSFTConfig`'s defaults."""
+    `args=None` gives `IVONSFTConfig`'s defaults.
+
+    Example:
+        ```python
+        trainer = IVONSFTTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=IVONSFTConfig(output_dir="out"),
+                                 train_dataset=dataset, peft_config=LoraConfig(r=16, target_modules="all-linear"))
+        trainer.train()
+        trainer.save_model()  # adapter + posterior.safetensors + posterior_config.json
+        ```
+
+    Args:
+        model: a model id, a local model dir or a model, as `trl.SFTTrainer` takes it.
+        args: an `IVONSFTConfig` (a plain `SFTConfig` is refused: it would train with AdamW); None gives its defaults.
+        *more: `trl.SFTTrainer`'s further positional arguments.
+        prior: a previous run's `Posterior` as IVON's prior (continual finetuning).
+        prior_provenance: what to record about the prior's run in the saved posterior.
+        **kwargs: `trl.SFTTrainer`'s keyword arguments (`train_dataset`, `eval_dataset`, `peft_config`,
+            `processing_class`, ...).
+
+    Raises:
+        TypeError: `args` is not an `IVONSFTConfig` (or another class inheriting `IVONTrainingArguments`).
+    """
 
     default_args_class = IVONSFTConfig
 
     def likelihood_size(self) -> int:
-        """The number of target tokens in the tokenized train set: the terms the token-level loss averages over."""
+        """The number of target tokens in the tokenized train set: the terms the token-level loss averages over.
+
+        Returns:
+            The count of labels other than -100 (each document's first token excluded); for a train set without
+            labels, its number of rows.
+        """
         dataset = self.train_dataset
         if not isinstance(dataset, Sized) or "labels" not in (dataset.column_names or []):
             return super().likelihood_size()  # no length: its error; no labels (skip_prepare_dataset): rows
@@ -61,6 +99,15 @@ class IVONSFTTrainer(IVONTrainerMixin, SFTTrainer):
 
         The samples come from a generator of their own seeded by `seed`, as in `posterior_sample_outputs`: evaluating
         never moves the optimizer's noise stream.
+
+        Args:
+            eval_dataset: the evaluation set, as in `evaluate`.
+            num_samples: S, the posterior samples.
+            ignore_keys: unused (the signature is the mixin's hook).
+            metric_key_prefix: unused (the mixin prefixes the names).
+
+        Returns:
+            The sampled predictive's `loss`, `perplexity` and `expected_loss` (a single sample's), by name.
         """
         batches = self.evaluation_batches(eval_dataset)
         model = self.accelerator.unwrap_model(self.model)

@@ -35,7 +35,34 @@ def default_ess(num_train_examples: int, hess_init: float, weight_decay: float) 
 
 @dataclass
 class IVONTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus IVON's hyperparameters. `weight_decay` is IVON's prior precision."""
+    """`TrainingArguments` plus IVON's hyperparameters. `weight_decay` is IVON's prior precision.
+
+    Every other `transformers.TrainingArguments` field keeps its meaning. Each field's help (the recipe reference
+    lists them) says more; the IVON optimizer's own arguments are documented on `ivon_lora.IVON`.
+
+    Args:
+        optim: `'ivon'` (IVON over the trainable parameters) or any transformers optimizer name, e.g.
+            `'adamw_torch'`, which trains the usual baseline with the same code.
+        learning_rate: unset, 0.03 (IVON-LoRA's) with `optim='ivon'`, else the base config's default. IVON's
+            learning rate is not AdamW's: scale it to the run length (the "Settings for your run length" guide).
+        ivon_ess: the effective sample size, which sets the posterior's width `1/sqrt(ess * (h + weight_decay))`;
+            None: the train set size, raised so that the initial std is at most 0.032.
+        ivon_hess_init: the initial Hessian estimate h0.
+        ivon_beta1: the gradient momentum coefficient.
+        ivon_beta2: the Hessian estimate's averaging coefficient, below 1.
+        ivon_clip_radius: the element-wise clip of the preconditioned update (inf: none).
+        ivon_rescale_lr: multiply the learning rate by `hess_init + weight_decay`.
+        ivon_mean_weight_decay: a weight decay on the mean update only; None: `weight_decay`.
+        ivon_seed: the seed of IVON's noise generators; None: `seed`.
+        ivon_eval_mc_samples: S, the posterior samples of each Trainer evaluation's sampled predictive (logged as
+            `eval_sampled_*`); 0: the posterior mean only.
+        train_mc_samples: posterior samples (forward and backward passes) per micro-batch.
+        ivon_loo_eval: also log the leave-one-out NLL estimated from the train set at each evaluation.
+
+    Raises:
+        ValueError: a hyperparameter out of its range (the message names the field and echoes the value), fp16
+            with IVON, or `ivon_loo_eval` without IVON.
+    """
 
     optim: str = field(
         default=IVON_OPTIM,

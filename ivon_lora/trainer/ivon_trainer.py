@@ -1,7 +1,7 @@
 """IVON for the Hugging Face Trainer: `IVONTrainerMixin` and `IVONTrainer` (any objective; see `ivon_lora.choice`).
 
 What changes compared with the Trainer's usual step (IVON: Shen et al., arXiv 2402.17641, Algorithm 1; several
-processes: README, Multi-GPU and multi-node):
+processes: docs/guides/multi-gpu.md):
 
 * every micro-batch is one fresh posterior sample: its forward and backward run inside
   `IVON.sampled_params(train=True)`, which records that sample's gradient and clears `.grad`, so gradient
@@ -85,6 +85,19 @@ class IVONTrainerMixin:
     Needs `IVONTrainingArguments` (or a config class inheriting it, e.g. `class MyConfig(IVONTrainingArguments,
     SFTConfig)`); `args=None` gives IVON's defaults. With `args.optim != 'ivon'` every hook falls through to the
     base class.
+
+    Args:
+        model: the model to train, usually a `peft.PeftModel`: IVON optimizes its trainable parameters (the adapter).
+        args: an `IVONTrainingArguments` (or a class inheriting it); None gives `default_args_class`'s defaults.
+        *more: the base Trainer's further positional arguments (data collator, datasets, ...).
+        prior: a previous run's `Posterior`, made IVON's prior for the adapter (continual finetuning); needs
+            `optim='ivon'`. The adapter's starting weights are the caller's to set.
+        prior_provenance: what to record about the prior's run in every saved `posterior_config.json`.
+        **kwargs: the base Trainer's keyword arguments (`train_dataset`, `eval_dataset`, `data_collator`, ...).
+
+    Raises:
+        TypeError: `args` is not an `IVONTrainingArguments` (a plain `TrainingArguments` would train with AdamW).
+        ValueError: a `prior` with an optimizer other than IVON.
     """
 
     # The config `args=None` gives (its defaults); a trainer whose base needs a config of its own (TRL's SFTTrainer
@@ -167,7 +180,7 @@ class IVONTrainerMixin:
                 clip_radius=args.ivon_clip_radius,
                 rescale_lr=args.ivon_rescale_lr,
                 seed=args.ivon_seed if args.ivon_seed is not None else args.seed,
-                # Per-rank noise, with g and eps*g averaged over the ranks in step() (README, Multi-GPU and multi-node).
+                # Per-rank noise, with g and eps*g averaged over the ranks in step() (docs/guides/multi-gpu.md).
                 data_parallel=self._data_parallel_world_size() > 1,
             )
             if self.ivon_prior is not None:
@@ -189,7 +202,14 @@ class IVONTrainerMixin:
 
     def likelihood_size(self) -> int:
         """How many terms the training loss averages over (ivon_ess's default, before its floor): the number of
-        training examples here; an objective whose loss averages over something else (tokens) overrides it."""
+        training examples here; an objective whose loss averages over something else (tokens) overrides it.
+
+        Returns:
+            The number of training examples.
+
+        Raises:
+            ValueError: the train dataset has no length (set `ivon_ess` instead).
+        """
         if not isinstance(self.train_dataset, Sized):
             raise ValueError(
                 f"ivon_ess is not set, and its default, the train set size, is unknown: the train dataset "
@@ -375,6 +395,15 @@ class IVONTrainerMixin:
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The usual evaluation (at the posterior mean), plus, with `ivon_eval_mc_samples` = S > 0, the objective's
         metrics of the S-sample predictive as `{prefix}_sampled_*` (`sampled_evaluation_metrics`).
+
+        Args:
+            eval_dataset: the dataset (or dict of datasets) to evaluate; None is the Trainer's `eval_dataset`.
+            ignore_keys: output keys to ignore, as in `transformers.Trainer.evaluate`.
+            metric_key_prefix: the prefix of the metric names.
+
+        Returns:
+            The metrics, as `transformers.Trainer.evaluate` returns them, with the sampled ones (and, with
+            `ivon_loo_eval`, `{prefix}_loo_nll`) added.
         """
         with_loo = getattr(self.args, "ivon_loo_eval", False) and self.ivon_optimizer is not None
         if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
@@ -427,6 +456,15 @@ class IVONTrainerMixin:
         The samples come from a generator of their own, seeded by `seed`, so evaluating never moves the
         optimizer's noise stream (training and resume stay as without evaluation), and every rank of a
         data-parallel run draws the same sample for its shard. `compute_metrics` is not called per sample.
+
+        Args:
+            eval_dataset: the dataset to evaluate.
+            num_samples: S, the posterior samples.
+            ignore_keys: output keys to ignore, as in `transformers.Trainer.evaluate`.
+            metric_key_prefix: the prefix of the metric names.
+
+        Yields:
+            One `EvalLoopOutput` per posterior sample, the model holding that sample while it is computed.
         """
         model = self.accelerator.unwrap_model(self.model)
         # Bound once: mean and std stay cached on the adapter's device between samples.
@@ -445,6 +483,16 @@ class IVONTrainerMixin:
             self.compute_metrics = compute_metrics
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the model as the base Trainer does (the PEFT adapter: the posterior mean) and, with IVON, the
+        posterior next to it: `posterior.safetensors` (the variances) and `posterior_config.json`.
+
+        Args:
+            output_dir: where to save; None is `args.output_dir`.
+            _internal_call: the base Trainer's flag for its own calls (checkpoints).
+
+        Raises:
+            ivon_lora.errors.TrainingDivergedError: a trained weight is NaN or inf (nothing is written).
+        """
         self._check_finite_weights()
         super().save_model(output_dir, _internal_call)
         ivon = self.ivon_optimizer
@@ -459,4 +507,21 @@ class IVONTrainerMixin:
 
 
 class IVONTrainer(IVONTrainerMixin, Trainer):
-    """`transformers.Trainer` training with IVON (see `IVONTrainerMixin`); `args` defaults to IVON defaults."""
+    """`transformers.Trainer` training with IVON (see `IVONTrainerMixin`); `args` defaults to IVON defaults.
+
+    Example:
+        ```python
+        args = IVONTrainingArguments(output_dir="out", learning_rate=0.03, ivon_ess=1e6, max_steps=10_000)
+        trainer = IVONTrainer(model=peft_model, args=args, train_dataset=dataset, data_collator=collator)
+        trainer.train()
+        trainer.save_model()  # the adapter, posterior.safetensors and posterior_config.json
+        ```
+
+    Args:
+        model: the model to train, usually a `peft.PeftModel`.
+        args: an `IVONTrainingArguments`; None gives IVON's defaults.
+        *more: `transformers.Trainer`'s further positional arguments.
+        prior: a previous run's `Posterior` as IVON's prior (continual finetuning).
+        prior_provenance: what to record about the prior's run in the saved posterior.
+        **kwargs: `transformers.Trainer`'s keyword arguments (`train_dataset`, `data_collator`, ...).
+    """

@@ -1,0 +1,139 @@
+"""Study numbers in the README and the docs, held to the committed results under results/.
+
+`results_table` renders the README's results table from a calibration study's study.json (means with 95% confidence
+intervals over the seeds). `unbacked_numbers` lists the numbers of a page that its declared sources do not hold: a
+page names the JSON files it quotes in a `<!-- numbers: results/... -->` line (`FILE.json#key/key` for a part of
+one), and every decimal number in its prose and tables (code blocks and inline code aside) must be one of their
+values as the page rounds it (x1 or x100, for percentages), or a number of the committed study.md next to one of
+them (the tests hold each study.md equal to what its script renders from study.json). A summary names the pages it
+quotes instead (`studies/continual.md`): its numbers must be shown there, where they are checked in turn. A page's
+numbers that are not results (a paper's, a setting) are listed after `not-results:` on that line. `tests/test_docs.py` runs the check on the README and every docs page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The 97.5% quantile of Student's t with n - 1 degrees of freedom, for the studies' n seeds.
+T_975 = {2: 12.706204736174698, 3: 4.302652729911275, 4: 3.182446305284263, 5: 2.7764451051977934}
+README_STUDY = "wordfacts_clean-smollm2"
+README_METHODS = ("AdamW", "AdamW + temperature scaling", "Deep ensemble (M=3 AdamW seeds)", "IVON, S=10 samples")
+README_COLUMNS = (("accuracy", "accuracy (%)", 100, 1), ("nll", "NLL", 1, 3), ("ece_10", "ECE, 10 bins (%)", 100, 1))
+# A decimal number, not part of a version (0.4.13), a name (Llama-3.2-1B, Qwen2.5) or a size with its unit (0.5B).
+NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z]-)\d+\.\d+(?!\.?\d)(?![A-Za-z])")
+DECLARATION = re.compile(r"^<!-- numbers: (.*?) -->$", re.S | re.M)
+
+
+def results_table(study: dict, methods=README_METHODS) -> str:
+    """The README's table: each method's test mean and 95% t-interval over the study's seeds (none for a method
+    scored once over all seeds, the ensemble)."""
+    seeds = len(study["per_seed"])
+    lines = ["| method | " + " | ".join(title for _, title, _, _ in README_COLUMNS) + " |"]
+    lines.append("|---" * (len(README_COLUMNS) + 1) + "|")
+    for method in methods:
+        cells = []
+        for key, _, scale, digits in README_COLUMNS:
+            mean, std = study["table"][method][key]["mean"] * scale, study["table"][method][key]["std"]
+            if std is None:
+                cells.append(f"{mean:.{digits}f}")
+                continue
+            half = T_975[seeds] * std * scale / math.sqrt(seeds)
+            cells.append(f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _prose(markdown: str) -> str:
+    """The text a reader sees as numbers: no fenced code, no inline code, no link targets, no HTML comments."""
+    markdown = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    markdown = re.sub(r"<!--.*?-->", "", markdown, flags=re.S)
+    markdown = re.sub(r"`[^`\n]*`", "", markdown)
+    markdown = re.sub(r"arXiv:? ?\d+\.\d+", "", markdown, flags=re.I)
+    return re.sub(r"\]\([^)]*\)", "]", markdown)
+
+
+def _values(node, out: set) -> set:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _values(key, out)
+            _values(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _values(value, out)
+    elif isinstance(node, bool):
+        pass
+    elif isinstance(node, (int, float)):
+        if abs(node) < 1e12:  # larger is no quoted number (nor an infinity)
+            out.add(float(node))
+    elif isinstance(node, str):  # numbers inside texts: a command's flags, a chosen setting
+        out |= {float(text) for text in re.findall(r"\d+(?:\.\d+)?", node)}
+    return out
+
+
+def declared(markdown: str) -> tuple[list[str], set[str]]:
+    """The JSON files a page declares it quotes, and the numbers it declares are not results."""
+    match = DECLARATION.search(markdown)
+    if match is None:
+        return [], set()
+    text, _, settings = match.group(1).partition("not-results:")
+    return text.split(), set(settings.split())
+
+
+def _shown(values: set, digits: int) -> set[str]:
+    shown = set()
+    for value in values:
+        for scale in (1, 100):
+            for rounded in (round(value * scale, digits), math.floor(value * scale * 10**digits + 0.5) / 10**digits):
+                shown.add(f"{abs(rounded):.{digits}f}")
+    return shown
+
+
+def _load(source: str):
+    """The values a source holds: `results/.../X.json` (all of it) or `X.json#key/key` (that part of it)."""
+    path, _, keys = source.partition("#")
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        node = json.load(f)
+    for key in filter(None, keys.split("/")):
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    return node
+
+
+def page_numbers(path: str) -> set[str]:
+    """The numbers a docs page shows: its prose and tables, and the tables of the studies its markers include."""
+    with open(path, encoding="utf-8") as f:
+        markdown = f.read()
+    numbers = set(NUMBER.findall(_prose(markdown)))
+    for name in re.findall(r"^<!-- study: ([\w./-]+) -->$", markdown, re.M):
+        with open(os.path.join(ROOT, "results", name, "study.md"), encoding="utf-8") as f:
+            numbers |= set(NUMBER.findall(f.read()))
+    return numbers
+
+
+def unbacked_numbers(markdown: str, where: str = ROOT) -> list[str]:
+    """The decimal numbers of `markdown` that its declared sources do not hold (see the module's docstring).
+    `where`: the page's folder, against which a source that is another page (a .md path) is read."""
+    sources, settings = declared(markdown)
+    values, exact = set(), set()
+    for source in sources:
+        if source.endswith(".md"):  # a summary quotes the pages it links, each checked against its own sources
+            exact |= page_numbers(os.path.join(where, source))
+            continue
+        _values(_load(source), values)
+        study_md = os.path.join(ROOT, os.path.dirname(source.partition("#")[0]), "study.md")
+        if os.path.isfile(study_md):
+            with open(study_md, encoding="utf-8") as f:
+                exact |= set(NUMBER.findall(f.read()))
+    shown_by_digits = {}
+    unbacked = []
+    for number in NUMBER.findall(_prose(markdown)):
+        digits = len(number.split(".")[1])
+        if digits not in shown_by_digits:
+            shown_by_digits[digits] = _shown(values, digits)
+        if number in exact or number in shown_by_digits[digits] or number in settings:
+            continue
+        unbacked.append(number)
+    return unbacked
