@@ -1,6 +1,6 @@
 """The words that configs, parsers and the code behind them share: ECE bin counts, pruning scopes,
 modes, criteria and fractions, sweep selection criteria, sample kinds, answer scorings, decoding modes, merge
-methods and spaces.
+methods and spaces, curvature methods.
 
 A leaf (it imports nothing from the package), so that `config` and `rundir` validate a value without importing the
 evaluation or trainer code that acts on it; that code imports its vocabulary from here too, so there is one list.
@@ -10,6 +10,10 @@ from __future__ import annotations
 
 # ECE bin counts reported when none are given (the IVON-LoRA protocol's 10 and BLoB's 15).
 DEFAULT_ECE_BINS = (10, 15)
+
+# How `ivon-lora refine` (`ivon_lora.curvature`) measures the curvature at the mean: the exact diagonal GGN, the
+# Fisher with labels drawn from the model, IVON's own (Price) estimator.
+CURVATURE_METHODS = ("ggn", "fisher", "ivon")
 
 # Test-time pruning of the posterior (`Posterior.prune`): what entries are ranked within, what pruning does to an
 # entry, and the score it ranks by (|m|/sqrt(v), |m|, 1/sqrt(v)).

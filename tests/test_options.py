@@ -57,7 +57,7 @@ def _commands_with_a_config() -> dict[str, tuple[argparse.ArgumentParser, type]]
     found = {name: (subparsers.choices[name], cli._command(name).CONFIG_CLASS) for name in COMMANDS
              if hasattr(cli._command(name), "CONFIG_CLASS")}  # fmt: skip
     # train reads a recipe (its keys: --help-keys), lm-eval passes lm-eval's own arguments on.
-    assert set(found) == {"eval", "prune", "export", "inspect", "generate", "sensitivity", "merge"}
+    assert set(found) == {"eval", "prune", "export", "inspect", "generate", "sensitivity", "merge", "refine"}
     return found
 
 
@@ -71,7 +71,9 @@ def _expected_help(field: dataclasses.Field) -> str:
     return help_text if default is None or "default" in help_text else f"{help_text} (default {default})"
 
 
-@pytest.mark.parametrize("command", ["eval", "prune", "export", "inspect", "generate", "sensitivity", "merge"])
+@pytest.mark.parametrize(
+    "command", ["eval", "prune", "export", "inspect", "generate", "sensitivity", "merge", "refine"]
+)
 def test_each_field_is_exactly_one_flag_with_the_fields_help_and_each_flag_a_field(command):
     parser, config_class = _commands_with_a_config()[command]
     flags = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
@@ -90,7 +92,9 @@ def test_each_field_is_exactly_one_flag_with_the_fields_help_and_each_flag_a_fie
     assert sorted(a.dest for a in flags) == sorted(f.name for f in fields if "positional" not in f.metadata)
 
 
-@pytest.mark.parametrize("command", ["eval", "prune", "export", "inspect", "generate", "sensitivity", "merge"])
+@pytest.mark.parametrize(
+    "command", ["eval", "prune", "export", "inspect", "generate", "sensitivity", "merge", "refine"]
+)
 def test_no_flag_given_means_no_option_set(command):
     parser, _ = _commands_with_a_config()[command]
     assert {k: v for k, v in vars(parser.parse_args(["RUN"])).items() if v is not None} == {"inputs": ["RUN"]}

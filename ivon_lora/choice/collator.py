@@ -63,3 +63,13 @@ def count_truncated(tokenizer, examples, max_length: int | None, what: str) -> i
                        "instruction and the answer cue are kept); raise max_length to keep them whole",
                        what, count, len(examples), max_length)  # fmt: skip
     return count
+
+
+def length_sorted_batches(tokenizer, examples, batch_size: int, max_length: int | None = None):
+    """(collated batches, order): `examples` (formatted, labelled `ChoiceExample`s) sorted by prompt length, as
+    evaluation batches them; `order[j]` is the index in `examples` of the j-th example in batch order."""
+    collator = ChoiceCollator(tokenizer, max_length)
+    lengths = [len(ids) for ids in tokenizer([e.prompt for e in examples])["input_ids"]]
+    order = sorted(range(len(examples)), key=lambda i: lengths[i])
+    rows = [{"prompt": examples[i].prompt, "answers": examples[i].answers, "gold": examples[i].gold} for i in order]
+    return [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)], order

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..sensitivity import DEFAULT_SAMPLES, VARIANCE_ESTIMATORS, Sensitivity, exact_variances, sampled_variances
-from .collator import ChoiceCollator
+from .collator import length_sorted_batches
 from .logits import choice_logits
 
 
@@ -66,11 +66,7 @@ def choice_sensitivity(model, tokenizer, examples, posterior, variance: str = "e
     if unlabelled:
         raise ValueError(f"{len(unlabelled)} examples have no label (e.g. {unlabelled[0]!r}): the sensitivity needs "
                          "the training label of every example")  # fmt: skip
-    collator = ChoiceCollator(tokenizer, max_length)
-    lengths = [len(ids) for ids in tokenizer([e.prompt for e in examples])["input_ids"]]
-    order = sorted(range(len(examples)), key=lambda i: lengths[i])
-    rows = [{"prompt": examples[i].prompt, "answers": examples[i].answers, "gold": examples[i].gold} for i in order]
-    batches = [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    batches, order = length_sorted_batches(tokenizer, examples, batch_size, max_length)
     result = batches_sensitivity(model, posterior, batches, [examples[i].id for i in order], variance, num_samples,
                                  seed, progress)  # fmt: skip
     unsort = torch.empty(len(order), dtype=torch.long)

@@ -7,7 +7,7 @@ Command modules import the heavy packages (transformers, peft, torch models) ins
 the parser (`ivon-lora --help`) imports none of them.
 """
 
-COMMANDS = ("train", "eval", "prune", "export", "inspect", "generate", "lm-eval", "sensitivity", "merge")
+COMMANDS = ("train", "eval", "prune", "export", "inspect", "generate", "lm-eval", "sensitivity", "merge", "refine")
 
 
 def module_name(command: str) -> str:

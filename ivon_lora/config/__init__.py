@@ -29,6 +29,7 @@ from .commands import (
     MergeConfig,
     OutputArguments,
     PruneConfig,
+    RefineConfig,
     SensitivityConfig,
     load_command_config,
 )
@@ -46,7 +47,7 @@ from .recipe import (
 __all__ = [
     "COMMAND_LINE", "RENAMED_RECIPE_KEYS", "WEIGHT_SUFFIXES", "DataArguments", "EvalConfig", "ExportConfig",
     "GenerateConfig", "InspectConfig", "MergeConfig", "ModelArguments", "OutputArguments", "PruneConfig", "Recipe",
-    "RecipeError", "RunArguments", "SFTDataArguments", "SensitivityConfig", "argument_classes", "check_local_model_dir",
-    "check_values", "describe_keys", "load_command_config", "load_recipe", "parse_overrides", "parse_values",
-    "read_yaml",
+    "RecipeError", "RefineConfig", "RunArguments", "SFTDataArguments", "SensitivityConfig", "argument_classes",
+    "check_local_model_dir", "check_values", "describe_keys", "load_command_config", "load_recipe", "parse_overrides",
+    "parse_values", "read_yaml",
 ]  # fmt: skip

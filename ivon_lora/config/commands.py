@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..vocabulary import (
+    CURVATURE_METHODS,
     DECODING_MODES,
     DEFAULT_ECE_BINS,
     DEFAULT_PRUNE_FRACTIONS,
@@ -337,6 +338,53 @@ class SensitivityConfig(OutputArguments):
             _require_at_least("limit", self.limit, 1)
         if self.ess is not None:
             _require_in("ess", self.ess, 0.0, float("inf"), low_inclusive=False)
+
+
+@dataclass
+class RefineConfig(OutputArguments):
+    """The options of `ivon-lora refine` (from a YAML file, key=value and flags, like eval's)."""
+
+    run_dir: str | None = field(
+        default=None, metadata={"help": "IVON run or checkpoint dir of a multiple-choice task", "positional": "RUN_DIR"}
+    )
+    method: str = field(
+        default="ggn",
+        metadata={
+            "help": "ggn: the exact diagonal GGN (Fisher over the K labels); fisher: --samples labels drawn from the "
+            "model per example; ivon: IVON's own estimator over --samples antithetic posterior samples per batch",
+            "choices": CURVATURE_METHODS,
+        },
+    )
+    samples: int = field(default=8, metadata={"help": "labels (fisher) or antithetic sample pairs (ivon) per example"})
+    split: str = field(default="train", metadata={"help": "split of the run's task the curvature is measured on"})
+    file: str | None = field(
+        default=None, metadata={"help": "local json/jsonl/parquet/csv records (file or dir) of --split"}
+    )
+    task: str | None = field(default=None, metadata={"help": "task name (default: the run's dataset)"})
+    ess: float | None = field(
+        default=None,
+        metadata={"help": "the precision's scale ess·(h + δ), e.g. the train set size N (default: the run's ess)"},
+    )
+    prior_precision: float | None = field(
+        default=None,
+        metadata={"help": "δ, the prior precision per example (default: the run's weight_decay, else its hess_init)"},
+    )
+    batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    seed: int = field(default=0, metadata={"help": "seed of the drawn labels or posterior samples"})
+
+    def __post_init__(self):
+        for key in ("run_dir", "out"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{key} is required")
+        _require_choice("method", self.method, CURVATURE_METHODS)
+        _require_at_least("samples", self.samples, 1)
+        _require_at_least("batch_size", self.batch_size, 1)
+        if self.limit is not None:
+            _require_at_least("limit", self.limit, 1)
+        for key in ("ess", "prior_precision"):
+            if getattr(self, key) is not None:
+                _require_in(key, getattr(self, key), 0.0, float("inf"), low_inclusive=False)
 
 
 @dataclass

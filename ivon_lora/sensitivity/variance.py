@@ -14,97 +14,22 @@ Two estimators, each over pre-collated batches and any `outputs(model, batch) ->
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
+
+from ..per_example import PerExampleLinearGrads, linear_owners, requires_grad
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@contextmanager
-def _adapter_requires_grad(parameters):
-    """Adapter tensors need grad for the backward passes (a run loaded for inference has them frozen)."""
-    previous = [p.requires_grad for p in parameters]
-    try:
-        for p in parameters:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, flag in zip(parameters, previous):
-            p.requires_grad_(flag)
-
-
-def _linear_owners(model, bound: dict[str, torch.nn.Parameter]):
-    """{id(param): (module, "weight" | "bias")} for the adapter tensors owned by an nn.Linear."""
-    owners = {}
-    wanted = {id(p) for p in bound.values()}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            for role in ("weight", "bias"):
-                p = getattr(module, role, None)
-                if p is not None and id(p) in wanted:
-                    owners[id(p)] = (module, role)
-    return owners
-
-
-class _PerExampleLinearGrads:
-    """Hooks on nn.Linear modules that keep each call's input (forward) and output gradient (each backward), and turn
-    them into every example's squared weight/bias gradient, weighted by the posterior variance and summed."""
-
-    def __init__(self, modules: dict[torch.nn.Module, dict[str, torch.Tensor]]):
-        self.modules = modules  # module -> {"weight": variance, "bias": variance} (only the adapter's roles)
-        self.inputs: dict[torch.nn.Module, list[torch.Tensor]] = {}
-        self.grads: dict[torch.nn.Module, dict[int, torch.Tensor]] = {}
-        self.handles = []
-
-    def __enter__(self):
-        for module in self.modules:
-            self.handles.append(module.register_forward_hook(self._forward))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-
-    def _forward(self, module, inputs, output):
-        calls = self.inputs.setdefault(module, [])
-        index = len(calls)
-        calls.append(inputs[0].detach())
-
-        def keep(grad, module=module, index=index):
-            self.grads.setdefault(module, {})[index] = grad.detach()
-
-        output.register_hook(keep)
-
-    def weighted_square_norms(self, num_examples: int) -> torch.Tensor:
-        """sum over adapter entries of variance x (per-example gradient)^2, for the last backward: [B] float64."""
-        total = torch.zeros(num_examples, dtype=torch.float64, device=next(iter(self.modules)).weight.device)
-        for module, roles in self.modules.items():
-            grads = self.grads.get(module, {})
-            weight_grad = bias_grad = None
-            for index, x in enumerate(self.inputs.get(module, [])):
-                if index not in grads:
-                    continue  # no gradient reached this call
-                g = grads[index].reshape(num_examples, -1, grads[index].shape[-1]).double()
-                x = x.reshape(num_examples, -1, x.shape[-1]).double()
-                if "weight" in roles:
-                    term = torch.einsum("bto,bti->boi", g, x)
-                    weight_grad = term if weight_grad is None else weight_grad + term
-                if "bias" in roles:
-                    term = g.sum(dim=1)
-                    bias_grad = term if bias_grad is None else bias_grad + term
-            if weight_grad is not None:
-                total += (weight_grad.square() * roles["weight"].double()).sum(dim=(1, 2))
-            if bias_grad is not None:
-                total += (bias_grad.square() * roles["bias"].double()).sum(dim=1)
-        self.grads.clear()
-        return total
-
-    def reset(self):
-        self.inputs.clear()
-        self.grads.clear()
+def _weighted_square_norms(hooks: PerExampleLinearGrads, modules: dict, num_examples: int) -> torch.Tensor:
+    """Σ over adapter entries of variance x (per-example gradient)², for the last backward: [B] float64."""
+    total = torch.zeros(num_examples, dtype=torch.float64, device=next(iter(modules)).weight.device)
+    for module, grads in hooks.grads(num_examples).items():
+        for role, variance in modules[module].items():
+            total += (grads[role].square() * variance.double()).flatten(1).sum(dim=1)
+    return total
 
 
 def exact_variances(model, posterior, batches, outputs, progress=None) -> torch.Tensor:
@@ -116,7 +41,7 @@ def exact_variances(model, posterior, batches, outputs, progress=None) -> torch.
     bound = dict(posterior.bind(model))
     device = _device(model)
     variance = {key: posterior.variance[key].to(device) for key in bound}
-    owners = _linear_owners(model, bound)
+    owners = linear_owners(model, bound)
     params = list(bound.values())
     looped = [key for key, p in bound.items() if id(p) not in owners]
     modules: dict[torch.nn.Module, dict[str, torch.Tensor]] = {}
@@ -125,7 +50,7 @@ def exact_variances(model, posterior, batches, outputs, progress=None) -> torch.
             module, role = owners[id(p)]
             modules.setdefault(module, {})[role] = variance[key]
     chunks = []
-    with _adapter_requires_grad(params), torch.enable_grad():
+    with requires_grad(params), torch.enable_grad():
         for batch in batches:
             if progress is not None:
                 progress.update()
@@ -138,7 +63,7 @@ def exact_variances(model, posterior, batches, outputs, progress=None) -> torch.
 
 
 def _hooked_variances(model, batch, outputs, modules, params) -> torch.Tensor:
-    with _PerExampleLinearGrads(modules) as hooks:
+    with PerExampleLinearGrads(modules) as hooks:
         values = outputs(model, batch)
         size, columns = values.shape
         result = torch.zeros(size, columns, dtype=torch.float64, device=values.device)
@@ -148,7 +73,7 @@ def _hooked_variances(model, batch, outputs, modules, params) -> torch.Tensor:
                 continue
             column = values[:, k].masked_fill(~present[:, k], 0.0).sum()
             torch.autograd.grad(column, params, retain_graph=k < columns - 1, allow_unused=True)
-            result[:, k] = hooks.weighted_square_norms(size)
+            result[:, k] = _weighted_square_norms(hooks, modules, size)
     return result.masked_fill(~present, 0.0).cpu()
 
 

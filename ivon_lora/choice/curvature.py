@@ -1,0 +1,40 @@
+"""The curvature of the multiple-choice objective at the posterior mean (`ivon_lora.curvature` on its K answer
+logits and its training loss, the cross-entropy over them)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..curvature import diagonal_fisher, price_hessian
+from ..vocabulary import CURVATURE_METHODS
+from .collator import length_sorted_batches
+from .logits import choice_logits
+
+
+def _choice_loss(model, batch):
+    return F.cross_entropy(choice_logits(model, batch).float(), batch["labels"])
+
+
+def choice_curvature(model, tokenizer, examples, posterior, method: str = "ggn", samples: int = 1,
+                     batch_size: int = 16, max_length: int | None = None, seed: int = 0,
+                     progress: bool = False) -> dict:  # fmt: skip
+    """The diagonal curvature per adapter entry at the posterior mean over `examples` (formatted, labelled
+    `ChoiceExample`s), on the scale of IVON's h (per example): `ggn` exact, `fisher` with `samples` labels drawn
+    from the model per example, `ivon` IVON's Price estimator with `samples` antithetic pairs per batch. The model's
+    adapter is left as it was."""
+    if method not in CURVATURE_METHODS:
+        raise ValueError(f"Invalid method value: {method!r} (choose from {', '.join(CURVATURE_METHODS)})")
+    if not examples:
+        raise ValueError("No examples to measure the curvature on")
+    unlabelled = [e.id for e in examples if e.gold < 0]
+    if unlabelled:
+        raise ValueError(f"{len(unlabelled)} examples have no label (e.g. {unlabelled[0]!r}): the curvature of the "
+                         "training loss needs every example's label")  # fmt: skip
+    batches, _ = length_sorted_batches(tokenizer, examples, batch_size, max_length)
+    with tqdm(total=len(batches), desc=f"curvature ({method})", unit="batch", leave=False, disable=not progress) as bar:
+        with posterior.holding_mean(model):
+            if method == "ivon":
+                return price_hessian(model, posterior, batches, _choice_loss, samples, seed, progress=bar)
+            return diagonal_fisher(model, posterior, batches, choice_logits, None if method == "ggn" else samples,
+                                   seed, progress=bar)  # fmt: skip

@@ -1,0 +1,131 @@
+"""`ivon-lora refine`: an IVON run's posterior with its precision re-estimated at the mean from the train split.
+
+The mean (the adapter) is kept bitwise; the precision becomes ess·(h + δ), h the diagonal curvature of the average
+training loss measured at the mean (`ivon_lora.curvature`): `ggn` exact (the Fisher with the K labels weighted by
+the model's probabilities), `fisher` with --samples labels drawn from the model, `ivon` IVON's own Price estimator
+averaged over --samples antithetic posterior samples per batch. δ is the run's prior precision (weight_decay), or its
+hess_init where it trained without one (what IVON's h holds where no data reached it). The output is a run dir that
+`eval`, `sensitivity`, `merge`, `inspect` and `prior_from` use as they use the run's own, its posterior_config.json
+recording the method, the data and the scale under "refine".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ..config import RefineConfig
+from ._options import build_parser, config_from_options
+
+logger = logging.getLogger(__name__)
+
+CONFIG_CLASS = RefineConfig  # the parser's flags and the config that main gets
+
+
+def make_parser(subparsers) -> argparse.ArgumentParser:
+    return build_parser(
+        subparsers, "refine",
+        help="Re-estimate an IVON run's posterior precision at its mean from the train split (GGN, sampled Fisher or "
+             "IVON's own estimator); the mean is kept.",
+        description="Writes a run dir (the same adapter, posterior.safetensors with the new variances, "
+                    "posterior_config.json recording the method, data and scale, recipe, tokenizer) to --out. "
+                    "Options also come from a YAML CONFIG and key=value.",
+        config_class=CONFIG_CLASS,
+    )  # fmt: skip
+
+
+def config_from(options: argparse.Namespace) -> RefineConfig:
+    return config_from_options(options, CONFIG_CLASS, "refine")
+
+
+def main(config: RefineConfig) -> int:
+    refine_run(config)
+    return 0
+
+
+def _prior_precision(config: RefineConfig, posterior_config: dict, run_dir: str) -> float:
+    """--prior-precision, else the run's weight_decay, else its hess_init."""
+    from ..errors import UsageError
+
+    if config.prior_precision is not None:
+        return config.prior_precision
+    decay = posterior_config.get("weight_decay")
+    if decay:
+        return float(decay)
+    hess_init = posterior_config.get("hyperparameters", {}).get("hess_init")
+    if not hess_init:
+        raise UsageError(f"{run_dir} records neither a weight_decay nor a hess_init for the prior: pass "
+                         "--prior-precision")  # fmt: skip
+    return float(hess_init)
+
+
+def refine_run(config: RefineConfig):
+    """Refine the posterior of `config.run_dir` into `config.out`; returns the refined `Posterior`."""
+    from ..artifacts import MERGE_NAME, POSTERIOR_CONFIG_NAME, claim_output_dir, read_json, staged_output_dir
+    from ..errors import UsageError
+    from ..objectives import get_objective
+    from ..posterior import adapter_hash
+    from ..rundir import copy_run_files, describe_run, optimizer_name
+    from ..tasks import get_protocol, get_task, load_split
+
+    described = describe_run(config.run_dir, set())
+    recipe = described["recipe"]
+    if not described["has_posterior"]:
+        if os.path.isfile(os.path.join(config.run_dir, MERGE_NAME)):
+            raise UsageError(f"{config.run_dir} is a merge without a posterior: refine keeps a posterior's mean and "
+                             "re-estimates its precision; refine the runs it merged")  # fmt: skip
+        optimizer = optimizer_name(recipe) if recipe else "unknown"
+        raise UsageError(f"{config.run_dir} was trained with {optimizer}, not IVON: it has no posterior (ess, prior) "
+                         "whose precision refine could re-estimate")  # fmt: skip
+    posterior_config = read_json(os.path.join(config.run_dir, POSTERIOR_CONFIG_NAME))
+    if posterior_config.get("pruning") or posterior_config.get("temperature") not in (None, 1.0):
+        raise UsageError(f"{config.run_dir} holds a pruned or tempered posterior: refine the run it was derived from")
+    if recipe is not None and get_objective(recipe.objective).eval_kind != "multiple_choice":
+        raise UsageError(f"{config.run_dir} is an objective: {recipe.objective} run: refine measures the curvature "
+                         "of the multiple-choice objective")  # fmt: skip
+    ess = config.ess if config.ess is not None else posterior_config.get("ess")
+    if not ess:
+        raise UsageError(f"{config.run_dir} records one ess per parameter group: pass --ess")
+    prior_precision = _prior_precision(config, posterior_config, config.run_dir)
+    task_name = config.task or (recipe.data.dataset if recipe else None)
+    if task_name is None:
+        raise UsageError(f"{config.run_dir} has no recipe.yaml naming its task: pass --task")
+    try:
+        task = get_task(task_name)
+    except KeyError as error:
+        raise UsageError(f"--task: {error.args[0]}") from None
+    if task.kind != "multiple_choice":
+        raise UsageError(f"--task {task_name}: refine needs a multiple-choice task (this one is {task.kind})")
+    claim_output_dir(config.out, "refine", config.overwrite, {"run dir": config.run_dir})
+    preset = get_protocol(recipe.run.protocol if recipe else "ivon-lora")
+    loaded = load_split(task, config.split, config.file, config.limit, protocol=preset)
+    if loaded.num_unlabelled:
+        raise UsageError(f"{task_name} {config.split}: {loaded.num_unlabelled} of {len(loaded.examples)} examples have "
+                         "no label; the curvature of the training loss needs labelled examples (use the train split)")  # fmt: skip
+    if not loaded.examples:
+        raise UsageError(f"{task_name} {config.split}: no examples to measure the curvature on")
+
+    from ..choice import format_examples
+    from ..choice.curvature import choice_curvature
+    from ..curvature import refined
+    from ..rundir import environment, load_run
+
+    run = load_run(described["dir"])
+    examples = format_examples(loaded.examples, tokenizer=run.tokenizer, model_args=run.model_args)
+    curvature = choice_curvature(run.model, run.tokenizer, examples, run.posterior, method=config.method,
+                                 samples=config.samples, batch_size=config.batch_size,
+                                 max_length=getattr(run.recipe.data, "max_length", None) if run.recipe else None,
+                                 seed=config.seed, progress=True)  # fmt: skip
+    record = {"method": config.method, "samples": config.samples if config.method != "ggn" else None,
+              "seed": config.seed if config.method != "ggn" else None, "task": task_name, "split": config.split,
+              "file": config.file, "limit": config.limit, "examples": len(examples),
+              "source": {"run_dir": described["dir"], "adapter_sha256": adapter_hash(run.posterior.mean)},
+              "environment": environment()}  # fmt: skip
+    result = refined(run.posterior, curvature, float(ess), prior_precision, record)
+    with staged_output_dir(config.out, "refine") as staging:
+        copy_run_files(described["dir"], staging)
+        result.save(staging, include_mean=True)
+    logger.info("refined the posterior of %s by %s on %d %s examples -> %s", config.run_dir, config.method,
+                len(examples), config.split, config.out)  # fmt: skip
+    return result
