@@ -49,7 +49,9 @@ def study_block(name: str, depth: int = 1, table: bool = True) -> str:
         parts += ["**The parts' commands** (from `study.json`):", "", "```bash", *dict.fromkeys(commands), "```", ""]
     environment = next((study[key] for key in ENVIRONMENT_KEYS if key in study), None)
     if environment:
-        versions = ", ".join(f"{package} {version}" for package, version in environment.items())
+        versions = ", ".join(f"{package} {version}" for package, version in environment.items() if package != "cpu")
+        cpu = environment.get("cpu")
+        versions += f", CPU {cpu['capability']} ({cpu['threads']} torch threads)" if isinstance(cpu, dict) else ""
         threads = f"; {study['threads']} torch threads" if "threads" in study else ""
         parts += [f"**Environment** (from `study.json`): {versions}{threads}.", ""]
     if table:

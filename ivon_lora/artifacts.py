@@ -328,13 +328,11 @@ def _listing(directory: str, most: int = 5) -> str:
     return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown}"
 
 
-def check_replaceable(path: str, command: str) -> None:
-    """Raise unless the output of `ivon-lora COMMAND` may take the place of `path`: absent, an empty dir, or a dir
-    holding COMMAND's marker, and never a protected dir (`protected_reason`)."""
+def check_placeable(path: str, command: str) -> None:
+    """Raise if the output dir of `ivon-lora COMMAND` may never go at `path`: an existing file, or a protected dir
+    (`protected_reason`)."""
     real = os.path.realpath(path)
-    if not os.path.lexists(real):
-        return
-    if not os.path.isdir(real):
+    if os.path.lexists(real) and not os.path.isdir(real):
         raise UsageError(
             f"--out {path!r} is a file, not a dir: choose a new dir for the output of `ivon-lora {command}`"
         )
@@ -342,7 +340,14 @@ def check_replaceable(path: str, command: str) -> None:
     if reason is not None:
         raise UsageError(f"--out {path!r} is {reason}: ivon-lora never replaces it; name a new dir for the output of "
                          f"`ivon-lora {command}`")  # fmt: skip
-    if not os.listdir(real):
+
+
+def check_replaceable(path: str, command: str) -> None:
+    """Raise unless the output of `ivon-lora COMMAND` may take the place of `path`: absent, an empty dir, or a dir
+    holding COMMAND's marker (`check_placeable` first)."""
+    check_placeable(path, command)
+    real = os.path.realpath(path)
+    if not os.path.lexists(real) or not os.listdir(real):
         return
     marker = read_output_marker(real)
     if marker is None or marker.get("command") != command:
@@ -374,21 +379,14 @@ def claim_output_dir(out: str, command: str, overwrite: bool, inputs: dict[str, 
     what a killed write left recovered, empty unless `overwrite`, and with `overwrite` replaceable
     (`check_replaceable`). A symlinked `out` is judged by its target."""
     check_out_apart(out, inputs or {})
+    check_placeable(out, command)
     real = os.path.realpath(out)
-    if os.path.lexists(real) and not os.path.isdir(real):
-        raise UsageError(
-            f"--out {out!r} is a file, not a dir: choose a new dir for the output of `ivon-lora {command}`"
-        )
-    reason = protected_reason(real)
-    if reason is not None:
-        raise UsageError(f"--out {out!r} is {reason}: ivon-lora never replaces it; name a new dir for the output of "
-                         f"`ivon-lora {command}`")  # fmt: skip
     lock_output_dir(real)
     recover_output_dir(real)  # a result renamed aside by a killed swap is back before "is it empty?" is asked
     if os.path.isdir(real) and os.listdir(real):
         if not overwrite:
             raise FileExistsError(f"{out!r} exists and is not empty: choose another --out, or pass --overwrite")
-        check_replaceable(real, command)
+        check_replaceable(out, command)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Every curvature here is on the scale of IVON's `h`: the diagonal of the Hessian 
   noise of the gradient at the mean): the posterior-smoothed diagonal Hessian that IVON's `h` tracks in training.
 - `data_hessian`, `debiased_hessian`: IVON's `h` read back from a posterior, and its Adam-style debiased data part
   (h − β2^T·h0) / (1 − β2^T), which removes the weight that the never-debiased EMA still puts on `hess_init`.
+- `delta_fisher`, `delta_precision`: the same Fisher for each LoRA update ΔW = scaling·B·A entry by entry, and the
+  precision the posterior's factor variances imply for it: the comparison in the coordinates the base model sees.
 - `agreement`: per adapter matrix, the Spearman correlation and the dynamic ranges of two curvatures.
 
 Objective-agnostic: each takes the model's `outputs(model, batch) -> B x K` answer logits (-inf marks an absent
@@ -21,9 +23,11 @@ choice) and batches holding their `labels`; `ivon_lora.choice.curvature` binds t
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 
+from .lora_update import delta_moments
 from .per_example import PerExampleLinearGrads, linear_owners, requires_grad
 
 
@@ -37,57 +41,126 @@ def _present_log_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return log_probs, present
 
 
+@contextmanager
+def _evaluating(model):
+    """Dropout off while measuring; the model's training mode back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _fisher_passes(model, params, modules, batches, outputs, samples, seed, progress, accumulate) -> int:
+    """The backward passes of the Fisher: per batch, one per label k weighted by p_k (`samples` None: exact) or one per
+    label drawn from the model (`samples` of weight 1/samples), each of the batch's summed log-probabilities of those
+    labels; `accumulate(hooks, weight, size)` reads its per-example gradients. Returns the number of examples."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    count = 0
+    with _evaluating(model), requires_grad(params), torch.enable_grad(), PerExampleLinearGrads(modules) as hooks:
+        for batch in batches:
+            if progress is not None:
+                progress.update()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            hooks.reset()
+            log_probs, present = _present_log_probs(outputs(model, batch))
+            size, columns = log_probs.shape
+            probs = log_probs.detach().exp().cpu()
+            if samples is None:  # every label k (where present), weighted by its probability
+                picks = [torch.full((size,), k) for k in range(columns) if bool(present[:, k].any())]
+                weights = [probs[:, int(pick[0])] for pick in picks]
+            else:  # labels drawn from the model, each of weight 1 / samples
+                picks = [torch.multinomial(probs.float(), 1, generator=generator)[:, 0] for _ in range(samples)]
+                weights = [torch.full((size,), 1.0 / samples, dtype=torch.float64)] * samples
+            for index, (pick, weight) in enumerate(zip(picks, weights)):
+                pick = pick.to(log_probs.device)[:, None]
+                # an absent choice (-inf, probability 0) of a row adds nothing: its term is 0, not -inf
+                chosen = log_probs.gather(1, pick)[:, 0].masked_fill(~present.gather(1, pick)[:, 0], 0.0)
+                torch.autograd.grad(chosen.sum(), params, retain_graph=index < len(picks) - 1, allow_unused=True)
+                accumulate(hooks, weight, size)
+            count += size
+    return count
+
+
 def diagonal_fisher(model, posterior, batches, outputs, samples: int | None = None, seed: int = 0,
                     progress=None) -> dict[str, torch.Tensor]:  # fmt: skip
     """The diagonal Fisher at the adapter's current weights (the caller puts the mean there), per example: exact over
     the K labels (`samples` None, the GGN) or from `samples` labels drawn from the model per example. float64, CPU."""
     bound = _bound(model, posterior)
-    params = list(bound.values())
     owners = linear_owners(model, bound)
     if len(owners) != len(bound):
         missing = sorted(key for key, p in bound.items() if id(p) not in owners)
-        raise ValueError(
-            f"The curvature needs adapter tensors of nn.Linear layers (LoRA's A and B); {missing[:3]} are not"
-        )
+        raise ValueError(f"The curvature needs adapter tensors of nn.Linear layers (LoRA's A and B); {missing[:3]} are "
+                         "not")  # fmt: skip
     key_of = {id(p): key for key, p in bound.items()}
-    modules = {owners[id(p)][0] for p in params}
     total = {key: torch.zeros(p.shape, dtype=torch.float64) for key, p in bound.items()}
-    generator = torch.Generator().manual_seed(seed)
-    count = 0
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with requires_grad(params), torch.enable_grad(), PerExampleLinearGrads(modules) as hooks:
-            for batch in batches:
-                if progress is not None:
-                    progress.update()
-                batch = {k: v.to(device) for k, v in batch.items()}
-                hooks.reset()
-                log_probs, present = _present_log_probs(outputs(model, batch))
-                size, columns = log_probs.shape
-                probs = log_probs.detach().exp().cpu()
-                if samples is None:  # every label k, weighted by its probability
-                    passes = [(k, probs[:, k]) for k in range(columns) if bool(present[:, k].any())]
-                    picks = [torch.full((size,), k) for k, _ in passes]
-                    weights = [w for _, w in passes]
-                else:  # `samples` labels per example drawn from the model, each of weight 1 / samples
-                    picks = [torch.multinomial(probs.float(), 1, generator=generator)[:, 0] for _ in range(samples)]
-                    weights = [torch.full((size,), 1.0 / samples, dtype=torch.float64)] * samples
-                for index, (pick, weight) in enumerate(zip(picks, weights)):
-                    chosen = log_probs.gather(1, pick.to(log_probs.device)[:, None])[:, 0]
-                    torch.autograd.grad(chosen.sum(), params, retain_graph=index < len(picks) - 1, allow_unused=True)
-                    for module, grads in hooks.grads(size).items():
-                        for role, grad in grads.items():
-                            p = getattr(module, role, None)
-                            if p is None or id(p) not in key_of:
-                                continue
-                            w = weight.to(grad.device).view(-1, *([1] * (grad.dim() - 1)))
-                            total[key_of[id(p)]] += (w * grad.square()).sum(dim=0).cpu()
-                count += size
-    finally:
-        model.train(was_training)
+
+    def accumulate(hooks, weight, size):
+        for module, grads in hooks.grads(size).items():
+            for role, grad in grads.items():
+                p = getattr(module, role, None)
+                if p is not None and id(p) in key_of:
+                    w = weight.to(grad.device).view(-1, *([1] * (grad.dim() - 1)))
+                    total[key_of[id(p)]] += (w * grad.square()).sum(dim=0).cpu()
+
+    modules = {owners[id(p)][0] for p in bound.values()}
+    count = _fisher_passes(model, list(bound.values()), modules, batches, outputs, samples, seed, progress, accumulate)
     return {key: value / max(count, 1) for key, value in total.items()}
+
+
+def lora_layers(model, posterior) -> dict[str, tuple]:
+    """{path: (lora_A, lora_B, scaling, a_key, b_key)} for every PEFT LoRA layer whose A and B the posterior holds."""
+    keys = {id(p): key for key, p in _bound(model, posterior).items()}
+    layers = {}
+    for name, module in model.named_modules():
+        a_modules, b_modules = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not isinstance(a_modules, torch.nn.ModuleDict) or not isinstance(b_modules, torch.nn.ModuleDict):
+            continue
+        for adapter, a in a_modules.items():
+            b = b_modules[adapter]
+            a_key, b_key = keys.get(id(a.weight)), keys.get(id(b.weight))
+            if a_key is not None and b_key is not None:
+                layers[a_key.rsplit(".lora_A", 1)[0]] = (a, b, float(module.scaling[adapter]), a_key, b_key)
+    return layers
+
+
+def delta_fisher(model, posterior, batches, outputs, samples: int | None = None, seed: int = 0,
+                 progress=None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The diagonal Fisher (exact: the GGN; or from `samples` drawn labels) of each LoRA layer's update
+    ΔW = scaling·B·A, entry by entry (out x in), per example: the curvature in the coordinates that merging and the
+    base model see. float64, CPU."""
+    layers = lora_layers(model, posterior)
+    if not layers:
+        raise ValueError("The model has no PEFT LoRA layers whose A and B the posterior holds")
+    pairs = [(a, b) for a, b, _, _, _ in layers.values()]
+    path_of = {(id(a), id(b)): (path, scaling) for path, (a, b, scaling, _, _) in layers.items()}
+    total = {path: torch.zeros(b.weight.shape[0], a.weight.shape[1], dtype=torch.float64)
+             for path, (a, b, _, _, _) in layers.items()}  # fmt: skip
+
+    def accumulate(hooks, weight, size):
+        for (a, b), grad in hooks.paired_grads(pairs, size).items():
+            path, scaling = path_of[(id(a), id(b))]
+            # B's output gradient is scaling x the layer's: ∂L/∂ΔW = (g_B / scaling) xᵀ
+            total[path] += (weight.to(grad.device).view(-1, 1, 1) * (grad / scaling).square()).sum(0).cpu()
+        hooks.output_grads.clear()
+
+    params = list(_bound(model, posterior).values())
+    modules = [m for pair in pairs for m in pair]
+    count = _fisher_passes(model, params, modules, batches, outputs, samples, seed, progress, accumulate)
+    return {path: value / max(count, 1) for path, value in total.items()}
+
+
+def delta_precision(model, posterior) -> dict[str, torch.Tensor]:
+    """The precision 1 / Var(ΔW) that the posterior's independent factor entries give each LoRA update entry (exact
+    for independent Gaussian factors, `lora_update.delta_moments`), per layer path, float64."""
+    result = {}
+    for path, (_, _, scaling, a_key, b_key) in lora_layers(model, posterior).items():
+        m, v = posterior.mean, posterior.variance
+        _, variance = delta_moments(m[a_key].double(), v[a_key].double(), m[b_key].double(), v[b_key].double(), scaling)
+        result[path] = 1.0 / variance.clamp_min(1e-300)
+    return result
 
 
 def price_hessian(
@@ -105,10 +178,8 @@ def price_hessian(
     generator = torch.Generator().manual_seed(seed)
     saved = [p.detach().clone() for p in params]
     count = 0
-    was_training = model.training
-    model.eval()
     try:
-        with requires_grad(params), torch.enable_grad():
+        with _evaluating(model), requires_grad(params), torch.enable_grad():
             for batch in batches:
                 if progress is not None:
                     progress.update()
@@ -135,7 +206,6 @@ def price_hessian(
         with torch.no_grad():
             for p, base in zip(params, saved):
                 p.copy_(base)
-        model.train(was_training)
     return {key: value / max(count, 1) for key, value in total.items()}
 
 

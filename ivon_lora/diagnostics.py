@@ -6,10 +6,14 @@ the signal-to-noise ratio |mean| / std, and the share of Hessian entries still w
 predictions at the mean and under S samples (the `predictions.jsonl` that `train` and `eval` write): how often a
 sample changes the predicted answer, and the mean KL divergence from the mean's predictive to a sample's.
 
-Two failure modes get a plain warning with the fix:
+With a curvature measured at the mean (`curvature_diagnostics`, `ivon-lora inspect --curvature`): how the precision
+ranks the entries against it (Spearman per matrix) and their dynamic ranges.
+
+Three failure modes get a plain warning with the fix:
 * inert: samples predict like the mean, so averaging them cannot change calibration (ess too large);
 * prior-dominated: the Hessian never left `hess_init`, so the width is 1 / (ess * hess_init), chosen by hand rather
-  than learned (beta2 too close to 1 for the run length).
+  than learned (beta2 too close to 1 for the run length); `ivon-lora refine` re-estimates it;
+* not learned: the precision ranks the entries unlike the measured curvature.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ HESS_INIT_TOLERANCE = 0.05  # "still at its initial value": within 5% of hess_in
 INERT_FLIP_RATE = 0.01  # samples change fewer than 1% of the answers...
 INERT_KL = 1e-3  # ...and move the predictive by less than this (nats)
 PRIOR_DOMINATED_SHARE = 0.9  # 90% of the Hessian entries still at hess_init
+UNLEARNED_SPEARMAN = 0.3  # the precision ranks entries unlike the measured curvature
 WIDE_FLIP_RATE = 0.3  # samples change more than 30% of the answers
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -74,6 +79,7 @@ def posterior_diagnostics(posterior) -> dict:
         "std": _quantiles(std) if std.numel() else None,
         "snr": _quantiles(snr) if snr.numel() else None,
         "hess_at_init_share": at_init / total if total else None,
+        "refine": config.get("refine"),
         "matrices": matrices,
     }
 
@@ -133,8 +139,17 @@ def warnings_for(diagnostics: dict) -> list[str]:
         messages.append(
             f"prior-dominated: {100 * share:.0f}% of the Hessian entries are still within {100 * HESS_INIT_TOLERANCE:.0f}% of "
             f"hess_init after {steps} steps (beta2={beta2}: the estimate averages over {horizon}), so the posterior width "
-            f"is 1/(ess*hess_init), set by hand, not learned. Lower ivon_beta2 so that 1/(1-beta2) is well below the "
-            "run length (e.g. 0.999 for ~1k steps), or train longer."
+            f"is 1/(ess*hess_init), set by hand, not learned. Re-estimate the precision at the mean from the train "
+            "split (`ivon-lora refine RUN --out DIR`, the exact GGN), or lower ivon_beta2 so that 1/(1-beta2) is well "
+            "below the run length (e.g. 0.999 for ~1k steps), or train longer."
+        )
+    curvature = diagnostics.get("curvature")
+    rho = curvature["h"]["spearman_median"] if curvature is not None else None
+    if rho is not None and not math.isnan(rho) and rho < UNLEARNED_SPEARMAN:
+        messages.append(
+            f"not learned: the precision's ranking of the entries agrees with the curvature ({curvature['reference']}) "
+            f"at a median Spearman rho of {rho:.2f} per matrix, so its per-entry widths carry little of the data. "
+            "Re-estimate the precision at the mean: `ivon-lora refine RUN --out DIR`."
         )
     if predictive is not None:
         if predictive["flip_rate"] < INERT_FLIP_RATE and predictive["mean_kl"] < INERT_KL:
@@ -194,11 +209,34 @@ def plot_diagnostics(diagnostics: dict, path: str, title: str = "") -> None:
     figure.savefig(path)
 
 
-def diagnose(posterior, mean: torch.Tensor | None = None, samples: torch.Tensor | None = None) -> dict:
-    """Posterior diagnostics, the predictive's when sample predictions are given, and the warnings."""
+def curvature_diagnostics(posterior, curvature: dict[str, torch.Tensor], reference: str) -> dict:
+    """How the posterior's precision agrees with an independently measured `curvature` (per matrix Spearman and
+    dynamic range), as trained and, for an IVON run, debiased; `reference` says what the curvature is."""
+    from .curvature import agreement, data_hessian, debiased_hessian
+
+    def summary(estimate):
+        result = agreement(estimate, curvature)
+        return {**{k: v for k, v in result.items() if k != "matrices"},
+                "matrices": {key: m["spearman"] for key, m in result["matrices"].items()}}  # fmt: skip
+
+    result = {"reference": reference, "h": summary(data_hessian(posterior))}
+    if "refine" not in posterior.config and posterior.config.get("step"):
+        try:
+            result["debiased_h"] = summary(debiased_hessian(posterior))
+        except ValueError:  # no beta2 / hess_init recorded
+            pass
+    return result
+
+
+def diagnose(posterior, mean: torch.Tensor | None = None, samples: torch.Tensor | None = None,
+             curvature: dict | None = None) -> dict:  # fmt: skip
+    """Posterior diagnostics, the predictive's when sample predictions are given, the agreement with the curvature
+    when `curvature_diagnostics` measured it, and the warnings."""
     result = {"posterior": posterior_diagnostics(posterior)}
     if mean is not None and samples is not None:
         result["predictive"] = predictive_diagnostics(mean, samples)
+    if curvature is not None:
+        result["curvature"] = curvature
     result["warnings"] = warnings_for(result)
     return result
 
@@ -225,6 +263,20 @@ def summary_lines(diagnostics: dict) -> list[SummaryLine]:
     ]
     if share is not None:
         lines.append(f"Hessian entries still within {100 * HESS_INIT_TOLERANCE:.0f}% of hess_init: {100 * share:.1f}%")
+    refine = posterior.get("refine")
+    if refine:
+        lines.append(f"precision re-estimated at the mean by `ivon-lora refine` ({refine['method']}, "
+                     f"{refine['examples']} {refine['split']} examples, ess {refine['ess']:g}, prior precision "
+                     f"{refine['prior_precision']:g})")  # fmt: skip
+    curvature = diagnostics.get("curvature")
+    if curvature is not None:
+        for name, what in (("h", "the precision"), ("debiased_h", "its debiased data part")):
+            if name in curvature:
+                a = curvature[name]
+                lines.append(f"{what} against the curvature ({curvature['reference']}): median Spearman rho per "
+                             f"matrix {a['spearman_median']:.2f} ({a['spearman_min']:.2f} to {a['spearman_max']:.2f}); "
+                             f"dynamic range (max/median) {a['dynamic_range_median']:.3g} against "
+                             f"{a['reference_dynamic_range_median']:.3g}")  # fmt: skip
     predictive = diagnostics.get("predictive")
     if predictive is not None:
         lines.append(

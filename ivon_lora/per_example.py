@@ -88,6 +88,25 @@ class PerExampleLinearGrads:
         self.output_grads.clear()
         return result
 
+    def paired_grads(self, pairs, num_examples: int, dtype=torch.float64) -> dict:
+        """{(a, b): B x out x in} for each `(a, b)` of `pairs`: the per-example product of b's output gradient with
+        a's input, the gradient of a weight that maps a's input to b's output (LoRA's ΔW: `a` its A, `b` its B), of
+        the last backward."""
+        result = {}
+        for a, b in pairs:
+            grads = self.output_grads.get(b, {})
+            total = None
+            for index, x in enumerate(self.inputs.get(a, [])):
+                if index not in grads:
+                    continue
+                g = grads[index].reshape(num_examples, -1, grads[index].shape[-1]).to(dtype)
+                x = x.reshape(num_examples, -1, x.shape[-1]).to(dtype)
+                term = torch.einsum("bto,bti->boi", g, x)
+                total = term if total is None else total + term
+            if total is not None:
+                result[(a, b)] = total
+        return result
+
     def reset(self):
         self.inputs.clear()
         self.output_grads.clear()

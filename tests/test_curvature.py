@@ -124,6 +124,31 @@ def test_the_ggn_of_a_lora_model_equals_per_example_jacobians_by_torch_func(run,
         torch.testing.assert_close(hooked[key], oracle[key], rtol=1e-4, atol=1e-12)
     assert sum(float(v.sum()) for v in oracle.values()) > 0
 
+    # In ΔW: the layer computes W x + ΔW x, so ∂L/∂ΔW is the gradient of its base weight W, taken by torch.func.
+    from ivon_lora.choice.curvature import choice_delta_fisher
+    from ivon_lora.curvature import lora_layers
+
+    delta = choice_delta_fisher(model, run.tokenizer, examples, posterior, batch_size=4)
+    modules = dict(model.named_modules())
+    bases = {path: modules[path].base_layer.weight for path in lora_layers(model, posterior)}
+    base_of = {path: next(n for n, p in model.named_parameters() if p is weight) for path, weight in bases.items()}
+    oracle = {path: torch.zeros(weight.shape, dtype=torch.float64) for path, weight in bases.items()}
+    for e in examples:
+        batch = collator([{"prompt": e.prompt, "answers": e.answers, "gold": e.gold}])
+
+        def base_log_probs(weights, batch=batch):
+            call = lambda **kw: functional_call(model, {base_of[k]: v for k, v in weights.items()}, (), kw)  # noqa: E731
+            return torch.log_softmax(choice_logits(call, batch)[0].double(), -1)
+
+        weights = {path: w.detach() for path, w in bases.items()}
+        jac = jacrev(base_log_probs)(weights)
+        p = base_log_probs(weights).exp().detach()
+        for path in bases:
+            oracle[path] += (p.view(-1, 1, 1) * jac[path].double().square()).sum(0) / len(examples)
+    assert set(delta) == set(oracle)
+    for path in oracle:
+        torch.testing.assert_close(delta[path], oracle[path], rtol=1e-4, atol=1e-12)
+
 
 def test_refine_keeps_the_mean_and_writes_the_curvature_precision_that_the_other_commands_use(run_dir, tmp_path):
     out = tmp_path / "refined"
@@ -145,3 +170,27 @@ def test_refine_keeps_the_mean_and_writes_the_curvature_precision_that_the_other
     assert summary["settings"]["run_ess"] == before.config["ess"]
     assert cli.main(argv + ["--overwrite", "--method", "ivon", "--samples", "2"]) == 0
     assert json.loads((out / "posterior_config.json").read_text())["refine"]["method"] == "ivon"
+
+
+def test_inspect_reports_the_agreement_with_the_curvature_and_names_refine(run_dir, tmp_path, capsys):
+    out = tmp_path / "inspected"
+    assert cli.main(["inspect", run_dir, "--curvature", "--curvature-limit", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    curvature = diagnostics["curvature"]
+    assert curvature["reference"] == "exact GGN on 16 train examples"
+    assert -1.0 <= curvature["h"]["spearman_median"] <= 1.0 and "debiased_h" in curvature
+    assert "against the curvature (exact GGN on 16 train examples): median Spearman rho" in printed
+
+
+def test_the_prior_dominated_and_not_learned_warnings_name_refine():
+    from ivon_lora.diagnostics import warnings_for
+
+    diagnostics = {"posterior": {"hess_at_init_share": 0.99, "beta2": 0.99999, "step": 200},
+                   "curvature": {"reference": "exact GGN on 256 train examples", "h": {"spearman_median": 0.05}}}  # fmt: skip
+    messages = warnings_for(diagnostics)
+    assert [m.split(":")[0] for m in messages] == ["prior-dominated", "not learned"]
+    assert all("ivon-lora refine RUN --out DIR" in m for m in messages)
+    diagnostics["curvature"]["h"]["spearman_median"] = 0.9
+    diagnostics["posterior"]["hess_at_init_share"] = 0.1
+    assert warnings_for(diagnostics) == []

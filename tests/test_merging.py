@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from ivon_lora.merging.gaussian import delta_moments, gradient_matching, low_rank_factors, product_of_gaussians
+from ivon_lora.lora_update import delta_moments
+from ivon_lora.merging.gaussian import gradient_matching, low_rank_factors, product_of_gaussians
 from ivon_lora.merging.peft_types import peft_merge
 from ivon_lora.merging.runs import MergeInput, check_inputs, merge_adapters, merge_runs, read_input
 
@@ -167,6 +168,26 @@ def test_uncertainty_with_a_dominant_base_precision_is_task_arithmetic_in_delta_
     arithmetic = sum(run.scaling * run.tensors["base_model.model.layer.proj.lora_B.weight"]
                      @ run.tensors["base_model.model.layer.proj.lora_A.weight"] for run in inputs)  # fmt: skip
     torch.testing.assert_close(merged, arithmetic, rtol=1e-4, atol=1e-5)
+
+
+def test_delta_space_posterior_merge_uses_the_prior_the_factor_prior_implies_for_delta_w():
+    """With weight decay the runs share a prior N(0, 1/S₀) per factor entry; in ΔW its precision is S₀² / (s²·r)."""
+    inputs = _inputs(ranks=(3, 3))
+    for run in inputs:
+        run.posterior_config = {"ess": 10.0, "weight_decay": 0.02}
+    s0 = (10.0 * 0.02) ** 2 / (inputs[0].scaling ** 2 * 3)
+    assert inputs[0].delta_prior_precision == pytest.approx(s0)
+    weights = [0.7, 0.4]
+    tensors, _, _ = merge_adapters(inputs, "posterior", weights, "delta", rank=4)
+    key = "base_model.model.layer.proj"
+    moments = [delta_moments(run.tensors[f"{key}.lora_A.weight"].double(), run.variance[f"{key}.lora_A.weight"].double(),
+                             run.tensors[f"{key}.lora_B.weight"].double(), run.variance[f"{key}.lora_B.weight"].double(),
+                             run.scaling) for run in inputs]  # fmt: skip
+    expected, _ = product_of_gaussians([m for m, _ in moments], [1 / v for _, v in moments], weights, s0)
+    merged = tensors[f"{key}.lora_B.weight"].double() @ tensors[f"{key}.lora_A.weight"].double()
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-6)
+    without_prior, _ = product_of_gaussians([m for m, _ in moments], [1 / v for _, v in moments], weights, 0.0)
+    assert not torch.allclose(merged, without_prior, rtol=1e-4, atol=1e-6)  # the prior is not dropped
 
 
 def test_factor_space_posterior_merge_is_entrywise_and_returns_its_variance():

@@ -385,6 +385,54 @@ CASES.update(
             lambda r, t: ["sensitivity", _merged_dir(r, t), "--out", str(t / "s")],
             "is a merge (--method linear), which defines no posterior",
         ),
+        "refine-of-an-adamw-run": (
+            lambda r, t: [
+                "refine",
+                _copy_run(
+                    r, t, recipe={"optim": "adamw_torch"}, drop=["posterior.safetensors", "posterior_config.json"]
+                ),
+                "--out",
+                str(t / "x"),
+            ],
+            "was trained with adamw_torch, not IVON: it has no posterior",
+        ),
+        "refine-of-a-merged-dir": (
+            lambda r, t: ["refine", _merged_dir(r, t), "--out", str(t / "x")],
+            "is a merge without a posterior",
+        ),
+        "refine-split-without-labels": (
+            lambda r, t: [
+                "refine",
+                r,
+                "--split",
+                "test",
+                "--file",
+                _rows(
+                    t / "u.jsonl",
+                    {
+                        "id": "q0",
+                        "question": "a b c",
+                        "choices": {"text": ["x", "y"], "label": ["A", "B"]},
+                        "answerKey": "",
+                    },
+                ),  # fmt: skip
+                "--out",
+                str(t / "x"),
+            ],
+            "row 0: the record has no label",
+        ),
+        "refine-negative-prior-precision": (
+            lambda r, t: ["refine", r, "--prior-precision", "-1", "--out", str(t / "x")],
+            "prior_precision -1.0 is not in (0.0, inf]",
+        ),
+        "refine-prior-precision-not-finite": (
+            lambda r, t: ["refine", r, "--prior-precision", "nan", "--out", str(t / "x")],
+            "prior_precision must be a finite number, got nan",
+        ),
+        "refine-unknown-method": (
+            lambda r, t: ["refine", r, "method=laplace", "--out", str(t / "x")],
+            "method must be one of ggn, fisher, ivon, got 'laplace'",
+        ),
         "prior-scale-without-prior-from": (
             lambda r, t: _train(t, "prior_scale=0.5"),
             "Recipe key 'prior_scale': 0.5 scales the prior of prior_from, which is not set",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..curvature import diagonal_fisher, price_hessian
+from ..curvature import delta_fisher, diagonal_fisher, price_hessian
 from ..vocabulary import CURVATURE_METHODS
 from .collator import length_sorted_batches
 from .logits import choice_logits
@@ -38,3 +38,12 @@ def choice_curvature(model, tokenizer, examples, posterior, method: str = "ggn",
                 return price_hessian(model, posterior, batches, _choice_loss, samples, seed, progress=bar)
             return diagonal_fisher(model, posterior, batches, choice_logits, None if method == "ggn" else samples,
                                    seed, progress=bar)  # fmt: skip
+
+
+def choice_delta_fisher(model, tokenizer, examples, posterior, batch_size: int = 16, max_length: int | None = None,
+                        progress: bool = False) -> dict:  # fmt: skip
+    """The exact diagonal Fisher of each LoRA update ΔW over `examples` at the posterior mean (`delta_fisher`)."""
+    batches, _ = length_sorted_batches(tokenizer, examples, batch_size, max_length)
+    with tqdm(total=len(batches), desc="curvature (ΔW)", unit="batch", leave=False, disable=not progress) as bar:
+        with posterior.holding_mean(model):
+            return delta_fisher(model, posterior, batches, choice_logits, progress=bar)

@@ -247,10 +247,21 @@ class InspectConfig(OutputArguments):
     predictions: str | None = field(
         default=None, metadata={"help": "per-example predictions jsonl (default: RUN_DIR/predictions.jsonl)"}
     )
+    curvature: bool = field(
+        default=False,
+        metadata={
+            "help": "also measure the exact diagonal GGN of the train split at the mean (loads the model) and report "
+            "how the precision agrees with it"
+        },
+    )
+    curvature_limit: int = field(
+        default=256, metadata={"help": "--curvature: train examples it is measured on, at most"}
+    )
 
     def __post_init__(self):
         if self.run_dir is None:
             raise ValueError("run_dir is required")
+        _require_at_least("curvature_limit", self.curvature_limit, 1)
 
 
 @dataclass

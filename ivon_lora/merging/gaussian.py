@@ -1,5 +1,6 @@
-"""The merge formulas on tensors (no model, no files): gradient matching, the product of Gaussian posteriors, the
-moments of a LoRA update ΔW = B·A·scaling under Gaussian factors, and the way back to LoRA factors.
+"""The merge formulas on tensors (no model, no files): gradient matching, the product of Gaussian posteriors, and the
+way back to LoRA factors; the moments of a LoRA update ΔW = B·A·scaling under Gaussian factors are
+`ivon_lora.lora_update.delta_moments`.
 
 Every formula is elementwise over one tensor (diagonal precisions), with the base / prior mean at zero: the base
 model is the adapter-free one (ΔW = 0), and IVON's prior is centred at zero (weight decay pulls towards 0).
@@ -73,29 +74,6 @@ def product_of_gaussians(
         alpha * (s.to(dtype) * m.to(dtype) - s0 * m0) for alpha, s, m in zip(weights, precisions, means)
     )
     return numerator / precision, precision
-
-
-def delta_moments(
-    a_mean: torch.Tensor, a_variance: torch.Tensor | None, b_mean: torch.Tensor, b_variance: torch.Tensor | None,
-    scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-    """Mean and variance of ΔW = scaling·B·A (B: out×r, A: r×in) for independent Gaussian factor entries:
-
-        E[ΔW_ij]   = scaling · Σ_k mB_ik mA_kj
-        Var(ΔW_ij) = scaling² · Σ_k (mB_ik² vA_kj + vB_ik mA_kj² + vB_ik vA_kj)
-
-    exact for independent factors (each term is the variance of a product of two independent Gaussians, and the
-    r products are independent). Without variances (an AdamW run) the variance is None.
-    """
-    dtype = _common([a_mean, b_mean, *(v for v in (a_variance, b_variance) if v is not None)])
-    a, b = a_mean.to(dtype), b_mean.to(dtype)
-    mean = scaling * (b @ a)
-    if a_variance is None or b_variance is None:
-        return mean, None
-    va, vb = a_variance.to(dtype), b_variance.to(dtype)
-    # the three sums over k as one product of (out x 3r) by (3r x in): one pass over the dense result, not three
-    variance = (scaling**2) * (torch.cat([b * b, vb, vb], dim=1) @ torch.cat([va, a * a, va], dim=0))
-    return mean, variance
 
 
 # Above this size (the larger side), the truncated SVD is randomized (Halko et al. 2011, torch.svd_lowrank): a full

@@ -5,7 +5,8 @@ Methods (`METHODS`):
 - `uncertainty`: gradient matching (Daheim et al.), H_t = each run's posterior precision, H₀ = `base_precision` times
   the inputs' mean precision of each matrix (0: precision-weighted averaging; large: task arithmetic);
 - `posterior`: the weighted product of the runs' posteriors (arXiv 2412.08147), S₀ = the runs' prior precision
-  ess·weight_decay;
+  ess·weight_decay in factor space, and in delta space the precision that prior implies for an entry of ΔW,
+  (ess·weight_decay)² / (scaling²·r);
 - PEFT's combination types (`linear`, `cat`, `svd`, `ties`, `dare_ties`, ...), through `add_weighted_adapter`.
 
 `uncertainty` and `posterior` merge in one of two spaces (`space`):
@@ -38,7 +39,8 @@ from ..artifacts import (
 )
 from ..errors import UsageError
 from ..vocabulary import MERGE_METHODS, MERGE_POSTERIOR_METHODS, MERGE_SPACES
-from .gaussian import delta_moments, gradient_matching, low_rank_factors, precision_of, product_of_gaussians
+from ..lora_update import delta_moments
+from .gaussian import gradient_matching, low_rank_factors, precision_of, product_of_gaussians
 from .peft_types import DENSITY_TYPES, PEFT_TYPES, SAME_RANK_TYPES, factor_keys, module_paths, peft_merge
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,16 @@ class MergeInput:
         """IVON's prior precision ess·weight_decay (0 for weight decay 0)."""
         config = self.posterior_config or {}
         return float(config.get("ess") or 0.0) * float(config.get("weight_decay") or 0.0)
+
+    @property
+    def delta_prior_precision(self) -> float:
+        """The precision that the prior N(0, 1/S₀) of each entry of A and B implies for an entry of ΔW = s·B·A:
+        1 / Var = S₀² / (s²·r), moment-matched as `delta_moments` treats the posterior (0 without a prior)."""
+        prior = self.prior_precision
+        return prior * prior / (self.scaling**2 * self.config["r"]) if prior else 0.0
+
+    def prior_in(self, space: str) -> float:
+        return self.delta_prior_precision if space == "delta" else self.prior_precision
 
 
 def read_input(directory: str) -> MergeInput:
@@ -162,10 +174,11 @@ def check_inputs(
             raise UsageError(f"--method {method} weighs each entry by its posterior precision, and {', '.join(missing)} "
                              "has no posterior (not an IVON run): use a method that needs none (linear, ties, "
                              "dare_ties, ...) or merge IVON runs")  # fmt: skip
-        priors = {run.prior_precision for run in inputs}
+        priors = {run.prior_in(space) for run in inputs}
         if method == "posterior" and len(priors) > 1:
-            raise UsageError(f"--method posterior needs one shared prior; the runs' prior precisions (ess·weight_decay) "
-                             f"differ: {sorted(priors)}")  # fmt: skip
+            what = "(ess·weight_decay)" if space == "factor" else "in ΔW ((ess·weight_decay)² / (scaling²·r))"
+            raise UsageError(f"--method posterior needs one shared prior; the runs' prior precisions {what} differ: "
+                             f"{sorted(priors)}")  # fmt: skip
 
 
 def _merge_entries(method: str, means, variances, weights, base_precision: float, prior_precision: float):
@@ -207,9 +220,8 @@ def merge_adapters(inputs: list[MergeInput], method: str, weights: list[float], 
         a_key, b_key = factor_keys(path)
         moments = [delta_moments(run.tensors[a_key], run.variance[a_key], run.tensors[b_key], run.variance[b_key],
                                  run.scaling) for run in inputs]  # fmt: skip
-        delta, _ = _merge_entries(
-            method, [m for m, _ in moments], [v for _, v in moments], weights, base_precision, 0.0
-        )
+        delta, _ = _merge_entries(method, [m for m, _ in moments], [v for _, v in moments], weights, base_precision,
+                                  inputs[0].delta_prior_precision)  # fmt: skip
         a, b = low_rank_factors(delta, out_rank)
         tensors[a_key], tensors[b_key] = a.float(), b.float()
     config = {**configs[0], "r": out_rank, "lora_alpha": out_rank, "use_rslora": False}  # scaling 1, as PEFT's svd
@@ -294,7 +306,7 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
         "settings": {"space": space if method in POSTERIOR_METHODS else None, "rank": config["r"],
                      "density": density if method in DENSITY_TYPES else None,
                      "base_precision": base_precision if method == "uncertainty" else None,
-                     "prior_precision": inputs[0].prior_precision if method == "posterior" else None, "seed": seed},
+                     "prior_precision": inputs[0].prior_in(space) if method == "posterior" else None, "seed": seed},
         "inputs": [{"dir": run.directory, "task": run.task, "adapter_sha256": adapter_hash(run.tensors),
                     "optimizer": optimizer_name(run.recipe) if run.recipe else None,
                     "has_posterior": run.variance is not None} for run in inputs],
