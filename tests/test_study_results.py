@@ -82,6 +82,13 @@ def test_the_other_studies_tables_are_what_their_scripts_render_from_study_json(
     for study in ("continual-smollm2", "sft-wordqa-smollm2/study"):
         assert study in _study_pages("study")
 
+    curvature = json.loads(_read("results", "curvature", "study.json"))
+    assert _read("results", "curvature", "study.md") == _script("study_curvature").markdown(curvature)
+    assert "curvature" in _study_pages("study")
+    for part in ("tiny", "smollm2", "quickstart"):  # each part records what made it
+        assert curvature["parts"][part]["command"].startswith("python scripts/study_curvature.py")
+        assert curvature["parts"][part]["environment"]["cpu"]["capability"]
+
 
 def test_training_length_table_is_the_committed_study_and_on_its_page():
     training_length = _script("study_training_length")
