@@ -236,7 +236,6 @@ def debiased_hessian(posterior) -> dict[str, torch.Tensor]:
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:
     order = torch.argsort(values, stable=True)
     ranks = torch.empty(values.numel(), dtype=torch.float64)
-    ranks[order] = torch.arange(values.numel(), dtype=torch.float64)
     sorted_values = values[order]
     _, counts = torch.unique_consecutive(sorted_values, return_counts=True)
     ends = torch.cumsum(counts, 0)

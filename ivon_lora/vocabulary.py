@@ -14,6 +14,7 @@ DEFAULT_ECE_BINS = (10, 15)
 # How `ivon-lora refine` (`ivon_lora.curvature`) measures the curvature at the mean: the exact diagonal GGN, the
 # Fisher with labels drawn from the model, IVON's own (Price) estimator.
 CURVATURE_METHODS = ("ggn", "fisher", "ivon")
+DEFAULT_CURVATURE_SAMPLES = 8  # fisher: labels drawn per example; ivon: antithetic sample pairs per batch
 
 # Test-time pruning of the posterior (`Posterior.prune`): what entries are ranked within, what pruning does to an
 # entry, and the score it ranks by (|m|/sqrt(v), |m|, 1/sqrt(v)).

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..curvature import delta_fisher, diagonal_fisher, price_hessian
-from ..vocabulary import CURVATURE_METHODS
+from ..vocabulary import CURVATURE_METHODS, DEFAULT_CURVATURE_SAMPLES
 from .collator import length_sorted_batches
 from .logits import choice_logits
 
@@ -16,7 +16,7 @@ def _choice_loss(model, batch):
     return F.cross_entropy(choice_logits(model, batch).float(), batch["labels"])
 
 
-def choice_curvature(model, tokenizer, examples, posterior, method: str = "ggn", samples: int = 1,
+def choice_curvature(model, tokenizer, examples, posterior, method: str = "ggn", samples: int = DEFAULT_CURVATURE_SAMPLES,
                      batch_size: int = 16, max_length: int | None = None, seed: int = 0,
                      progress: bool = False) -> dict:  # fmt: skip
     """The diagonal curvature per adapter entry at the posterior mean over `examples` (formatted, labelled

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ..vocabulary import (
     CURVATURE_METHODS,
     DECODING_MODES,
+    DEFAULT_CURVATURE_SAMPLES,
     DEFAULT_ECE_BINS,
     DEFAULT_PRUNE_FRACTIONS,
     DEFAULT_SELECTION_CRITERION,
@@ -366,7 +367,10 @@ class RefineConfig(OutputArguments):
             "choices": CURVATURE_METHODS,
         },
     )
-    samples: int = field(default=8, metadata={"help": "labels (fisher) or antithetic sample pairs (ivon) per example"})
+    samples: int = field(
+        default=DEFAULT_CURVATURE_SAMPLES,
+        metadata={"help": "fisher: labels drawn per example; ivon: antithetic posterior sample pairs per batch"},
+    )
     split: str = field(default="train", metadata={"help": "split of the run's task the curvature is measured on"})
     file: str | None = field(
         default=None, metadata={"help": "local json/jsonl/parquet/csv records (file or dir) of --split"}
