@@ -16,8 +16,6 @@ import os
 import re
 import sys
 
-from mkdocs.structure.files import File
-
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
 sys.path.insert(0, DOCS)
@@ -68,6 +66,8 @@ def study_block(name: str, depth: int = 1, table: bool = True) -> str:
 
 
 def on_files(files, config):
+    from mkdocs.structure.files import File  # here: study_block (and its test) need no mkdocs
+
     for path, content in (("reference/cli.md", reference_pages.cli_page()),
                           ("reference/recipe.md", reference_pages.recipe_page())):  # fmt: skip
         files.append(File.generated(config, path, content=content))

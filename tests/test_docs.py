@@ -206,7 +206,6 @@ def test_ci_builds_the_docs_strictly_after_the_tests():
 
 
 def test_a_study_block_is_rendered_from_the_committed_files():
-    pytest.importorskip("mkdocs")
     import hooks
 
     block = hooks.study_block("wordfacts_clean-smollm2", depth=1)
@@ -216,6 +215,8 @@ def test_a_study_block_is_rendered_from_the_committed_files():
     assert f"peft {study['environment']['peft']}" in block
     source = hooks.study_block("sensitivity-smollm2", depth=1, table=False)
     assert "| score |" not in source and "--parts a" in source
+    cpu = json.loads(_read("results/curvature/study.json"))["environment"]["cpu"]
+    assert f"CPU {cpu['capability']} ({cpu['threads']} torch threads)" in hooks.study_block("curvature", depth=2)
 
 
 def test_every_readme_section_moved_to_the_docs():
