@@ -346,6 +346,11 @@ def check_replaceable(path: str, command: str) -> None:
     """Raise unless the output of `ivon-lora COMMAND` may take the place of `path`: absent, an empty dir, or a dir
     holding COMMAND's marker (`check_placeable` first)."""
     check_placeable(path, command)
+    _check_marker(path, command)
+
+
+def _check_marker(path: str, command: str) -> None:
+    """Raise unless `path` (placeable) is absent, empty, or holds COMMAND's marker."""
     real = os.path.realpath(path)
     if not os.path.lexists(real) or not os.listdir(real):
         return
@@ -386,7 +391,7 @@ def claim_output_dir(out: str, command: str, overwrite: bool, inputs: dict[str, 
     if os.path.isdir(real) and os.listdir(real):
         if not overwrite:
             raise FileExistsError(f"{out!r} exists and is not empty: choose another --out, or pass --overwrite")
-        check_replaceable(out, command)
+        _check_marker(out, command)  # check_placeable ran above
 
 
 # ---------------------------------------------------------------------------------------------------------------

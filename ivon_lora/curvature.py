@@ -144,7 +144,6 @@ def delta_fisher(model, posterior, batches, outputs, samples: int | None = None,
             path, scaling = path_of[(id(a), id(b))]
             # B's output gradient is scaling x the layer's: ∂L/∂ΔW = (g_B / scaling) xᵀ
             total[path] += (weight.to(grad.device).view(-1, 1, 1) * (grad / scaling).square()).sum(0).cpu()
-        hooks.output_grads.clear()
 
     params = list(_bound(model, posterior).values())
     modules = [m for pair in pairs for m in pair]

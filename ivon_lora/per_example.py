@@ -91,7 +91,7 @@ class PerExampleLinearGrads:
     def paired_grads(self, pairs, num_examples: int, dtype=torch.float64) -> dict:
         """{(a, b): B x out x in} for each `(a, b)` of `pairs`: the per-example product of b's output gradient with
         a's input, the gradient of a weight that maps a's input to b's output (LoRA's ΔW: `a` its A, `b` its B), of
-        the last backward."""
+        the last backward; then, as `grads`, the kept output gradients are dropped."""
         result = {}
         for a, b in pairs:
             grads = self.output_grads.get(b, {})
@@ -105,6 +105,7 @@ class PerExampleLinearGrads:
                 total = term if total is None else total + term
             if total is not None:
                 result[(a, b)] = total
+        self.output_grads.clear()
         return result
 
     def reset(self):

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from ..curvature import delta_fisher, diagonal_fisher, price_hessian
 from ..vocabulary import CURVATURE_METHODS, DEFAULT_CURVATURE_SAMPLES
 from .collator import length_sorted_batches
+from .example import require_labelled
 from .logits import choice_logits
 
 
@@ -25,12 +26,7 @@ def choice_curvature(model, tokenizer, examples, posterior, method: str = "ggn",
     adapter is left as it was."""
     if method not in CURVATURE_METHODS:
         raise ValueError(f"Invalid method value: {method!r} (choose from {', '.join(CURVATURE_METHODS)})")
-    if not examples:
-        raise ValueError("No examples to measure the curvature on")
-    unlabelled = [e.id for e in examples if e.gold < 0]
-    if unlabelled:
-        raise ValueError(f"{len(unlabelled)} examples have no label (e.g. {unlabelled[0]!r}): the curvature of the "
-                         "training loss needs every example's label")  # fmt: skip
+    require_labelled(examples, "the curvature of the training loss")
     batches, _ = length_sorted_batches(tokenizer, examples, batch_size, max_length)
     with tqdm(total=len(batches), desc=f"curvature ({method})", unit="batch", leave=False, disable=not progress) as bar:
         with posterior.holding_mean(model):

@@ -23,3 +23,13 @@ class ChoiceExample:
     text_prompt: str = ""
     texts: tuple[str, ...] = ()
     scoring: str = "letter"
+
+
+def require_labelled(examples, purpose: str) -> None:
+    """Raise a ValueError unless there are `examples` and each has its label (`purpose`: what needs them)."""
+    if not examples:
+        raise ValueError(f"No examples for {purpose}")
+    unlabelled = [e.id for e in examples if e.gold < 0]
+    if unlabelled:
+        raise ValueError(f"{len(unlabelled)} examples have no label (e.g. {unlabelled[0]!r}): {purpose} needs the "
+                         "training label of every example")  # fmt: skip

@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 
 from ..sensitivity import DEFAULT_SAMPLES, VARIANCE_ESTIMATORS, Sensitivity, exact_variances, sampled_variances
 from .collator import length_sorted_batches
+from .example import require_labelled
 from .logits import choice_logits
 
 
@@ -60,12 +61,7 @@ def choice_sensitivity(model, tokenizer, examples, posterior, variance: str = "e
     Batched by prompt length as in evaluation; `variance` "exact" (K backward passes per batch) or "sampled"
     (`num_samples` posterior samples).
     """
-    if not examples:
-        raise ValueError("No examples to score")
-    unlabelled = [e.id for e in examples if e.gold < 0]
-    if unlabelled:
-        raise ValueError(f"{len(unlabelled)} examples have no label (e.g. {unlabelled[0]!r}): the sensitivity needs "
-                         "the training label of every example")  # fmt: skip
+    require_labelled(examples, "the sensitivity")
     batches, order = length_sorted_batches(tokenizer, examples, batch_size, max_length)
     result = batches_sensitivity(model, posterior, batches, [examples[i].id for i in order], variance, num_samples,
                                  seed, progress)  # fmt: skip

@@ -47,15 +47,14 @@ def measured_curvature(directory: str, limit: int) -> dict:
     from ..errors import UsageError
     from ..objectives import get_objective
     from ..rundir import describe_run, load_run
-    from ..tasks import get_protocol, get_task, load_split
+    from ._choice_data import choice_task, labelled_split
 
     recipe = describe_run(directory, set())["recipe"]
     if recipe is None or get_objective(recipe.objective).eval_kind != "multiple_choice":
         raise UsageError(f"--curvature: {directory} has no recipe.yaml of a multiple-choice run, whose train split "
                          "the curvature is measured on")  # fmt: skip
-    loaded = load_split(get_task(recipe.data.dataset), "train", None, limit, protocol=get_protocol(recipe.run.protocol))
-    if loaded.num_unlabelled or not loaded.examples:
-        raise UsageError(f"--curvature: the train split of {recipe.data.dataset} has no labelled examples")
+    name, task = choice_task(None, recipe, directory, "inspect --curvature")
+    loaded = labelled_split(task, name, "train", None, limit, recipe, "the curvature of the training loss")
     run = load_run(directory)
     examples = format_examples(loaded.examples, tokenizer=run.tokenizer, model_args=run.model_args)
     ggn = choice_curvature(run.model, run.tokenizer, examples, run.posterior, "ggn",

@@ -67,7 +67,7 @@ def refine_run(config: RefineConfig):
     from ..objectives import get_objective
     from ..posterior import adapter_hash
     from ..rundir import copy_run_files, describe_run, optimizer_name
-    from ..tasks import get_protocol, get_task, load_split
+    from ._choice_data import choice_task, labelled_split
 
     described = describe_run(config.run_dir, set())
     recipe = described["recipe"]
@@ -88,23 +88,10 @@ def refine_run(config: RefineConfig):
     if not ess:
         raise UsageError(f"{config.run_dir} records one ess per parameter group: pass --ess")
     prior_precision = _prior_precision(config, posterior_config, config.run_dir)
-    task_name = config.task or (recipe.data.dataset if recipe else None)
-    if task_name is None:
-        raise UsageError(f"{config.run_dir} has no recipe.yaml naming its task: pass --task")
-    try:
-        task = get_task(task_name)
-    except KeyError as error:
-        raise UsageError(f"--task: {error.args[0]}") from None
-    if task.kind != "multiple_choice":
-        raise UsageError(f"--task {task_name}: refine needs a multiple-choice task (this one is {task.kind})")
+    task_name, task = choice_task(config.task, recipe, config.run_dir, "refine")
     claim_output_dir(config.out, "refine", config.overwrite, {"run dir": config.run_dir})
-    preset = get_protocol(recipe.run.protocol if recipe else "ivon-lora")
-    loaded = load_split(task, config.split, config.file, config.limit, protocol=preset)
-    if loaded.num_unlabelled:
-        raise UsageError(f"{task_name} {config.split}: {loaded.num_unlabelled} of {len(loaded.examples)} examples have "
-                         "no label; the curvature of the training loss needs labelled examples (use the train split)")  # fmt: skip
-    if not loaded.examples:
-        raise UsageError(f"{task_name} {config.split}: no examples to measure the curvature on")
+    loaded = labelled_split(task, task_name, config.split, config.file, config.limit, recipe,
+                            "the curvature of the training loss")  # fmt: skip
 
     from ..choice import format_examples
     from ..choice.curvature import choice_curvature

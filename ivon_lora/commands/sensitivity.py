@@ -107,30 +107,15 @@ def run_sensitivity(options) -> dict:
         staged_output_dir,
         write_json_atomic,
     )
-    from ..errors import UsageError
     from ..rundir import environment
-    from ..tasks import get_protocol, get_task, load_split
+    from ._choice_data import choice_task, labelled_split
 
     described = _checked_run(options)
     recipe = described["recipe"]
-    task_name = options.task or (recipe.data.dataset if recipe else None)
-    if task_name is None:
-        raise UsageError(f"{options.run_dir} has no recipe.yaml naming its task: pass --task")
-    try:
-        task = get_task(task_name)
-    except KeyError as error:
-        raise UsageError(f"--task: {error.args[0]}") from None
-    if task.kind != "multiple_choice":
-        raise UsageError(f"--task {task_name}: sensitivity needs a multiple-choice task (this one is {task.kind})")
+    task_name, task = choice_task(options.task, recipe, options.run_dir, "sensitivity")
     out = options.out or os.path.join(options.run_dir, f"sensitivity-{options.split}")
     claim_output_dir(out, "sensitivity", options.overwrite, {"run dir": options.run_dir} if options.out else {})
-    preset = get_protocol(recipe.run.protocol if recipe else "ivon-lora")
-    loaded = load_split(task, options.split, options.file, options.limit, protocol=preset)
-    if loaded.num_unlabelled:
-        raise UsageError(f"{task_name} {options.split}: {loaded.num_unlabelled} of {len(loaded.examples)} examples "
-                         "have no label; the sensitivity needs each example's training label (use a labelled split)")  # fmt: skip
-    if not loaded.examples:
-        raise UsageError(f"{task_name} {options.split}: no examples to score")
+    loaded = labelled_split(task, task_name, options.split, options.file, options.limit, recipe, "the sensitivity")
     flipped = _flipped_labels(task, options.split, options.file)
 
     from ..choice import format_examples
