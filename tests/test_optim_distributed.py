@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ivon_lora.optim import IVON
-from ivon_lora.optim._rng import derive_seed as _derive_seed
+from ivon_lora.optim._state import derive_seed as _derive_seed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "distributed_worker.py")

@@ -450,7 +450,7 @@ def test_process_group_without_data_parallel_is_rejected():
 
 
 def test_rank_zero_draws_the_noise_of_a_single_process_and_other_ranks_their_own():
-    from ivon_lora.optim._rng import derive_seed as _derive_seed
+    from ivon_lora.optim._state import derive_seed as _derive_seed
 
     assert _derive_seed(7, 0, rank=0) == 7 and _derive_seed(7, 1, rank=0) == _derive_seed(7, 1)
     seeds = {_derive_seed(7, device, rank) for device in range(2) for rank in range(4)}
@@ -501,7 +501,7 @@ def test_the_noise_and_data_parallel_helpers_use_ivons_sampling_state_not_its_pr
     import ast
     import os
 
-    from ivon_lora.optim import _distributed, _rng
+    from ivon_lora.optim import _distributed, _rng, _state
 
     for module in (_rng, _distributed):
         tree = ast.parse(open(module.__file__).read())
@@ -510,5 +510,24 @@ def test_the_noise_and_data_parallel_helpers_use_ivons_sampling_state_not_its_pr
                           and node.attr.startswith("_")})  # fmt: skip
         assert touched == [], f"{os.path.basename(module.__file__)} touches {touched}"
     optimizer = IVON([torch.nn.Parameter(torch.zeros(3))], lr=0.1, ess=10.0, seed=5)
-    assert isinstance(optimizer._sampling_state, _rng.SamplingState) and optimizer._sampling_state.seed == 5
+    assert isinstance(optimizer._sampling_state, _state.SamplingState) and optimizer._sampling_state.seed == 5
     assert set(optimizer.state_dict()["ivon"]) == {"seed", "generator_states"}  # the format is unchanged
+
+
+def test_the_optimizers_modules_import_each_other_as_a_tree_with_their_shared_types_in_one_leaf():
+    """Inside ivon_lora/optim, every import (TYPE_CHECKING ones too, which tests/test_imports.py leaves out) goes
+    down: _state imports no module of the optimizer, _rng and _distributed only _state, ivon.py the three."""
+    import ast
+    import os
+
+    import ivon_lora.optim as package
+
+    folder = os.path.dirname(package.__file__)
+    edges = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, name)).read())
+            edges[name[:-3]] = sorted({node.module.split(".")[-1] for node in ast.walk(tree)
+                                       if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module})  # fmt: skip
+    assert edges == {"__init__": ["ivon"], "_distributed": ["_state"], "_rng": ["_state"], "_state": [],
+                     "ivon": ["_distributed", "_rng", "_state"]}  # fmt: skip

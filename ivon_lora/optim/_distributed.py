@@ -1,4 +1,4 @@
-"""IVON under data parallelism: which process group the samples are averaged over, and the averaging itoptimizer.
+"""IVON under data parallelism: which process group the samples are averaged over, and the averaging itself.
 
 See ``ivon_lora.optim.ivon``'s module docstring for why IVON averages both ``g`` and ``eps * g`` over the ranks
 itself (per-rank noise, W samples per step) instead of letting DDP average ``g``.
@@ -7,24 +7,12 @@ itself (per-rank noise, W samples per step) instead of letting DDP average ``g``
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from ._rng import SamplingState
-    from .ivon import _Bucket
-
-
-@dataclass(frozen=True)
-class DataParallel:
-    """The process group over which IVON averages its recorded samples, and this process's place in it."""
-
-    group: Any  # a torch.distributed ProcessGroup; None is the default group
-    rank: int
-    world_size: int
+from ._state import Bucket, DataParallel, SamplingState
 
 
 def resolve_data_parallel(data_parallel: bool | None, process_group: Any) -> DataParallel | None:
@@ -45,7 +33,7 @@ def resolve_data_parallel(data_parallel: bool | None, process_group: Any) -> Dat
 
 
 @torch.no_grad()
-def all_reduce_samples(state: SamplingState, buckets: list[_Bucket], dp: DataParallel, devices: list[str]) -> int:
+def all_reduce_samples(state: SamplingState, buckets: list[Bucket], dp: DataParallel, devices: list[str]) -> int:
     """Sum the recorded ``g`` and ``eps * g`` over the ranks; return the number of samples of all ranks.
 
     One all-reduce per bucket, of one flat buffer ``[grad_sum | nxg_sum | rows]`` (as DDP buckets its

@@ -3,66 +3,19 @@
 One ``torch.Generator`` per device, seeded from the optimizer's seed, the device's position among its devices
 and the data-parallel rank. The state_dict hooks here carry every generator (and, under data parallelism, every
 rank's, gathered by ``step()``'s all-reduce) so that a resumed run draws the same noise. All of it lives in one
-``SamplingState`` that the optimizer owns; the functions here and in ``_distributed.py`` read and write that object,
-never the optimizer's attributes.
+``SamplingState`` (``_state.py``, with the seeds' derivation) that the optimizer owns; the functions here and in
+``_distributed.py`` read and write that object, never the optimizer's attributes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from ._distributed import DataParallel
-
-
-def derive_seed(seed: int, device_ordinal: int, rank: int = 0) -> int:
-    """The seed of the generator of the optimizer's ``device_ordinal``-th device (in parameter order).
-
-    ``rank`` is the data-parallel rank; rank 0 (and a single process) uses the seeds of a single process.
-    """
-    if device_ordinal == 0 and rank == 0:
-        return seed
-    key = f"{seed}/{device_ordinal}" if rank == 0 else f"{seed}/{device_ordinal}/rank{rank}"
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-@dataclass
-class SamplingState:
-    """IVON's optimizer-wide sampling state (the per-parameter state is ``step``, ``momentum``, ``hess``)."""
-
-    seed: int
-    generators: dict[str, torch.Generator] = field(default_factory=dict)  # by device, created at first use
-    num_pending_samples: int = 0  # samples recorded by sampled_params(train=True) since the last step()
-    active: bool = False  # a sampled_params() context holds a sample in the parameters
-    num_draws: int = 0  # sampled_params() contexts entered: tells whether rank_generator_states is current
-    # Data parallel: every rank's generator states (by rank, in device order) as of the last step(), with the
-    # num_draws they belong to. Gathered by step()'s all-reduce, so that rank 0's state_dict() holds the generator
-    # states of all ranks without a collective of its own.
-    rank_generator_states: tuple[int, list[list[Tensor]]] | None = None
-    warned_presynced_grads: bool = False
-
-    def generator(self, device: torch.device, devices: list[str], rank: int) -> torch.Generator:
-        """The generator of ``device``, the ``devices.index(device)``-th of the optimizer's devices, on ``rank``."""
-        key = str(device)
-        if key not in self.generators:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(derive_seed(self.seed, devices.index(key), rank))
-            self.generators[key] = generator
-        return self.generators[key]
-
-    def restart(self, seed: int) -> None:
-        """Forget the generators (and gathered states): the next draws start fresh streams from ``seed``."""
-        self.seed = seed
-        self.generators = {}
-        self.rank_generator_states = None
-        self.num_draws = 0
+from ._state import DataParallel, SamplingState
 
 
 def save_generator_states(state: SamplingState, dp: DataParallel | None, state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -21,10 +21,11 @@ since ``E[eps_r * mean_r' g_r'] = E[eps * g] / W``; ``step()`` warns when it see
 identical across ranks.
 
 Layout: like ``torch/optim/adam.py``, this one module holds the class, its functional form ``ivon()`` and the
-two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested), plus the same pair for
-parameters with a prior (``set_prior``: continual learning; kept apart so that the scalar weight-decay path stays
-bitwise as it was), and the class docstring carries the algorithm; that is why it runs over 400 lines. The data-parallel averaging is in
-``_distributed.py`` and the noise generators' seeds and checkpointed states in ``_rng.py``.
+two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested) and serve parameters with
+and without a prior (``set_prior``: continual learning), and the class docstring carries the algorithm; that is why
+it runs over 400 lines. The data-parallel averaging is in ``_distributed.py``, the noise generators' checkpointed
+states in ``_rng.py``, and the types they share (the sampling state, the data-parallel group, the buckets) in the
+leaf ``_state.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,8 +40,9 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
-from ._distributed import DataParallel, all_reduce_samples, resolve_data_parallel
-from ._rng import SamplingState, load_generator_states, save_generator_states, set_generator_states
+from ._distributed import all_reduce_samples, resolve_data_parallel
+from ._rng import load_generator_states, save_generator_states, set_generator_states
+from ._state import Bucket, DataParallel, SamplingState
 
 __all__ = ["IVON", "ivon"]
 
@@ -144,50 +145,6 @@ _PRIOR_KEYS = ("prior_mean", "prior_precision")
 _UNRESOLVED = object()
 
 
-@dataclass
-class _Bucket:
-    """The parameters of one param group that share a device and a dtype, with their transient buffers.
-
-    Each buffer is one flat tensor, so that the noise is drawn by one call, plus per-parameter views
-    shaped like the parameters. The buffers are allocated on first use and reused: fresh allocations of
-    this size cost page faults on CPU and allocator traffic on GPU.
-    """
-
-    group_index: int
-    params: list[Tensor]
-    noise: Tensor | None = None  # eps of the current sample
-    backup: Tensor | None = None  # the means while the parameters hold a sample; scratch otherwise
-    grad_sum: Tensor | None = None  # sum over the recorded samples of g
-    nxg_sum: Tensor | None = None  # sum over the recorded samples of eps * g
-    views: dict[str, list[Tensor]] = field(default_factory=dict)
-    sync: Tensor | None = None  # data parallel: [grad_sum | nxg_sum | per-rank rows], all-reduced at once
-
-    @property
-    def device(self) -> torch.device:
-        return self.params[0].device
-
-    def allocate(self) -> None:
-        if self.noise is not None:
-            return
-        p0 = self.params[0]
-        numel = sum(p.numel() for p in self.params)
-        for name in ("noise", "backup", "grad_sum", "nxg_sum"):
-            flat = torch.empty(numel, dtype=p0.dtype, device=p0.device)
-            setattr(self, name, flat)
-            self.views[name] = [
-                view.view_as(p) for view, p in zip(flat.split([p.numel() for p in self.params]), self.params)
-            ]
-
-    def sync_buffer(self, numel: int) -> Tensor:
-        if self.sync is None or self.sync.numel() != numel:
-            self.sync = torch.empty(numel, dtype=self.params[0].dtype, device=self.device)
-        return self.sync
-
-    def swap_noise_and_nxg_sum(self) -> None:
-        self.noise, self.nxg_sum = self.nxg_sum, self.noise
-        self.views["noise"], self.views["nxg_sum"] = self.views["nxg_sum"], self.views["noise"]
-
-
 class IVON(Optimizer):
     def __init__(
         self,
@@ -252,7 +209,7 @@ class IVON(Optimizer):
     def _init_transient_attributes(self, seed: int) -> None:
         # The noise generators, their seed and the sampling flags: one object, which _rng and _distributed use.
         self._sampling_state = SamplingState(seed)
-        self._buckets: list[_Bucket] | None = None
+        self._buckets: list[Bucket] | None = None
         self._dp: DataParallel | None | object = _UNRESOLVED
 
     def _register_hooks(self) -> None:
@@ -377,14 +334,14 @@ class IVON(Optimizer):
         """What is added to ``hess`` for the posterior precision: the prior precision, else the weight decay."""
         return self.state[p].get("prior_precision", group["weight_decay"])
 
-    def _get_buckets(self) -> list[_Bucket]:
+    def _get_buckets(self) -> list[Bucket]:
         if self._buckets is None:
             self._buckets = []
             for group_index, group in enumerate(self.param_groups):
                 by_device_and_dtype: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
                 for p in group["params"]:
                     by_device_and_dtype.setdefault((p.device, p.dtype), []).append(p)
-                self._buckets += [_Bucket(group_index, params) for params in by_device_and_dtype.values()]
+                self._buckets += [Bucket(group_index, params) for params in by_device_and_dtype.values()]
         return self._buckets
 
     def _devices(self) -> list[str]:
@@ -449,7 +406,7 @@ class IVON(Optimizer):
         """
         noise.normal_(0.0, std, generator=self._generator(noise.device))
 
-    def _uses_foreach(self, bucket: _Bucket) -> bool:
+    def _uses_foreach(self, bucket: Bucket) -> bool:
         foreach = self.param_groups[bucket.group_index]["foreach"]
         return _default_foreach(bucket.params) if foreach is None else foreach
 
@@ -501,56 +458,39 @@ class IVON(Optimizer):
     # the next, so on CPU the parameter's slices of the buffers stay in cache between operations.
 
     @torch.no_grad()
-    def _perturb(self, buckets: list[_Bucket]) -> None:
+    def _perturb(self, buckets: list[Bucket]) -> None:
         for bucket in buckets:
             group = self.param_groups[bucket.group_index]
             bucket.allocate()
             hessians = [self._param_state(p, group)["hess"] for p in bucket.params]
-            # eps = z / sqrt(ess * (h + wd)): the 1/sqrt(ess) is folded into the draw, and the backup buffer
-            # is scratch for 1/sqrt(h + wd) until it receives the means.
+            # eps = z / sqrt(ess * (h + offset)): the 1/sqrt(ess) is folded into the draw, and the backup buffer
+            # is scratch for 1/sqrt(h + offset) until it receives the means.
             std, weight_decay = 1.0 / math.sqrt(group["ess"]), group["weight_decay"]
             noise, backup = bucket.views["noise"], bucket.views["backup"]
             # One draw per bucket in both paths, so that the noise does not depend on the implementation.
             self._sample_noise(bucket.params, bucket.noise, std)
-            offsets = [self._precision_offset(p, group) for p in bucket.params]  # h + offset: the precision / ess
-            if any(isinstance(offset, Tensor) for offset in offsets):
-                self._perturb_with_priors(bucket, hessians, offsets)
-                continue
+            # h + offset is the precision / ess: the offset is the prior precision p0 (set_prior) or weight_decay.
+            offsets = [self._precision_offset(p, group) for p in bucket.params]
             if self._uses_foreach(bucket):
                 torch._foreach_copy_(backup, hessians)
-                if weight_decay != 0:
-                    bucket.backup.add_(weight_decay)
+                with_prior = [i for i, offset in enumerate(offsets) if isinstance(offset, Tensor)]
+                if with_prior:
+                    torch._foreach_add_([backup[i] for i in with_prior], [offsets[i] for i in with_prior])
+                if weight_decay != 0 and len(with_prior) < len(offsets):
+                    torch._foreach_add_([b for i, b in enumerate(backup) if i not in with_prior], weight_decay)
                 bucket.backup.rsqrt_()
                 bucket.noise.mul_(bucket.backup)
                 torch._foreach_copy_(backup, bucket.params)
                 torch._foreach_add_(bucket.params, noise)
                 continue
-            for p, hess, p_noise, p_backup in zip(bucket.params, hessians, noise, backup):
-                torch.add(hess, weight_decay, out=p_backup).rsqrt_()
+            for p, hess, offset, p_noise, p_backup in zip(bucket.params, hessians, offsets, noise, backup):
+                torch.add(hess, offset, out=p_backup).rsqrt_()
                 p_noise.mul_(p_backup)
                 p_backup.copy_(p)
                 p.add_(p_noise)
 
-    def _perturb_with_priors(self, bucket: _Bucket, hessians: list[Tensor], offsets: list[Tensor | float]) -> None:
-        """`_perturb` for a bucket in which some parameters have a prior: eps = z / sqrt(ess * (h + p0))."""
-        noise, backup = bucket.views["noise"], bucket.views["backup"]
-        if self._uses_foreach(bucket):
-            torch._foreach_copy_(backup, hessians)
-            torch._foreach_add_(backup, [o if isinstance(o, Tensor) else torch.full_like(b, o)
-                                         for o, b in zip(offsets, backup)])  # fmt: skip
-            bucket.backup.rsqrt_()
-            bucket.noise.mul_(bucket.backup)
-            torch._foreach_copy_(backup, bucket.params)
-            torch._foreach_add_(bucket.params, noise)
-            return
-        for p, hess, offset, p_noise, p_backup in zip(bucket.params, hessians, offsets, noise, backup):
-            torch.add(hess, offset, out=p_backup).rsqrt_()
-            p_noise.mul_(p_backup)
-            p_backup.copy_(p)
-            p.add_(p_noise)
-
     @torch.no_grad()
-    def _restore(self, buckets: list[_Bucket]) -> None:
+    def _restore(self, buckets: list[Bucket]) -> None:
         for bucket in buckets:
             if self._uses_foreach(bucket):
                 torch._foreach_copy_(bucket.params, bucket.views["backup"])
@@ -559,7 +499,7 @@ class IVON(Optimizer):
                     p.copy_(p_backup)
 
     @torch.no_grad()
-    def _record(self, buckets: list[_Bucket]) -> None:
+    def _record(self, buckets: list[Bucket]) -> None:
         if any(p.grad is not None and p.grad.is_sparse for bucket in buckets for p in bucket.params):
             raise RuntimeError("IVON does not support sparse gradients.")
         first_sample = self._sampling_state.num_pending_samples == 0
@@ -648,8 +588,8 @@ class IVON(Optimizer):
             num_samples = self._sampling_state.num_pending_samples
 
         for group_index, group in enumerate(self.param_groups):
-            # Parameters without a prior and with one (set_prior) are updated by separate kernel calls, so that
-            # the scalar weight-decay path runs exactly as it does without any prior.
+            # The functional takes priors for all of its parameters or for none (torch-style parallel lists), so a
+            # group's parameters without a prior and those with one (set_prior) go in two calls of it.
             lists = {False: [[] for _ in range(6)], True: [[] for _ in range(8)]}
             for bucket in buckets:
                 if bucket.group_index != group_index:
@@ -897,12 +837,6 @@ def ivon(
         raise ValueError(f"Invalid mean_weight_decay value: {mean_weight_decay} (must be None with a prior)")
     if foreach is None:
         foreach = _default_foreach(params)
-    if prior_means is not None:
-        func = _multi_tensor_ivon_with_prior if foreach else _single_tensor_ivon_with_prior
-        func(params, grad_sums, nxg_sums, momentums, hessians, state_steps, prior_means, prior_precisions,
-             num_samples=num_samples, lr=lr * (hess_init + weight_decay) if rescale_lr else lr, ess=ess, beta1=beta1,
-             beta2=beta2, clip_radius=clip_radius)  # fmt: skip
-        return
     func = _multi_tensor_ivon if foreach else _single_tensor_ivon
     func(
         params,
@@ -911,6 +845,8 @@ def ivon(
         momentums,
         hessians,
         state_steps,
+        prior_means,
+        prior_precisions,
         num_samples=num_samples,
         lr=lr * (hess_init + weight_decay) if rescale_lr else lr,
         ess=ess,
@@ -924,9 +860,12 @@ def ivon(
 
 # The two kernels run the same sequence of in-place operations, so that they agree bitwise on CPU. The Hessian
 # update is step 5 of the algorithm rearranged around u = h_hat - h, which needs no temporary:
-#     h_new = beta2 * h + (1 - beta2) * h_hat + (1 - beta2)^2 / 2 * (h - h_hat)^2 / (h + wd)
-#           = h + (1 - beta2) * u + (1 - beta2)^2 / 2 * u * (u / (h + wd)).
-# The buffers of the sums serve as scratch: `grad_sum` holds g, then h + wd, then u / (h + wd), then h_new + wd;
+#     h_new = beta2 * h + (1 - beta2) * h_hat + (1 - beta2)^2 / 2 * (h - h_hat)^2 / (h + o)
+#           = h + (1 - beta2) * u + (1 - beta2)^2 / 2 * u * (u / (h + o)),
+# where the offset o is the scalar weight decay, or, with priors N(m0, 1 / (ess * p0)), the tensor p0. The mean
+# update d / (h + o) is the decay term plus the debiased momentum, momentum / (1 - beta1^t) / (h + o), with the
+# decay term (p0 * (m - m0)) / (h + o) with priors and (mean_weight_decay * m) / (h + o) without (none if 0).
+# The buffers of the sums serve as scratch: `grad_sum` holds g, then h + o, then u / (h + o), then h_new + o;
 # `nxg_sum` holds u, then the preconditioned update.
 
 
@@ -937,6 +876,8 @@ def _single_tensor_ivon(
     momentums: list[Tensor],
     hessians: list[Tensor],
     state_steps: list[Tensor],
+    prior_means: list[Tensor] | None,
+    prior_precisions: list[Tensor] | None,
     *,
     num_samples: int,
     lr: float,
@@ -947,44 +888,50 @@ def _single_tensor_ivon(
     mean_weight_decay: float,
     clip_radius: float,
 ) -> None:
-    for param, scratch, update, momentum, hess, step in zip(
-        params, grad_sums, nxg_sums, momentums, hessians, state_steps, strict=True
+    for i, (param, scratch, update, momentum, hess, step) in enumerate(
+        zip(params, grad_sums, nxg_sums, momentums, hessians, state_steps, strict=True)
     ):
         step += 1
         bias_correction1 = 1 - beta1 ** step.item()
+        offset = weight_decay if prior_precisions is None else prior_precisions[i]
 
         if num_samples != 1:
             scratch.div_(num_samples)
         momentum.lerp_(scratch, 1 - beta1)
 
-        scratch.copy_(hess)
-        if weight_decay != 0:
-            scratch.add_(weight_decay)
+        torch.add(hess, offset, out=scratch)
         update.mul_(scratch).mul_(ess / num_samples).sub_(hess)
         scratch.reciprocal_().mul_(update)
         hess.addcmul_(scratch, update, value=0.5 * (1 - beta2) ** 2)
         hess.add_(update, alpha=1 - beta2)
 
-        scratch.copy_(hess)
-        if weight_decay != 0:
-            scratch.add_(weight_decay)
-        update.zero_()
+        torch.add(hess, offset, out=scratch)
+        if prior_means is not None:
+            torch.sub(param, prior_means[i], out=update).mul_(offset).div_(scratch)
+        elif mean_weight_decay != 0:
+            torch.mul(param, mean_weight_decay, out=update).div_(scratch)
+        else:
+            update.zero_()
         update.addcdiv_(momentum, scratch, value=1 / bias_correction1)
-        if mean_weight_decay != 0:
-            update.addcdiv_(param, scratch, value=mean_weight_decay)
         if clip_radius != math.inf:
             update.clamp_(-clip_radius, clip_radius)
         param.add_(update, alpha=-lr)
 
 
-def _group_by_device_and_dtype(*tensor_lists: list[Tensor]) -> list[tuple[list[Tensor], ...]]:
+def _group_by_device_and_dtype(*tensor_lists: list[Tensor] | None) -> list[tuple[list[Tensor] | None, ...]]:
+    """Split parallel lists by the first list's (device, dtype); a None list stays None in every part."""
     groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = {}
-    for tensors in zip(*tensor_lists, strict=True):
+    present = [tensors for tensors in tensor_lists if tensors is not None]
+    for tensors in zip(*present, strict=True):
         key = (tensors[0].device, tensors[0].dtype)
-        group = groups.setdefault(key, tuple([] for _ in tensor_lists))
+        group = groups.setdefault(key, tuple([] for _ in present))
         for tensor, same_kind in zip(tensors, group):
             same_kind.append(tensor)
-    return list(groups.values())
+    parts = []
+    for group in groups.values():
+        lists = iter(group)
+        parts.append(tuple(None if tensors is None else next(lists) for tensors in tensor_lists))
+    return parts
 
 
 def _multi_tensor_ivon(
@@ -994,6 +941,8 @@ def _multi_tensor_ivon(
     momentums: list[Tensor],
     hessians: list[Tensor],
     state_steps: list[Tensor],
+    prior_means: list[Tensor] | None,
+    prior_precisions: list[Tensor] | None,
     *,
     num_samples: int,
     lr: float,
@@ -1006,119 +955,19 @@ def _multi_tensor_ivon(
 ) -> None:
     if len(params) == 0:
         return
-    for param, scratch, update, momentum, hess, steps in _group_by_device_and_dtype(
-        params, grad_sums, nxg_sums, momentums, hessians, state_steps
-    ):
-        torch._foreach_add_(steps, 1.0)
-        inv_bias_corrections1 = [1 / (1 - beta1 ** step.item()) for step in steps]
-
-        if num_samples != 1:
-            torch._foreach_div_(scratch, num_samples)
-        torch._foreach_lerp_(momentum, scratch, 1 - beta1)
-
-        torch._foreach_copy_(scratch, hess)
-        if weight_decay != 0:
-            torch._foreach_add_(scratch, weight_decay)
-        torch._foreach_mul_(update, scratch)
-        torch._foreach_mul_(update, ess / num_samples)
-        torch._foreach_sub_(update, hess)
-        torch._foreach_reciprocal_(scratch)
-        torch._foreach_mul_(scratch, update)
-        torch._foreach_addcmul_(hess, scratch, update, value=0.5 * (1 - beta2) ** 2)
-        torch._foreach_add_(hess, update, alpha=1 - beta2)
-
-        torch._foreach_copy_(scratch, hess)
-        if weight_decay != 0:
-            torch._foreach_add_(scratch, weight_decay)
-        torch._foreach_zero_(update)
-        torch._foreach_addcdiv_(update, momentum, scratch, inv_bias_corrections1)
-        if mean_weight_decay != 0:
-            torch._foreach_addcdiv_(update, param, scratch, value=mean_weight_decay)
-        if clip_radius != math.inf:
-            torch._foreach_clamp_min_(update, -clip_radius)
-            torch._foreach_clamp_max_(update, clip_radius)
-        torch._foreach_add_(param, update, alpha=-lr)
-
-
-# The kernels of parameters with a prior N(m0, 1 / (ess * p0)): the same sequence as above with the tensor p0 in
-# place of the scalar weight decay, and the mean update d / (h + p0) computed as
-#     (p0 * (m - m0)) / (h + p0) + momentum / (1 - beta1^t) / (h + p0)
-# in `update` (no further buffer). Kept apart from the kernels above so that the scalar path stays bitwise as it was.
-
-
-def _single_tensor_ivon_with_prior(
-    params: list[Tensor],
-    grad_sums: list[Tensor],
-    nxg_sums: list[Tensor],
-    momentums: list[Tensor],
-    hessians: list[Tensor],
-    state_steps: list[Tensor],
-    prior_means: list[Tensor],
-    prior_precisions: list[Tensor],
-    *,
-    num_samples: int,
-    lr: float,
-    ess: float,
-    beta1: float,
-    beta2: float,
-    clip_radius: float,
-) -> None:
-    for param, scratch, update, momentum, hess, step, prior_mean, prior_precision in zip(
-        params, grad_sums, nxg_sums, momentums, hessians, state_steps, prior_means, prior_precisions, strict=True
-    ):
-        step += 1
-        bias_correction1 = 1 - beta1 ** step.item()
-
-        if num_samples != 1:
-            scratch.div_(num_samples)
-        momentum.lerp_(scratch, 1 - beta1)
-
-        torch.add(hess, prior_precision, out=scratch)
-        update.mul_(scratch).mul_(ess / num_samples).sub_(hess)
-        scratch.reciprocal_().mul_(update)
-        hess.addcmul_(scratch, update, value=0.5 * (1 - beta2) ** 2)
-        hess.add_(update, alpha=1 - beta2)
-
-        torch.add(hess, prior_precision, out=scratch)
-        torch.sub(param, prior_mean, out=update)
-        update.mul_(prior_precision).div_(scratch)
-        update.addcdiv_(momentum, scratch, value=1 / bias_correction1)
-        if clip_radius != math.inf:
-            update.clamp_(-clip_radius, clip_radius)
-        param.add_(update, alpha=-lr)
-
-
-def _multi_tensor_ivon_with_prior(
-    params: list[Tensor],
-    grad_sums: list[Tensor],
-    nxg_sums: list[Tensor],
-    momentums: list[Tensor],
-    hessians: list[Tensor],
-    state_steps: list[Tensor],
-    prior_means: list[Tensor],
-    prior_precisions: list[Tensor],
-    *,
-    num_samples: int,
-    lr: float,
-    ess: float,
-    beta1: float,
-    beta2: float,
-    clip_radius: float,
-) -> None:
-    if len(params) == 0:
-        return
     for param, scratch, update, momentum, hess, steps, prior_mean, prior_precision in _group_by_device_and_dtype(
         params, grad_sums, nxg_sums, momentums, hessians, state_steps, prior_means, prior_precisions
     ):
         torch._foreach_add_(steps, 1.0)
         inv_bias_corrections1 = [1 / (1 - beta1 ** step.item()) for step in steps]
+        offset = weight_decay if prior_precision is None else prior_precision
 
         if num_samples != 1:
             torch._foreach_div_(scratch, num_samples)
         torch._foreach_lerp_(momentum, scratch, 1 - beta1)
 
         torch._foreach_copy_(scratch, hess)
-        torch._foreach_add_(scratch, prior_precision)
+        torch._foreach_add_(scratch, offset)
         torch._foreach_mul_(update, scratch)
         torch._foreach_mul_(update, ess / num_samples)
         torch._foreach_sub_(update, hess)
@@ -1128,11 +977,18 @@ def _multi_tensor_ivon_with_prior(
         torch._foreach_add_(hess, update, alpha=1 - beta2)
 
         torch._foreach_copy_(scratch, hess)
-        torch._foreach_add_(scratch, prior_precision)
-        torch._foreach_copy_(update, param)
-        torch._foreach_sub_(update, prior_mean)
-        torch._foreach_mul_(update, prior_precision)
-        torch._foreach_div_(update, scratch)
+        torch._foreach_add_(scratch, offset)
+        if prior_mean is not None:
+            torch._foreach_copy_(update, param)
+            torch._foreach_sub_(update, prior_mean)
+            torch._foreach_mul_(update, offset)
+            torch._foreach_div_(update, scratch)
+        elif mean_weight_decay != 0:
+            torch._foreach_copy_(update, param)
+            torch._foreach_mul_(update, mean_weight_decay)
+            torch._foreach_div_(update, scratch)
+        else:
+            torch._foreach_zero_(update)
         torch._foreach_addcdiv_(update, momentum, scratch, inv_bias_corrections1)
         if clip_radius != math.inf:
             torch._foreach_clamp_min_(update, -clip_radius)
