@@ -387,14 +387,9 @@ def summarise(per_seed: dict, chosen: dict, options) -> dict:
 
 
 def cell(values, scale=100.0, digits=1) -> str:
-    if values is None:
-        return "-"
-    defined = [scale * v for v in values if v is not None]
-    if not defined:
-        return "-"
-    if len(defined) == 1:
-        return f"{defined[0]:.{digits}f}"
-    return f"{statistics.mean(defined):.{digits}f} ± {statistics.stdev(defined):.{digits}f}"
+    from ivon_lora.comparison.stats import mean_std_text
+
+    return mean_std_text(values, scale, digits)
 
 
 def markdown(table: dict, options, seeds) -> str:

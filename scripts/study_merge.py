@@ -161,6 +161,8 @@ def study_seed(seed: int, optimizer: str, runs: str, state: dict, save, referenc
 
 def table(state: dict) -> str:
     """Test accuracy / NLL / ECE per task, mean ± std over the seeds studied, per optimizer and method."""
+    from ivon_lora.comparison.stats import mean_std_text
+
     lines = [
         "LoRA design: relative distance of each merge's ΔW to the exact ΔW average (cosine of the runs' A):\n",
         "| pair | cos(A₁, A₂) | " + " | ".join(DESIGN_COLUMNS) + " |",
@@ -185,9 +187,7 @@ def table(state: dict) -> str:
             values = [state["test"][s][name] for s in seeds if name in state["test"][s]]
 
             def cell(task, column, values=values):
-                xs = [v["scores"][f"{task}/test"][column] for v in values]
-                sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-                return f"{statistics.fmean(xs):.3f} ± {sd:.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+                return mean_std_text([v["scores"][f"{task}/test"][column] for v in values], digits=3)
 
             means = [statistics.fmean(v["scores"][f"{t}/test"]["accuracy"] for t in TASKS) for v in values]
             chosen = values[0].get("label", "") + (f" α={values[0]['weights']}" if "weights" in values[0] else "")

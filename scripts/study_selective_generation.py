@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -62,13 +61,9 @@ def summary(per_seed: dict[int, dict]) -> dict:
 
 
 def mean_std(values: list) -> str:
-    defined = [100 * v for v in values if v is not None]
-    if not defined:
-        return "undefined"
-    text = (
-        f"{statistics.mean(defined):.1f} ± {statistics.stdev(defined):.1f}" if len(defined) > 1 else f"{defined[0]:.1f}"
-    )
-    return text + (f" ({len(defined)} of {len(values)} seeds defined)" if len(defined) < len(values) else "")
+    from ivon_lora.comparison.stats import mean_std_text
+
+    return mean_std_text(values, 100, 1, undefined="undefined", count_undefined=True)
 
 
 def markdown(table: dict, seeds: list[int]) -> str:

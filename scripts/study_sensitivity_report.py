@@ -13,10 +13,12 @@ PARTS = {"a": "(a) against retraining", "b": "(b) flipped-label recovery", "c": 
 
 def _mean_std(values) -> str:
     """The mean and, in brackets, each seed's value."""
-    values = list(values)
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+    from ivon_lora.comparison.stats import summarize
+
+    summary = summarize(values)
+    if summary.n == 1:
+        return f"{summary.mean:.3f}"
+    return f"{summary.mean:.3f} ({', '.join(f'{v:.3f}' for v in summary.values)})"
 
 
 def tables(parts: dict) -> str:

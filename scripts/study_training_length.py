@@ -37,7 +37,6 @@ import glob
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 
@@ -199,11 +198,12 @@ def variants(method: str, curve: dict[int, dict], split: str) -> dict[str, dict[
 
 
 def mean_std(values: list) -> dict:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}  # fmt: skip
+    """The defined values' mean and std (0 for one value; None for none) and their count."""
+    from ivon_lora.comparison.stats import summarize
+
+    summary = summarize(values)
+    std = summary.std if summary.n != 1 else 0.0
+    return {"mean": summary.mean, "std": std, "n": summary.n}
 
 
 def aggregate(per_seed: dict, steps_per_epoch: int) -> dict:
