@@ -13,7 +13,7 @@ import traceback
 from importlib import import_module
 
 from .commands import COMMANDS, module_name
-from .artifacts import release_output_dir
+from .output_dir import release_output_dir
 from .errors import USER_ERRORS
 from .model_card import record_invocation
 

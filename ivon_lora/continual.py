@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .artifacts import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, check_run_files, read_tensors
+from .fileio import read_tensors
+from .filenames import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME
+from .output_dir import check_run_files
 from .errors import RecipeError, RunDirError
 
 # Recipe keys that must agree between the previous run and the new one (the adapter's shape and the base model).

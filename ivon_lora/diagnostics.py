@@ -3,8 +3,9 @@
 From the artifact alone (no model): per LoRA matrix, the distribution of the posterior std, of std / |mean| and of
 the signal-to-noise ratio |mean| / std, and the share of Hessian entries still within `HESS_INIT_TOLERANCE` of
 `hess_init` (the Hessian is recovered from the variance: h = 1 / (ess * variance) - weight_decay). From per-example
-predictions at the mean and under S samples (the `predictions.jsonl` that `train` and `eval` write): how often a
-sample changes the predicted answer, and the mean KL divergence from the mean's predictive to a sample's.
+predictions at the mean and under S samples (the `predictions.jsonl` that `train` and `eval` write, read by
+`ivon_lora.evaluation.predict.read_predictions` beside its writer): how often a sample changes the predicted answer,
+and the mean KL divergence from the mean's predictive to a sample's.
 
 With a curvature measured at the mean (`curvature_diagnostics`, `ivon-lora inspect --curvature`): how the precision
 ranks the entries against it (Spearman per matrix) and their dynamic ranges.
@@ -18,7 +19,6 @@ Three failure modes get a plain warning with the fix:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -104,28 +104,6 @@ def predictive_diagnostics(mean: torch.Tensor, samples: torch.Tensor) -> dict:
         "mean_kl": float(kl.mean()),
         "predictive_changed": float((averaged.argmax(-1) != mean.argmax(-1)).double().mean()),
     }
-
-
-def read_predictions(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mean (N x K) and samples (S x N x K, or None) from a predictions jsonl written by train or eval."""
-    means, samples = [], []
-    with open(path) as f:
-        for line_number, line in enumerate(f, 1):
-            try:
-                row = json.loads(line)
-                means.append(row["mean"])
-                samples.append(row.get("samples"))
-            except (json.JSONDecodeError, KeyError) as error:
-                raise ValueError(f"{path}, line {line_number}: not a predictions row ({error})") from None
-    if not means:
-        raise ValueError(f"{path}: no predictions")
-    width = max(len(m) for m in means)
-    mean = torch.tensor([m + [0.0] * (width - len(m)) for m in means], dtype=torch.float64)
-    if any(s is None for s in samples):
-        return mean, None
-    stacked = torch.tensor([[s + [0.0] * (width - len(s)) for s in per_sample] for per_sample in samples],
-                           dtype=torch.float64)  # fmt: skip
-    return mean, stacked.transpose(0, 1).contiguous()
 
 
 def warnings_for(diagnostics: dict) -> list[str]:
@@ -297,7 +275,8 @@ def log_summary(diagnostics: dict, logger: logging.Logger) -> None:
 
 def write_diagnostics(directory: str, diagnostics: dict, title: str) -> None:
     """diagnostics.json and diagnostics.png into `directory`."""
-    from .artifacts import DIAGNOSTICS_NAME, DIAGNOSTICS_PLOT_NAME, write_json_atomic
+    from .fileio import write_json_atomic
+    from .filenames import DIAGNOSTICS_NAME, DIAGNOSTICS_PLOT_NAME
 
     write_json_atomic(os.path.join(directory, DIAGNOSTICS_NAME), diagnostics)
     plot_diagnostics(diagnostics, os.path.join(directory, DIAGNOSTICS_PLOT_NAME), title)

@@ -117,7 +117,8 @@ def run_card(directory: str, report: dict, posterior_config: dict | None) -> str
 
 def write_run_card(final_dir: str, output_dir: str, report: dict) -> None:
     """Write `run_card` into `final_dir` (train's staged final files), replacing the blank card PEFT saved."""
-    from .artifacts import MODEL_CARD_NAME, POSTERIOR_CONFIG_NAME, atomic_write, read_json
+    from .fileio import atomic_write, read_json
+    from .filenames import MODEL_CARD_NAME, POSTERIOR_CONFIG_NAME
 
     config_path = os.path.join(final_dir, POSTERIOR_CONFIG_NAME)
     posterior_config = read_json(config_path) if os.path.isfile(config_path) else None

@@ -1,6 +1,6 @@
 """The posterior artifact: a diagonal Gaussian over the adapter weights, saved next to the PEFT adapter.
 
-Files (names in `ivon_lora.artifacts`): the mean is the PEFT adapter itself (`adapter_model.safetensors`);
+Files (names in `ivon_lora.filenames`): the mean is the PEFT adapter itself (`adapter_model.safetensors`);
 `posterior.safetensors` holds one variance tensor per adapter tensor, under the same key; `posterior_config.json`
 holds ess, the prior precision, the step, the optimizer's hyperparameters, the adapter's shape settings and any
 test-time transformation (pruning, temperature). The set loads without the optimizer, the Trainer or the base
@@ -23,20 +23,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ._version import __version__
-from .artifacts import (
-    ADAPTER_CONFIG_NAME,
-    ADAPTER_WEIGHTS_NAME,
-    COMPATIBLE_FORMAT_VERSIONS,
-    FORMAT_VERSION,
-    POSTERIOR_CONFIG_NAME,
-    POSTERIOR_WEIGHTS_NAME,
-    atomic_write,
-    check_run_files,
-    read_json,
-    read_tensors,
-    recover_final_files,
-)
 from .errors import RunDirError
+from .fileio import atomic_write, read_json, read_tensors
+from .filenames import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME
+from .output_dir import check_run_files, recover_final_files
 from .vocabulary import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
 
 # Adapter settings that must agree between adapter_config.json and the posterior saved with it.
@@ -46,6 +36,9 @@ ADAPTER_HASH_KEY = "adapter_sha256"
 # posterior_config.json's (and the reports') record of the run whose adapter / posterior this run started from
 # (`ivon_lora.continual`).
 PRIOR_RUN_KEY = "prior_run"
+# The posterior format this version writes; older ones in COMPATIBLE_FORMAT_VERSIONS load with a warning.
+FORMAT_VERSION = 2
+COMPATIBLE_FORMAT_VERSIONS = (1, 2)
 
 
 def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:

@@ -2,8 +2,8 @@
 recipe), what a run dir is before it loads (`describe_run`), the files a derived dir copies, and the package
 versions every result records (`environment()`).
 
-The file names are in `ivon_lora.artifacts`, with the writers (atomic file, staged output dir) that every
-command uses: there, in the leaf, because the posterior, which this module loads, writes atomically too.
+The file names are in `ivon_lora.filenames`; one file is read and written by `ivon_lora.fileio`, a whole output dir
+by `ivon_lora.output_dir`: both below this module, because the posterior, which it loads, reads and writes there too.
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from .artifacts import (
+from .fileio import read_json, read_tensors
+from .filenames import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     POSTERIOR_WEIGHTS_NAME,
     RECIPE_NAME,
     TOKENIZER_CONFIG_NAME,
     TOKENIZER_FILES,
-    check_run_files,
-    read_json,
-    read_tensors,
-    recover_final_files,
 )
+from .output_dir import check_run_files, recover_final_files
 from .config import ModelArguments, Recipe, load_recipe
 from .errors import RunDirError, UsageError
 from .posterior import Posterior

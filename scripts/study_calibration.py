@@ -88,7 +88,7 @@ def score(run_dir: str, split: str, num_samples: int, cache: str, fraction: floa
     """Predictions of a run (or checkpoint) on `split` (cached as jsonl): at the weights and with S samples
     (posterior for IVON runs, pruned/tempered as asked; MC dropout otherwise)."""
     from ivon_lora.choice import format_examples
-    from ivon_lora.diagnostics import read_predictions
+    from ivon_lora.evaluation.predict import read_predictions
     from ivon_lora.evaluation.predict import Predictions, predict
     from ivon_lora.evaluation.report import write_jsonl
     from ivon_lora.config import load_recipe
@@ -173,7 +173,7 @@ def checkpointing(method: str, every: int) -> dict:
 
 def early_stopped(run_dir: str) -> tuple[str, list[dict]]:
     """The checkpoint (or the final weights) with the lowest validation NLL at its weights, and every candidate's."""
-    from ivon_lora.artifacts import CHECKPOINT_DIR_PATTERN
+    from ivon_lora.filenames import CHECKPOINT_DIR_PATTERN
 
     steps = sorted(
         int(name.split("-")[1]) for name in os.listdir(run_dir) if re.fullmatch(CHECKPOINT_DIR_PATTERN, name)

@@ -257,7 +257,7 @@ def sensitive_memory(options, seed: int, a_run: str) -> dict:
         rows = sorted((json.loads(line) for line in f), key=lambda row: -row["sensitivity"])[: options.replay]
     memory = {"ids": [row["id"] for row in rows], "seconds": seconds, "scores": out,
               "label_flipped": sum(bool(row.get("label_flipped")) for row in rows)}  # fmt: skip
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
 
     write_json_atomic(path, memory)
     return memory
@@ -498,7 +498,7 @@ def main() -> None:
 
     os.makedirs(options.out, exist_ok=True)
     settings = {k: v for k, v in vars(options).items() if k != "train_one"}
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
 
     write_json_atomic(os.path.join(options.out, "study.json"),
                       {"command": " ".join(sys.argv), "settings": settings, "environment": environment(),

@@ -106,7 +106,7 @@ def measure(checkpoint: str, limit: int) -> dict:
     if os.path.isfile(cache):
         with open(cache) as f:
             return json.load(f)
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
     from ivon_lora.choice.curvature import choice_curvature, choice_delta_fisher
     from ivon_lora.curvature import data_hessian, debiased_hessian, delta_precision, dynamic_range
     from ivon_lora.rundir import load_run
@@ -169,7 +169,7 @@ def _validation(run_dir: str) -> dict:
     if os.path.isfile(cache):
         with open(cache) as f:
             return json.load(f)
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
     from ivon_lora.choice import format_examples
     from ivon_lora.evaluation.predict import predict
     from ivon_lora.rundir import load_run
@@ -206,7 +206,7 @@ def part_quickstart(runs: str) -> dict:
     cache = os.path.join(run_dir, "fisher-sampled.json")
     run = load_run(run_dir)
     if not os.path.isfile(cache):  # the independent reference: labels drawn from the model, its own seed
-        from ivon_lora.artifacts import write_json_atomic
+        from ivon_lora.fileio import write_json_atomic
 
         fisher = choice_curvature(run.model, run.tokenizer, train_examples(run, CURVATURE_EXAMPLES), run.posterior,
                                   "fisher", samples=4, seed=1, max_length=run.recipe.data.max_length)  # fmt: skip
@@ -219,7 +219,7 @@ def part_quickstart(runs: str) -> dict:
     hess_init = run.posterior.config["hyperparameters"]["hess_init"]
     delta_cache = os.path.join(run_dir, "delta-ggn.json")
     if not os.path.isfile(delta_cache):  # the exact ΔW Fisher, in the coordinates none of the posteriors was built in
-        from ivon_lora.artifacts import write_json_atomic
+        from ivon_lora.fileio import write_json_atomic
         from ivon_lora.choice.curvature import choice_delta_fisher
 
         delta = choice_delta_fisher(run.model, run.tokenizer, train_examples(run, CURVATURE_EXAMPLES), run.posterior,
@@ -334,7 +334,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--tiny-mc", nargs="+", type=int, choices=tuple(TINY_STEPS), default=list(TINY_STEPS),
                         help="tiny: the train_mc_samples values")  # fmt: skip
     options = parser.parse_args(argv)
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
     from ivon_lora.rundir import environment
 
     runs = options.runs or os.path.join(options.out, "runs")

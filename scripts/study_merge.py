@@ -261,7 +261,7 @@ def main() -> None:
     )
     parser.add_argument("--no-train", action="store_true", help="skip seeds whose runs are missing instead of training")
     options = parser.parse_args()
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
     from ivon_lora.config import read_yaml
     from ivon_lora.rundir import environment
 

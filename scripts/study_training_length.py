@@ -116,7 +116,7 @@ def evaluate(checkpoint: str, cache: str, examples: dict, options) -> dict:
     if os.path.isfile(cache):
         with open(cache) as f:
             return json.load(f)
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
     from ivon_lora.choice import format_examples
     from ivon_lora.evaluation.baselines import fit_temperature, temperature_scaled
     from ivon_lora.evaluation.predict import predict
@@ -348,7 +348,7 @@ def parse_options(argv=None):
 
 def main(argv=None) -> dict:
     options = parse_options(argv)
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
     from ivon_lora.rundir import environment
     from ivon_lora.tasks import load_split
 

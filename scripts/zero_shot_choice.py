@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from ivon_lora.artifacts import write_json_atomic
+    from ivon_lora.fileio import write_json_atomic
     from ivon_lora.choice import format_examples
     from ivon_lora.config import ModelArguments
     from ivon_lora.evaluation.predict import predict, protocol

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ivon_lora import cli
-from ivon_lora.diagnostics import diagnose, posterior_diagnostics, predictive_diagnostics, read_predictions
+from ivon_lora.diagnostics import diagnose, posterior_diagnostics, predictive_diagnostics
+from ivon_lora.evaluation.predict import read_predictions
 from ivon_lora.evaluation.predict import Predictions
 from ivon_lora.evaluation.report import write_jsonl
 from ivon_lora.posterior import Posterior

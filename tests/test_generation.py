@@ -258,7 +258,7 @@ def test_cli_prints_and_writes_the_answers_of_the_python_api(run, run_dir, tmp_p
 
 @pytest.fixture(scope="module")
 def run_without_posterior(run_dir, tmp_path_factory):
-    from ivon_lora.artifacts import POSTERIOR_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME
+    from ivon_lora.filenames import POSTERIOR_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME
 
     directory = tmp_path_factory.mktemp("runs") / "no-posterior"
     shutil.copytree(run_dir, directory)

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from ivon_lora import cli
-from ivon_lora.artifacts import KILL_AT_ENV, POSTERIOR_CONFIG_NAME, recover_output_dir
+from ivon_lora.filenames import POSTERIOR_CONFIG_NAME
+from ivon_lora.output_dir import KILL_AT_ENV, recover_output_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

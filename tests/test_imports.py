@@ -156,9 +156,11 @@ KNOWN_PACKAGE_CYCLES: set[frozenset[str]] = set()
 # What reads a run dir and acts on it: config and rundir import none of it, not even inside a function.
 CONSUMERS = {"ivon_lora", "ivon_lora.cli", "ivon_lora.commands", "ivon_lora.evaluation", "ivon_lora.integrations",
              "ivon_lora.generation", "ivon_lora.sensitivity", "ivon_lora.merging"}  # fmt: skip
-# Imported by everything, importing nothing of the package (artifacts: errors only).
+# Imported by everything, importing nothing of the package but each other as listed: the names leaves, and the file
+# I/O just above them (fileio: one file; output_dir: a whole output dir), which the posterior reads and writes through.
 LEAVES = {"ivon_lora.errors": set(), "ivon_lora.registry": set(), "ivon_lora.vocabulary": set(),
-          "ivon_lora._version": set(), "ivon_lora.artifacts": {"ivon_lora.errors"},
+          "ivon_lora._version": set(), "ivon_lora.filenames": set(), "ivon_lora.fileio": {"ivon_lora.errors"},
+          "ivon_lora.output_dir": {"ivon_lora.errors", "ivon_lora.fileio", "ivon_lora.filenames"},
           "ivon_lora.objectives": {"ivon_lora.errors", "ivon_lora.registry"}}  # fmt: skip
 
 

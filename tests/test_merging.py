@@ -255,7 +255,7 @@ def test_peft_types_equal_add_weighted_adapter_on_the_real_model(two_runs, combi
 def test_merged_dir_round_trips_through_peft_and_load_run(two_runs, tmp_path, method, space):
     from peft import PeftModel
 
-    from ivon_lora.artifacts import read_tensors
+    from ivon_lora.fileio import read_tensors
     from ivon_lora.builtin import BUILTIN_MODELS  # noqa: F401  (the tiny base the recipe names)
     from ivon_lora.posterior import Posterior
     from ivon_lora.rundir import load_run

@@ -14,16 +14,16 @@ import pytest
 import torch
 import yaml
 
-from ivon_lora.artifacts import (
+from ivon_lora.filenames import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
-    FORMAT_VERSION,
     METRICS_NAME,
     POSTERIOR_CONFIG_NAME,
     POSTERIOR_WEIGHTS_NAME,
     RECIPE_NAME,
-    check_out_apart,
 )
+from ivon_lora.output_dir import check_out_apart
+from ivon_lora.posterior import FORMAT_VERSION
 from ivon_lora.errors import RunDirError, UsageError
 from ivon_lora.rundir import copy_run_files, describe_run, environment, find_recipe, load_run
 

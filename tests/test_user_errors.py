@@ -456,7 +456,7 @@ _holders = []
 
 def _locked(out):
     """`out`, locked by another live process (as a second `ivon-lora` writing into it would be)."""
-    code = "import sys, time; from ivon_lora.artifacts import lock_output_dir; lock_output_dir(sys.argv[1]); " \
+    code = "import sys, time; from ivon_lora.output_dir import lock_output_dir; lock_output_dir(sys.argv[1]); " \
            "print('locked', flush=True); time.sleep(120)"  # fmt: skip
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": ROOT})  # fmt: skip

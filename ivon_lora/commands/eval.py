@@ -54,7 +54,9 @@ def main(config) -> int:
 def run_eval(options) -> dict:
     """Evaluate `options` (an `ivon_lora.config.EvalConfig`) with the one eval kind that applies to them
     (`ivon_lora.commands.runners`); returns what eval.json holds."""
-    from ..artifacts import REPORT_NAME, TABLE_NAME, claim_output_dir, staged_output_dir, write_json_atomic
+    from ..fileio import write_json_atomic
+    from ..filenames import REPORT_NAME, TABLE_NAME
+    from ..output_dir import claim_output_dir, staged_output_dir
     from ..errors import UsageError
     from ..rundir import describe_run, load_run
     from .runners import select_runner

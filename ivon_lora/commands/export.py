@@ -7,7 +7,8 @@ import logging
 import os
 import shutil
 
-from ..artifacts import (
+from ..fileio import read_json
+from ..filenames import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     EXPORT_POSTERIOR_DIR,
@@ -15,10 +16,8 @@ from ..artifacts import (
     MODEL_CARD_NAME,
     POSTERIOR_CONFIG_NAME,
     POSTERIOR_WEIGHTS_NAME,
-    claim_output_dir,
-    read_json,
-    staged_output_dir,
 )
+from ..output_dir import claim_output_dir, staged_output_dir
 from ..config import ExportConfig
 from ._options import build_parser, config_from_options
 

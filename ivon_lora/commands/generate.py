@@ -78,7 +78,7 @@ def read_prompts_file(path: str) -> list:
 def _check_out_file(config: GenerateConfig) -> None:
     """--out is a new .jsonl file, or with --overwrite one that `ivon-lora generate` wrote (its first line is the
     header): never another file of the user's, whatever the name or a symlink says."""
-    from ..artifacts import check_out_apart
+    from ..output_dir import check_out_apart
     from ..errors import UsageError
 
     check_out_apart(config.out, {"run dir": config.run_dir})
@@ -103,7 +103,7 @@ def _check_out_file(config: GenerateConfig) -> None:
 
 def run_generate(config: GenerateConfig) -> list:
     """Generate for `config` (see the module doc); returns the `ivon_lora.generation.Generation`s."""
-    from ..artifacts import atomic_write, json_line
+    from ..fileio import atomic_write, json_line
     from ..errors import UsageError
     from ..generation import check_prompt, generate, render_prompts, uses_chat_template
     from ..modeling import check_fits_context

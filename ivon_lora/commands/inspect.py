@@ -68,8 +68,10 @@ def inspect_run(
 ) -> dict:  # fmt: skip
     """Diagnostics of a run's posterior and (from per-example predictions) predictive: printed, and written to `out`;
     with `curvature_limit`, also against the curvature measured on that many train examples (`measured_curvature`)."""
-    from ..artifacts import PREDICTIONS_NAME, claim_output_dir, staged_output_dir
-    from ..diagnostics import diagnose, read_predictions, summary_lines, write_diagnostics
+    from ..filenames import PREDICTIONS_NAME
+    from ..output_dir import claim_output_dir, staged_output_dir
+    from ..diagnostics import diagnose, summary_lines, write_diagnostics
+    from ..evaluation.predict import read_predictions
     from ..posterior import Posterior
 
     if out is not None:

@@ -49,7 +49,8 @@ def main(config) -> int:
 
 def run_sweep(config) -> dict:
     """Merge at every weight point by every method, score each on every input's task; write the report."""
-    from ..artifacts import claim_output_dir, staged_output_dir, write_json_atomic
+    from ..fileio import write_json_atomic
+    from ..output_dir import claim_output_dir, staged_output_dir
     from ..errors import UsageError
     from ..merging.runs import check_inputs, read_input
     from ..merging.sweep import (SWEEP_NAME, SWEEP_PLOT_NAME, SWEEP_TABLE_NAME, AdapterScorer, plot_sweep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..artifacts import claim_output_dir, staged_output_dir
+from ..output_dir import claim_output_dir, staged_output_dir
 from ..posterior import Posterior
 from ..config import PruneConfig
 from ._options import build_parser, config_from_options

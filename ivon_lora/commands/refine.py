@@ -62,7 +62,9 @@ def _prior_precision(config: RefineConfig, posterior_config: dict, run_dir: str)
 
 def refine_run(config: RefineConfig):
     """Refine the posterior of `config.run_dir` into `config.out`; returns the refined `Posterior`."""
-    from ..artifacts import MERGE_NAME, POSTERIOR_CONFIG_NAME, claim_output_dir, read_json, staged_output_dir
+    from ..fileio import read_json
+    from ..filenames import MERGE_NAME, POSTERIOR_CONFIG_NAME
+    from ..output_dir import claim_output_dir, staged_output_dir
     from ..errors import UsageError
     from ..objectives import get_objective
     from ..posterior import adapter_hash

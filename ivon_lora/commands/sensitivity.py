@@ -50,7 +50,8 @@ def config_from(options: argparse.Namespace) -> SensitivityConfig:
 
 def _checked_run(options) -> dict:
     """The run dir as `describe_run` sees it, refused unless it is an IVON multiple-choice run."""
-    from ..artifacts import MERGE_NAME, read_json
+    from ..fileio import read_json
+    from ..filenames import MERGE_NAME
     from ..errors import UsageError
     from ..objectives import get_objective
     from ..rundir import describe_run, optimizer_name
@@ -97,16 +98,14 @@ def main(options) -> int:
 
 def run_sensitivity(options) -> dict:
     """Score `options` (a `SensitivityConfig`); returns what summary.json holds."""
-    from ..artifacts import (
+    from ..fileio import json_line, write_json_atomic
+    from ..filenames import (
         SENSITIVITY_EXAMPLES_NAME,
         SENSITIVITY_PLOT_NAME,
         SENSITIVITY_RANKED_NAME,
         SENSITIVITY_SUMMARY_NAME,
-        claim_output_dir,
-        json_line,
-        staged_output_dir,
-        write_json_atomic,
     )
+    from ..output_dir import claim_output_dir, staged_output_dir
     from ..rundir import environment
     from ._choice_data import choice_task, labelled_split
 

@@ -50,7 +50,7 @@ def main(recipe) -> int:
 def run_train(recipe) -> dict:
     """Train `recipe`; returns what metrics.json holds. One pipeline for every objective: what differs is the
     objective's train steps (`ivon_lora.commands.training`)."""
-    from ..artifacts import staged_final_files
+    from ..output_dir import staged_final_files
     from ..modeling import check_lora_targets, check_quantization_support, load_tokenizer
     from ..objectives import get_objective
 
@@ -113,7 +113,9 @@ def _start_output_dir(recipe) -> None:
     """
     import yaml
 
-    from ..artifacts import RECIPE_NAME, atomic_write, remove_run_artifacts
+    from ..fileio import atomic_write
+    from ..filenames import RECIPE_NAME
+    from ..output_dir import remove_run_artifacts
     from ..rundir import environment, environment_text
 
     args = recipe.training
@@ -136,7 +138,8 @@ def _start_output_dir(recipe) -> None:
 
 def _finish(trainer, final_dir, recipe, steps, train_result, start=None) -> dict:
     """Save the adapter and posterior into `final_dir`, score them, write metrics, the model card and diagnostics."""
-    from ..artifacts import METRICS_NAME, write_json_atomic
+    from ..fileio import write_json_atomic
+    from ..filenames import METRICS_NAME
     from ..model_card import write_run_card
     from ..posterior import PRIOR_RUN_KEY, Posterior
     from ..rundir import environment

@@ -239,7 +239,7 @@ def _check_files(recipe: Recipe) -> None:
     # Under a multi-process launch only the main process checks and locks: the others would see its first files.
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    from ..artifacts import check_overwritable, lock_output_dir
+    from ..output_dir import check_overwritable, lock_output_dir
 
     lock_output_dir(output_dir)  # one train per output_dir at a time, held until the command ends
     if recipe.run.overwrite_output_dir and recipe.training.resume_from_checkpoint is None:
@@ -273,7 +273,7 @@ def _check_starting_point(recipe: Recipe) -> None:
 
 def _check_resume_checkpoint(checkpoint) -> None:
     """A checkpoint to resume from must be a complete checkpoint-N dir of the Trainer (its save finished)."""
-    from ..artifacts import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+    from ..filenames import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
     if checkpoint is None or isinstance(checkpoint, bool):
         return
@@ -292,7 +292,8 @@ def _check_resume_checkpoint(checkpoint) -> None:
 def _check_resume_fits(recipe: Recipe) -> None:
     """The checkpoint to resume from holds an adapter of this recipe's shape (LoRA rank): checked before the model
     loads and before output_dir is written, where loading it would fail with a size mismatch."""
-    from ..artifacts import ADAPTER_CONFIG_NAME, read_json
+    from ..fileio import read_json
+    from ..filenames import ADAPTER_CONFIG_NAME
 
     checkpoint = recipe.training.resume_from_checkpoint
     if not isinstance(checkpoint, str):

@@ -97,6 +97,32 @@ class Predictions:
             yield row
 
 
+def read_predictions(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean (N x K) and samples (S x N x K, or None) from a per-example file of `Predictions.rows()` (train's
+    predictions.jsonl, eval's predictions-TASK-RUN.jsonl); beside its writer, so the two change together. A file
+    written before the per-sample key was `sample_probs` holds them under `samples`."""
+    import json
+
+    means, samples = [], []
+    with open(path) as f:
+        for line_number, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                means.append(row["mean"])
+                samples.append(row.get("sample_probs", row.get("samples")))
+            except (json.JSONDecodeError, KeyError) as error:
+                raise ValueError(f"{path}, line {line_number}: not a predictions row ({error})") from None
+    if not means:
+        raise ValueError(f"{path}: no predictions")
+    width = max(len(m) for m in means)
+    mean = torch.tensor([m + [0.0] * (width - len(m)) for m in means], dtype=torch.float64)
+    if any(s is None for s in samples):
+        return mean, None
+    stacked = torch.tensor([[s + [0.0] * (width - len(s)) for s in per_sample] for per_sample in samples],
+                           dtype=torch.float64)  # fmt: skip
+    return mean, stacked.transpose(0, 1).contiguous()
+
+
 def _world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from ..artifacts import json_line, predictions_file_name, reliability_plot_name, selective_plot_name
+from ..fileio import json_line
+from ..filenames import predictions_file_name, reliability_plot_name, selective_plot_name
 from .metrics import BIN_EDGES, DEFAULT_ECE_BINS, format_metric, metric_value, table_columns
 from .plots import plot_reliability, plot_selective
 

@@ -111,7 +111,7 @@ class IVONLoRALM(HFLM):
 
     def __init__(self, run, samples: int | None = None, mode: str | None = None, seed: int = 0, prune: float = 0.0,
                  temperature: float = 1.0, device: str | None = None, **kwargs):  # fmt: skip
-        from ..artifacts import POSTERIOR_WEIGHTS_NAME
+        from ..filenames import POSTERIOR_WEIGHTS_NAME
         from ..rundir import Run, load_run
         from ..tasks import get_protocol
 

@@ -12,7 +12,7 @@ import difflib
 import json
 import os
 
-from ..artifacts import predictions_file_name
+from ..filenames import predictions_file_name
 from ..errors import UsageError
 from ..evaluation.logged_choices import logged_choices
 from ..evaluation.predict import Predictions

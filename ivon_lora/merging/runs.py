@@ -27,16 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..artifacts import (
-    ADAPTER_CONFIG_NAME,
-    ADAPTER_WEIGHTS_NAME,
-    MERGE_NAME,
-    MODEL_CARD_NAME,
-    RECIPE_NAME,
-    read_json,
-    read_tensors,
-    write_json_atomic,
-)
+from ..fileio import read_json, read_tensors, write_json_atomic
+from ..filenames import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MERGE_NAME, MODEL_CARD_NAME, RECIPE_NAME
 from ..errors import UsageError
 from ..vocabulary import MERGE_METHODS, MERGE_POSTERIOR_METHODS, MERGE_SPACES
 from ..lora_update import delta_moments
@@ -278,7 +270,7 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
 
     Everything is checked (and one line names what is wrong) before any tensor is merged or any model loads.
     """
-    from ..artifacts import claim_output_dir, staged_output_dir
+    from ..output_dir import claim_output_dir, staged_output_dir
     from ..posterior import Posterior, _adapter_settings, adapter_hash
     from ..rundir import environment, optimizer_name
 

@@ -218,7 +218,7 @@ class ChoiceRunner(Runner):
         }  # fmt: skip
 
     def write_files(self, staging: str, result: dict) -> None:
-        from ...artifacts import TRADEOFF_PLOT_NAME
+        from ...filenames import TRADEOFF_PLOT_NAME
         from ...evaluation.metrics import headline_metric
         from ...evaluation.plots import plot_tradeoff
         from ...evaluation.report import write_task_files

@@ -154,7 +154,7 @@ class GenerativeRunner(Runner):
         return json_safe(result)
 
     def write_files(self, staging: str, result: dict) -> None:
-        from ...artifacts import predictions_file_name, selective_plot_name
+        from ...filenames import predictions_file_name, selective_plot_name
         from ...evaluation.plots import plot_selective_generation
         from ...evaluation.report import write_jsonl
 

@@ -86,7 +86,7 @@ class ChoiceSteps(TrainSteps):
     def write(self, final_dir: str) -> None:
         import os
 
-        from ...artifacts import PREDICTIONS_NAME
+        from ...filenames import PREDICTIONS_NAME
         from ...evaluation.report import write_jsonl
 
         write_jsonl(os.path.join(final_dir, PREDICTIONS_NAME), self.predictions.rows())

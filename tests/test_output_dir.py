@@ -1,7 +1,8 @@
-"""The run dir's files (ivon_lora.artifacts): names equal to PEFT's, the readers' errors, the atomic file writer,
-the staged output dir swapped in whole (a kill -9 at each point leaves the old or the new result), the staged final
-files of a train, and what overwrite_output_dir removes."""
+"""ivon_lora.output_dir: an output dir claimed (new, empty or its own command's earlier output; never a protected
+dir), staged and swapped in whole (a kill -9 at each point leaves the old or the new result), the staged final files
+of a train, what overwrite_output_dir removes, and every command that writes an output dir claiming it here."""
 
+import ast
 import json
 import os
 import stat
@@ -9,86 +10,26 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from ivon_lora import artifacts
-from ivon_lora.artifacts import (
+from ivon_lora import filenames
+from ivon_lora.errors import UsageError
+from ivon_lora.filenames import METRICS_NAME, OUTPUT_MARKER_NAME
+from ivon_lora.output_dir import (
     KILL_AT_ENV,
-    METRICS_NAME,
-    atomic_write,
-    OUTPUT_MARKER_NAME,
     claim_output_dir,
-    predictions_file_name,
-    read_json,
-    read_tensors,
     recover_final_files,
     recover_output_dir,
     release_output_dir,
-    reliability_plot_name,
     remove_run_artifacts,
-    selective_plot_name,
     staged_final_files,
     staged_output_dir,
-    write_json_atomic,
 )
-from ivon_lora.errors import RunDirError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_artifact_names_are_pefts():
-    from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
-
-    assert (artifacts.ADAPTER_CONFIG_NAME, artifacts.ADAPTER_WEIGHTS_NAME) == (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
-
-
-def test_task_and_run_names_become_file_names():
-    assert predictions_file_name("mmlu:college_physics", "ivon") == "predictions-mmlu-college_physics-ivon.jsonl"
-    assert predictions_file_name("x", "org/run") == "predictions-x-org-run.jsonl"
-    assert reliability_plot_name("mmlu:anatomy") == "reliability-mmlu-anatomy.png"
-    assert selective_plot_name("wordqa") == "selective-wordqa.png"
-
-
 def _leftovers(parent):
     return sorted(name for name in os.listdir(parent) if name.startswith("."))
-
-
-def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
-    path = tmp_path / "a.json"
-    write_json_atomic(str(path), {"x": 1})
-    assert json.loads(path.read_text()) == {"x": 1} and stat.S_IMODE(os.stat(path).st_mode) == 0o644
-
-    def failing(tmp):
-        with open(tmp, "w") as f:
-            f.write('{"x": ')
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(str(path), failing)
-    assert json.loads(path.read_text()) == {"x": 1} and _leftovers(tmp_path) == []
-
-
-def test_the_readers_name_the_file_and_what_is_wrong(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.json is missing"):
-        read_json(str(tmp_path / "missing.json"))
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(RunDirError, match="bad.json: not valid JSON"):
-        read_json(str(tmp_path / "bad.json"))
-    (tmp_path / "list.json").write_text("[1]")
-    with pytest.raises(RunDirError, match="list.json: expected a JSON object, got list"):
-        read_json(str(tmp_path / "list.json"))
-
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.tensor([1.0, float("nan")])}, str(tmp_path / "nan.safetensors"))
-    with pytest.raises(RunDirError, match="tensor w holds NaN or inf"):
-        read_tensors(str(tmp_path / "nan.safetensors"))
-    save_file({"w": torch.ones(64)}, str(tmp_path / "ok.safetensors"))
-    assert torch.equal(read_tensors(str(tmp_path / "ok.safetensors"))["w"], torch.ones(64))
-    data = (tmp_path / "ok.safetensors").read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RunDirError, match="cut.safetensors: not a readable safetensors file"):
-        read_tensors(str(tmp_path / "cut.safetensors"))
 
 
 def test_claim_output_dir_takes_a_new_or_empty_dir_and_overwrites_only_its_own_commands_output(tmp_path):
@@ -165,18 +106,6 @@ def test_a_symlinked_out_is_judged_and_replaced_by_its_target(tmp_path):
     assert link.is_symlink() and (target / "r.txt").read_text() == "new" and (mine / "a.txt").read_text() == "keep"
 
 
-def test_json_is_written_standard_non_finite_numbers_as_null(tmp_path):
-    write_json_atomic(
-        str(tmp_path / "r.json"), {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}}
-    )
-
-    def refuse(constant):
-        raise ValueError(f"non-standard JSON constant {constant}")
-
-    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {"a": None, "b": [None, 1.5],
-                                                                                    "c": {"d": None}}  # fmt: skip
-
-
 def test_a_staged_output_dir_replaces_the_old_result_only_when_the_block_succeeds(tmp_path):
     out = tmp_path / "out"
     with staged_output_dir(str(out), "test") as staging:
@@ -198,7 +127,7 @@ def test_a_staged_output_dir_replaces_the_old_result_only_when_the_block_succeed
 
 _STAGED_WRITE = """
 import os, sys
-from ivon_lora.artifacts import staged_output_dir
+from ivon_lora.output_dir import staged_output_dir
 with staged_output_dir(sys.argv[1], "test") as staging:
     with open(os.path.join(staging, "r.txt"), "w") as f:
         f.write("new")
@@ -221,7 +150,7 @@ def test_a_kill_at_each_point_of_the_swap_leaves_the_old_or_the_new_result(point
 
 _FINAL_WRITE = """
 import os, sys
-from ivon_lora.artifacts import staged_final_files
+from ivon_lora.output_dir import staged_final_files
 with staged_final_files(sys.argv[1]) as staging:
     for name, text in (("metrics.json", "{}"), ("adapter_model.safetensors", "new"), ("posterior.safetensors", "new")):
         with open(os.path.join(staging, name), "w") as f:
@@ -252,12 +181,57 @@ def test_a_failed_final_write_leaves_the_previous_files(tmp_path):
 
 
 def test_remove_run_artifacts_removes_a_runs_files_and_dirs_only(tmp_path):
-    for name in (*artifacts.RUN_FILES, "notes.txt"):
+    for name in (*filenames.RUN_FILES, "notes.txt"):
         (tmp_path / name).write_text("x")
     for name in ("checkpoint-10", "eval-test", "eval-notes", "data"):
         (tmp_path / name).mkdir()
     (tmp_path / "eval-test" / "eval.json").write_text("{}")  # an eval dir is a run's only with its eval.json
     removed = remove_run_artifacts(str(tmp_path))
-    assert sorted(removed) == sorted([*artifacts.RUN_FILES, "checkpoint-10", "eval-test"])
+    assert sorted(removed) == sorted([*filenames.RUN_FILES, "checkpoint-10", "eval-test"])
     assert sorted(os.listdir(tmp_path)) == ["data", "eval-notes", "notes.txt"]
     assert remove_run_artifacts(str(tmp_path / "absent")) == []
+
+
+# ------------------------------------------------------------------ one claim, used by every command
+
+PACKAGE = os.path.join(ROOT, "ivon_lora")
+# Every command that writes an output dir (train writes its run dir through the recipe's checks and
+# staged_final_files; generate writes one file; lm-eval hands --output_path to lm-evaluation-harness).
+WRITES_AN_OUTPUT_DIR = {"eval", "prune", "export", "inspect", "sensitivity", "merge", "refine"}
+# The claim's parts, which only output_dir.py calls, except where a caller is named: train's recipe check locks its
+# output_dir and checks what overwrite_output_dir may remove; generate's --out is a file, kept apart from the run dir;
+# the command line releases every lock at the end.
+CLAIM_PARTS = {"check_placeable": set(), "check_replaceable": set(), "protected_reason": set(),
+               "recover_output_dir": set(), "read_output_marker": set(), "write_output_marker": set(),
+               "lock_output_dir": {"config/recipe.py"}, "check_overwritable": {"config/recipe.py"},
+               "check_out_apart": {"commands/generate.py"}, "release_output_dir": {"cli.py"}}  # fmt: skip
+
+
+def _calls():
+    """(module path relative to ivon_lora/, called name, first two arguments) of every call in the package."""
+    for directory, _, files in os.walk(PACKAGE):
+        for file in files:
+            if not file.endswith(".py"):
+                continue
+            path = os.path.join(directory, file)
+            with open(path) as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call):
+                    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                    yield os.path.relpath(path, PACKAGE), name, node.args[:2]
+
+
+def _command_argument(args) -> str | None:
+    return args[1].value if len(args) > 1 and isinstance(args[1], ast.Constant) else None
+
+
+def test_every_command_that_writes_an_output_dir_claims_it_here_and_none_repeats_the_checks():
+    calls = list(_calls())
+    claimed = {_command_argument(args) for _, name, args in calls if name == "claim_output_dir"}
+    staged = {_command_argument(args) for _, name, args in calls if name == "staged_output_dir"}
+    assert WRITES_AN_OUTPUT_DIR <= claimed  # each command's name is claimed somewhere
+    assert staged - {None} <= claimed  # nothing is staged under a name no claim took
+    elsewhere = {(module, name) for module, name, _ in calls if name in CLAIM_PARTS and module != "output_dir.py"
+                 and module not in CLAIM_PARTS[name]}  # fmt: skip
+    assert elsewhere == set()

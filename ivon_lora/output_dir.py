@@ -1,219 +1,45 @@
-"""Every file name a run dir holds, the posterior's format version, and how files are written (a leaf module).
+"""A command's output dir as a whole: the claim (`claim_output_dir`, before any expensive work), the lock (one
+writer per dir), the staged swap (`staged_output_dir`: the complete old result or the complete new one, whatever
+kill comes), and `ivon-lora train`'s run dir: what `overwrite_output_dir` may remove, its final files staged inside
+it (`staged_final_files`), and what a reader of a run dir requires of it (`check_run_files`).
 
-A run dir (or a checkpoint-N inside it, or a pruned copy) is a PEFT adapter dir plus the posterior and results:
-
-    adapter_config.json, adapter_model.safetensors   the PEFT adapter = the posterior mean (PEFT's own names)
-    posterior.safetensors, posterior_config.json     per-weight variance under the adapter's keys, and metadata
-    recipe.yaml                                      the resolved recipe (train writes it; a checkpoint reads its parent's)
-    metrics.json, predictions.jsonl                  the final evaluation of `ivon-lora train`
-    diagnostics.json, diagnostics.png                posterior diagnostics (`ivon-lora train`, `ivon-lora inspect`)
-    README.md                                        the model card (`ivon-lora train`, `ivon-lora export`)
-    eval.json, eval.md, tradeoff.png, ...            `ivon-lora eval`'s output dir
-
-PEFT's two names equal `peft.utils.constants.CONFIG_NAME` / `SAFETENSORS_WEIGHTS_NAME` (tests/test_artifacts.py
-holds them equal). They are not imported from peft: importing peft imports bitsandbytes when it is installed,
-which costs seconds and prints kernel warnings on machines that never asked for a quantized base.
-
-The readers at the end check what they read and name the file in their errors; the writers (one atomic file
-writer, one staged output dir) are every write into a run dir.
+Named for the recipe key and the `--out` of every command, which is where a newcomer starts; one file written
+atomically is `ivon_lora.fileio`, and the file names are `ivon_lora.filenames`. Every command that writes an output
+dir claims it here and writes it through `staged_output_dir`: there is no second copy of these checks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
 from contextlib import contextmanager
 
 from .errors import OutputDirLockedError, RunDirError, UsageError
+from .fileio import dir_mode, file_mode, write_json_atomic
+from .filenames import (
+    CHECKPOINT_DIR_PATTERN,
+    EVAL_DIR_PREFIX,
+    FINAL_COMPLETE_NAME,
+    FINAL_STAGING_NAME,
+    LOCK_SUFFIX,
+    METRICS_NAME,
+    OUTPUT_MARKER_NAME,
+    RECIPE_NAME,
+    REPLACED_TAG,
+    REPORT_NAME,
+    RUN_FILES,
+    STAGING_TAG,
+)
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft.utils.constants.CONFIG_NAME
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft.utils.constants.SAFETENSORS_WEIGHTS_NAME
-POSTERIOR_WEIGHTS_NAME = "posterior.safetensors"
-POSTERIOR_CONFIG_NAME = "posterior_config.json"
-# The posterior format this version writes; older ones in COMPATIBLE_FORMAT_VERSIONS load with a warning.
-FORMAT_VERSION = 2
-COMPATIBLE_FORMAT_VERSIONS = (1, 2)
-
-RECIPE_NAME = "recipe.yaml"
-METRICS_NAME = "metrics.json"
-PREDICTIONS_NAME = "predictions.jsonl"  # per-example probabilities of train's final evaluation
-MODEL_CARD_NAME = "README.md"
-DIAGNOSTICS_NAME = "diagnostics.json"  # posterior diagnostics (train's end, `ivon-lora inspect --out`)
-DIAGNOSTICS_PLOT_NAME = "diagnostics.png"
-EXPORT_POSTERIOR_DIR = "posterior"  # export: the adapter and posterior files beside the merged model
-TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
-
-REPORT_NAME = "eval.json"
-TABLE_NAME = "eval.md"
-TRADEOFF_PLOT_NAME = "tradeoff.png"
-# `ivon-lora sensitivity`: per-example MPE quantities, the ranked list, the summary and the figure.
-SENSITIVITY_EXAMPLES_NAME = "sensitivity.jsonl"
-SENSITIVITY_RANKED_NAME = "ranked.txt"
-SENSITIVITY_SUMMARY_NAME = "summary.json"
-SENSITIVITY_PLOT_NAME = "sensitivity.png"
-MERGE_NAME = "merge.json"  # `ivon-lora merge`: the merged dir's provenance
-
-
-def task_file_stem(task: str) -> str:
-    """A task (or run label) name usable in a file name (MMLU subjects are written mmlu:subject)."""
-    return task.replace(":", "-").replace("/", "-")
-
-
-def predictions_file_name(task: str, run: str) -> str:
-    return f"predictions-{task_file_stem(task)}-{task_file_stem(run)}.jsonl"
-
-
-def reliability_plot_name(task: str) -> str:
-    return f"reliability-{task_file_stem(task)}.png"
-
-
-def selective_plot_name(task: str) -> str:
-    return f"selective-{task_file_stem(task)}.png"
-
-
-# Files of a run dir that describe one particular adapter and posterior, so a derived dir must not copy them.
-RESULT_FILES = (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME,
-                MODEL_CARD_NAME, DIAGNOSTICS_NAME, DIAGNOSTICS_PLOT_NAME)  # fmt: skip
-
-
-# What `overwrite_output_dir=true` removes before training, so that a run dir never mixes files of two runs: every
-# file above, the tokenizer files save_model writes, the Trainer's training_args.bin and checkpoint-N dirs, and eval's
-# default eval-SPLIT dirs (those holding an eval.json). Nothing else: a file the user put beside them stays.
-TOKENIZER_FILES = (TOKENIZER_CONFIG_NAME, "tokenizer.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "chat_template.jinja",
-                   "chat_template.json")  # fmt: skip
-RUN_FILES = (*RESULT_FILES, ADAPTER_CONFIG_NAME, RECIPE_NAME, "training_args.bin", *TOKENIZER_FILES)
-CHECKPOINT_DIR_PATTERN = r"checkpoint-\d+"
-EVAL_DIR_PREFIX = "eval-"
-
-
-def _written_by_a_run(directory: str, name: str) -> bool:
-    import re
-
-    path = os.path.join(directory, name)
-    if os.path.isdir(path) and not os.path.islink(path):
-        return bool(re.fullmatch(CHECKPOINT_DIR_PATTERN, name)) or (
-            name.startswith(EVAL_DIR_PREFIX) and os.path.isfile(os.path.join(path, "eval.json"))
-        )
-    return name in RUN_FILES and os.path.isfile(path)
-
-
-def check_overwritable(directory: str) -> None:
-    """`overwrite_output_dir` replaces a previous ivon-lora run (a dir with its recipe.yaml), nothing else: a
-    non-empty dir without one, and a protected dir (`protected_reason`), are refused before anything is removed."""
-    reason = protected_reason(directory) if os.path.isdir(directory) and os.listdir(directory) else None
-    if reason is not None:
-        raise FileExistsError(f"output_dir {directory!r} is {reason}: overwrite_output_dir never replaces it; choose "
-                              "a new output_dir")  # fmt: skip
-    if os.path.isdir(directory) and os.listdir(directory) and not os.path.isfile(os.path.join(directory, RECIPE_NAME)):
-        raise FileExistsError(
-            f"output_dir {directory!r} is not an ivon-lora run dir (no {RECIPE_NAME}) and is not "
-            "empty: overwrite_output_dir only replaces a previous run; choose another output_dir"
-        )
-
-
-def remove_run_artifacts(directory: str) -> list[str]:
-    """Delete what a previous run wrote into `directory` (see RUN_FILES); returns the names removed."""
-    check_overwritable(directory)
-    removed = []
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        if not _written_by_a_run(directory, name):
-            continue
-        path = os.path.join(directory, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        removed.append(name)
-    return removed
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading a run dir: a missing file is a FileNotFoundError, a damaged one a RunDirError, each naming the file.
-
-
-def check_run_files(directory: str) -> None:
-    """Refuse a run dir whose files that ivon-lora reads or copies (RUN_FILES) are symlinks or special files, naming
-    them: a run dir is read as data, and a link in a dir someone sent you would pull a file from elsewhere (a key, a
-    config) into the outputs that commands write."""
-    if not os.path.isdir(directory):
-        return
-    bad = [name for name in sorted(RUN_FILES) if os.path.lexists(path := os.path.join(directory, name))
-           and (os.path.islink(path) or not os.path.isfile(path))]  # fmt: skip
-    if bad:
-        what = "symbolic link" if os.path.islink(os.path.join(directory, bad[0])) else "special file"
-        raise RunDirError(f"{directory}: {', '.join(bad)} {'is a' if len(bad) == 1 else 'are'} {what}"
-                          f"{'' if len(bad) == 1 else '(s)'}, not a regular file: ivon-lora reads and copies only "
-                          "regular files of a run dir; put a copy of the file in place of the link")  # fmt: skip
-
-
-def _require_file(path: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing")
-
-
-def read_json(path: str) -> dict:
-    """The JSON object in `path`."""
-    _require_file(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunDirError(f"{path}: not valid JSON ({error}); the file is damaged: restore or re-create it") from None
-    if not isinstance(value, dict):
-        raise RunDirError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def read_tensors(path: str) -> dict:
-    """The tensors of a safetensors file, each finite."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    _require_file(path)
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise RunDirError(f"{path}: not a readable safetensors file ({error}); it is truncated or damaged: restore "
-                          "it or re-create the run") from None  # fmt: skip
-    for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-            raise RunDirError(f"{path}: tensor {key} holds NaN or inf values, which no finished ivon-lora command writes "
-                              "(training stops when it diverges, merge refuses a non-finite result): the file is "
-                              "damaged or was written elsewhere; restore or re-create it")  # fmt: skip
-    return tensors
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Writing into a run dir: one file atomically, or a whole output dir staged and swapped into place. Here, in the
-# leaf, because both the posterior (which rundir.py loads) and the commands write; a reader never sees half a file.
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode of a result file: what open() gives under the user's umask (mkstemp's 0600 otherwise)."""
-    return 0o666 & ~_umask()
-
-
-def dir_mode() -> int:
-    """The mode of a result dir: what mkdir gives under the user's umask (mkdtemp's 0700 otherwise)."""
-    return 0o777 & ~_umask()
-
-
-STAGING_TAG = "incomplete"  # .NAME.incomplete-XXXX: a result being written
-REPLACED_TAG = "replaced"  # .NAME.replaced-XXXX: the previous result, renamed aside while the new one moves in
 # Test-only fault injection: IVON_LORA_TEST_KILL_AT=<point> makes the process SIGKILL itself at that point of a
-# staged write (points: "staged", "aside", "swapped"), so tests can check what a kill -9 leaves behind.
+# staged write (points: "staged", "aside", "swapped"; train's final files: "staged", "moving"), so tests can check
+# what a kill -9 leaves behind.
 KILL_AT_ENV = "IVON_LORA_TEST_KILL_AT"
 
 
@@ -222,54 +48,13 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(tmp)` on a temporary sibling of `path`, then rename it onto `path` (no partial file is seen)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-" + os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def standard_json(value):
-    """`value` with every NaN or infinite float as None (null): JSON has no NaN or Infinity, which Python's json
-    writes by default and strict readers (JavaScript's JSON.parse, jq, most other languages) refuse."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: standard_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [standard_json(item) for item in value]
-    return value
-
-
-def json_line(row: dict, **dump_options) -> str:
-    """One line of a .jsonl file, standard JSON (`standard_json`)."""
-    return json.dumps(standard_json(row), allow_nan=False, **dump_options) + "\n"
-
-
-def write_json_atomic(path: str, payload: dict, **dump_options) -> None:
-    """Write `payload` as standard JSON (`standard_json`) to `path`, atomically."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(standard_json(payload), f, indent=2, allow_nan=False, **dump_options)
-
-    atomic_write(path, write)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # What an output dir may replace. Each command's output dir holds a marker naming the command that wrote it, and
 # `--overwrite` replaces only an empty dir or one holding that command's marker: never a dir of the user's (their home,
 # a repository, the working dir, a mount point), whatever --out names. Checked when the command claims its --out
 # (`claim_output_dir`, before any expensive work) and again at the swap (`staged_output_dir`), so no caller can skip it.
 
-OUTPUT_MARKER_NAME = ".ivon-lora-output.json"  # {"command": ..., "format": ...}: which command wrote the dir
-OUTPUT_FORMAT_VERSION = 1
+OUTPUT_FORMAT_VERSION = 1  # the marker's format
 
 
 def read_output_marker(directory: str) -> dict | None:
@@ -399,7 +184,6 @@ def claim_output_dir(out: str, command: str, overwrite: bool, inputs: dict[str, 
 # swap replaces the dir). The kernel drops the lock when its holder exits or dies, so a stale lock file blocks
 # nobody; the holder removes the file on release. Held per process, reentrant, until released.
 
-LOCK_SUFFIX = "lock"
 _held_locks: dict[str, int] = {}  # lock file path -> open file descriptor holding the flock
 
 
@@ -527,8 +311,6 @@ def staged_output_dir(path: str, command: str):
 # file by file, metrics.json last. A kill while staging leaves the previous files untouched (the staging dir is
 # removed by the next write); a kill while moving is rolled forward by `recover_final_files`, which the next train
 # and every load of the run dir call. The adapter and posterior are tied by a hash, so no load pairs files of two runs.
-FINAL_STAGING_NAME = ".final.incomplete"
-FINAL_COMPLETE_NAME = ".final.complete"
 
 
 def _move_final_files(complete: str, directory: str) -> None:
@@ -572,3 +354,60 @@ def staged_final_files(directory: str, write: bool = True):
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `ivon-lora train`'s output dir, a run dir: what `overwrite_output_dir` removes, and what a reader requires of it.
+
+
+def _written_by_a_run(directory: str, name: str) -> bool:
+    import re
+
+    path = os.path.join(directory, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+        return bool(re.fullmatch(CHECKPOINT_DIR_PATTERN, name)) or (
+            name.startswith(EVAL_DIR_PREFIX) and os.path.isfile(os.path.join(path, REPORT_NAME))
+        )
+    return name in RUN_FILES and os.path.isfile(path)
+
+
+def check_overwritable(directory: str) -> None:
+    """`overwrite_output_dir` replaces a previous ivon-lora run (a dir with its recipe.yaml), nothing else: a
+    non-empty dir without one, and a protected dir (`protected_reason`), are refused before anything is removed."""
+    reason = protected_reason(directory) if os.path.isdir(directory) and os.listdir(directory) else None
+    if reason is not None:
+        raise FileExistsError(f"output_dir {directory!r} is {reason}: overwrite_output_dir never replaces it; choose "
+                              "a new output_dir")  # fmt: skip
+    if os.path.isdir(directory) and os.listdir(directory) and not os.path.isfile(os.path.join(directory, RECIPE_NAME)):
+        raise FileExistsError(
+            f"output_dir {directory!r} is not an ivon-lora run dir (no {RECIPE_NAME}) and is not "
+            "empty: overwrite_output_dir only replaces a previous run; choose another output_dir"
+        )
+
+
+def remove_run_artifacts(directory: str) -> list[str]:
+    """Delete what a previous run wrote into `directory` (see RUN_FILES); returns the names removed."""
+    check_overwritable(directory)
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if not _written_by_a_run(directory, name):
+            continue
+        path = os.path.join(directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        removed.append(name)
+    return removed
+
+
+def check_run_files(directory: str) -> None:
+    """Refuse a run dir whose files that ivon-lora reads or copies (RUN_FILES) are symlinks or special files, naming
+    them: a run dir is read as data, and a link in a dir someone sent you would pull a file from elsewhere (a key, a
+    config) into the outputs that commands write."""
+    if not os.path.isdir(directory):
+        return
+    bad = [name for name in sorted(RUN_FILES) if os.path.lexists(path := os.path.join(directory, name))
+           and (os.path.islink(path) or not os.path.isfile(path))]  # fmt: skip
+    if bad:
+        what = "symbolic link" if os.path.islink(os.path.join(directory, bad[0])) else "special file"
+        raise RunDirError(f"{directory}: {', '.join(bad)} {'is a' if len(bad) == 1 else 'are'} {what}"
+                          f"{'' if len(bad) == 1 else '(s)'}, not a regular file: ivon-lora reads and copies only "
+                          "regular files of a run dir; put a copy of the file in place of the link")  # fmt: skip
