@@ -27,6 +27,11 @@ evaluation presets (which questions are kept, what they are scored over); `loadi
 | gsm8k (generative) | openai/gsm8k (main) | train, test | numeric match of the final number |
 
 (*) unlabelled on the Hub: its examples have gold -1, which evaluation refuses.
+
+A generated task whose generator makes splits of any size (synthetic, wordfacts, wordfacts_clean, antonyms,
+wordpick) takes a larger (or smaller) test split by name, `NAME:test_size=N` (e.g. the recipe key
+`dataset: wordfacts_clean:test_size=1000`, or eval's `--task`): the first records are the default split's, the
+other splits do not change, and the name records the size in every report.
 """
 
 from .arc import arc_example

@@ -84,7 +84,7 @@ def wordfacts_antonyms_records(split: str, num_examples: int | None = None, seed
 
 TASKS = (
     Task("antonyms", wordfacts_example, splits=TRAIN_VALIDATION_TEST,
-         family="boolq", id_field="id", generator=antonyms_records,
+         family="boolq", id_field="id", generator=antonyms_records, sizable=True,
          description="Built-in offline true/false statements on whether two English words are opposites (false ones "
                      "pair a near-synonym), BoolQ schema, 256 clean train questions; for real pretrained models."),
     Task("wordfacts_antonyms", wordfacts_example, splits=TRAIN_VALIDATION_TEST,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import ClassVar
 
 from ..choice.example import ChoiceExample
@@ -50,6 +51,10 @@ class RecordSource:
     hub_revision: str | None = None
     # Records made by code instead of loaded (the synthetic task): split name -> records.
     generator: Callable[[str], list[dict]] | None = None
+    # Whether `generator(split, num_examples)` makes a split of any size (the first records the same whatever the size),
+    # so that `with_test_size` applies; and the test split's size when it was set (None: the generator's own).
+    sizable: bool = False
+    test_size: int | None = None
 
     def source(self, data_files=None) -> str:
         """Where this task's records come from, for messages and reports."""
@@ -62,7 +67,7 @@ class RecordSource:
 
     def as_dict(self) -> dict:
         """The identity of the task for result files (what the numbers were computed on)."""
-        return {
+        identity = {
             "name": self.name,
             "kind": self.kind,
             "version": self.version,
@@ -70,6 +75,7 @@ class RecordSource:
             "hub_config": self.hub_config,
             "hub_revision": self.hub_revision,
         }
+        return identity if self.test_size is None else {**identity, "test_size": self.test_size}
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,31 @@ class Task(RecordSource):
     # question scored 2-way under the task's name.
     num_choices: int | None = None
     kind: ClassVar[str] = MULTIPLE_CHOICE
+
+
+TEST_SIZE_OPTION = "test_size"
+
+
+def with_test_size(task: RecordSource, value: str) -> RecordSource:
+    """`task` with a test split of `value` records, named `NAME:test_size=N` (so that every report records it): a
+    generated task whose generator makes splits of any size (its first records are the default split's). A KeyError
+    (the registry's lookup error) for a task whose splits are fixed or a size that is not a positive integer."""
+    if not task.sizable or task.test_size is not None:
+        raise KeyError(f"Task {task.name!r} takes no {TEST_SIZE_OPTION}: only generated tasks whose generator makes "
+                       "splits of any size do (synthetic, wordfacts, wordfacts_clean, antonyms, wordpick)")  # fmt: skip
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1 or str(size) != value.strip():
+        raise KeyError(f"{task.name}:{TEST_SIZE_OPTION}={value}: the test size must be a positive integer")
+    return replace(task, name=f"{task.name}:{TEST_SIZE_OPTION}={size}", test_size=size,
+                   generator=partial(_test_split_of_size, task.generator, size),
+                   description=f"{task.description} Test split of {size} records.")  # fmt: skip
+
+
+def _test_split_of_size(generator: Callable, size: int, split: str) -> list[dict]:
+    return generator(split, size) if split == "test" else generator(split)
 
 
 def require(record: dict, *keys: str) -> None:

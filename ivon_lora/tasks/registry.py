@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..registry import Registry, unknown_name
 from . import (antonyms, arc, boolq, commonsense_qa, gsm8k, hellaswag, open_qa, piqa, siqa, synthetic, winogrande,
                wordfacts, wordpick, wordqa)  # fmt: skip
-from .base import Task
+from .base import TEST_SIZE_OPTION, Task, with_test_size
 from .generative import GenerativeTask
 from .mmlu import MMLU_CONFIGS, mmlu_subject, mmlu_task
 
@@ -28,9 +28,13 @@ def task_names(include_mmlu: bool = True) -> list[str]:
 
 
 def get_task(name: str) -> Task | GenerativeTask:
-    """The task called `name` (its `kind` says which); MMLU subjects as `mmlu_<subject>` or `mmlu:<subject>`."""
+    """The task called `name` (its `kind` says which); MMLU subjects as `mmlu_<subject>` or `mmlu:<subject>`; a
+    generated task with a test split of N records as `NAME:test_size=N` (`base.with_test_size`)."""
     if name in TASKS:
         return TASKS[name]
+    base, separator, option = name.rpartition(":")
+    if separator and option.startswith(f"{TEST_SIZE_OPTION}="):
+        return with_test_size(get_task(base), option.partition("=")[2])
     subject = mmlu_subject(name)
     if subject is not None:
         return mmlu_task(subject)

@@ -58,7 +58,7 @@ def synthetic_records(split: str, num_examples: int | None = None, seed: int = 0
 
 TASKS = (
     Task("synthetic", arc_example, splits=TRAIN_VALIDATION_TEST, family="synthetic", id_field="id",
-         generator=synthetic_records,
+         generator=synthetic_records, sizable=True,
          description="Built-in offline word-category task in ARC's schema, 15% label noise."),
 )  # fmt: skip
 

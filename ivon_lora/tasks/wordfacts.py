@@ -126,11 +126,11 @@ def wordfacts_example(record: dict) -> ChoiceExample:
 
 TASKS = (
     Task("wordfacts", wordfacts_example, splits=TRAIN_VALIDATION_TEST,
-         family="boolq", id_field="id", generator=wordfacts_records,
+         family="boolq", id_field="id", generator=wordfacts_records, sizable=True,
          description="Built-in offline true/false statements about English words (BoolQ schema), "
                      "256 train questions with 15% flipped labels; for real pretrained models."),
     Task("wordfacts_clean", wordfacts_example, splits=TRAIN_VALIDATION_TEST,
-         family="boolq", id_field="id", generator=wordfacts_clean_records,
+         family="boolq", id_field="id", generator=wordfacts_clean_records, sizable=True,
          description="wordfacts with clean train labels (the same questions, none flipped): the regime where a "
                      "finetune ends overconfident, the quickstart's."),
 )  # fmt: skip

@@ -59,7 +59,7 @@ def wordpick_records(split: str, num_examples: int | None = None, seed: int = 0,
 
 TASKS = (
     Task("wordpick", arc_example, splits=TRAIN_VALIDATION_TEST, family="wordpick", id_field="id",
-         generator=wordpick_records, num_choices=NUM_CHOICES,
+         generator=wordpick_records, sizable=True, num_choices=NUM_CHOICES,
          description="Built-in offline 4-way choice of the English word in a category (ARC schema), 256 train "
                      "questions with 15% wrong labels; for real pretrained models, best with answer_scoring: text."),
 )  # fmt: skip
