@@ -1,7 +1,8 @@
-"""IVON under data parallelism: which process group the samples are averaged over, and the averaging itself.
+"""IVON under several processes: the data-parallel group and its averaging, and the FSDP2 sharding of the params.
 
 See ``ivon_lora.optim.ivon``'s module docstring for why IVON averages both ``g`` and ``eps * g`` over the ranks
-itself (per-rank noise, W samples per step) instead of letting DDP average ``g``.
+itself (per-rank noise, W samples per step) instead of letting DDP average ``g``, and why parameters sharded by
+FSDP2 need no averaging of IVON's own (FSDP reduce-scatters every micro-batch's gradient).
 """
 
 from __future__ import annotations
@@ -11,8 +12,30 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
-from ._state import Bucket, DataParallel, SamplingState
+from ._state import Bucket, DataParallel, DTensor, SamplingState, Sharding
+
+
+def resolve_sharding(params: list[Tensor]) -> Sharding | None:
+    """The 1-D mesh over which FSDP2 (``fully_shard``) shards ``params``; None when no parameter is a DTensor."""
+    sharded = [p for p in params if DTensor is not None and isinstance(p, DTensor)]
+    if not sharded:
+        return None
+    if len(sharded) < len(params):
+        raise ValueError(
+            f"IVON got {len(sharded)} sharded (DTensor) and {len(params) - len(sharded)} plain parameters: shard the "
+            "whole trainable model with fully_shard (FSDP2), or none of it."
+        )
+    mesh = sharded[0].device_mesh
+    for p in sharded:
+        if p.device_mesh != mesh or mesh.ndim != 1 or not all(placement.is_shard() for placement in p.placements):
+            raise ValueError(
+                f"IVON supports parameters sharded by FSDP2 (fully_shard) over one 1-D device mesh, got placements "
+                f"{tuple(p.placements)} on a {p.device_mesh.ndim}-D mesh: tensor parallelism, HSDP and other layouts "
+                "are not supported; shard with fully_shard over the data-parallel processes only."
+            )
+    return Sharding(mesh, mesh.get_local_rank(), mesh.size())
 
 
 def resolve_data_parallel(data_parallel: bool | None, process_group: Any) -> DataParallel | None:

@@ -15,7 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import DataParallel, SamplingState
+from ._state import DataParallel, DTensor, SamplingState, Shard, Sharding
+
+# Under FSDP2, the key in the first parameter's state of every rank's generator state (see save_sharded_generators).
+SHARDED_GENERATOR_KEY = "noise_generator_states"
 
 
 def save_generator_states(state: SamplingState, dp: DataParallel | None, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -96,3 +99,51 @@ def set_rank_generator_states(
     if len(by_rank) == dp.world_size:
         # Keep them, so that a state_dict() taken before the next step() saves them again.
         state.rank_generator_states = (0, by_rank)
+
+
+def save_sharded_generators(state: SamplingState, sharding: Sharding, device: torch.device, devices: list[str],
+                            state_dict: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Every rank's generator state, as one DTensor ``[world_size, n]`` sharded by rank (Shard(0)), in the state of
+    the first parameter, so that a distributed checkpoint (``torch.distributed.checkpoint``, which the Trainer and
+    Accelerate use for FSDP2) keeps it: it saves only the per-parameter state, each rank its own shard of it."""
+    state_dict["ivon"] = {
+        "seed": state.seed,
+        "generator_states": {key: gen.get_state() for key, gen in state.generators.items()},
+    }
+    own = state.generator(device, devices, sharding.rank).get_state()
+    rows = DTensor.from_local(own.view(1, -1).to(device), sharding.mesh, [Shard(0)], run_check=False)
+    packed = dict(state_dict["state"])
+    first = next(iter(packed))
+    packed[first] = {**packed[first], SHARDED_GENERATOR_KEY: rows}  # a copy: the packed entries are the live state
+    state_dict["state"] = packed
+    return state_dict
+
+
+def load_sharded_generators(state: SamplingState, sharding: Sharding, device: torch.device, devices: list[str],
+                            state_dict: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Set this rank's generator from its row of the saved states (see ``save_sharded_generators``)."""
+    state_dict = dict(state_dict)
+    saved = state_dict.pop("ivon", None)
+    if saved is not None:
+        state.restart(int(saved["seed"]))
+    packed, rows = dict(state_dict.get("state", {})), None
+    for key, param_state in packed.items():
+        if SHARDED_GENERATOR_KEY in param_state:
+            param_state = dict(param_state)
+            rows = param_state.pop(SHARDED_GENERATOR_KEY)
+            packed[key] = param_state
+    state_dict["state"] = packed
+    if rows is not None and rows.shape[0] != sharding.world_size:
+        warnings.warn(
+            f"IVON state saved by {rows.shape[0]} sharded process(es) is loaded by {sharding.world_size}: every rank "
+            "starts a fresh noise stream. The noise stays independent across ranks, but the run is not a bitwise "
+            "continuation of the saved one.",
+            stacklevel=4,
+        )
+    elif rows is not None:
+        own = rows.to_local() if isinstance(rows, DTensor) else rows[sharding.rank : sharding.rank + 1]
+        state.generator(device, devices, sharding.rank).set_state(own.reshape(-1).to("cpu", torch.uint8))
+    elif saved is not None:  # a state_dict saved by this rank alone, without the per-parameter rows
+        set_generator_states(state, saved["generator_states"], devices, sharding.rank)
+    state.num_pending_samples = 0
+    return state_dict

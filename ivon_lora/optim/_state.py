@@ -1,4 +1,4 @@
-"""The types that IVON's modules share: the optimizer-wide sampling state, the data-parallel group and a bucket.
+"""The types that IVON's modules share: the sampling state, the data-parallel group, the sharding and a bucket.
 
 The leaf of ``ivon_lora.optim``: it imports only torch, and ``ivon.py``, ``_rng.py`` and ``_distributed.py`` import
 their shared types from here, so the imports inside the optimizer form a tree (tested, TYPE_CHECKING imports too).
@@ -12,6 +12,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+try:
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # a torch build without torch.distributed: no parameter can be sharded
+    DTensor = Shard = None
+
+
+def local(tensor: Tensor) -> Tensor:
+    """A sharded (DTensor) tensor's local shard, which in-place operations on it change; any other tensor itself."""
+    return tensor.to_local() if DTensor is not None and isinstance(tensor, DTensor) else tensor
 
 
 def derive_seed(seed: int, device_ordinal: int, rank: int = 0) -> int:
@@ -67,12 +77,21 @@ class DataParallel:
     world_size: int
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """The 1-D device mesh over which FSDP2 shards IVON's parameters, and this process's place in it."""
+
+    mesh: Any  # a torch.distributed DeviceMesh
+    rank: int
+    world_size: int
+
+
 @dataclass
 class Bucket:
     """The parameters of one param group that share a device and a dtype, with their transient buffers.
 
     Each buffer is one flat tensor, so that the noise is drawn by one call, plus per-parameter views
-    shaped like the parameters. The buffers are allocated on first use and reused: fresh allocations of
+    shaped like the parameters' ``tensors`` (of a sharded parameter, its local shard). The buffers are allocated on first use and reused: fresh allocations of
     this size cost page faults on CPU and allocator traffic on GPU.
     """
 
@@ -89,17 +108,20 @@ class Bucket:
     def device(self) -> torch.device:
         return self.params[0].device
 
+    @property
+    def tensors(self) -> list[Tensor]:
+        """The data the buffers line up with, which the sampling changes in place: the params' local shards."""
+        return [local(p) for p in self.params]
+
     def allocate(self) -> None:
         if self.noise is not None:
             return
-        p0 = self.params[0]
-        numel = sum(p.numel() for p in self.params)
+        tensors = self.tensors
+        numel = sum(t.numel() for t in tensors)
         for name in ("noise", "backup", "grad_sum", "nxg_sum"):
-            flat = torch.empty(numel, dtype=p0.dtype, device=p0.device)
+            flat = torch.empty(numel, dtype=tensors[0].dtype, device=tensors[0].device)
             setattr(self, name, flat)
-            self.views[name] = [
-                view.view_as(p) for view, p in zip(flat.split([p.numel() for p in self.params]), self.params)
-            ]
+            self.views[name] = [view.view_as(t) for view, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def sync_buffer(self, numel: int) -> Tensor:
         if self.sync is None or self.sync.numel() != numel:

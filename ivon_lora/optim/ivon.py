@@ -20,12 +20,17 @@ accumulation). Mixing the two (per-rank noise AND DDP-averaged gradients) undere
 since ``E[eps_r * mean_r' g_r'] = E[eps * g] / W``; ``step()`` warns when it sees gradients that are already
 identical across ranks.
 
+Sharded parameters (FSDP2, when the LoRA model outgrows one GPU): each shard lives on one rank, so each rank draws
+the noise of its own shards and the gathered noise is ONE sample of the whole model; FSDP reduce-scatters every
+micro-batch's gradient of the global batch, so ``eps * g`` is recorded on the shard with no averaging of IVON's
+own. That is the second way above (one sample per step on the global batch), with the noise split instead of shared.
+
 Layout: like ``torch/optim/adam.py``, this one module holds the class, its functional form ``ivon()`` and the
 two kernels (for-loop and foreach), which must stay in step (they agree bitwise, tested) and serve parameters with
 and without a prior (``set_prior``: continual learning), and the class docstring carries the algorithm; that is why
-it runs over 400 lines. The data-parallel averaging is in ``_distributed.py``, the noise generators' checkpointed
-states in ``_rng.py``, and the types they share (the sampling state, the data-parallel group, the buckets) in the
-leaf ``_state.py``.
+it runs over 400 lines. The data-parallel averaging and the FSDP2 sharding are in ``_distributed.py``, the noise
+generators' checkpointed states in ``_rng.py``, and the types they share (the sampling state, the data-parallel
+group, the sharding, the buckets) in the leaf ``_state.py``.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
-from ._distributed import all_reduce_samples, resolve_data_parallel
-from ._rng import load_generator_states, save_generator_states, set_generator_states
-from ._state import Bucket, DataParallel, SamplingState
+from ._distributed import all_reduce_samples, resolve_data_parallel, resolve_sharding
+from ._rng import (load_generator_states, load_sharded_generators, save_generator_states, save_sharded_generators,
+                   set_generator_states)  # fmt: skip
+from ._state import Bucket, DataParallel, DTensor, SamplingState, Sharding, local
 
 __all__ = ["IVON", "ivon"]
 
@@ -134,13 +140,26 @@ def _check_prior(mean: Tensor, precision: Tensor, param: Tensor, where: str) -> 
         if tensor.shape != param.shape:
             raise ValueError(f"Invalid prior {name} shape {tuple(tensor.shape)} {where}: the parameter's is "
                              f"{tuple(param.shape)}")  # fmt: skip
-        if not bool(torch.isfinite(tensor).all()):
+        if not bool(torch.isfinite(local(tensor)).all()):
             raise ValueError(f"Invalid prior {name} {where}: it holds NaN or inf values")
-    if bool((precision < 0).any()):
+    if bool((local(precision) < 0).any()):
         raise ValueError(f"Invalid prior precision {where}: it holds negative values (a precision is >= 0)")
 
 
 _PRIOR_KEYS = ("prior_mean", "prior_precision")
+
+
+def _shard_like(tensor: Tensor, param: Tensor) -> Tensor:
+    """``tensor`` (of ``param``'s full shape) sharded as ``param`` is (FSDP2), or itself for a plain parameter."""
+    if DTensor is None or not isinstance(param, DTensor):
+        return tensor
+    if isinstance(tensor, DTensor):
+        return tensor.redistribute(param.device_mesh, param.placements)
+    from torch.distributed.tensor import distribute_tensor
+
+    # Every rank holds the whole tensor: each keeps its own shard, no communication (src_data_rank=None).
+    return distribute_tensor(tensor, param.device_mesh, param.placements, src_data_rank=None)
+
 
 _UNRESOLVED = object()
 
@@ -205,12 +224,18 @@ class IVON(Optimizer):
         self._init_transient_attributes(torch.initial_seed() if seed is None else seed)
         super().__init__(params, defaults)
         self._register_hooks()
+        if self._sharding is not None and process_group is not None:
+            raise ValueError(
+                "IVON got a process_group and parameters sharded by FSDP2: FSDP already averages the gradients over "
+                "its mesh, so IVON averages nothing itself; drop the process_group."
+            )
 
     def _init_transient_attributes(self, seed: int) -> None:
         # The noise generators, their seed and the sampling flags: one object, which _rng and _distributed use.
         self._sampling_state = SamplingState(seed)
         self._buckets: list[Bucket] | None = None
         self._dp: DataParallel | None | object = _UNRESOLVED
+        self._sharding: Sharding | None = None  # set by add_param_group from the parameters
 
     def _register_hooks(self) -> None:
         self.register_state_dict_post_hook(IVON._save_sampling_state)
@@ -218,9 +243,15 @@ class IVON(Optimizer):
         self.register_load_state_dict_post_hook(IVON._check_loaded_priors)
 
     def _save_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        if self._sharding is not None:
+            device = self.param_groups[0]["params"][0].device
+            return save_sharded_generators(self._sampling_state, self._sharding, device, self._devices(), state_dict)
         return save_generator_states(self._sampling_state, self._data_parallel_state(), state_dict)
 
     def _load_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        if self._sharding is not None:
+            device = self.param_groups[0]["params"][0].device
+            return load_sharded_generators(self._sampling_state, self._sharding, device, self._devices(), state_dict)
         return load_generator_states(self._sampling_state, self._data_parallel_state(), self._devices(), state_dict)
 
     def _check_loaded_priors(self) -> None:
@@ -260,8 +291,8 @@ class IVON(Optimizer):
             self.__dict__.setdefault("_process_group", None)
             self._init_transient_attributes(torch.initial_seed() if seed is None else seed)
             self._register_hooks()
-            dp = self._data_parallel_state()
-            set_generator_states(self._sampling_state, generator_states, self._devices(), dp.rank if dp else 0)
+            self._sharding = resolve_sharding([p for group in self.param_groups for p in group["params"]])
+            set_generator_states(self._sampling_state, generator_states, self._devices(), self._noise_rank())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group_index = len(self.param_groups)
@@ -284,6 +315,21 @@ class IVON(Optimizer):
                                                             hyperparameters.get("mc_samples")]))  # fmt: skip
         super().add_param_group(param_group)
         self._buckets = None
+        self._sharding = resolve_sharding([p for group in self.param_groups for p in group["params"]])
+        if self._sharding is not None:
+            if self._data_parallel:
+                raise ValueError(
+                    "IVON(data_parallel=True) got parameters sharded by FSDP2: FSDP reduce-scatters (averages) every "
+                    "micro-batch's gradient over its mesh, so averaging the samples again would be wrong. Leave "
+                    "data_parallel=None: IVON then draws each rank's noise for its own shards and averages nothing."
+                )
+            if len(self._devices()) > 1:
+                raise ValueError(f"IVON's sharded (FSDP2) parameters must be on one device per process, got "
+                                 f"{self._devices()}")  # fmt: skip
+            # The state exists from the start, as torch.distributed.checkpoint expects of a sharded optimizer (its
+            # state_dict helpers would otherwise call step() with zero gradients to create it).
+            for p in self.param_groups[-1]["params"]:
+                self._param_state(p, self.param_groups[-1])
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -327,8 +373,8 @@ class IVON(Optimizer):
         if group["mean_weight_decay"] is not None:
             raise ValueError(_prior_and_mean_weight_decay_message(group_index, group["mean_weight_decay"]))
         state = self._param_state(param, group)
-        state["prior_mean"] = mean.detach().to(param.device, param.dtype, copy=True)
-        state["prior_precision"] = precision.detach().to(param.device, param.dtype, copy=True)
+        state["prior_mean"] = _shard_like(mean.detach().to(param.device, param.dtype, copy=True), param)
+        state["prior_precision"] = _shard_like(precision.detach().to(param.device, param.dtype, copy=True), param)
 
     def _precision_offset(self, p: Tensor, group: dict[str, Any]) -> Tensor | float:
         """What is added to ``hess`` for the posterior precision: the prior precision, else the weight decay."""
@@ -348,14 +394,22 @@ class IVON(Optimizer):
         """The optimizer's devices, in the order of their first parameter in ``param_groups``."""
         return list(dict.fromkeys(str(p.device) for g in self.param_groups for p in g["params"]))
 
-    def _generator(self, device: torch.device) -> torch.Generator:
+    def _noise_rank(self) -> int:
+        """The rank the noise generators are seeded for: in the FSDP2 mesh, else in the data-parallel group."""
+        if self._sharding is not None:
+            return self._sharding.rank
         dp = self._data_parallel_state()
-        return self._sampling_state.generator(device, self._devices(), dp.rank if dp else 0)
+        return dp.rank if dp else 0
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        return self._sampling_state.generator(device, self._devices(), self._noise_rank())
 
     # ------------------------------------------------------------------------------- data parallelism
 
     def _data_parallel_state(self) -> DataParallel | None:
         """The data-parallel group IVON averages over, or None; resolved once, at first use."""
+        if self._sharding is not None:
+            return None  # FSDP2 has averaged every micro-batch's gradient (see the note on sharded parameters)
         if self._dp is _UNRESOLVED:
             self._dp = resolve_data_parallel(self._data_parallel, self._process_group)
         return self._dp
@@ -369,6 +423,15 @@ class IVON(Optimizer):
         """
         dp = self._data_parallel_state()
         return dp.world_size if dp is not None else 1
+
+    @property
+    def sharded_world_size(self) -> int:
+        """How many processes FSDP2 shards the parameters over (1: the parameters are not sharded).
+
+        Returns:
+            int: the size of the parameters' device mesh, or 1 without sharding.
+        """
+        return self._sharding.world_size if self._sharding is not None else 1
 
     # -------------------------------------------------------------------------------------- sampling
 
@@ -408,7 +471,7 @@ class IVON(Optimizer):
 
     def _uses_foreach(self, bucket: Bucket) -> bool:
         foreach = self.param_groups[bucket.group_index]["foreach"]
-        return _default_foreach(bucket.params) if foreach is None else foreach
+        return _default_foreach(bucket.tensors) if foreach is None else foreach
 
     @contextmanager
     def sampled_params(self, train: bool = False) -> Iterator[None]:
@@ -462,7 +525,7 @@ class IVON(Optimizer):
         for bucket in buckets:
             group = self.param_groups[bucket.group_index]
             bucket.allocate()
-            hessians = [self._param_state(p, group)["hess"] for p in bucket.params]
+            hessians = [local(self._param_state(p, group)["hess"]) for p in bucket.params]
             # eps = z / sqrt(ess * (h + offset)): the 1/sqrt(ess) is folded into the draw, and the backup buffer
             # is scratch for 1/sqrt(h + offset) until it receives the means.
             std, weight_decay = 1.0 / math.sqrt(group["ess"]), group["weight_decay"]
@@ -470,7 +533,8 @@ class IVON(Optimizer):
             # One draw per bucket in both paths, so that the noise does not depend on the implementation.
             self._sample_noise(bucket.params, bucket.noise, std)
             # h + offset is the precision / ess: the offset is the prior precision p0 (set_prior) or weight_decay.
-            offsets = [self._precision_offset(p, group) for p in bucket.params]
+            offsets = [local(self._precision_offset(p, group)) for p in bucket.params]
+            tensors = bucket.tensors
             if self._uses_foreach(bucket):
                 torch._foreach_copy_(backup, hessians)
                 with_prior = [i for i, offset in enumerate(offsets) if isinstance(offset, Tensor)]
@@ -480,10 +544,10 @@ class IVON(Optimizer):
                     torch._foreach_add_([b for i, b in enumerate(backup) if i not in with_prior], weight_decay)
                 bucket.backup.rsqrt_()
                 bucket.noise.mul_(bucket.backup)
-                torch._foreach_copy_(backup, bucket.params)
-                torch._foreach_add_(bucket.params, noise)
+                torch._foreach_copy_(backup, tensors)
+                torch._foreach_add_(tensors, noise)
                 continue
-            for p, hess, offset, p_noise, p_backup in zip(bucket.params, hessians, offsets, noise, backup):
+            for p, hess, offset, p_noise, p_backup in zip(tensors, hessians, offsets, noise, backup):
                 torch.add(hess, offset, out=p_backup).rsqrt_()
                 p_noise.mul_(p_backup)
                 p_backup.copy_(p)
@@ -493,19 +557,26 @@ class IVON(Optimizer):
     def _restore(self, buckets: list[Bucket]) -> None:
         for bucket in buckets:
             if self._uses_foreach(bucket):
-                torch._foreach_copy_(bucket.params, bucket.views["backup"])
+                torch._foreach_copy_(bucket.tensors, bucket.views["backup"])
             else:
-                for p, p_backup in zip(bucket.params, bucket.views["backup"]):
+                for p, p_backup in zip(bucket.tensors, bucket.views["backup"]):
                     p.copy_(p_backup)
 
     @torch.no_grad()
     def _record(self, buckets: list[Bucket]) -> None:
         if any(p.grad is not None and p.grad.is_sparse for bucket in buckets for p in bucket.params):
             raise RuntimeError("IVON does not support sparse gradients.")
+        if self._sharding is not None and all(p.grad is None for bucket in buckets for p in bucket.params):
+            raise RuntimeError(
+                "IVON.sampled_params(train=True) found no gradient on its sharded (FSDP2) parameters: the backward "
+                "ran with FSDP's gradient sync off (set_requires_gradient_sync(False), e.g. Accelerate's no_sync() "
+                "for gradient accumulation), which defers the reduce-scatter to a later micro-batch. IVON records "
+                "every micro-batch: run every backward with gradient sync on."
+            )
         first_sample = self._sampling_state.num_pending_samples == 0
         for bucket in buckets:
             with_grad = [i for i, p in enumerate(bucket.params) if p.grad is not None]
-            grads = [bucket.params[i].grad for i in with_grad]
+            grads = [local(bucket.params[i].grad) for i in with_grad]
             grad_sums = [bucket.views["grad_sum"][i] for i in with_grad]
             noise = [bucket.views["noise"][i] for i in with_grad]
             nxg_sums = [bucket.views["nxg_sum"][i] for i in with_grad]
@@ -597,9 +668,16 @@ class IVON(Optimizer):
                 for p, grad_sum, nxg_sum in zip(bucket.params, bucket.views["grad_sum"], bucket.views["nxg_sum"]):
                     state = self._param_state(p, group)
                     has_prior = "prior_mean" in state
-                    tensors = [p, grad_sum, nxg_sum, state["momentum"], state["hess"], state["step"]]
+                    tensors = [
+                        local(p),
+                        grad_sum,
+                        nxg_sum,
+                        local(state["momentum"]),
+                        local(state["hess"]),
+                        state["step"],
+                    ]
                     if has_prior:
-                        tensors += [state["prior_mean"], state["prior_precision"]]
+                        tensors += [local(state["prior_mean"]), local(state["prior_precision"])]
                     for same_kind, tensor in zip(lists[has_prior], tensors):
                         same_kind.append(tensor)
             hyperparameters = dict(num_samples=num_samples, lr=group["lr"], ess=group["ess"],
@@ -724,6 +802,29 @@ IVON.__doc__ = r"""Implements IVON, the Improved Variational Online Newton optim
             optimizer = IVON(model.parameters(), lr=0.1, ess=len(train_set))  # syncs: torch.distributed is up
             for inputs, targets in loader:  # e.g. with a DistributedSampler
                 with model.no_sync(), optimizer.sampled_params(train=True):
+                    loss_fn(model(inputs), targets).backward()
+                optimizer.step()
+
+    .. note:: **Sharded parameters (FSDP2).** Parameters sharded by ``fully_shard`` (DTensors over one 1-D mesh)
+        are detected at construction. Each rank draws the noise of its own shards from its own generator (seeded
+        from ``seed`` and its rank), so the all-gathered sample is one posterior sample of the whole model per
+        micro-batch, evaluated on the world's global batch: one MC sample per step, as with shared noise under
+        DDP, not W. FSDP reduce-scatters (averages) every micro-batch's gradient, and IVON records ``g`` and
+        ``eps * g`` on the local shard; it averages nothing itself (``data_parallel`` must not be True). The
+        momentum, Hessian and any prior (``set_prior`` takes the full tensors and shards them) are DTensors on
+        the same shards, created with the optimizer, as ``torch.distributed.checkpoint`` expects. A backward run
+        with FSDP's gradient sync off (``set_requires_gradient_sync(False)``, Accelerate's ``no_sync``) leaves no
+        gradient to record and is an error: keep it on for every micro-batch. ``state_dict()`` holds every rank's
+        generator state as a DTensor in the first parameter's state, so a distributed checkpoint resumes bitwise.
+
+        Usage::
+
+            for layer in model.layers:
+                fully_shard(layer)
+            fully_shard(model)
+            optimizer = IVON([p for p in model.parameters() if p.requires_grad], lr=0.1, ess=len(train_set))
+            for inputs, targets in loader:  # each rank its share of the global batch
+                with optimizer.sampled_params(train=True):
                     loss_fn(model(inputs), targets).backward()
                 optimizer.step()
 

@@ -1,0 +1,265 @@
+"""One process of the 2-process (CPU, gloo) FSDP2 checks of tests/test_optim_fsdp.py.
+
+Started by `torchrun --standalone --nproc_per_node 2 tests/fsdp_worker.py OUT`. Runs every check in order and writes
+`OUT/rank{r}.pt` with each check's results or traceback, and rank 0 the gathered posterior under `OUT/posterior`.
+The models are `fully_shard`ed (FSDP2) by hand: Accelerate enables FSDP only on accelerators, so the Trainer cannot
+run it on CPU (docs/guides/multi-gpu.md). Leaves with `os._exit`, as tests/distributed_worker.py does, and why.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from datetime import timedelta
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ivon_lora.optim import IVON
+
+WORLD_SIZE = 2
+SEED = 5
+SETTINGS = {"lr": 0.05, "ess": 1e4, "hess_init": 0.5, "beta2": 0.99, "weight_decay": 1e-3, "clip_radius": 0.1}
+
+
+def tiny_lora_llama():
+    """A 2-layer Llama (hidden 32) with LoRA on q, v; random B so that every adapter entry has a gradient."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    return model
+
+
+def shard(model):
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def micro_batches(num_steps, accumulation, global_batch=4, length=12):
+    """Token ids per optimizer step and micro-batch, the global batch (every rank builds the same)."""
+    generator = torch.Generator().manual_seed(123)
+    return [[torch.randint(0, 64, (global_batch, length), generator=generator) for _ in range(accumulation)]
+            for _ in range(num_steps)]  # fmt: skip
+
+
+def replay_noise(optimizer, rank, world_size):
+    """Every sample's noise: one draw of the FULL parameters' shape from a generator shared by the runs compared,
+    of which a sharded run keeps its rank's Shard(0) chunk. So a sharded and a single-process run use the same noise."""
+    generator = torch.Generator().manual_seed(99)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def sample_noise(_params, noise, std):
+        chunks = []
+        for p in params:
+            full = torch.randn(p.shape, generator=generator, dtype=noise.dtype) * std
+            chunks.append(full.chunk(world_size, dim=0)[rank].reshape(-1) if world_size > 1 else full.reshape(-1))
+        noise.copy_(torch.cat(chunks))
+
+    optimizer._sample_noise = sample_noise
+
+
+def train(model, optimizer, batches, rank, world_size):
+    """Each micro-batch one posterior sample: the sharded run sees its rank's half of every global micro-batch."""
+    for step_batches in batches:
+        for ids in step_batches:
+            if world_size > 1:
+                ids = ids.chunk(world_size)[rank]
+            with optimizer.sampled_params(train=True):
+                model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+
+
+def full(tensor):
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def adapter(model):
+    return {name: full(p.detach()).clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def priors_for(model):
+    generator = torch.Generator().manual_seed(7)
+    return {name: (torch.randn(p.shape, generator=generator) * 0.1, torch.rand(p.shape, generator=generator) * 1e-2)
+            for name, p in model.named_parameters() if p.requires_grad}  # fmt: skip
+
+
+def run(rank, world_size, with_prior, num_steps=3, accumulation=2):
+    model = tiny_lora_llama()
+    model = shard(model) if world_size > 1 else model
+    optimizer = IVON([p for p in model.parameters() if p.requires_grad], seed=SEED, data_parallel=False
+                     if world_size == 1 else None, **SETTINGS)  # fmt: skip
+    if with_prior:
+        named = dict(model.named_parameters())
+        for name, (mean, precision) in priors_for(model).items():
+            optimizer.set_prior(named[name], mean, precision)
+    replay_noise(optimizer, rank, world_size)
+    train(model, optimizer, micro_batches(num_steps, accumulation), rank, world_size)
+    return model, optimizer
+
+
+def check_equivalence(rank, out):
+    """Sharded IVON == single-process IVON on the same global batches and noise (gradient accumulation 2)."""
+    results = {}
+    for with_prior in (False, True):
+        sharded_model, sharded = run(rank, WORLD_SIZE, with_prior)
+        single_model, single = run(rank, 1, with_prior)
+        sharded_params = [p for group in sharded.param_groups for p in group["params"]]
+        single_params = [p for group in single.param_groups for p in group["params"]]
+        hess = [
+            (full(sharded.state[p]["hess"]), single.state[q]["hess"]) for p, q in zip(sharded_params, single_params)
+        ]
+        means = list(zip(adapter(sharded_model).values(), adapter(single_model).values()))
+        results["prior" if with_prior else "plain"] = {
+            "mean_max_diff": max(float((a - b).abs().max()) for a, b in means),
+            "hess_max_rel_diff": max(float(((a - b) / b).abs().max()) for a, b in hess),
+            "mean_moved": max(
+                float((a - b).abs().max())
+                for a, b in zip(adapter(sharded_model).values(), adapter(tiny_lora_llama()).values())
+            ),
+            "local_shapes": sorted({tuple(p.to_local().shape) for p in sharded_params}),
+            "state_is_sharded": all(isinstance(sharded.state[p]["hess"], DTensor) for p in sharded_params),
+            "sharded_world_size": sharded.sharded_world_size,
+        }
+        if not with_prior:
+            from ivon_lora.posterior import Posterior
+            from ivon_lora.trainer.fsdp import gathered_posterior
+
+            posterior = gathered_posterior(sharded, sharded_model)
+            reference = Posterior.from_optimizer(single, single_model)
+            results["posterior"] = {
+                "keys_equal": sorted(posterior.mean) == sorted(reference.mean),
+                "mean_max_diff": max(float((posterior.mean[k] - reference.mean[k]).abs().max()) for k in reference.mean),
+                "variance_max_rel_diff": max(float(((posterior.variance[k] - reference.variance[k])
+                                                    / reference.variance[k]).abs().max()) for k in reference.variance),
+                "step": posterior.config["step"],
+            }  # fmt: skip
+            if rank == 0:
+                posterior.save(os.path.join(out, "posterior"), include_mean=True)
+    return results
+
+
+class Quadratic(nn.Module):
+    def __init__(self, center):
+        super().__init__()
+        self.x = nn.Parameter(center.clone())
+
+    def forward(self, curvature, center):
+        return (0.5 * curvature * (self.x - center) ** 2).sum()
+
+
+def check_hessian(rank, out, num_steps=800):
+    """On a quadratic with a known Hessian, the sharded estimate (each rank's own noise on its shard) converges to it."""
+    curvature = torch.linspace(0.5, 5.0, 200, dtype=torch.float64)
+    center = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)
+    model = fully_shard(Quadratic(center))
+    optimizer = IVON(model.parameters(), lr=0.0, ess=100.0, hess_init=1.0, beta2=0.99, weight_decay=0.0, seed=0)
+    with optimizer.sampled_params():  # the first noise, gathered: each rank draws its own shard's from its own stream
+        first_noise = full(model.x.detach()) - center
+    optimizer = IVON(model.parameters(), lr=0.0, ess=100.0, hess_init=1.0, beta2=0.99, weight_decay=0.0, seed=0)
+    average = None
+    for step in range(num_steps):
+        with optimizer.sampled_params(train=True):
+            model(curvature, center).backward()
+        optimizer.step()
+        if step >= num_steps // 2:
+            hess = full(optimizer.state[model.x]["hess"]) / (num_steps - num_steps // 2)
+            average = hess if average is None else average + hess
+    return {"curvature": curvature, "estimate": average, "first_noise": first_noise}
+
+
+def check_resume(rank, out):
+    """A distributed checkpoint (torch.distributed.checkpoint, as Accelerate writes for FSDP2) after 2 of 4 steps,
+    loaded into a fresh model and optimizer, continues bitwise; the deferred gradient sync is refused."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)  # fmt: skip
+
+    def fresh():
+        model = shard(tiny_lora_llama())
+        optimizer = IVON([p for p in model.parameters() if p.requires_grad], seed=SEED, **SETTINGS)
+        return model, optimizer
+
+    batches = micro_batches(4, 2)
+    model, optimizer = fresh()
+    train(model, optimizer, batches[:2], rank, WORLD_SIZE)
+    path = os.path.join(out, "checkpoint")
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
+             checkpoint_id=path)  # fmt: skip
+    train(model, optimizer, batches[2:], rank, WORLD_SIZE)
+    uninterrupted = adapter(model)
+
+    model, optimizer = fresh()
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    train(model, optimizer, batches[2:], rank, WORLD_SIZE)
+    resumed = adapter(model)
+
+    model.set_requires_gradient_sync(False)
+    try:
+        with optimizer.sampled_params(train=True):
+            ids = batches[0][0].chunk(WORLD_SIZE)[rank]
+            model(input_ids=ids, labels=ids).loss.backward()
+        deferred_error = None
+    except RuntimeError as error:
+        deferred_error = str(error)
+    finally:
+        model.set_requires_gradient_sync(True)
+    return {
+        "bitwise": all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted),
+        "moved": any(not torch.equal(uninterrupted[k], adapter(fresh()[0])[k]) for k in uninterrupted),
+        "deferred_error": deferred_error,
+    }
+
+
+CHECKS = {"equivalence": check_equivalence, "hessian": check_hessian, "resume": check_resume}
+
+
+def main(out: str) -> int:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    rank = dist.get_rank()
+    assert dist.get_world_size() == WORLD_SIZE
+    results, failed = {}, False
+    for name, check in CHECKS.items():
+        try:
+            results[name] = {"ok": True, "result": check(rank, out)}
+        except Exception:  # noqa: BLE001 - reported to the test process, which shows the traceback
+            failed = True
+            results[name] = {"ok": False, "error": traceback.format_exc()}
+            print(f"rank {rank}, check {name!r} failed:\n{results[name]['error']}", file=sys.stderr, flush=True)
+            break
+    path = os.path.join(out, f"rank{rank}.pt")
+    torch.save(results, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    if not failed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    exit_code = main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
