@@ -3,6 +3,10 @@ writer per dir), the staged swap (`staged_output_dir`: the complete old result o
 kill comes), and `ivon-lora train`'s run dir: what `overwrite_output_dir` may remove, its final files staged inside
 it (`staged_final_files`), and what a reader of a run dir requires of it (`check_run_files`).
 
+Recovery is an explicit step, never a side effect of reading: what a killed staged write leaves is cleaned up by the
+next write into the same dir (`recover_output_dir`, `recover_final_files`), and a reader that meets an interrupted
+final write of train refuses the dir, naming the call that completes it (`check_run_files`).
+
 Named for the recipe key and the `--out` of every command, which is where a newcomer starts; one file written
 atomically is `ivon_lora.fileio`, and the file names are `ivon_lora.filenames`. Every command that writes an output
 dir claims it here and writes it through `staged_output_dir`: there is no second copy of these checks.
@@ -179,6 +183,23 @@ def claim_output_dir(out: str, command: str, overwrite: bool, inputs: dict[str, 
         _check_marker(out, command)  # check_placeable ran above
 
 
+def claim_resumable_output_dir(out: str, command: str, inputs: dict[str, str | None] | None = None) -> bool:
+    """The claim of a command that writes its output dir in place as it goes, so that a later call resumes it
+    (`ivon-lora compare`): the checks of `claim_output_dir`, but a non-empty dir is taken when it holds COMMAND's
+    marker (any other is refused); the dir is created and marked now. Returns whether an earlier output is resumed."""
+    check_out_apart(out, inputs or {})
+    check_placeable(out, command)
+    real = os.path.realpath(out)
+    lock_output_dir(real)
+    recover_output_dir(real)
+    resumed = os.path.isdir(real) and bool(os.listdir(real))
+    if resumed:
+        _check_marker(out, command)  # check_placeable ran above
+    os.makedirs(real, exist_ok=True)
+    write_output_marker(real, command)
+    return resumed
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # One writer per output dir: an exclusive flock on a sibling file .NAME.lock (a sibling, not a file inside: a staged
 # swap replaces the dir). The kernel drops the lock when its holder exits or dies, so a stale lock file blocks
@@ -310,7 +331,8 @@ def staged_output_dir(path: str, command: str):
 # inside it: written whole into .final.incomplete, marked complete by one rename to .final.complete, then moved in
 # file by file, metrics.json last. A kill while staging leaves the previous files untouched (the staging dir is
 # removed by the next write); a kill while moving is rolled forward by `recover_final_files`, which the next train
-# and every load of the run dir call. The adapter and posterior are tied by a hash, so no load pairs files of two runs.
+# into the dir calls, and which a reader never calls: it refuses the dir instead, naming that call (`check_run_files`).
+# The adapter and posterior are tied by a hash, so no load pairs files of two runs.
 
 
 def _move_final_files(complete: str, directory: str) -> None:
@@ -324,14 +346,26 @@ def _move_final_files(complete: str, directory: str) -> None:
 
 def recover_final_files(directory: str, drop_incomplete: bool = False) -> None:
     """Finish what a killed `staged_final_files` left in `directory`: move a complete staged set in; with
-    `drop_incomplete` (the next train into it, not a reader: a run may be writing it now), delete an incomplete one."""
-    complete = os.path.join(directory, FINAL_COMPLETE_NAME)
-    if os.path.isdir(complete):
-        logger.warning("completing the final files of %s, whose run was interrupted while moving them in", directory)
-        _move_final_files(complete, directory)
-    staging = os.path.join(directory, FINAL_STAGING_NAME)
-    if drop_incomplete and os.path.isdir(staging):
-        shutil.rmtree(staging)
+    `drop_incomplete` (the next train into it, not a reader: a run may be writing it now), delete an incomplete one.
+
+    The explicit recovery step: the next train into the dir calls it, and so can a user whose reader refused the
+    dir (`check_run_files`); no reader calls it. It takes the dir's lock first, so it never moves files under a
+    train that is still moving them (that train holds the lock: `OutputDirLockedError`)."""
+    held = _lock_path(directory) in _held_locks
+    lock_output_dir(directory)
+    try:
+        complete = os.path.join(directory, FINAL_COMPLETE_NAME)
+        if os.path.isdir(complete):
+            logger.warning(
+                "completing the final files of %s, whose run was interrupted while moving them in", directory
+            )
+            _move_final_files(complete, directory)
+        staging = os.path.join(directory, FINAL_STAGING_NAME)
+        if drop_incomplete and os.path.isdir(staging):
+            shutil.rmtree(staging)
+    finally:
+        if not held:
+            release_output_dir(directory)
 
 
 @contextmanager
@@ -399,11 +433,21 @@ def remove_run_artifacts(directory: str) -> list[str]:
 
 
 def check_run_files(directory: str) -> None:
-    """Refuse a run dir whose files that ivon-lora reads or copies (RUN_FILES) are symlinks or special files, naming
-    them: a run dir is read as data, and a link in a dir someone sent you would pull a file from elsewhere (a key, a
-    config) into the outputs that commands write."""
+    """What every reader of a run dir requires of it, checked before it reads a file and without moving any.
+
+    Its final files are all in place: a train interrupted while moving them in left the rest complete in
+    .final.complete, and reading the dir would pair files of two runs; the refusal names the explicit recovery
+    (`recover_final_files`). And the files ivon-lora reads or copies (RUN_FILES) are regular files, not symlinks
+    or special files: a run dir is read as data, and a link in a dir someone sent you would pull a file from
+    elsewhere (a key, a config) into the outputs that commands write."""
     if not os.path.isdir(directory):
         return
+    if os.path.isdir(os.path.join(directory, FINAL_COMPLETE_NAME)):
+        raise RunDirError(f"{directory}: `ivon-lora train` was interrupted while moving its final files in (the rest "
+                          f"wait, complete, in {FINAL_COMPLETE_NAME}), so its files are of two runs: complete the move "
+                          "with python -c \"from ivon_lora.output_dir import recover_final_files; "
+                          f"recover_final_files({directory!r})\" (a train resumed into the dir does it too), then "
+                          "read the dir again")  # fmt: skip
     bad = [name for name in sorted(RUN_FILES) if os.path.lexists(path := os.path.join(directory, name))
            and (os.path.islink(path) or not os.path.isfile(path))]  # fmt: skip
     if bad:

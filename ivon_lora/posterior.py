@@ -26,7 +26,7 @@ from ._version import __version__
 from .errors import RunDirError
 from .fileio import atomic_write, read_json, read_tensors
 from .filenames import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME, POSTERIOR_WEIGHTS_NAME
-from .output_dir import check_run_files, recover_final_files
+from .output_dir import check_run_files
 from .vocabulary import PRUNE_CRITERIA, PRUNE_MODES, PRUNE_SCOPES
 
 # Adapter settings that must agree between adapter_config.json and the posterior saved with it.
@@ -194,7 +194,6 @@ class Posterior:
             FileNotFoundError: the adapter or a posterior file is missing.
             ivon_lora.errors.RunDirError: the files are damaged or do not belong together (the message says which).
         """
-        recover_final_files(directory)  # a train killed while moving its final files in: finish the move
         check_run_files(directory)
         paths = {
             n: os.path.join(directory, n) for n in (ADAPTER_WEIGHTS_NAME, POSTERIOR_WEIGHTS_NAME, POSTERIOR_CONFIG_NAME)

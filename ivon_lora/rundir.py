@@ -22,7 +22,7 @@ from .filenames import (
     TOKENIZER_CONFIG_NAME,
     TOKENIZER_FILES,
 )
-from .output_dir import check_run_files, recover_final_files
+from .output_dir import check_run_files
 from .config import ModelArguments, Recipe, load_recipe
 from .errors import RunDirError, UsageError
 from .posterior import Posterior
@@ -83,7 +83,6 @@ def describe_run(run_dir: str, taken: set, trust_remote_code: bool = False) -> d
     else the dir's name; a label already in `taken` gets " (baseline)" appended. `dropout` is the adapter's
     lora_dropout (MC dropout needs one).
     """
-    recover_final_files(run_dir)  # a train killed while moving its final files in: finish the move
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"Run dir {run_dir!r} does not exist")
     check_run_files(run_dir)
@@ -116,7 +115,6 @@ def load_run(directory: str, trust_remote_code: bool = False) -> Run:
     from .builtin import BUILTIN_MODELS
     from .modeling import load_base_model, load_tokenizer
 
-    recover_final_files(directory)  # a train killed while moving its final files in: finish the move
     check_run_files(directory)
     if not os.path.isfile(os.path.join(directory, ADAPTER_CONFIG_NAME)):
         raise FileNotFoundError(f"{directory!r} is not a run or checkpoint dir: {ADAPTER_CONFIG_NAME} is missing")

@@ -524,14 +524,23 @@ def test_every_report_records_the_presets_deviations_and_bin_edges(run_dir, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["staged", "moving"])
-def test_a_train_killed_while_committing_its_final_files_is_completed_on_the_next_load(point, tmp_path):
+def test_a_train_killed_while_committing_its_final_files_is_refused_by_readers_and_completed_by_the_recovery(
+    point, tmp_path
+):
     from ivon_lora import Posterior
+    from ivon_lora.errors import RunDirError
+    from ivon_lora.output_dir import recover_final_files
 
     out = tmp_path / "run"
     status, _ = ivon_lora("train", DEMO, f"output_dir={out}", *SHORT, env={KILL_AT_ENV: point})
     assert status == -9
     assert not (out / "metrics.json").exists()  # not finished: metrics.json is the last file in
-    Posterior.load(str(out))  # rolls the complete staged set forward
+    before = sorted(os.listdir(out))
+    with pytest.raises(RunDirError, match="interrupted while moving its final files in.*recover_final_files"):
+        Posterior.load(str(out))  # a reader moves nothing
+    assert sorted(os.listdir(out)) == before
+    recover_final_files(str(out))  # the explicit step rolls the complete staged set forward
+    Posterior.load(str(out))
     assert (out / "metrics.json").is_file() and (out / "diagnostics.json").is_file()
     assert [n for n in os.listdir(out) if n.startswith(".")] == []
 

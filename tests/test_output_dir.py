@@ -17,6 +17,7 @@ from ivon_lora.filenames import METRICS_NAME, OUTPUT_MARKER_NAME
 from ivon_lora.output_dir import (
     KILL_AT_ENV,
     claim_output_dir,
+    claim_resumable_output_dir,
     recover_final_files,
     recover_output_dir,
     release_output_dir,
@@ -55,6 +56,28 @@ def test_claim_output_dir_takes_a_new_or_empty_dir_and_overwrites_only_its_own_c
                                          "of `ivon-lora eval`"):  # fmt: skip
         claim_output_dir(str(tmp_path / "pruned"), "eval", overwrite=True)
     assert (mine / "a.txt").read_text() == "keep"
+
+
+def test_a_resumable_claim_takes_a_new_dir_or_its_own_commands_and_refuses_any_other(tmp_path):
+    out = tmp_path / "compare"
+    assert claim_resumable_output_dir(str(out), "compare") is False  # new: created and marked now
+    assert json.loads((out / OUTPUT_MARKER_NAME).read_text()) == {"command": "compare", "format": 1}
+    (out / "runs").mkdir()
+    release_output_dir()
+    assert claim_resumable_output_dir(str(out), "compare") is True  # its own earlier output: resumed
+    assert (out / "runs").is_dir()
+    release_output_dir()
+    with pytest.raises(UsageError, match="written by `ivon-lora compare`"):
+        claim_resumable_output_dir(str(out), "eval")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("keep")
+    with pytest.raises(UsageError, match="written by no ivon-lora command"):
+        claim_resumable_output_dir(str(mine), "compare")
+    with pytest.raises(UsageError, match="is inside the run dir"):
+        claim_resumable_output_dir(str(mine / "out"), "compare", {"run dir": str(mine)})
+    release_output_dir()
+    assert sorted(os.listdir(mine)) == ["a.txt"]
 
 
 @pytest.mark.parametrize("where", ["home", "cwd", "ancestor of cwd", "repository", "root", "file"])
@@ -228,10 +251,104 @@ def _command_argument(args) -> str | None:
 
 def test_every_command_that_writes_an_output_dir_claims_it_here_and_none_repeats_the_checks():
     calls = list(_calls())
-    claimed = {_command_argument(args) for _, name, args in calls if name == "claim_output_dir"}
+    claimed = {_command_argument(args) for _, name, args in calls
+               if name in ("claim_output_dir", "claim_resumable_output_dir")}  # fmt: skip
     staged = {_command_argument(args) for _, name, args in calls if name == "staged_output_dir"}
     assert WRITES_AN_OUTPUT_DIR <= claimed  # each command's name is claimed somewhere
     assert staged - {None} <= claimed  # nothing is staged under a name no claim took
     elsewhere = {(module, name) for module, name, _ in calls if name in CLAIM_PARTS and module != "output_dir.py"
                  and module not in CLAIM_PARTS[name]}  # fmt: skip
     assert elsewhere == set()
+
+
+# ------------------------------------------------------------------ loading never moves files
+
+
+def _snapshot(directory):
+    """Every path under `directory` with its bytes (None for a dir)."""
+    found = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(root, name), directory)] = None
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, directory)] = f.read()
+    return found
+
+
+def _interrupted_final_write(tmp_path):
+    """A run dir (a previous run's adapter, posterior and recipe) whose next train was killed moving its final
+    files in: the adapter is the new one, the posterior and metrics.json wait in .final.complete."""
+    import torch
+
+    from ivon_lora.posterior import Posterior
+
+    run = tmp_path / "run"
+    old = Posterior({"w": torch.ones(2, 2)}, {"w": torch.full((2, 2), 0.5)}, {"format_version": 2})
+    old.save(str(run), include_mean=True)
+    (run / filenames.ADAPTER_CONFIG_NAME).write_text(json.dumps({"base_model_name_or_path": "builtin:tiny-llama"}))
+    new = Posterior({"w": torch.zeros(2, 2)}, {"w": torch.full((2, 2), 0.25)}, {"format_version": 2})
+    new.save(str(tmp_path / "new"), include_mean=True)
+    script = (
+        "import os, shutil, sys\n"
+        "from ivon_lora.output_dir import staged_final_files\n"
+        "with staged_final_files(sys.argv[1]) as staging:\n"
+        "    for name in sorted(os.listdir(sys.argv[2])):\n"
+        "        shutil.copyfile(os.path.join(sys.argv[2], name), os.path.join(staging, name))\n"
+        "    open(os.path.join(staging, 'metrics.json'), 'w').write('{}')\n"
+    )
+    env = {**os.environ, KILL_AT_ENV: "moving", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path / "new")], env=env,
+                            capture_output=True, timeout=60)  # fmt: skip
+    assert result.returncode == -9 and (run / filenames.FINAL_COMPLETE_NAME).is_dir()
+    return run
+
+
+def test_readers_refuse_an_interrupted_final_write_and_leave_every_file_where_it_was(tmp_path):
+    from ivon_lora.errors import RunDirError
+    from ivon_lora.posterior import Posterior
+    from ivon_lora.rundir import describe_run, load_run
+
+    run = _interrupted_final_write(tmp_path)
+    before = _snapshot(run)
+    for read in (Posterior.load, lambda d: describe_run(d, set()), load_run):
+        with pytest.raises(RunDirError, match=rf"{run}: `ivon-lora train` was interrupted while moving its final "
+                                              r"files in .*recover_final_files\('.*run'\)"):  # fmt: skip
+            read(str(run))
+        assert _snapshot(run) == before  # names and bytes: nothing moved, nothing written
+    assert sorted(os.listdir(tmp_path)) == ["new", "run"]  # no lock file left beside it either
+
+
+def test_the_explicit_recovery_completes_the_move_and_the_run_loads_as_written(tmp_path):
+    import torch
+
+    from ivon_lora.posterior import Posterior
+
+    run = _interrupted_final_write(tmp_path)
+    recover_final_files(str(run))
+    assert not (run / filenames.FINAL_COMPLETE_NAME).exists() and (run / METRICS_NAME).is_file()
+    loaded = Posterior.load(str(run))  # the new adapter with the new posterior: one run's files
+    assert torch.equal(loaded.mean["w"], torch.zeros(2, 2)) and torch.equal(
+        loaded.variance["w"], torch.full((2, 2), 0.25)
+    )
+    assert sorted(os.listdir(tmp_path)) == ["new", "run"]  # the recovery's lock is released, its file removed
+
+
+def test_the_recovery_never_moves_files_under_a_train_still_writing_them(tmp_path):
+    from ivon_lora.errors import OutputDirLockedError
+
+    run = _interrupted_final_write(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ivon_lora.output_dir import "
+                               "lock_output_dir; lock_output_dir(sys.argv[1]); print('locked', flush=True); "
+                               "time.sleep(60)", str(run)], env={**os.environ, "PYTHONPATH": ROOT},
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(run)
+        with pytest.raises(OutputDirLockedError, match="is being written by ivon-lora process"):
+            recover_final_files(str(run))
+        assert _snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
