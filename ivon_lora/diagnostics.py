@@ -97,7 +97,7 @@ def predictive_diagnostics(mean: torch.Tensor, samples: torch.Tensor) -> dict:
     kl = (mean * log_ratio).sum(-1)
     averaged = samples.mean(0)
     return {
-        "num_samples": samples.shape[0],
+        "samples": samples.shape[0],
         "num_examples": mean.shape[0],
         "flip_rate": float(flips.double().mean()),
         "examples_flipped_by_any_sample": float(flips.any(0).double().mean()),
@@ -258,7 +258,7 @@ def summary_lines(diagnostics: dict) -> list[SummaryLine]:
     predictive = diagnostics.get("predictive")
     if predictive is not None:
         lines.append(
-            f"over {predictive['num_examples']} examples, each of {predictive['num_samples']} samples changes "
+            f"over {predictive['num_examples']} examples, each of {predictive['samples']} samples changes "
             f"{100 * predictive['flip_rate']:.1f}% of the answers ({100 * predictive['examples_flipped_by_any_sample']:.1f}% "
             f"by at least one sample); mean KL(mean || sample) {predictive['mean_kl']:.2e} nats"
         )

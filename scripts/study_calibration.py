@@ -84,15 +84,39 @@ def train(recipe_path: str, values: dict, seed: int, output_dir: str) -> dict:
         return json.load(f)
 
 
+def score_with_eval(
+    run_dir: str,
+    split: str,
+    num_samples: int,
+    fraction: float = 0.0,
+    temperature: float = 1.0,
+    limit: int | None = None,
+    batch_size: int = 50,
+):
+    """Predictions of a run on `split` by `ivon-lora eval`'s own path (`ivon_lora.evaluation`: the plan, then the
+    multiple-choice kind): at the weights and with S samples (posterior for IVON runs, pruned/tempered as asked;
+    MC dropout otherwise)."""
+    from ivon_lora.filenames import POSTERIOR_WEIGHTS_NAME
+    from ivon_lora.config import EvalConfig
+    from ivon_lora.evaluation.plan import resolve_plan
+    from ivon_lora.evaluation.run import evaluate
+
+    has_posterior = os.path.isfile(os.path.join(run_dir, POSTERIOR_WEIGHTS_NAME))
+    options = EvalConfig(run_dir=run_dir, split=split, samples=num_samples, seed=0, batch_size=batch_size,
+                         limit=limit, mc_dropout_samples=0 if has_posterior else num_samples,
+                         prune_fractions=[fraction], temperatures=[temperature])  # fmt: skip
+    plan, described = resolve_plan(options)
+    (scores,) = evaluate(plan, described).scores.values()
+    return scores.predictions[plan.tasks[0]]
+
+
 def score(run_dir: str, split: str, num_samples: int, cache: str, fraction: float = 0.0, temperature: float = 1.0):
-    """Predictions of a run (or checkpoint) on `split` (cached as jsonl): at the weights and with S samples
-    (posterior for IVON runs, pruned/tempered as asked; MC dropout otherwise)."""
-    from ivon_lora.choice import format_examples
-    from ivon_lora.evaluation.predict import read_predictions
-    from ivon_lora.evaluation.predict import Predictions, predict
-    from ivon_lora.evaluation.report import write_jsonl
+    """`score_with_eval`, cached as jsonl (train's own predictions file where it is the same split and S)."""
     from ivon_lora.config import load_recipe
-    from ivon_lora.rundir import find_recipe, load_run
+    from ivon_lora.evaluation.predict import read_predictions
+    from ivon_lora.evaluation.predict import Predictions
+    from ivon_lora.evaluation.report import write_jsonl
+    from ivon_lora.rundir import find_recipe
     from ivon_lora.tasks import load_split
 
     data_args = load_recipe(find_recipe(run_dir), for_training=False).data
@@ -110,12 +134,7 @@ def score(run_dir: str, split: str, num_samples: int, cache: str, fraction: floa
         if (samples.shape[0] if samples is not None else 0) == num_samples and len(mean) == len(ids):
             cache = own
     if not os.path.isfile(cache):
-        run = load_run(run_dir)
-        examples = format_examples(loaded.examples, run.tokenizer, run.model_args)
-        posterior = run.posterior.at_test_time(fraction, temperature) if run.posterior is not None else None
-        predictions = predict(run.model, run.tokenizer, examples, posterior=posterior, num_samples=num_samples,
-                              batch_size=50, max_length=run.recipe.data.max_length, seed=0,
-                              sample_kind="posterior" if posterior is not None else "mc_dropout")  # fmt: skip
+        predictions = score_with_eval(run_dir, split, num_samples, fraction, temperature)
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         write_jsonl(cache + ".tmp", predictions.rows())
         os.replace(cache + ".tmp", cache)
@@ -191,7 +210,7 @@ def early_stopped(run_dir: str) -> tuple[str, list[dict]]:
 
 def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoint_every: int, extras: bool) -> dict:
     """Phase 2 and 3: per seed, every method's test metrics."""
-    from ivon_lora.evaluation.baselines import fit_temperature, temper
+    from ivon_lora.evaluation.baselines import ensemble, fit_temperature, temper
     from ivon_lora.evaluation.risk_averse import risk_averse_report
 
     grid = chosen["ivon_test_time"]
@@ -243,7 +262,7 @@ def final(runs_dir: str, chosen: dict, seeds: list[int], recipes: dict, checkpoi
                 risk_averse = {"kappa": selector["kappa"], "aurc": selector["selective"]["aurc"],
                                "coverage@1%": selector["selective"]["coverage_at_risk"]["0.01"]}  # fmt: skip
         per_seed.append({"seed": seed, "methods": rows, "risk_averse": risk_averse})
-    ensemble_probs = sum(t.mean for t in adamw_test) / len(adamw_test)
+    ensemble_probs = ensemble(adamw_test).predictive()  # `ivon-lora eval --ensemble`'s predictive
     ensemble = metrics_of(ensemble_probs, adamw_test[0].gold)
     return {"per_seed": per_seed, "ensemble": ensemble, "wall_seconds": walls, "recipes": resolved,
             "test_time": test_time, "ensemble_probs": ensemble_probs, "adamw_test": adamw_test}  # fmt: skip

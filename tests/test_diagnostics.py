@@ -92,7 +92,7 @@ def test_predictions_file_round_trip(tmp_path):
 
 def test_train_writes_diagnostics_and_inspect_reports_any_run(run_dir, tmp_path, capsys):
     diagnostics = json.loads(open(f"{run_dir}/diagnostics.json").read())
-    assert diagnostics["predictive"]["num_samples"] == 2 and "warnings" in diagnostics
+    assert diagnostics["predictive"]["samples"] == 2 and "warnings" in diagnostics
     assert open(f"{run_dir}/diagnostics.png", "rb").read()[:8] == PNG
     metrics = json.loads(open(f"{run_dir}/metrics.json").read())
     assert metrics["diagnostics"]["warnings"] == diagnostics["warnings"]

@@ -100,7 +100,11 @@ def test_predictions_are_ordered_complete_deterministic_and_batch_size_independe
     assert {k: metrics["by_num_samples"][1][k] for k in expected} == pytest.approx(expected)
     assert metrics["sampled"]["selective"]["coverage_at_risk"].keys() == {"0.01", "0.05", "0.1"}
     rows = list(first.rows())
-    assert rows[3]["id"] == examples[3].id and len(rows[3]["samples"]) == 3 and sum(rows[3]["mean"]) == pytest.approx(1)
+    assert (
+        rows[3]["id"] == examples[3].id
+        and len(rows[3]["sample_probs"]) == 3
+        and sum(rows[3]["mean"]) == pytest.approx(1)
+    )
 
 
 def test_mc_dropout_needs_dropout(loaded_run, synthetic_examples):
@@ -169,7 +173,7 @@ def test_eval_reports_ivon_and_a_baseline_side_by_side(run_dir, adamw_run_dir, t
     assert set(runs) == {"ivon", "adamw_torch"}
     assert runs["ivon"]["sampled"]["samples"] == 2 and runs["ivon"]["sample_kind"] == "posterior"
     assert runs["adamw_torch"]["sampled"]["samples"] == 3 and runs["adamw_torch"]["sample_kind"] == "mc_dropout"
-    assert report["runs"]["adamw_torch"]["samples"] == "mc_dropout"
+    assert (report["runs"]["adamw_torch"]["samples"], report["runs"]["adamw_torch"]["sample_kind"]) == (3, "mc_dropout")
     assert report["protocol"]["preset"]["name"] == "ivon-lora" and report["environment"]["torch"]
     table = (out / "eval.md").read_text()
     assert "| synthetic | test | 40 | adamw_torch | MC dropout S=3 |" in table and "| ivon | samples S=2 |" in table
@@ -245,7 +249,7 @@ def test_eval_ensemble_and_temperature_scaling(run_dir, adamw_run_dir, tmp_path)
     rows = {name: [json.loads(line) for line in (out / f"predictions-synthetic-{name}.jsonl").read_text().splitlines()]
             for name in ("ivon", "ensemble")}  # fmt: skip
     for ivon_row, ensemble_row in zip(rows["ivon"], rows["ensemble"]):
-        assert ensemble_row["samples"][1] == pytest.approx(ivon_row["mean"])
+        assert ensemble_row["sample_probs"][1] == pytest.approx(ivon_row["mean"])
     assert (
         runs["ensemble"]["sampled"]["samples"] == 2 and "| ensemble | ensemble M=2 |" in (out / "eval.md").read_text()
     )

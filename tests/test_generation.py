@@ -246,14 +246,14 @@ def test_cli_prints_and_writes_the_answers_of_the_python_api(run, run_dir, tmp_p
     header = header["header"]
     assert header["run_dir"] == os.path.abspath(run_dir) and header["seed"] == 4 and header["samples"] == 2
     assert header["environment"]["torch"] == torch.__version__ and not header["chat_template"]
-    assert rows == [{"index": i, "prompt": g.prompt, "mean": g.mean, "samples": list(g.samples)}
+    assert rows == [{"index": i, "prompt": g.prompt, "mean": g.mean, "sampled_answers": list(g.samples)}
                     for i, g in enumerate(expected)]  # fmt: skip
     # An existing --out is kept unless --overwrite.
     assert cli.main(args) == 2
     assert "exists" in capsys.readouterr().err
     assert cli.main([*args[:-2], "--prompts-file", str(prompts_file), "--samples", "0", "--out", str(out),
                      "--overwrite"]) == 0  # fmt: skip
-    assert [json.loads(line)["samples"] for line in out.read_text().splitlines()[1:]] == [[], [], [], []]
+    assert [json.loads(line)["sampled_answers"] for line in out.read_text().splitlines()[1:]] == [[], [], [], []]
 
 
 @pytest.fixture(scope="module")

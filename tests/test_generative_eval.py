@@ -220,7 +220,8 @@ def test_eval_of_a_choice_run_on_wordqa_with_a_temperature_sampling_baseline(run
     entry = report["tasks"]["wordqa"]
     assert entry["split"] == "validation" and entry["num_examples"] == LIMIT and entry["task"]["kind"] == GENERATIVE
     assert (
-        report["runs"]["ivon"]["samples"] == "posterior" and report["runs"]["adamw_torch"]["samples"] == "temperature"
+        report["runs"]["ivon"]["sample_kind"] == "posterior"
+        and report["runs"]["adamw_torch"]["sample_kind"] == "temperature"
     )
     assert report["runs"]["ivon"]["prompts"] == "plain task prompt (prompt_format: plain)"
     assert {"torch", "transformers"} <= set(report["environment"]) and report["protocol"]["kind"] == "generative"
@@ -229,7 +230,7 @@ def test_eval_of_a_choice_run_on_wordqa_with_a_temperature_sampling_baseline(run
                                                                "neg_expected_pairwise_kl"}  # fmt: skip
     for label, run_rows in rows.items():
         assert [row["id"] for row in run_rows] == [f"wordqa-validation-{i}" for i in range(LIMIT)]
-        assert all(len(row["samples"]) == 3 and row["prompt"].startswith("Question: ") for row in run_rows)
+        assert all(len(row["sampled_answers"]) == 3 and row["prompt"].startswith("Question: ") for row in run_rows)
         _assert_report_matches_jsonl(entry["runs"][label], run_rows)
     assert os.path.getsize(out / entry["files"]["selective"]) > 10_000
     table = (out / "eval.md").read_text()
@@ -261,8 +262,8 @@ def test_eval_of_sft_runs_on_wordqa_with_an_mc_dropout_baseline(sft_runs, tmp_pa
     runs = report["tasks"]["wordqa"]["runs"]
     assert report["runs"]["ivon"]["prompts"] == ("chat template (question as the user message) (SFT train data "
                                                  "builtin:wordqa is chat messages)")  # fmt: skip
-    assert (runs["ivon"]["samples"], runs["ivon"]["num_samples"]) == ("posterior", 2)
-    assert (runs["adamw_torch"]["samples"], runs["adamw_torch"]["num_samples"]) == ("mc_dropout", 3)
+    assert (runs["ivon"]["sample_kind"], runs["ivon"]["samples"]) == ("posterior", 2)
+    assert (runs["adamw_torch"]["sample_kind"], runs["adamw_torch"]["samples"]) == ("mc_dropout", 3)
     for label, run_rows in rows.items():
         assert runs[label]["undefined_scores"] == {}
         assert all(row["prompt"].startswith("User: ") and row["prompt"].endswith("Assistant: ") for row in run_rows)

@@ -104,7 +104,7 @@ def test_selective_generation_has_a_panel_per_run_and_a_curve_per_score(tmp_path
     correct = torch.rand(50, generator=generator) < 0.6
     scores = {"sequence_log_likelihood": correct.double() + torch.rand(50, generator=generator),
               "neg_semantic_entropy": torch.rand(50, generator=generator)}  # fmt: skip
-    run = {"accuracy": float(correct.double().mean()), "num_samples": 4, "samples": "posterior", "num_examples": 50,
+    run = {"accuracy": float(correct.double().mean()), "samples": 4, "sample_kind": "posterior", "num_examples": 50,
            "scores": {name: selective_generation_metrics(score, correct) for name, score in scores.items()},
            "undefined_scores": {"bma_log_likelihood": "no samples"}}  # fmt: skip
     path = tmp_path / "selective-gen.png"

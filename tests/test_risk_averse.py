@@ -82,10 +82,10 @@ def test_eval_chooses_kappa_on_the_select_split_and_reports_it(run_dir, tmp_path
     assert "sweep" not in report, "--risk-averse's select split asks for no sweep"
     ivon = report["tasks"]["synthetic"]["runs"]["ivon"]
     selector = ivon["risk_averse"]
-    assert selector["chosen_on"] == "validation" and selector["kappa"] in KAPPA_GRID and selector["num_samples"] == 3
+    assert selector["chosen_on"] == "validation" and selector["kappa"] in KAPPA_GRID and selector["samples"] == 3
     # The reported numbers are the selector's on the test split's samples (the per-example file), at that kappa.
     rows = [json.loads(line) for line in (out / "predictions-synthetic-ivon.jsonl").read_text().splitlines()]
-    samples = torch.tensor([row["samples"] for row in rows]).transpose(0, 1)
+    samples = torch.tensor([row["sample_probs"] for row in rows]).transpose(0, 1)
     gold = torch.tensor([row["gold"] for row in rows])
     assert selector["selective"]["aurc"] == pytest.approx(
         risk_averse_selective(samples, gold, selector["kappa"])["aurc"]

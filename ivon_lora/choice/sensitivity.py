@@ -47,7 +47,7 @@ def batches_sensitivity(model, posterior, batches, ids, variance: str = "exact",
         model.train(was_training)
         bar.close()
     gold = torch.cat([batch["labels"] for batch in batches])
-    settings = {"variance": variance, "num_samples": num_samples if variance == "sampled" else None,
+    settings = {"variance": variance, "samples": num_samples if variance == "sampled" else None,
                 "seed": seed if variance == "sampled" else None, "ess": posterior.config.get("ess"),
                 "temperature": posterior.config.get("temperature", 1.0)}  # fmt: skip
     return Sensitivity(list(ids), gold, logits, variances, settings)

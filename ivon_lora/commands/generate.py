@@ -2,7 +2,7 @@
 
 Works on any run dir `load_run` loads (multiple-choice or SFT). Prints each prompt with the mean's answer and each
 sample's; with --out, writes them as JSON lines: a header line {"header": {run dir, options, versions}}, then one
-line per prompt {"index", "prompt", "mean", "samples"}. Prompts come from --prompt and --prompts-file (.jsonl: one
+line per prompt {"index", "prompt", "mean", "sampled_answers"}. Prompts come from --prompt and --prompts-file (.jsonl: one
 object per line with "prompt" (text) or "messages" (chat messages); any other file: one prompt per non-blank line).
 """
 
@@ -150,7 +150,7 @@ def run_generate(config: GenerateConfig) -> list:
             if run.posterior is not None else None,
             "environment": environment(),
         }  # fmt: skip
-        rows = [{"index": i, "prompt": g.prompt, "mean": g.mean, "samples": list(g.samples)}
+        rows = [{"index": i, "prompt": g.prompt, "mean": g.mean, "sampled_answers": list(g.samples)}
                 for i, g in enumerate(generations)]  # fmt: skip
 
         def write(path):

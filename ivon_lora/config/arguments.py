@@ -154,8 +154,8 @@ class RunArguments:
         default=10,
         metadata={
             "help": "Posterior samples S of the evaluation after training (the reported eval_split); the "
-            "Trainer's sampled evaluation during training is ivon_eval_mc_samples. Formerly "
-            "eval_mc_samples."
+            "Trainer's sampled evaluation during training is ivon_eval_samples. Formerly eval_mc_samples.",
+            "formerly": "eval_mc_samples",
         },
     )
     ece_bins: list[int] = field(
@@ -190,3 +190,9 @@ class RunArguments:
         _require_at_least("final_eval_samples", self.final_eval_samples, 0)
         for bins in self.ece_bins:
             _require_at_least("ece_bins", bins, 1)
+
+
+def run_default(recipe, key: str):
+    """A run's own setting `recipe.run.<key>` (e.g. final_eval_samples), or RunArguments' default for a run dir
+    without a recipe: what every evaluation uses unless told otherwise (`ivon_lora.evaluation.plan`)."""
+    return getattr(recipe.run if recipe is not None else RunArguments(), key)

@@ -29,6 +29,8 @@ from .parsing import (
     parse_overrides,
     parse_values,
     read_yaml,
+    rename_keys,
+    renamed_keys,
 )
 
 
@@ -107,16 +109,25 @@ class EvalConfig(OutputArguments):
     protocol: str | None = field(
         default=None, metadata={"help": "protocol preset: ivon-lora or blob (default: the run's recipe)"}
     )
-    samples: int | None = field(default=None, metadata={"help": "posterior samples S (default: the protocol's, 10)"})
+    samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "posterior samples S, every kind of task (default: the run's own final_eval_samples; 10 for a run "
+            "without a recipe); eval.json's plan records which source set it"
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
-    seed: int = field(default=0, metadata={"help": "seed of the samples"})
-    batched_samples: int = field(
+    seed: int | None = field(
+        default=None, metadata={"help": "seed of the samples (default: the run's own eval_seed; 0 without a recipe)"}
+    )
+    samples_per_pass: int = field(
         default=0,
         metadata={
             "help": "multiple-choice tasks: score K posterior samples per forward pass, each with its own LoRA delta on "
             "a stacked batch (default 0: one sample per pass)",
             "metavar": "K",
+            "formerly": "batched_samples",
         },
     )
     ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts"})
@@ -205,7 +216,7 @@ class EvalConfig(OutputArguments):
             raise ValueError("run_dir is required")
         _require_at_least("batch_size", self.batch_size, 1)
         _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
-        _require_at_least("batched_samples", self.batched_samples, 0)
+        _require_at_least("samples_per_pass", self.samples_per_pass, 0)
         _require_in("sampling_temperature", self.sampling_temperature, 0.0, float("inf"), low_inclusive=False)
         _require_choice("decoding", self.decoding, DECODING_MODES)
         for key in ("samples", "limit"):
@@ -477,6 +488,7 @@ def load_command_config(cls, command: str, path: str | None, overrides: list[str
     command_line = {**parse_overrides(list(overrides)), **(flags or {})}
     values.update(command_line)
     where = f" in {path}" if path else ""
+    values = rename_keys(values, renamed_keys((cls,)), where, kind="config", command_line=command_line)
     values = check_values(values, (cls,), where, kind="config", command_line=command_line,
                           help_hint=f" `ivon-lora {command} --help` lists the keys (flags with - as _).")  # fmt: skip
     (config,) = parse_values(values, (cls,), where, kind="config", command_line=command_line)

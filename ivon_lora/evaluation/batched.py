@@ -1,9 +1,9 @@
-"""Choice probabilities of S posterior samples in one forward pass per batch (`ivon-lora eval --batched-samples`):
+"""Choice probabilities of S posterior samples in one forward pass per batch (`ivon-lora eval --samples-per-pass`):
 the batch is repeated S times, each copy with its own sample's LoRA weights (`ivon_lora.sample_lora.per_sample_lora`:
 the base weights are read once for all S copies). FLOPs are those of S sequential passes, so on a CPU, which is
 already busy with one batch, it is not faster; it is for GPUs with small evaluation batches. The samples are bit for
 bit those of as many `PosteriorSampler.sample()` calls, so the result equals S sequential sampled passes up to float
-rounding (tests/test_sampling.py, tests/test_eval_runners.py).
+rounding (tests/test_sampling.py, tests/test_eval_kinds.py).
 """
 
 from __future__ import annotations

@@ -305,7 +305,7 @@ class GenerativeEvaluation:
             decoded = self.decoded[i]
             yield {
                 "id": example.id, "prompt": self.prompts[i], "references": list(example.references),
-                "samples": list(decoded.samples), "chosen": decoded.chosen, "chosen_end": decoded.chosen_end,
+                "sampled_answers": list(decoded.samples), "chosen": decoded.chosen, "chosen_end": decoded.chosen_end,
                 "answer_tokens": self.answer_token_counts[i],
                 "scores": {name: float(self.scores[name][i]) if name in self.scores else None
                            for name in CONFIDENCE_SCORES},
@@ -319,8 +319,8 @@ class GenerativeEvaluation:
             "num_examples": len(self.examples),
             "accuracy": sum(self.correct) / len(self.correct),
             "judges": {name: sum(values) / len(values) for name, values in self.judge_scores.items()},
-            "samples": self.sampling.kind,
-            "num_samples": self.sampling.num_samples,
+            "samples": self.sampling.num_samples,
+            "sample_kind": self.sampling.kind,
             "scores": {
                 name: score_metrics(name, values, self.correct, ece_bins) for name, values in self.scores.items()
             },

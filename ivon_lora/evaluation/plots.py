@@ -170,7 +170,7 @@ def plot_selective_generation(title: str, runs: dict[str, dict], path: str) -> N
                       label=f"{name} (AUROC {auroc}, PRR {prr})")  # fmt: skip
         axis.axhline(100 * run["accuracy"], color="gray", linestyle="--", linewidth=1,
                      label=f"no abstention: accuracy {100 * run['accuracy']:.1f}")  # fmt: skip
-        samples = f"{run['num_samples']} {run['samples']} samples" if run["samples"] else "no samples"
+        samples = f"{run['samples']} {run['sample_kind']} samples" if run["samples"] else "no samples"
         axis.set_title(f"{label} ({samples}, n={run['num_examples']})", fontsize=8)
         axis.set_xlabel("coverage: share of answers accepted (%)", fontsize=7)
         axis.set_ylabel("accuracy of the accepted answers (%)", fontsize=7)

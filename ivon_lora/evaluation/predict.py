@@ -38,8 +38,8 @@ def protocol(preset, num_samples: int, ece_bins, answer_scoring: str = "letter")
         "answer_scoring": answer_scoring,
         "scoring": ANSWER_SCORINGS[answer_scoring],
         "predictive": "mean of S sample probability vectors",
-        "samples": "posterior" if num_samples else None,
-        "num_samples": num_samples,
+        "samples": num_samples,
+        "sample_kind": "posterior" if num_samples else None,
         "ece": f"equal-width bins on the max probability, {BIN_EDGES[preset.ece_edges]}",
         "ece_bins": list(ece_bins),
         "brier": "sum over classes",
@@ -93,7 +93,7 @@ class Predictions:
             k = self.num_choices[i]
             row = {"id": example_id, "gold": int(self.gold[i]), "mean": self.mean[i, :k].tolist()}
             if self.samples is not None:
-                row["samples"] = self.samples[:, i, :k].tolist()
+                row["sample_probs"] = self.samples[:, i, :k].tolist()
             yield row
 
 

@@ -122,7 +122,7 @@ def generation_table(tasks: dict, ece_bins=DEFAULT_ECE_BINS) -> str:
     notes = {}  # one line per distinct note (AUROC and PRR are undefined for every score alike)
     for task, entry in tasks.items():
         for run_name, run in entry["runs"].items():
-            samples = f"{run['num_samples']} {run['samples']}" if run["samples"] else "none"
+            samples = f"{run['samples']} {run['sample_kind']}" if run["samples"] else "none"
             for score, metrics in run["scores"].items():
                 cells = [_percent(metrics, column) for column in columns]
                 lines.append("| " + " | ".join([task, entry["split"], str(entry["num_examples"]), run_name, samples,

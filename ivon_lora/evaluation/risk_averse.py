@@ -66,7 +66,7 @@ def risk_averse_report(selection, reported, select_split: str, grid=KAPPA_GRID,
         "kappa": kappa,
         "chosen_on": select_split,
         "criterion": f"lowest {CRITERION} of the selector on {select_split!r}, smallest kappa among equals",
-        "num_samples": len(reported.samples),
+        "samples": len(reported.samples),
         "grid": scored,
         "selective": risk_averse_selective(reported.samples, reported.gold, kappa, risk_levels),
         "definition": "mean_s p_s(y) - kappa * std_s p_s(y) (population std) of the sampled predictive's answer y; "

@@ -1,5 +1,5 @@
 """An SFT run's evaluation batches and report table: validation loss and perplexity at the posterior mean and of
-the S-sample posterior predictive (`ivon-lora eval` of an SFT run: `ivon_lora.commands.runners.sft`).
+the S-sample posterior predictive (`ivon-lora eval` of an SFT run: `ivon_lora.evaluation.kinds.sft`).
 
 The rows are tokenized by TRL exactly as in training (the run's recipe: chat template, max_length, completion-only
 or assistant-only labels, packing), so the numbers are the ones `ivon-lora train` wrote for the same split.

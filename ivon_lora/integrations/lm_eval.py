@@ -9,11 +9,12 @@ YAMLs without importing code before the model is built), so the plain ``lm_eval`
 model_args (besides those of lm-eval's ``hf`` model, e.g. batch_size, max_length; ``pretrained`` is the run's):
 
 - ``run``: the run, checkpoint or pruned dir (base model, adapter, posterior and recipe are read from it);
-- ``samples``: posterior samples S; 0 scores at the posterior mean (default: the run's protocol S, 10; 0 for
-  runs without a posterior);
+- ``samples``: posterior samples S; 0 scores at the posterior mean (default: the run's own ``final_eval_samples``,
+  as ``ivon-lora eval``; 0 for runs without a posterior);
 - ``mode``: ``bma`` (S samples, the default when S > 0) or ``mean`` (the posterior mean);
-- ``seed``: seed of the samples (default 0); ``prune``: fraction of adapter entries pruned by signal-to-noise
-  ratio (default 0); ``temperature``: the posterior's variance is divided by it (default 1).
+- ``seed``: seed of the samples (default: the run's own ``eval_seed``); ``prune``: fraction of adapter entries
+  pruned by signal-to-noise ratio (default 0); ``temperature``: the posterior's variance is divided by it
+  (default 1).
 
 Scoring with S samples: each request batch (lm-eval's own batching, one-token context cache included) is scored
 under each of the same S samples, drawn through one bound `PosteriorSampler` re-seeded per batch.
@@ -109,11 +110,12 @@ class IVONLoRALM(HFLM):
     pruning) held in the adapter and gives the model's weights back after, as every evaluation entry point does.
     """
 
-    def __init__(self, run, samples: int | None = None, mode: str | None = None, seed: int = 0, prune: float = 0.0,
+    def __init__(self, run, samples: int | None = None, mode: str | None = None, seed: int | None = None,
+                 prune: float = 0.0,
                  temperature: float = 1.0, device: str | None = None, **kwargs):  # fmt: skip
         from ..filenames import POSTERIOR_WEIGHTS_NAME
+        from ..config.arguments import run_default
         from ..rundir import Run, load_run
-        from ..tasks import get_protocol
 
         # Everything that can be wrong with the arguments is checked before the model loads.
         for key in ("pretrained", "tokenizer", "peft", "backend"):
@@ -124,7 +126,7 @@ class IVONLoRALM(HFLM):
             raise UsageError(f"Invalid prune value: {prune} (a fraction in [0, 1])")
         if not temperature > 0:
             raise UsageError(f"Invalid temperature value: {temperature} (must be > 0)")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise UsageError(f"Invalid seed value: {seed!r} (must be an integer)")
         if isinstance(run, Run):
             has_posterior = run.posterior is not None
@@ -137,8 +139,11 @@ class IVONLoRALM(HFLM):
             raise UsageError(f"{run} has no posterior (not an IVON run): prune and temperature need one")
         if not isinstance(run, Run):
             run = load_run(str(run), trust_remote_code=bool(kwargs.get("trust_remote_code")))
+        # The run's own settings unless model_args say otherwise, as `ivon-lora eval` resolves them.
         if num_samples is None:
-            num_samples = get_protocol(run.recipe.run.protocol if run.recipe else "ivon-lora").num_samples
+            num_samples = run_default(run.recipe, "final_eval_samples")
+        if seed is None:
+            seed = run_default(run.recipe, "eval_seed")
 
         if getattr(run.model, "hf_quantizer", None) is None:  # a bitsandbytes base was placed when it loaded
             run.model.to(_resolve_device(device))

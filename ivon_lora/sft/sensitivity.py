@@ -80,6 +80,6 @@ def sft_sensitivity(model, posterior, batches, variance: str = "exact", num_samp
             variances = sampled_variances(model, posterior, batches, _document_log_likelihoods, num_samples, seed)
     finally:
         model.train(was_training)
-    settings = {"variance": variance, "num_samples": num_samples if variance == "sampled" else None,
+    settings = {"variance": variance, "samples": num_samples if variance == "sampled" else None,
                 "output": "summed target-token log-probability per document"}  # fmt: skip
     return SequenceSensitivity(torch.cat(sums), torch.cat(counts), variances[:, 0], settings)

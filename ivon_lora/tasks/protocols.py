@@ -1,8 +1,9 @@
 """Protocol presets: how a published table was made, so that our numbers can be set beside it honestly.
 
 A preset fixes which questions are kept, which answers each question is scored over, the reported split, the
-headline ECE bin count and the posterior sampling (README, Evaluation: tasks, protocols, reports). Prompts stay
-those of the tasks.
+headline ECE bin count and how samples are averaged (README, Evaluation: tasks, protocols, reports). Prompts stay
+those of the tasks. The number of samples S is not the preset's but the run's (`final_eval_samples`, 10 by default,
+the S of both papers), as every evaluation resolves it (`ivon_lora.evaluation.plan`).
 
 - ``ivon-lora`` (default): IVON-LoRA and Laplace-LoRA. ARC and OpenBookQA keep only their 4-choice questions
   (numeric labels 1-4 are presented as A-D), validation split, ECE with 10 bins, S=10 posterior samples
@@ -50,8 +51,6 @@ class Protocol:
     # The ECE bin count of the headline number (others may be reported beside it).
     ece_bins: int
     report_split: str = "validation"
-    # Posterior samples S of the sampled predictive.
-    num_samples: int = 10
     predictive: str = "mean of the S sample probability vectors"
     # ARC / OpenBookQA: keep only questions with this many choices (None: keep all).
     keep_num_choices: int | None = None
@@ -67,8 +66,6 @@ class Protocol:
     def __post_init__(self):
         if self.ece_bins < 1:
             raise ValueError(f"Invalid ece_bins value: {self.ece_bins}")
-        if self.num_samples < 0:
-            raise ValueError(f"Invalid num_samples value: {self.num_samples}")
         if self.keep_num_choices is not None and self.keep_num_choices < 2:
             raise ValueError(f"Invalid keep_num_choices value: {self.keep_num_choices}")
         if self.arc_answer_letters is not None and not 2 <= self.arc_answer_letters <= len(LETTERS):

@@ -54,19 +54,21 @@ class ChoiceSteps(TrainSteps):
                 "data_collator": self.collator, "compute_metrics": compute_metrics}  # fmt: skip
 
     def score(self, trainer, model, posterior, num_samples: int) -> dict:
-        from ...evaluation.predict import predict, protocol
+        from ...evaluation.kinds.choice import score_split, split_metrics
+        from ...evaluation.plan import plan_for_training
+        from ...evaluation.predict import protocol
 
-        data, run, args = self.recipe.data, self.recipe.run, self.recipe.training
-        # Every rank scores its shard of the examples; all of them receive the gathered probabilities.
-        self.predictions = predict(model, self.tokenizer, self.eval_examples, posterior=posterior,
-                                   num_samples=num_samples, batch_size=args.per_device_eval_batch_size,
-                                   max_length=data.max_length, seed=run.eval_seed)  # fmt: skip
-        # The protocol's headline ECE is always there.
-        self.ece_bins = sorted(set(run.ece_bins) | {self.preset.ece_bins})
-        self.metrics = self.predictions.metrics(self.ece_bins, ece_edges=self.preset.ece_edges)
+        data = self.recipe.data
+        # What `ivon-lora eval` resolves for the finished run, scored through the same call (every rank scores its
+        # shard of the examples; all of them receive the gathered probabilities).
+        plan = plan_for_training(self.recipe, "multiple_choice", num_samples)
+        self.predictions = score_split(plan, model, self.tokenizer, self.eval_examples, posterior, data.max_length)
+        self.ece_bins = list(plan.ece_bins)  # the protocol's headline ECE is always there
+        self.metrics = split_metrics(plan, self.predictions, self.preset)
         return {
             "task": data.dataset,
             "split": data.eval_split,
+            "plan": plan.as_dict(),
             "protocol": protocol(self.preset, num_samples, self.ece_bins, self.recipe.model.answer_scoring),
             "data": {"train": {**self.train_split.as_dict(), "truncated": self.truncated["train"]},
                      "eval": {**self.eval_split.as_dict(), "truncated": self.truncated["eval"]}},

@@ -9,9 +9,6 @@ from . import TrainSteps, metrics_footer
 
 logger = logging.getLogger(__name__)
 
-LOSS = ("nats per target token of the predictive; sampled: -log mean_s p_s(y|x), summed over documents, over the "
-        "target tokens")  # fmt: skip
-
 
 class SFTSteps(TrainSteps):
     def load_data(self) -> None:
@@ -46,6 +43,7 @@ class SFTSteps(TrainSteps):
         return {"train_dataset": self.train_split.dataset, "eval_dataset": self.eval_split.dataset}
 
     def score(self, trainer, model, posterior, num_samples: int) -> dict:
+        from ...evaluation.kinds.sft import sft_protocol
         from ...sft.likelihood import predictive_losses
 
         seed = self.recipe.run.eval_seed
@@ -55,7 +53,7 @@ class SFTSteps(TrainSteps):
             "objective": self.recipe.objective,
             "dataset": self.eval_split.source,
             "split": self.eval_split.split,
-            "protocol": {"unit": "sequence", "num_samples": num_samples, "seed": seed, "loss": LOSS},
+            "protocol": sft_protocol(num_samples, seed),
             "data": {"train": self.train_split.as_dict(), "eval": self.eval_split.as_dict()},
             "metrics": self.metrics,
         }

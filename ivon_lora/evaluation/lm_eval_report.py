@@ -1,5 +1,5 @@
 """lm-eval multiple-choice tasks scored for the toolkit's calibration report (`ivon-lora eval --lm-eval-tasks`,
-driven by `ivon_lora.commands.runners.lm_eval`).
+driven by `ivon_lora.evaluation.kinds.lm_eval`).
 
 Each run is scored by lm-eval through the `ivon-lora` backend with samples logged (`score_with_lm_eval`); the logged
 choice log-likelihoods become probabilities (`ivon_lora.evaluation.logged_choices`: the softmax behind lm-eval's
@@ -14,9 +14,9 @@ import os
 
 from ..filenames import predictions_file_name
 from ..errors import UsageError
-from ..evaluation.logged_choices import logged_choices
-from ..evaluation.predict import Predictions
-from ..evaluation.report import predictives, write_jsonl, write_task_plots
+from .logged_choices import logged_choices
+from .predict import Predictions
+from .report import predictives, write_jsonl, write_task_plots
 
 SCORE = ("softmax over the choices of lm-eval's per-choice log-likelihoods (summed continuation log-probabilities): "
          "the distribution whose argmax is lm-eval's acc; acc_norm (per-byte ranking) is reported beside it")  # fmt: skip
@@ -51,7 +51,7 @@ def score_with_lm_eval(run, tasks: list[str], manager, *, samples: int, seed: in
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
-    from .lm_eval import IVONLoRALM, hub_hint
+    from ..integrations.lm_eval import IVONLoRALM, hub_hint
 
     lm = IVONLoRALM(run, samples=samples, seed=seed, batch_size=batch_size, **test_time)
     with hub_hint():  # a task whose Hub dataset cannot load: one line naming it and the local-file way
@@ -95,7 +95,7 @@ def task_entries(logged: dict, lm_eval_outputs: dict, runs: dict, main_label: st
             metrics = {"mean": _scored(reference, probs["mean"], ece_bins, ece_edges),
                        "lm_eval": {p: c.lm_eval_scores() for p, c in by_predictive.items()}}  # fmt: skip
             if "sampled" in probs:
-                metrics["sampled"] = {"samples": runs[label]["num_samples"],
+                metrics["sampled"] = {"samples": runs[label]["samples"],
                                       **_scored(reference, probs["sampled"], ece_bins, ece_edges)}  # fmt: skip
                 metrics["sample_kind"] = "posterior"
             entry["runs"][label] = metrics
