@@ -271,7 +271,7 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
     Everything is checked (and one line names what is wrong) before any tensor is merged or any model loads.
     """
     from ..output_dir import claim_output_dir, staged_output_dir
-    from ..posterior import Posterior, _adapter_settings, adapter_hash
+    from ..posterior import Posterior, adapter_hash, adapter_settings
     from ..rundir import environment, optimizer_name
 
     weights = list(weights) if weights is not None else [1.0 / len(directories)] * len(directories)
@@ -320,7 +320,7 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
                                 "hyperparameters": first_config.get("hyperparameters", {}),
                                 "step": max(run.posterior_config.get("step") or 0 for run in inputs),
                                 "merge": {k: provenance[k] for k in ("method", "weights", "settings")},
-                                "adapter": _adapter_settings(config), "adapter_name": "default"}  # fmt: skip
+                                "adapter": adapter_settings(config), "adapter_name": "default"}  # fmt: skip
             Posterior(tensors, variance, posterior_config).save(staging)
     logger.info("wrote %s (%.2f s to merge)", out, seconds)
     return provenance
