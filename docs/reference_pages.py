@@ -112,11 +112,14 @@ def _default(field: dataclasses.Field) -> str:
 
 
 def recipe_keys() -> list[tuple[type, dataclasses.Field, typing.Any]]:
-    """Every recipe key the page documents: (class, field, annotation)."""
+    """Every recipe key the page documents: (class, field, annotation); former names are listed apart."""
+    from ivon_lora.config import RENAMED_RECIPE_KEYS
+
     keys = []
     for cls, skip in recipe_classes():
         hints = typing.get_type_hints(cls)
-        keys += [(cls, f, hints[f.name]) for f in dataclasses.fields(cls) if f.init and f.name not in skip]
+        keys += [(cls, f, hints[f.name]) for f in dataclasses.fields(cls)
+                 if f.init and f.name not in skip and f.name not in RENAMED_RECIPE_KEYS]  # fmt: skip
     return keys
 
 

@@ -224,7 +224,7 @@ def run_b(options, seed: int, name: str, method: dict, a_runs: dict) -> str:
     steps = options.b_steps or read_recipe_value(recipe, "max_steps", options.set)
     overrides.append(f"max_steps={2 * steps if method.get('multitask') else steps}")
     if options.eval_steps:
-        overrides += ["eval_strategy=steps", f"eval_steps={options.eval_steps}", "ivon_eval_mc_samples=0"]
+        overrides += ["eval_strategy=steps", f"eval_steps={options.eval_steps}", "ivon_eval_samples=0"]
     if method["start"] == "init":
         overrides.append(f"init_from={a_runs[method['optim']]}")
     elif method["start"] == "prior":

@@ -10,7 +10,7 @@ correlation, the dynamic range (max / median), and the share of entries still wi
 also read debiased, (h − β2^T·h0) / (1 − β2^T).
 
 - `tiny`: the demo (`recipes/demo.yaml`, tiny Llama, synthetic task), β2 in {0.99999, 0.999, 0.99, 0.9} x
-  train_mc_samples in {1, 4}, checkpoints to 10,000 steps (1 sample) or 2,500 steps (4 samples: the same number of
+  ivon_mc_samples in {1, 4}, checkpoints to 10,000 steps (1 sample) or 2,500 steps (4 samples: the same number of
   gradient evaluations), curvature on 256 train examples.
 - `smollm2`: the quickstart's recipe (`recipes/smollm2/wordfacts_clean-ivon.yaml`, SmolLM2-135M) at 600 steps with
   β2 in {0.999, 0.99}, checkpoints 200, 400, 600, curvature on the 256 train examples.
@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 TINY_RECIPE = "recipes/demo.yaml"
 SMOLLM2_RECIPE = "recipes/smollm2/wordfacts_clean-ivon.yaml"
 TINY_BETA2 = (0.99999, 0.999, 0.99, 0.9)
-TINY_STEPS = {1: 10000, 4: 2500}  # train_mc_samples -> steps: the same number of gradient evaluations
+TINY_STEPS = {1: 10000, 4: 2500}  # ivon_mc_samples -> steps: the same number of gradient evaluations
 TINY_MEASURED = (100, 300, 1000, 2500, 3000, 10000)
 SMOLLM2_BETA2 = (0.999, 0.99)
 SMOLLM2_STEPS, SMOLLM2_SAVE = 600, 200
@@ -143,7 +143,7 @@ def part_tiny(runs: str, beta2s=TINY_BETA2, mcs=tuple(TINY_STEPS)) -> dict:
         for mc in mcs:
             steps = TINY_STEPS[mc]
             run_dir = os.path.join(runs, f"tiny-beta2-{beta2}-mc{mc}")
-            train(TINY_RECIPE, run_dir, [f"ivon_beta2={beta2}", f"train_mc_samples={mc}", f"max_steps={steps}",
+            train(TINY_RECIPE, run_dir, [f"ivon_beta2={beta2}", f"ivon_mc_samples={mc}", f"max_steps={steps}",
                                          "save_strategy=steps", "save_steps=100"])  # fmt: skip
             found = checkpoints(run_dir)
             for step in TINY_MEASURED:
@@ -332,7 +332,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--tiny-beta2", nargs="+", type=float, default=list(TINY_BETA2), help="tiny: the β2 values")
     parser.add_argument("--tiny-mc", nargs="+", type=int, choices=tuple(TINY_STEPS), default=list(TINY_STEPS),
-                        help="tiny: the train_mc_samples values")  # fmt: skip
+                        help="tiny: the ivon_mc_samples values")  # fmt: skip
     options = parser.parse_args(argv)
     from ivon_lora.fileio import write_json_atomic
     from ivon_lora.rundir import environment

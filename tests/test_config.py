@@ -155,7 +155,7 @@ def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run
     (tmp_path / "eval.yaml").write_text(f"run_dir: {run_dir}\nsplit: test\nlimit: 8\nsamples: 1\n")
     assert cli.main(["eval", str(tmp_path / "eval.yaml"), f"out={tmp_path / 'e'}", "--seed", "3"]) == 0
     report = json.loads((tmp_path / "e" / "eval.json").read_text())
-    assert report["tasks"]["synthetic"]["num_examples"] == 8 and report["protocol"]["num_samples"] == 1
+    assert report["tasks"]["synthetic"]["num_examples"] == 8 and report["protocol"]["samples"] == 1
 
     (tmp_path / "export.yaml").write_text(f"run_dir: {tmp_path / 'p'}\n")
     assert cli.main(["export", str(tmp_path / "export.yaml"), "--out", str(tmp_path / "x")]) == 0
@@ -164,12 +164,44 @@ def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run
     ).is_file()
 
 
-def test_the_former_name_of_final_eval_samples_works_with_a_warning_naming_the_new_one(tmp_path):
-    with pytest.warns(FutureWarning, match="'eval_mc_samples'.*deprecated: rename it 'final_eval_samples'"):
-        recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3"])
-    assert recipe.run.final_eval_samples == 3 and "eval_mc_samples" not in recipe.resolved()
-    with pytest.raises(RecipeError, match="'eval_mc_samples' and 'final_eval_samples' on the command line.*keep only"):
-        load_recipe(DEMO, [f"output_dir={tmp_path}", "eval_mc_samples=3", "final_eval_samples=4"])
+@pytest.mark.parametrize(
+    "old, new, read",
+    [
+        ("eval_mc_samples", "final_eval_samples", lambda recipe: recipe.run.final_eval_samples),
+        ("train_mc_samples", "ivon_mc_samples", lambda recipe: recipe.training.ivon_mc_samples),
+        ("ivon_eval_mc_samples", "ivon_eval_samples", lambda recipe: recipe.training.ivon_eval_samples),
+    ],
+)
+def test_a_former_recipe_key_works_with_a_warning_naming_the_new_one(old, new, read, tmp_path):
+    with pytest.warns(FutureWarning, match=f"'{old}'.*deprecated: rename it '{new}'"):
+        recipe = load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", f"{old}=3"])
+    assert read(recipe) == 3 and old not in recipe.resolved() and recipe.resolved()[new] == 3
+    with pytest.raises(RecipeError, match=f"'{old}' and '{new}' on the command line.*former name.*keep only '{new}'"):
+        load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", f"{old}=3", f"{new}=4"])
+    # A saved run's recipe written under the former name reads as the new one.
+    saved = tmp_path / "saved.yaml"
+    demo = {key: value for key, value in yaml.safe_load(open(DEMO)).items() if key != new}
+    saved.write_text(yaml.safe_dump({**demo, "output_dir": str(tmp_path / "run"), old: 2}))
+    with pytest.warns(FutureWarning, match=f"'{old}' in {saved} is deprecated"):
+        assert read(load_recipe(str(saved), for_training=False)) == 2
+
+
+def test_the_training_arguments_take_their_former_field_names_with_a_warning_and_refuse_both():
+    import dataclasses
+
+    from ivon_lora.config.recipe import RENAMED_TRAINING_KEYS
+    from ivon_lora.trainer import IVONTrainingArguments
+    from ivon_lora.trainer.config import RENAMED_TRAINING_FIELDS
+
+    assert RENAMED_TRAINING_KEYS == RENAMED_TRAINING_FIELDS  # the recipe renames what the arguments rename
+    with pytest.warns(FutureWarning, match="train_mc_samples is deprecated: rename it ivon_mc_samples"):
+        args = IVONTrainingArguments(output_dir="o", train_mc_samples=3, report_to=[])
+    assert (args.ivon_mc_samples, args.train_mc_samples) == (3, None)
+    assert dataclasses.replace(args, ivon_mc_samples=2).ivon_mc_samples == 2  # moved once: no warning, no clash
+    with pytest.warns(FutureWarning, match="ivon_eval_mc_samples is deprecated: rename it ivon_eval_samples"):
+        assert IVONTrainingArguments(output_dir="o", ivon_eval_mc_samples=4, report_to=[]).ivon_eval_samples == 4
+    with pytest.raises(ValueError, match="train_mc_samples and ivon_mc_samples given: .*keep only ivon_mc_samples"):
+        IVONTrainingArguments(output_dir="o", train_mc_samples=3, ivon_mc_samples=2, report_to=[])
 
 
 def test_an_adamw_recipe_without_learning_rate_gets_transformers_default(tmp_path):

@@ -3,6 +3,7 @@ metadata, so help text, defaults, choices and bounds are written once."""
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -79,6 +80,14 @@ def test_each_field_is_exactly_one_flag_with_the_fields_help_and_each_flag_a_fie
     flags = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
     (positional,) = [a for a in parser._actions if not a.option_strings]
     fields = [f for f in dataclasses.fields(config_class) if f.metadata.get("cli") is not False]
+    # A renamed field's former flag stays, saying so (the config renames its value, with a FutureWarning).
+    former = {f.metadata["formerly"]: f for f in fields if "formerly" in f.metadata}
+    for a in [a for a in flags if a.dest in former]:
+        new = "--" + former[a.dest].name.replace("_", "-")
+        assert (
+            a.option_strings == ["--" + a.dest.replace("_", "-")] and a.help == f"deprecated: the former name of {new}"
+        )
+    flags = [a for a in flags if a.dest not in former]
     for f in fields:
         assert f.metadata.get("help"), f"{config_class.__name__}.{f.name} has no help"
         if "positional" in f.metadata:
@@ -104,9 +113,9 @@ def test_the_derived_flags_keep_their_types_choices_and_arities():
     """A few flags whose parse is more than a string: they must read as the hand-written parsers read them."""
     parsers = {name: parser for name, (parser, _) in _commands_with_a_config().items()}
     options = parsers["eval"].parse_args(["R", "--task", "a", "b", "--prune-fractions", "0", "0.5", "--ece-bins", "5",
-                                          "--decoding", "averaged", "--batched-samples", "4", "--sweep"])  # fmt: skip
+                                          "--decoding", "averaged", "--samples-per-pass", "4", "--sweep"])  # fmt: skip
     assert (options.task, options.prune_fractions, options.ece_bins) == (["a", "b"], [0.0, 0.5], [5])
-    assert (options.decoding, options.batched_samples, options.sweep) == ("averaged", 4, True)
+    assert (options.decoding, options.samples_per_pass, options.sweep) == ("averaged", 4, True)
     options = parsers["generate"].parse_args(["R", "--prompt", "one", "--prompt", "two", "--no-chat"])
     assert (options.prompt, options.no_chat) == (["one", "two"], True)  # repeated, not replaced
     options = parsers["merge"].parse_args(["A", "B", "--method", "linear", "ties", "--weights", "0.5", "1"])
@@ -129,3 +138,27 @@ def test_several_positionals_fill_a_list_field_and_one_run_dir_is_refused_twice(
     assert (config.run_dirs, config.seed, config.method) == (["A", "B"], 3, ["linear"])
     with pytest.raises(RecipeError, match="Two run dirs given"):
         eval_command.config_from(parsers["eval"].parse_args(["A", "B"]))
+
+
+def test_a_renamed_flag_or_key_still_works_with_a_warning_naming_the_new_one_and_both_are_an_error(tmp_path):
+    """--batched-samples (key batched_samples) was renamed --samples-per-pass: "samples" counts posterior samples."""
+    from ivon_lora.commands import eval as eval_command
+    from ivon_lora.errors import RecipeError
+
+    parser = _commands_with_a_config()["eval"][0]
+    renamed = re.escape(
+        "'batched_samples' on the command line is deprecated: rename it 'samples_per_pass' (flag --samples-per-pass)"
+    )
+    for argv in (["--batched-samples", "3"], ["batched_samples=3"]):
+        with pytest.warns(FutureWarning, match=renamed):
+            config = eval_command.config_from(parser.parse_args(["R", *argv]))
+        assert config.samples_per_pass == 3 and not hasattr(config, "batched_samples")
+    (tmp_path / "e.yaml").write_text("batched_samples: 2\n")
+    with pytest.warns(FutureWarning, match=f"'batched_samples' in {tmp_path / 'e.yaml'} is deprecated"):
+        assert eval_command.config_from(parser.parse_args(["R", str(tmp_path / "e.yaml")])).samples_per_pass == 2
+    with pytest.raises(
+        RecipeError,
+        match="'batched_samples' and 'samples_per_pass' on the command line: "
+        "'batched_samples' is the former name of 'samples_per_pass'; keep only",
+    ):
+        eval_command.config_from(parser.parse_args(["R", "--batched-samples", "3", "--samples-per-pass", "3"]))

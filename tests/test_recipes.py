@@ -48,7 +48,7 @@ PAPER_PROTOCOL = {
     "max_grad_norm": 0.0, "max_length": 320, "weight_decay": 0.0, "final_eval_samples": 10,
 }  # fmt: skip
 PAPER_IVON_SHARED = {
-    "learning_rate": 0.03, "ivon_clip_radius": 1e-3, "ivon_beta2": 0.99999, "ivon_rescale_lr": False, "train_mc_samples": 1
+    "learning_rate": 0.03, "ivon_clip_radius": 1e-3, "ivon_beta2": 0.99999, "ivon_rescale_lr": False, "ivon_mc_samples": 1
 }  # fmt: skip
 PAPER_IVON = {
     "arc_challenge": (1e6, 1e-3),

@@ -136,7 +136,7 @@ def test_trains_and_reports_the_sampled_predictive_loss(tmp_path, request, famil
     tokenizer = request.getfixturevalue(tokenizer_name)
     rows = _conversations(12) if data == "messages" else _prompt_completions(12)
     trainer = _trainer(tmp_path, tokenizer, rows, eval_rows=rows[:6], family=family, max_steps=3,
-                       per_device_train_batch_size=4, per_device_eval_batch_size=4, ivon_eval_mc_samples=3,
+                       per_device_train_batch_size=4, per_device_eval_batch_size=4, ivon_eval_samples=3,
                        learning_rate=0.2)  # fmt: skip
     trainer.train()
     metrics = trainer.evaluate()
@@ -245,7 +245,7 @@ def test_a_dict_of_eval_sets_gets_each_its_own_sampled_loss_once(tmp_path, llama
     rows = _conversations(12)
     eval_sets = {"short": datasets.Dataset.from_list(rows[:4]), "long": datasets.Dataset.from_list(rows[4:10])}
     trainer = IVONSFTTrainer(model=_model(llama3), args=_config(tmp_path, max_steps=1, per_device_eval_batch_size=4,
-                                                                ivon_eval_mc_samples=2),
+                                                                ivon_eval_samples=2),
                              train_dataset=datasets.Dataset.from_list(rows), eval_dataset=eval_sets,
                              processing_class=llama3)  # fmt: skip
     trainer.train()
@@ -265,7 +265,7 @@ def test_the_validation_loss_scores_every_document_when_training_ends_on_an_epoc
     would still see that loader's remainder (2) and cut every evaluation batch to it."""
     rows = _conversations(12)
     trainer = _trainer(tmp_path, llama3, rows[:10], eval_rows=rows, max_steps=3, per_device_train_batch_size=4,
-                       per_device_eval_batch_size=4, ivon_eval_mc_samples=2)  # fmt: skip
+                       per_device_eval_batch_size=4, ivon_eval_samples=2)  # fmt: skip
     trainer.train()
     tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in trainer.get_eval_dataloader())
     metrics = trainer.evaluate()

@@ -96,7 +96,7 @@ def test_max_grad_norm_clips_each_sample_inside_the_sampling_context(tmp_path, l
     assert 0 < recorded.norm() <= 1e-4 * (1 + 1e-4)
 
 
-def test_train_mc_samples_runs_one_forward_backward_per_sample(tmp_path, llama_tokenizer, synthetic_examples):
+def test_ivon_mc_samples_runs_one_forward_backward_per_sample(tmp_path, llama_tokenizer, synthetic_examples):
     calls = []
 
     class CountingTrainer(ChoiceTrainer):
@@ -106,7 +106,7 @@ def test_train_mc_samples_runs_one_forward_backward_per_sample(tmp_path, llama_t
 
     trainer = _trainer(
         tmp_path, llama_tokenizer, synthetic_examples["train"], CountingTrainer,
-        train_mc_samples=3, gradient_accumulation_steps=2, per_device_train_batch_size=4,
+        ivon_mc_samples=3, gradient_accumulation_steps=2, per_device_train_batch_size=4,
     )  # fmt: skip
     trainer.train()
     assert calls == [4] * (2 * 3 * 2)  # steps x accumulation x samples
@@ -148,9 +148,9 @@ def test_fp16_is_refused_with_ivon(tmp_path):
         IVONTrainingArguments(output_dir=str(tmp_path), fp16=True)
 
 
-def test_invalid_train_mc_samples(tmp_path):
-    with pytest.raises(ValueError, match="Invalid train_mc_samples value: 0"):
-        IVONTrainingArguments(output_dir=str(tmp_path), train_mc_samples=0)
+def test_invalid_ivon_mc_samples(tmp_path):
+    with pytest.raises(ValueError, match="Invalid ivon_mc_samples value: 0"):
+        IVONTrainingArguments(output_dir=str(tmp_path), ivon_mc_samples=0)
 
 
 def test_default_args_and_the_default_ess(llama_tokenizer, synthetic_examples, tmp_path, monkeypatch, caplog):
@@ -275,7 +275,7 @@ def test_evaluation_adds_the_sampled_predictive_and_leaves_the_noise_stream(
 
     compute_metrics = _calibration_metrics
     examples = synthetic_examples["validation"][:24]
-    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], ivon_eval_mc_samples=3,
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], ivon_eval_samples=3,
                        per_device_eval_batch_size=8)  # fmt: skip
     trainer.compute_metrics = compute_metrics
     trainer.train()
@@ -375,7 +375,7 @@ def test_a_dict_of_eval_sets_gets_each_its_own_sampled_metrics_once(tmp_path, ll
             return super().sampled_evaluation_metrics(eval_dataset, num_samples, ignore_keys, metric_key_prefix)
 
     eval_sets = _two_eval_sets(synthetic_examples["validation"])
-    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], CountingTrainer, ivon_eval_mc_samples=2,
+    trainer = _trainer(tmp_path, llama_tokenizer, synthetic_examples["train"], CountingTrainer, ivon_eval_samples=2,
                        per_device_eval_batch_size=8, max_steps=1)  # fmt: skip
     trainer.compute_metrics = _calibration_metrics
     trainer.train()

@@ -6,7 +6,8 @@ CONFIG.yaml / key=value positionals (`add_config_arguments`), the flags of their
 A flag's help, default, choices and bounds are written once, in its field's metadata: `help`, and optionally
 `choices`, `bounds` (low, high, low_inclusive), `metavar`, `flag` (its name, if not --name-with-dashes), `action`
 (`append`: a list given one value per flag, the flag repeated), `positional` (the field that the RUN_DIR
-positionals fill, with this metavar; no flag) and `cli: False` (no flag). The default shown in --help is the
+positionals fill, with this metavar; no flag), `cli: False` (no flag) and `formerly` (the field's former name: its
+flag still works, with a FutureWarning naming the new one). The default shown in --help is the
 field's. Flags have no argparse defaults (the config dataclass holds them, once): a flag that is not given does not
 override the YAML config's value.
 """
@@ -138,6 +139,9 @@ def add_field_arguments(parser: argparse.ArgumentParser, config_class, skip=()) 
         elif is_list:
             options["nargs"] = "+"
         parser.add_argument(flag, **options)
+        if "formerly" in metadata:  # the config renames it (load_command_config), warning
+            parser.add_argument("--" + metadata["formerly"].replace("_", "-"), **{**options, "dest": metadata["formerly"],
+                                "help": f"deprecated: the former name of {flag}"})  # fmt: skip
 
 
 def build_parser(subparsers, command: str, config_class, **texts) -> argparse.ArgumentParser:

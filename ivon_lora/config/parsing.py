@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+import warnings
 
 import yaml
 
@@ -139,6 +140,32 @@ def read_yaml(path: str, what: str = "recipe") -> dict:
         if not isinstance(key, str):
             raise RecipeError(f"{path}: key {key!r} is not a name: every key of a {what} is a text such as max_steps")
     return loaded
+
+
+def renamed_keys(classes) -> dict[str, str]:
+    """Former key -> key, from the fields' `formerly` metadata (a field renamed keeps its former name there)."""
+    return {
+        f.metadata["formerly"]: f.name for cls in classes for f in dataclasses.fields(cls) if "formerly" in f.metadata
+    }
+
+
+def rename_keys(values: dict, renamed: dict[str, str], where: str = "", kind: str = "recipe",
+                command_line=frozenset()) -> dict:  # fmt: skip
+    """`values` with each former key of `renamed` under its new name, with a FutureWarning naming the new one (as
+    TRL's renamed arguments); a key given under both names is an error. Keys in `command_line` are reported as such."""
+    values = dict(values)
+    for old, new in renamed.items():
+        if old not in values:
+            continue
+        place = _where(old, where, command_line)
+        if new in values:
+            raise RecipeError(f"{kind.capitalize()} keys {old!r} and {new!r}{place}: {old!r} is the former name of "
+                              f"{new!r}; keep only {new!r}")  # fmt: skip
+        flag = f" (flag --{new.replace('_', '-')})" if kind == "config" else ""
+        warnings.warn(f"{kind.capitalize()} key {old!r}{place} is deprecated: rename it {new!r}{flag} (same meaning)",
+                      FutureWarning, stacklevel=3)  # fmt: skip
+        values[new] = values.pop(old)
+    return values
 
 
 def check_values(values: dict, classes, where: str = "", kind: str = "recipe", help_hint: str = "",

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import os
 import typing
-import warnings
 from dataclasses import dataclass
 
 import yaml
@@ -20,7 +19,17 @@ import yaml
 from ..errors import RecipeError
 from ..objectives import OBJECTIVES, get_objective
 from .arguments import DataArguments, ModelArguments, RunArguments, SFTDataArguments
-from .parsing import COMMAND_LINE, _field_types, _type_name, check_values, parse_overrides, parse_values, read_yaml
+from .parsing import (
+    COMMAND_LINE,
+    _field_types,
+    _type_name,
+    check_values,
+    parse_overrides,
+    parse_values,
+    read_yaml,
+    rename_keys,
+    renamed_keys,
+)
 
 if typing.TYPE_CHECKING:
     from ..trainer import IVONTrainingArguments
@@ -87,7 +96,7 @@ class Recipe:
         for arguments in (self.model, self.data, self.run):
             resolved.update(dataclasses.asdict(arguments))
         # TrainingArguments.to_dict turns enums and nested configs into plain values.
-        init_keys = {f.name for f in dataclasses.fields(self.training) if f.init}
+        init_keys = {f.name for f in dataclasses.fields(self.training) if f.init and f.name not in RENAMED_RECIPE_KEYS}
         resolved.update({k: v for k, v in self.training.to_dict().items() if k in init_keys})
         # to_dict masks every *_token field as "<NAME>": a reloaded recipe would take the mask for the value. Write
         # SFTConfig's eos_token / pad_token as they are, and never a secret (hub_token: from the environment).
@@ -107,8 +116,8 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     imports neither transformers' TrainingArguments nor TRL.
     """
     where = f" in {path}" if path else ""
-    values = _renamed_keys(read_yaml(path) if path is not None else {}, where)
-    command_line = _renamed_keys(parse_overrides(list(overrides)), COMMAND_LINE)
+    values = rename_keys(read_yaml(path) if path is not None else {}, RENAMED_RECIPE_KEYS, where)
+    command_line = rename_keys(parse_overrides(list(overrides)), RENAMED_RECIPE_KEYS, COMMAND_LINE)
     values.update(command_line)
     objective = values.get("objective", "choice")
     if objective not in OBJECTIVES:
@@ -140,23 +149,12 @@ def load_recipe(path: str | None, overrides: list[str] = (), for_training: bool 
     return recipe
 
 
-# Recipe keys renamed: old name -> new name. The old name keeps working, with a FutureWarning naming the new one.
-RENAMED_RECIPE_KEYS = {"eval_mc_samples": "final_eval_samples"}
-
-
-def _renamed_keys(values: dict, where: str) -> dict:
-    values = dict(values)
-    for old, new in RENAMED_RECIPE_KEYS.items():
-        if old not in values:
-            continue
-        if new in values:
-            raise RecipeError(
-                f"Recipe keys {old!r} and {new!r}{where}: {old!r} is the old name of {new!r}; keep only {new!r}"
-            )
-        warnings.warn(f"Recipe key {old!r}{where} is deprecated: rename it {new!r} (same meaning)", FutureWarning,
-                      stacklevel=3)  # fmt: skip
-        values[new] = values.pop(old)
-    return values
+# Recipe keys renamed: former name -> name. The former name keeps working, with a FutureWarning naming the new one.
+# The training arguments' (IVONTrainingArguments keeps them as deprecated fields for its own callers, in
+# RENAMED_TRAINING_FIELDS; a test holds the two equal) are written here, as config imports no trainer code.
+RENAMED_TRAINING_KEYS = {"train_mc_samples": "ivon_mc_samples", "ivon_eval_mc_samples": "ivon_eval_samples"}
+RENAMED_RECIPE_KEYS = {**renamed_keys((ModelArguments, DataArguments, SFTDataArguments, RunArguments)),
+                       **RENAMED_TRAINING_KEYS}  # fmt: skip
 
 
 def _check_ivon_keys_unused(recipe: Recipe, values: dict, command_line, where: str) -> None:
@@ -321,7 +319,11 @@ def describe_keys() -> str:
             f"# {cls.__name__}" + (" (objective: sft, in place of DataArguments)" if cls is SFTDataArguments else "")
         )
         for f in dataclasses.fields(cls):
-            if f.init and not (cls is IVONTrainingArguments and f.name in inherited):
+            if (
+                f.init
+                and f.name not in RENAMED_RECIPE_KEYS
+                and not (cls is IVONTrainingArguments and f.name in inherited)
+            ):
                 lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}")
     lines.append("# ...and every other transformers.TrainingArguments field (output_dir, max_steps, bf16, seed, ...);")
     lines.append("# with objective: sft, every trl.SFTConfig field too (max_length, packing, assistant_only_loss, ...)")

@@ -9,7 +9,7 @@ chat template, completion-only and assistant-only loss, packing, `max_length`): 
   posterior sample's recorded gradient by it (see `ivon_lora.trainer.ivon_trainer`);
 * a packed row (`packing=True`) is, for IVON, one micro-batch's worth of tokens like any other: the loss and the
   weighting count tokens, not rows, so packing changes neither;
-* with `ivon_eval_mc_samples` = S > 0 each evaluation also reports the validation loss and perplexity of the
+* with `ivon_eval_samples` = S > 0 each evaluation also reports the validation loss and perplexity of the
   S-sample posterior predictive (`eval_sampled_loss`, `eval_sampled_perplexity`, and `eval_sampled_expected_loss`,
   a single sample's), next to TRL's `eval_loss` at the posterior mean (`ivon_lora.sft.likelihood`).
 
@@ -45,7 +45,7 @@ class IVONSFTConfig(IVONTrainingArguments, SFTConfig):
     Every `trl.SFTConfig` field (`max_length`, `packing`, `assistant_only_loss`, `completion_only_loss`, ...) and
     every IVON field of `IVONTrainingArguments` is accepted, with the same meaning. `ivon_ess`'s default is the
     number of target tokens of the tokenized train set (see the module's doc), with the same floor as every
-    objective; `ivon_eval_mc_samples` = S adds the S-sample predictive's validation loss and perplexity to every
+    objective; `ivon_eval_samples` = S adds the S-sample predictive's validation loss and perplexity to every
     evaluation.
 
     Example:

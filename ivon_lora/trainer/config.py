@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -22,8 +23,11 @@ DEFAULT_INITIAL_STD = 0.032
 # IVON's argument names -> the fields of IVONTrainingArguments that set them (errors name the field).
 IVON_ARGUMENT_FIELDS = {"lr": "learning_rate", "ess": "ivon_ess", "hess_init": "ivon_hess_init", "beta1": "ivon_beta1",
                         "beta2": "ivon_beta2", "weight_decay": "weight_decay", "clip_radius": "ivon_clip_radius",
-                        "mean_weight_decay": "ivon_mean_weight_decay", "mc_samples": "train_mc_samples",
+                        "mean_weight_decay": "ivon_mean_weight_decay", "mc_samples": "ivon_mc_samples",
                         "rescale_lr": "ivon_rescale_lr", "seed": "ivon_seed"}  # fmt: skip
+# Former field names -> the new ones (every IVON field is `ivon_` + IVON's argument name; "samples" counts posterior
+# samples). The recipe reads them too (ivon_lora.config.RENAMED_RECIPE_KEYS; a test holds the two equal).
+RENAMED_TRAINING_FIELDS = {"train_mc_samples": "ivon_mc_samples", "ivon_eval_mc_samples": "ivon_eval_samples"}
 # A user-chosen ess whose initial std is above this gets a warning, with the reason.
 WIDE_INITIAL_STD = 0.1
 
@@ -54,14 +58,18 @@ class IVONTrainingArguments(TrainingArguments):
         ivon_rescale_lr: multiply the learning rate by `hess_init + weight_decay`.
         ivon_mean_weight_decay: a weight decay on the mean update only; None: `weight_decay`.
         ivon_seed: the seed of IVON's noise generators; None: `seed`.
-        ivon_eval_mc_samples: S, the posterior samples of each Trainer evaluation's sampled predictive (logged as
-            `eval_sampled_*`); 0: the posterior mean only.
-        train_mc_samples: posterior samples (forward and backward passes) per micro-batch.
+        ivon_mc_samples: posterior samples (forward and backward passes) per micro-batch, IVON's `mc_samples`
+            (formerly `train_mc_samples`).
+        ivon_eval_samples: S, the posterior samples of each Trainer evaluation's sampled predictive (logged as
+            `eval_sampled_*`); 0: the posterior mean only (formerly `ivon_eval_mc_samples`).
         ivon_loo_eval: also log the leave-one-out NLL estimated from the train set at each evaluation.
 
     Raises:
         ValueError: a hyperparameter out of its range (the message names the field and echoes the value), fp16
-            with IVON, or `ivon_loo_eval` without IVON.
+            with IVON, `ivon_loo_eval` without IVON, or a field given under both its former and its new name.
+
+    A former name (`RENAMED_TRAINING_FIELDS`) still works, with a FutureWarning naming the new one, as TRL's renamed
+    config fields do.
     """
 
     optim: str = field(
@@ -99,12 +107,12 @@ class IVONTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Seed of IVON's noise generators (data-parallel ranks derive their own); None: `seed`."},
     )
-    ivon_eval_mc_samples: int = field(
+    ivon_mc_samples: int = field(
+        default=1, metadata={"help": "Posterior samples (forward+backward passes) per micro-batch: IVON's mc_samples."}
+    )
+    ivon_eval_samples: int = field(
         default=0,
         metadata={"help": "Posterior samples averaged in each Trainer evaluation (eval_steps); 0: the mean only."},
-    )
-    train_mc_samples: int = field(
-        default=1, metadata={"help": "Posterior samples (forward+backward passes) per micro-batch."}
     )
     ivon_loo_eval: bool = field(
         default=False,
@@ -114,8 +122,12 @@ class IVONTrainingArguments(TrainingArguments):
             "with a loo_nll hook, e.g. multiple choice). Costs K backward passes per train batch."
         },
     )
+    # Former names, kept for the callers that still pass them (see RENAMED_TRAINING_FIELDS); None: not given.
+    train_mc_samples: int | None = field(default=None, metadata={"help": "Deprecated: renamed ivon_mc_samples."})
+    ivon_eval_mc_samples: int | None = field(default=None, metadata={"help": "Deprecated: renamed ivon_eval_samples."})
 
     def __post_init__(self):
+        self._take_renamed_fields()
         self.use_ivon = self.optim == IVON_OPTIM
         if self.learning_rate is None:
             self.learning_rate = IVON_DEFAULT_LEARNING_RATE if self.use_ivon else self._base_default_learning_rate()
@@ -135,8 +147,8 @@ class IVONTrainingArguments(TrainingArguments):
                 "fp16=True cannot be used with optim='ivon': the fp16 GradScaler's scaled gradients would enter "
                 "IVON's Hessian estimate. Use bf16=True (autocast) or full precision."
             )
-        if self.ivon_eval_mc_samples < 0:
-            raise ValueError(f"Invalid ivon_eval_mc_samples value: {self.ivon_eval_mc_samples} (must be >= 0)")
+        if self.ivon_eval_samples < 0:
+            raise ValueError(f"Invalid ivon_eval_samples value: {self.ivon_eval_samples} (must be >= 0)")
         values = {argument: getattr(self, name) for argument, name in IVON_ARGUMENT_FIELDS.items()}
         values["ess"] = 1.0 if self.ivon_ess is None else self.ivon_ess  # None: derived from the train set, later
         values["seed"] = self.seed if self.ivon_seed is None else self.ivon_seed
@@ -144,6 +156,19 @@ class IVONTrainingArguments(TrainingArguments):
         # Then TrainingArguments' own fields (schedule, batches, precision, ...).
         with _optim_known_to_transformers(self):
             super().__post_init__()
+
+    def _take_renamed_fields(self) -> None:
+        """A value given under a former name moves to the new field, with a FutureWarning naming it; the former field
+        is cleared, so that `dataclasses.replace` and a reloaded `to_dict()` do not move it again."""
+        for old, new in RENAMED_TRAINING_FIELDS.items():
+            value = getattr(self, old)
+            if value is None:
+                continue
+            if getattr(self, new) != self.__dataclass_fields__[new].default:
+                raise ValueError(f"{old} and {new} given: {old} is the former name of {new}; keep only {new}")
+            warnings.warn(f"{old} is deprecated: rename it {new} (same meaning)", FutureWarning, stacklevel=4)
+            setattr(self, new, value)
+            setattr(self, old, None)
 
     @classmethod
     def _base_default_learning_rate(cls) -> float:

@@ -36,7 +36,7 @@ Continual finetuning: `prior=` a previous run's `Posterior` N(m_A, v_A) makes it
 are the caller's to set (`ivon_lora.continual.apply_starting_point`). `prior_provenance` is recorded in every saved
 posterior_config.json (checkpoints too) under `PRIOR_RUN_KEY`.
 
-The mixin knows no objective: the evaluation with posterior samples (`ivon_eval_mc_samples`) runs the Trainer's
+The mixin knows no objective: the evaluation with posterior samples (`ivon_eval_samples`) runs the Trainer's
 evaluation loop once per sample (`posterior_sample_outputs`) and leaves combining the outputs into a predictive
 to the objective's `sampled_evaluation_metrics` hook (the multiple-choice one: `ivon_lora.choice.ChoiceTrainer`).
 """
@@ -176,7 +176,7 @@ class IVONTrainerMixin:
                 beta2=args.ivon_beta2,
                 weight_decay=args.weight_decay,
                 mean_weight_decay=args.ivon_mean_weight_decay,
-                mc_samples=args.train_mc_samples,
+                mc_samples=args.ivon_mc_samples,
                 clip_radius=args.ivon_clip_radius,
                 rescale_lr=args.ivon_rescale_lr,
                 seed=args.ivon_seed if args.ivon_seed is not None else args.seed,
@@ -343,7 +343,7 @@ class IVONTrainerMixin:
             # IVON averages g and eps*g over the ranks in step(): DDP must not all-reduce the gradients, not even
             # on the last micro-batch, where the Trainer lets it (nested in the Trainer's own no_sync: no-op).
             with self.accelerator.no_sync(model):
-                for _ in range(self.args.train_mc_samples):
+                for _ in range(self.args.ivon_mc_samples):
                     with ivon.sampled_params(train=True):
                         items = num_items_in_batch if token_weighted else None
                         losses.append(super().training_step(model, inputs, items))
@@ -393,7 +393,7 @@ class IVONTrainerMixin:
         return mean_norm
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """The usual evaluation (at the posterior mean), plus, with `ivon_eval_mc_samples` = S > 0, the objective's
+        """The usual evaluation (at the posterior mean), plus, with `ivon_eval_samples` = S > 0, the objective's
         metrics of the S-sample predictive as `{prefix}_sampled_*` (`sampled_evaluation_metrics`).
 
         Args:
@@ -419,7 +419,7 @@ class IVONTrainerMixin:
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if with_loo and not getattr(self, "_evaluating_named_sets", False):
             metrics.update(self._loo_metrics(metric_key_prefix))
-        num_samples = getattr(self.args, "ivon_eval_mc_samples", 0)
+        num_samples = getattr(self.args, "ivon_eval_samples", 0)
         if self.ivon_optimizer is None or num_samples == 0:
             return metrics
         # The objective's hook (not defined here, so that a mixin of either order finds the objective's):
@@ -428,9 +428,9 @@ class IVONTrainerMixin:
         hook = getattr(self, "sampled_evaluation_metrics", None)
         if hook is None:
             raise NotImplementedError(
-                f"ivon_eval_mc_samples={num_samples} needs an objective that says how posterior samples combine into "
+                f"ivon_eval_samples={num_samples} needs an objective that says how posterior samples combine into "
                 f"a predictive: {type(self).__name__} defines no sampled_evaluation_metrics (the multiple-choice "
-                "objective's ivon_lora.choice.ChoiceTrainer does). Set ivon_eval_mc_samples=0 to evaluate at the mean."
+                "objective's ivon_lora.choice.ChoiceTrainer does). Set ivon_eval_samples=0 to evaluate at the mean."
             )
         sampled = hook(eval_dataset, num_samples, ignore_keys, metric_key_prefix)
         sampled = {f"{metric_key_prefix}_sampled_{k}": v for k, v in sampled.items()}
