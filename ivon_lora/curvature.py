@@ -288,9 +288,9 @@ def refined(posterior, curvature: dict[str, torch.Tensor], ess: float, prior_pre
     from .posterior import Posterior
 
     if not (math.isfinite(ess) and ess > 0):
-        raise ValueError(f"ess must be a finite number > 0, got {ess}")
+        raise ValueError(f"Invalid ess value: {ess!r} (must be a finite number > 0)")
     if not (math.isfinite(prior_precision) and prior_precision > 0):
-        raise ValueError(f"prior_precision must be a finite number > 0, got {prior_precision}")
+        raise ValueError(f"Invalid prior_precision value: {prior_precision!r} (must be a finite number > 0)")
     variance = {key: (1.0 / (ess * (curvature[key].clamp_min(0.0) + prior_precision))).float()
                 for key in posterior.mean}  # fmt: skip
     negative = sum(int((curvature[key] < 0).sum()) for key in posterior.mean)

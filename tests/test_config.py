@@ -37,7 +37,7 @@ def _refuse_model_loading(monkeypatch):
         ),
         (["fp16=true"], r"fp16=True cannot be used with optim='ivon'"),
         (["oops"], r"Override 'oops' is not of the form key=value"),
-        (["dtype=bf16"], r"dtype must be auto, float32, bfloat16 or float16, got 'bf16'"),
+        (["dtype=bf16"], r"Invalid dtype value: 'bf16' \(must be one of auto, float32, bfloat16, float16\)"),
     ],
 )
 def test_recipe_errors_name_the_key_before_any_model_loads(overrides, message, tmp_path, monkeypatch, capsys):
@@ -149,7 +149,7 @@ def test_prune_export_and_eval_read_a_yaml_config_then_key_values_then_flags(run
     assert cli.main(["prune", str(tmp_path / "bad.yaml")]) == 2
     assert "Unknown config key(s) in " in (error := capsys.readouterr().err) and "(did you mean 'fraction'?)" in error
     assert cli.main(["prune", run_dir, "fraction=1e-1", "scope=rows", f"out={tmp_path / 'r'}"]) == 2
-    assert "scope must be one of global, matrix, got 'rows'" in capsys.readouterr().err
+    assert "Invalid scope value: 'rows' (must be one of global, matrix)" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
     (tmp_path / "eval.yaml").write_text(f"run_dir: {run_dir}\nsplit: test\nlimit: 8\nsamples: 1\n")

@@ -130,13 +130,13 @@ def test_the_hub_is_called_with_path_config_split(monkeypatch, name, split, call
 @pytest.mark.parametrize(
     "name, row, message",
     [("triviaqa", {**TRIVIAQA_ROWS[0], "answer": {"value": "", "aliases": []}}, "answer.value/aliases holds no refer"),
-     ("triviaqa", {**TRIVIAQA_ROWS[0], "answer": "Sunset Boulevard"}, "answer must be an object"),
-     ("triviaqa", {**TRIVIAQA_ROWS[0], "answer": {"value": "x", "aliases": "x"}}, "answer.aliases must be a list"),
-     ("nq_open", {"question": "who", "answer": "Paris"}, "answer must be a list of answer strings"),
+     ("triviaqa", {**TRIVIAQA_ROWS[0], "answer": "Sunset Boulevard"}, "Invalid answer value: 'Sunset Boulevard' \\(must be an object"),
+     ("triviaqa", {**TRIVIAQA_ROWS[0], "answer": {"value": "x", "aliases": "x"}}, r"Invalid answer.aliases value: 'x' \(must be a list"),
+     ("nq_open", {"question": "who", "answer": "Paris"}, r"Invalid answer value: 'Paris' \(must be a list of answer strings"),
      ("nq_open", {"question": "who", "answer": [""]}, "answer holds no reference answer"),
      ("nq_open", {"answer": ["Paris"]}, r"missing field\(s\) \['question'\]"),
-     ("gsm8k", {"question": "How many?", "answer": "It is 5."}, "answer must end in '#### <number>'"),
-     ("gsm8k", {"question": "How many?", "answer": "#### five"}, "answer must end in '#### <number>'"),
+     ("gsm8k", {"question": "How many?", "answer": "It is 5."}, r"Invalid answer value: 'It is 5.' \(must end in '#### <number>'"),
+     ("gsm8k", {"question": "How many?", "answer": "#### five"}, r"Invalid answer value: '#### five' \(must end in '#### <number>'"),
      ("gsm8k", ["not", "an", "object"], "a record is a JSON object of fields, got list")],
 )  # fmt: skip
 def test_a_bad_row_is_one_error_naming_task_split_file_and_row(tmp_path, name, row, message):

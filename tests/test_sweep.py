@@ -80,7 +80,7 @@ def test_the_mean_goes_back_in_even_when_an_evaluation_fails(monkeypatch):
 
 
 def test_an_unknown_criterion_is_refused_before_any_evaluation(table_predictive):
-    with pytest.raises(ValueError, match=r"Invalid select_by value: 'ece_20' \(choose from accuracy, nll, ece_10"):
+    with pytest.raises(ValueError, match=r"Invalid select_by value: 'ece_20' \(must be one of accuracy, nll, ece_10"):
         sweep.sweep_posterior("model", "tokenizer", _Posterior(), "select", "report", select_by="ece_20")
     assert table_predictive == []
 

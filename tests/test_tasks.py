@@ -266,7 +266,7 @@ def test_a_bad_record_names_task_split_and_row(tmp_path):
      ("winogrande_xl", {"answer": "3"}, r"answer '3' is not one of the labels \['1', '2'\]"),
      ("hellaswag", {"label": "4"}, r"label '4' is not one of the labels"),
      ("mmlu:college_chemistry", {"answer": 4}, r"answer 4 is not one of the labels"),
-     ("arc_challenge", {"choices": {"text": ["a", "b"], "label": ["A"]}}, r"choices must hold 2-8 texts")],
+     ("arc_challenge", {"choices": {"text": ["a", "b"], "label": ["A"]}}, r"Invalid choices value: .* \(must hold 2-8 texts")],
 )  # fmt: skip
 def test_missing_fields_and_invalid_labels_name_task_split_and_row(tmp_path, name, change, message):
     good = CASES[_case(name)][0][0]
@@ -277,7 +277,7 @@ def test_missing_fields_and_invalid_labels_name_task_split_and_row(tmp_path, nam
 
 
 def test_boolq_answer_must_be_a_boolean():
-    with pytest.raises(RecordError, match="answer must be a boolean"):
+    with pytest.raises(RecordError, match=r"Invalid answer value: 'yes' \(must be a boolean"):
         boolq_example({**CASES["boolq"][0][0], "answer": "yes"})
 
 

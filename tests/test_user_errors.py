@@ -160,7 +160,7 @@ CASES = {
             "--out",
             str(t / "e"),
         ],
-        "row 0: choice B must be a non-empty text, got None",
+        "row 0: Invalid choice B value: None (must be a non-empty text)",
     ),
     "question-an-object": (
         lambda r, t: [
@@ -175,7 +175,7 @@ CASES = {
             "--out",
             str(t / "e"),
         ],
-        "row 0: the question must be a non-empty text",
+        "row 0: Invalid question value: {'text': 'q'} (must be a non-empty text)",
     ),
     "generative-question-an-int": (
         lambda r, t: [
@@ -190,7 +190,7 @@ CASES = {
             "--out",
             str(t / "e"),
         ],
-        "the question must be a non-empty text, got 3",
+        "Invalid question value: 3 (must be a non-empty text)",
     ),
     "bad-data-file": (
         lambda r, t: [
@@ -375,11 +375,11 @@ CASES.update(
         ),
         "merge-base-precision-not-finite": (
             lambda r, t: _merge(r, t, "--method", "uncertainty", "--base-precision", "nan"),
-            "base_precision must be a finite number, got nan",
+            "Invalid base_precision value: nan (must be a finite number >= 0)",
         ),
         "sensitivity-ess-not-finite": (
             lambda r, t: ["sensitivity", r, "--ess", "inf", "--out", str(t / "s")],
-            "ess must be a finite number, got inf",
+            "Invalid ess value: inf (must be a finite number > 0)",
         ),
         "sensitivity-of-a-merged-dir": (
             lambda r, t: ["sensitivity", _merged_dir(r, t), "--out", str(t / "s")],
@@ -423,15 +423,15 @@ CASES.update(
         ),
         "refine-negative-prior-precision": (
             lambda r, t: ["refine", r, "--prior-precision", "-1", "--out", str(t / "x")],
-            "prior_precision -1.0 is not in (0.0, inf]",
+            "Invalid prior_precision value: -1.0 (must be > 0)",
         ),
         "refine-prior-precision-not-finite": (
             lambda r, t: ["refine", r, "--prior-precision", "nan", "--out", str(t / "x")],
-            "prior_precision must be a finite number, got nan",
+            "Invalid prior_precision value: nan (must be a finite number > 0)",
         ),
         "refine-unknown-method": (
             lambda r, t: ["refine", r, "method=laplace", "--out", str(t / "x")],
-            "method must be one of ggn, fisher, ivon, got 'laplace'",
+            "Invalid method value: 'laplace' (must be one of ggn, fisher, ivon)",
         ),
         "prior-scale-without-prior-from": (
             lambda r, t: _train(t, "prior_scale=0.5"),
@@ -527,3 +527,21 @@ def test_the_docs_list_exactly_the_cases_of_the_table():
     heads = [line.split(":", 1)[0] for line in section.splitlines() if line.startswith("- `")]
     listed = [case for head in heads for case in re.findall(r"`([a-z0-9-]+)`", head)]
     assert sorted(listed) == sorted(CASES)
+
+
+def test_every_validation_message_has_the_one_form():
+    """One form for a refused value, torch.optim's with what a valid value is: "Invalid lora_rank value: 0 (must be
+    >= 1)" (`ivon_lora.validation.invalid_value`); never "lora_rank must be >= 1, got 0" nor "x 2 is not in [0, 1]"."""
+    from ivon_lora.validation import Bounds, invalid_value
+
+    assert invalid_value("lora_rank", 0, str(Bounds(1))) == "Invalid lora_rank value: 0 (must be >= 1)"
+    other_forms = re.compile(r"""must be [^"']*, got \{|is not in [\[(]|\(choose from """)
+    found = []
+    for directory, _, files in os.walk(os.path.join(ROOT, "ivon_lora")):
+        for name in [n for n in files if n.endswith(".py")]:
+            path = os.path.join(directory, name)
+            with open(path, encoding="utf-8") as f:
+                found += [
+                    f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(f, 1) if other_forms.search(line)
+                ]
+    assert found == []

@@ -25,7 +25,7 @@ def choice_curvature(model, tokenizer, examples, posterior, method: str = "ggn",
     from the model per example, `ivon` IVON's Price estimator with `samples` antithetic pairs per batch. The model's
     adapter is left as it was."""
     if method not in CURVATURE_METHODS:
-        raise ValueError(f"Invalid method value: {method!r} (choose from {', '.join(CURVATURE_METHODS)})")
+        raise ValueError(f"Invalid method value: {method!r} (must be one of {', '.join(CURVATURE_METHODS)})")
     require_labelled(examples, "the curvature of the training loss")
     batches, _ = length_sorted_batches(tokenizer, examples, batch_size, max_length)
     with tqdm(total=len(batches), desc=f"curvature ({method})", unit="batch", leave=False, disable=not progress) as bar:

@@ -72,7 +72,9 @@ def format_examples(examples, tokenizer, model_args) -> list[ChoiceExample]:
     """
     examples = list(examples)
     if model_args.prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {model_args.prompt_format!r}")
+        raise ValueError(
+            f"Invalid prompt_format value: {model_args.prompt_format!r} (must be one of {', '.join(PROMPT_FORMATS)})"
+        )
     render = PROMPT_FORMATS[model_args.prompt_format]
     scoring = getattr(model_args, "answer_scoring", "letter")
     if scoring in TEXT_SCORINGS:

@@ -23,7 +23,7 @@ def batches_sensitivity(model, posterior, batches, ids, variance: str = "exact",
     and its training mode restored after.
     """
     if variance not in VARIANCE_ESTIMATORS:
-        raise ValueError(f"Invalid variance value: {variance!r} (choose from {', '.join(VARIANCE_ESTIMATORS)})")
+        raise ValueError(f"Invalid variance value: {variance!r} (must be one of {', '.join(VARIANCE_ESTIMATORS)})")
     posterior.apply_mean(model)
     device = next(model.parameters()).device
     was_training = model.training

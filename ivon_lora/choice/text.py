@@ -29,7 +29,7 @@ TEXT_SCORINGS = frozenset({"text", "text_norm"})
 
 def check_scoring(scoring: str) -> str:
     if scoring not in ANSWER_SCORINGS:
-        raise ValueError(f"answer_scoring must be one of {', '.join(ANSWER_SCORINGS)}, got {scoring!r}")
+        raise ValueError(f"Invalid answer_scoring value: {scoring!r} (must be one of {', '.join(ANSWER_SCORINGS)})")
     return scoring
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import types
 import typing
+
+from ..validation import Bounds
 
 
 def positional_field(config_class) -> dataclasses.Field:
@@ -39,12 +40,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
 
 
 def number_in(low: float, high: float, low_inclusive: bool = True):
+    bounds = Bounds(low, high, low_inclusive)
+
     def parse(text: str) -> float:
         value = float(text)
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{value} is not a finite number")
-        if not (low <= value if low_inclusive else low < value) or value > high:
-            raise argparse.ArgumentTypeError(f"{value} is not in {'[' if low_inclusive else '('}{low}, {high}]")
+        if value not in bounds:
+            raise argparse.ArgumentTypeError(f"Invalid value: {value!r} (must be {bounds.requirement(value)})")
         return value
 
     return parse

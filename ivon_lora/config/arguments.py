@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..objectives import OBJECTIVES
 from ..vocabulary import ANSWER_SCORINGS, DEFAULT_ECE_BINS
+from ..validation import invalid_value, one_of
 from .parsing import _require_at_least, _require_choice, _require_in
 
 
@@ -56,13 +57,13 @@ class ModelArguments:
         from ..choice.prompts import PROMPT_FORMATS
 
         if self.quantization_bit not in (None, 4, 8):
-            raise ValueError(f"quantization_bit must be 4, 8 or null, got {self.quantization_bit!r}")
+            raise ValueError(invalid_value("quantization_bit", self.quantization_bit, "4, 8 or null"))
         if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format must be {' or '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+            raise ValueError(invalid_value("prompt_format", self.prompt_format, one_of(PROMPT_FORMATS)))
         if self.answer_scoring not in ANSWER_SCORINGS:
-            raise ValueError(f"answer_scoring must be {', '.join(ANSWER_SCORINGS)}, got {self.answer_scoring!r}")
+            raise ValueError(invalid_value("answer_scoring", self.answer_scoring, one_of(ANSWER_SCORINGS)))
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+            raise ValueError(invalid_value("dtype", self.dtype, one_of(("auto", "float32", "bfloat16", "float16"))))
         if self.model_name_or_path.startswith("builtin:"):
             from ..builtin import BUILTIN_MODELS
             from ..packaged import PACKAGED_MODELS
@@ -75,11 +76,11 @@ class ModelArguments:
         if self.gguf_file is not None and self.quantization_bit is not None:
             raise ValueError("gguf_file and quantization_bit cannot be combined: a GGUF base loads dequantized")
         if self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+            raise ValueError(invalid_value("lora_rank", self.lora_rank, ">= 1"))
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise ValueError(invalid_value("lora_dropout", self.lora_dropout, "in [0, 1)"))
         if not self.lora_target or not all(self.lora_target):
-            raise ValueError(f"lora_target must name at least one module (or all-linear), got {self.lora_target!r}")
+            raise ValueError(invalid_value("lora_target", self.lora_target, "at least one module name, or all-linear"))
 
 
 @dataclass

@@ -20,6 +20,7 @@ import warnings
 import yaml
 
 from ..errors import RecipeError
+from ..validation import Bounds, invalid_value, one_of
 
 
 def _accepts(value, annotation) -> tuple[bool, object]:
@@ -211,18 +212,16 @@ def _type_name(annotation) -> str:
 
 
 def _require_at_least(key: str, value: int, low: int) -> None:
-    if value < low:
-        raise ValueError(f"{key} must be >= {low}, got {value}")
+    _require_in(key, value, low, math.inf)
 
 
 def _require_choice(key: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ValueError(invalid_value(key, value, one_of(choices)))
 
 
 def _require_in(key: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
     """`value` in the interval, and finite (an infinite `high` means no upper bound, not that inf is allowed)."""
-    if not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {value}")
-    if not (low <= value if low_inclusive else low < value) or value > high:
-        raise ValueError(f"{key} {value} is not in {'[' if low_inclusive else '('}{low}, {high}]")
+    bounds = Bounds(low, high, low_inclusive)
+    if value not in bounds:
+        raise ValueError(invalid_value(key, value, bounds.requirement(value)))

@@ -49,7 +49,7 @@ def check_scores(confidence: torch.Tensor, correct: torch.Tensor) -> None:
 
 def _num_bin_slots(num_bins: int, edges: str) -> int:
     if edges not in BIN_EDGES:
-        raise ValueError(f"Invalid ece_edges value: {edges!r} (choose from {', '.join(BIN_EDGES)})")
+        raise ValueError(f"Invalid ece_edges value: {edges!r} (must be one of {', '.join(BIN_EDGES)})")
     return num_bins + 1 if edges == "left" else num_bins
 
 

@@ -166,7 +166,7 @@ def predict(
     rounding; plain LoRA only); None: one sample per pass.
     """
     if sample_kind not in SAMPLE_KINDS:
-        raise ValueError(f"Invalid sample_kind value: {sample_kind!r} (choose from {', '.join(SAMPLE_KINDS)})")
+        raise ValueError(f"Invalid sample_kind value: {sample_kind!r} (must be one of {', '.join(SAMPLE_KINDS)})")
     if any(e.gold < 0 for e in examples):
         raise ValueError("Every evaluation example needs a gold label")
     if sample_kind == "posterior" and posterior is None:

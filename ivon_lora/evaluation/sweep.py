@@ -41,7 +41,7 @@ def sweep_posterior(
     """
     criteria = selection_criteria(evaluate_options.get("ece_bins", DEFAULT_ECE_BINS))
     if select_by not in criteria:
-        raise ValueError(f"Invalid select_by value: {select_by!r} (choose from {', '.join(criteria)})")
+        raise ValueError(f"Invalid select_by value: {select_by!r} (must be one of {', '.join(criteria)})")
     prune_options = prune_options or {}
     configs = []
     try:

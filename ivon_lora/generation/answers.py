@@ -36,7 +36,7 @@ class Sampling:
         if self.num_samples < 0 or (self.kind is None) != (self.num_samples == 0):
             raise ValueError(f"Invalid sampling: kind {self.kind!r} with {self.num_samples} samples")
         if not self.temperature > 0:
-            raise ValueError(f"Invalid sampling temperature {self.temperature} (must be > 0)")
+            raise ValueError(f"Invalid temperature value: {self.temperature!r} (must be > 0)")
 
     @property
     def epistemic(self) -> int:

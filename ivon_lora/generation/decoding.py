@@ -143,7 +143,7 @@ class _Decoder:
         if isinstance(texts, str) or not all(isinstance(t, str) and t for t in texts):
             raise TypeError("texts is a list of non-empty prompt strings (render chat prompts with render_prompts)")
         if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
-            raise TypeError(f"stop_strings is a list of non-empty strings, got {stop_strings!r:.80}")
+            raise TypeError(f"Invalid stop_strings value: {stop_strings!r:.80} (must be a list of non-empty strings)")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"Invalid max_new_tokens value: {max_new_tokens!r} (must be an int >= 1)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

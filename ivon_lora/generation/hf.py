@@ -73,7 +73,7 @@ def generate(
     if num_samples and posterior is None:
         raise ValueError(f"num_samples={num_samples} needs a posterior to sample from (posterior=None)")
     if batch_size < 1:
-        raise ValueError(f"Invalid batch_size value: {batch_size} (must be >= 1)")
+        raise ValueError(f"Invalid batch_size value: {batch_size!r} (must be >= 1)")
     prompts = list(prompts)
     if not prompts:
         return []

@@ -75,7 +75,7 @@ def resolve_sampling(samples: int | None, mode: str | None, has_posterior: bool)
     """The number of posterior samples S that `samples` and `mode` ask for: 0 is the posterior mean, None the
     protocol's default S."""
     if mode is not None and mode not in MODES:
-        raise UsageError(f"Invalid mode value: {mode!r} (choose from {', '.join(MODES)})")
+        raise UsageError(f"Invalid mode value: {mode!r} (must be one of {', '.join(MODES)})")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
         raise UsageError(f"Invalid samples value: {samples!r} (must be an integer >= 0; 0 is the posterior mean)")
     if mode == "mean":
@@ -123,7 +123,7 @@ class IVONLoRALM(HFLM):
                 raise UsageError(f"model_args {key}= is set by the run dir for model={MODEL_NAME}: drop it")
         check_model_args(kwargs)
         if not 0.0 <= prune <= 1.0:
-            raise UsageError(f"Invalid prune value: {prune} (a fraction in [0, 1])")
+            raise UsageError(f"Invalid prune value: {prune} (must be a fraction in [0, 1])")
         if not temperature > 0:
             raise UsageError(f"Invalid temperature value: {temperature} (must be > 0)")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

@@ -277,8 +277,8 @@ def merge_runs(directories: list[str], method: str, weights: list[float] | None 
     weights = list(weights) if weights is not None else [1.0 / len(directories)] * len(directories)
     check_weights(method, weights, len(directories))
     if not math.isfinite(base_precision) or base_precision < 0:
-        raise UsageError(f"--base-precision {base_precision}: must be a finite number >= 0 (large values approach "
-                         "task arithmetic)")  # fmt: skip
+        raise UsageError(f"Invalid base_precision value: {base_precision!r} (must be a finite number >= 0; large "
+                         "values approach task arithmetic)")  # fmt: skip
     if out is not None:
         claim_output_dir(out, "merge", overwrite, {f"input run {i + 1}": d for i, d in enumerate(directories)})
     inputs = [read_input(directory) for directory in directories]

@@ -208,7 +208,7 @@ class Posterior:
             ValueError: a value out of range or not among the choices.
         """
         if mode not in PRUNE_MODES:
-            raise ValueError(f"Invalid mode value: {mode!r} (choose from {', '.join(PRUNE_MODES)})")
+            raise ValueError(f"Invalid mode value: {mode!r} (must be one of {', '.join(PRUNE_MODES)})")
         scores = self.prune_scores(criterion)
         masks = prune_masks(scores, fraction, scope)
         mean, variance = dict(self.mean), dict(self.variance)

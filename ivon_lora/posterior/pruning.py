@@ -21,7 +21,7 @@ def prune_scores(mean: dict[str, torch.Tensor], variance: dict[str, torch.Tensor
         One tensor of scores per key, of the adapter tensor's shape.
     """
     if criterion not in PRUNE_CRITERIA:
-        raise ValueError(f"Invalid criterion value: {criterion!r} (choose from {', '.join(PRUNE_CRITERIA)})")
+        raise ValueError(f"Invalid criterion value: {criterion!r} (must be one of {', '.join(PRUNE_CRITERIA)})")
     scores = {}
     for key, m in mean.items():
         std = variance[key].double().sqrt()
@@ -39,7 +39,7 @@ def prune_masks(scores: dict[str, torch.Tensor], fraction: float, scope: str = "
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"Invalid fraction value: {fraction} (must be in [0, 1])")
     if scope not in PRUNE_SCOPES:
-        raise ValueError(f"Invalid scope value: {scope!r} (choose from {', '.join(PRUNE_SCOPES)})")
+        raise ValueError(f"Invalid scope value: {scope!r} (must be one of {', '.join(PRUNE_SCOPES)})")
     keys = sorted(scores)
     if scope == "global":
         flat = torch.cat([scores[k].flatten() for k in keys])

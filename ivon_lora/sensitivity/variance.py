@@ -100,7 +100,7 @@ def sampled_variances(model, posterior, batches, outputs, num_samples: int, seed
     """N x K float64 unbiased sample variances of `outputs` over `num_samples` >= 2 posterior samples (the
     evaluation's sampler, seeded by `seed`); absent outputs 0. The adapter's weights are restored after."""
     if num_samples < 2:
-        raise ValueError(f"Invalid num_samples value: {num_samples} (a sample variance needs at least 2)")
+        raise ValueError(f"Invalid num_samples value: {num_samples!r} (must be >= 2: a sample variance needs two)")
     device = _device(model)
     batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
     sampler = posterior.sampler(model, generator=torch.Generator().manual_seed(seed))

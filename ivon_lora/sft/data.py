@@ -143,7 +143,7 @@ def load_sft_split(
     import datasets
 
     if max_samples is not None and max_samples < 1:
-        raise ValueError(f"Invalid max_samples value: {max_samples} (must be at least 1)")
+        raise ValueError(f"Invalid max_samples value: {max_samples!r} (must be >= 1)")
     builtin = _builtin(dataset) if data_file is None and dataset is not None else None
     if data_file is not None:
         source = os.fspath(data_file)
@@ -268,38 +268,42 @@ def _check(data_format: str, record) -> str:
             _check_messages(completion, "completion")
         else:
             raise RecordError(
-                "prompt and completion must be two strings or two message lists, got "
-                f"{type(prompt).__name__} and {type(completion).__name__}"
+                f"Invalid prompt and completion values: a {type(prompt).__name__} and a {type(completion).__name__} "
+                "(must be two strings or two message lists)"
             )
     else:
         for key in FORMAT_COLUMNS["alpaca"]:
             _check_text(record.get(key), key)
         for key in ALPACA_OPTIONAL:
             if record.get(key) is not None and not isinstance(record[key], str):
-                raise RecordError(f"{key} must be a string if given, got {type(record[key]).__name__}")
+                raise RecordError(f"Invalid {key} value: {record[key]!r:.80} (must be a string if given)")
     return "message lists"
 
 
 def _check_text(value, name: str) -> None:
     if not isinstance(value, str):
-        raise RecordError(f"{name} must be a string, got {type(value).__name__}")
+        raise RecordError(f"Invalid {name} value: {value!r:.80} (must be a string)")
     if not value.strip():
         raise RecordError(f"{name} is empty")
 
 
 def _check_messages(messages, name: str, last_from_assistant: bool = True) -> None:
     if not isinstance(messages, list) or not messages:
-        raise RecordError(f"{name} must be a non-empty list of messages, got {messages!r:.80}")
+        raise RecordError(f"Invalid {name} value: {messages!r:.80} (must be a non-empty list of messages)")
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise RecordError(f"{name}[{index}] must be an object with role and content, got {message!r:.80}")
+            raise RecordError(
+                f"Invalid {name}[{index}] value: {message!r:.80} (must be an object with role and content)"
+            )
         extra = sorted(key for key, value in message.items() if key not in ("role", "content") and value is not None)
         if extra:
             raise RecordError(f"{name}[{index}] has field(s) {extra}: a message holds only role and content")
         if message.get("role") not in ROLES:
             raise RecordError(f"{name}[{index}] has role {message.get('role')!r}; use one of {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
-            raise RecordError(f"{name}[{index}] content must be a string, got {type(message.get('content')).__name__}")
+            raise RecordError(
+                f"Invalid {name}[{index}] content value: {message.get('content')!r:.80} (must be a string)"
+            )
     if last_from_assistant:
         if messages[-1]["role"] != "assistant":
             raise RecordError(

@@ -61,7 +61,7 @@ def sft_sensitivity(model, posterior, batches, variance: str = "exact", num_samp
                     seed: int = 0) -> SequenceSensitivity:  # fmt: skip
     """`SequenceSensitivity` of the documents of padded SFT `batches` (input_ids, attention_mask, labels), in order."""
     if variance not in VARIANCE_ESTIMATORS:
-        raise ValueError(f"Invalid variance value: {variance!r} (choose from {', '.join(VARIANCE_ESTIMATORS)})")
+        raise ValueError(f"Invalid variance value: {variance!r} (must be one of {', '.join(VARIANCE_ESTIMATORS)})")
     if any("attention_mask" not in batch for batch in batches):
         raise ValueError("Sequence-level sensitivity needs padded batches (one document per row, an attention_mask)")
     posterior.apply_mean(model)

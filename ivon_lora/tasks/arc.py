@@ -28,7 +28,9 @@ def arc_example(record: dict, question_key: str = "question") -> ChoiceExample:
     require(record, question_key, "choices")
     texts, labels = record["choices"]["text"], [str(label) for label in record["choices"]["label"]]
     if len(texts) != len(labels) or not 2 <= len(texts) <= len(LETTERS):
-        raise RecordError(f"choices must hold 2-{len(LETTERS)} texts with one label each, got {record['choices']}")
+        raise RecordError(
+            f"Invalid choices value: {record['choices']} (must hold 2-{len(LETTERS)} texts with one label each)"
+        )
     return mc_example(record[question_key], texts, label_index(record, "answerKey", labels))
 
 

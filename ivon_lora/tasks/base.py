@@ -132,7 +132,7 @@ def require(record: dict, *keys: str) -> None:
 def require_text(value, what: str) -> None:
     """A field that becomes prompt text must be a non-empty string (None would be spelled "None" in the prompt)."""
     if not isinstance(value, str) or not value.strip():
-        raise RecordError(f"{what} must be a non-empty text, got {value!r}")
+        raise RecordError(f"Invalid {what} value: {value!r} (must be a non-empty text)")
 
 
 def label_index(record: dict, key: str, labels: Sequence[str]) -> int:
@@ -164,8 +164,8 @@ def mc_example(
     (default " t1", " t2", ...).
     """
     if not isinstance(texts, (list, tuple)) or not 2 <= len(texts) <= len(labels):
-        raise RecordError(f"expected a list of 2-{len(labels)} choices, got {texts!r}")
-    require_text(question, "the question")
+        raise RecordError(f"Invalid choices value: {texts!r} (must be a list of 2-{len(labels)} choices)")
+    require_text(question, "question")
     for label, text in zip(labels, texts):
         require_text(text, f"choice {label}")
     used = labels[: len(texts)]

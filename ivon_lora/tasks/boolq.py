@@ -17,7 +17,7 @@ def boolq_example(record: dict) -> ChoiceExample:
     require(record, "question", "passage")
     answer = record.get("answer")
     if answer is not None and not isinstance(answer, bool):
-        raise RecordError(f"answer must be a boolean (true/false), got {answer!r}")
+        raise RecordError(f"Invalid answer value: {answer!r} (must be a boolean, true or false)")
     return ChoiceExample(
         id="",
         prompt=BOOLQ_TEMPLATE.format(question=record["question"], passage=record["passage"]),

@@ -50,7 +50,7 @@ class GenerativeTask(RecordSource):
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"Invalid max_new_tokens value: {self.max_new_tokens}")
+            raise ValueError(f"Invalid max_new_tokens value: {self.max_new_tokens!r} (must be >= 1)")
         if self.judge not in self.report_judges:
             raise ValueError(f"Task {self.name!r}: its judge {self.judge.name!r} must be one of its report_judges")
 
@@ -73,9 +73,9 @@ def as_question(text: str) -> str:
 def reference_list(value, key: str) -> tuple[str, ...]:
     """`value` as a tuple of distinct non-empty reference strings (first occurrence order); errors name `key`."""
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise RecordError(f"{key} must be a list of answer strings, got {value!r}")
+        raise RecordError(f"Invalid {key} value: {value!r} (must be a list of answer strings)")
     if not all(isinstance(answer, str) for answer in value):
-        raise RecordError(f"{key} must be a list of answer strings, got {value!r}")
+        raise RecordError(f"Invalid {key} value: {value!r} (must be a list of answer strings)")
     references = tuple(dict.fromkeys(answer.strip() for answer in value if answer.strip()))
     if not references:
         raise RecordError(f"{key} holds no reference answer: every example needs at least one")
@@ -91,7 +91,7 @@ def qa_example(record: dict, answers_key: str = "answer") -> GenerativeExample:
 
 def open_qa_example(question: str, references: tuple[str, ...]) -> GenerativeExample:
     """The shared short-answer frame: "Question: ...?\\nAnswer:", learning target the first reference."""
-    require_text(question, "the question")
+    require_text(question, "question")
     question = as_question(question)
     return GenerativeExample(id="", prompt=QA_TEMPLATE.format(question=question), question=question,
                              references=references, target=" " + references[0])  # fmt: skip

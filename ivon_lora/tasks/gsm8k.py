@@ -21,10 +21,10 @@ def gsm8k_example(record: dict) -> GenerativeExample:
     require(record, "question", "answer")
     question, solution = record["question"], record["answer"]
     if not isinstance(question, str) or not isinstance(solution, str):
-        raise RecordError(f"question and answer must be strings, got {question!r} and {solution!r}")
+        raise RecordError(f"Invalid question and answer values: {question!r} and {solution!r} (must be strings)")
     _, marker, final = solution.rpartition("####")
     if not marker or extract_number(marker + final) is None:
-        raise RecordError(f"answer must end in '#### <number>', got {solution[-60:]!r}")
+        raise RecordError(f"Invalid answer value: {solution[-60:]!r} (must end in '#### <number>')")
     question = question.strip()
     return GenerativeExample(id="", prompt=QA_TEMPLATE.format(question=question), question=question,
                              references=(final.strip(),), target=" " + solution.strip())  # fmt: skip

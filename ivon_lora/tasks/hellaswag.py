@@ -33,7 +33,7 @@ def hellaswag_example(record: dict) -> ChoiceExample:
     question = clean_text(f"{record['activity_label']}: {record['ctx']}")
     endings = record["endings"]
     if not isinstance(endings, (list, tuple)) or not all(isinstance(ending, str) for ending in endings):
-        raise RecordError(f"endings must be a list of strings, got {endings!r}")
+        raise RecordError(f"Invalid endings value: {endings!r} (must be a list of strings)")
     texts = [clean_text(ending) for ending in endings]
     return mc_example(question, texts, label_index(record, "label", ENDING_LABELS[: len(texts)]))
 

@@ -284,7 +284,7 @@ def _task_of_kind(task: str | Task | GenerativeTask, kind: str) -> Task | Genera
 
 def _check_limit(limit: int | None) -> None:
     if limit is not None and limit < 0:
-        raise ValueError(f"Invalid limit value: {limit}")
+        raise ValueError(f"Invalid limit value: {limit!r} (must be >= 0)")
 
 
 @contextmanager

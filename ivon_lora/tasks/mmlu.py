@@ -39,7 +39,7 @@ def mmlu_example(record: dict, subject: str = "all") -> ChoiceExample:
         raise RecordError(f"subject {record['subject']!r} is not the task's subject {subject!r}")
     choices = record["choices"]
     if not isinstance(choices, (list, tuple)):
-        raise RecordError(f"choices must be a list of texts, got {choices!r}")
+        raise RecordError(f"Invalid choices value: {choices!r} (must be a list of texts)")
     labels = [str(index) for index in range(len(choices))]
     return mc_example(record["question"], choices, label_index(record, "answer", labels))
 

@@ -23,12 +23,12 @@ def triviaqa_example(record: dict) -> GenerativeExample:
     require(record, "question", "answer")
     answer = record["answer"]
     if not isinstance(answer, dict):
-        raise RecordError(f"answer must be an object with value and aliases, got {answer!r}")
+        raise RecordError(f"Invalid answer value: {answer!r} (must be an object with value and aliases)")
     value, aliases = answer.get("value"), answer.get("aliases") or []
     if not isinstance(value, str) and value is not None:
-        raise RecordError(f"answer.value must be a string, got {value!r}")
+        raise RecordError(f"Invalid answer.value value: {value!r} (must be a string)")
     if isinstance(aliases, str) or not isinstance(aliases, (list, tuple)):
-        raise RecordError(f"answer.aliases must be a list of strings, got {aliases!r}")
+        raise RecordError(f"Invalid answer.aliases value: {aliases!r} (must be a list of strings)")
     return open_qa_example(record["question"], reference_list([value or "", *aliases], "answer.value/aliases"))
 
 

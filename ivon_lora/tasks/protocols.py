@@ -65,13 +65,15 @@ class Protocol:
 
     def __post_init__(self):
         if self.ece_bins < 1:
-            raise ValueError(f"Invalid ece_bins value: {self.ece_bins}")
+            raise ValueError(f"Invalid ece_bins value: {self.ece_bins!r} (must be >= 1)")
         if self.keep_num_choices is not None and self.keep_num_choices < 2:
-            raise ValueError(f"Invalid keep_num_choices value: {self.keep_num_choices}")
+            raise ValueError(f"Invalid keep_num_choices value: {self.keep_num_choices!r} (must be >= 2)")
         if self.arc_answer_letters is not None and not 2 <= self.arc_answer_letters <= len(LETTERS):
-            raise ValueError(f"Invalid arc_answer_letters value: {self.arc_answer_letters}")
+            raise ValueError(
+                f"Invalid arc_answer_letters value: {self.arc_answer_letters!r} (must be in [2, {len(LETTERS)}])"
+            )
         if self.ece_edges not in ("right", "left"):
-            raise ValueError(f"Invalid ece_edges value: {self.ece_edges!r}")
+            raise ValueError(f"Invalid ece_edges value: {self.ece_edges!r} (must be right or left)")
 
     def filters(self, task: Task) -> tuple[ExampleFilter, ...]:
         """The filters this protocol applies to `task`'s examples (none for most tasks)."""

@@ -71,7 +71,7 @@ def wordqa_example(record: dict) -> GenerativeExample:
     """A record as a generative example: the question as asked (it ends in its own instruction, so no "?" is
     added), every accepted category a reference, the first one the learning target."""
     require(record, "question")
-    require_text(record["question"], "the question")
+    require_text(record["question"], "question")
     references = reference_list(record.get("answers"), "answers")
     question = record["question"].strip()
     return GenerativeExample(id="", prompt=QA_TEMPLATE.format(question=question), question=question,
