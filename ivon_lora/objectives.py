@@ -1,64 +1,80 @@
 """The training objectives, one `Objective` record each: `choice` (the K answer letters' cross-entropy on
 multiple-choice tasks) and `sft` (causal-LM loss on instruction / chat data through TRL).
 
-A record holds everything that differs between objectives: its recipe's data-arguments and training-arguments
-classes, its Trainer, its train steps (data loading, the Trainer's inputs, the end-of-run scoring, metrics.json and
-the model card's section; `ivon_lora.commands.training`), how its runs read prompts, and the `ivon-lora eval` kind
-of its run dirs. Code that differs by objective asks the record; nothing else tests the objective's name.
+A record holds everything that differs between objectives: its name and help, the `ivon-lora eval` kind of its run
+dirs, what its recipe requires, and its parts (PARTS: the recipe's data-arguments and training-arguments classes,
+its Trainer, how its runs read prompts, its train steps). Code that differs by objective asks the record; nothing
+else tests the objective's name.
 
-The parts are named "module:attribute" and imported on first use (`Objective.part`): the recipe loader, which sits
-below the trainer and the commands, holds the record without importing them, and an objective whose parts need an
-extra (sft: TRL) costs nothing until it is used. A new objective is one `register_objective` call here.
+This module is a leaf: the records are imported by the recipe loader (`ivon_lora.config`), which sits below the
+trainer and the commands. So a record does not import its parts; each part is provided to it, through real imports,
+by the layer it lives in: `ivon_lora.config.objective_parts` provides what the recipe is parsed and trained with
+(its dataclasses, the Trainer, the prompt rendering: modules at or below config), and `ivon_lora.commands.training`
+provides the train steps (they evaluate and write reports, so they live with the commands). Each provider imports
+this module, never the reverse: data flows one way, and the import test sees every edge. A provider is a function
+that returns the part, so that an objective whose parts need an extra (sft: TRL) costs nothing until it is used.
+
+A new objective is one `register_objective` call here and its parts in those two providers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import import_module
 
 from .errors import RecipeError
 from .registry import Registry
+
+# What every objective's record holds, and which layer provides it.
+PARTS = {
+    "data_arguments": "the recipe's data keys (a dataclass; ivon_lora.config.objective_parts)",
+    "training_arguments": "the recipe's TrainingArguments subclass (ivon_lora.config.objective_parts)",
+    "trainer": "the Trainer class it trains with (ivon_lora.config.objective_parts)",
+    "prompt_rendering": "recipe -> (whether its runs read prompts through the chat template, why) "
+    "(ivon_lora.config.objective_parts)",
+    "steps": "its train steps: data, the Trainer's inputs, end-of-run scoring and report (ivon_lora.commands.training)",
+}
 
 
 @dataclass(frozen=True)
 class Objective:
     name: str
     help: str
-    parts: dict[str, str] = field(repr=False)  # role -> "module:attribute" (see PARTS)
-    eval_kind: str  # the `ivon-lora eval` kind (commands.runners) of its run dirs without --task
+    eval_kind: str  # the `ivon-lora eval` kind (evaluation.kinds) of its run dirs without --task
     dataset_is_task: bool  # the recipe's `dataset` names a registered task (checked when the recipe loads)
     required_keys: tuple[str, ...] = ()  # recipe keys without a default, besides model_name_or_path and output_dir
     extra: str | None = None  # the pip extra its parts need
+    # role -> a function returning the part, filled by the providers (see the module doc).
+    providers: dict[str, Callable[[], object]] = field(default_factory=dict, repr=False, compare=False)
+
+    def provide(self, role: str, provider: Callable[[], object]) -> None:
+        """Give the record its part `role` (one of PARTS): `provider()` returns it. Called once per role, by the
+        layer the part lives in."""
+        if role not in PARTS:
+            raise ValueError(f"Objective {self.name!r}: {role!r} is not a part; parts: {', '.join(PARTS)}")
+        if role in self.providers:
+            raise ValueError(f"Objective {self.name!r}: its {role} is already provided")
+        self.providers[role] = provider
 
     def part(self, role: str):
         """The objective's part `role` (one of PARTS), imported now."""
-        if role not in self.parts:
-            raise KeyError(f"Objective {self.name!r} has no part {role!r}; parts: {', '.join(self.parts)}")
-        module, _, attribute = self.parts[role].partition(":")
+        if role not in PARTS:
+            raise KeyError(f"Objective {self.name!r} has no part {role!r}; parts: {', '.join(PARTS)}")
+        if role not in self.providers:
+            raise LookupError(f"Objective {self.name!r}: no {role} provided yet ({PARTS[role]}): import the module "
+                              "named there first")  # fmt: skip
         try:
-            return getattr(import_module(module), attribute)
+            return self.providers[role]()
         except ImportError as error:
             if self.extra is None:
                 raise
             raise RecipeError(f"objective: {self.name} needs {self.extra}: {error}") from None
 
 
-# What every objective's record names.
-PARTS = {
-    "data_arguments": "the recipe's data keys (a dataclass)",
-    "training_arguments": "the recipe's TrainingArguments subclass",
-    "trainer": "the Trainer class it trains with",
-    "steps": "its train steps: data, the Trainer's inputs, end-of-run scoring and report (commands.training)",
-    "prompt_rendering": "recipe -> (whether its runs read prompts through the chat template, why)",
-}
-
 OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
 def register_objective(objective: Objective) -> Objective:
-    missing = set(PARTS) - set(objective.parts)
-    if missing:
-        raise ValueError(f"Objective {objective.name!r} does not name its {', '.join(sorted(missing))}")
     return OBJECTIVES.register(objective.name, objective)
 
 
@@ -71,11 +87,6 @@ def get_objective(name: str) -> Objective:
 register_objective(Objective(
     name="choice",
     help="the K answer letters' cross-entropy (multiple-choice tasks)",
-    parts={"data_arguments": "ivon_lora.config:DataArguments",
-           "training_arguments": "ivon_lora.trainer:IVONTrainingArguments",
-           "trainer": "ivon_lora.choice:ChoiceTrainer",
-           "steps": "ivon_lora.commands.training.choice:ChoiceSteps",
-           "prompt_rendering": "ivon_lora.choice.prompts:prompt_rendering"},
     eval_kind="multiple_choice",
     dataset_is_task=True,
 ))  # fmt: skip
@@ -83,11 +94,6 @@ register_objective(Objective(
     name="sft",
     help="causal-LM loss on instruction/chat data through TRL (needs ivon-lora[sft]; keys: SFTDataArguments, "
          "SFTConfig)",
-    parts={"data_arguments": "ivon_lora.config:SFTDataArguments",
-           "training_arguments": "ivon_lora.sft:IVONSFTConfig",
-           "trainer": "ivon_lora.sft:IVONSFTTrainer",
-           "steps": "ivon_lora.commands.training.sft:SFTSteps",
-           "prompt_rendering": "ivon_lora.sft.data:prompt_rendering"},
     eval_kind="sft",
     dataset_is_task=False,
     required_keys=("dataset",),

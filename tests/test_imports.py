@@ -1,10 +1,12 @@
 """The package's shape: no import cycle inside ivon_lora, between modules or between its packages (top-level
 modules and subpackages); the leaves and the config / run-dir layer import nothing above them; no Hugging Face import
 under ivon_lora/optim/; and `ivon-lora --help` imports neither transformers nor bitsandbytes (read from the source's
-AST, lazy imports too)."""
+AST, lazy imports too); and no module of the package imported by a string ("ivon_lora.x:Name") outside a registry
+these tests check."""
 
 import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -226,3 +228,100 @@ def test_help_imports_no_hugging_face_package_and_no_bitsandbytes(argv):
     assert "torch" in imported or argv == ["--help"]  # the listing is real
     assert not {"bitsandbytes", "transformers", "peft"} & imported
     assert "gemm_4bit_forward" not in result.stderr
+
+
+# ------------------------------------------------------------------ imports named by strings
+
+MODULE_NAME_STRING = re.compile(r"ivon_lora(\.[A-Za-z_]\w*)+(:[A-Za-z_]\w*)?")
+# The package's string-named imports, each from a registry the tests below check (and nowhere else):
+# - `_LAZY` tables (PEP 562 module __getattr__: `from ivon_lora import IVON` without importing transformers): each
+#   name maps to a submodule of its package that defines it, and is imported from there under TYPE_CHECKING too;
+# - the command table (cli.py imports `.commands.<module_name(command)>` for each of `ivon_lora.commands.COMMANDS`).
+STRING_IMPORT_REGISTRIES = {"ivon_lora/__init__.py": "_LAZY", "ivon_lora/choice/__init__.py": "_LAZY",
+                            "ivon_lora/sft/__init__.py": "_LAZY", "ivon_lora/cli.py": "COMMANDS"}  # fmt: skip
+
+
+def _python_files(*tops: str):
+    for top in tops:
+        for directory, _, files in os.walk(os.path.join(ROOT, top)):
+            yield from (os.path.join(directory, name) for name in sorted(files) if name.endswith(".py"))
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    return {id(n.body[0].value) for n in nodes if n.body and isinstance(n.body[0], ast.Expr)}
+
+
+def test_no_module_of_the_package_is_named_by_a_string_to_import_it():
+    """A "ivon_lora.x.y" or "ivon_lora.x:Name" string is an import neither the graph above nor a reader sees (it
+    may run back up a layer): the package and the scripts hold none; a string-named import goes through one of
+    STRING_IMPORT_REGISTRIES, which name modules relative to their package and are checked below."""
+    found, calls = [], []
+    for path in _python_files("ivon_lora", "scripts"):
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        relative = os.path.relpath(path, ROOT)
+        docstrings = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if MODULE_NAME_STRING.fullmatch(node.value):
+                    found.append(f"{relative}:{node.lineno}: {node.value!r}")
+            if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] in ("import_module", "__import__"):
+                calls.append(relative)
+    assert found == []
+    assert set(calls) <= set(STRING_IMPORT_REGISTRIES), "import_module outside a checked registry"
+
+
+def _top_level_names(path: str) -> set[str]:
+    """What a module defines or imports at its top level, and the names of its own `_LAZY` table."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+            if any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in targets):
+                names.update(ast.literal_eval(node.value))
+    return names
+
+
+def test_the_string_import_registries_name_real_modules_and_names():
+    modules = _modules()
+    for relative, table in STRING_IMPORT_REGISTRIES.items():
+        path = os.path.join(ROOT, relative)
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        if table == "COMMANDS":  # the table is ivon_lora.commands'
+            from ivon_lora.commands import COMMANDS, module_name
+
+            assert "import_module(f'.commands.{module_name(name)}', __package__)" in ast.unparse(tree)
+            assert {f"ivon_lora.commands.{module_name(c)}" for c in COMMANDS} <= set(modules)
+            continue
+        assigned = [n.value for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == table]
+        assert len(assigned) == 1, (relative, table)
+        package = os.path.relpath(os.path.dirname(path), ROOT).replace(os.sep, ".")
+        lazy = ast.literal_eval(assigned[0])
+        checked = {
+            alias.asname or alias.name
+            for node in tree.body
+            if isinstance(node, ast.If) and _is_type_checking(node)
+            for statement in node.body
+            for alias in statement.names
+        }
+        assert set(lazy) == checked, relative  # each lazy name is imported under TYPE_CHECKING for readers
+        for name, target in lazy.items():
+            module = package + target
+            assert target.startswith(".") and module in modules, (relative, name, target)
+            defined = _top_level_names(modules[module])
+            assert name in defined, (relative, name, module)
+
+
+def test_the_string_scan_finds_a_string_named_import():
+    tree = ast.parse('PARTS = {"steps": "ivon_lora.commands.training.choice:ChoiceSteps", "doc": "see ivon_lora.x"}')
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    assert [s for s in strings if MODULE_NAME_STRING.fullmatch(s)] == ["ivon_lora.commands.training.choice:ChoiceSteps"]

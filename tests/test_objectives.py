@@ -1,5 +1,6 @@
-"""`ivon_lora.objectives`: one record per training objective, holding every part that differs between objectives;
-no code outside the registry tests an objective's name."""
+"""`ivon_lora.objectives`: one record per training objective, holding every part that differs between objectives,
+each provided by the layer it lives in (config, commands) through real imports; no code outside the registry tests an
+objective's name."""
 
 import ast
 import dataclasses
@@ -16,33 +17,69 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_every_part_of_an_objective_resolves_to_what_its_role_needs(name):
     from transformers import Trainer, TrainingArguments
 
-    from ivon_lora.commands.runners import RUNNERS
-    from ivon_lora.commands.training import TrainSteps
+    import ivon_lora.commands  # noqa: F401 (provides the train steps)
+    import ivon_lora.config  # noqa: F401 (provides the recipe's parts)
+    from ivon_lora.commands.training.steps import TrainSteps
+    from ivon_lora.evaluation.kinds import EVAL_KINDS
 
     objective = get_objective(name)
-    assert set(objective.parts) == set(PARTS)
+    assert set(objective.providers) == set(PARTS)
     assert dataclasses.is_dataclass(objective.part("data_arguments"))
     assert issubclass(objective.part("training_arguments"), TrainingArguments)
     assert issubclass(objective.part("trainer"), Trainer)
     assert issubclass(objective.part("steps"), TrainSteps)
     assert callable(objective.part("prompt_rendering"))
-    assert objective.eval_kind in RUNNERS
+    assert objective.eval_kind in EVAL_KINDS
     fields = {f.name for f in dataclasses.fields(objective.part("data_arguments"))}
     assert set(objective.required_keys) <= fields
 
 
-def test_the_registry_refuses_duplicates_incomplete_records_and_unknown_names():
-    record = dataclasses.replace(get_objective("choice"))
+def test_the_registry_refuses_duplicates_and_unknown_names_and_a_record_its_parts_twice_or_unknown():
+    record = dataclasses.replace(get_objective("choice"), providers={})
     with pytest.raises(ValueError, match="already registered"):
         register_objective(record)
-    with pytest.raises(ValueError, match="does not name its steps"):
-        register_objective(Objective("partial", "x", {k: v for k, v in record.parts.items() if k != "steps"},
-                                     "multiple_choice", True))  # fmt: skip
-    assert "partial" not in OBJECTIVES
+    with pytest.raises(ValueError, match="its steps is already provided"):
+        get_objective("choice").provide("steps", lambda: None)
+    with pytest.raises(ValueError, match="'loss' is not a part; parts: data_arguments"):
+        record.provide("loss", lambda: None)
+    with pytest.raises(LookupError, match=r"no steps provided yet \(.*ivon_lora.commands.training\)"):
+        record.part("steps")
+    partial = Objective("partial", "x", "multiple_choice", True)
+    assert partial.providers == {} and "partial" not in OBJECTIVES
     from ivon_lora.errors import RecipeError
 
     with pytest.raises(RecipeError, match="'choise' is not one of choice, sft"):
         get_objective("choise")
+
+
+def test_a_missing_extra_is_one_recipe_error_naming_it():
+    from ivon_lora.errors import RecipeError
+
+    record = Objective("needs_extra", "x", "sft", False, extra="TRL (ivon-lora[sft])")
+
+    def provider():
+        raise ModuleNotFoundError("No module named 'trl'")
+
+    record.provide("trainer", provider)
+    with pytest.raises(RecipeError, match=r"objective: needs_extra needs TRL \(ivon-lora\[sft\]\): No module named"):
+        record.part("trainer")
+
+
+def test_the_parts_come_from_real_imports_of_the_layers_that_provide_them():
+    """No "module:attribute" strings: each provider imports its parts, where the import test sees the edge, and
+    imports the objectives leaf, never the reverse."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_imports import _graph
+
+    edges, _ = _graph()
+    assert edges["ivon_lora.objectives"] == {"ivon_lora.errors", "ivon_lora.registry"}
+    assert {"ivon_lora.objectives", "ivon_lora.trainer", "ivon_lora.choice", "ivon_lora.choice.prompts",
+            "ivon_lora.sft", "ivon_lora.sft.data"} <= edges["ivon_lora.config.objective_parts"]  # fmt: skip
+    assert {"ivon_lora.objectives", "ivon_lora.commands.training.choice", "ivon_lora.commands.training.sft"} <= edges[
+        "ivon_lora.commands.training"
+    ]
 
 
 def test_no_module_outside_the_registry_compares_an_objective_to_a_name():

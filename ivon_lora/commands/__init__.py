@@ -7,6 +7,8 @@ Command modules import the heavy packages (transformers, peft, torch models) ins
 the parser (`ivon-lora --help`) imports none of them.
 """
 
+from . import training  # noqa: F401 (provides each objective's train steps to its record in ivon_lora.objectives)
+
 COMMANDS = ("train", "eval", "prune", "export", "inspect", "generate", "lm-eval", "sensitivity", "merge", "refine")
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import RecipeError
 from ..objectives import OBJECTIVES, get_objective
+from . import objective_parts  # noqa: F401 (provides the recipe's parts of each objective to its record)
 from .arguments import DataArguments, ModelArguments, RunArguments, SFTDataArguments
 from .parsing import (
     COMMAND_LINE,

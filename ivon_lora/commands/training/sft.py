@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from . import TrainSteps, metrics_footer
+from .steps import TrainSteps, metrics_footer
 
 logger = logging.getLogger(__name__)
 
