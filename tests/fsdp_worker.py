@@ -102,15 +102,23 @@ def priors_for(model):
             for name, p in model.named_parameters() if p.requires_grad}  # fmt: skip
 
 
-def run(rank, world_size, with_prior, num_steps=3, accumulation=2):
+def run(rank, world_size, with_prior, num_steps=3, accumulation=2, swap=False):
+    """``swap``: as Accelerate prepares FSDP2 under the Trainer, IVON (and its priors) is built on the plain model,
+    which is sharded afterwards, and the optimizer's parameters are swapped for the sharded ones in place."""
     model = tiny_lora_llama()
-    model = shard(model) if world_size > 1 else model
+    model = shard(model) if world_size > 1 and not swap else model
     optimizer = IVON([p for p in model.parameters() if p.requires_grad], seed=SEED, data_parallel=False
                      if world_size == 1 else None, **SETTINGS)  # fmt: skip
     if with_prior:
         named = dict(model.named_parameters())
         for name, (mean, precision) in priors_for(model).items():
             optimizer.set_prior(named[name], mean, precision)
+    if swap:
+        names = {p: name for name, p in model.named_parameters()}
+        positions = [[names[p] for p in group["params"]] for group in optimizer.param_groups]
+        named = dict(shard(model).named_parameters())
+        for group, group_names in zip(optimizer.param_groups, positions):
+            group["params"][:] = [named[name] for name in group_names]
     replay_noise(optimizer, rank, world_size)
     train(model, optimizer, micro_batches(num_steps, accumulation), rank, world_size)
     return model, optimizer
@@ -139,6 +147,11 @@ def check_equivalence(rank, out):
             "state_is_sharded": all(isinstance(sharded.state[p]["hess"], DTensor) for p in sharded_params),
             "sharded_world_size": sharded.sharded_world_size,
         }
+        if with_prior:  # built before sharding, its prior set on the plain parameters, then swapped: the same run
+            swapped_model, _ = run(rank, WORLD_SIZE, with_prior, swap=True)
+            results["swapped_equal"] = all(
+                torch.equal(a, b) for a, b in zip(adapter(swapped_model).values(), adapter(sharded_model).values())
+            )
         if not with_prior:
             from ivon_lora.posterior import Posterior
             from ivon_lora.trainer.fsdp import gathered_posterior

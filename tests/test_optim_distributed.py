@@ -230,7 +230,7 @@ def test_trainer_refuses_ivon_without_its_sync_and_fsdp(launch):
     for messages in _result(launch, "hf_refusals"):
         assert "runs 2 data-parallel processes, but its IVON optimizer averages samples over 1" in messages["unsynced"]
         assert "underestimate the Hessian" in messages["unsynced"]
-        assert "does not support FSDP" in messages["fsdp"]
+        assert "does not support fsdp without an accelerator" in messages["fsdp"]
 
 
 def test_evaluation_is_sharded_without_dropping_or_repeating_an_example(launch):

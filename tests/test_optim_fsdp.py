@@ -67,6 +67,12 @@ def test_sharded_ivon_equals_single_process_ivon_on_the_same_global_batch_and_no
         assert run["mean_max_diff"] < 1e-6 and run["hess_max_rel_diff"] < 1e-6
 
 
+def test_an_optimizer_built_before_sharding_moves_its_state_to_the_swapped_in_shards(launch):
+    """Accelerate builds the Trainer's optimizer on the plain model and swaps in the FSDP2 parameters afterwards."""
+    for result in _result(launch, "equivalence"):
+        assert result["swapped_equal"]
+
+
 def test_sharded_hessian_estimate_converges_to_the_known_hessian(launch):
     rank0, rank1 = _result(launch, "hessian")
     assert torch.equal(rank0["estimate"], rank1["estimate"])  # gathered from the same shards

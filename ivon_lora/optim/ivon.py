@@ -224,18 +224,17 @@ class IVON(Optimizer):
         self._init_transient_attributes(torch.initial_seed() if seed is None else seed)
         super().__init__(params, defaults)
         self._register_hooks()
-        if self._sharding is not None and process_group is not None:
-            raise ValueError(
-                "IVON got a process_group and parameters sharded by FSDP2: FSDP already averages the gradients over "
-                "its mesh, so IVON averages nothing itself; drop the process_group."
-            )
+        self._sharding_state()
 
     def _init_transient_attributes(self, seed: int) -> None:
         # The noise generators, their seed and the sampling flags: one object, which _rng and _distributed use.
         self._sampling_state = SamplingState(seed)
         self._buckets: list[Bucket] | None = None
         self._dp: DataParallel | None | object = _UNRESOLVED
-        self._sharding: Sharding | None = None  # set by add_param_group from the parameters
+        # The FSDP2 sharding of the parameters, and the parameters (by id) it was resolved for: Accelerate shards a
+        # model after the Trainer built its optimizer and swaps the optimizer's parameters for the sharded ones.
+        self._sharding: Sharding | None = None
+        self._sharded_params: list[Tensor] | None = None
 
     def _register_hooks(self) -> None:
         self.register_state_dict_post_hook(IVON._save_sampling_state)
@@ -243,13 +242,13 @@ class IVON(Optimizer):
         self.register_load_state_dict_post_hook(IVON._check_loaded_priors)
 
     def _save_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        if self._sharding is not None:
+        if self._sharding_state() is not None:
             device = self.param_groups[0]["params"][0].device
             return save_sharded_generators(self._sampling_state, self._sharding, device, self._devices(), state_dict)
         return save_generator_states(self._sampling_state, self._data_parallel_state(), state_dict)
 
     def _load_sampling_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        if self._sharding is not None:
+        if self._sharding_state() is not None:
             device = self.param_groups[0]["params"][0].device
             return load_sharded_generators(self._sampling_state, self._sharding, device, self._devices(), state_dict)
         return load_generator_states(self._sampling_state, self._data_parallel_state(), self._devices(), state_dict)
@@ -291,7 +290,6 @@ class IVON(Optimizer):
             self.__dict__.setdefault("_process_group", None)
             self._init_transient_attributes(torch.initial_seed() if seed is None else seed)
             self._register_hooks()
-            self._sharding = resolve_sharding([p for group in self.param_groups for p in group["params"]])
             set_generator_states(self._sampling_state, generator_states, self._devices(), self._noise_rank())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -315,21 +313,43 @@ class IVON(Optimizer):
                                                             hyperparameters.get("mc_samples")]))  # fmt: skip
         super().add_param_group(param_group)
         self._buckets = None
-        self._sharding = resolve_sharding([p for group in self.param_groups for p in group["params"]])
-        if self._sharding is not None:
-            if self._data_parallel:
+        self._sharded_params = None
+
+    def _sharding_state(self) -> Sharding | None:
+        """The FSDP2 sharding of the parameters (None: not sharded), resolved again whenever they were swapped."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        before = self._sharded_params
+        if before is not None and len(before) == len(params) and all(p is q for p, q in zip(before, params)):
+            return self._sharding
+        if before is not None and len(before) == len(params):
+            self._move_state(before, params)
+        sharding = resolve_sharding(params)
+        if sharding is not None:
+            if self._data_parallel or self._process_group is not None:
                 raise ValueError(
-                    "IVON(data_parallel=True) got parameters sharded by FSDP2: FSDP reduce-scatters (averages) every "
-                    "micro-batch's gradient over its mesh, so averaging the samples again would be wrong. Leave "
-                    "data_parallel=None: IVON then draws each rank's noise for its own shards and averages nothing."
+                    "IVON(data_parallel=True or a process_group) got parameters sharded by FSDP2: FSDP reduce-scatters "
+                    "(averages) every micro-batch's gradient over its mesh, so averaging the samples again would be "
+                    "wrong. Leave data_parallel=None: IVON then draws each rank's noise for its own shards."
                 )
             if len(self._devices()) > 1:
                 raise ValueError(f"IVON's sharded (FSDP2) parameters must be on one device per process, got "
                                  f"{self._devices()}")  # fmt: skip
-            # The state exists from the start, as torch.distributed.checkpoint expects of a sharded optimizer (its
+            # The state exists from then on, as torch.distributed.checkpoint expects of a sharded optimizer (its
             # state_dict helpers would otherwise call step() with zero gradients to create it).
-            for p in self.param_groups[-1]["params"]:
-                self._param_state(p, self.param_groups[-1])
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._param_state(p, group)
+        self._sharding, self._sharded_params, self._buckets = sharding, params, None
+        return sharding
+
+    def _move_state(self, before: list[Tensor], after: list[Tensor]) -> None:
+        """Give each swapped-in parameter the state (e.g. a prior) of the one it replaced, at the same position, sharded
+        as it is: Accelerate's FSDP2 preparation swaps the optimizer's parameters for sharded ones in place."""
+        for old, new in zip(before, after):
+            if old is new or old not in self.state:
+                continue
+            self.state[new] = {key: _shard_like(value.to(new.device), new) if key != "step" and isinstance(value, Tensor)
+                               else value for key, value in self.state.pop(old).items()}  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -381,6 +401,7 @@ class IVON(Optimizer):
         return self.state[p].get("prior_precision", group["weight_decay"])
 
     def _get_buckets(self) -> list[Bucket]:
+        self._sharding_state()  # forgets the buckets if the parameters were swapped (sharded) since
         if self._buckets is None:
             self._buckets = []
             for group_index, group in enumerate(self.param_groups):
@@ -396,7 +417,7 @@ class IVON(Optimizer):
 
     def _noise_rank(self) -> int:
         """The rank the noise generators are seeded for: in the FSDP2 mesh, else in the data-parallel group."""
-        if self._sharding is not None:
+        if self._sharding_state() is not None:
             return self._sharding.rank
         dp = self._data_parallel_state()
         return dp.rank if dp else 0
@@ -408,7 +429,7 @@ class IVON(Optimizer):
 
     def _data_parallel_state(self) -> DataParallel | None:
         """The data-parallel group IVON averages over, or None; resolved once, at first use."""
-        if self._sharding is not None:
+        if self._sharding_state() is not None:
             return None  # FSDP2 has averaged every micro-batch's gradient (see the note on sharded parameters)
         if self._dp is _UNRESOLVED:
             self._dp = resolve_data_parallel(self._data_parallel, self._process_group)
@@ -431,7 +452,8 @@ class IVON(Optimizer):
         Returns:
             int: the size of the parameters' device mesh, or 1 without sharding.
         """
-        return self._sharding.world_size if self._sharding is not None else 1
+        sharding = self._sharding_state()
+        return sharding.world_size if sharding is not None else 1
 
     # -------------------------------------------------------------------------------------- sampling
 

@@ -11,6 +11,8 @@ from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
 from ..optim.ivon import _check_hyperparameters
+from ..validation import NON_NEGATIVE, check_fields
+from .parallelism import refused_training_arguments
 
 IVON_OPTIM = "ivon"
 # IVON's learning rate when `learning_rate` is left unset (IVON-LoRA's); any other optimizer gets its base config's
@@ -81,7 +83,8 @@ class IVONTrainingArguments(TrainingArguments):
         metadata={
             "help": f"Initial learning rate. Unset: {IVON_DEFAULT_LEARNING_RATE} (IVON-LoRA's) with "
             "optim='ivon', else the base config's default (TrainingArguments' 5e-5, TRL SFTConfig's "
-            "2e-5)."
+            "2e-5).",
+            "bounds": NON_NEGATIVE,
         },
     )
     ivon_ess: float | None = field(
@@ -112,7 +115,10 @@ class IVONTrainingArguments(TrainingArguments):
     )
     ivon_eval_samples: int = field(
         default=0,
-        metadata={"help": "Posterior samples averaged in each Trainer evaluation (eval_steps); 0: the mean only."},
+        metadata={
+            "help": "Posterior samples averaged in each Trainer evaluation (eval_steps); 0: the mean only.",
+            "bounds": NON_NEGATIVE,
+        },
     )
     ivon_loo_eval: bool = field(
         default=False,
@@ -131,8 +137,7 @@ class IVONTrainingArguments(TrainingArguments):
         self.use_ivon = self.optim == IVON_OPTIM
         if self.learning_rate is None:
             self.learning_rate = IVON_DEFAULT_LEARNING_RATE if self.use_ivon else self._base_default_learning_rate()
-        if not self.learning_rate >= 0:  # every optimizer; `not >=` rejects NaN too
-            raise ValueError(f"Invalid learning_rate value: {self.learning_rate} (must be >= 0)")
+        check_fields(self, names=_OWN_FIELDS)  # the bounds in these fields' metadata (NaN is refused too)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"Invalid max_steps value: {self.max_steps} (must be > 0, or -1 for num_train_epochs)")
         if self.ivon_loo_eval and not self.use_ivon:
@@ -147,12 +152,12 @@ class IVONTrainingArguments(TrainingArguments):
                 "fp16=True cannot be used with optim='ivon': the fp16 GradScaler's scaled gradients would enter "
                 "IVON's Hessian estimate. Use bf16=True (autocast) or full precision."
             )
-        if self.ivon_eval_samples < 0:
-            raise ValueError(f"Invalid ivon_eval_samples value: {self.ivon_eval_samples} (must be >= 0)")
         values = {argument: getattr(self, name) for argument, name in IVON_ARGUMENT_FIELDS.items()}
         values["ess"] = 1.0 if self.ivon_ess is None else self.ivon_ess  # None: derived from the train set, later
         values["seed"] = self.seed if self.ivon_seed is None else self.ivon_seed
         _check_hyperparameters(**values, names=IVON_ARGUMENT_FIELDS)
+        if (refusal := refused_training_arguments(self)) is not None:  # DeepSpeed, FSDP1, offload: parallelism.py
+            raise ValueError(f"optim='ivon' does not support {refusal}")
         # Then TrainingArguments' own fields (schedule, batches, precision, ...).
         with _optim_known_to_transformers(self):
             super().__post_init__()
@@ -180,6 +185,11 @@ class IVONTrainingArguments(TrainingArguments):
             if learning_rate is not None and learning_rate.default is not dataclasses.MISSING:
                 return learning_rate.default
         return TrainingArguments.learning_rate
+
+
+# The fields IVONTrainingArguments declares (its bounds are checked from their metadata); TrainingArguments' own are
+# checked by TrainingArguments, and IVON's hyperparameters by IVON's own check, which names these fields.
+_OWN_FIELDS = frozenset(IVONTrainingArguments.__annotations__)
 
 
 @contextmanager

@@ -18,15 +18,11 @@ processes: docs/guides/multi-gpu.md):
   the context, where the Trainer does it, would have no effect);
 * fp16 mixed precision is refused: the GradScaler's scaled gradients would be recorded as they are.
 
-Data parallel (several processes, `torchrun` / `accelerate launch`; see `ivon_lora.optim` for why this choice):
-each rank draws its own noise and `IVON.step()` averages both the gradients and noise x gradients over the ranks
-(W ranks = W posterior samples per step). DDP's own gradient all-reduce must then not run, so every micro-batch's
-backward runs under `accelerator.no_sync(model)` (the Trainer itself only skips the sync for the non-final
-micro-batches). An IVON that does not synchronise (`data_parallel=False`) under a multi-process Trainer is an
-error: with DDP averaging per-rank-noise gradients the Hessian would be underestimated by the world size.
-Sharded or otherwise non-DDP parallelism (FSDP, DeepSpeed, tensor/context parallel, models sharded at load
-time) is refused with optim='ivon': those shard the parameters into DTensors, reduce-scatter gradients only at
-the last micro-batch and keep optimizer state per shard, none of which IVON supports yet.
+Data parallel (several processes, `torchrun` / `accelerate launch`): each rank draws its own noise and
+`IVON.step()` averages both the gradients and noise x gradients over the ranks, so every micro-batch's backward runs
+under `accelerator.no_sync(model)` (the Trainer itself only skips the sync for the non-final micro-batches). Under
+FSDP2 every micro-batch's gradient is reduce-scattered instead, and the posterior is gathered from the shards
+(`fsdp.py`). Which parallelism is supported, what is refused and how that is checked: `parallelism.py`.
 
 With `optim` set to any transformers optimizer name (e.g. `adamw_torch`), the Trainer behaves as usual, so
 the same code and recipes train the baselines.
@@ -36,50 +32,34 @@ Continual finetuning: `prior=` a previous run's `Posterior` N(m_A, v_A) makes it
 are the caller's to set (`ivon_lora.continual.apply_starting_point`). `prior_provenance` is recorded in every saved
 posterior_config.json (checkpoints too) under `PRIOR_RUN_KEY`.
 
-The mixin knows no objective: the evaluation with posterior samples (`ivon_eval_samples`) runs the Trainer's
-evaluation loop once per sample (`posterior_sample_outputs`) and leaves combining the outputs into a predictive
-to the objective's `sampled_evaluation_metrics` hook (the multiple-choice one: `ivon_lora.choice.ChoiceTrainer`).
+The parts, one concern per module: this one builds IVON and runs its training step (sampling, accumulation,
+clipping) and saves the posterior; `parallelism.py` says which parallelism IVON trains under; `run_health.py` holds
+the divergence checks and the loss total kept across resumes; `sampled_evaluation.py` evaluates with posterior
+samples (the objective's `sampled_evaluation_metrics` hook combines them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-from collections.abc import Iterator, Sized
+from collections.abc import Sized
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.tensor import DTensor
 from transformers import Trainer
-from transformers.trainer_callback import ExportableState, TrainerCallback
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
-from transformers.training_args import ParallelMode
 
-from ..errors import TrainingDivergedError
 from ..optim import IVON
 from ..posterior import PRIOR_RUN_KEY, Posterior
 from .config import DEFAULT_INITIAL_STD, WIDE_INITIAL_STD, IVONTrainingArguments, default_ess
+from .fsdp import gathered_posterior
+from .parallelism import ParallelismMixin, unwrap_optimizer
+from .run_health import RunHealthMixin
+from .sampled_evaluation import SampledEvaluationMixin
 
 logger = logging.getLogger(__name__)
 
 
-def _unwrap_optimizer(optimizer):
-    # Accelerate wraps the optimizer in `AcceleratedOptimizer`; the raw one is `.optimizer`.
-    return getattr(optimizer, "optimizer", optimizer)
-
-
-class TrainLossTotal(TrainerCallback, ExportableState):
-    """The sum of the training losses so far, kept in every checkpoint's trainer_state.json: a resumed run's
-    `train_loss` is then the mean over all its steps, equal to the uninterrupted run's (the Trainer's own counts only
-    the steps since the resume)."""
-
-    def __init__(self, total: float = 0.0):
-        self.total = total
-
-    def state(self) -> dict:
-        return {"args": {}, "attributes": {"total": self.total}}
-
-
-class IVONTrainerMixin:
+class IVONTrainerMixin(SampledEvaluationMixin, RunHealthMixin, ParallelismMixin):
     """Gives any `transformers.Trainer` subclass IVON: `class MyTrainer(IVONTrainerMixin, MyBaseTrainer)`.
 
     Needs `IVONTrainingArguments` (or a config class inheriting it, e.g. `class MyConfig(IVONTrainingArguments,
@@ -119,22 +99,16 @@ class IVONTrainerMixin:
             raise ValueError(f"A prior needs optim='ivon', got optim={args.optim!r}")
         super().__init__(model, args, *more, **kwargs)
         self._ivon_grad_norms: list[torch.Tensor] = []  # pre-clip norms of the current step's samples
-        self._step_losses: list[torch.Tensor] = []  # the current step's micro-batch (and sample) losses, on device
         self.ivon_prior = prior
         self.ivon_prior_provenance = prior_provenance
-        # The sum of what training_step returns (what the Trainer sums for its loss), in float64 on the device, from
-        # the run's first step: a resume starts it from the checkpoint's TrainLossTotal.
-        self._loss_total: torch.Tensor | None = None
-        self._loss_total_from_start = True
-        self._loss_total_saved = TrainLossTotal()
-        self.add_callback(self._loss_total_saved)
+        self._init_run_health()
 
     def _uses_ivon(self) -> bool:
         return getattr(self.args, "use_ivon", False)
 
     @property
     def ivon_optimizer(self) -> IVON | None:
-        optimizer = _unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
+        optimizer = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
         return optimizer if isinstance(optimizer, IVON) else None
 
     def create_optimizer(self, model=None):
@@ -142,13 +116,7 @@ class IVONTrainerMixin:
             return super().create_optimizer(model)
         unsupported = self._ivon_unsupported_parallelism()
         if unsupported is not None:
-            raise ValueError(
-                f"optim='ivon' does not support {unsupported}: IVON samples, records and updates whole (unsharded) "
-                "parameters on every micro-batch, while sharded training keeps the parameters as DTensor shards, "
-                "reduce-scatters gradients only at the last micro-batch and saves optimizer state per shard. Use "
-                "plain data parallelism instead (accelerate launch / torchrun without FSDP or DeepSpeed, e.g. "
-                "with a 4-bit or 8-bit base model to fit memory), or a transformers optimizer."
-            )
+            raise ValueError(f"optim='ivon' does not support {unsupported}")
         if self.optimizer is None:
             model = self.model if model is None else model
             params = [p for p in model.parameters() if p.requires_grad]
@@ -181,7 +149,8 @@ class IVONTrainerMixin:
                 rescale_lr=args.ivon_rescale_lr,
                 seed=args.ivon_seed if args.ivon_seed is not None else args.seed,
                 # Per-rank noise, with g and eps*g averaged over the ranks in step() (docs/guides/multi-gpu.md).
-                data_parallel=self._data_parallel_world_size() > 1,
+                # Under FSDP2 (None): each rank draws its own shards' noise, FSDP averages the gradients.
+                data_parallel=None if self._fsdp_version() == 2 else self._data_parallel_world_size() > 1,
             )
             if self.ivon_prior is not None:
                 self._set_ivon_prior(self.optimizer, model)
@@ -218,108 +187,6 @@ class IVONTrainerMixin:
             )
         return len(self.train_dataset)
 
-    def _data_parallel_world_size(self) -> int:
-        return self.args.world_size if self.args.parallel_mode == ParallelMode.DISTRIBUTED else 1
-
-    def _ivon_unsupported_parallelism(self) -> str | None:
-        """What parallelism IVON cannot train under in this Trainer, or None."""
-        from accelerate.utils import DistributedType
-
-        distributed_type = self.accelerator.distributed_type
-        if self.args.fsdp or getattr(self, "is_fsdp_enabled", False) or distributed_type == DistributedType.FSDP:
-            return "FSDP (args.fsdp / an Accelerate FSDP config)"
-        if getattr(self, "is_deepspeed_enabled", False) or distributed_type == DistributedType.DEEPSPEED:
-            return "DeepSpeed"
-        if getattr(self, "is_distributed_loading_by_transformers", False):
-            return "a model sharded at load time (from_pretrained(distributed_config=...))"
-        if distributed_type in (DistributedType.XLA, DistributedType.MEGATRON_LM):
-            return f"{distributed_type.value} training"
-        parallelism = getattr(self.accelerator, "parallelism_config", None)
-        if parallelism is not None and max(getattr(parallelism, "tp_size", 1), getattr(parallelism, "cp_size", 1)) > 1:
-            return "tensor or context parallelism"
-        return None
-
-    def _check_ivon_synchronises(self, optimizer, model=None) -> None:
-        """Raise unless IVON averages its samples over exactly the Trainer's data-parallel processes."""
-        ivon = _unwrap_optimizer(optimizer)
-        if isinstance(model, DistributedDataParallel):
-            world_size = model.process_group.size()
-        else:
-            world_size = self._data_parallel_world_size()
-        if not isinstance(ivon, IVON) or ivon.data_parallel_world_size == world_size:
-            return
-        raise ValueError(
-            f"This Trainer runs {world_size} data-parallel processes, but its IVON optimizer averages samples over "
-            f"{ivon.data_parallel_world_size}. Each rank draws its own noise, so IVON must average both the "
-            "gradients and noise x gradients over the ranks itself; DDP's gradient averaging alone would "
-            "underestimate the Hessian by the world size. Let the Trainer build IVON (optim='ivon'), or build it "
-            "with data_parallel=None (the default) or True, after torch.distributed is initialized."
-        )
-
-    def _diverged(self, what: str) -> TrainingDivergedError:
-        """The error that stops a diverged run: which step, what went non-finite, what survives, what to change."""
-        step = self.state.global_step + 1
-        output_dir = self.args.output_dir
-        last = get_last_checkpoint(output_dir) if output_dir and os.path.isdir(output_dir) else None
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
-        return TrainingDivergedError(
-            f"Training diverged at step {step}: {what} is NaN or inf; {kept}, and no final adapter or posterior was "
-            "written. Lower learning_rate (or, for IVON, keep ivon_clip_radius finite, e.g. 1e-3) and retrain."
-        )
-
-    def _check_finite(self, losses: list[torch.Tensor], grad_norms: list[torch.Tensor]) -> None:
-        """Raise if a loss or a gradient norm of this optimizer step is NaN or inf: one host sync per step (the
-        values stay on the device while the micro-batches run), before the optimizer applies the step."""
-        values = [value.detach().float().reshape(()) for value in (*losses, *grad_norms)]
-        if not values or bool(torch.isfinite(torch.stack([v.to(values[0].device) for v in values])).all()):
-            return
-        loss_finite = all(bool(torch.isfinite(loss)) for loss in losses)
-        raise self._diverged("the training loss" if not loss_finite else "the gradient")
-
-    def _check_step_finite(self, grad_norms: list[torch.Tensor]) -> None:
-        losses, self._step_losses = self._step_losses, []
-        self._check_finite(losses, grad_norms)
-
-    def _check_finite_weights(self) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        if not all(bool(p.isfinite().all()) for p in model.parameters() if p.requires_grad):
-            raise self._diverged("a trained weight")
-
-    def _save_checkpoint(self, model, trial):
-        self._check_finite_weights()  # a checkpoint of NaN weights would be the one a resume picks
-        self._loss_total_saved.total = self._world_loss_total()  # every rank calls this: the reduce is collective
-        return super()._save_checkpoint(model, trial)
-
-    def train(self, *args, **kwargs):
-        self._loss_total = None
-        return super().train(*args, **kwargs)
-
-    def _add_to_loss_total(self, loss: torch.Tensor) -> None:
-        if self._loss_total is None:  # the first step of this train(): a resumed state holds the total so far
-            saved = (self.state.stateful_callbacks or {}).get(TrainLossTotal.__name__)
-            resumed = self.state.global_step > 0
-            self._loss_total_from_start = not resumed or saved is not None
-            start = saved["attributes"]["total"] if resumed and saved is not None else 0.0
-            self._loss_total = torch.tensor(start, dtype=torch.float64, device=loss.device)
-        self._loss_total += loss.detach().to(torch.float64)
-
-    def _world_loss_total(self) -> float:
-        """The loss total, averaged over the ranks as the Trainer averages its logged loss."""
-        if self._loss_total is None:
-            return self._loss_total_saved.total
-        if self.args.world_size > 1:
-            return float(self.accelerator.reduce(self._loss_total.clone(), reduction="mean"))
-        return float(self._loss_total)
-
-    def log(self, logs: dict, *args, **kwargs) -> None:
-        if "train_loss" in logs and self._loss_total is not None:  # the end of train(), on every rank
-            if self._loss_total_from_start:
-                logs["train_loss"] = self._world_loss_total() / max(self.state.global_step, 1)
-            else:
-                logger.warning("train_loss covers only the steps since the resume: the checkpoint was saved by an "
-                               "older ivon-lora, which did not keep the loss of the steps before it")  # fmt: skip
-        return super().log(logs, *args, **kwargs)
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self._uses_ivon():
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -342,14 +209,22 @@ class IVONTrainerMixin:
         try:
             # IVON averages g and eps*g over the ranks in step(): DDP must not all-reduce the gradients, not even
             # on the last micro-batch, where the Trainer lets it (nested in the Trainer's own no_sync: no-op).
-            with self.accelerator.no_sync(model):
+            # Under FSDP2 the opposite: every micro-batch's gradient must be reduce-scattered, where the Trainer
+            # would defer it to the last micro-batch (IVON records each one on its shard).
+            if self._fsdp_version() == 2:
+                model.set_requires_gradient_sync(True)
+                sync_context = contextlib.nullcontext()
+            else:
+                sync_context = self.accelerator.no_sync(model)
+            with sync_context:
                 for _ in range(self.args.ivon_mc_samples):
                     with ivon.sampled_params(train=True):
                         items = num_items_in_batch if token_weighted else None
                         losses.append(super().training_step(model, inputs, items))
                         if grad_scale != 1.0:
                             torch._foreach_mul_([p.grad for p in params if p.grad is not None], grad_scale)
-                        self._ivon_grad_norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).detach())
+                        norm = torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
+                        self._ivon_grad_norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         finally:
             self.loss_is_scaled_for_ga = scaled_for_ga
         self._step_losses += [loss.detach() for loss in losses]
@@ -392,96 +267,6 @@ class IVONTrainerMixin:
         norms.clear()
         return mean_norm
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """The usual evaluation (at the posterior mean), plus, with `ivon_eval_samples` = S > 0, the objective's
-        metrics of the S-sample predictive as `{prefix}_sampled_*` (`sampled_evaluation_metrics`).
-
-        Args:
-            eval_dataset: the dataset (or dict of datasets) to evaluate; None is the Trainer's `eval_dataset`.
-            ignore_keys: output keys to ignore, as in `transformers.Trainer.evaluate`.
-            metric_key_prefix: the prefix of the metric names.
-
-        Returns:
-            The metrics, as `transformers.Trainer.evaluate` returns them, with the sampled ones (and, with
-            `ivon_loo_eval`, `{prefix}_loo_nll`) added.
-        """
-        with_loo = getattr(self.args, "ivon_loo_eval", False) and self.ivon_optimizer is not None
-        if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
-            # The Trainer evaluates a dict of datasets by calling `evaluate` once per dataset (with the prefix
-            # `{prefix}_{name}`): each of those calls adds its own sampled metrics; the LOO estimate, which reads
-            # the train set only, is computed once, here.
-            self._evaluating_named_sets = True
-            try:
-                metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-            finally:
-                self._evaluating_named_sets = False
-            return {**metrics, **(self._loo_metrics(metric_key_prefix) if with_loo else {})}
-        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        if with_loo and not getattr(self, "_evaluating_named_sets", False):
-            metrics.update(self._loo_metrics(metric_key_prefix))
-        num_samples = getattr(self.args, "ivon_eval_samples", 0)
-        if self.ivon_optimizer is None or num_samples == 0:
-            return metrics
-        # The objective's hook (not defined here, so that a mixin of either order finds the objective's):
-        # sampled_evaluation_metrics(eval_dataset, num_samples, ignore_keys, metric_key_prefix) -> metrics of the
-        # predictive averaged over the samples, from `posterior_sample_outputs`.
-        hook = getattr(self, "sampled_evaluation_metrics", None)
-        if hook is None:
-            raise NotImplementedError(
-                f"ivon_eval_samples={num_samples} needs an objective that says how posterior samples combine into "
-                f"a predictive: {type(self).__name__} defines no sampled_evaluation_metrics (the multiple-choice "
-                "objective's ivon_lora.choice.ChoiceTrainer does). Set ivon_eval_samples=0 to evaluate at the mean."
-            )
-        sampled = hook(eval_dataset, num_samples, ignore_keys, metric_key_prefix)
-        sampled = {f"{metric_key_prefix}_sampled_{k}": v for k, v in sampled.items()}
-        if sampled:
-            self.log(sampled)
-        return {**metrics, **sampled}
-
-    def _loo_metrics(self, metric_key_prefix: str) -> dict:
-        """{prefix}_loo_nll from the objective's hook `loo_nll(posterior)` (train set, current posterior), logged."""
-        hook = getattr(self, "loo_nll", None)
-        if hook is None:
-            raise NotImplementedError(f"ivon_loo_eval needs an objective with a loo_nll hook; {type(self).__name__} "
-                                      "has none (the multiple-choice ChoiceTrainer has)")  # fmt: skip
-        model = self.accelerator.unwrap_model(self.model)
-        loo = {f"{metric_key_prefix}_loo_nll": hook(Posterior.from_optimizer(self.ivon_optimizer, model))}
-        self.log(loo)
-        return loo
-
-    def posterior_sample_outputs(self, eval_dataset, num_samples: int, ignore_keys=None,
-                                 metric_key_prefix: str = "eval") -> Iterator[EvalLoopOutput]:  # fmt: skip
-        """The evaluation loop's output (predictions, label_ids) under each of `num_samples` posterior samples.
-
-        The samples come from a generator of their own, seeded by `seed`, so evaluating never moves the
-        optimizer's noise stream (training and resume stay as without evaluation), and every rank of a
-        data-parallel run draws the same sample for its shard. `compute_metrics` is not called per sample.
-
-        Args:
-            eval_dataset: the dataset to evaluate.
-            num_samples: S, the posterior samples.
-            ignore_keys: output keys to ignore, as in `transformers.Trainer.evaluate`.
-            metric_key_prefix: the prefix of the metric names.
-
-        Yields:
-            One `EvalLoopOutput` per posterior sample, the model holding that sample while it is computed.
-        """
-        model = self.accelerator.unwrap_model(self.model)
-        # Bound once: mean and std stay cached on the adapter's device between samples.
-        sampler = Posterior.from_optimizer(self.ivon_optimizer, model).sampler(
-            model, generator=torch.Generator().manual_seed(self.args.seed)
-        )
-        dataloader = self.get_eval_dataloader(eval_dataset)
-        compute_metrics, self.compute_metrics = self.compute_metrics, None
-        try:
-            for _ in range(num_samples):
-                with sampler.sample():
-                    output = self.evaluation_loop(dataloader, description="Posterior sample", prediction_loss_only=False,
-                                                  ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)  # fmt: skip
-                yield output
-        finally:
-            self.compute_metrics = compute_metrics
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the model as the base Trainer does (the PEFT adapter: the posterior mean) and, with IVON, the
         posterior next to it: `posterior.safetensors` (the variances) and `posterior_config.json`.
@@ -496,11 +281,14 @@ class IVONTrainerMixin:
         self._check_finite_weights()
         super().save_model(output_dir, _internal_call)
         ivon = self.ivon_optimizer
-        # Only the saving process writes; the posterior is read from local state (identical on every rank, no
-        # collective), so the other ranks need not take part.
+        # Only the saving process writes. Under DDP the posterior is read from local state (identical on every rank,
+        # no collective), so the other ranks need not take part; under FSDP2 every rank joins in gathering it from
+        # the shards (the Trainer calls save_model on every rank), into the file a single process would write.
+        if ivon is not None and ivon.sharded_world_size > 1:
+            posterior = gathered_posterior(ivon, self.accelerator.unwrap_model(self.model))
+        elif ivon is not None and self.args.should_save:
+            posterior = Posterior.from_optimizer(ivon, self.accelerator.unwrap_model(self.model))
         if ivon is not None and self.args.should_save:
-            model = self.accelerator.unwrap_model(self.model)
-            posterior = Posterior.from_optimizer(ivon, model)
             if self.ivon_prior_provenance is not None:
                 posterior.config[PRIOR_RUN_KEY] = self.ivon_prior_provenance
             posterior.save(output_dir or self.args.output_dir)
