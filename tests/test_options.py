@@ -58,7 +58,7 @@ def _commands_with_a_config() -> dict[str, tuple[argparse.ArgumentParser, type]]
     found = {name: (subparsers.choices[name], cli._command(name).CONFIG_CLASS) for name in COMMANDS
              if hasattr(cli._command(name), "CONFIG_CLASS")}  # fmt: skip
     # train reads a recipe (its keys: --help-keys), lm-eval passes lm-eval's own arguments on.
-    assert set(found) == {"eval", "prune", "export", "inspect", "generate", "sensitivity", "merge", "refine"}
+    assert set(found) == {"eval", "prune", "export", "inspect", "generate", "sensitivity", "merge", "refine", "compare"}
     return found
 
 

@@ -114,6 +114,19 @@ def test_the_paired_bootstrap_of_any_statistic_equals_the_plain_definition():
     assert result["interval"] == pytest.approx(interval, abs=1e-12)
 
 
+def test_a_vectorized_statistic_gives_the_plain_definition_too():
+    first = [np.array(seed) for seed in FIRST]
+    second = [np.array(seed) for seed in SECOND]
+
+    def maximum(rows):  # R x n -> R
+        return rows.max(axis=-1)
+
+    result = stats.paired_bootstrap(first, second, maximum, replicates=300, seed=4, vectorized=True)
+    observed, interval = _plain_paired_bootstrap(FIRST, SECOND, max, 300, 4, 0.95)
+    assert result["difference"] == pytest.approx(observed, abs=1e-12)
+    assert result["interval"] == pytest.approx(interval, abs=1e-12)
+
+
 def test_the_paired_bootstrap_refuses_unpaired_inputs():
     with pytest.raises(ValueError, match="same number of seeds"):
         stats.paired_bootstrap([np.zeros(3)], [np.zeros(3), np.zeros(3)])

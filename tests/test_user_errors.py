@@ -448,6 +448,60 @@ CASES.update(
     }
 )
 
+# ivon-lora compare: every refusal before anything trains or is written.
+ADAMW = os.path.join(ROOT, "recipes", "demo-adamw.yaml")
+
+
+def _compare(t, *options, recipes=(DEMO, ADAMW)):
+    return ["compare", *recipes, *options, "--out", str(t / "cmp")]
+
+
+def _other_task(t):
+    with open(ADAMW) as f:
+        return _file(t / "wordfacts.yaml", f.read().replace("dataset: synthetic", "dataset: wordfacts"))
+
+
+CASES.update(
+    {
+        "compare-recipes-on-different-tasks": (
+            lambda r, t: _compare(t, recipes=(DEMO, _other_task(t))),
+            "the recipes train on different data",
+        ),
+        "compare-grid-key-the-recipe-lacks": (
+            lambda r, t: _compare(t, "--grid", "ivon_beta2=0.99,0.999"),
+            "demo-adamw.yaml trains with optim adamw_torch, which has no ivon_beta2",
+        ),
+        "compare-grid-key-unknown": (
+            lambda r, t: _compare(t, "--grid", "learning_rat=0.1,0.2"),
+            "has no key 'learning_rat' (did you mean 'learning_rate'?)",
+        ),
+        "compare-one-reported-seed": (
+            lambda r, t: _compare(t, "--seeds", "1"),
+            "1 reported seed(s): a comparison needs at least 2",
+        ),
+        "compare-overlapping-seeds": (
+            lambda r, t: _compare(t, "--reported-seeds", "0", "1", "--selection-seeds", "1"),
+            "seed(s) [1] are both selection and reported seeds",
+        ),
+        "compare-temperature-without-a-validation-split": (
+            lambda r, t: _compare(t, "--baselines", "temperature", "--select-split", "dev"),
+            "--baselines temperature: it is fitted on the held-out split 'dev', which task 'synthetic' does not have",
+        ),
+        "compare-mc-dropout-without-dropout": (
+            lambda r, t: _compare(t, "--baselines", "mc_dropout"),
+            "no recipe trains without a posterior with lora_dropout > 0",
+        ),
+        "compare-unequal-budgets": (
+            lambda r, t: _compare(t, "--grid", "2:max_steps=300"),
+            "the methods train on different budgets",
+        ),
+        "compare-out-of-another-command": (
+            lambda r, t: ["compare", DEMO, ADAMW, "--out", _users_dir(t)],
+            "written by no ivon-lora command: --overwrite replaces only an earlier output of `ivon-lora compare`",
+        ),
+    }
+)
+
 # Cases that need the model (or lm-eval's, which builds it before loading a task's data) to be found.
 MODEL_LOADS_FIRST = {"generate-prompt-longer-than-the-context", "lm-eval-hub-dataset-unreachable",
                      "eval-lm-eval-hub-dataset-unreachable"}  # fmt: skip

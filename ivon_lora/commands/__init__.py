@@ -9,7 +9,8 @@ the parser (`ivon-lora --help`) imports none of them.
 
 from . import training  # noqa: F401 (provides each objective's train steps to its record in ivon_lora.objectives)
 
-COMMANDS = ("train", "eval", "prune", "export", "inspect", "generate", "lm-eval", "sensitivity", "merge", "refine")
+COMMANDS = ("train", "eval", "prune", "export", "inspect", "generate", "lm-eval", "sensitivity", "merge", "refine",
+            "compare")  # fmt: skip
 
 
 def module_name(command: str) -> str:

@@ -155,6 +155,7 @@ def paired_bootstrap(
     replicates: int = DEFAULT_REPLICATES,
     seed: int = 0,
     confidence: float = CONFIDENCE,
+    vectorized: bool = False,
 ) -> dict:
     """The difference statistic(first) - statistic(second), averaged over seeds, and its percentile interval.
 
@@ -162,6 +163,7 @@ def paired_bootstrap(
     same order (arrays of n rows; a row may be a vector, e.g. an example's probabilities and gold label, which
     `statistic` reads). `statistic(rows) -> float` is the metric over a set of rows; None: their mean (a metric
     that is a mean of per-example values, such as accuracy or NLL, computed for all replicates at once).
+    `vectorized`: `statistic` takes a block of replicates at once (an array of R x n rows) and returns R values.
 
     How the seeds are combined: the difference is the mean over seeds of each seed's difference. Each replicate
     draws n test examples with replacement once and scores that draw in every seed, for both methods (the seeds
@@ -185,6 +187,11 @@ def paired_bootstrap(
         draws = []
         for block in bootstrap_indices(n, replicates, seed):
             draws.append(np.mean([gap[block].mean(axis=1) for gap in gaps], axis=0))
+    elif vectorized:
+        per_seed = [float(statistic(a[None])[0]) - float(statistic(b[None])[0]) for a, b in zip(first, second)]
+        draws = []
+        for block in bootstrap_indices(n, replicates, seed):
+            draws.append(np.mean([statistic(a[block]) - statistic(b[block]) for a, b in zip(first, second)], axis=0))
     else:
         per_seed = [float(statistic(a)) - float(statistic(b)) for a, b in zip(first, second)]
         draws = []

@@ -33,6 +33,7 @@ from .commands import (
     SensitivityConfig,
     load_command_config,
 )
+from .compare import CompareConfig
 from .parsing import COMMAND_LINE, check_values, parse_overrides, parse_values, read_yaml
 from .recipe import (
     RENAMED_RECIPE_KEYS,

@@ -1,0 +1,101 @@
+"""The options of `ivon-lora compare` (`CompareConfig`), from its flags: the recipes compared, the seeds, the grid of
+each recipe, the selection metric and split, the baselines, the evaluation and the output. Each field's metadata is
+its flag's (`ivon_lora.commands._options.add_field_arguments`). What needs the recipes (tasks, splits, grid keys,
+budgets, which baselines apply) is checked in `ivon_lora.comparison.plan`, still before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..vocabulary import selection_criteria
+from .parsing import _require_at_least, _require_choice
+
+# The baselines compare derives from the runs it trains (`ivon_lora.comparison.plan.BASELINES` says what each is).
+BASELINE_NAMES = ("temperature", "early_stopping", "ensemble", "mc_dropout")
+DEFAULT_SELECT_METRIC = "nll"
+
+
+@dataclass
+class CompareConfig:
+    recipes: list[str] | None = field(
+        default=None,
+        metadata={"help": "the recipes compared (YAML; one task), each a method", "positional": "RECIPE"},
+    )
+    seeds: int = field(
+        default=3,
+        metadata={"help": "reported seeds N: the chosen settings trained with the N seeds after the selection seeds"},
+    )
+    select_seeds: int = field(
+        default=1, metadata={"help": "selection seeds K: every grid point trained with seeds 0..K-1, chosen on them"}
+    )
+    reported_seeds: list[int] | None = field(
+        default=None, metadata={"help": "the reported seeds themselves (instead of --seeds)", "metavar": "SEED"}
+    )
+    selection_seeds: list[int] | None = field(
+        default=None, metadata={"help": "the selection seeds themselves (instead of --select-seeds)", "metavar": "SEED"}
+    )
+    grid: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "a grid axis, repeat the flag for more: [N:]KEY=V1,V2,... varies recipe key KEY over the values for "
+            "recipe N (its position, 1-based, or its file name without .yaml), or for every recipe without N; the "
+            "axes of a recipe multiply; one value sets the key (a fixed override)",
+            "metavar": "[N:]KEY=V1,V2",
+            "action": "append",
+        },
+    )
+    select_metric: str = field(
+        default=DEFAULT_SELECT_METRIC,
+        metadata={
+            "help": "the validation metric a grid point is chosen by (mean over the selection seeds, of the method's "
+            "own predictive)",
+            "choices": tuple(selection_criteria()),
+        },
+    )
+    baselines: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": f"baselines derived from each recipe's runs, comma-separated or several: {', '.join(BASELINE_NAMES)} "
+            "(default: every one that applies; one asked for must apply)",
+        },
+    )
+    select_split: str = field(
+        default="validation",
+        metadata={"help": "the held-out split of the choice, temperature scaling and early stopping"},
+    )
+    split: str = field(default="test", metadata={"help": "the reported split, read only once the choice is final"})
+    samples: int | None = field(
+        default=None,
+        metadata={"help": "posterior and MC-dropout samples S at evaluation (default: each run's final_eval_samples)"},
+    )
+    checkpoints: int = field(
+        default=4, metadata={"help": "early stopping: checkpoints per run, evenly spaced, the final one included"}
+    )
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
+    batch_size: int = field(default=32, metadata={"help": "examples per forward pass at evaluation"})
+    bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap replicates"})
+    dry_run: bool = field(
+        default=False, metadata={"help": "print the plan and its estimated time (from a measured step) and stop"}
+    )
+    out: str | None = field(
+        default=None,
+        metadata={"help": "output dir: every run, every evaluation and the report (a killed compare resumes in it)"},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "start afresh in an --out that a compare wrote"})
+
+    def __post_init__(self):
+        if not self.recipes:
+            raise ValueError("at least one RECIPE is required")
+        if self.out is None and not self.dry_run:
+            raise ValueError("out is required (where the runs, evaluations and report go)")
+        for key, low in (("seeds", 0), ("select_seeds", 0), ("checkpoints", 1), ("batch_size", 1), ("bootstrap", 100)):
+            _require_at_least(key, getattr(self, key), low)
+        for key in ("samples", "limit"):
+            if getattr(self, key) is not None:
+                _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)
+        _require_choice("select_metric", self.select_metric, tuple(selection_criteria()))
+        if self.baselines is not None:
+            self.baselines = [name.strip() for item in self.baselines for name in item.split(",") if name.strip()]
+            for name in self.baselines:
+                _require_choice("baselines", name, BASELINE_NAMES)
