@@ -2,8 +2,8 @@
 
 `cli_page()` renders every `ivon-lora` command's parser (`ivon_lora.cli.build_parser`, whose flags are built from
 the config dataclasses' field metadata: help, choices, bounds, default); `recipe_page()` renders every recipe key
-from the recipe's argument dataclasses (their field metadata is what `--help-keys` prints and what the recipe is
-checked against). `docs/hooks.py` writes both into the site at build time, and `tests/test_docs.py` checks that every
+from the recipe's argument dataclasses (their field metadata, bounds and choices included, is what `--help-keys`
+prints and what the recipe is checked against, `ivon_lora.validation.check_fields`). `docs/hooks.py` writes both into the site at build time, and `tests/test_docs.py` checks that every
 flag and key is on them, so the pages cannot drift from the code.
 """
 
@@ -62,7 +62,7 @@ def _values(action: argparse.Action) -> str:
         name = action.metavar
     elif isinstance(action.type, type):
         name = action.type.__name__
-    else:  # no type: a text; a function: a number checked against the field's bounds
+    else:  # no type: a text (a number is an int or a float; its bounds are stated in its help)
         name = "text" if action.type is None else "number"
     return f"`{name}`" + (" ..." if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction) else "")
 
@@ -126,6 +126,7 @@ def recipe_keys() -> list[tuple[type, dataclasses.Field, typing.Any]]:
 def recipe_page() -> str:
     from ivon_lora.config import RENAMED_RECIPE_KEYS
     from ivon_lora.config.parsing import _type_name
+    from ivon_lora.validation import requirement
 
     titles = {"SFTDataArguments": "SFTDataArguments (with `objective: sft`, in place of DataArguments)",
               "IVONTrainingArguments": "IVONTrainingArguments (what IVON adds to TrainingArguments)"}  # fmt: skip
@@ -135,7 +136,8 @@ def recipe_page() -> str:
             current = cls
             lines += ["", f"## {titles.get(cls.__name__, cls.__name__)}", "", "| key | type | default | help |"]
             lines.append("|---|---|---|---|")
-        help_text = _cell(field.metadata.get("help", ""))
+        must = requirement(field)  # the bounds or choices the recipe is checked against, from the same metadata
+        help_text = _cell(field.metadata.get("help", "") + (f" Must be {must}." if must else ""))
         kind = _type_name(annotation).replace(" | ", " or ")
         lines.append(f"| `{field.name}` | `{kind}` | {_cell(_default(field))} | {help_text} |")
     if RENAMED_RECIPE_KEYS:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -230,3 +231,34 @@ def test_yes_no_on_off_are_text_as_in_yaml_1_2_and_only_true_false_are_booleans(
     assert read_yaml(str(recipe)) == {"save_strategy": "no", "eval_strategy": "steps", "remove_unused_columns": False}
     loaded = load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", "save_strategy=no"])
     assert loaded.training.save_strategy == "no"
+
+
+def test_the_bounds_are_written_once_in_the_field_metadata_and_checked_from_there(tmp_path):
+    """A value out of a field's bounds or choices is refused from its metadata (`check_fields`), with the one message
+    form; the same metadata is what --help-keys and the reference pages state. No config repeats a bound by hand."""
+    import inspect
+
+    from ivon_lora.config import arguments, commands, describe_keys
+    from ivon_lora.trainer import config as training_config
+    from ivon_lora.validation import Bounds, check_fields
+
+    for module in (arguments, commands, training_config):
+        assert "_require_" not in inspect.getsource(module), module.__name__
+    assert (0.5 in Bounds(0.0, 1.0), 1.0 in Bounds(0.0, 1.0, high_inclusive=False), float("inf") in Bounds(0)) == (
+        True, False, False)  # fmt: skip
+    assert [str(b) for b in (Bounds(1), Bounds(0.0, low_inclusive=False), Bounds(0.0, 1.0, high_inclusive=False))] == [
+        ">= 1", "> 0", "in [0, 1)"]  # fmt: skip
+    for overrides, message in [(["lora_rank=0"], "Invalid lora_rank value: 0 (must be >= 1)"),
+                               (["lora_dropout=1.0"], "Invalid lora_dropout value: 1.0 (must be in [0, 1))"),
+                               (["ece_bins=[10, 0]"], "Invalid ece_bins value: 0 (must be >= 1)"),
+                               (["quantization_bit=16"], "Invalid quantization_bit value: 16 (must be one of 4, 8)"),
+                               (["prior_scale=nan"], "Invalid prior_scale value: nan (must be a finite number in (0, "),
+                               (["learning_rate=-1"], "Invalid learning_rate value: -1 (must be >= 0)"),
+                               (["ivon_eval_samples=-1"], "Invalid ivon_eval_samples value: -1 (must be >= 0)")]:  # fmt: skip
+        with pytest.raises(RecipeError, match=re.escape(message)):
+            load_recipe(DEMO, [f"output_dir={tmp_path / 'run'}", *overrides])
+    keys = describe_keys()
+    assert "lora_rank (int): LoRA rank r. Must be >= 1." in keys and "Must be one of auto, float32" in keys
+    assert "ivon_eval_samples (int): Posterior samples averaged" in keys and "Must be >= 0." in keys
+    with pytest.raises(ValueError, match=re.escape("Invalid fraction value: 2 (must be in [0, 1])")):
+        check_fields(commands.PruneConfig(run_dir="r", fraction=2, out="o"))

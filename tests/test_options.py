@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ivon_lora.commands._options import add_field_arguments
+from ivon_lora.validation import Bounds
 
 
 @dataclass
@@ -16,7 +17,9 @@ class Toy:
     run_dir: str | None = field(default=None, metadata={"help": "the run"})
     samples: int | None = field(default=None, metadata={"help": "posterior samples S (default: the protocol's)"})
     batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
-    fractions: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "fractions", "bounds": (0.0, 1.0)})
+    fractions: list[float] = field(
+        default_factory=lambda: [0.0], metadata={"help": "fractions", "bounds": Bounds(0.0, 1.0)}
+    )
     scope: str = field(default="global", metadata={"help": "where to rank", "choices": ("global", "matrix")})
     sweep: bool = field(default=False, metadata={"help": "sweep"})
     hidden: str = field(default="x", metadata={"help": "not a flag", "cli": False})
@@ -34,13 +37,13 @@ def test_flags_types_choices_bounds_and_defaults_come_from_the_fields():
     options = parser.parse_args(["--batch-size", "4", "--fractions", "0.1", "0.5", "--scope", "matrix", "--sweep"])
     assert (options.batch_size, options.fractions, options.scope, options.sweep) == (4, [0.1, 0.5], "matrix", True)
     text = parser.format_help()
-    assert "examples per forward pass (default 32)" in text and "fractions (default 0.0)" in text
+    assert "examples per forward pass (default 32)" in text and "fractions (in [0, 1]; default 0.0)" in text
     assert "(default: the protocol's)" in text and "(default None)" not in text
     assert "--run-dir" not in text and "--hidden" not in text
 
 
-@pytest.mark.parametrize("argv", [["--scope", "row"], ["--fractions", "1.5"], ["--batch-size", "x"]])
-def test_a_value_outside_the_fields_choices_or_bounds_is_a_usage_error(argv, capsys):
+@pytest.mark.parametrize("argv", [["--scope", "row"], ["--batch-size", "x"]])
+def test_a_value_outside_the_fields_choices_or_of_another_type_is_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_status:
         _parser().parse_args(argv)
     assert exit_status.value.code == 2 and argv[0] in capsys.readouterr().err
@@ -63,13 +66,16 @@ def _commands_with_a_config() -> dict[str, tuple[argparse.ArgumentParser, type]]
 
 
 def _expected_help(field: dataclasses.Field) -> str:
-    """The field's help, then its default where the help does not already say it (a plain re-statement of the rule)."""
+    """The field's help, then its bounds and its default where the help does not already say it (a plain
+    re-statement of the rule)."""
     help_text = field.metadata["help"]
     if field.default_factory is not dataclasses.MISSING:
         default = " ".join(str(item) for item in field.default_factory())
     else:
         default = None if field.default is None or field.default is False else str(field.default)
-    return help_text if default is None or "default" in help_text else f"{help_text} (default {default})"
+    notes = [str(field.metadata["bounds"])] if "bounds" in field.metadata else []
+    notes += [] if default is None or "default" in help_text else [f"default {default}"]
+    return f"{help_text} ({'; '.join(notes)})" if notes else help_text
 
 
 @pytest.mark.parametrize(
@@ -120,11 +126,30 @@ def test_the_derived_flags_keep_their_types_choices_and_arities():
     assert (options.prompt, options.no_chat) == (["one", "two"], True)  # repeated, not replaced
     options = parsers["merge"].parse_args(["A", "B", "--method", "linear", "ties", "--weights", "0.5", "1"])
     assert (options.inputs, options.method, options.weights) == (["A", "B"], ["linear", "ties"], [0.5, 1.0])
-    for command, argv in [("eval", ["--temperatures", "0"]), ("eval", ["--select-by", "loss"]),
-                          ("prune", ["--fraction", "1.5"]), ("merge", ["--method", "average"]),
+    for command, argv in [("eval", ["--select-by", "loss"]), ("merge", ["--method", "average"]),
                           ("sensitivity", ["--variance", "exact-ish"]), ("generate", ["--samples", "two"])]:  # fmt: skip
         with pytest.raises(SystemExit):
             parsers[command].parse_args(["R", *argv])
+
+
+@pytest.mark.parametrize(
+    "command, argv, message",
+    [("eval", ["--temperatures", "1", "0"], "Invalid temperatures value: 0.0 (must be > 0)"),
+     ("prune", ["--fraction", "1.5", "--out", "o"], "Invalid fraction value: 1.5 (must be in [0, 1])"),
+     ("sensitivity", ["--samples", "1"], "Invalid samples value: 1 (must be >= 2)"),
+     ("refine", ["--ess", "inf", "--out", "o"], "Invalid ess value: inf (must be a finite number > 0)"),
+     ("eval", ["--batch-size", "0"], "Invalid batch_size value: 0 (must be >= 1)")],
+)  # fmt: skip
+def test_a_number_outside_its_fields_bounds_is_refused_by_the_config_as_from_a_yaml_file(command, argv, message):
+    """The bounds are the field's metadata, checked once, by the config: a flag, key=value or YAML value out of them is
+    the same one-line error naming the key (the flag's --help states them)."""
+    from ivon_lora import cli
+    from ivon_lora.errors import RecipeError
+
+    parser, config_class = _commands_with_a_config()[command]
+    assert str(config_class.__dataclass_fields__[argv[0][2:].replace("-", "_")].metadata["bounds"]) in message
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        cli._command(command).config_from(parser.parse_args(["R", *argv]))
 
 
 def test_several_positionals_fill_a_list_field_and_one_run_dir_is_refused_twice():

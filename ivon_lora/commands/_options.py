@@ -1,10 +1,11 @@
 """What the parsers of eval, prune, export, inspect, generate, sensitivity and merge share: their RUN_DIR /
 CONFIG.yaml / key=value positionals (`add_config_arguments`), the flags of their config dataclass's fields
-(`add_field_arguments`), bounded numbers; and turning parsed options into the command's typed config
+(`add_field_arguments`); and turning parsed options into the command's typed config
 (`config_from_options`, `ivon_lora.config`).
 
 A flag's help, default, choices and bounds are written once, in its field's metadata: `help`, and optionally
-`choices`, `bounds` (low, high, low_inclusive), `metavar`, `flag` (its name, if not --name-with-dashes), `action`
+`choices`, `bounds` (an `ivon_lora.validation.Bounds`, stated in the help and checked by the config with the values
+of a YAML file), `metavar`, `flag` (its name, if not --name-with-dashes), `action`
 (`append`: a list given one value per flag, the flag repeated), `positional` (the field that the RUN_DIR
 positionals fill, with this metavar; no flag), `cli: False` (no flag) and `formerly` (the field's former name: its
 flag still works, with a FutureWarning naming the new one). The default shown in --help is the
@@ -19,8 +20,6 @@ import dataclasses
 import os
 import types
 import typing
-
-from ..validation import Bounds
 
 
 def positional_field(config_class) -> dataclasses.Field:
@@ -37,18 +36,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
         help=f"{name}: {field.metadata['help']}; CONFIG.yaml: a YAML mapping of the options below (flag names with _ "
              "for -); key=value: one option, overriding the config",
     )  # fmt: skip
-
-
-def number_in(low: float, high: float, low_inclusive: bool = True):
-    bounds = Bounds(low, high, low_inclusive)
-
-    def parse(text: str) -> float:
-        value = float(text)
-        if value not in bounds:
-            raise argparse.ArgumentTypeError(f"Invalid value: {value!r} (must be {bounds.requirement(value)})")
-        return value
-
-    return parse
 
 
 def config_from_options(options: argparse.Namespace, config_class, command: str):
@@ -90,10 +77,13 @@ def _default_text(field: dataclasses.Field) -> str | None:
 
 
 def flag_help(field: dataclasses.Field) -> str:
-    """A field's help with its default appended, unless the help already says what the default is."""
+    """A field's help with its bounds (from its metadata, as the config checks them) and its default appended, unless
+    the help already says what the default is: "examples per forward pass (>= 1; default 32)"."""
     help_text = field.metadata.get("help", "")
     default = _default_text(field)
-    return f"{help_text} (default {default})" if default is not None and "default" not in help_text else help_text
+    notes = [str(field.metadata["bounds"])] if "bounds" in field.metadata else []
+    notes += [f"default {default}"] if default is not None and "default" not in help_text else []
+    return f"{help_text} ({'; '.join(notes)})" if notes else help_text
 
 
 def _item_type(annotation):
@@ -126,10 +116,9 @@ def add_field_arguments(parser: argparse.ArgumentParser, config_class, skip=()) 
             parser.add_argument(flag, dest=field.name, action="store_true", default=argparse.SUPPRESS,
                                 help=flag_help(field))  # fmt: skip
             continue
+        # A number's bounds are the config's to check (one message, one line, as for a YAML value), not argparse's.
         options = {"dest": field.name, "help": flag_help(field)}
-        if "bounds" in metadata:
-            options["type"] = number_in(*metadata["bounds"])
-        elif item in (int, float):
+        if item in (int, float):
             options["type"] = item
         if "choices" in metadata:
             options["choices"] = list(metadata["choices"])

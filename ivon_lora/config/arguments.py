@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 from ..objectives import OBJECTIVES
 from ..vocabulary import ANSWER_SCORINGS, DEFAULT_ECE_BINS
-from ..validation import invalid_value, one_of
-from .parsing import _require_at_least, _require_choice, _require_in
+from ..validation import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_fields, invalid_value, one_of
 
 
 @dataclass
@@ -25,17 +24,29 @@ class ModelArguments:
     gguf_file: str | None = field(
         default=None, metadata={"help": "A GGUF file in model_name_or_path (local dir or Hub id) to load, dequantized."}
     )
-    dtype: str = field(default="auto", metadata={"help": "Base weights: auto, float32, bfloat16 or float16."})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Base weights' dtype (auto: the checkpoint's).",
+            "choices": ("auto", "float32", "bfloat16", "float16"),
+        },
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r.", "bounds": AT_LEAST_ONE})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
+    lora_dropout: float = field(
+        default=0.1, metadata={"help": "Dropout on the LoRA input.", "bounds": Bounds(0.0, 1.0, high_inclusive=False)}
+    )
     lora_target: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata={"help": "Module names to adapt, or ['all-linear']."},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     quantization_bit: int | None = field(
-        default=None, metadata={"help": "Load the base in 4-bit NF4 or 8-bit with bitsandbytes (QLoRA); None: no."}
+        default=None,
+        metadata={
+            "help": "Load the base in 4-bit NF4 or 8-bit with bitsandbytes (QLoRA); None: no.",
+            "choices": (4, 8),
+        },
     )
     prompt_format: str = field(
         default="plain",
@@ -49,21 +60,17 @@ class ModelArguments:
         metadata={
             "help": "Multiple choice: letter (one answer token at the prompt's end), text "
             "(each answer text's summed log-prob, lm-eval acc) or text_norm (divided "
-            "by its characters, lm-eval acc_norm); K-way softmax in every case."
+            "by its characters, lm-eval acc_norm); K-way softmax in every case.",
+            "choices": tuple(ANSWER_SCORINGS),
         },
     )
 
     def __post_init__(self):
         from ..choice.prompts import PROMPT_FORMATS
 
-        if self.quantization_bit not in (None, 4, 8):
-            raise ValueError(invalid_value("quantization_bit", self.quantization_bit, "4, 8 or null"))
-        if self.prompt_format not in PROMPT_FORMATS:
+        check_fields(self)
+        if self.prompt_format not in PROMPT_FORMATS:  # a registry of the choice package, read when it is needed
             raise ValueError(invalid_value("prompt_format", self.prompt_format, one_of(PROMPT_FORMATS)))
-        if self.answer_scoring not in ANSWER_SCORINGS:
-            raise ValueError(invalid_value("answer_scoring", self.answer_scoring, one_of(ANSWER_SCORINGS)))
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(invalid_value("dtype", self.dtype, one_of(("auto", "float32", "bfloat16", "float16"))))
         if self.model_name_or_path.startswith("builtin:"):
             from ..builtin import BUILTIN_MODELS
             from ..packaged import PACKAGED_MODELS
@@ -75,10 +82,6 @@ class ModelArguments:
                 )
         if self.gguf_file is not None and self.quantization_bit is not None:
             raise ValueError("gguf_file and quantization_bit cannot be combined: a GGUF base loads dequantized")
-        if self.lora_rank < 1:
-            raise ValueError(invalid_value("lora_rank", self.lora_rank, ">= 1"))
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(invalid_value("lora_dropout", self.lora_dropout, "in [0, 1)"))
         if not self.lora_target or not all(self.lora_target):
             raise ValueError(invalid_value("lora_target", self.lora_target, "at least one module name, or all-linear"))
 
@@ -95,16 +98,21 @@ class DataArguments:
         default=None, metadata={"help": "Local json/jsonl/parquet/csv eval records (a file or a dir of them)."}
     )
     max_length: int = field(
-        default=320, metadata={"help": "Max prompt tokens (longer prompts lose their middle; the count is reported)."}
+        default=320,
+        metadata={
+            "help": "Max prompt tokens (longer prompts lose their middle; the count is reported).",
+            "bounds": AT_LEAST_ONE,
+        },
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train records."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N eval records."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N train records.", "bounds": AT_LEAST_ONE}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N eval records.", "bounds": AT_LEAST_ONE}
+    )
 
     def __post_init__(self):
-        _require_at_least("max_length", self.max_length, 1)
-        for key in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, key) is not None:
-                _require_at_least(key, getattr(self, key), 1)
+        check_fields(self)
 
 
 @dataclass
@@ -127,15 +135,17 @@ class SFTDataArguments:
     eval_file: str | None = field(
         default=None, metadata={"help": "Local json/jsonl/parquet eval rows (messages, prompt/completion or alpaca)."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N eval rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N train rows.", "bounds": AT_LEAST_ONE}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N eval rows.", "bounds": AT_LEAST_ONE}
+    )
 
     def __post_init__(self):
         if self.dataset is None and self.train_file is None:
             raise ValueError("an sft recipe needs dataset (a built-in name or a Hub id) or train_file")
-        for key in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, key) is not None:
-                _require_at_least(key, getattr(self, key), 1)
+        check_fields(self)
 
 
 @dataclass
@@ -144,7 +154,8 @@ class RunArguments:
         default="choice",
         metadata={
             "help": "choice: the K answer letters' cross-entropy (multiple-choice tasks); sft: causal-LM loss on "
-            "instruction/chat data through TRL (needs ivon-lora[sft]; keys: SFTDataArguments, SFTConfig)."
+            "instruction/chat data through TRL (needs ivon-lora[sft]; keys: SFTDataArguments, SFTConfig).",
+            "choices": OBJECTIVES,
         },
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
@@ -157,10 +168,12 @@ class RunArguments:
             "help": "Posterior samples S of the evaluation after training (the reported eval_split); the "
             "Trainer's sampled evaluation during training is ivon_eval_samples. Formerly eval_mc_samples.",
             "formerly": "eval_mc_samples",
+            "bounds": NON_NEGATIVE,
         },
     )
     ece_bins: list[int] = field(
-        default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts to report."}
+        default_factory=lambda: list(DEFAULT_ECE_BINS),
+        metadata={"help": "ECE bin counts to report.", "bounds": AT_LEAST_ONE},
     )
     eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation's posterior samples."})
     prior_from: str | None = field(
@@ -173,7 +186,8 @@ class RunArguments:
     prior_scale: float = field(
         default=1.0,
         metadata={
-            "help": "Multiplies prior_from's precision: below 1 tempers (widens) the prior, above 1 sharpens it."
+            "help": "Multiplies prior_from's precision: below 1 tempers (widens) the prior, above 1 sharpens it.",
+            "bounds": Bounds(0.0, 1e6, low_inclusive=False),
         },
     )
     init_from: str | None = field(
@@ -184,13 +198,9 @@ class RunArguments:
     )
 
     def __post_init__(self):
-        _require_choice("objective", self.objective, OBJECTIVES)
-        _require_in("prior_scale", self.prior_scale, 0.0, 1e6, low_inclusive=False)
+        check_fields(self)
         if self.prior_from is not None and self.init_from is not None:
             raise ValueError("prior_from and init_from cannot be combined: prior_from already starts at its run's mean")
-        _require_at_least("final_eval_samples", self.final_eval_samples, 0)
-        for bins in self.ece_bins:
-            _require_at_least("ece_bins", bins, 1)
 
 
 def run_default(recipe, key: str):

@@ -21,10 +21,8 @@ from ..vocabulary import (
     PRUNE_SCOPES,
     selection_criteria,
 )
+from ..validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Bounds, check_fields
 from .parsing import (
-    _require_at_least,
-    _require_choice,
-    _require_in,
     check_values,
     parse_overrides,
     parse_values,
@@ -34,10 +32,6 @@ from .parsing import (
 )
 
 
-# Bounds of a flag's number (low, high, low_inclusive), checked when it is parsed; __post_init__ checks them again for
-# the values of a YAML file or key=value.
-UNIT_INTERVAL = (0.0, 1.0, True)
-POSITIVE = (0.0, float("inf"), False)
 TRUST_REMOTE_CODE_HELP = (
     "run the run's base model's own code, which its recipe's trust_remote_code: true asks for "
     "(a run dir's setting alone is never enough: only for runs whose code you trust)"
@@ -56,7 +50,7 @@ class PruneConfig(OutputArguments):
         default=None, metadata={"help": "run or checkpoint dir trained with optim=ivon", "positional": "RUN_DIR"}
     )
     fraction: float | None = field(
-        default=None, metadata={"help": "fraction of adapter entries to prune, 0-1 (required)", "bounds": UNIT_INTERVAL}
+        default=None, metadata={"help": "fraction of adapter entries to prune (required)", "bounds": UNIT_INTERVAL}
     )
     scope: str = field(
         default="global", metadata={"help": "rank entries globally or per matrix", "choices": PRUNE_SCOPES}
@@ -71,11 +65,7 @@ class PruneConfig(OutputArguments):
         for key in ("run_dir", "fraction", "out"):
             if getattr(self, key) is None:
                 raise ValueError(f"{key} is required")
-        _require_in("fraction", self.fraction, 0.0, 1.0)
-        _require_in("temperature", self.temperature, 0.0, float("inf"), low_inclusive=False)
-        _require_choice("scope", self.scope, PRUNE_SCOPES)
-        _require_choice("mode", self.mode, PRUNE_MODES)
-        _require_choice("criterion", self.criterion, PRUNE_CRITERIA)
+        check_fields(self)
 
 
 @dataclass
@@ -112,30 +102,40 @@ class EvalConfig(OutputArguments):
     samples: int | None = field(
         default=None,
         metadata={
+            "bounds": NON_NEGATIVE,
             "help": "posterior samples S, every kind of task (default: the run's own final_eval_samples; 10 for a run "
-            "without a recipe); eval.json's plan records which source set it"
+            "without a recipe); eval.json's plan records which source set it",
         },
     )
-    batch_size: int = field(default=32, metadata={"help": "examples per forward pass"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
+    batch_size: int = field(default=32, metadata={"bounds": AT_LEAST_ONE, "help": "examples per forward pass"})
+    limit: int | None = field(
+        default=None, metadata={"bounds": AT_LEAST_ONE, "help": "evaluate only the first N records of each split"}
+    )
     seed: int | None = field(
         default=None, metadata={"help": "seed of the samples (default: the run's own eval_seed; 0 without a recipe)"}
     )
     samples_per_pass: int = field(
         default=0,
         metadata={
+            "bounds": NON_NEGATIVE,
             "help": "multiple-choice tasks: score K posterior samples per forward pass, each with its own LoRA delta on "
             "a stacked batch (default 0: one sample per pass)",
             "metavar": "K",
             "formerly": "batched_samples",
         },
     )
-    ece_bins: list[int] = field(default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"help": "ECE bin counts"})
+    ece_bins: list[int] = field(
+        default_factory=lambda: list(DEFAULT_ECE_BINS), metadata={"bounds": AT_LEAST_ONE, "help": "ECE bin counts"}
+    )
     baseline: str | None = field(
         default=None, metadata={"help": "a second run dir (e.g. AdamW) evaluated side by side"}
     )
     mc_dropout_samples: int = field(
-        default=0, metadata={"help": "MC-dropout samples for runs without a posterior (default 0: weights only)"}
+        default=0,
+        metadata={
+            "bounds": NON_NEGATIVE,
+            "help": "MC-dropout samples for runs without a posterior (default 0: weights only)",
+        },
     )
     decoding: str = field(
         default="mean",
@@ -153,10 +153,10 @@ class EvalConfig(OutputArguments):
         },
     )
     prune_fractions: list[float] = field(
-        default_factory=lambda: [0.0], metadata={"help": "pruning fractions, 0-1", "bounds": UNIT_INTERVAL}
+        default_factory=lambda: [0.0], metadata={"help": "pruning fractions", "bounds": UNIT_INTERVAL}
     )
     temperatures: list[float] = field(
-        default_factory=lambda: [1.0], metadata={"help": "posterior temperatures, > 0", "bounds": POSITIVE}
+        default_factory=lambda: [1.0], metadata={"help": "posterior temperatures", "bounds": POSITIVE}
     )
     sweep: bool = field(
         default=False, metadata={"help": f"sweep the pruning fractions {', '.join(map(str, DEFAULT_PRUNE_FRACTIONS))}"}
@@ -214,16 +214,7 @@ class EvalConfig(OutputArguments):
     def __post_init__(self):
         if self.run_dir is None:
             raise ValueError("run_dir is required")
-        _require_at_least("batch_size", self.batch_size, 1)
-        _require_at_least("mc_dropout_samples", self.mc_dropout_samples, 0)
-        _require_at_least("samples_per_pass", self.samples_per_pass, 0)
-        _require_in("sampling_temperature", self.sampling_temperature, 0.0, float("inf"), low_inclusive=False)
-        _require_choice("decoding", self.decoding, DECODING_MODES)
-        for key in ("samples", "limit"):
-            if getattr(self, key) is not None:
-                _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)
-        for bins in self.ece_bins:
-            _require_at_least("ece_bins", bins, 1)
+        check_fields(self)
         if self.lm_eval_tasks is not None:
             self.lm_eval_tasks = [
                 name.strip() for item in self.lm_eval_tasks for name in item.split(",") if name.strip()
@@ -232,14 +223,6 @@ class EvalConfig(OutputArguments):
                 raise ValueError("lm_eval_tasks names no task: pass e.g. arc_easy,hellaswag")
         if self.sweep:
             self.prune_fractions = list(DEFAULT_PRUNE_FRACTIONS)
-        for fraction in self.prune_fractions:
-            _require_in("prune_fractions", fraction, 0.0, 1.0)
-        for temperature in self.temperatures:
-            _require_in("temperatures", temperature, 0.0, float("inf"), low_inclusive=False)
-        _require_choice("prune_scope", self.prune_scope, PRUNE_SCOPES)
-        _require_choice("prune_mode", self.prune_mode, PRUNE_MODES)
-        _require_choice("prune_criterion", self.prune_criterion, PRUNE_CRITERIA)
-        _require_choice("select_by", self.select_by, list(selection_criteria()))
         if self.ensemble is not None and len(self.ensemble) < 2:
             raise ValueError("ensemble needs at least 2 run dirs")
 
@@ -267,13 +250,13 @@ class InspectConfig(OutputArguments):
         },
     )
     curvature_limit: int = field(
-        default=256, metadata={"help": "--curvature: train examples it is measured on, at most"}
+        default=256, metadata={"bounds": AT_LEAST_ONE, "help": "--curvature: train examples it is measured on, at most"}
     )
 
     def __post_init__(self):
         if self.run_dir is None:
             raise ValueError("run_dir is required")
-        _require_at_least("curvature_limit", self.curvature_limit, 1)
+        check_fields(self)
 
 
 @dataclass
@@ -292,10 +275,12 @@ class GenerateConfig:
             "metavar": "FILE",
         },
     )
-    samples: int = field(default=0, metadata={"help": "posterior samples S, one answer each"})
+    samples: int = field(default=0, metadata={"bounds": NON_NEGATIVE, "help": "posterior samples S, one answer each"})
     seed: int = field(default=0, metadata={"help": "seed of the posterior samples"})
-    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
-    batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
+    max_new_tokens: int = field(
+        default=64, metadata={"bounds": AT_LEAST_ONE, "help": "tokens generated per answer at most"}
+    )
+    batch_size: int = field(default=8, metadata={"bounds": AT_LEAST_ONE, "help": "prompts decoded together"})
     system: str | None = field(
         default=None, metadata={"help": "system message of every prompt (needs a chat template)", "metavar": "TEXT"}
     )
@@ -313,8 +298,7 @@ class GenerateConfig:
     def __post_init__(self):
         if self.run_dir is None:
             raise ValueError("run_dir is required")
-        for key, low in (("samples", 0), ("max_new_tokens", 1), ("batch_size", 1)):
-            _require_at_least(key, getattr(self, key), low)
+        check_fields(self)
 
 
 @dataclass
@@ -337,30 +321,26 @@ class SensitivityConfig(OutputArguments):
             "choices": ("exact", "sampled"),
         },
     )
-    samples: int = field(default=10, metadata={"help": "posterior samples S of --variance sampled (>= 2)"})
+    samples: int = field(
+        default=10, metadata={"bounds": Bounds(2), "help": "posterior samples S of --variance sampled"}
+    )
     ess: float | None = field(
         default=None,
         metadata={
+            "bounds": POSITIVE,
             "help": "rescale the posterior to this ess (e.g. the train set size N) for the LOO estimates, rankings "
-            "unchanged (default: the run's)"
+            "unchanged (default: the run's)",
         },
     )
-    top: int = field(default=20, metadata={"help": "most sensitive examples printed"})
-    batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
-    limit: int | None = field(default=None, metadata={"help": "score only the first N records"})
+    top: int = field(default=20, metadata={"bounds": NON_NEGATIVE, "help": "most sensitive examples printed"})
+    batch_size: int = field(default=16, metadata={"bounds": AT_LEAST_ONE, "help": "examples per forward pass"})
+    limit: int | None = field(default=None, metadata={"bounds": AT_LEAST_ONE, "help": "score only the first N records"})
     seed: int = field(default=0, metadata={"help": "seed of the posterior samples (--variance sampled)"})
 
     def __post_init__(self):
         if self.run_dir is None:
             raise ValueError("run_dir is required")
-        _require_choice("variance", self.variance, ("exact", "sampled"))
-        _require_at_least("samples", self.samples, 2)
-        _require_at_least("top", self.top, 0)
-        _require_at_least("batch_size", self.batch_size, 1)
-        if self.limit is not None:
-            _require_at_least("limit", self.limit, 1)
-        if self.ess is not None:
-            _require_in("ess", self.ess, 0.0, float("inf"), low_inclusive=False)
+        check_fields(self)
 
 
 @dataclass
@@ -380,7 +360,10 @@ class RefineConfig(OutputArguments):
     )
     samples: int = field(
         default=DEFAULT_CURVATURE_SAMPLES,
-        metadata={"help": "fisher: labels drawn per example; ivon: antithetic posterior sample pairs per batch"},
+        metadata={
+            "bounds": AT_LEAST_ONE,
+            "help": "fisher: labels drawn per example; ivon: antithetic posterior sample pairs per batch",
+        },
     )
     split: str = field(default="train", metadata={"help": "split of the run's task the curvature is measured on"})
     file: str | None = field(
@@ -389,28 +372,27 @@ class RefineConfig(OutputArguments):
     task: str | None = field(default=None, metadata={"help": "task name (default: the run's dataset)"})
     ess: float | None = field(
         default=None,
-        metadata={"help": "the precision's scale ess·(h + δ), e.g. the train set size N (default: the run's ess)"},
+        metadata={
+            "bounds": POSITIVE,
+            "help": "the precision's scale ess·(h + δ), e.g. the train set size N (default: the run's ess)",
+        },
     )
     prior_precision: float | None = field(
         default=None,
-        metadata={"help": "δ, the prior precision per example (default: the run's weight_decay, else its hess_init)"},
+        metadata={
+            "bounds": POSITIVE,
+            "help": "δ, the prior precision per example (default: the run's weight_decay, else its hess_init)",
+        },
     )
-    batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    batch_size: int = field(default=16, metadata={"bounds": AT_LEAST_ONE, "help": "examples per forward pass"})
+    limit: int | None = field(default=None, metadata={"bounds": AT_LEAST_ONE, "help": "use only the first N records"})
     seed: int = field(default=0, metadata={"help": "seed of the drawn labels or posterior samples"})
 
     def __post_init__(self):
         for key in ("run_dir", "out"):
             if getattr(self, key) is None:
                 raise ValueError(f"{key} is required")
-        _require_choice("method", self.method, CURVATURE_METHODS)
-        _require_at_least("samples", self.samples, 1)
-        _require_at_least("batch_size", self.batch_size, 1)
-        if self.limit is not None:
-            _require_at_least("limit", self.limit, 1)
-        for key in ("ess", "prior_precision"):
-            if getattr(self, key) is not None:
-                _require_in(key, getattr(self, key), 0.0, float("inf"), low_inclusive=False)
+        check_fields(self)
 
 
 @dataclass
@@ -435,19 +417,25 @@ class MergeConfig(OutputArguments):
         },
     )
     density: float | None = field(
-        default=None, metadata={"help": "fraction kept by ties, dare_*, magnitude_prune, in (0, 1]"}
+        default=None,
+        metadata={
+            "bounds": Bounds(0.0, 1.0, low_inclusive=False),
+            "help": "fraction kept by ties, dare_*, magnitude_prune",
+        },
     )
     rank: int | None = field(
         default=None,
         metadata={
-            "help": "rank of the merged adapter (delta space and *_svd; default the sum / PEFT's max of the input ranks)"
+            "bounds": AT_LEAST_ONE,
+            "help": "rank of the merged adapter (delta space and *_svd; default the sum / PEFT's max of the input ranks)",
         },
     )
     base_precision: float = field(
         default=0.0,
         metadata={
+            "bounds": NON_NEGATIVE,
             "help": "uncertainty: H₀ as a multiple of the inputs' mean precision per matrix (0: precision-weighted "
-            "average; large: task arithmetic)"
+            "average; large: task arithmetic)",
         },
     )
     seed: int = field(default=0, metadata={"help": "seed of DARE's random drops"})
@@ -456,7 +444,9 @@ class MergeConfig(OutputArguments):
         default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
         metadata={"help": "--sweep, two runs: the grid of each run's weight"},
     )
-    sweep_steps: int = field(default=4, metadata={"help": "--sweep, three or more runs: simplex lattice step 1/N"})
+    sweep_steps: int = field(
+        default=4, metadata={"bounds": AT_LEAST_ONE, "help": "--sweep, three or more runs: simplex lattice step 1/N"}
+    )
     split: str = field(default="validation", metadata={"help": "--sweep: the split each task is scored on"})
     limit: int | None = field(default=None, metadata={"help": "--sweep: score only the first N records of each split"})
     references: list[str] | None = field(
@@ -473,12 +463,7 @@ class MergeConfig(OutputArguments):
             raise ValueError("several methods need sweep (one merged dir has one method)")
         if not self.sweep and self.out is None:
             raise ValueError("out is required")
-        if self.density is not None:
-            _require_in("density", self.density, 0.0, 1.0, low_inclusive=False)
-        if self.rank is not None:
-            _require_at_least("rank", self.rank, 1)
-        _require_at_least("sweep_steps", self.sweep_steps, 1)
-        _require_in("base_precision", self.base_precision, 0.0, float("inf"))
+        check_fields(self)
 
 
 def load_command_config(cls, command: str, path: str | None, overrides: list[str] = (), flags: dict | None = None):

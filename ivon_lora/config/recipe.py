@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import RecipeError
 from ..objectives import OBJECTIVES, get_objective
+from ..validation import requirement
 from . import objective_parts  # noqa: F401 (provides the recipe's parts of each objective to its record)
 from .arguments import DataArguments, ModelArguments, RunArguments, SFTDataArguments
 from .parsing import (
@@ -325,7 +326,8 @@ def describe_keys() -> str:
                 and f.name not in RENAMED_RECIPE_KEYS
                 and not (cls is IVONTrainingArguments and f.name in inherited)
             ):
-                lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}")
+                must = f" Must be {requirement(f)}." if requirement(f) else ""
+                lines.append(f"  {f.name} ({_type_name(hints[f.name])}): {f.metadata.get('help', '')}{must}")
     lines.append("# ...and every other transformers.TrainingArguments field (output_dir, max_steps, bf16, seed, ...);")
     lines.append("# with objective: sft, every trl.SFTConfig field too (max_length, packing, assistant_only_loss, ...)")
     return "\n".join(lines)
