@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..validation import invalid_value, one_of
 from ..vocabulary import selection_criteria
-from .parsing import _require_at_least, _require_choice
 
 # The baselines compare derives from the runs it trains (`ivon_lora.comparison.plan.BASELINES` says what each is).
 BASELINE_NAMES = ("temperature", "early_stopping", "ensemble", "mc_dropout")
@@ -89,13 +89,16 @@ class CompareConfig:
             raise ValueError("at least one RECIPE is required")
         if self.out is None and not self.dry_run:
             raise ValueError("out is required (where the runs, evaluations and report go)")
-        for key, low in (("seeds", 0), ("select_seeds", 0), ("checkpoints", 1), ("batch_size", 1), ("bootstrap", 100)):
-            _require_at_least(key, getattr(self, key), low)
-        for key in ("samples", "limit"):
-            if getattr(self, key) is not None:
-                _require_at_least(key, getattr(self, key), 0 if key == "samples" else 1)
-        _require_choice("select_metric", self.select_metric, tuple(selection_criteria()))
+        lowest = {"seeds": 0, "select_seeds": 0, "checkpoints": 1, "batch_size": 1, "bootstrap": 100, "samples": 0,
+                  "limit": 1}  # fmt: skip
+        for key, low in lowest.items():
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ValueError(invalid_value(key, value, f">= {low}"))
+        if self.select_metric not in selection_criteria():
+            raise ValueError(invalid_value("select_metric", self.select_metric, one_of(selection_criteria())))
         if self.baselines is not None:
             self.baselines = [name.strip() for item in self.baselines for name in item.split(",") if name.strip()]
             for name in self.baselines:
-                _require_choice("baselines", name, BASELINE_NAMES)
+                if name not in BASELINE_NAMES:
+                    raise ValueError(invalid_value("baselines", name, one_of(BASELINE_NAMES)))

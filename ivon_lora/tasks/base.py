@@ -112,7 +112,8 @@ def with_test_size(task: RecordSource, value: str) -> RecordSource:
     except ValueError:
         size = 0
     if size < 1 or str(size) != value.strip():
-        raise KeyError(f"{task.name}:{TEST_SIZE_OPTION}={value}: the test size must be a positive integer")
+        raise KeyError(f"{task.name}:{TEST_SIZE_OPTION}={value}: Invalid {TEST_SIZE_OPTION} value: {value!r} (must be "
+                       "a positive integer)")  # fmt: skip
     return replace(task, name=f"{task.name}:{TEST_SIZE_OPTION}={size}", test_size=size,
                    generator=partial(_test_split_of_size, task.generator, size),
                    description=f"{task.description} Test split of {size} records.")  # fmt: skip
