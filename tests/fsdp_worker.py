@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ivon_lora.optim import IVON
 
 WORLD_SIZE = 2
+# cpu (gloo), as the tests run it; cuda (NCCL) from scripts/gpu_check_fsdp.sh, with one GPU per rank.
+DEVICE = os.environ.get("IVON_FSDP_DEVICE", "cpu")
 SEED = 5
 SETTINGS = {"lr": 0.05, "ess": 1e4, "hess_init": 0.5, "beta2": 0.99, "weight_decay": 1e-3, "clip_radius": 0.1}
 
@@ -44,7 +46,7 @@ def tiny_lora_llama():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.05)
-    return model
+    return model.to(DEVICE)
 
 
 def shard(model):
@@ -72,7 +74,7 @@ def replay_noise(optimizer, rank, world_size):
         for p in params:
             full = torch.randn(p.shape, generator=generator, dtype=noise.dtype) * std
             chunks.append(full.chunk(world_size, dim=0)[rank].reshape(-1) if world_size > 1 else full.reshape(-1))
-        noise.copy_(torch.cat(chunks))
+        noise.copy_(torch.cat(chunks))  # drawn on the CPU, so that every device gets the same numbers
 
     optimizer._sample_noise = sample_noise
 
@@ -83,6 +85,7 @@ def train(model, optimizer, batches, rank, world_size):
         for ids in step_batches:
             if world_size > 1:
                 ids = ids.chunk(world_size)[rank]
+            ids = ids.to(DEVICE)
             with optimizer.sampled_params(train=True):
                 model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
@@ -93,7 +96,7 @@ def full(tensor):
 
 
 def adapter(model):
-    return {name: full(p.detach()).clone() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: full(p.detach()).cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def priors_for(model):
@@ -181,8 +184,8 @@ class Quadratic(nn.Module):
 
 def check_hessian(rank, out, num_steps=800):
     """On a quadratic with a known Hessian, the sharded estimate (each rank's own noise on its shard) converges to it."""
-    curvature = torch.linspace(0.5, 5.0, 200, dtype=torch.float64)
-    center = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)
+    curvature = torch.linspace(0.5, 5.0, 200, dtype=torch.float64, device=DEVICE)
+    center = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64, device=DEVICE)
     model = fully_shard(Quadratic(center))
     optimizer = IVON(model.parameters(), lr=0.0, ess=100.0, hess_init=1.0, beta2=0.99, weight_decay=0.0, seed=0)
     with optimizer.sampled_params():  # the first noise, gathered: each rank draws its own shard's from its own stream
@@ -196,7 +199,7 @@ def check_hessian(rank, out, num_steps=800):
         if step >= num_steps // 2:
             hess = full(optimizer.state[model.x]["hess"]) / (num_steps - num_steps // 2)
             average = hess if average is None else average + hess
-    return {"curvature": curvature, "estimate": average, "first_noise": first_noise}
+    return {"curvature": curvature.cpu(), "estimate": average.cpu(), "first_noise": first_noise.cpu()}
 
 
 def check_resume(rank, out):
@@ -231,7 +234,7 @@ def check_resume(rank, out):
     model.set_requires_gradient_sync(False)
     try:
         with optimizer.sampled_params(train=True):
-            ids = batches[0][0].chunk(WORLD_SIZE)[rank]
+            ids = batches[0][0].chunk(WORLD_SIZE)[rank].to(DEVICE)
             model(input_ids=ids, labels=ids).loss.backward()
         deferred_error = None
     except RuntimeError as error:
@@ -250,7 +253,10 @@ CHECKS = {"equivalence": check_equivalence, "hessian": check_hessian, "resume": 
 
 def main(out: str) -> int:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    if DEVICE == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    backend = "cuda:nccl,cpu:gloo" if DEVICE == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(seconds=120))
     rank = dist.get_rank()
     assert dist.get_world_size() == WORLD_SIZE
     results, failed = {}, False

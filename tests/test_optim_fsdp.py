@@ -23,6 +23,7 @@ TIMEOUT_S = 300
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
+    # IVON_FSDP_DEVICE=cuda in the environment runs the same checks on GPUs with NCCL (scripts/gpu_check_fsdp.sh).
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                PYTHONUNBUFFERED="1")  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER, str(out)]

@@ -32,6 +32,7 @@ HUB_MODELS = {
     "meta-llama/Llama-3.2-1B": "llama3",
     "meta-llama/Llama-3.2-3B": "llama3",
     "meta-llama/Llama-3.1-8B": "llama3",
+    "meta-llama/Llama-3.1-70B": "llama3",
     "Qwen/Qwen2.5-0.5B": "qwen2.5",
     "Qwen/Qwen2.5-1.5B": "qwen2.5",
     "Qwen/Qwen2.5-3B": "qwen2.5",

@@ -101,3 +101,27 @@ def test_the_running_trainers_refusals(with_accelerator):
         "tensor or context parallelism" in _Trainer(parallelism_config=tensor_parallel)._ivon_unsupported_parallelism()
     )
     assert _Trainer(distributed_type="DEEPSPEED")._ivon_unsupported_parallelism() == parallelism.REFUSED_DEEPSPEED
+
+
+def test_the_fsdp2_recipes_memory_estimate_follows_from_the_models_shape():
+    """recipes/llama3/llama-3.1-70b-fsdp2-arc_challenge.yaml states its per-GPU memory: each term recomputed from
+    Llama-3.1-70B's config (hidden 8192, MLP 28672, 80 layers, 8 KV heads of 128, 70.6 B parameters)."""
+    import os
+
+    import yaml
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "llama3",
+                        "llama-3.1-70b-fsdp2-arc_challenge.yaml")  # fmt: skip
+    text = open(path).read()
+    recipe = yaml.safe_load(text)
+    hidden, mlp, layers, kv, params, gpus = 8192, 28672, 80, 8 * 128, 70.6e9, 8
+    assert recipe["lora_target"] == ["q_proj", "v_proj"] and not recipe.get("quantization_bit")
+    lora = layers * recipe["lora_rank"] * ((hidden + hidden) + (hidden + kv))  # A (r x in) + B (out x r), q and v
+    layer = (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * mlp) * 2  # one decoder layer in bf16, bytes
+    stated = [
+        f"{lora / 1e6:.1f} M params x 40 bytes / {gpus}) {lora * 40 / gpus / 1e9:.2f} GB",
+        f"sharded base {params * 2 / gpus / 1e9:.1f} GB",
+        f"two gathered decoder layers {2 * layer / 1e9:.1f} GB",
+    ]
+    for fragment in stated:
+        assert fragment in text, fragment
