@@ -502,6 +502,22 @@ CASES.update(
     }
 )
 
+# optim: ivon under a parallelism it does not support (ivon_lora/trainer/parallelism.py), refused by the config.
+CASES.update(
+    {
+        "ivon-with-fsdp-on-cpu": (lambda r, t: _train(t, "fsdp=full_shard"), "fsdp without an accelerator"),
+        "ivon-with-fsdp1": (
+            lambda r, t: _train(t, "fsdp=full_shard", "fsdp_config={fsdp_version: 1}"),
+            "does not support FSDP1",
+        ),
+        "ivon-with-fsdp-cpu-offload": (lambda r, t: _train(t, "fsdp=full_shard offload"), "pytorch/pytorch#196562"),
+        "ivon-with-deepspeed": (
+            lambda r, t: _train(t, f"deepspeed={_file(t / 'ds.json', '{}')}"),
+            "does not support DeepSpeed",
+        ),
+    }
+)
+
 # Cases that need the model (or lm-eval's, which builds it before loading a task's data) to be found.
 MODEL_LOADS_FIRST = {"generate-prompt-longer-than-the-context", "lm-eval-hub-dataset-unreachable",
                      "eval-lm-eval-hub-dataset-unreachable"}  # fmt: skip
