@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..validation import invalid_value, one_of
+from ..validation import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_fields, invalid_value, one_of
 from ..vocabulary import selection_criteria
 
 # The baselines compare derives from the runs it trains (`ivon_lora.comparison.plan.BASELINES` says what each is).
@@ -24,10 +24,17 @@ class CompareConfig:
     )
     seeds: int = field(
         default=3,
-        metadata={"help": "reported seeds N: the chosen settings trained with the N seeds after the selection seeds"},
+        metadata={
+            "bounds": NON_NEGATIVE,
+            "help": "reported seeds N: the chosen settings trained with the N seeds after the selection seeds",
+        },
     )
     select_seeds: int = field(
-        default=1, metadata={"help": "selection seeds K: every grid point trained with seeds 0..K-1, chosen on them"}
+        default=1,
+        metadata={
+            "bounds": NON_NEGATIVE,
+            "help": "selection seeds K: every grid point trained with seeds 0..K-1, chosen on them",
+        },
     )
     reported_seeds: list[int] | None = field(
         default=None, metadata={"help": "the reported seeds themselves (instead of --seeds)", "metavar": "SEED"}
@@ -67,14 +74,25 @@ class CompareConfig:
     split: str = field(default="test", metadata={"help": "the reported split, read only once the choice is final"})
     samples: int | None = field(
         default=None,
-        metadata={"help": "posterior and MC-dropout samples S at evaluation (default: each run's final_eval_samples)"},
+        metadata={
+            "bounds": NON_NEGATIVE,
+            "help": "posterior and MC-dropout samples S at evaluation (default: each run's final_eval_samples)",
+        },
     )
     checkpoints: int = field(
-        default=4, metadata={"help": "early stopping: checkpoints per run, evenly spaced, the final one included"}
+        default=4,
+        metadata={
+            "bounds": AT_LEAST_ONE,
+            "help": "early stopping: checkpoints per run, evenly spaced, the final one included",
+        },
     )
-    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records of each split"})
-    batch_size: int = field(default=32, metadata={"help": "examples per forward pass at evaluation"})
-    bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap replicates"})
+    limit: int | None = field(
+        default=None, metadata={"bounds": AT_LEAST_ONE, "help": "evaluate only the first N records of each split"}
+    )
+    batch_size: int = field(
+        default=32, metadata={"bounds": AT_LEAST_ONE, "help": "examples per forward pass at evaluation"}
+    )
+    bootstrap: int = field(default=2000, metadata={"bounds": Bounds(100), "help": "paired bootstrap replicates"})
     dry_run: bool = field(
         default=False, metadata={"help": "print the plan and its estimated time (from a measured step) and stop"}
     )
@@ -89,16 +107,9 @@ class CompareConfig:
             raise ValueError("at least one RECIPE is required")
         if self.out is None and not self.dry_run:
             raise ValueError("out is required (where the runs, evaluations and report go)")
-        lowest = {"seeds": 0, "select_seeds": 0, "checkpoints": 1, "batch_size": 1, "bootstrap": 100, "samples": 0,
-                  "limit": 1}  # fmt: skip
-        for key, low in lowest.items():
-            value = getattr(self, key)
-            if value is not None and value < low:
-                raise ValueError(invalid_value(key, value, f">= {low}"))
-        if self.select_metric not in selection_criteria():
-            raise ValueError(invalid_value("select_metric", self.select_metric, one_of(selection_criteria())))
+        check_fields(self)  # the bounds and choices of the fields' metadata
         if self.baselines is not None:
             self.baselines = [name.strip() for item in self.baselines for name in item.split(",") if name.strip()]
-            for name in self.baselines:
+            for name in self.baselines:  # checked once split: a flag's value may list several, comma-separated
                 if name not in BASELINE_NAMES:
                     raise ValueError(invalid_value("baselines", name, one_of(BASELINE_NAMES)))

@@ -1,8 +1,8 @@
 """The pre-pass every config goes through: a YAML file (`read_yaml`, refusing a key given twice), key=value overrides
 (`parse_overrides`), every key known (else "did you mean") and every value of its field's type (`check_values`,
 accepting YAML's string spellings of floats such as `1e6`), then the dataclasses built from the checked values
-(`parse_values`), their own validation errors naming the config; and the `_require_*` validators their
-`__post_init__`s share. Imports no other part of the package but the errors leaf.
+(`parse_values`), their own validation errors naming the config (their bounds and choices are field metadata,
+checked by `ivon_lora.validation.check_fields`). Imports no other part of the package but the leaves.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import math
 import os
 import re
 import types
@@ -20,7 +19,6 @@ import warnings
 import yaml
 
 from ..errors import RecipeError
-from ..validation import Bounds, invalid_value, one_of
 
 
 def _accepts(value, annotation) -> tuple[bool, object]:
@@ -209,19 +207,3 @@ def parse_values(values: dict, classes, where: str = "", kind: str = "recipe", c
 
 def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _require_at_least(key: str, value: int, low: int) -> None:
-    _require_in(key, value, low, math.inf)
-
-
-def _require_choice(key: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(invalid_value(key, value, one_of(choices)))
-
-
-def _require_in(key: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
-    """`value` in the interval, and finite (an infinite `high` means no upper bound, not that inf is allowed)."""
-    bounds = Bounds(low, high, low_inclusive)
-    if value not in bounds:
-        raise ValueError(invalid_value(key, value, bounds.requirement(value)))
