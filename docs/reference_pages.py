@@ -16,7 +16,7 @@ import typing
 INTRO_CLI = """# Command line
 
 Generated from the parsers of `ivon-lora` (`ivon_lora.cli.build_parser`) when the site is built: each command's
-flags come from its config dataclass's field metadata (`ivon_lora.config.commands`), the same metadata that builds
+flags come from its config dataclass's field metadata (`ivon_lora.config`), the same metadata that builds
 the parser, so this page lists exactly what the installed version accepts. `ivon-lora COMMAND --help` prints the
 same. Every command but `train` and `lm-eval` also reads its options from a YAML file whose keys are the flag names
 with `_` for `-` (`ivon-lora prune CONFIG.yaml key=value ...`); flags given on the command line win. See

@@ -238,11 +238,11 @@ def test_the_bounds_are_written_once_in_the_field_metadata_and_checked_from_ther
     form; the same metadata is what --help-keys and the reference pages state. No config repeats a bound by hand."""
     import inspect
 
-    from ivon_lora.config import arguments, commands, compare, describe_keys
+    from ivon_lora.config import arguments, commands, compare, describe_keys, evaluation, posterior_commands
     from ivon_lora.trainer import config as training_config
     from ivon_lora.validation import Bounds, check_fields
 
-    for module in (arguments, commands, compare, training_config):
+    for module in (arguments, commands, compare, evaluation, posterior_commands, training_config):
         assert "_require_" not in inspect.getsource(module), module.__name__
     assert (0.5 in Bounds(0.0, 1.0), 1.0 in Bounds(0.0, 1.0, high_inclusive=False), float("inf") in Bounds(0)) == (
         True, False, False)  # fmt: skip
@@ -261,4 +261,4 @@ def test_the_bounds_are_written_once_in_the_field_metadata_and_checked_from_ther
     assert "lora_rank (int): LoRA rank r. Must be >= 1." in keys and "Must be one of auto, float32" in keys
     assert "ivon_eval_samples (int): Posterior samples averaged" in keys and "Must be >= 0." in keys
     with pytest.raises(ValueError, match=re.escape("Invalid fraction value: 2 (must be in [0, 1])")):
-        check_fields(commands.PruneConfig(run_dir="r", fraction=2, out="o"))
+        check_fields(posterior_commands.PruneConfig(run_dir="r", fraction=2, out="o"))

@@ -9,10 +9,12 @@ checked values. Everything a config can get wrong (unknown key, wrong type, miss
 previous result) is reported here, naming the key, before any model or data loads.
 
 One module per concern:
-- `parsing`: YAML files, key=value overrides, the did-you-mean and type pre-pass, the shared validators;
+- `parsing`: YAML files, key=value overrides and renamed keys, the did-you-mean and type pre-pass;
 - `arguments`: the recipe's model, data and run argument classes;
 - `recipe`: `Recipe`, `load_recipe` and its checks (names, files, local model dir, resuming), `describe_keys`;
-- `commands`: the configs of the commands other than train, whose field metadata their parsers are built from.
+- `commands`, `evaluation`, `posterior_commands`, `compare`: the configs of the commands other than train, one module
+  per command family, whose field metadata their parsers are built from (bounds and choices included, checked by
+  `ivon_lora.validation.check_fields`).
 
 The vocabularies the values are checked against live in the leaf `ivon_lora.vocabulary`, and the training
 arguments (transformers' TrainingArguments) are imported only to build them: this package imports neither the
@@ -21,20 +23,11 @@ evaluation nor the trainer code at import time, and a saved run's recipe parses 
 
 from ..errors import RecipeError
 from .arguments import DataArguments, ModelArguments, RunArguments, SFTDataArguments
-from .commands import (
-    EvalConfig,
-    ExportConfig,
-    GenerateConfig,
-    InspectConfig,
-    MergeConfig,
-    OutputArguments,
-    PruneConfig,
-    RefineConfig,
-    SensitivityConfig,
-    load_command_config,
-)
+from .commands import ExportConfig, GenerateConfig, MergeConfig, OutputArguments, load_command_config
 from .compare import CompareConfig
+from .evaluation import EvalConfig
 from .parsing import COMMAND_LINE, check_values, parse_overrides, parse_values, read_yaml
+from .posterior_commands import InspectConfig, PruneConfig, RefineConfig, SensitivityConfig
 from .recipe import (
     RENAMED_RECIPE_KEYS,
     WEIGHT_SUFFIXES,
