@@ -248,7 +248,97 @@ def check_resume(rank, out):
     }
 
 
-CHECKS = {"equivalence": check_equivalence, "hessian": check_hessian, "resume": check_resume}
+# ----------------------------------------------------------------------------------------- through the Trainer
+
+
+def trainer_class(fsdp2: bool):
+    """ChoiceTrainer, with Accelerate's FSDP2 switched on when `fsdp2`: Accelerate enables FSDP only on accelerators
+    (on CPU its state says MULTI_CPU), but its FSDP2 preparation (fully_shard by decoder layer, the optimizer's
+    parameters swapped for the shards, the checkpoints) runs on CPU, so the Trainer's FSDP2 path is tested here."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from ivon_lora.choice import ChoiceTrainer
+
+    class FSDP2Trainer(ChoiceTrainer):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            state = self.accelerator.state
+            state.distributed_type = DistributedType.FSDP
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(
+                fsdp_version=2, reshard_after_forward=True, auto_wrap_policy="transformer_based_wrap",
+                transformer_cls_names_to_wrap=["LlamaDecoderLayer"], state_dict_type="SHARDED_STATE_DICT",
+            )  # fmt: skip
+            self.is_fsdp_enabled = True
+
+    return FSDP2Trainer if fsdp2 else ChoiceTrainer
+
+
+def replayed_noise(self, params, noise, std):
+    """IVON._sample_noise replaced: a full-shape draw per parameter from one generator (the same in every process),
+    of which a shard keeps its chunk; the single-process run and the sharded one then use the same noise."""
+    if not hasattr(self, "_replay"):
+        self._replay = torch.Generator().manual_seed(99)
+    chunks = []
+    for p in params:
+        draw = torch.randn(p.shape, generator=self._replay, dtype=noise.dtype) * std
+        if isinstance(p, DTensor):
+            draw = draw.chunk(p.device_mesh.size(), dim=0)[p.device_mesh.get_local_rank()]
+        chunks.append(draw.reshape(-1))
+    noise.copy_(torch.cat(chunks))
+
+
+def trainer_run(run_dir, world_size, replay=False, resume_from=None):
+    """IVON through the Trainer: 4 steps of 2 micro-batches on the global batch 8 (4 per rank on 2 ranks), a checkpoint
+    at step 2, max_grad_norm 1 (clipped on the sharded gradients); the final adapter and posterior saved."""
+    from distributed_worker import hf_fixtures
+
+    from ivon_lora.choice import ChoiceCollator
+    from ivon_lora.trainer import IVONTrainingArguments
+
+    tokenizer, dataset, build_model = hf_fixtures()
+    model = build_model()
+    for module in model.modules():  # no dropout: the sharded and the single-process run see the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    args = IVONTrainingArguments(
+        output_dir=run_dir, max_steps=4, per_device_train_batch_size=8 // world_size, gradient_accumulation_steps=2,
+        learning_rate=0.05, ivon_ess=1e6, ivon_hess_init=1e-3, weight_decay=1e-4, max_grad_norm=1.0,
+        lr_scheduler_type="constant", save_strategy="steps", save_steps=2, logging_steps=1, report_to="none",
+        use_cpu=True, remove_unused_columns=False, disable_tqdm=True, seed=7,
+    )  # fmt: skip
+    trainer = trainer_class(world_size > 1)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                            data_collator=ChoiceCollator(tokenizer))  # fmt: skip
+    original = IVON._sample_noise
+    if replay:
+        IVON._sample_noise = replayed_noise
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        IVON._sample_noise = original
+    trainer.save_model(os.path.join(run_dir, "final"))  # every rank: the posterior is gathered from the shards
+    return trainer
+
+
+def check_trainer(rank, out):
+    """FSDP2 through the Trainer: the optimizer is sharded with the model; a run with replayed noise (compared with a
+    single process in the test); a run resumed from its step-2 checkpoint (compared with the uninterrupted one)."""
+    replayed = trainer_run(os.path.join(out, "trainer-replayed"), WORLD_SIZE, replay=True)
+    ivon = replayed.ivon_optimizer
+    result = {
+        "sharded_world_size": ivon.sharded_world_size,
+        "model_is_fsdp": type(replayed.model_wrapped).__name__,
+        "state_is_sharded": all(isinstance(ivon.state[p]["hess"], DTensor) for p in ivon.param_groups[0]["params"]),
+    }
+    trainer_run(os.path.join(out, "trainer-straight"), WORLD_SIZE)
+    dist.barrier()
+    checkpoint = os.path.join(out, "trainer-straight", "checkpoint-2")
+    result["checkpoint_files"] = sorted(os.listdir(checkpoint))
+    trainer_run(os.path.join(out, "trainer-resumed"), WORLD_SIZE, resume_from=checkpoint)
+    dist.barrier()
+    return result
+
+
+CHECKS = {"equivalence": check_equivalence, "hessian": check_hessian, "resume": check_resume, "trainer": check_trainer}
 
 
 def main(out: str) -> int:

@@ -48,7 +48,18 @@ class _GatheredModel:
         return getattr(self._model, name)
 
 
-def gathered_posterior(optimizer, model) -> Posterior:
+def gather_full_params(optimizer) -> dict:
+    """Every parameter of an IVON optimizer with its full tensor: all-gathered if sharded (every rank calls it)."""
+    return {p: _full(p.detach()) for group in optimizer.param_groups for p in group["params"]}
+
+
+def gathered_adapter_state_dict(model, full_params: dict) -> dict:
+    """The model's optimized parameters by name, full: what `save_pretrained(state_dict=...)` filters the adapter from
+    (only the LoRA tensors are gathered, never the sharded base model)."""
+    return {name: full_params[p] for name, p in model.named_parameters() if p in full_params}
+
+
+def gathered_posterior(optimizer, model, full_params: dict | None = None) -> Posterior:
     """The posterior of an IVON optimizer over `model`'s adapter, with sharded (FSDP2) tensors gathered in full.
 
     A collective under FSDP2: every rank calls it, and every rank gets the whole posterior. Without sharding it is
@@ -57,12 +68,12 @@ def gathered_posterior(optimizer, model) -> Posterior:
     Args:
         optimizer: the `IVON` optimizer that trained the adapter.
         model: the model whose adapter it optimizes (sharded or not).
+        full_params: `gather_full_params(optimizer)`, if already gathered.
 
     Returns:
         The posterior, as a single-process run of the same optimizer and model would have it.
     """
     if getattr(optimizer, "sharded_world_size", 1) == 1:
         return Posterior.from_optimizer(optimizer, model)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    full_params = {p: _full(p.detach()) for p in params}
+    full_params = gather_full_params(optimizer) if full_params is None else full_params
     return Posterior.from_optimizer(_GatheredOptimizer(optimizer, full_params), _GatheredModel(model, full_params))

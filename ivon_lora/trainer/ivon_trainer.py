@@ -51,7 +51,7 @@ from transformers import Trainer
 from ..optim import IVON
 from ..posterior import PRIOR_RUN_KEY, Posterior
 from .config import DEFAULT_INITIAL_STD, WIDE_INITIAL_STD, IVONTrainingArguments, default_ess
-from .fsdp import gathered_posterior
+from .fsdp import gather_full_params, gathered_adapter_state_dict, gathered_posterior
 from .parallelism import ParallelismMixin, unwrap_optimizer
 from .run_health import RunHealthMixin
 from .sampled_evaluation import SampledEvaluationMixin
@@ -279,19 +279,28 @@ class IVONTrainerMixin(SampledEvaluationMixin, RunHealthMixin, ParallelismMixin)
             ivon_lora.errors.TrainingDivergedError: a trained weight is NaN or inf (nothing is written).
         """
         self._check_finite_weights()
-        super().save_model(output_dir, _internal_call)
         ivon = self.ivon_optimizer
-        # Only the saving process writes. Under DDP the posterior is read from local state (identical on every rank,
-        # no collective), so the other ranks need not take part; under FSDP2 every rank joins in gathering it from
-        # the shards (the Trainer calls save_model on every rank), into the file a single process would write.
+        output_dir = output_dir or self.args.output_dir
         if ivon is not None and ivon.sharded_world_size > 1:
-            posterior = gathered_posterior(ivon, self.accelerator.unwrap_model(self.model))
-        elif ivon is not None and self.args.should_save:
-            posterior = Posterior.from_optimizer(ivon, self.accelerator.unwrap_model(self.model))
+            # FSDP2: the adapter and the posterior are gathered from the shards on every rank (the Trainer calls
+            # save_model on every rank), only the LoRA tensors, never the sharded base; the main process writes the
+            # files a single process writes. (The Trainer's own FSDP save gathers the whole model, or, with sharded
+            # state dicts, writes no adapter at all.)
+            model = self.accelerator.unwrap_model(self.model)
+            full_params = gather_full_params(ivon)
+            posterior = gathered_posterior(ivon, model, full_params)
+            if self.args.should_save:
+                self._save(output_dir, state_dict=gathered_adapter_state_dict(model, full_params))
+        else:
+            super().save_model(output_dir, _internal_call)
+            # Only the saving process writes; under DDP the posterior is read from local state (identical on every
+            # rank, no collective), so the other ranks need not take part.
+            if ivon is not None and self.args.should_save:
+                posterior = Posterior.from_optimizer(ivon, self.accelerator.unwrap_model(self.model))
         if ivon is not None and self.args.should_save:
             if self.ivon_prior_provenance is not None:
                 posterior.config[PRIOR_RUN_KEY] = self.ivon_prior_provenance
-            posterior.save(output_dir or self.args.output_dir)
+            posterior.save(output_dir)
 
 
 class IVONTrainer(IVONTrainerMixin, Trainer):

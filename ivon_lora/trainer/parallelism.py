@@ -151,6 +151,14 @@ class ParallelismMixin:
                     "1-D shards only; shard the model with FSDP2 over all processes instead")  # fmt: skip
         return None
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # Resuming: the model and optimizer are prepared (under FSDP2 sharded, the optimizer's parameters swapped), so
+        # the check can run; it also makes IVON create its sharded state, which torch.distributed.checkpoint's loader
+        # expects (it would otherwise call step() with zero gradients to create it).
+        if checkpoint is not None:
+            self._check_ivon_synchronises(self.optimizer, self.model_wrapped)
+        return super()._load_optimizer_and_scheduler(checkpoint)
+
     def _check_ivon_synchronises(self, optimizer, model=None) -> None:
         """Raise unless IVON averages its samples over exactly the Trainer's data-parallel processes, or, under FSDP2,
         its parameters are sharded over exactly them (which is known only once Accelerate has sharded the model)."""
