@@ -18,8 +18,9 @@ INTRO_CLI = """# Command line
 Generated from the parsers of `ivon-lora` (`ivon_lora.cli.build_parser`) when the site is built: each command's
 flags come from its config dataclass's field metadata (`ivon_lora.config`), the same metadata that builds
 the parser, so this page lists exactly what the installed version accepts. `ivon-lora COMMAND --help` prints the
-same. Every command but `train` and `lm-eval` also reads its options from a YAML file whose keys are the flag names
-with `_` for `-` (`ivon-lora prune CONFIG.yaml key=value ...`); flags given on the command line win. See
+same. Every command but `train`, `lm-eval` and `compare` (whose positionals are recipes) also reads its options
+from a YAML file whose keys are the flag names with `_` for `-` (`ivon-lora prune CONFIG.yaml key=value ...`);
+flags given on the command line win. See
 [CLI and recipes](../guides/cli-recipes.md) for how they fit together.
 """
 

@@ -151,7 +151,7 @@ def test_sft_run_with_the_posterior_of_an_sft_run_as_prior(tmp_path):
         (["prior_from={missing}"], "does not exist"),
         (["init_from={empty}"], "is not a finished run or checkpoint dir: adapter_config.json is missing"),
         (["prior_from={ivon}", "init_from={ivon}"], "prior_from and init_from cannot be combined"),
-        (["prior_from={ivon}", "prior_scale=0"], "prior_scale 0 is not in"),
+        (["prior_from={ivon}", "prior_scale=0"], "Invalid prior_scale value: 0 (must be in (0, 1000000])"),
         (["prior_from={ivon}", "ivon_mean_weight_decay=0.1"], "cannot be combined with ivon_mean_weight_decay"),
     ],
 )

@@ -70,7 +70,7 @@ def run_train(recipe) -> dict:
     trainer = trainer_class(recipe.objective)(model=model, args=args, processing_class=tokenizer,
                                               **steps.trainer_inputs(), **_trainer_kwargs(start))  # fmt: skip
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    # The final files are staged whole and then moved in (see artifacts.staged_final_files): a kill never leaves
+    # The final files are staged whole and then moved in (see output_dir.staged_final_files): a kill never leaves
     # half of them beside the previous run's.
     with staged_final_files(args.output_dir, write=args.process_index == 0) as final_dir:
         return _finish(trainer, final_dir, recipe, steps, train_result, start)
