@@ -266,3 +266,14 @@ def test_dry_run_prints_the_plan_with_a_measured_step_and_writes_nothing(tmp_pat
     assert "ivon: 2 candidate(s) x 1 selection seed(s) + 3 reported seeds = 5 runs of 8 steps" in printed
     assert "s per step measured" in printed and "total training about" in printed
     assert not out.exists()
+
+
+def test_a_fixed_grid_override_sets_the_task_every_run_and_the_report_use(tmp_path):
+    """`--grid dataset=TASK:test_size=N` (one value: a fixed override) is the task the plan scores, not the recipe's."""
+    from ivon_lora.comparison.plan import resolve_plan
+    from ivon_lora.config import CompareConfig
+
+    config = CompareConfig(recipes=_recipes(tmp_path), grid=["dataset=synthetic:test_size=300"], out=str(tmp_path))
+    plan = resolve_plan(config)
+    assert plan.task == "synthetic:test_size=300"
+    assert {recipe.data.dataset for method in plan.methods for recipe in method.recipes.values()} == {plan.task}

@@ -188,7 +188,9 @@ def resolve_plan(config) -> Plan:
     if any(len(m.candidates) > 1 for m in methods) and not selection_seeds:
         raise UsageError("a grid of several points is chosen on selection seeds: pass --select-seeds 1 or more")
 
-    first = _load(methods[0].path, unused, methods[0].name)
+    # The data as the runs will train on it: the grid's fixed overrides (e.g. dataset=TASK:test_size=N) applied.
+    fixed = [f"{key}={value}" for key, value in methods[0].candidates[0].items()]
+    first = _load(methods[0].path, unused + fixed, methods[0].name)
     task = get_task(first.data.dataset)
     baselines = _baselines(config, methods, task)
     for split, flag in ((config.select_split, "--select-split"), (config.split, "--split")):
