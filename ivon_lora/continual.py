@@ -4,7 +4,7 @@ posterior as the prior.
 An IVON run ends with the posterior N(m_A, 1 / (ess_A * (h_A + wd_A))). Trained on new data with that posterior as
 the prior (mean m_A, per-entry precision p0 = ess_A * (h_A + wd_A) / ess_B on the scale of weight decay,
 `IVON.set_prior`), the next run does Bayesian updating: on a linear-Gaussian problem, A then B equals A and B
-together (tests/test_optim_prior.py). `prior_scale` multiplies p0 (below 1: a wider, tempered prior).
+together (tests/optim/test_optim_prior.py). `prior_scale` multiplies p0 (below 1: a wider, tempered prior).
 
 `load_starting_point(recipe)` reads and checks the previous run before any model loads (one clear line for a
 missing or damaged run, an AdamW run as prior, another base model, other LoRA targets, rank or alpha);

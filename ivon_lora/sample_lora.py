@@ -8,7 +8,7 @@ rows with two batched matmuls, (S, B*T, in) @ (S, in, r) @ (S, r, out). FLOPs ar
 so on a CPU, which is already busy with one batch, it is not faster; it is for GPUs with small evaluation batches.
 
 The samples come from `PosteriorSampler.draw` and are bit for bit those that as many `PosteriorSampler.sample()`
-calls would hold, so the result equals S sequential sampled passes up to float rounding (tests/test_sampling.py).
+calls would hold, so the result equals S sequential sampled passes up to float rounding (tests/generation/test_sampling.py).
 Only plain LoRA on `nn.Linear` base layers is supported (peft's `lora.Linear`); DoRA and other variants, merged
 or disabled adapters, LoRA biases, fan-in-fan-out weights and active LoRA dropout are refused.
 """

@@ -19,7 +19,7 @@ interleaved runs (`bench_eval.interleaved`), so a shared machine slows both side
     batched      `decode_averaged`: S x B rows in one forward per step, one KV cache;
     sequential   per step, S forwards of the B prompts, sample k's weights copied into the adapter, one KV cache
                  per sample;
-    naive        the plain re-implementation of tests/test_decoding.py: per prompt and step, S full forwards of
+    naive        the plain re-implementation of tests/generation/test_decoding.py: per prompt and step, S full forwards of
                  prompt + answer so far (no cache), weights copied in per sample.
 Every side's answers are compared with the batched ones (token agreement is printed; on a GPU, float rounding of
 the batched LoRA product can flip a near tie).

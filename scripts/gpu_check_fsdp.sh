@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # IVON under FSDP2: the checks only GPUs can run (docs/guides/multi-gpu.md, "FSDP2: when the model outgrows one GPU").
 # Accelerate enables FSDP only on accelerators, so on CPU the tests cover the optimizer and a hand-sharded loop
-# (tests/test_optim_fsdp.py) and this script covers the rest, on 2 CUDA GPUs of one machine:
-#   1. the optimizer checks of tests/test_optim_fsdp.py again, on CUDA with NCCL;
+# (tests/optim/test_optim_fsdp.py) and this script covers the rest, on 2 CUDA GPUs of one machine:
+#   1. the optimizer checks of tests/optim/test_optim_fsdp.py again, on CUDA with NCCL;
 #   2. `accelerate launch` with an FSDP2 config trains `ivon-lora train recipes/demo.yaml` to the end, through the
 #      Trainer, and writes the same run dir (adapter, posterior.safetensors, posterior_config.json) as a DDP run;
 #   3. that run killed (kill -9) after its first checkpoint and resumed from it ends bitwise equal to the
@@ -27,8 +27,8 @@ print("GPUs:", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_c
 assert torch.cuda.device_count() >= 2, "needs 2 CUDA GPUs"
 EOF
 
-step "1. optimizer checks on CUDA + NCCL (tests/test_optim_fsdp.py)"
-IVON_FSDP_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_optim_fsdp.py
+step "1. optimizer checks on CUDA + NCCL (tests/optim/test_optim_fsdp.py)"
+IVON_FSDP_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider tests/optim/test_optim_fsdp.py
 
 cat > "$OUT/fsdp2.yaml" <<'EOF'
 compute_environment: LOCAL_MACHINE

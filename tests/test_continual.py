@@ -1,7 +1,7 @@
 """Continual finetuning through `ivon-lora train`: prior_from (the previous posterior as the prior, the adapter
 starting at its mean), init_from (the previous adapter, the usual prior), provenance in every report, a resumed
 run with a prior bitwise equal to an uninterrupted one, and a mismatched previous run refused before the model loads.
-(The optimizer's prior: tests/test_optim_prior.py; under DDP: tests/test_optim_distributed.py.)"""
+(The optimizer's prior: tests/optim/test_optim_prior.py; under DDP: tests/optim/test_optim_distributed.py.)"""
 
 import json
 import os

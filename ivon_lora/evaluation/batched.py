@@ -3,7 +3,7 @@ the batch is repeated S times, each copy with its own sample's LoRA weights (`iv
 the base weights are read once for all S copies). FLOPs are those of S sequential passes, so on a CPU, which is
 already busy with one batch, it is not faster; it is for GPUs with small evaluation batches. The samples are bit for
 bit those of as many `PosteriorSampler.sample()` calls, so the result equals S sequential sampled passes up to float
-rounding (tests/test_sampling.py, tests/test_eval_kinds.py).
+rounding (tests/generation/test_sampling.py, tests/evaluation/test_eval_kinds.py).
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def test_trainer_logs_the_loo_nll_estimate_next_to_eval_loss(tmp_path):
     from ivon_lora.rundir import load_run
     from ivon_lora.tasks import load_split
 
-    demo = str(__import__("pathlib").Path(__file__).parents[1] / "recipes" / "demo.yaml")
+    demo = str(__import__("pathlib").Path(__file__).parents[2] / "recipes" / "demo.yaml")
     out = tmp_path / "run"
     args = ["train", demo, f"output_dir={out}", "max_steps=10", "max_train_samples=24", "max_eval_samples=8",
             "eval_strategy=steps", "eval_steps=5", "ivon_loo_eval=true", "save_strategy=steps", "save_steps=10",

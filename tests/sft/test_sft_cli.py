@@ -11,7 +11,7 @@ from ivon_lora import cli
 from ivon_lora.config import load_recipe
 from ivon_lora.errors import RecipeError, TaskDataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_SFT = os.path.join(ROOT, "recipes", "demo-sft.yaml")
 
 

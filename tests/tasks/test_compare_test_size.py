@@ -10,7 +10,9 @@ from ivon_lora.config import load_recipe
 from ivon_lora.errors import RecipeError
 from ivon_lora.tasks import get_task, load_records, load_split
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "demo.yaml")
+DEMO = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes", "demo.yaml"
+)
 SIZABLE = {"synthetic": 1000, "wordfacts": 300, "wordfacts_clean": 300, "antonyms": 300, "wordpick": 300}
 
 

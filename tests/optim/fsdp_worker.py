@@ -1,9 +1,9 @@
-"""One process of the 2-process (CPU, gloo) FSDP2 checks of tests/test_optim_fsdp.py.
+"""One process of the 2-process (CPU, gloo) FSDP2 checks of tests/optim/test_optim_fsdp.py.
 
-Started by `torchrun --standalone --nproc_per_node 2 tests/fsdp_worker.py OUT`. Runs every check in order and writes
+Started by `torchrun --standalone --nproc_per_node 2 tests/optim/fsdp_worker.py OUT`. Runs every check in order and writes
 `OUT/rank{r}.pt` with each check's results or traceback, and rank 0 the gathered posterior under `OUT/posterior`.
 The models are `fully_shard`ed (FSDP2) by hand: Accelerate enables FSDP only on accelerators, so the Trainer cannot
-run it on CPU (docs/guides/multi-gpu.md). Leaves with `os._exit`, as tests/distributed_worker.py does, and why.
+run it on CPU (docs/guides/multi-gpu.md). Leaves with `os._exit`, as tests/optim/distributed_worker.py does, and why.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from ivon_lora.optim import IVON
 

@@ -1,6 +1,6 @@
 """IVON under data parallelism: 2 CPU processes (gloo), one torchrun launch shared by every test of this file.
 
-The launch runs tests/distributed_worker.py; each test here checks one part of its results. Covered: IVON's own
+The launch runs tests/optim/distributed_worker.py; each test here checks one part of its results. Covered: IVON's own
 synchronisation against the naive configuration on a quadratic with a known Hessian, bitwise-identical ranks,
 the equivalence "W ranks = W Monte Carlo samples", rank-0-only checkpoints restoring every rank's noise, and the
 HF Trainer (DDP never all-reduces, resume, the wrong configurations refused).

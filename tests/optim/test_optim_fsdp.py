@@ -1,4 +1,4 @@
-"""IVON on FSDP2-sharded parameters: 2 CPU processes (gloo), one torchrun launch of tests/fsdp_worker.py.
+"""IVON on FSDP2-sharded parameters: 2 CPU processes (gloo), one torchrun launch of tests/optim/fsdp_worker.py.
 
 Covered: sharded IVON (each rank's noise for its own shards, FSDP's reduce-scattered gradients recorded per
 micro-batch, state on the shards) equals single-process IVON on the same global batches and noise over several

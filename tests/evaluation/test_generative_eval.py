@@ -30,7 +30,9 @@ from ivon_lora.tasks.judges import numeric_match
 from ivon_lora.tasks.wordqa import SPLIT_SIZES, word_categories, wordqa_records
 
 LIMIT = 5
-DEMO_SFT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "demo-sft.yaml")
+DEMO_SFT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes", "demo-sft.yaml"
+)
 
 
 def test_wordqa_is_a_generative_task_accepting_every_category():

@@ -12,7 +12,7 @@ from ivon_lora import cli, modeling
 from ivon_lora.posterior import Posterior
 from ivon_lora.config import RecipeError, load_recipe, parse_overrides, read_yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from ivon_lora import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = {
     "model_name_or_path": "builtin:tiny-llama", "lora_target": ["q_proj", "v_proj"], "lora_rank": 4, "lora_alpha": 8,
     "lora_dropout": 0.0, "dataset": "synthetic", "output_dir": "runs/tiny", "optim": "ivon", "learning_rate": 0.05,

@@ -19,7 +19,7 @@ from ivon_lora.packaged import PACKAGED_MODELS
 from ivon_lora.tasks import load_examples
 from ivon_lora.tasks.registry import TASKS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(
     os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True)
 )

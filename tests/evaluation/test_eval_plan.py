@@ -12,7 +12,7 @@ from ivon_lora import cli
 from ivon_lora.config import EvalConfig
 from ivon_lora.evaluation.plan import EvalPlan, resolve_plan
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _assert_equal_to_1e9(got, expected, where="") -> None:

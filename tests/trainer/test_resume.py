@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from ivon_lora import cli
 from ivon_lora.commands import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
 # Dropout and gradient accumulation make the test also cover the RNG streams and the data order.
 SETTINGS = ["max_steps=6", "save_strategy=steps", "save_steps=3", "per_device_train_batch_size=4",

@@ -110,7 +110,7 @@ def test_the_fsdp2_recipes_memory_estimate_follows_from_the_models_shape():
 
     import yaml
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "llama3",
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes", "llama3",
                         "llama-3.1-70b-fsdp2-arc_challenge.yaml")  # fmt: skip
     text = open(path).read()
     recipe = yaml.safe_load(text)

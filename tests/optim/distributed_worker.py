@@ -1,6 +1,6 @@
-"""One process of the 2-process (CPU, gloo) data-parallel checks of tests/test_distributed.py.
+"""One process of the 2-process (CPU, gloo) data-parallel checks of tests/optim/test_optim_distributed.py.
 
-Started by `torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT`. Runs every check of the
+Started by `torchrun --standalone --nproc_per_node 2 tests/optim/distributed_worker.py OUT`. Runs every check of the
 launch in order (pure torch first, then the HF Trainer) and writes `OUT/rank{r}.pt`: per check either its
 results (tensors, messages) or the traceback it raised. The test process compares the two ranks' files.
 
@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from ivon_lora.optim import IVON
 
