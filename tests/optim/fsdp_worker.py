@@ -1,6 +1,7 @@
 """One process of the 2-process (CPU, gloo) FSDP2 checks of tests/optim/test_optim_fsdp.py.
 
-Started by `torchrun --standalone --nproc_per_node 2 tests/optim/fsdp_worker.py OUT`. Runs every check in order and writes
+Started by `torchrun --standalone --nproc_per_node 2 tests/optim/fsdp_worker.py OUT [killed|resume]`. Runs every check in
+order (or, with a mode, one step of the kill -9 and resume check: `RESTART_MODES`) and writes
 `OUT/rank{r}.pt` with each check's results or traceback, and rank 0 the gathered posterior under `OUT/posterior`.
 The models are `fully_shard`ed (FSDP2) by hand: Accelerate enables FSDP only on accelerators, so the Trainer cannot
 run it on CPU (docs/guides/multi-gpu.md). Leaves with `os._exit`, as tests/optim/distributed_worker.py does, and why.
@@ -9,6 +10,7 @@ run it on CPU (docs/guides/multi-gpu.md). Leaves with `os._exit`, as tests/optim
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from datetime import timedelta
@@ -287,7 +289,25 @@ def replayed_noise(self, params, noise, std):
     noise.copy_(torch.cat(chunks))
 
 
-def trainer_run(run_dir, world_size, replay=False, resume_from=None):
+class KillAtStep:
+    """A TrainerCallback that SIGKILLs this process at the end of step `step` (after the step-2 checkpoint): a crash
+    nothing can clean up after, as `kill -9` is."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def trainer_run(run_dir, world_size, replay=False, resume_from=None, kill_at=None):
     """IVON through the Trainer: 4 steps of 2 micro-batches on the global batch 8 (4 per rank on 2 ranks), a checkpoint
     at step 2, max_grad_norm 1 (clipped on the sharded gradients); the final adapter and posterior saved."""
     from distributed_worker import hf_fixtures
@@ -308,6 +328,8 @@ def trainer_run(run_dir, world_size, replay=False, resume_from=None):
     )  # fmt: skip
     trainer = trainer_class(world_size > 1)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                             data_collator=ChoiceCollator(tokenizer))  # fmt: skip
+    if kill_at is not None:
+        trainer.add_callback(KillAtStep(kill_at))
     original = IVON._sample_noise
     if replay:
         IVON._sample_noise = replayed_noise
@@ -341,7 +363,17 @@ def check_trainer(rank, out):
 CHECKS = {"equivalence": check_equivalence, "hessian": check_hessian, "resume": check_resume, "trainer": check_trainer}
 
 
-def main(out: str) -> int:
+# A second launch after the checks, `fsdp_worker.py OUT killed` then `fsdp_worker.py OUT resume`: the Trainer's FSDP2
+# run killed with SIGKILL at step 3 (after its step-2 checkpoint), then resumed from that checkpoint by new processes.
+RESTART_MODES = {
+    "killed": lambda out: trainer_run(os.path.join(out, "trainer-killed"), WORLD_SIZE, kill_at=3),
+    "resume": lambda out: trainer_run(
+        os.path.join(out, "trainer-killed"), WORLD_SIZE, resume_from=os.path.join(out, "trainer-killed", "checkpoint-2")
+    ),  # fmt: skip
+}
+
+
+def main(out: str, mode: str | None = None) -> int:
     torch.set_num_threads(1)
     if DEVICE == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -349,6 +381,11 @@ def main(out: str) -> int:
     dist.init_process_group(backend, timeout=timedelta(seconds=120))
     rank = dist.get_rank()
     assert dist.get_world_size() == WORLD_SIZE
+    if mode is not None:
+        RESTART_MODES[mode](out)
+        dist.barrier()
+        dist.destroy_process_group()
+        return 0
     results, failed = {}, False
     for name, check in CHECKS.items():
         try:
@@ -368,7 +405,7 @@ def main(out: str) -> int:
 
 
 if __name__ == "__main__":
-    exit_code = main(sys.argv[1])
+    exit_code = main(sys.argv[1], *sys.argv[2:3])
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)

@@ -3,7 +3,8 @@
 Covered: sharded IVON (each rank's noise for its own shards, FSDP's reduce-scattered gradients recorded per
 micro-batch, state on the shards) equals single-process IVON on the same global batches and noise over several
 steps with gradient accumulation, without and with a sharded prior; the Hessian estimate converges on a quadratic
-with a known Hessian; a distributed checkpoint resumes bitwise (every rank's generator included); FSDP's deferred
+with a known Hessian; a distributed checkpoint resumes bitwise (every rank's generator included), through the Trainer
+too, and after a rank is killed with SIGKILL and new processes resume from its last checkpoint; FSDP's deferred
 gradient sync is refused; the posterior gathered from the shards equals the single-process one and loads as a run's.
 """
 
@@ -20,14 +21,15 @@ WORKER = os.path.join(HERE, "fsdp_worker.py")
 TIMEOUT_S = 300
 
 
-@pytest.fixture(scope="module")
-def launch(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
+def _torchrun(out, *mode: str) -> tuple[int, str]:
+    """Launch the worker on 2 processes (gloo) over `out`; its exit code and log."""
     # IVON_FSDP_DEVICE=cuda in the environment runs the same checks on GPUs with NCCL (scripts/gpu_check_fsdp.sh).
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                PYTHONUNBUFFERED="1")  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER, str(out)]
-    with open(out / "log.txt", "w") as log:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER, str(out),
+               *mode]  # fmt: skip
+    log_path = out / f"log{'-' + mode[0] if mode else ''}.txt"
+    with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.path.dirname(HERE),
                                    start_new_session=True)  # fmt: skip
         try:
@@ -39,13 +41,19 @@ def launch(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-    log_text = (out / "log.txt").read_text()
+    return process.returncode, log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    returncode, log_text = _torchrun(out)
     ranks = []
     for rank in range(2):
         path = out / f"rank{rank}.pt"
-        assert path.exists(), f"rank {rank} wrote no results (torchrun exit {process.returncode}):\n{log_text[-6000:]}"
+        assert path.exists(), f"rank {rank} wrote no results (torchrun exit {returncode}):\n{log_text[-6000:]}"
         ranks.append(torch.load(path, weights_only=False))
-    assert process.returncode == 0, f"torchrun exit {process.returncode}:\n{log_text[-6000:]}"
+    assert returncode == 0, f"torchrun exit {returncode}:\n{log_text[-6000:]}"
     return out, ranks
 
 
@@ -141,3 +149,19 @@ def test_through_the_trainer_an_fsdp2_checkpoint_resumes_bitwise(launch):
     for name in straight:
         for key, value in straight[name].items():
             assert torch.equal(resumed[name][key], value), f"{name}: {key} differs after the resume"
+
+
+def test_through_the_trainer_an_fsdp2_run_killed_with_sigkill_resumes_to_the_uninterrupted_run(launch):
+    """kill -9 of a rank at step 3 (torchrun takes the other down), then new processes resume from the step-2
+    checkpoint: the final adapter and gathered posterior equal the uninterrupted run's bitwise."""
+    out, _ = launch
+    _result(launch, "trainer")
+    returncode, log_text = _torchrun(out, "killed")
+    killed = out / "trainer-killed"
+    assert returncode != 0 and (killed / "checkpoint-2").is_dir() and not (killed / "final").exists(), log_text[-3000:]
+    returncode, log_text = _torchrun(out, "resume")
+    assert returncode == 0, log_text[-6000:]
+    straight, resumed = _saved(out / "trainer-straight" / "final"), _saved(killed / "final")
+    for name in straight:
+        for key, value in straight[name].items():
+            assert torch.equal(resumed[name][key], value), f"{name}: {key} differs after the kill and resume"
