@@ -75,17 +75,15 @@ def _scored(choices, probs, ece_bins, ece_edges: str = "right") -> dict:
     return predictions.metrics(ece_bins, ece_edges=ece_edges)["mean"]
 
 
-def task_entries(logged: dict, lm_eval_outputs: dict, runs: dict, main_label: str, ece_bins,
-                 ece_edges: str) -> tuple[dict, dict]:  # fmt: skip
-    """eval.json's entry per task (split, lm-eval's task config, each run's metrics) and the per-example rows per
-    task and run, from `logged` (task -> run label -> predictive -> LoggedChoices)."""
-    entries, rows_by_task = {}, {}
+def task_entries(logged: dict, lm_eval_outputs: dict, runs: dict, main_label: str, ece_bins, ece_edges: str) -> dict:
+    """eval.json's entry per task (split, lm-eval's task config, each run's metrics), from `logged` (task -> run
+    label -> predictive -> LoggedChoices); every run must be scored on the main run's documents."""
+    entries = {}
     for task, by_run in logged.items():
         config = lm_eval_outputs[main_label]["mean"]["configs"][task]
         reference = by_run[main_label]["mean"]
         entry = {"split": config.get("test_split") or config.get("validation_split"),
                  "num_examples": len(reference.doc_ids), "lm_eval_task": config, "runs": {}}  # fmt: skip
-        rows_by_task[task] = {}
         for label, by_predictive in by_run.items():
             for choices in by_predictive.values():
                 if choices.doc_ids != reference.doc_ids or not choices.gold.equal(reference.gold):
@@ -99,22 +97,28 @@ def task_entries(logged: dict, lm_eval_outputs: dict, runs: dict, main_label: st
                                       **_scored(reference, probs["sampled"], ece_bins, ece_edges)}  # fmt: skip
                 metrics["sample_kind"] = "posterior"
             entry["runs"][label] = metrics
-            rows_by_task[task][label] = [
-                {"doc_id": doc_id, "gold": int(reference.gold[i]),
-                 **{p: {"loglikelihoods": c.loglikelihoods[i], "probs": probs[p][i, : len(c.loglikelihoods[i])].tolist()}
-                    for p, c in by_predictive.items()}}
-                for i, doc_id in enumerate(reference.doc_ids)
-            ]  # fmt: skip
         entries[task] = entry
-    return entries, rows_by_task
+    return entries
 
 
-def write_lm_eval_task_files(staging: str, task: str, entry: dict, logged: dict, rows: dict, preset) -> dict:
+def _rows(by_predictive: dict) -> list[dict]:
+    """One run's per-example rows of a task: each predictive's choice log-likelihoods and probabilities."""
+    reference = by_predictive["mean"]
+    probs = {predictive: choices.probs() for predictive, choices in by_predictive.items()}
+    return [
+        {"doc_id": doc_id, "gold": int(reference.gold[i]),
+         **{p: {"loglikelihoods": c.loglikelihoods[i], "probs": probs[p][i, : len(c.loglikelihoods[i])].tolist()}
+            for p, c in by_predictive.items()}}
+        for i, doc_id in enumerate(reference.doc_ids)
+    ]  # fmt: skip
+
+
+def write_lm_eval_task_files(staging: str, task: str, entry: dict, logged: dict, preset) -> dict:
     """One task's predictions-TASK-RUN.jsonl per run, reliability and selective plots; returns their names."""
     files, curves = {}, []
     for label, metrics in entry["runs"].items():
         files[f"predictions_{label}"] = predictions_file_name(task, label)
-        write_jsonl(os.path.join(staging, files[f"predictions_{label}"]), rows[label])
+        write_jsonl(os.path.join(staging, files[f"predictions_{label}"]), _rows(logged[label]))
         choices = logged[label]
         for index, (predictive, values) in enumerate(predictives(metrics)):
             probs = choices["mean" if index == 0 else "sampled"].probs()

@@ -141,6 +141,7 @@ def plan_for_training(recipe, kind: str, samples: int) -> EvalPlan:
     """The plan of `train`'s final evaluation of `recipe` on its eval split: what `ivon-lora eval RUN` resolves for
     the finished run, given the recipe's eval batch size (`--batch-size`); `samples` is 0 without a posterior."""
     from ..tasks import get_protocol
+    from .kinds.base import reported_ece_bins
 
     run, data = recipe.run, recipe.data
     protocol = get_protocol(run.protocol) if kind == "multiple_choice" else None
@@ -150,7 +151,7 @@ def plan_for_training(recipe, kind: str, samples: int) -> EvalPlan:
         samples_source="the run's recipe (final_eval_samples)", seed=run.eval_seed,
         seed_source="the run's recipe (eval_seed)", batch_size=recipe.training.per_device_eval_batch_size,
         protocol=run.protocol if protocol else None,
-        ece_bins=tuple(sorted(set(run.ece_bins) | {protocol.ece_bins})) if protocol else tuple(run.ece_bins),
+        ece_bins=reported_ece_bins(run.ece_bins, protocol) if protocol else tuple(run.ece_bins),
         answer_scoring=getattr(recipe.model, "answer_scoring", None), limit=data.max_eval_samples,
         file=data.eval_file,
     )  # fmt: skip

@@ -445,17 +445,24 @@ def main(out: str) -> int:
     torch.set_num_threads(1)
     # A rank that fails inside a check leaves the other waiting in a collective: time out instead of hanging.
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
-    rank = dist.get_rank()
     assert dist.get_world_size() == WORLD_SIZE
+    return run_checks(CHECKS, out)
+
+
+def run_checks(checks: dict, out: str) -> int:
+    """Run `checks` in order on this rank and write OUT/rank{r}.pt with each one's result or traceback; the exit
+    code. The first failure stops the run (the ranks may be out of step then: later collectives could pair up
+    wrongly), and only a run without one leaves the process group cleanly."""
+    rank = dist.get_rank()
     results, failed = {}, False
-    for name, check in CHECKS.items():
+    for name, check in checks.items():
         try:
             results[name] = {"ok": True, "result": check(rank, out)}
         except Exception:  # noqa: BLE001 - reported to the test process, which shows the traceback
             failed = True
             results[name] = {"ok": False, "error": traceback.format_exc()}
             print(f"rank {rank}, check {name!r} failed:\n{results[name]['error']}", file=sys.stderr, flush=True)
-            break  # the ranks may be out of step now: later collectives could pair up wrongly
+            break
     path = os.path.join(out, f"rank{rank}.pt")
     torch.save(results, path + ".tmp")
     os.replace(path + ".tmp", path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import traceback
 from datetime import timedelta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -379,29 +378,15 @@ def main(out: str, mode: str | None = None) -> int:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     backend = "cuda:nccl,cpu:gloo" if DEVICE == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=120))
-    rank = dist.get_rank()
     assert dist.get_world_size() == WORLD_SIZE
     if mode is not None:
         RESTART_MODES[mode](out)
         dist.barrier()
         dist.destroy_process_group()
         return 0
-    results, failed = {}, False
-    for name, check in CHECKS.items():
-        try:
-            results[name] = {"ok": True, "result": check(rank, out)}
-        except Exception:  # noqa: BLE001 - reported to the test process, which shows the traceback
-            failed = True
-            results[name] = {"ok": False, "error": traceback.format_exc()}
-            print(f"rank {rank}, check {name!r} failed:\n{results[name]['error']}", file=sys.stderr, flush=True)
-            break
-    path = os.path.join(out, f"rank{rank}.pt")
-    torch.save(results, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    if not failed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return 1 if failed else 0
+    from distributed_worker import run_checks
+
+    return run_checks(CHECKS, out)
 
 
 if __name__ == "__main__":

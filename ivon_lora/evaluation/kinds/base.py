@@ -149,6 +149,19 @@ class EvalKind:
         raise NotImplementedError
 
 
+def protocol_preset(options, recipe):
+    """The protocol preset (`tasks.Protocol`) of a multiple-choice evaluation: --protocol, else the run's own."""
+    from ...config.arguments import run_default
+    from ...tasks import get_protocol
+
+    return get_protocol(options.protocol or run_default(recipe, "protocol"))
+
+
+def reported_ece_bins(bins, preset) -> tuple[int, ...]:
+    """The ECE bin counts reported under `preset`: those asked for and the preset's headline one."""
+    return tuple(sorted(set(bins) | {preset.ece_bins}))
+
+
 def run_record(run, posterior, fraction: float, temperature: float, **prune_options) -> dict:
     """What every kind's report records of a run besides its metrics: the test-time pruning and temperature (and
     those its dir holds already, a pruned dir's), and the run it started from (continual finetuning)."""

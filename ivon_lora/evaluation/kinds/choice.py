@@ -8,7 +8,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from .base import PRUNING_OPTIONS, EvalKind, register_kind, run_record, task_kind
+from .base import (
+    PRUNING_OPTIONS,
+    EvalKind,
+    protocol_preset,
+    register_kind,
+    reported_ece_bins,
+    run_record,
+    task_kind,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +109,6 @@ class ChoiceKind(EvalKind):
     @classmethod
     def resolve(cls, options, described: list[dict]) -> dict:
         from ...errors import UsageError
-        from ...tasks import get_protocol
 
         recipe = described[0]["recipe"]
         if options.sweeping and options.select_split is None:
@@ -111,7 +118,7 @@ class ChoiceKind(EvalKind):
         if options.risk_averse and options.select_split is None:
             raise UsageError("--risk-averse chooses its kappa on a held-out split: pass --select-split")
         answer_scoring = common_answer_scoring(described)
-        preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
+        preset = protocol_preset(options, recipe)
         tasks = options.task or ([recipe.data.dataset] if recipe else None)
         if not tasks:
             raise UsageError(f"{options.run_dir} has no recipe.yaml naming its task: pass --task")
@@ -123,7 +130,7 @@ class ChoiceKind(EvalKind):
         if options.select_split == split:
             raise UsageError(f"--select-split {split!r} is the reported split: choose on a different one")
         return {"tasks": tuple(tasks), "splits": (split,) * len(tasks), "protocol": preset.name,
-                "ece_bins": tuple(sorted(set(options.ece_bins) | {preset.ece_bins})), "answer_scoring": answer_scoring,
+                "ece_bins": reported_ece_bins(options.ece_bins, preset), "answer_scoring": answer_scoring,
                 "out_name": split}  # fmt: skip
 
     @classmethod

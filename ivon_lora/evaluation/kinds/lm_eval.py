@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .base import EvalKind, flag, register_kind, run_record
+from .base import EvalKind, flag, protocol_preset, register_kind, reported_ece_bins, run_record
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,10 @@ class LMEvalKind(EvalKind):
 
     @classmethod
     def resolve(cls, options, described: list[dict]) -> dict:
-        from ...tasks import get_protocol
-
         recipe = described[0]["recipe"]
-        preset = get_protocol(options.protocol or (recipe.run.protocol if recipe else "ivon-lora"))
+        preset = protocol_preset(options, recipe)
         return {"tasks": tuple(options.lm_eval_tasks), "splits": (), "protocol": preset.name,
-                "ece_bins": tuple(sorted(set(options.ece_bins) | {preset.ece_bins})), "out_name": "lm-eval"}  # fmt: skip
+                "ece_bins": reported_ece_bins(options.ece_bins, preset), "out_name": "lm-eval"}  # fmt: skip
 
     @classmethod
     def load(cls, plan, described: list[dict]) -> LMEvalData:
@@ -98,8 +96,7 @@ class LMEvalKind(EvalKind):
         logged = {task: {label: s.logged[task] for label, s in scores.items()} for task in plan.tasks}
         outputs = {label: s.outputs for label, s in scores.items()}
         runs = {label: s.record for label, s in scores.items()}
-        entries, _ = task_entries(logged, outputs, runs, plan.labels[0], list(plan.ece_bins),
-                                  data.preset.ece_edges)  # fmt: skip
+        entries = task_entries(logged, outputs, runs, plan.labels[0], list(plan.ece_bins), data.preset.ece_edges)
         return {"tasks": entries, "runs": runs, "lm_eval": outputs}
 
     @classmethod
@@ -125,14 +122,11 @@ class LMEvalKind(EvalKind):
 
     @classmethod
     def write_files(cls, plan, data: LMEvalData, scores: dict, staging: str, result: dict) -> None:
-        from ..lm_eval_report import task_entries, write_lm_eval_task_files
+        from ..lm_eval_report import write_lm_eval_task_files
 
-        logged = {task: {label: s.logged[task] for label, s in scores.items()} for task in plan.tasks}
-        _, rows_by_task = task_entries(logged, {label: s.outputs for label, s in scores.items()}, result["runs"],
-                                       plan.labels[0], list(plan.ece_bins), data.preset.ece_edges)  # fmt: skip
         for task, entry in result["tasks"].items():
-            entry["files"] = write_lm_eval_task_files(staging, task, entry, logged[task], rows_by_task[task],
-                                                      data.preset)  # fmt: skip
+            logged = {label: s.logged[task] for label, s in scores.items()}
+            entry["files"] = write_lm_eval_task_files(staging, task, entry, logged, data.preset)
 
     @classmethod
     def tables(cls, plan, data: LMEvalData, result: dict) -> tuple[str, str]:
