@@ -4,7 +4,8 @@
 - `results/**/*.png`: the studies' committed figures, served as they are in the repository.
 - `<!-- study: NAME -->` in a page: the study's command, its environment, its table and its figure, rendered from the
   committed `results/NAME/study.json`, `results/NAME/study.md` and `results/NAME/*.png` (`study_block`; the tests
-  hold study.md equal to what the study script renders from study.json). `<!-- study-source: NAME -->`: the same
+  hold study.md equal to what the study script renders from study.json), or from a comparison's `compare.json`,
+  `compare.md` and `compare.png` (`ivon-lora compare`'s report, held equal to what it renders from compare.json). `<!-- study-source: NAME -->`: the same
   without the table, for a page that sets the study's tables between its paragraphs.
 """
 
@@ -14,6 +15,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import sys
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
@@ -31,12 +33,16 @@ def study_block(name: str, depth: int = 1, table: bool = True) -> str:
     """A study's command, environment, table (unless `table` is false) and figures, from its committed files under
     results/NAME. `depth`: how many folders the page is below the site root (for the figures' relative paths)."""
     folder = os.path.join(ROOT, "results", name)
-    with open(os.path.join(folder, "study.json"), encoding="utf-8") as f:
+    kind = "study" if os.path.isfile(os.path.join(folder, "study.json")) else "compare"
+    with open(os.path.join(folder, f"{kind}.json"), encoding="utf-8") as f:
         study = json.load(f)
     parts = []
     command = study.get("command")
+    if isinstance(command, list):  # a comparison records its sys.argv, the program by its path
+        program = "ivon-lora" if os.path.basename(command[0]) == "ivon-lora" else command[0]
+        command = shlex.join([program, *command[1:]])
     if command:
-        if not command.startswith("python"):
+        if not command.startswith(("python", "ivon-lora")):
             command = f"python {command}"
         parts += ["**Command** (from `study.json`):", "", "```bash", command, "```", ""]
     # A study run in parts (the sensitivity study) records each part's own command.
@@ -53,8 +59,9 @@ def study_block(name: str, depth: int = 1, table: bool = True) -> str:
         threads = f"; {study['threads']} torch threads" if "threads" in study else ""
         parts += [f"**Environment** (from `study.json`): {versions}{threads}.", ""]
     if table:
-        parts += [f"**Table** (`results/{name}/study.md`, rendered from `study.json` by the study script):", ""]
-        with open(os.path.join(folder, "study.md"), encoding="utf-8") as f:
+        by = "the study script" if kind == "study" else "`ivon-lora compare`"
+        parts += [f"**Table** (`results/{name}/{kind}.md`, rendered from `{kind}.json` by {by}):", ""]
+        with open(os.path.join(folder, f"{kind}.md"), encoding="utf-8") as f:
             text = f.read().strip()
         # study.md's own headings would compete with the page's.
         parts += [re.sub(r"^#{1,2} ", "### ", text, flags=re.M), ""]

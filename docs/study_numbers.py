@@ -23,6 +23,8 @@ T_975 = {2: 12.706204736174698, 3: 4.302652729911275, 4: 3.182446305284263, 5: 2
 README_STUDY = "wordfacts_clean-smollm2"
 README_METHODS = ("AdamW", "AdamW + temperature scaling", "Deep ensemble (M=3 AdamW seeds)", "IVON, S=10 samples")
 README_COLUMNS = (("accuracy", "accuracy (%)", 100, 1), ("nll", "NLL", 1, 3), ("ece_10", "ECE, 10 bins (%)", 100, 1))
+# The columns of a comparison's tables in the README and the study pages (compare.json's metric names).
+COMPARE_COLUMNS = (("accuracy", "accuracy (%)"), ("nll", "NLL"), ("ece_10", "ECE, 10 bins (%)"), ("brier", "Brier"))
 # A decimal number, not part of a version (0.4.13), a name (Llama-3.2-1B, Qwen2.5) or a size with its unit (0.5B).
 NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z]-)\d+\.\d+(?!\.?\d)(?![A-Za-z])")
 DECLARATION = re.compile(r"^<!-- numbers: (.*?) -->$", re.S | re.M)
@@ -44,6 +46,93 @@ def results_table(study: dict, methods=README_METHODS) -> str:
             half = T_975[seeds] * std * scale / math.sqrt(seeds)
             cells.append(f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_row_names(report: dict) -> dict[str, str]:
+    """compare.json's row names as a reader knows them: the optimizer for a method's own row (with its sample count
+    for a posterior's predictive), then the baseline ("AdamW + temperature", "AdamW, deep ensemble of 5 seeds")."""
+    from ivon_lora.comparison.scoring import BASELINE_ROWS
+
+    names = {}
+    for name, row in report["rows"].items():
+        method = row["method"]
+        recipe = next(run["recipe"] for run in report["runs"].values() if run["method"] == method)
+        optimizer = "IVON" if recipe["optim"] == "ivon" else "AdamW"
+        seeds = len(report["seeds"]["reported"])
+        samples = recipe.get("final_eval_samples")
+        if row["baseline"] is None:
+            names[name] = f"{optimizer}, {samples} posterior samples" if optimizer == "IVON" and samples else optimizer
+        elif row["baseline"] == "ensemble":
+            names[name] = (
+                f"{optimizer}, deep ensemble of {seeds} {'posterior means' if optimizer == 'IVON' else 'seeds'}"
+            )
+        elif row["baseline"] == "mc_dropout":
+            names[name] = f"{optimizer}, {samples} MC-dropout samples"
+        elif row["baseline"] == "temperature" and optimizer == "IVON":  # tempers the posterior mean
+            names[name] = f"{optimizer}, posterior mean + temperature"
+        else:
+            names[name] = f"{optimizer} {BASELINE_ROWS[row['baseline']]}"
+    return names
+
+
+def compare_rows_table(report: dict, columns=COMPARE_COLUMNS) -> str:
+    """Each row of a comparison on its reported split: the mean over the reported seeds and its 95% t-interval over
+    them (the ensemble is one model of every seed: its value alone), as compare.md writes them."""
+    from ivon_lora.comparison.report import summary_text
+    from ivon_lora.comparison.stats import markdown_table
+
+    names = compare_row_names(report)
+    rows = [[names[name], *(summary_text(row["summary"][key], key) for key, _ in columns)]
+            for name, row in report["rows"].items()]  # fmt: skip
+    return markdown_table(["predictive", *(title for _, title in columns)], rows)
+
+
+def compare_differences_table(report: dict, method: str, columns=COMPARE_COLUMNS) -> str:
+    """`method`'s own row minus every other row: the paired difference (mean over seeds) with its 95%
+    paired-bootstrap interval, in bold where the interval excludes 0, and how many seeds favour the method."""
+    from ivon_lora.comparison.report import difference_text
+    from ivon_lora.comparison.stats import markdown_table
+
+    names = compare_row_names(report)
+    found = {(d["against"], d["metric"]): d for d in report["differences"] if d["method"] == method}
+    seeds = len(report["seeds"]["reported"])
+    rows = []
+    for other in report["rows"]:
+        if other == method:
+            continue
+        cells = []
+        for key, _ in columns:
+            difference = found[(other, key)]
+            text = difference_text(difference)
+            text = f"**{text}**" if difference["verdict"] != "no clear difference" else text
+            cells.append(f"{text} ({difference['seeds_favouring_method']}/{seeds})")
+        rows.append([names[other], *cells])
+    return markdown_table([f"{names[method]} minus", *(title for _, title in columns)], rows)
+
+
+def compare_verdicts(report: dict, method: str, columns=COMPARE_COLUMNS) -> str:
+    """One line per other row: where `method`'s paired interval excludes 0 (better or worse, with the difference),
+    and where it does not (no clear difference), in the columns' order."""
+    from ivon_lora.comparison.report import difference_text
+
+    names = compare_row_names(report)
+    found = {(d["against"], d["metric"]): d for d in report["differences"] if d["method"] == method}
+    titles = dict((key, title.split(" (")[0].split(",")[0]) for key, title in columns)
+    lines = []
+    for other in report["rows"]:
+        if other == method:
+            continue
+        parts = []
+        for verdict in ("better", "worse"):
+            keys = [key for key, _ in columns if found[(other, key)]["verdict"] == verdict]
+            if keys:
+                parts.append(f"{verdict} on " + ", ".join(f"{titles[k]} ({difference_text(found[(other, k)])})"
+                                                          for k in keys))  # fmt: skip
+        unclear = [titles[key] for key, _ in columns if found[(other, key)]["verdict"] == "no clear difference"]
+        if unclear:
+            parts.append("no clear difference on " + ", ".join(unclear))
+        lines.append(f"- against {names[other]}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
@@ -102,13 +191,20 @@ def _load(source: str):
     return node
 
 
+def table_path(name: str) -> str:
+    """The rendered table of the results under results/NAME: a study's study.md, or a comparison's compare.md."""
+    folder = os.path.join(ROOT, "results", name)
+    study = os.path.join(folder, "study.md")
+    return study if os.path.isfile(study) else os.path.join(folder, "compare.md")
+
+
 def page_numbers(path: str) -> set[str]:
     """The numbers a docs page shows: its prose and tables, and the tables of the studies its markers include."""
     with open(path, encoding="utf-8") as f:
         markdown = f.read()
     numbers = set(NUMBER.findall(_prose(markdown)))
     for name in re.findall(r"^<!-- study: ([\w./-]+) -->$", markdown, re.M):
-        with open(os.path.join(ROOT, "results", name, "study.md"), encoding="utf-8") as f:
+        with open(table_path(name), encoding="utf-8") as f:
             numbers |= set(NUMBER.findall(f.read()))
     return numbers
 
@@ -123,9 +219,9 @@ def unbacked_numbers(markdown: str, where: str = ROOT) -> list[str]:
             exact |= page_numbers(os.path.join(where, source))
             continue
         _values(_load(source), values)
-        study_md = os.path.join(ROOT, os.path.dirname(source.partition("#")[0]), "study.md")
-        if os.path.isfile(study_md):
-            with open(study_md, encoding="utf-8") as f:
+        folder = os.path.dirname(source.partition("#")[0])
+        if folder.startswith("results/") and os.path.isfile(table_path(folder.removeprefix("results/"))):
+            with open(table_path(folder.removeprefix("results/")), encoding="utf-8") as f:
                 exact |= set(NUMBER.findall(f.read()))
     shown_by_digits = {}
     unbacked = []

@@ -30,6 +30,12 @@ HESS_INIT_TOLERANCE = 0.05  # "still at its initial value": within 5% of hess_in
 INERT_FLIP_RATE = 0.01  # samples change fewer than 1% of the answers...
 INERT_KL = 1e-3  # ...and move the predictive by less than this (nats)
 PRIOR_DOMINATED_SHARE = 0.9  # 90% of the Hessian entries still at hess_init
+# The fix the prior-dominated and not-learned warnings name: the exact GGN at the mean, its scale (ess, δ) chosen on
+# validation (at the run's own scale the curvature can stay below the prior almost everywhere).
+REFINE_HINT = (
+    "Re-estimate the precision at the mean from the train split, its scale chosen on validation: "
+    "`ivon-lora refine RUN --ess E1 E2 E3 --prior-precision D1 D2 D3 --out DIR`"
+)
 UNLEARNED_SPEARMAN = 0.3  # the precision ranks entries unlike the measured curvature
 WIDE_FLIP_RATE = 0.3  # samples change more than 30% of the answers
 QUANTILES = (0.05, 0.5, 0.95)
@@ -117,9 +123,8 @@ def warnings_for(diagnostics: dict) -> list[str]:
         messages.append(
             f"prior-dominated: {100 * share:.0f}% of the Hessian entries are still within {100 * HESS_INIT_TOLERANCE:.0f}% of "
             f"hess_init after {steps} steps (beta2={beta2}: the estimate averages over {horizon}), so the posterior width "
-            f"is 1/(ess*hess_init), set by hand, not learned. Re-estimate the precision at the mean from the train "
-            "split (`ivon-lora refine RUN --out DIR`, the exact GGN), or lower ivon_beta2 so that 1/(1-beta2) is well "
-            "below the run length (e.g. 0.999 for ~1k steps), or train longer."
+            f"is 1/(ess*hess_init), set by hand, not learned. {REFINE_HINT}, or lower ivon_beta2 so that 1/(1-beta2) "
+            "is well below the run length (e.g. 0.999 for ~1k steps), or train longer."
         )
     curvature = diagnostics.get("curvature")
     rho = curvature["h"]["spearman_median"] if curvature is not None else None
@@ -127,7 +132,7 @@ def warnings_for(diagnostics: dict) -> list[str]:
         messages.append(
             f"not learned: the precision's ranking of the entries agrees with the curvature ({curvature['reference']}) "
             f"at a median Spearman rho of {rho:.2f} per matrix, so its per-entry widths carry little of the data. "
-            "Re-estimate the precision at the mean: `ivon-lora refine RUN --out DIR`."
+            f"{REFINE_HINT}."
         )
     if predictive is not None:
         if predictive["flip_rate"] < INERT_FLIP_RATE and predictive["mean_kl"] < INERT_KL:

@@ -15,9 +15,11 @@ also read debiased, (h − β2^T·h0) / (1 − β2^T).
 - `smollm2`: the quickstart's recipe (`recipes/smollm2/wordfacts_clean-ivon.yaml`, SmolLM2-135M) at 600 steps with
   β2 in {0.999, 0.99}, checkpoints 200, 400, 600, curvature on the 256 train examples.
 - `quickstart`: the quickstart's run as its recipe trains it (200 steps, β2 0.99999), then `ivon-lora refine` by
-  `ggn` and by `ivon` (4 antithetic pairs per batch), each against a sampled-label Fisher (4 labels per example, its
-  own seed: an estimator independent of both), and each evaluated on the validation split at the mean and with 10
-  posterior samples.
+  `ggn` and by `ivon` (4 antithetic pairs per batch) at the run's scale, and by `ggn` with its scale (ess, δ) chosen
+  on the validation split among REFINE_GRID by the 10-sample NLL; each against a sampled-label Fisher (4 labels per
+  example, its own seed: an estimator independent of all), and each evaluated on the validation split at the mean
+  and with 10 posterior samples. "At its floor": the entries whose precision per ess is within 5% of what it holds
+  where no data reached it (hess_init as trained, δ refined): the widths the data did not set.
 
 Training runs are subprocesses, cached under RUNS (a finished run is reused); each measurement is cached as JSON
 beside its checkpoint, so an interrupted study resumes. Writes study.json (every number, the resolved settings,
@@ -45,6 +47,11 @@ TINY_MEASURED = (100, 300, 1000, 2500, 3000, 10000)
 SMOLLM2_BETA2 = (0.999, 0.99)
 SMOLLM2_STEPS, SMOLLM2_SAVE = 600, 200
 CURVATURE_EXAMPLES = 256
+# refine's scale grid for the quickstart, the last of five: each earlier one chose at an edge and was widened there
+# (ess 1e8-1e10 x δ 1e-7-1e-5 chose (1e8, 1e-7); ess 1e6-1e8 x δ 1e-8-1e-6 the same; ess 3e7-3e8 x δ 3e-8-3e-7 chose
+# (3e8, 3e-8); ess 3e8-1e10 x δ 1e-9-3e-8 chose (1e9, 1e-9)). At ess 3e7 and below every δ gave a predictive near
+# chance: the posterior is too wide for the model.
+REFINE_GRID = {"ess": (3e8, 1e9, 3e9), "prior_precision": (3e-10, 1e-9, 3e-9)}
 PARTS = ("tiny", "smollm2", "quickstart")
 
 
@@ -78,6 +85,17 @@ def train_examples(run, limit: int):
 def _share_at_init(h: dict, hess_init: float) -> float:
     near = sum(int(((value - hess_init).abs() <= 0.05 * hess_init).sum()) for value in h.values())
     return near / sum(value.numel() for value in h.values())
+
+
+def _floor_share(posterior, hess_init: float) -> float:
+    """The share of entries whose precision per ess, 1/(ess·v), is within 5% of its floor: hess_init for IVON's own
+    h (never debiased), the prior precision δ for a refined posterior (h = 0: no data reached the entry)."""
+    ess = posterior.config["ess"]
+    floor = posterior.config["weight_decay"] if "refine" in posterior.config else hess_init
+    near = sum(
+        int(((1.0 / (ess * v.double()) - floor).abs() <= 0.05 * floor).sum()) for v in posterior.variance.values()
+    )
+    return near / sum(v.numel() for v in posterior.variance.values())
 
 
 def _moved_share(posterior, hess_init: float) -> float:
@@ -198,11 +216,14 @@ def part_quickstart(runs: str) -> dict:
     run_dir = os.path.join(runs, "quickstart")
     train(SMOLLM2_RECIPE, run_dir, [])
     posteriors = {"as trained (IVON's h)": run_dir}
-    for method, extra in (("ggn", []), ("ivon", ["--samples", "4"])):
-        out = os.path.join(runs, f"quickstart-refined-{method}")
+    grid = ["--ess", *map(str, REFINE_GRID["ess"]), "--prior-precision", *map(str, REFINE_GRID["prior_precision"]),
+            "--select-samples", "10"]  # fmt: skip
+    for name, method, extra in (("ggn", "ggn", []), ("ivon", "ivon", ["--samples", "4"]),
+                                ("ggn-chosen", "ggn", grid)):  # fmt: skip
+        out = os.path.join(runs, f"quickstart-refined-{name}")
         if not os.path.isfile(os.path.join(out, "posterior_config.json")):
             assert cli.main(["refine", run_dir, "--method", method, *extra, "--out", out, "--overwrite"]) == 0
-        posteriors[f"refined by {method}"] = out
+        posteriors[f"refined by {method}" + (", scale chosen on validation" if extra is grid else "")] = out
     cache = os.path.join(run_dir, "fisher-sampled.json")
     run = load_run(run_dir)
     if not os.path.isfile(cache):  # the independent reference: labels drawn from the model, its own seed
@@ -239,6 +260,9 @@ def part_quickstart(runs: str) -> dict:
                      "refine": posterior.config.get("refine", {}).get("method"),
                      "ess": posterior.config.get("ess"), "prior_precision": posterior.config.get("weight_decay"),
                      "share_at_init": _share_at_init(h, hess_init), "moved_share": _moved_share(posterior, hess_init),
+                     "floor": posterior.config["weight_decay"] if "refine" in posterior.config else hess_init,
+                     "floor_share": _floor_share(posterior, hess_init),
+                     "selection": posterior.config.get("refine", {}).get("selection"),
                      "h_median": _median([float(v.median()) for v in h.values()]),
                      "fisher_median": _median([float(v.median()) for v in fisher.values()]),
                      "vs_sampled_fisher": _agreement(h, fisher),
@@ -282,14 +306,16 @@ def markdown(result: dict) -> str:
     if "quickstart" in parts:
         q = parts["quickstart"]
         lines += ["### The quickstart's run and its refined posteriors", "", f"Reference: {q['reference']}.", "",
-                  "| posterior | precision moved > 5% from ess·hess_init | ρ(h, Fisher) median [min, max] | median h / median "
+                  "| posterior | ess / floor (hess_init, or δ) | precision at its floor | ρ(h, Fisher) median [min, max] | median h / median "
                   "Fisher | ρ in ΔW (exact GGN) median [min, max] | validation acc / NLL / ECE (mean) | validation acc / "
-                  "NLL / ECE (10 samples) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "NLL / ECE (10 samples) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in q["rows"]:
             a, v, w = row["vs_sampled_fisher"], row["validation"], row["delta_vs_ggn"]
             cells = [f"{100 * v[k]['accuracy']:.1f} / {v[k]['nll']:.3f} / {100 * v[k]['ece_10']:.1f}"
                      for k in ("mean", "sampled")]  # fmt: skip
-            lines.append(f"| {row['posterior']} | {100 * row['moved_share']:.1f}% | {_f(a['spearman_median'])} "
+            floor = row.get("floor_share", 1.0 - row["moved_share"])  # rows made before floor_share: the same count
+            lines.append(f"| {row['posterior']} | {row['ess']:.0e} / {row.get('floor', row['prior_precision']):.0e} | "
+                         f"{100 * floor:.1f}% | {_f(a['spearman_median'])} "
                          f"[{_f(a['spearman_min'])}, {_f(a['spearman_max'])}] | {row['h_median']:.2g} / "
                          f"{row['fisher_median']:.2g} | {_f(w['spearman_median'])} "
                          f"[{_f(w['spearman_min'])}, {_f(w['spearman_max'])}] | {cells[0]} | {cells[1]} |")  # fmt: skip

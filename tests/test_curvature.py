@@ -190,7 +190,45 @@ def test_the_prior_dominated_and_not_learned_warnings_name_refine():
                    "curvature": {"reference": "exact GGN on 256 train examples", "h": {"spearman_median": 0.05}}}  # fmt: skip
     messages = warnings_for(diagnostics)
     assert [m.split(":")[0] for m in messages] == ["prior-dominated", "not learned"]
-    assert all("ivon-lora refine RUN --out DIR" in m for m in messages)
+    assert all("`ivon-lora refine RUN --ess E1 E2 E3 --prior-precision D1 D2 D3 --out DIR`" in m for m in messages)
     diagnostics["curvature"]["h"]["spearman_median"] = 0.9
     diagnostics["posterior"]["hess_at_init_share"] = 0.1
     assert warnings_for(diagnostics) == []
+
+
+def test_refine_chooses_the_scale_on_validation_as_eval_scores_each_candidate(run_dir, tmp_path):
+    """A grid of (ess, δ): each candidate's recorded validation numbers are `ivon-lora eval`'s for that single
+    candidate refined alone, the kept one has the lowest S-sample NLL, and its files are the single refine's."""
+    grid = {"ess": ["1e4", "1e6"], "prior_precision": ["1e-4", "1e-2"]}
+    out = tmp_path / "chosen"
+    common = ["--limit", "24", "--batch-size", "8"]
+    assert cli.main(["refine", run_dir, *common, "--ess", *grid["ess"], "--prior-precision", *grid["prior_precision"],
+                     "--out", str(out)]) == 0  # fmt: skip
+    selection = json.loads((out / "posterior_config.json").read_text())["refine"]["selection"]
+    assert selection["split"] == "validation" and selection["samples"] == 2
+    candidates = selection["candidates"]
+    assert [(c["ess"], c["prior_precision"]) for c in candidates] == [
+        (1e4, 1e-4),
+        (1e4, 1e-2),
+        (1e6, 1e-4),
+        (1e6, 1e-2),
+    ]
+    for i, candidate in enumerate(candidates):
+        alone = tmp_path / f"alone{i}"
+        assert cli.main(["refine", run_dir, *common, "--ess", str(candidate["ess"]), "--prior-precision",
+                         str(candidate["prior_precision"]), "--out", str(alone)]) == 0  # fmt: skip
+        assert cli.main(["eval", str(alone), "--split", "validation", "--batch-size", "8", "--out",
+                         str(tmp_path / f"eval{i}")]) == 0  # fmt: skip
+        scored = json.loads((tmp_path / f"eval{i}" / "eval.json").read_text())
+        (task,) = scored["tasks"].values()
+        (numbers,) = task["runs"].values()
+        assert candidate["sampled"]["nll"] == pytest.approx(numbers["sampled"]["nll"], abs=1e-9)
+        assert candidate["mean"]["accuracy"] == pytest.approx(numbers["mean"]["accuracy"], abs=1e-9)
+        if i == selection["chosen"]:
+            chosen_alone = Posterior.load(str(alone))
+    nlls = [c["sampled"]["nll"] for c in candidates]
+    assert selection["chosen"] == nlls.index(min(nlls))
+    assert len(set(nlls)) > 1  # the scale changes the predictive: the choice is not a tie
+    kept = Posterior.load(str(out))
+    for key in kept.variance:
+        assert kept.variance[key].equal(chosen_alone.variance[key]) and kept.mean[key].equal(chosen_alone.mean[key])

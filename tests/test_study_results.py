@@ -47,7 +47,8 @@ def _study_pages(marker):
 def test_every_study_has_a_page_showing_its_committed_results():
     shown = {**_study_pages("study"), **_study_pages("study-source")}
     studies = {os.path.relpath(os.path.dirname(path), os.path.join(ROOT, "results"))
-               for path in glob.glob(os.path.join(ROOT, "results", "**", "study.json"), recursive=True)}  # fmt: skip
+               for kind in ("study", "compare")
+               for path in glob.glob(os.path.join(ROOT, "results", "**", f"{kind}.json"), recursive=True)}  # fmt: skip
     assert studies and studies <= set(shown), f"no docs page shows {sorted(studies - set(shown))}"
 
 
@@ -85,6 +86,18 @@ def test_the_other_studies_tables_are_what_their_scripts_render_from_study_json(
     curvature = json.loads(_read("results", "curvature", "study.json"))
     assert _read("results", "curvature", "study.md") == _script("study_curvature").markdown(curvature)
     assert "curvature" in _study_pages("study")
+    # Issue 33's bar, on the quickstart's run: refine with its scale chosen on validation (inside its grid) gives a
+    # precision that ranks like an independent Fisher (median rho >= 0.5) with under half the entries at the prior.
+    (chosen,) = [row for row in curvature["parts"]["quickstart"]["rows"] if row["selection"]]
+    grid, candidates = _script("study_curvature").REFINE_GRID, chosen["selection"]["candidates"]
+    assert [(c["ess"], c["prior_precision"]) for c in candidates] == [(e, d) for e in grid["ess"]
+                                                                     for d in grid["prior_precision"]]  # fmt: skip
+    pick = candidates[chosen["selection"]["chosen"]]
+    assert pick["sampled"]["nll"] == min(c["sampled"]["nll"] for c in candidates)
+    for axis, key in (("ess", "ess"), ("prior_precision", "prior_precision")):
+        assert grid[axis][0] < pick[key] < grid[axis][-1], f"refine's {axis} chosen at the grid's edge"
+    assert (chosen["ess"], chosen["prior_precision"]) == (pick["ess"], pick["prior_precision"])
+    assert chosen["vs_sampled_fisher"]["spearman_median"] >= 0.5 and chosen["floor_share"] < 0.5
     for part in ("tiny", "smollm2", "quickstart"):  # each part records what made it
         assert curvature["parts"][part]["command"].startswith("python scripts/study_curvature.py")
         assert curvature["parts"][part]["environment"]["cpu"]["capability"]

@@ -429,6 +429,37 @@ CASES.update(
             lambda r, t: ["refine", r, "--prior-precision", "nan", "--out", str(t / "x")],
             "Invalid prior_precision value: nan (must be a finite number > 0)",
         ),
+        "refine-grid-chosen-on-the-curvature-split": (
+            lambda r, t: [
+                "refine",
+                r,
+                "--prior-precision",
+                "1e-3",
+                "1e-2",
+                "--select-split",
+                "train",
+                "--out",
+                str(t / "x"),
+            ],
+            "--select-split train: it is the split the curvature is measured on",
+        ),
+        "refine-grid-chosen-on-a-missing-split": (
+            lambda r, t: ["refine", r, "--ess", "1e3", "1e4", "--select-split", "dev", "--out", str(t / "x")],
+            "--select-split dev: task 'synthetic' has no such split",
+        ),
+        "refine-grid-of-a-run-without-samples": (
+            lambda r, t: [
+                "refine",
+                _copy_run(r, t, recipe={"final_eval_samples": 0}),
+                "--ess",
+                "1e3",
+                "1e4",
+                "--out",
+                str(t / "x"),
+            ],
+            "evaluates with final_eval_samples 0, and the candidates' posteriors differ only in their samples: pass "
+            "--select-samples",
+        ),
         "refine-unknown-method": (
             lambda r, t: ["refine", r, "method=laplace", "--out", str(t / "x")],
             "Invalid method value: 'laplace' (must be one of ggn, fisher, ivon)",

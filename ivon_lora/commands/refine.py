@@ -7,6 +7,11 @@ averaged over --samples antithetic posterior samples per batch. δ is the run's 
 hess_init where it trained without one (what IVON's h holds where no data reached it). The output is a run dir that
 `eval`, `sensitivity`, `merge`, `inspect` and `prior_from` use as they use the run's own, its posterior_config.json
 recording the method, the data and the scale under "refine".
+
+Several values of --ess or --prior-precision make a grid: every (ess, δ) is scored on --select-split (validation)
+through the evaluator, under the plan `ivon-lora eval OUT --split validation` resolves (--select-samples, else the
+run's own samples; its eval_seed), and the one whose posterior predictive has the lowest NLL is written, every
+candidate's numbers recorded under "refine" / "selection". The curvature is measured once: only the scale changes.
 """
 
 from __future__ import annotations
@@ -44,20 +49,64 @@ def main(config: RefineConfig) -> int:
     return 0
 
 
-def _prior_precision(config: RefineConfig, posterior_config: dict, run_dir: str) -> float:
+def _prior_precisions(config: RefineConfig, posterior_config: dict, run_dir: str) -> list[float]:
     """--prior-precision, else the run's weight_decay, else its hess_init."""
     from ..errors import UsageError
 
-    if config.prior_precision is not None:
-        return config.prior_precision
+    if config.prior_precision:
+        return [float(value) for value in config.prior_precision]
     decay = posterior_config.get("weight_decay")
     if decay:
-        return float(decay)
+        return [float(decay)]
     hess_init = posterior_config.get("hyperparameters", {}).get("hess_init")
     if not hess_init:
         raise UsageError(f"{run_dir} records neither a weight_decay nor a hess_init for the prior: pass "
                          "--prior-precision")  # fmt: skip
-    return float(hess_init)
+    return [float(hess_init)]
+
+
+def _selection_plan(config: RefineConfig, task, task_name: str):
+    """The evaluation plan the candidates are scored under: `ivon-lora eval RUN --split SELECT_SPLIT
+    [--samples SELECT_SAMPLES]`'s; refused when it samples nothing (the candidates differ only in their samples)."""
+    from ..config import EvalConfig
+    from ..errors import UsageError
+    from ..evaluation.plan import resolve_plan
+
+    if config.select_split == config.split:
+        raise UsageError(f"--select-split {config.select_split}: it is the split the curvature is measured on; choose "
+                         "the scale on a held-out split (validation)")  # fmt: skip
+    if config.select_split not in task.splits:
+        raise UsageError(f"--select-split {config.select_split}: task {task_name!r} has no such split (it has "
+                         f"{', '.join(task.splits)})")  # fmt: skip
+    options = EvalConfig(run_dir=config.run_dir, task=config.task, split=config.select_split,
+                         batch_size=config.batch_size, samples=config.select_samples)  # fmt: skip
+    plan, _ = resolve_plan(options)
+    if not plan.samples:
+        raise UsageError(f"{config.run_dir} evaluates with final_eval_samples 0, and the candidates' posteriors "
+                         "differ only in their samples: pass --select-samples (e.g. 10)")  # fmt: skip
+    return plan
+
+
+def _choose(plan, run, records, candidates: list, split: str) -> tuple[int, dict]:
+    """(index of the candidate with the lowest NLL of its posterior predictive on the selection split's `records`,
+    the record of every candidate's scores); ties go to the first."""
+    from ..evaluation.kinds.choice import formatted, max_length, score_split, split_metrics
+    from ..tasks import get_protocol
+
+    examples = formatted(run, records)
+    preset = get_protocol(plan.protocol)
+    scored = []
+    for (ess, prior_precision), posterior in candidates:
+        predictions = score_split(plan, run.model, run.tokenizer, examples, posterior, max_length(run))
+        metrics = split_metrics(plan, predictions, preset)
+        scored.append({"ess": ess, "prior_precision": prior_precision,
+                       **{name: {key: metrics[name][key] for key in ("accuracy", "nll", "brier")}
+                          for name in ("mean", "sampled")}})  # fmt: skip
+        logger.info("refine candidate ess %g, prior precision %g: %s NLL %.4f (%d samples)", ess, prior_precision,
+                    split, metrics["sampled"]["nll"], plan.samples)  # fmt: skip
+    chosen = min(range(len(scored)), key=lambda i: (scored[i]["sampled"]["nll"], i))
+    return chosen, {"split": split, "examples": len(examples), "metric": "nll of the sampled predictive",
+                    "samples": plan.samples, "seed": plan.seed, "candidates": scored, "chosen": chosen}  # fmt: skip
 
 
 def refine_run(config: RefineConfig):
@@ -86,14 +135,17 @@ def refine_run(config: RefineConfig):
     if recipe is not None and get_objective(recipe.objective).eval_kind != "multiple_choice":
         raise UsageError(f"{config.run_dir} is an objective: {recipe.objective} run: refine measures the curvature "
                          "of the multiple-choice objective")  # fmt: skip
-    ess = config.ess if config.ess is not None else posterior_config.get("ess")
-    if not ess:
+    esses = [float(value) for value in config.ess] if config.ess else [posterior_config.get("ess")]
+    if not esses[0]:
         raise UsageError(f"{config.run_dir} records one ess per parameter group: pass --ess")
-    prior_precision = _prior_precision(config, posterior_config, config.run_dir)
+    grid = [(ess, prior) for ess in esses for prior in _prior_precisions(config, posterior_config, config.run_dir)]
     task_name, task = choice_task(config.task, recipe, config.run_dir, "refine")
+    plan = _selection_plan(config, task, task_name) if len(grid) > 1 else None
     claim_output_dir(config.out, "refine", config.overwrite, {"run dir": config.run_dir})
     loaded = labelled_split(task, task_name, config.split, config.file, config.limit, recipe,
                             "the curvature of the training loss")  # fmt: skip
+    held_out = labelled_split(task, task_name, config.select_split, None, None, recipe,
+                              "choosing the scale by NLL") if plan else None  # fmt: skip
 
     from ..choice import format_examples
     from ..choice.curvature import choice_curvature
@@ -111,6 +163,11 @@ def refine_run(config: RefineConfig):
               "file": config.file, "limit": config.limit, "examples": len(examples),
               "source": {"run_dir": described["dir"], "adapter_sha256": adapter_hash(run.posterior.mean)},
               "environment": environment()}  # fmt: skip
+    candidates = [((ess, prior), refined(run.posterior, curvature, float(ess), prior, record)) for ess, prior in grid]
+    chosen = 0
+    if plan is not None:
+        chosen, record["selection"] = _choose(plan, run, held_out.examples, candidates, config.select_split)
+    (ess, prior_precision), _ = candidates[chosen]
     result = refined(run.posterior, curvature, float(ess), prior_precision, record)
     with staged_output_dir(config.out, "refine") as staging:
         copy_run_files(described["dir"], staging)

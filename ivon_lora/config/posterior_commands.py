@@ -137,18 +137,36 @@ class RefineConfig(OutputArguments):
         default=None, metadata={"help": "local json/jsonl/parquet/csv records (file or dir) of --split"}
     )
     task: str | None = field(default=None, metadata={"help": "task name (default: the run's dataset)"})
-    ess: float | None = field(
+    ess: list[float] | None = field(
         default=None,
         metadata={
             "bounds": POSITIVE,
-            "help": "the precision's scale ess·(h + δ), e.g. the train set size N (default: the run's ess)",
+            "help": "the precision's scale ess·(h + δ), e.g. the train set size N (default: the run's ess); several "
+            "values: the one with the lowest --select-split NLL is kept",
         },
     )
-    prior_precision: float | None = field(
+    prior_precision: list[float] | None = field(
         default=None,
         metadata={
             "bounds": POSITIVE,
-            "help": "δ, the prior precision per example (default: the run's weight_decay, else its hess_init)",
+            "help": "δ, the prior precision per example (default: the run's weight_decay, else its hess_init); "
+            "several values: the one with the lowest --select-split NLL is kept",
+        },
+    )
+    select_split: str = field(
+        default="validation",
+        metadata={
+            "help": "with several --ess or --prior-precision values: the held-out split of the run's task on which "
+            "each candidate's posterior predictive (--select-samples samples, the run's eval_seed) is scored "
+            "and the lowest NLL kept"
+        },
+    )
+    select_samples: int | None = field(
+        default=None,
+        metadata={
+            "bounds": AT_LEAST_ONE,
+            "help": "posterior samples S of the predictive the candidates are scored by (default: the run's own "
+            "final_eval_samples, as eval's --samples)",
         },
     )
     batch_size: int = field(default=16, metadata={"bounds": AT_LEAST_ONE, "help": "examples per forward pass"})

@@ -6,6 +6,7 @@ bootstrap equal to the evaluator's, and --dry-run."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -277,3 +278,48 @@ def test_a_fixed_grid_override_sets_the_task_every_run_and_the_report_use(tmp_pa
     plan = resolve_plan(config)
     assert plan.task == "synthetic:test_size=300"
     assert {recipe.data.dataset for method in plan.methods for recipe in method.recipes.values()} == {plan.task}
+
+
+@pytest.mark.slow
+def test_the_docs_render_a_comparison_from_its_json(compared, monkeypatch, tmp_path):
+    """The README's and the study pages' tables of a comparison (docs/study_numbers.py) and its page block
+    (docs/hooks.py): each cell is compare.json's number as compare.md writes it, each verdict the interval's."""
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import hooks
+    import study_numbers
+
+    from ivon_lora.comparison.report import difference_text, summary_text
+
+    report = compared["report"]
+    names = study_numbers.compare_row_names(report)
+    assert names == {"ivon": "IVON, 2 posterior samples", "ivon + temperature": "IVON, posterior mean + temperature",
+                     "ivon early-stopped": "IVON early-stopped", "ivon ensemble": "IVON, deep ensemble of 2 posterior means",
+                     "adamw": "AdamW", "adamw + temperature": "AdamW + temperature",
+                     "adamw early-stopped": "AdamW early-stopped", "adamw ensemble": "AdamW, deep ensemble of 2 seeds",
+                     "adamw MC dropout": "AdamW, 2 MC-dropout samples"}  # fmt: skip
+    rows = study_numbers.compare_rows_table(report).splitlines()
+    for name, row in report["rows"].items():
+        cells = [summary_text(row["summary"][key], key) for key, _ in study_numbers.COMPARE_COLUMNS]
+        assert f"| {names[name]} | {' | '.join(cells)} |" in rows
+    differences = study_numbers.compare_differences_table(report, "ivon").splitlines()
+    verdicts = study_numbers.compare_verdicts(report, "ivon").splitlines()
+    assert len(differences) == 2 + len(report["rows"]) - 1 and len(verdicts) == len(report["rows"]) - 1
+    for other, line, verdict in zip([r for r in report["rows"] if r != "ivon"], differences[2:], verdicts):
+        assert line.startswith(f"| {names[other]} | ") and verdict.startswith(f"- against {names[other]}: ")
+        for key, _ in study_numbers.COMPARE_COLUMNS:
+            (found,) = [d for d in report["differences"]
+                        if (d["method"], d["against"], d["metric"]) == ("ivon", other, key)]  # fmt: skip
+            assert difference_text(found) in line
+            title = {"accuracy": "accuracy", "nll": "NLL", "ece_10": "ECE", "brier": "Brier"}[key]
+            if found["verdict"] == "no clear difference":
+                assert title in verdict.split("no clear difference on ")[1]
+            else:
+                assert f"{title} ({difference_text(found)})" in verdict.split(f"{found['verdict']} on ")[1]
+    # The page block: the command, the environment, compare.md and the figure, from the committed files.
+    (tmp_path / "results").mkdir()
+    os.symlink(compared["out"], tmp_path / "results" / "tiny")
+    monkeypatch.setattr(hooks, "ROOT", str(tmp_path))
+    block = hooks.study_block("tiny", depth=1)
+    table = re.sub(r"^#{1,2} ", "### ", (compared["out"] / "compare.md").read_text().strip(), flags=re.M)
+    assert table in block and "rendered from `compare.json` by `ivon-lora compare`" in block
+    assert f"torch {report['environment']['torch']}" in block and "(../results/tiny/compare.png)" in block
