@@ -12,6 +12,9 @@ there), then every method trains on B (the same recipe with dataset=B, --b-steps
   adamw-replay         AdamW from A's adapter on B's train split plus --replay examples of A's
   ivon-seq             IVON from A's posterior mean with the recipe's prior (init_from)
   ivon-prior[s]        IVON with A's posterior as the prior (prior_from, prior_scale s: --prior-scales)
+  ivon-learned-prior[s]  the same with A's learned posterior as the prior: A's IVON run refined by `ivon-lora refine`
+                       (the exact GGN at its mean, the scale chosen on A's validation split among --refine-ess x
+                       --refine-prior-precision; s: --learned-prior-scales)
   ivon-prior-memory[s] the same on B plus --replay random examples of A (the K-prior's functional memory, crudely;
                        s: --memory-prior-scales)
   ivon-prior-memory-sensitive[s]  (--memory sensitivity; s: the first of --memory-prior-scales) the memory is the
@@ -20,10 +23,14 @@ there), then every method trains on B (the same recipe with dataset=B, --b-steps
   multitask-{adamw,ivon}  from scratch on A and B together, twice the B steps (the reference; --reference-seeds)
 Each run is evaluated with `ivon-lora eval` on A's and B's test splits (IVON: --samples posterior samples), and on
 their validation splits where a grid chooses a setting (lambda, s): per family, the best mean of A's and B's
-validation accuracy over --grid-seeds, never test; the other seeds run only the chosen setting. Reported on test:
+validation accuracy over --grid-seeds, never test; the other seeds run only the chosen setting (grid seeds apart
+from --seeds are not reported: the comparison protocol). Reported on test:
 accuracy and ECE on A and B after B, forgetting on A (A's test accuracy after A minus after B), the steps B needed
 (the first Trainer evaluation, every --eval-steps on B's validation split at the mean, within 2 points of the run's
-last), and the training seconds (plus the Fisher pass for EWC, the sensitivity pass for the sensitive memory).
+last), and the training seconds (plus the Fisher pass for EWC, the sensitivity pass for the sensitive memory, the
+refinement for the learned prior); with --paired-against FAMILY, that family's paired differences in A's and B's
+test accuracy against every other family, with 95% paired-bootstrap intervals over the test examples (the
+compare protocol's, `ivon_lora.comparison.stats`).
 Writes OUT/study.json (every run, the choices, settings, versions), OUT/study.md and OUT/study.png. Finished
 steps (metrics.json / eval.json present) are skipped, so an interrupted study resumes.
 
@@ -45,6 +52,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {"ivon": "recipes/smollm2/wordfacts-ivon.yaml", "adamw": "recipes/smollm2/wordfacts-adamw.yaml"}
 CURVE_NAME, FISHER_NAME, MEMORY_NAME = "curve.json", "fisher-A.safetensors", "memory-A.json"
+REFINED_A, REFINE_TIME = "A-ivon-refined", "refine-A.json"  # A's IVON run refined (the learned posterior), its seconds
 
 
 # ---------------------------------------------------------------------------------- one training (subprocess)
@@ -188,6 +196,8 @@ def methods(options) -> dict[str, dict]:
         grid[f"adamw-ewc[{strength:g}]"] = {"optim": "adamw", "start": "init", "penalty": ("ewc", strength)}
     for scale in options.prior_scales:
         grid[f"ivon-prior[{scale:g}]"] = {"optim": "ivon", "start": "prior", "scale": scale}
+    for scale in options.learned_prior_scales:
+        grid[f"ivon-learned-prior[{scale:g}]"] = {"optim": "ivon", "start": "learned-prior", "scale": scale}
 
     def memory(scale: float, **chosen_by) -> dict:
         return {"optim": "ivon", "start": "prior", "scale": scale, "replay": options.replay, **chosen_by}
@@ -227,8 +237,9 @@ def run_b(options, seed: int, name: str, method: dict, a_runs: dict) -> str:
         overrides += ["eval_strategy=steps", f"eval_steps={options.eval_steps}", "ivon_eval_samples=0"]
     if method["start"] == "init":
         overrides.append(f"init_from={a_runs[method['optim']]}")
-    elif method["start"] == "prior":
-        overrides += [f"prior_from={a_runs['ivon']}", f"prior_scale={method['scale']}"]
+    elif method["start"] in ("prior", "learned-prior"):
+        prior = a_runs["ivon"] if method["start"] == "prior" else refine_a(options, seed, a_runs["ivon"])
+        overrides += [f"prior_from={prior}", f"prior_scale={method['scale']}"]
     spec = {"recipe": os.path.join(ROOT, recipe), "overrides": overrides, "seed": seed, "task_a": options.task_a}
     if method.get("multitask") or method.get("replay"):
         spec["add_examples"] = {"task": options.task_a, "count": None if method.get("multitask") else method["replay"]}
@@ -239,6 +250,22 @@ def run_b(options, seed: int, name: str, method: dict, a_runs: dict) -> str:
         spec["penalty"] = {"kind": kind, "strength": strength,
                            "fisher_path": os.path.join(options.runs, f"seed{seed}", FISHER_NAME)}  # fmt: skip
     subprocess.run([sys.executable, os.path.abspath(__file__), "--train-one", json.dumps(spec)], check=True, cwd=ROOT)
+    return out
+
+
+def refine_a(options, seed: int, a_run: str) -> str:
+    """A's IVON run with its precision refined at the mean (the exact GGN of A's train split), the scale chosen on A's
+    validation split among --refine-ess x --refine-prior-precision; its seconds go to the seed's REFINE_TIME."""
+    out = os.path.join(options.runs, f"seed{seed}", REFINED_A)
+    if not os.path.isfile(os.path.join(out, "posterior_config.json")):
+        start = time.perf_counter()
+        ivon_lora("refine", a_run, "--ess", *map(str, options.refine_ess), "--prior-precision",
+                  *map(str, options.refine_prior_precision), "--select-samples", str(options.samples), "--out", out,
+                  "--overwrite")  # fmt: skip
+        from ivon_lora.fileio import write_json_atomic
+
+        write_json_atomic(os.path.join(options.runs, f"seed{seed}", REFINE_TIME),
+                          {"seconds": time.perf_counter() - start})  # fmt: skip
     return out
 
 
@@ -313,6 +340,12 @@ def run_record(options, run: str, split_evals: dict, task_b: str) -> dict:
 
         with safe_open(fisher, "pt") as f:
             record["extra_seconds"] = float(f.metadata()["seconds"])
+    refine_time = os.path.join(os.path.dirname(run), REFINE_TIME)
+    if "learned-prior" in os.path.basename(run) and os.path.isfile(refine_time):
+        with open(refine_time) as f:
+            record["extra_seconds"] = json.load(f)["seconds"]
+        with open(os.path.join(os.path.dirname(run), REFINED_A, "posterior_config.json")) as f:
+            record["refine"] = json.load(f)["refine"]
     memory = os.path.join(os.path.dirname(run), MEMORY_NAME)
     if "memory-sensitive" in os.path.basename(run) and os.path.isfile(memory):
         with open(memory) as f:
@@ -386,6 +419,46 @@ def summarise(per_seed: dict, chosen: dict, options) -> dict:
     return table
 
 
+def test_hits(options, run: str, task: str):
+    """(example ids, 1/0 per example) of the run's predictive (IVON: the sampled one) on `task`'s test split, from the
+    per-example predictions its evaluation wrote."""
+    from ivon_lora.comparison.scoring import read_predictive
+
+    eval_dir = f"{run}-eval-test"
+    with open(os.path.join(eval_dir, "eval.json")) as f:
+        result = json.load(f)
+    (label,) = result["tasks"][task]["runs"]
+    predictive = "sampled" if "sampled" in result["tasks"][task]["runs"][label] else "mean"
+    ids, gold, probs, _ = read_predictive(eval_dir, result, task, label, predictive)
+    return ids, (probs.argmax(axis=1) == gold).astype(float)
+
+
+def paired_differences(per_seed: dict, chosen: dict, options) -> dict:
+    """--paired-against's chosen setting minus every other family's, in A's and B's test accuracy after B: the mean
+    over the seeds both ran of each seed's difference, with its 95% paired-bootstrap interval over the test examples
+    (`ivon_lora.comparison.stats.paired_bootstrap`: the test set's sampling error; the seeds' spread is per_seed)."""
+    from ivon_lora.comparison.stats import paired_bootstrap
+
+    mine = chosen[options.paired_against]
+    found = {}
+    for family, other in chosen.items():
+        if family == options.paired_against:
+            continue
+        seeds = [s for s in per_seed if mine in per_seed[s] and other in per_seed[s]]
+        found[family] = {"setting": other, "seeds": seeds}
+        for task, short in ((options.task_a, "A"), (options.task_b, "B")):
+            first, second = [], []
+            for seed in seeds:
+                ids, hits = test_hits(options, per_seed[seed][mine]["dir"], task)
+                other_ids, other_hits = test_hits(options, per_seed[seed][other]["dir"], task)
+                if ids != other_ids:
+                    raise RuntimeError(f"{mine} and {other} (seed {seed}) were scored on other {task} examples")
+                first.append(hits)
+                second.append(other_hits)
+            found[family][f"accuracy_{short}"] = paired_bootstrap(first, second) if seeds else None
+    return found
+
+
 def cell(values, scale=100.0, digits=1) -> str:
     from ivon_lora.comparison.stats import mean_std_text
 
@@ -403,7 +476,27 @@ def markdown(table: dict, options, seeds) -> str:
                  ("accuracy_A", "ece_A", "accuracy_B", "ece_B", "forgetting")), cell(e["steps_needed"], 1, 0),
                  cell(e["train_seconds"], 1, 0), cell(e["extra_seconds"], 1, 0)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    for family, e in table.items():
+        if e.get("paired"):
+            lines += paired_table(e["setting"], e["paired"])
     return "\n".join(lines) + "\n"
+
+
+def paired_table(setting: str, paired: dict) -> list[str]:
+    from ivon_lora.comparison.stats import interval_text
+
+    def difference(found):
+        if found is None:
+            return "-"
+        return interval_text(found["difference"], found["interval"], 100.0, 1, signed=True)
+
+    lines = ["", f"Paired test differences, {setting} minus each family's chosen setting (x100; 95% paired-bootstrap "
+             "interval over the test examples, over the seeds both ran):", "",
+             "| against | seeds | acc A | acc B |", "|---|---|---|---|"]  # fmt: skip
+    for family, found in paired.items():
+        lines.append(f"| {found['setting']} | {','.join(map(str, found['seeds']))} | {difference(found['accuracy_A'])} "
+                     f"| {difference(found['accuracy_B'])} |")  # fmt: skip
+    return lines
 
 
 def figure(table: dict, per_seed: dict, path: str, options) -> None:
@@ -462,10 +555,33 @@ def main() -> None:
     parser.add_argument("--prior-scales", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0],
                         help="ivon-prior's grid of prior_scale (1: Bayesian updating; the precision of A's posterior "
                              "is about weight decay 1e-3 per entry at ess 1e6, so 10-1000 span l2's grid)")  # fmt: skip
+    parser.add_argument(
+        "--learned-prior-scales",
+        type=float,
+        nargs="+",
+        default=[],
+        help="ivon-learned-prior's grid of prior_scale (1: the exact prior of A's learned posterior)",
+    )
+    parser.add_argument(
+        "--refine-ess",
+        type=float,
+        nargs="+",
+        default=[3e8, 1e9, 3e9],
+        help="the learned posterior's ess grid (chosen on A's validation; the curvature study's)",
+    )
+    parser.add_argument(
+        "--refine-prior-precision",
+        type=float,
+        nargs="+",
+        default=[3e-10, 1e-9, 3e-9],
+        help="the learned posterior's δ grid (chosen with --refine-ess)",
+    )
+    parser.add_argument("--paired-against", help="a method family whose paired test differences against every "
+                        "other family are reported with 95%% intervals (e.g. ivon-learned-prior)")  # fmt: skip
     parser.add_argument("--memory-prior-scales", type=float, nargs="+", default=[1.0, 100.0],
                         help="ivon-prior-memory's grid of prior_scale (the sensitive memory: the first)")  # fmt: skip
     parser.add_argument("--l2", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    parser.add_argument("--ewc", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument("--ewc", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0, 10000.0])
     parser.add_argument("--samples", type=int, default=10, help="posterior samples of the IVON evaluations")
     parser.add_argument("--eval-steps", type=int, default=25, help="Trainer evaluations on B's validation (0: none)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N of each split")
@@ -487,13 +603,19 @@ def main() -> None:
     options.out, options.runs = os.path.abspath(options.out), os.path.abspath(options.runs)
     options.grid_seeds = options.grid_seeds or options.seeds
     options.reference_seeds = options.seeds if options.reference_seeds is None else options.reference_seeds
-    per_seed = {seed: run_seed(options, seed) for seed in options.seeds if seed in options.grid_seeds}
-    chosen = choose({s: {k: v for k, v in r.items() if not k.startswith("after-A")} for s, r in per_seed.items()},
+    selection = {seed: run_seed(options, seed) for seed in options.grid_seeds}
+    chosen = choose({s: {k: v for k, v in r.items() if not k.startswith("after-A")} for s, r in selection.items()},
                     options)  # fmt: skip
-    for seed in options.seeds:
-        if seed not in per_seed:
-            per_seed[seed] = run_seed(options, seed, chosen)
+    for family, names in families(methods(options)).items():  # a family without a grid (seeds may have skipped it)
+        if len(names) == 1:
+            chosen.setdefault(family, names[0])
+    # Grid seeds among --seeds are reported too (the earlier studies' protocol); those apart from them only choose.
+    per_seed = {
+        seed: selection[seed] if seed in selection else run_seed(options, seed, chosen) for seed in options.seeds
+    }
     table = summarise(per_seed, chosen, options)
+    if options.paired_against:
+        table[options.paired_against]["paired"] = paired_differences(per_seed, chosen, options)
     from ivon_lora.rundir import environment
 
     os.makedirs(options.out, exist_ok=True)
@@ -502,7 +624,8 @@ def main() -> None:
 
     write_json_atomic(os.path.join(options.out, "study.json"),
                       {"command": " ".join(sys.argv), "settings": settings, "environment": environment(),
-                       "methods": methods(options), "chosen": chosen, "summary": table, "per_seed": per_seed},
+                       "methods": methods(options), "chosen": chosen, "summary": table, "per_seed": per_seed,
+                       "selection": {s: r for s, r in selection.items() if s not in options.seeds}},
                       default=str)  # fmt: skip
     text = markdown(table, options, options.seeds)
     with open(os.path.join(options.out, "study.md"), "w") as f:
