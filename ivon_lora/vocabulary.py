@@ -15,6 +15,8 @@ DEFAULT_ECE_BINS = (10, 15)
 # Fisher with labels drawn from the model, IVON's own (Price) estimator.
 CURVATURE_METHODS = ("ggn", "fisher", "ivon")
 DEFAULT_CURVATURE_SAMPLES = 8  # fisher: labels drawn per example; ivon: antithetic sample pairs per batch
+# The prediction covariance V = J Σ Jᵀ the sensitivity reads: the K x K matrix (the MPE's form), or its diagonal.
+OUTPUT_COVARIANCES = ("full", "diagonal")
 
 # Test-time pruning of the posterior (`Posterior.prune`): what entries are ranked within, what pruning does to an
 # entry, and the score it ranks by (|m|/sqrt(v), |m|, 1/sqrt(v)).

@@ -62,12 +62,17 @@ def _max_length(run):
     return getattr(run.recipe.data, "max_length", None)
 
 
+# The prediction covariance the study reads: "diagonal" made the committed results; "full" (K x K) is the MPE's form
+# and the library's default (`--covariance`).
+COVARIANCE = {"value": "diagonal"}
+
+
 def _sensitivity(run, examples, ess=None):
     from ivon_lora.choice.sensitivity import choice_sensitivity
     from ivon_lora.sensitivity import rescaled_to_ess
 
     return choice_sensitivity(run.model, run.tokenizer, examples, rescaled_to_ess(run.posterior, ess),
-                              batch_size=32, max_length=_max_length(run))  # fmt: skip
+                              batch_size=32, max_length=_max_length(run), covariance=COVARIANCE["value"])  # fmt: skip
 
 
 def _mean_probs(run, examples):
@@ -232,7 +237,7 @@ def part_a(args) -> dict:
 
     s = [float(sens.sensitivity[i]) for i in removals]
     loss = [float(sens.loss[i]) for i in removals]
-    variance = [float(sens.variance[i].sum()) for i in removals]
+    variance = [float(sens.diagonal[i].sum()) for i in removals]
     return {
         "checkpoint": checkpoint, "recipe": run.recipe.resolved(), "removed": removals, "top": top, "movement": movements, "sensitivity": s,
         "loss": loss, "variance": variance, "steps": args.retrain_steps, "lr": args.retrain_lr,
@@ -317,6 +322,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "sensitivity-smollm2"))
     parser.add_argument("--parts", nargs="+", default=["b", "d", "a", "c"], choices=["a", "b", "c", "d"])
     parser.add_argument("--removals", type=int, default=30)
+    parser.add_argument(
+        "--covariance",
+        choices=["full", "diagonal"],
+        default="diagonal",
+        help="the prediction covariance (diagonal: the committed results'; full: the MPE's K x K)",
+    )
     parser.add_argument("--retrain-steps", type=int, default=64, help="IVON steps of each retraining (a)")
     parser.add_argument(
         "--retrain-lr",
@@ -340,6 +351,7 @@ def main(argv=None) -> int:
         help="write the report from what has run (c: the retrainings finished so far)",
     )
     args = parser.parse_args(argv)
+    COVARIANCE["value"] = args.covariance
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.set_num_threads(args.threads)
     os.makedirs(os.path.join(args.out, "parts"), exist_ok=True)

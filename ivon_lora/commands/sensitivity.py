@@ -22,10 +22,11 @@ logger = logging.getLogger(__name__)
 PROTOCOL = {
     "outputs": "the K answer-token logits at the last prompt position (the choice objective's), at the posterior mean",
     "error": "e = softmax(f) - onehot(label)",
-    "hessian": "λ = p (1 - p), elementwise",
-    "variance": "v = diag(J Σ Jᵀ) over the adapter, Σ the posterior's diagonal covariance 1/(ess (h + δ))",
-    "sensitivity": "s = Σ_k |e_k λ_k v_k| (first-order change of p when the example is left out)",
-    "loo": "f + e ⊙ v; LOO-NLL = mean of -log softmax(f + e ⊙ v)[label]",
+    "covariance": "V = J Σ Jᵀ over the adapter (K x K; --covariance diagonal: v = diag V), Σ the posterior's "
+    "diagonal covariance 1/(ess (h + δ))",
+    "loo": "f + V e (diagonal: f + e ⊙ v); LOO-NLL = mean of -log softmax(f + V e)[label]",
+    "sensitivity": "s = Σ_k |Δp_k|, Δp = (diag(p) - p pᵀ) V e (diagonal: p (1 - p) ⊙ e ⊙ v): the first-order change "
+    "of p when the example is left out",
     "reference": "Nickl, Xu, Tailor, Möllenhoff, Khan: The Memory-Perturbation Equation, NeurIPS 2023 (arXiv 2310.19273)",
 }
 
@@ -127,12 +128,13 @@ def run_sensitivity(options) -> dict:
     examples = format_examples(loaded.examples, tokenizer=run.tokenizer, model_args=run.model_args)
     posterior = rescaled_to_ess(run.posterior, options.ess)
     result = choice_sensitivity(run.model, run.tokenizer, examples, posterior, variance=options.variance,
+                                covariance=options.covariance,
                                 num_samples=options.samples, batch_size=options.batch_size,
                                 max_length=getattr(run.recipe.data, "max_length", None) if run.recipe else None,
                                 seed=options.seed, progress=True)  # fmt: skip
     summary = {
         "run_dir": described["dir"], "task": task.as_dict(), "data": loaded.as_dict(), **result.summary(),
-        "settings": {"variance": options.variance, "samples": options.samples if options.variance == "sampled" else None,
+        "settings": {"variance": options.variance, "covariance": options.covariance, "samples": options.samples if options.variance == "sampled" else None,
                      "seed": options.seed, "ess": posterior.config.get("ess") if options.ess is None else options.ess,
                      "run_ess": run.posterior.config.get("ess"), "batch_size": options.batch_size,
                      "limit": options.limit, "split": options.split, "file": options.file},
@@ -154,7 +156,7 @@ def run_sensitivity(options) -> dict:
         write_json_atomic(os.path.join(staging, SENSITIVITY_SUMMARY_NAME), summary)
         plot_sensitivity(result, os.path.join(staging, SENSITIVITY_PLOT_NAME),
                          f"{os.path.basename(os.path.normpath(options.run_dir))}: {task_name} {options.split}, "
-                         f"{len(result.ids)} examples, {options.variance} variance; LOO-NLL {summary['loo_nll']:.3f}",
+                         f"{len(result.ids)} examples, {options.variance} {options.covariance} covariance; LOO-NLL {summary['loo_nll']:.3f}",
                          flipped)  # fmt: skip
     print(f"LOO-NLL estimate {summary['loo_nll']:.4f} (NLL at the mean {summary['nll']:.4f}) over {len(result.ids)} "
           f"{task_name} {options.split} examples; the {min(options.top, len(result.ids))} most sensitive:")  # fmt: skip

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..vocabulary import (
     CURVATURE_METHODS,
     DEFAULT_CURVATURE_SAMPLES,
+    OUTPUT_COVARIANCES,
     PRUNE_CRITERIA,
     PRUNE_MODES,
     PRUNE_SCOPES,
@@ -83,9 +84,17 @@ class SensitivityConfig(OutputArguments):
     variance: str = field(
         default="exact",
         metadata={
-            "help": "exact: diag(J Σ Jᵀ) by K backward passes per batch; sampled: sample variance over S posterior "
+            "help": "exact: J Σ Jᵀ by K backward passes per batch; sampled: sample (co)variance over S posterior "
             "samples",
             "choices": ("exact", "sampled"),
+        },
+    )
+    covariance: str = field(
+        default="full",
+        metadata={
+            "help": "full: the K x K prediction covariance V (the leave-one-out shift V e); diagonal: its diagonal v "
+            "(e ⊙ v, which overstates the shift when the answers' Jacobians correlate)",
+            "choices": OUTPUT_COVARIANCES,
         },
     )
     samples: int = field(

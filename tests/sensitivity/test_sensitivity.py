@@ -1,4 +1,4 @@
-"""Per-example sensitivity (the Memory-Perturbation Equation): variances against oracles, LOO against retraining."""
+"""Per-example sensitivity (the Memory-Perturbation Equation): covariances against oracles, LOO against retraining."""
 
 import torch
 
@@ -14,8 +14,9 @@ def _formatted(run, examples):
     return format_examples(examples, tokenizer=run.tokenizer, model_args=run.model_args)
 
 
-def _jacobian_variances(run, examples):
-    """The oracle: per-example Jacobians of the K logits over the adapter by torch.func, one example at a time."""
+def _jacobian_covariances(run, examples):
+    """The oracle: J Σ Jᵀ (K x K) from per-example Jacobians of the K logits over the adapter by torch.func, one example
+    at a time."""
     from torch.func import functional_call, jacrev
 
     from ivon_lora.choice.collator import ChoiceCollator
@@ -38,27 +39,42 @@ def _jacobian_variances(run, examples):
             )[0]  # noqa: E731,E501
 
         jac = jacrev(logits)({k: p.detach() for k, p in adapter.items()})
-        rows.append(sum((jac[k].double().square() * posterior.variance[k].double()).flatten(1).sum(1) for k in adapter))
+        rows.append(sum(torch.einsum("kx,lx->kl", (jac[k].double() * posterior.variance[k].double()).flatten(1),
+                                     jac[k].double().flatten(1)) for k in adapter))  # fmt: skip
     return torch.stack(rows)
 
 
-def test_exact_variance_equals_per_example_jacobians_by_torch_func(run, synthetic_examples, monkeypatch):
+def test_exact_covariance_equals_per_example_jacobians_by_torch_func(run, synthetic_examples, monkeypatch):
     examples = _formatted(run, synthetic_examples["validation"][:6])
     run.model.eval()
-    oracle = _jacobian_variances(run, examples)
+    oracle = _jacobian_covariances(run, examples)
     hooked = choice_sensitivity(run.model, run.tokenizer, examples, run.posterior, batch_size=4)
-    assert oracle.abs().min() > 0
+    assert hooked.full and oracle.abs().min() > 0  # the answers share the adapter: V is not diagonal
     torch.testing.assert_close(hooked.variance, oracle, rtol=1e-4, atol=1e-12)
+    diagonal = choice_sensitivity(
+        run.model, run.tokenizer, examples, run.posterior, batch_size=4, covariance="diagonal"
+    )
+    torch.testing.assert_close(diagonal.variance, torch.diagonal(oracle, dim1=1, dim2=2), rtol=1e-4, atol=1e-12)
     # The fallback for adapter tensors outside an nn.Linear (one example, one backward at a time) agrees too.
     monkeypatch.setattr(variance_module, "linear_owners", lambda model, bound: {})
     looped = choice_sensitivity(run.model, run.tokenizer, examples, run.posterior, batch_size=4)
     torch.testing.assert_close(looped.variance, oracle, rtol=1e-4, atol=1e-12)
-    # MPE quantities from the definitions.
+    # MPE quantities from the definitions: the shift V e, its change of p through the softmax's Jacobian.
     p = torch.softmax(hooked.logits, -1)
     e = p - torch.nn.functional.one_hot(hooked.gold, p.shape[1])
-    torch.testing.assert_close(hooked.sensitivity, (e * p * (1 - p) * oracle).abs().sum(1), rtol=1e-4, atol=1e-15)
-    loo = torch.log_softmax(hooked.logits + e * hooked.variance, -1).gather(1, hooked.gold[:, None])[:, 0]
-    assert abs(hooked.loo_nll() - float(-loo.mean())) < 1e-12
+    shift = torch.stack([oracle[i] @ e[i] for i in range(len(e))])
+    softmax_jacobian = torch.stack([torch.diag(p[i]) - torch.outer(p[i], p[i]) for i in range(len(p))])
+    expected = torch.stack([(softmax_jacobian[i] @ shift[i]).abs().sum() for i in range(len(p))])
+    torch.testing.assert_close(hooked.sensitivity, expected, rtol=1e-4, atol=1e-15)
+    loo = torch.log_softmax(hooked.logits + shift, -1).gather(1, hooked.gold[:, None])[:, 0]
+    assert abs(hooked.loo_nll() - float(-loo.mean())) < 1e-6
+    # The diagonal form: e ⊙ v and p (1 - p) ⊙ e ⊙ v.
+    v = torch.diagonal(oracle, dim1=1, dim2=2)
+    torch.testing.assert_close(diagonal.sensitivity, (e * p * (1 - p) * v).abs().sum(1), rtol=1e-4, atol=1e-15)
+    loo = torch.log_softmax(diagonal.logits + e * diagonal.variance, -1).gather(1, diagonal.gold[:, None])[:, 0]
+    assert abs(diagonal.loo_nll() - float(-loo.mean())) < 1e-12
+    row = next(hooked.rows())
+    assert row["variance"] == hooked.diagonal[0].tolist() and row["covariance"] == hooked.variance[0].tolist()
 
 
 def _linear_model(num_features=5, num_outputs=3, seed=0):
@@ -92,6 +108,23 @@ def test_sampled_variance_converges_to_the_exact_one_on_a_linear_model():
                          for s in range(600)]).mean(0)  # fmt: skip
     assert ((means - exact).abs() / exact).max() < 0.12
     torch.testing.assert_close(model.weight.detach(), posterior.mean["weight"])  # the mean is back
+
+
+def test_the_full_covariance_of_mixed_outputs_is_known_and_the_sample_covariance_converges_to_it():
+    """Outputs g = M f of a linear layer f = W x + b mix its rows, so Cov g = M diag(Var f) Mᵀ, off-diagonal too."""
+    model, posterior, x = _linear_model()
+    mix = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, 0.2, 1.0]])
+    outputs = lambda model, batch: model(batch["x"]) @ mix.T  # noqa: E731
+    batches = [{"x": x[:4]}, {"x": x[4:]}]
+    f_variance = (x.double().square() @ posterior.variance["weight"].double().T) + posterior.variance["bias"].double()
+    by_hand = torch.einsum("kj,nj,lj->nkl", mix.double(), f_variance, mix.double())
+    exact = exact_variances(model, posterior, batches, outputs, full=True)
+    torch.testing.assert_close(exact, by_hand)
+    torch.testing.assert_close(exact_variances(model, posterior, batches, outputs), torch.diagonal(by_hand, 0, 1, 2))
+    sampled = sampled_variances(model, posterior, batches, outputs, num_samples=4000, seed=1, full=True)
+    scale = torch.diagonal(by_hand, 0, 1, 2).sqrt()
+    correlation_error = (sampled - by_hand).abs() / (scale[:, :, None] * scale[:, None, :])
+    assert correlation_error.max() < 0.11  # each entry within 5 of its standard errors (about 0.022 of sqrt(V_kk V_ll))
 
 
 def test_loo_equals_retraining_on_a_linear_gaussian_problem():
