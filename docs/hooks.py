@@ -5,8 +5,9 @@
 - `<!-- study: NAME -->` in a page: the study's command, its environment, its table and its figure, rendered from the
   committed `results/NAME/study.json`, `results/NAME/study.md` and `results/NAME/*.png` (`study_block`; the tests
   hold study.md equal to what the study script renders from study.json), or from a comparison's `compare.json`,
-  `compare.md` and `compare.png` (`ivon-lora compare`'s report, held equal to what it renders from compare.json). `<!-- study-source: NAME -->`: the same
-  without the table, for a page that sets the study's tables between its paragraphs.
+  `compare.md` and `compare.png` (`ivon-lora compare`'s report, held equal to what it renders from compare.json).
+  `<!-- study-source: NAME -->`: the same without the table, for a page that sets the study's tables between its
+  paragraphs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def study_block(name: str, depth: int = 1, table: bool = True) -> str:
     if command:
         if not command.startswith(("python", "ivon-lora")):
             command = f"python {command}"
-        parts += ["**Command** (from `study.json`):", "", "```bash", command, "```", ""]
+        parts += [f"**Command** (from `{kind}.json`):", "", "```bash", command, "```", ""]
     # A study run in parts (the sensitivity study) records each part's own command.
     commands = [
         part["command"] for part in study.get("parts", {}).values() if isinstance(part, dict) and "command" in part
@@ -57,7 +58,7 @@ def study_block(name: str, depth: int = 1, table: bool = True) -> str:
         cpu = environment.get("cpu")
         versions += f", CPU {cpu['capability']} ({cpu['threads']} torch threads)" if isinstance(cpu, dict) else ""
         threads = f"; {study['threads']} torch threads" if "threads" in study else ""
-        parts += [f"**Environment** (from `study.json`): {versions}{threads}.", ""]
+        parts += [f"**Environment** (from `{kind}.json`): {versions}{threads}.", ""]
     if table:
         by = "the study script" if kind == "study" else "`ivon-lora compare`"
         parts += [f"**Table** (`results/{name}/{kind}.md`, rendered from `{kind}.json` by {by}):", ""]
