@@ -528,6 +528,8 @@ def figure(table: dict, per_seed: dict, path: str, options) -> None:
 
 
 def main() -> None:
+    from study_curvature import REFINE_GRID  # the grid the curvature study settled on (scripts/)
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="results dir (study.json, study.md, study.png)")
@@ -566,14 +568,14 @@ def main() -> None:
         "--refine-ess",
         type=float,
         nargs="+",
-        default=[3e8, 1e9, 3e9],
+        default=list(REFINE_GRID["ess"]),
         help="the learned posterior's ess grid (chosen on A's validation; the curvature study's)",
     )
     parser.add_argument(
         "--refine-prior-precision",
         type=float,
         nargs="+",
-        default=[3e-10, 1e-9, 3e-9],
+        default=list(REFINE_GRID["prior_precision"]),
         help="the learned posterior's δ grid (chosen with --refine-ess)",
     )
     parser.add_argument("--paired-against", help="a method family whose paired test differences against every "

@@ -31,6 +31,49 @@ TASKS = ("wordfacts", "antonyms")
 DESIGN_COLUMNS = ("linear (PEFT, factor-wise)", "cat (exact ΔW)", "uncertainty factor, H₀=0", "uncertainty delta, H₀=0")
 ALPHAS = (0.5, 1.0, 1.5)
 DENSITIES = (0.3, 0.7)
+# --search random (issue 33's protocol): every method gets the same number of validation candidates, each task's
+# weight α drawn log-uniform (unequal weights for every method; the same draws for every method) and the method's own
+# setting drawn from its range; "average" stays the one fixed reference. The rank-32 rows control the truncation back
+# to rank 16 (the sum of the two ranks) that TIES and the ΔW-space uncertainty merge make.
+CANDIDATES = 12
+WEIGHT_RANGE = (0.25, 2.0)
+SEARCH = {  # row -> (merge spec, its own setting (key, low, high, log scale?) or None)
+    "task arithmetic": ({"method": "cat"}, None),
+    "TIES": ({"method": "ties_svd", "rank": 16}, ("density", 0.1, 0.9, False)),
+    "TIES, rank 32": ({"method": "ties_svd", "rank": 32}, ("density", 0.1, 0.9, False)),
+    "DARE-TIES": ({"method": "dare_ties_svd", "rank": 16}, ("density", 0.1, 0.9, False)),
+    "linear (factor)": ({"method": "linear"}, None),
+}
+IVON_SEARCH = {  # H₀, the base model's precision per entry, a scalar on a log range (its curvature is not measured)
+    "uncertainty": ({"method": "uncertainty"}, ("base_precision", 1.0, 1e6, True)),
+    "uncertainty, rank 32": ({"method": "uncertainty", "rank": 32}, ("base_precision", 1.0, 1e6, True)),
+    "posterior": ({"method": "posterior"}, None),
+    "uncertainty (factor)": ({"method": "uncertainty", "space": "factor"}, ("base_precision", 1.0, 1e6, True)),
+    "posterior (factor)": ({"method": "posterior", "space": "factor"}, None),
+}
+
+
+def random_search(optimizer: str, seed: int, candidates: int = CANDIDATES) -> list[tuple[str, dict, list]]:
+    """(row name, merge spec, [weights]) rows: `candidates` per method, from generators seeded by `seed` (the weights,
+    shared by every method) and by (seed, method) (its own setting), so that adding a method moves no other."""
+    import math
+    import random
+
+    def log_uniform(rng, low, high):
+        return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+    shared = random.Random(f"weights-{seed}")
+    weights = [tuple(round(log_uniform(shared, *WEIGHT_RANGE), 4) for _ in TASKS) for _ in range(candidates)]
+    rows = [("average", {"method": "cat"}, [(0.5, 0.5)])]
+    for name, (spec, setting) in {**SEARCH, **(IVON_SEARCH if optimizer == "ivon" else {})}.items():
+        own = random.Random(f"{name}-{seed}")
+        for pair in weights:
+            drawn = dict(spec)
+            if setting is not None:
+                key, low, high, log = setting
+                drawn[key] = round(log_uniform(own, low, high) if log else own.uniform(low, high), 4)
+            rows.append((name, drawn, [pair]))
+    return rows
 
 
 # (row name, merge spec, weight points): the validation grid of every method; "average" has no hyperparameter.
@@ -103,12 +146,24 @@ def mean_score(scores: dict, column: str) -> float:
     return statistics.fmean(scores[f"{task}/validation"][column] for task in TASKS)
 
 
-def study_seed(seed: int, optimizer: str, runs: str, state: dict, save, reference: str | None) -> None:
+def refined(run_dir: str, grid: dict) -> str:
+    """The run's learned posterior: `ivon-lora refine` (the exact GGN at its mean, the scale chosen on its task's
+    validation split among `grid`), written once beside the run."""
+    out = f"{run_dir}-refined"
+    if not os.path.isfile(os.path.join(out, "posterior_config.json")):
+        command = [sys.executable, "-m", "ivon_lora", "refine", run_dir, "--ess", *map(str, grid["ess"]),
+                   "--prior-precision", *map(str, grid["prior_precision"]), "--select-samples", "10", "--out", out,
+                   "--overwrite"]  # fmt: skip
+        subprocess.run(command, check=True, cwd=ROOT)
+    return out
+
+
+def study_seed(seed: int, optimizer: str, dirs: dict, state: dict, save, reference: str | None,
+               search: str = "grid") -> None:  # fmt: skip
     from ivon_lora.merging.runs import read_input
     from ivon_lora.merging.sweep import AdapterScorer, method_label, sweep_merges
     from ivon_lora.tasks import load_split
 
-    dirs = run_dirs(seed, optimizer, runs)
     inputs = [read_input(dirs[task]) for task in TASKS]
     splits = {f"{task}/{split}": load_split(task, split) for task in TASKS for split in ("validation", "test")}
     scorer = AdapterScorer(dirs["wordfacts"], splits)
@@ -122,7 +177,7 @@ def study_seed(seed: int, optimizer: str, runs: str, state: dict, save, referenc
 
     scorer.score = score_validation
     chosen = state.setdefault("chosen", {}).setdefault(f"{optimizer}-seed{seed}", {})
-    for name, spec, points in grid(optimizer):
+    for name, spec, points in grid(optimizer) if search == "grid" else random_search(optimizer, seed):
         spec = {"space": "delta", "density": None, "rank": None, "base_precision": 0.0, "seed": seed, **spec}
         rows = sweep_merges(inputs, [spec], points, scorer, score_inputs=False, done=done,
                             on_row=lambda row: (done.__setitem__(row["key"], row), save()))  # fmt: skip
@@ -260,6 +315,15 @@ def main() -> None:
         help="optimizers whose multitask finetune (seed 0) is trained as the reference",
     )
     parser.add_argument("--no-train", action="store_true", help="skip seeds whose runs are missing instead of training")
+    parser.add_argument(
+        "--posterior",
+        choices=["trained", "learned"],
+        default="trained",
+        help="the IVON runs' posterior as trained, or refined (study_curvature.REFINE_GRID; issue 33)",
+    )
+    parser.add_argument("--search", choices=["grid", "random"], default="grid",
+                        help="grid: the committed study's per-method grids; random: CANDIDATES per method, unequal "
+                             "weights for every method, the rank-32 controls (issue 33)")  # fmt: skip
     options = parser.parse_args()
     from ivon_lora.fileio import write_json_atomic
     from ivon_lora.config import read_yaml
@@ -301,7 +365,12 @@ def main() -> None:
             state.setdefault("recipes", {})
             for directory in [*dirs.values(), *([reference] if has_reference else [])]:
                 state["recipes"][directory] = read_yaml(os.path.join(directory, "recipe.yaml"))
-            study_seed(seed, optimizer, options.runs, state, save, reference if has_reference else None)
+            if options.posterior == "learned" and optimizer == "ivon":
+                from study_curvature import REFINE_GRID  # the grid the curvature study settled on (scripts/)
+
+                dirs = {task: refined(directory, REFINE_GRID) for task, directory in dirs.items()}
+            study_seed(seed, optimizer, dirs, state, save, reference if has_reference else None,
+                       options.search)  # fmt: skip
             save()
     with open(os.path.join(options.out, "study.md"), "w") as f:
         f.write(f"Command: `flock /tmp/ivon-study.lock {state['command']}`\n{table(state)}\n")

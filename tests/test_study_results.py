@@ -169,3 +169,30 @@ def test_regimes_are_named_as_a_reader_says_them():
     training_length = _script("study_training_length")
     assert training_length.describe("clean") == "clean"
     assert training_length.describe("noise0.15") == "15% flipped"
+
+
+def test_the_merge_studys_random_search_gives_every_method_the_same_candidates():
+    """Issue 33's merging protocol (`study_merge.py --search random`): the same number of validation candidates per
+    method, unequal weights for every method (the same draws for all), each method's own setting in its range, the
+    same draws on a rerun, and no method's draws moved by another's."""
+    merge = _script("study_merge")
+    rows = merge.random_search("ivon", seed=1)
+    by_method = {}
+    for name, spec, (weights,) in rows:
+        by_method.setdefault(name, []).append((spec, weights))
+    assert by_method.pop("average") == [({"method": "cat"}, (0.5, 0.5))]  # the one fixed reference
+    assert set(by_method) == {*merge.SEARCH, *merge.IVON_SEARCH}
+    assert {len(candidates) for candidates in by_method.values()} == {merge.CANDIDATES}
+    weights = [w for _, w in by_method["task arithmetic"]]
+    assert all([w for _, w in candidates] == weights for candidates in by_method.values())
+    assert sum(a != b for a, b in weights) == len(weights)  # unequal weights
+    low, high = merge.WEIGHT_RANGE
+    assert all(low <= a <= high for pair in weights for a in pair)
+    for name, (spec, setting) in {**merge.SEARCH, **merge.IVON_SEARCH}.items():
+        if setting is not None:
+            key, low, high, _ = setting
+            values = [drawn[key] for drawn, _ in by_method[name]]
+            assert all(low <= v <= high for v in values) and len(set(values)) == merge.CANDIDATES
+    assert merge.random_search("ivon", seed=1) == rows and merge.random_search("ivon", seed=2) != rows
+    adamw = merge.random_search("adamw", seed=1)  # fewer methods: the shared ones draw the same
+    assert [row for row in rows if row[0] in merge.SEARCH or row[0] == "average"] == adamw
