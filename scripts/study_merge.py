@@ -196,7 +196,7 @@ def study_seed(seed: int, optimizer: str, dirs: dict, state: dict, save, referen
         singles["multitask finetune"] = (multitask.tensors, multitask.config)
     for name, (tensors, config) in singles.items():
         if name not in tests:
-            tests[name] = {"scores": scorer.score(tensors, config, names=[*test, *validation])}
+            tests[name] = {"scores": scorer.score(tensors, config, names=[*test, *validation], per_example=True)}
             save()
     from ivon_lora.merging.runs import merge_adapters
 
@@ -207,15 +207,53 @@ def study_seed(seed: int, optimizer: str, dirs: dict, state: dict, save, referen
         tensors, config, _ = merge_adapters(inputs, weights=list(pick["weights"]), **pick["spec"])
         seconds = time.perf_counter() - start
         tests[name] = {"key": pick["key"], "label": pick["label"], "weights": pick["weights"], "merge_seconds": seconds,
-                       "scores": scorer.score(tensors, config, names=test)}  # fmt: skip
+                       "scores": scorer.score(tensors, config, names=test, per_example=True)}  # fmt: skip
         save()
         print(f"{optimizer} seed {seed} {name}: {pick['label']} {pick['weights']} ->",
               {k: round(v["accuracy"], 3) for k, v in tests[name]["scores"].items()}, flush=True)  # fmt: skip
     del scorer
 
 
+PAIRED_AGAINST = "task arithmetic"  # the merge every other is paired against (the ICLR paper's baseline)
+
+
+def paired_lines(state: dict) -> list[str]:
+    """Each method's test accuracy minus PAIRED_AGAINST's, per task: the mean over the seeds both have of each seed's
+    difference, with its 95% paired-bootstrap interval over the test examples (the compare protocol's); only for
+    the points scored with their per-example hits."""
+    from ivon_lora.comparison.stats import interval_text, paired_bootstrap
+
+    lines = []
+    for optimizer in ("ivon", "adamw"):
+        seeds = [key for key in state.get("test", {}) if key.startswith(f"{optimizer}-")]
+        has_hits = [s for s in seeds if "correct" in state["test"][s].get(PAIRED_AGAINST, {}).get("scores", {}).get(
+            f"{TASKS[0]}/test", {})]  # fmt: skip
+        if not has_hits:
+            continue
+        lines += ["", f"**{optimizer.upper()}**: test accuracy minus {PAIRED_AGAINST}'s (x100; 95% paired-bootstrap "
+                  "interval over the test examples; seeds: how many the pair shares):", "",
+                  "| method | seeds | " + " | ".join(f"{task} acc" for task in TASKS) + " |",
+                  "|---|---|" + "---|" * len(TASKS)]  # fmt: skip
+        for name in state["test"][has_hits[0]]:
+            if name == PAIRED_AGAINST:
+                continue
+            both = [s for s in has_hits if "correct" in state["test"][s].get(name, {}).get("scores", {}).get(
+                f"{TASKS[0]}/test", {})]  # fmt: skip
+            cells = []
+            for task in TASKS:
+                split = f"{task}/test"
+                found = paired_bootstrap(
+                    [state["test"][s][name]["scores"][split]["correct"] for s in both],
+                    [state["test"][s][PAIRED_AGAINST]["scores"][split]["correct"] for s in both],
+                )
+                cells.append(interval_text(found["difference"], found["interval"], 100.0, 1, signed=True))
+            lines.append(f"| {name} | {len(both)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(state: dict) -> str:
-    """Test accuracy / NLL / ECE per task, mean ± std over the seeds studied, per optimizer and method."""
+    """Test accuracy / NLL / ECE per task, mean ± std over the seeds studied, per optimizer and method, and the paired
+    differences against PAIRED_AGAINST where the per-example hits were kept."""
     from ivon_lora.comparison.stats import mean_std_text
 
     lines = [
@@ -248,7 +286,7 @@ def table(state: dict) -> str:
             chosen = values[0].get("label", "") + (f" α={values[0]['weights']}" if "weights" in values[0] else "")
             lines.append(f"| {name} | {chosen} | " + " | ".join(cell(t, c) for t in TASKS for c in ("accuracy", "nll", "ece_10"))
                          + f" | {statistics.fmean(means):.3f} |")  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(lines + paired_lines(state))
 
 
 def figure(state: dict, path: str) -> None:

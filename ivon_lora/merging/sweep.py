@@ -44,8 +44,10 @@ class AdapterScorer:
         self.batch_size = batch_size
         self._count = 0
 
-    def score(self, tensors: dict, config: dict, names=None) -> dict[str, dict]:
-        """Accuracy, NLL and ECE (10 bins) at the adapter's weights, per split name (all, or those in `names`)."""
+    def score(self, tensors: dict, config: dict, names=None, per_example: bool = False) -> dict[str, dict]:
+        """Accuracy, NLL and ECE (10 bins) at the adapter's weights, per split name (all, or those in `names`); with
+        `per_example`, also each example's 1/0 hit ("correct", in the split's order), for paired comparisons."""
+        import torch
         from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
 
@@ -66,6 +68,11 @@ class AdapterScorer:
                                       batch_size=self.batch_size)  # fmt: skip
                 metrics = predictions.metrics()["mean"]
                 results[split] = {column: metrics[column] for column in COLUMNS}
+                if per_example:  # in the split's order, which predict keeps
+                    if list(predictions.ids) != [example.id for example in examples]:
+                        raise RuntimeError(f"{split}: the predictions are not in the split's order")
+                    hits = predictions.mean.argmax(dim=1) == torch.as_tensor(predictions.gold)
+                    results[split]["correct"] = hits.int().tolist()
         finally:
             model.set_adapter(previous)
             model.delete_adapter(name)

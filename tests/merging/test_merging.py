@@ -344,3 +344,37 @@ def test_sweep_scores_every_point_on_every_task_and_writes_table_and_plot(two_ru
     ]
     plot_sweep(rows, "a", "b", str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_the_scorers_per_example_hits_give_its_accuracy_and_the_merge_study_pairs_them(two_runs):
+    """AdapterScorer's per-example hits (for paired comparisons) average to its accuracy, in the split's order; the
+    merge study's paired table is the paired bootstrap of those hits against task arithmetic's."""
+    import importlib.util
+
+    from ivon_lora.comparison.stats import interval_text, paired_bootstrap
+    from ivon_lora.merging.runs import read_input
+    from ivon_lora.merging.sweep import AdapterScorer
+    from ivon_lora.tasks import get_task, load_split
+
+    split = load_split(get_task("synthetic"), "validation", None, 24)
+    scorer = AdapterScorer(two_runs[0], {"synthetic/test": split})
+    scores = {}
+    for i, directory in enumerate(two_runs):
+        run = read_input(directory)
+        scores[i] = scorer.score(run.tensors, run.config, per_example=True)["synthetic/test"]
+        assert len(scores[i]["correct"]) == 24 and sum(scores[i]["correct"]) / 24 == pytest.approx(
+            scores[i]["accuracy"]
+        )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("study_merge", os.path.join(root, "scripts", "study_merge.py"))
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    baseline = {task: {"accuracy": 0.0, "correct": scores[0]["correct"]} for task in ("wordfacts", "antonyms")}
+    other = {task: {"accuracy": 0.0, "correct": scores[1]["correct"]} for task in ("wordfacts", "antonyms")}
+    state = {"test": {f"ivon-seed{s}": {"task arithmetic": {"scores": {f"{t}/test": v for t, v in baseline.items()}},
+                                        "uncertainty": {"scores": {f"{t}/test": v for t, v in other.items()}}}
+                      for s in (0, 1)}}  # fmt: skip
+    (row,) = [line for line in merge.paired_lines(state) if line.startswith("| uncertainty |")]
+    found = paired_bootstrap([scores[1]["correct"]] * 2, [scores[0]["correct"]] * 2)
+    assert row == f"| uncertainty | 2 | {interval_text(found['difference'], found['interval'], 100.0, 1, signed=True)}" \
+                  f" | {interval_text(found['difference'], found['interval'], 100.0, 1, signed=True)} |"  # fmt: skip
