@@ -7,8 +7,9 @@ Two estimators, each over pre-collated batches and any `outputs(model, batch) ->
   a batch are independent (left padding, per-row attention), so the gradient reaching a layer's output at row i is
   example i's alone; for an `nn.Linear` adapter tensor (LoRA's A and B) the per-example gradient is then the outer
   product of that gradient with the layer's input, summed over positions, captured by hooks. So a batch costs K
-  backward passes, not B x K; the full matrix keeps the K per-example gradients and pairs them. Adapter tensors not owned by an `nn.Linear` (e.g. DoRA's magnitudes) fall back to
-  a plain loop: one example at a time, one backward per output.
+  backward passes, not B x K. The full matrix keeps the batch's K per-example gradients to pair them (memory
+  K x B x the adapter's size, in float64); the diagonal keeps none. Adapter tensors not owned by an `nn.Linear`
+  (e.g. DoRA's magnitudes) fall back to a plain loop: one example at a time, one backward per output.
 * `sampled_variances`: the unbiased sample (co)variance of the outputs over S posterior samples (the evaluation's
   `PosteriorSampler`): exact in expectation for a model linear in the adapter, noisy with few samples.
 """
@@ -24,13 +25,11 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _example_gradients(hooks: PerExampleLinearGrads, modules: dict, num_examples: int) -> list[tuple]:
-    """(per-example gradient B x n, its variance n) of every adapter tensor the last backward reached, float64."""
-    pairs = []
-    for module, grads in hooks.grads(num_examples).items():
-        for role, variance in modules[module].items():
-            pairs.append((grads[role].flatten(1), variance.double().flatten()))
-    return pairs
+def _example_gradients(hooks: PerExampleLinearGrads, modules: dict, num_examples: int) -> dict:
+    """{(module, role): (per-example gradient B x n, its variance n)} of the adapter tensors the last backward
+    reached, float64."""
+    return {(module, role): (grads[role].flatten(1), modules[module][role].double().flatten())
+            for module, grads in hooks.grads(num_examples).items() for role in modules[module]}  # fmt: skip
 
 
 def exact_variances(model, posterior, batches, outputs, progress=None, full: bool = False) -> torch.Tensor:
@@ -58,54 +57,61 @@ def exact_variances(model, posterior, batches, outputs, progress=None, full: boo
                 progress.update()
             batch = {k: v.to(device) for k, v in batch.items()}
             if looped:
-                chunks.append(_looped_covariances(model, batch, outputs, bound, variance))
+                chunks.append(_looped_covariances(model, batch, outputs, bound, variance, full))
             else:
-                chunks.append(_hooked_covariances(model, batch, outputs, modules, params))
+                chunks.append(_hooked_covariances(model, batch, outputs, modules, params, full))
     covariance = _concat_square(chunks)
     return covariance if full else torch.diagonal(covariance, dim1=1, dim2=2).clone()
 
 
-def _pair(first: list[tuple], second: list[tuple]) -> torch.Tensor:
-    """Σ_j variance_j g1_ij g2_ij per example over the adapter tensors both gradients reached: B float64."""
-    return sum(((g1 * variance) * g2).sum(dim=1) for (g1, variance), (g2, _) in zip(first, second))
+def _pair(first: dict, second: dict):
+    """Σ_j variance_j g1_ij g2_ij per example, over the adapter tensors both gradients reached (B float64, or a
+    float for one example's flat gradients)."""
+    return sum(((g1 * variance) * second[key][0]).sum(dim=-1) for key, (g1, variance) in first.items() if key in second)
 
 
-def _hooked_covariances(model, batch, outputs, modules, params) -> torch.Tensor:
+def _hooked_covariances(model, batch, outputs, modules, params, full: bool) -> torch.Tensor:
+    """B x K x K covariances of one batch (only the diagonal filled unless `full`)."""
     with PerExampleLinearGrads(modules) as hooks:
         values = outputs(model, batch)
         size, columns = values.shape
         result = torch.zeros(size, columns, columns, dtype=torch.float64, device=values.device)
         present = torch.isfinite(values)
-        gradients = {}
+        kept = {}
         for k in range(columns):
             if not bool(present[:, k].any()):
                 continue
             column = values[:, k].masked_fill(~present[:, k], 0.0).sum()
             torch.autograd.grad(column, params, retain_graph=k < columns - 1, allow_unused=True)
-            gradients[k] = _example_gradients(hooks, modules, size)
-            for other, earlier in gradients.items():  # the K x K matrix from the K gradients, each pair once
-                value = _pair(gradients[k], earlier)
-                result[:, k, other] = result[:, other, k] = value
+            gradients = _example_gradients(hooks, modules, size)
+            result[:, k, k] = _pair(gradients, gradients)
+            if full:  # each pair with the outputs before it, once
+                for other, earlier in kept.items():
+                    result[:, k, other] = result[:, other, k] = _pair(gradients, earlier)
+                kept[k] = gradients
     both = present[:, :, None] & present[:, None, :]
     return result.masked_fill(~both, 0.0).cpu()
 
 
-def _looped_covariances(model, batch, outputs, bound, variance) -> torch.Tensor:
+def _looped_covariances(model, batch, outputs, bound, variance, full: bool) -> torch.Tensor:
     keys = list(bound)
     params = [bound[key] for key in keys]
     rows = []
     for i in range(batch["input_ids"].shape[0]):
         values = outputs(model, {k: v[i : i + 1] for k, v in batch.items()})[0]
-        grads = {}
-        for k in range(values.shape[0]):
-            if torch.isfinite(values[k]):
-                found = torch.autograd.grad(values[k], params, retain_graph=True, allow_unused=True)
-                grads[k] = [(g.double().flatten(), variance[key].double().flatten())
-                            for key, g in zip(keys, found) if g is not None]  # fmt: skip
         row = torch.zeros(values.shape[0], values.shape[0], dtype=torch.float64)
-        for k, first in grads.items():
-            for other, second in grads.items():
-                row[k, other] = sum(float((g1 * v * g2).sum()) for (g1, v), (g2, _) in zip(first, second))
+        kept = {}
+        for k in range(values.shape[0]):
+            if not torch.isfinite(values[k]):
+                continue
+            found = torch.autograd.grad(values[k], params, retain_graph=True, allow_unused=True)
+            gradients = {key: (g.double().flatten(), variance[key].double().flatten())
+                         for key, g in zip(keys, found) if g is not None}  # fmt: skip
+            row[k, k] = float(_pair(gradients, gradients))
+            if full:
+                for other, earlier in kept.items():
+                    row[k, other] = row[other, k] = float(_pair(gradients, earlier))
+                kept[k] = gradients
         rows.append(row)
     return torch.stack(rows)
 
