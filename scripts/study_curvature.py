@@ -87,11 +87,16 @@ def _share_at_init(h: dict, hess_init: float) -> float:
     return near / sum(value.numel() for value in h.values())
 
 
+def _floor(posterior, hess_init: float) -> float:
+    """What the precision per ess holds where no data reached an entry: hess_init for IVON's own h (never debiased),
+    the prior precision δ for a refined posterior."""
+    return posterior.config["weight_decay"] if "refine" in posterior.config else hess_init
+
+
 def _floor_share(posterior, hess_init: float) -> float:
-    """The share of entries whose precision per ess, 1/(ess·v), is within 5% of its floor: hess_init for IVON's own
-    h (never debiased), the prior precision δ for a refined posterior (h = 0: no data reached the entry)."""
+    """The share of entries whose precision per ess, 1/(ess·v), is within 5% of its floor (`_floor`)."""
     ess = posterior.config["ess"]
-    floor = posterior.config["weight_decay"] if "refine" in posterior.config else hess_init
+    floor = _floor(posterior, hess_init)
     near = sum(
         int(((1.0 / (ess * v.double()) - floor).abs() <= 0.05 * floor).sum()) for v in posterior.variance.values()
     )
@@ -260,7 +265,7 @@ def part_quickstart(runs: str) -> dict:
                      "refine": posterior.config.get("refine", {}).get("method"),
                      "ess": posterior.config.get("ess"), "prior_precision": posterior.config.get("weight_decay"),
                      "share_at_init": _share_at_init(h, hess_init), "moved_share": _moved_share(posterior, hess_init),
-                     "floor": posterior.config["weight_decay"] if "refine" in posterior.config else hess_init,
+                     "floor": _floor(posterior, hess_init),
                      "floor_share": _floor_share(posterior, hess_init),
                      "selection": posterior.config.get("refine", {}).get("selection"),
                      "h_median": _median([float(v.median()) for v in h.values()]),

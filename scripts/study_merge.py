@@ -223,22 +223,23 @@ def paired_lines(state: dict) -> list[str]:
     the points scored with their per-example hits."""
     from ivon_lora.comparison.stats import interval_text, paired_bootstrap
 
+    def has_hits(seed: str, name: str) -> bool:
+        return "correct" in state["test"][seed].get(name, {}).get("scores", {}).get(f"{TASKS[0]}/test", {})
+
     lines = []
     for optimizer in ("ivon", "adamw"):
         seeds = [key for key in state.get("test", {}) if key.startswith(f"{optimizer}-")]
-        has_hits = [s for s in seeds if "correct" in state["test"][s].get(PAIRED_AGAINST, {}).get("scores", {}).get(
-            f"{TASKS[0]}/test", {})]  # fmt: skip
-        if not has_hits:
+        paired_seeds = [s for s in seeds if has_hits(s, PAIRED_AGAINST)]
+        if not paired_seeds:
             continue
         lines += ["", f"**{optimizer.upper()}**: test accuracy minus {PAIRED_AGAINST}'s (x100; 95% paired-bootstrap "
                   "interval over the test examples; seeds: how many the pair shares):", "",
                   "| method | seeds | " + " | ".join(f"{task} acc" for task in TASKS) + " |",
                   "|---|---|" + "---|" * len(TASKS)]  # fmt: skip
-        for name in state["test"][has_hits[0]]:
+        for name in state["test"][paired_seeds[0]]:
             if name == PAIRED_AGAINST:
                 continue
-            both = [s for s in has_hits if "correct" in state["test"][s].get(name, {}).get("scores", {}).get(
-                f"{TASKS[0]}/test", {})]  # fmt: skip
+            both = [s for s in paired_seeds if has_hits(s, name)]
             cells = []
             for task in TASKS:
                 split = f"{task}/test"

@@ -87,16 +87,18 @@ def _selection_plan(config: RefineConfig, task, task_name: str):
     return plan
 
 
-def _choose(plan, run, records, candidates: list, split: str) -> tuple[int, dict]:
-    """(index of the candidate with the lowest NLL of its posterior predictive on the selection split's `records`,
-    the record of every candidate's scores); ties go to the first."""
+def _choose(plan, run, records, grid: list, posterior_at, split: str) -> tuple[int, dict]:
+    """(index of the (ess, δ) of `grid` whose posterior (`posterior_at(ess, δ)`, built one at a time) has the lowest
+    NLL of its posterior predictive on the selection split's `records`, the record of every candidate's scores);
+    ties go to the first."""
     from ..evaluation.kinds.choice import formatted, max_length, score_split, split_metrics
     from ..tasks import get_protocol
 
     examples = formatted(run, records)
     preset = get_protocol(plan.protocol)
     scored = []
-    for (ess, prior_precision), posterior in candidates:
+    for ess, prior_precision in grid:
+        posterior = posterior_at(ess, prior_precision)
         predictions = score_split(plan, run.model, run.tokenizer, examples, posterior, max_length(run))
         metrics = split_metrics(plan, predictions, preset)
         scored.append({"ess": ess, "prior_precision": prior_precision,
@@ -163,11 +165,13 @@ def refine_run(config: RefineConfig):
               "file": config.file, "limit": config.limit, "examples": len(examples),
               "source": {"run_dir": described["dir"], "adapter_sha256": adapter_hash(run.posterior.mean)},
               "environment": environment()}  # fmt: skip
-    candidates = [((ess, prior), refined(run.posterior, curvature, float(ess), prior, record)) for ess, prior in grid]
     chosen = 0
     if plan is not None:
-        chosen, record["selection"] = _choose(plan, run, held_out.examples, candidates, config.select_split)
-    (ess, prior_precision), _ = candidates[chosen]
+        chosen, record["selection"] = _choose(
+            plan, run, held_out.examples, grid,
+            lambda ess, prior: refined(run.posterior, curvature, float(ess), prior, record), config.select_split,
+        )  # fmt: skip
+    ess, prior_precision = grid[chosen]
     result = refined(run.posterior, curvature, float(ess), prior_precision, record)
     with staged_output_dir(config.out, "refine") as staging:
         copy_run_files(described["dir"], staging)
