@@ -62,17 +62,14 @@ def _max_length(run):
     return getattr(run.recipe.data, "max_length", None)
 
 
-# The prediction covariance the study reads: "diagonal" made the committed results; "full" (K x K) is the MPE's form
-# and the library's default (`--covariance`).
-COVARIANCE = {"value": "diagonal"}
-
-
-def _sensitivity(run, examples, ess=None):
+def _sensitivity(run, examples, covariance: str, ess=None):
+    """`covariance` (--covariance): "diagonal" made the committed results; "full" (K x K) is the MPE's form and the
+    library's default."""
     from ivon_lora.choice.sensitivity import choice_sensitivity
     from ivon_lora.sensitivity import rescaled_to_ess
 
     return choice_sensitivity(run.model, run.tokenizer, examples, rescaled_to_ess(run.posterior, ess),
-                              batch_size=32, max_length=_max_length(run), covariance=COVARIANCE["value"])  # fmt: skip
+                              batch_size=32, max_length=_max_length(run), covariance=covariance)  # fmt: skip
 
 
 def _mean_probs(run, examples):
@@ -95,7 +92,7 @@ def part_b(args) -> dict:
     flipped, result = _flipped(), {}
     for seed in SEEDS:
         ivon = load_run(os.path.join(args.runs, f"wordfacts-ivon-seed{seed}"))
-        sens = _sensitivity(ivon, _examples(ivon, "train"))
+        sens = _sensitivity(ivon, _examples(ivon, "train"), args.covariance)
         rows = list(sens.rows())
         del ivon
         adamw = load_run(os.path.join(args.runs, f"wordfacts-adamw-seed{seed}"))
@@ -122,7 +119,7 @@ def part_d(args) -> dict:
             train = _examples(run, "train")
             if args.loo_examples:  # a seeded random subset: the LOO-NLL is a mean over examples, estimated by it
                 train = [train[i] for i in sorted(random.Random(0).sample(range(len(train)), args.loo_examples))]
-            trained = _sensitivity(run, train)
+            trained = _sensitivity(run, train, args.covariance)
             # ess = N: the same variances times ess_run / N (the posterior's precision is ess (h + δ)).
             bayes = Sensitivity(
                 trained.ids, trained.gold, trained.logits, trained.variance * run.posterior.config["ess"] / 256
@@ -184,7 +181,7 @@ def part_a(args) -> dict:
     model = run.model
     examples = format_examples(load_split(data.dataset, data.train_split, data.train_file, data.max_train_samples).examples,
                                tokenizer=run.tokenizer, model_args=run.model_args)  # fmt: skip
-    sens = _sensitivity(run, examples)
+    sens = _sensitivity(run, examples, args.covariance)
     n = len(examples)
     rng = random.Random(0)
     top = sorted(range(n), key=lambda i: -float(sens.sensitivity[i]))[: args.removals // 2]
@@ -351,7 +348,6 @@ def main(argv=None) -> int:
         help="write the report from what has run (c: the retrainings finished so far)",
     )
     args = parser.parse_args(argv)
-    COVARIANCE["value"] = args.covariance
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.set_num_threads(args.threads)
     os.makedirs(os.path.join(args.out, "parts"), exist_ok=True)
