@@ -20,6 +20,14 @@ seed=N, save_steps=50: checkpoints 50..200 with optimizer state). wordfacts flip
     Spearman of movement with s_i, and with loss for comparison. Half the removals at random, half the top of s_i.
 (c) cleaning (seed 0): drop the top 15% by a ranking (and a random 15%), retrain the recipe from scratch on the
     rest, test accuracy/NLL/ECE against the full-data run.
+(e) the posterior as trained against the learned one (issue 33), both at ess = N = 256 with a prior and the full
+    K x K covariance, on all 256 train examples of the IVON runs --e-fit-seed and --e-seeds: "trained" keeps IVON's
+    own h, "learned" takes the exact diagonal GGN at the mean (what `ivon-lora refine --method ggn` computes); the
+    precision is N·h + δ. δ, the prior's precision, is fitted on the held-out --e-fit-seed alone: the value of
+    PRIOR_GRID whose LOO-NLL is nearest that seed's validation NLL under the train split's label noise (in
+    expectation over the flips: 0.85·NLL(label) + 0.15·NLL(other answer)). On the other seeds, at that δ: the LOO-NLL
+    against that validation NLL, and the AUROC of s_i for the flipped labels against the loss's, with 95% bootstrap
+    intervals over the examples (shared by the seeds; see `paired_bootstrap`).
 
 Each part's numbers are cached under OUT/parts/ and skipped when present, so the study resumes. Writes study.json
 (every number, resolved recipes, versions), study.md (tables) and study.png.
@@ -35,6 +43,7 @@ import random
 import sys
 import time
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +51,9 @@ sys.path.insert(0, ROOT)
 RECIPES = {m: os.path.join(ROOT, "recipes", "smollm2", f"wordfacts-{m}.yaml") for m in ("ivon", "adamw")}
 SEEDS = (0, 1, 2)
 FRACTION = 0.15
+# (e): the prior precision δ on θ (the posterior's precision is N·h + δ); log-spaced, wide enough to bracket the fit.
+PRIOR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+POSTERIORS = ("trained", "learned")
 logger = logging.getLogger("study_sensitivity")
 
 
@@ -312,12 +324,130 @@ def part_c(args, b: dict) -> dict:
     return result
 
 
+def _noisy_validation_nll(probs: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """Each validation example's NLL under the train split's label noise ρ, in expectation over the flips (two
+    answers): (1 - ρ)·(-log p[label]) + ρ·(-log p[other]), what the LOO-NLL on the noisy train split estimates."""
+    from ivon_lora.tasks.wordfacts import LABEL_NOISE
+
+    log_probs = probs.double().clamp_min(1e-300).log()
+    label = log_probs.gather(1, gold[:, None])[:, 0]
+    other = log_probs.gather(1, (1 - gold)[:, None])[:, 0]
+    return -((1.0 - LABEL_NOISE) * label + LABEL_NOISE * other)
+
+
+def _auroc(rows: np.ndarray) -> np.ndarray:
+    """AUROC of rows[..., 0] (score) for rows[..., 1] (flipped), over the last-but-one axis: the rank-sum form,
+    ties averaged, so that a block of bootstrap replicates (R x n x 2) is scored at once."""
+    from scipy.stats import rankdata
+
+    scores, positive = rows[..., 0], rows[..., 1] > 0.5
+    ranks = rankdata(scores, axis=-1)
+    n_pos = positive.sum(axis=-1)
+    n_neg = positive.shape[-1] - n_pos
+    return ((ranks * positive).sum(axis=-1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def _e_seed(args, seed: int, priors: dict[str, tuple]) -> dict:
+    """One IVON run's LOO-NLL, train NLL and flipped-label AUROCs for each posterior at each of its `priors`, and the
+    noisy validation NLL; per-example values when a posterior has one prior (the reported seeds)."""
+    from ivon_lora.choice.curvature import choice_curvature
+    from ivon_lora.choice.sensitivity import choice_sensitivity
+    from ivon_lora.curvature import data_hessian, refined
+    from ivon_lora.rundir import load_run
+
+    run = load_run(os.path.join(args.runs, f"wordfacts-ivon-seed{seed}"))
+    train, flipped = _examples(run, "train"), _flipped()
+    n = len(train)
+    begun = time.time()
+    curvatures = {"trained": data_hessian(run.posterior),
+                  "learned": choice_curvature(run.model, run.tokenizer, train, run.posterior, method="ggn",
+                                              batch_size=16, max_length=_max_length(run))}  # fmt: skip
+    validation = _mean_probs(run, _examples(run, "validation"))
+    noisy = _noisy_validation_nll(validation.mean, validation.gold)
+    result = {"seed": seed, "num_train": n, "num_validation": len(noisy), "validation_noisy_nll": float(noisy.mean()),
+              "curvature_seconds": time.time() - begun, "posteriors": {}}  # fmt: skip
+    for name, curvature in curvatures.items():
+        rows = []
+        for prior in priors[name]:
+            posterior = refined(run.posterior, curvature, float(n), prior / n,
+                                {"method": "ivon" if name == "trained" else "ggn", "study": "sensitivity (e)"})  # fmt: skip
+            sens = choice_sensitivity(run.model, run.tokenizer, train, posterior, batch_size=32,
+                                      max_length=_max_length(run), covariance="full")  # fmt: skip
+            loo = -sens.loo_label_prob.clamp_min(1e-300).log()
+            row = {"prior_precision": prior, "loo_nll": float(loo.mean()), "train_nll": float(sens.loss.mean()),
+                   "auroc": {"sensitivity": _auroc(np.column_stack([sens.sensitivity.numpy(), flipped])).item(),
+                             "loss": _auroc(np.column_stack([sens.loss.numpy(), flipped])).item()}}  # fmt: skip
+            if len(priors[name]) == 1:
+                row["per_example"] = {"loo_nll": loo.tolist(), "train_nll": sens.loss.tolist(),
+                                      "sensitivity": sens.sensitivity.tolist()}  # fmt: skip
+            rows.append(row)
+            logger.info("(e) seed %d, %s posterior, δ %g: LOO-NLL %.3f (validation %.3f), AUROC s_i %.3f", seed, name,
+                        prior, row["loo_nll"], result["validation_noisy_nll"], row["auroc"]["sensitivity"])  # fmt: skip
+        result["posteriors"][name] = rows
+    if all(len(p) == 1 for p in priors.values()):
+        result["per_example_validation_noisy_nll"] = noisy.tolist()
+    return result
+
+
+def _e_intervals(reported: list[dict], replicates: int = 2000) -> dict:
+    """At the fitted δ, over the reported seeds: each posterior's LOO-NLL minus the noisy validation NLL (and the
+    train NLL's, the naive estimate), the train and validation examples drawn independently in each replicate, the
+    draws shared by the seeds; and the AUROC differences, paired over the train examples."""
+    from ivon_lora.comparison.stats import CONFIDENCE, bootstrap_indices, paired_bootstrap
+
+    flipped = np.asarray(_flipped(), dtype=np.float64)
+    validation = [np.asarray(seed["per_example_validation_noisy_nll"]) for seed in reported]
+    n_train, n_validation = len(flipped), len(validation[0])
+    tail = (1.0 - CONFIDENCE) / 2.0
+    out = {"gaps": {}, "auroc": {}}
+    for name in POSTERIORS:
+        for estimate in ("loo_nll", "train_nll"):
+            values = [np.asarray(seed["posteriors"][name][0]["per_example"][estimate]) for seed in reported]
+            per_seed = [float(v.mean() - w.mean()) for v, w in zip(values, validation)]
+            draws = np.concatenate([
+                np.mean([v[t].mean(axis=1) - w[u].mean(axis=1) for v, w in zip(values, validation)], axis=0)
+                for t, u in zip(bootstrap_indices(n_train, replicates, 0), bootstrap_indices(n_validation, replicates, 1))
+            ])  # fmt: skip
+            low, high = np.quantile(draws, [tail, 1.0 - tail])
+            out["gaps"][f"{name}/{estimate}"] = {"difference": float(np.mean(per_seed)), "interval": [float(low), float(high)],
+                                                 "per_seed": per_seed}  # fmt: skip
+
+    def rows(name, score):
+        per = [seed["posteriors"][name][0]["per_example"][score] for seed in reported]
+        return [np.column_stack([np.asarray(values), flipped]) for values in per]
+
+    pairs = {"learned s_i - loss": (rows("learned", "sensitivity"), rows("learned", "train_nll")),
+             "trained s_i - loss": (rows("trained", "sensitivity"), rows("trained", "train_nll")),
+             "learned s_i - trained s_i": (rows("learned", "sensitivity"), rows("trained", "sensitivity"))}  # fmt: skip
+    for key, (first, second) in pairs.items():
+        out["auroc"][key] = paired_bootstrap(first, second, _auroc, replicates=replicates, vectorized=True)
+    return out
+
+
+def part_e(args) -> dict:
+    fitting = _e_seed(args, args.e_fit_seed, {name: PRIOR_GRID for name in POSTERIORS})
+    fitted = {}
+    for name in POSTERIORS:
+        rows = fitting["posteriors"][name]
+        best = min(range(len(rows)), key=lambda i: abs(rows[i]["loo_nll"] - fitting["validation_noisy_nll"]))
+        if best in (0, len(rows) - 1):
+            logger.warning(
+                "(e) %s: the fitted δ %g is at the edge of PRIOR_GRID: widen it", name, rows[best]["prior_precision"]
+            )
+        fitted[name] = rows[best]["prior_precision"]
+    logger.info("(e) fitted on seed %d: %s", args.e_fit_seed, fitted)
+    reported = [_e_seed(args, seed, {name: (fitted[name],) for name in POSTERIORS}) for seed in args.e_seeds]
+    return {"fit_seed": args.e_fit_seed, "seeds": list(args.e_seeds), "prior_grid": list(PRIOR_GRID),
+            "fitted_prior_precision": fitted, "fit": fitting, "reported": reported,
+            "intervals": _e_intervals(reported)}  # fmt: skip
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="/work/runs")
     parser.add_argument("--work", default="/work/runs/sensitivity")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "sensitivity-smollm2"))
-    parser.add_argument("--parts", nargs="+", default=["b", "d", "a", "c"], choices=["a", "b", "c", "d"])
+    parser.add_argument("--parts", nargs="+", default=["b", "d", "a", "c"], choices=["a", "b", "c", "d", "e"])
     parser.add_argument("--removals", type=int, default=30)
     parser.add_argument(
         "--covariance",
@@ -342,6 +472,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--loo-examples", type=int, default=64, help="(d): LOO-NLL over this many random train examples (0: all 256)"
     )
+    parser.add_argument("--e-fit-seed", type=int, default=0, help="(e): the seed δ is fitted on, and only that")
+    parser.add_argument("--e-seeds", type=int, nargs="+", default=[1, 2, 3, 4], help="(e): the seeds reported")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -353,7 +485,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.join(args.out, "parts"), exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
     parts = {}
-    for name in ["b", "a", "d", "c"]:
+    for name in ["b", "a", "d", "c", "e"]:
         path = os.path.join(args.out, "parts", f"{name}.json")
         if os.path.isfile(path):
             parts[name] = json.load(open(path))
@@ -370,6 +502,8 @@ def main(argv=None) -> int:
             parts[name] = part_d(args)
         elif name == "a":
             parts[name] = part_a(args)
+        elif name == "e":
+            parts[name] = part_e(args)
         else:
             if "b" not in parts:
                 continue

@@ -196,3 +196,25 @@ def test_the_merge_studys_random_search_gives_every_method_the_same_candidates()
     assert merge.random_search("ivon", seed=1) == rows and merge.random_search("ivon", seed=2) != rows
     adamw = merge.random_search("adamw", seed=1)  # fewer methods: the shared ones draw the same
     assert [row for row in rows if row[0] in merge.SEARCH or row[0] == "average"] == adamw
+
+
+def test_the_sensitivity_studys_auroc_and_noisy_validation_nll_are_their_plain_forms():
+    """Part (e)'s AUROC (the rank-sum form, scored a block of bootstrap replicates at once) equals scikit-learn's,
+    ties included; and the validation NLL under label noise ρ is (1 - ρ)·NLL(label) + ρ·NLL(other answer)."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    study = _script("study_sensitivity")
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 20, size=(3, 50)).astype(float)  # integers: many ties
+    flipped = rng.random((3, 50)) < 0.3
+    block = np.stack([scores, flipped.astype(float)], axis=-1)
+    expected = [roc_auc_score(f, s) for s, f in zip(scores, flipped)]
+    assert np.allclose(study._auroc(block), expected) and np.isclose(study._auroc(block[0]), expected[0])
+
+    probs = torch.tensor([[0.9, 0.1], [0.25, 0.75]])
+    gold = torch.tensor([0, 0])
+    noisy = study._noisy_validation_nll(probs, gold)
+    assert torch.allclose(noisy, torch.tensor([-(0.85 * np.log(0.9) + 0.15 * np.log(0.1)),
+                                               -(0.85 * np.log(0.25) + 0.15 * np.log(0.75))], dtype=torch.float64))  # fmt: skip
