@@ -1,7 +1,8 @@
 """Study numbers in the README and the docs, held to the committed results under results/.
 
-`results_table` renders the README's results table from a calibration study's study.json (means with 95% confidence
-intervals over the seeds). `unbacked_numbers` lists the numbers of a page that its declared sources do not hold: a
+`readme_blocks` renders the README's results from a comparison's compare.json: its rows (means with 95% confidence
+intervals over the seeds), IVON's paired differences against each of them (95% paired-bootstrap intervals) and the
+verdicts those intervals allow. `unbacked_numbers` lists the numbers of a page that its declared sources do not hold: a
 page names the JSON files it quotes in a `<!-- numbers: results/... -->` line (`FILE.json#key/key` for a part of
 one), and every decimal number in its prose and tables (code blocks and inline code aside) must be one of their
 values as the page rounds it (x1 or x100, for percentages), or a number of the committed study.md next to one of
@@ -18,35 +19,14 @@ import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The 97.5% quantile of Student's t with n - 1 degrees of freedom, for the studies' n seeds.
-T_975 = {2: 12.706204736174698, 3: 4.302652729911275, 4: 3.182446305284263, 5: 2.7764451051977934}
-README_STUDY = "wordfacts_clean-smollm2"
-README_METHODS = ("AdamW", "AdamW + temperature scaling", "Deep ensemble (M=3 AdamW seeds)", "IVON, S=10 samples")
-README_COLUMNS = (("accuracy", "accuracy (%)", 100, 1), ("nll", "NLL", 1, 3), ("ece_10", "ECE, 10 bins (%)", 100, 1))
+# The README's comparison (results/NAME/compare.json) and the row its differences are taken from.
+README_COMPARISON = "compare-wordfacts_clean-smollm2"
+README_METHOD = "wordfacts_clean-ivon"
 # The columns of a comparison's tables in the README and the study pages (compare.json's metric names).
 COMPARE_COLUMNS = (("accuracy", "accuracy (%)"), ("nll", "NLL"), ("ece_10", "ECE, 10 bins (%)"), ("brier", "Brier"))
 # A decimal number, not part of a version (0.4.13), a name (Llama-3.2-1B, Qwen2.5) or a size with its unit (0.5B).
 NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z]-)\d+\.\d+(?!\.?\d)(?![A-Za-z])")
 DECLARATION = re.compile(r"^<!-- numbers: (.*?) -->$", re.S | re.M)
-
-
-def results_table(study: dict, methods=README_METHODS) -> str:
-    """The README's table: each method's test mean and 95% t-interval over the study's seeds (none for a method
-    scored once over all seeds, the ensemble)."""
-    seeds = len(study["per_seed"])
-    lines = ["| method | " + " | ".join(title for _, title, _, _ in README_COLUMNS) + " |"]
-    lines.append("|---" * (len(README_COLUMNS) + 1) + "|")
-    for method in methods:
-        cells = []
-        for key, _, scale, digits in README_COLUMNS:
-            mean, std = study["table"][method][key]["mean"] * scale, study["table"][method][key]["std"]
-            if std is None:
-                cells.append(f"{mean:.{digits}f}")
-                continue
-            half = T_975[seeds] * std * scale / math.sqrt(seeds)
-            cells.append(f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def compare_row_names(report: dict) -> dict[str, str]:
@@ -86,6 +66,17 @@ def compare_rows_table(report: dict, columns=COMPARE_COLUMNS) -> str:
     rows = [[names[name], *(summary_text(row["summary"][key], key) for key, _ in columns)]
             for name, row in report["rows"].items()]  # fmt: skip
     return markdown_table(["predictive", *(title for _, title in columns)], rows)
+
+
+def compare_seed_table(report: dict, method: str, columns=COMPARE_COLUMNS) -> str:
+    """`method`'s row seed by seed (what `ivon-lora train` prints for that seed's recipe), as compare.md rounds."""
+    from ivon_lora.comparison.report import summary_text
+    from ivon_lora.comparison.stats import markdown_table
+
+    per_seed = report["rows"][method]["per_seed"]
+    rows = [[str(seed), *(summary_text({"mean": per_seed[str(seed)][key], "interval": None}, key) for key, _ in columns)]
+            for seed in report["seeds"]["reported"]]  # fmt: skip
+    return markdown_table(["seed", *(title for _, title in columns)], rows)
 
 
 def compare_differences_table(report: dict, method: str, columns=COMPARE_COLUMNS) -> str:
@@ -134,6 +125,13 @@ def compare_verdicts(report: dict, method: str, columns=COMPARE_COLUMNS) -> str:
             parts.append("no clear difference on " + ", ".join(unclear))
         lines.append(f"- against {names[other]}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
+
+
+def readme_blocks(report: dict, method: str = README_METHOD) -> list[str]:
+    """The README's rendered results, in its order: the rows, `method`'s differences, the verdicts, `method` seed by
+    seed."""
+    return [compare_rows_table(report), compare_differences_table(report, method), compare_verdicts(report, method),
+            compare_seed_table(report, method)]  # fmt: skip
 
 
 def _prose(markdown: str) -> str:

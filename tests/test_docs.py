@@ -11,9 +11,11 @@ import glob
 import json
 import os
 import re
+import statistics
 import sys
 
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "docs"))
@@ -89,13 +91,17 @@ def _quotes_studies(page):
     return page.startswith("docs/studies/") or page in ("README.md", "docs/getting-started.md") or "results/" in text
 
 
+def _readme_comparison():
+    return json.loads(_read(f"results/{study_numbers.README_COMPARISON}/compare.json"))
+
+
 def _checked_text(page):
-    """A page's text as the number check reads it: the README without its results table, which is checked as
-    rendered from its study (`test_the_readmes_results_table_is_rendered_from_the_study`), cell by cell."""
+    """A page's text as the number check reads it: the README without its rendered results, which are checked as
+    rendered from the comparison (`test_the_readmes_results_are_rendered_from_the_comparison`), cell by cell."""
     text = _read(page)
     if page == "README.md":
-        study = json.loads(_read(f"results/{study_numbers.README_STUDY}/study.json"))
-        text = text.replace(study_numbers.results_table(study), "")
+        for block in study_numbers.readme_blocks(_readme_comparison()):
+            text = text.replace(block, "")
     return text
 
 
@@ -115,40 +121,60 @@ def test_the_number_check_catches_a_changed_number():
     page = _read("docs/studies/wordfacts-clean.md")
     assert study_numbers.unbacked_numbers(page) == []
     assert "(validation NLL 0.179 vs 0.366)" in page
-    assert study_numbers.unbacked_numbers(page.replace("0.179 vs 0.366", "0.187 vs 0.366")) == ["0.187"]
+    assert study_numbers.unbacked_numbers(page.replace("0.179 vs 0.366", "0.917 vs 0.366")) == ["0.917"]
     readme = _checked_text("README.md")
     assert study_numbers.unbacked_numbers(readme, ROOT) == []
-    assert study_numbers.unbacked_numbers(readme.replace("97.0 / NLL 0.128", "97.0 / NLL 0.341"), ROOT) == ["0.341"]
+    assert study_numbers.unbacked_numbers(readme.replace("0.044 NLL", "0.051 NLL"), ROOT) == ["0.051"]
 
 
-def test_the_readmes_results_table_is_rendered_from_the_study():
-    study = json.loads(_read(f"results/{study_numbers.README_STUDY}/study.json"))
-    table = study_numbers.results_table(study)
-    assert table in _read("README.md")
-    # The interval is the mean -+ t * std / sqrt(n) over the study's 3 seeds.
-    ivon = study["table"]["IVON, S=10 samples"]["accuracy"]
-    half = 4.302652729911275 * ivon["std"] / 3**0.5
-    assert f"{ivon['mean'] * 100:.1f} [{(ivon['mean'] - half) * 100:.1f}, {(ivon['mean'] + half) * 100:.1f}]" in table
-    # The prose under it says the intervals of IVON and AdamW overlap: they do.
-    adamw = study["table"]["AdamW"]["accuracy"]
-    adamw_half = 4.302652729911275 * adamw["std"] / 3**0.5
-    assert "the intervals overlap" in _read("README.md")
-    assert ivon["mean"] - half < adamw["mean"] + adamw_half and adamw["mean"] - adamw_half < ivon["mean"] + half
+def test_the_readmes_results_are_rendered_from_the_comparison():
+    report = _readme_comparison()
+    readme = _read("README.md")
+    blocks = study_numbers.readme_blocks(report)
+    for block in blocks:
+        assert block in readme
+    # A cell by hand: IVON's accuracy is the mean over the 5 reported seeds and its t-interval (t_0.975,4 = 2.776).
+    values = [report["rows"][study_numbers.README_METHOD]["per_seed"][str(seed)]["accuracy"]
+              for seed in report["seeds"]["reported"]]  # fmt: skip
+    mean, half = statistics.mean(values), 2.7764451051977934 * statistics.stdev(values) / 5**0.5
+    assert f"| {100 * mean:.1f} [{100 * (mean - half):.1f}, {100 * (mean + half):.1f}] |" in blocks[0]
 
 
-def test_the_quickstart_digits_are_seed_0_of_the_study_and_the_spread_its_std():
-    study = json.loads(_read("results/wordfacts_clean-smollm2/study.json"))
-    (seed0,) = [seed for seed in study["per_seed"] if seed["seed"] == 0]
-    mean, sampled = seed0["methods"]["IVON, posterior mean"], seed0["methods"]["IVON, S=10 samples"]
-    spread = study["table"]["IVON, S=10 samples"]
-    page = " ".join(_read("docs/getting-started.md").split())
-    digits = (f"posterior mean accuracy {mean['accuracy'] * 100:.1f} / NLL {mean['nll']:.3f} / ECE "
-              f"{mean['ece_10'] * 100:.1f} / Brier {mean['brier']:.3f}, and 10 samples {sampled['accuracy'] * 100:.1f} / "
-              f"{sampled['nll']:.3f} / {sampled['ece_10'] * 100:.1f} / {sampled['brier']:.3f}")  # fmt: skip
-    assert digits in page
-    assert (f"standard deviation of {spread['accuracy']['std'] * 100:.1f} points, its NLL {spread['nll']['std']:.3f}, "
-            f"its ECE {spread['ece_10']['std'] * 100:.1f}") in page  # fmt: skip
-    assert "AVX-512" in page and "AVX2" in page
+def _same(a, b) -> bool:
+    """Equal as recipe values: numbers by value (1.0 and "1"), anything else as written."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+@pytest.mark.parametrize("method", ["wordfacts_clean-ivon", "wordfacts_clean-adamw"])
+def test_the_quickstart_recipes_are_the_comparisons_chosen_runs(method):
+    """Each quickstart recipe is the comparison's chosen run of its method at a reported seed, but for what compare
+    sets (the output dir, checkpoints, the split it evaluates during training): it trains that run."""
+    report = _readme_comparison()
+    recipe = yaml.safe_load(_read(f"recipes/smollm2/{method}.yaml"))
+    assert recipe["seed"] in report["seeds"]["reported"] and recipe["dataset"] == report["task"]
+    chosen = report["methods"][method]["candidates"][report["methods"][method]["chosen"]]["settings"]
+    assert all(_same(recipe[key], value) for key, value in chosen.items())
+    (run,) = [run for run in report["runs"].values()
+              if run["method"] == method and run["seed"] == recipe["seed"] and run["stage"] == "reported"]  # fmt: skip
+    set_by_compare = {"output_dir", "eval_split", "save_strategy", "save_steps", "overwrite_output_dir", "report_to"}
+    for key, value in recipe.items():
+        if key not in set_by_compare:
+            assert _same(run["recipe"][key], value), key
+
+
+def test_the_quickstart_prints_a_reported_seed_of_the_readmes_comparison():
+    """So the 10-sample line the demo prints is its seed's row of the README's table."""
+    report = _readme_comparison()
+    seed = yaml.safe_load(_read("recipes/smollm2/wordfacts_clean-ivon.yaml"))["seed"]
+    row = report["rows"][study_numbers.README_METHOD]["per_seed"][str(seed)]
+    printed = (f"10 samples accuracy {100 * row['accuracy']:.1f} | nll {row['nll']:.3f} | ece_10 "
+               f"{100 * row['ece_10']:.1f}")  # fmt: skip
+    for page in ("README.md", "docs/getting-started.md"):
+        assert printed in " ".join(_read(page).split()), page
+    assert "AVX-512" in _read("docs/getting-started.md") and "AVX2" in _read("docs/getting-started.md")
 
 
 def _pins():
@@ -177,9 +203,10 @@ def _environments():
 
 def test_the_constraints_file_pins_the_versions_of_the_results():
     pins = _pins()
-    quickstart = json.loads(_read("results/wordfacts_clean-smollm2/study.json"))["environment"]
+    quickstart = _readme_comparison()["environment"]
     # torch's local version (+cpu) is the build, not the release: `torch==2.13.0` matches every 2.13.0 build.
-    recorded = {package: version.split("+")[0] for package, version in quickstart.items() if package != "ivon-lora"}
+    recorded = {package: version.split("+")[0] for package, version in quickstart.items()
+                if package not in ("ivon-lora", "cpu")}  # fmt: skip
     assert pins == recorded
     comments = _read("constraints/results.txt")
     for path, environments in _environments().items():

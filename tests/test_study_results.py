@@ -50,6 +50,7 @@ def test_every_study_has_a_page_showing_its_committed_results():
                for kind in ("study", "compare")
                for path in glob.glob(os.path.join(ROOT, "results", "**", f"{kind}.json"), recursive=True)}  # fmt: skip
     assert studies and studies <= set(shown), f"no docs page shows {sorted(studies - set(shown))}"
+    assert set(COMPARISONS) <= studies
 
 
 @pytest.mark.parametrize("study", CALIBRATION_STUDIES)
@@ -218,3 +219,35 @@ def test_the_sensitivity_studys_auroc_and_noisy_validation_nll_are_their_plain_f
     noisy = study._noisy_validation_nll(probs, gold)
     assert torch.allclose(noisy, torch.tensor([-(0.85 * np.log(0.9) + 0.15 * np.log(0.1)),
                                                -(0.85 * np.log(0.25) + 0.15 * np.log(0.75))], dtype=torch.float64))  # fmt: skip
+
+
+# The comparisons `ivon-lora compare` made for the README and the study pages (issue 34): results/NAME/compare.json.
+COMPARISONS = ("compare-wordfacts_clean-smollm2",)
+
+
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_a_comparisons_table_is_what_compare_renders_from_its_json_and_on_its_page(name):
+    from ivon_lora.comparison.report import markdown
+
+    report = json.loads(_read("results", name, "compare.json"))
+    assert _read("results", name, "compare.md") == markdown(report)
+    assert name in _study_pages("study")
+
+
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_a_published_comparison_follows_the_protocol(name):
+    """What the README's comparisons promise, read from what they ran: 5 reported seeds apart from the selection
+    seed, at least 1,000 test questions, the same budget and number of candidates per method, no choice at the edge
+    of its grid, every baseline, and every run's resolved recipe and environment."""
+    report = json.loads(_read("results", name, "compare.json"))
+    seeds = report["seeds"]
+    assert len(seeds["reported"]) == 5 and seeds["selection"] and not set(seeds["selection"]) & set(seeds["reported"])
+    assert report["num_examples"] >= 1000 and report["splits"]["reported"] == "test"
+    methods = report["methods"].values()
+    assert len({len(method["candidates"]) for method in methods}) == 1
+    assert len({json.dumps(method["budget"], sort_keys=True) for method in methods}) == 1
+    for method in methods:
+        assert 0 < method["chosen"] < len(method["candidates"]) - 1, f"{method['recipe']}: chosen at a grid edge"
+    assert set(report["baselines"]) == {"temperature", "early_stopping", "ensemble", "mc_dropout"}
+    for run in report["runs"].values():
+        assert run["recipe"]["seed"] == run["seed"] and run["environment"]["cpu"]["capability"]
