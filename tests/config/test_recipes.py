@@ -17,7 +17,7 @@ from ivon_lora.choice.trainer import choice_rows
 from ivon_lora.config import load_recipe
 from ivon_lora.packaged import PACKAGED_MODELS
 from ivon_lora.tasks import load_examples
-from ivon_lora.tasks.registry import TASKS
+from ivon_lora.tasks.registry import TASKS, get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(
@@ -124,7 +124,7 @@ def data_files(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data")
     files = {}
     for task in {_raw(path)["dataset"] for path in RECIPES}:
-        if task in TASKS and TASKS[task].generator is not None:  # generated, no file needed
+        if task.split(":")[0] in TASKS and get_task(task).generator is not None:  # generated, no file needed
             continue
         records = RECORDS.get(task) or RECORDS.get(task.split("_")[0]) or SFT_RECORDS.get(task)
         assert records, f"no sample record for task {task!r}: add one in its schema to RECORDS"
