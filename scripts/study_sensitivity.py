@@ -92,10 +92,9 @@ def _mean_probs(run, examples):
 
 
 def _detection(scores: list[float], flipped: list[bool]) -> dict:
-    from sklearn.metrics import roc_auc_score
-
     top = sorted(range(len(scores)), key=lambda i: -scores[i])[: round(FRACTION * len(scores))]
-    return {"auroc": float(roc_auc_score(flipped, scores)), "precision_at_15": sum(flipped[i] for i in top) / len(top)}
+    return {"auroc": _auroc(np.column_stack([scores, flipped]).astype(np.float64)).item(),
+            "precision_at_15": sum(flipped[i] for i in top) / len(top)}  # fmt: skip
 
 
 def part_b(args) -> dict:
